@@ -1,0 +1,326 @@
+"""Model configurations: one Gemma 2 stack, and an encoder-decoder made of two stacks.
+
+Field names follow the Hugging Face `Gemma2Config` so that `config.json` files map one to
+one (SPEC section 5). Every config is a frozen dataclass validated on construction: a bad
+value raises `ValueError` naming the field, the expected and the actual value.
+
+Presets by name (`preset("tiny")`, `encdec_preset("9b-2b")`):
+  tiny, small         our own sizes for training on a 2-core CPU (vocabulary of the
+                      shipped SentencePiece model, 8192)
+  S, B, L, XL         the paper's mT5-shaped suite (SPEC section 6), vocabulary 256,000
+  2b, 9b              Gemma 2 2B and 9B shapes, vocabulary 256,000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+SLIDING = "sliding_attention"  # layer type name used by transformers
+FULL = "full_attention"
+LAYER_TYPES = (SLIDING, FULL)
+
+
+def alternating_layer_types(num_layers: int) -> tuple[str, ...]:
+    """Gemma 2's pattern: layer i is local (sliding window) when i is even, global when odd."""
+    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(num_layers))
+
+
+def _fail(cls: str, name: str, expected: str, actual: Any) -> None:
+    raise ValueError(f"{cls}.{name}: expected {expected}, got {actual!r}")
+
+
+@dataclass(frozen=True)
+class GemmaConfig:
+    """One Gemma 2 stack (a decoder-only LM, or one half of an encoder-decoder)."""
+
+    # V: number of token ids (embedding rows and output logits).
+    vocab_size: int = 8192
+    # D: model width (residual stream size).
+    hidden_size: int = 128
+    # L: number of transformer blocks.
+    num_hidden_layers: int = 2
+    # H: query heads per attention layer.
+    num_attention_heads: int = 4
+    # K: key/value heads (grouped-query attention); H must be a multiple of K.
+    num_key_value_heads: int = 2
+    # Dh: size of one head (even, because RoPE rotates pairs of halves).
+    head_dim: int = 32
+    # F: width of the GeGLU feed-forward layer.
+    intermediate_size: int = 512
+    # W: sliding-window size of local layers (causal: 0 <= q-k < W; encoder: |q-k| < W).
+    sliding_window: int = 32
+    # Per-layer attention kind, "sliding_attention" or "full_attention"; empty means
+    # Gemma 2's alternation (even layers local, odd layers global), filled in on creation.
+    layer_types: tuple = ()
+    # c in the attention-score soft-cap s = c * tanh(s / c); None disables it.
+    attn_logit_softcapping: Optional[float] = 50.0
+    # c in the output-logit soft-cap z = c * tanh(z / c); None disables it.
+    final_logit_softcapping: Optional[float] = 30.0
+    # Scores are multiplied by query_pre_attn_scalar ** -0.5; None means head_dim.
+    query_pre_attn_scalar: Optional[float] = None
+    # RoPE base theta: inv_freq[i] = theta ** (-2i / Dh).
+    rope_theta: float = 10000.0
+    # Epsilon inside the RMSNorm square root.
+    rms_norm_eps: float = 1e-6
+    # Special token ids (Gemma convention): padding, end of sequence, beginning of sequence.
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    bos_token_id: int = 2
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "intermediate_size"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                _fail(name, f, "a positive integer", v)
+        if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) \
+                or self.sliding_window < 1:
+            _fail(name, "sliding_window", "an integer >= 1", self.sliding_window)
+        if self.num_attention_heads % self.num_key_value_heads:
+            _fail(name, "num_attention_heads",
+                  f"a multiple of num_key_value_heads={self.num_key_value_heads}",
+                  self.num_attention_heads)
+        if self.head_dim % 2:
+            _fail(name, "head_dim", "an even number (RoPE rotates two halves)", self.head_dim)
+        for f in ("attn_logit_softcapping", "final_logit_softcapping"):
+            v = getattr(self, f)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                _fail(name, f, "a positive number or None", v)
+        q = self.query_pre_attn_scalar
+        if q is None:
+            object.__setattr__(self, "query_pre_attn_scalar", float(self.head_dim))
+        elif not (isinstance(q, (int, float)) and not isinstance(q, bool) and q > 0):
+            _fail(name, "query_pre_attn_scalar", "a positive number or None", q)
+        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
+            _fail(name, "rope_theta", "a positive number", self.rope_theta)
+        if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):
+            _fail(name, "rms_norm_eps", "a positive number", self.rms_norm_eps)
+        for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or not 0 <= v < self.vocab_size:
+                _fail(name, f, f"a token id in [0, {self.vocab_size})", v)
+        lt = tuple(self.layer_types) if self.layer_types else \
+            alternating_layer_types(self.num_hidden_layers)
+        if len(lt) != self.num_hidden_layers:
+            _fail(name, "layer_types", f"{self.num_hidden_layers} entries (one per layer)", lt)
+        for t in lt:
+            if t not in LAYER_TYPES:
+                _fail(name, "layer_types", f"entries in {LAYER_TYPES}", t)
+        object.__setattr__(self, "layer_types", lt)
+
+    # --- derived quantities -------------------------------------------------------------
+    @property
+    def num_queries_per_kv(self) -> int:
+        """H / K: how many query heads share one key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def is_local(self, layer: int) -> bool:
+        """True when block `layer` uses the sliding window."""
+        return self.layer_types[layer] == SLIDING
+
+    def replace(self, **changes: Any) -> "GemmaConfig":
+        """A copy with some fields changed (validated again). Changing the depth without
+        giving layer_types re-derives the alternation."""
+        if "num_hidden_layers" in changes and "layer_types" not in changes:
+            changes["layer_types"] = ()
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layer_types"] = list(self.layer_types)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GemmaConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown config fields {unknown}")
+        d = dict(d)
+        if "layer_types" in d and d["layer_types"] is not None:
+            d["layer_types"] = tuple(d["layer_types"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EncDecConfig:
+    """An encoder-decoder (T5Gemma): two Gemma 2 stacks plus cross-attention.
+
+    Cross-attention uses the decoder's heads (H, K, Dh); its key/value projections read
+    the encoder width, so the encoder and decoder may differ in width, depth and heads.
+    """
+
+    # The encoder stack (bidirectional self-attention; local layers use |q-k| < W).
+    encoder: GemmaConfig = field(default_factory=GemmaConfig)
+    # The decoder stack (causal self-attention, then cross-attention, then MLP).
+    decoder: GemmaConfig = field(default_factory=GemmaConfig)
+    # T5Gemma 2 option: one embedding table for encoder input, decoder input and output.
+    tie_all_embeddings: bool = False
+    # T5Gemma 2 option: one attention per decoder block over [decoder ; encoder] tokens
+    # instead of separate self- and cross-attention (needs equal encoder/decoder widths).
+    merged_attention: bool = False
+    # Steps at the start of training in which only cross-attention trains (the paper's
+    # warmup for unbalanced adaptation, K = 1000 at 9B-2B); 0 disables it.
+    cross_attn_warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for f in ("encoder", "decoder"):
+            if not isinstance(getattr(self, f), GemmaConfig):
+                _fail(name, f, "a GemmaConfig", getattr(self, f))
+        if self.encoder.vocab_size != self.decoder.vocab_size:
+            _fail(name, "decoder.vocab_size",
+                  f"the encoder's vocab_size={self.encoder.vocab_size}", self.decoder.vocab_size)
+        for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            if getattr(self.encoder, f) != getattr(self.decoder, f):
+                _fail(name, f"decoder.{f}", f"the encoder's {getattr(self.encoder, f)}",
+                      getattr(self.decoder, f))
+        for f in ("tie_all_embeddings", "merged_attention"):
+            if not isinstance(getattr(self, f), bool):
+                _fail(name, f, "a bool", getattr(self, f))
+        if self.tie_all_embeddings and self.encoder.hidden_size != self.decoder.hidden_size:
+            _fail(name, "tie_all_embeddings",
+                  "False when encoder and decoder widths differ",
+                  f"True (widths {self.encoder.hidden_size} vs {self.decoder.hidden_size})")
+        if self.merged_attention and self.encoder.hidden_size != self.decoder.hidden_size:
+            _fail(name, "merged_attention",
+                  "False when encoder and decoder widths differ",
+                  f"True (widths {self.encoder.hidden_size} vs {self.decoder.hidden_size})")
+        w = self.cross_attn_warmup_steps
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            _fail(name, "cross_attn_warmup_steps", "an integer >= 0", w)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder.vocab_size
+
+    @property
+    def is_balanced(self) -> bool:
+        return self.encoder == self.decoder
+
+    def replace(self, **changes: Any) -> "EncDecConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {"encoder": self.encoder.to_dict(), "decoder": self.decoder.to_dict(),
+                "tie_all_embeddings": self.tie_all_embeddings,
+                "merged_attention": self.merged_attention,
+                "cross_attn_warmup_steps": self.cross_attn_warmup_steps}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncDecConfig":
+        d = dict(d)
+        for f in ("encoder", "decoder"):
+            if f not in d:
+                raise ValueError(f"EncDecConfig: missing config field {f!r}")
+            d[f] = GemmaConfig.from_dict(d[f])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"EncDecConfig: unknown config fields {unknown}")
+        return cls(**d)
+
+
+def config_from_dict(d: dict):
+    """GemmaConfig or EncDecConfig, whichever the dict describes."""
+    return EncDecConfig.from_dict(d) if "encoder" in d else GemmaConfig.from_dict(d)
+
+
+# --- presets -----------------------------------------------------------------------------
+
+_BIG_VOCAB = 256_000  # Gemma's SentencePiece vocabulary
+
+PRESETS: dict[str, dict] = {
+    # Ours: trains in minutes on 2 cores with the shipped 8k tokenizer.
+    "tiny": dict(vocab_size=8192, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=32, intermediate_size=384, sliding_window=32),
+    "small": dict(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64, intermediate_size=1024, sliding_window=64),
+    # The paper's mT5-shaped suite (multi-head attention, Dh 64).
+    "S": dict(vocab_size=_BIG_VOCAB, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+              num_key_value_heads=8, head_dim=64, intermediate_size=1024, sliding_window=4096),
+    "B": dict(vocab_size=_BIG_VOCAB, hidden_size=768, num_hidden_layers=12,
+              num_attention_heads=12, num_key_value_heads=12, head_dim=64,
+              intermediate_size=2048, sliding_window=4096),
+    "L": dict(vocab_size=_BIG_VOCAB, hidden_size=1024, num_hidden_layers=24,
+              num_attention_heads=16, num_key_value_heads=16, head_dim=64,
+              intermediate_size=2816, sliding_window=4096),
+    "XL": dict(vocab_size=_BIG_VOCAB, hidden_size=2048, num_hidden_layers=24,
+               num_attention_heads=32, num_key_value_heads=32, head_dim=64,
+               intermediate_size=5120, sliding_window=4096),
+    # Gemma 2 shapes.
+    "2b": dict(vocab_size=_BIG_VOCAB, hidden_size=2304, num_hidden_layers=26,
+               num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+               intermediate_size=9216, sliding_window=4096, query_pre_attn_scalar=256),
+    "9b": dict(vocab_size=_BIG_VOCAB, hidden_size=3584, num_hidden_layers=42,
+               num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+               intermediate_size=14336, sliding_window=4096, query_pre_attn_scalar=256),
+}
+
+
+def _preset_key(name: str) -> str:
+    for k in PRESETS:
+        if k.lower() == name.lower():
+            return k
+    raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+
+
+def preset(name: str, **overrides: Any) -> GemmaConfig:
+    """A decoder-only Gemma 2 config by preset name (case-insensitive), with overrides."""
+    base = dict(PRESETS[_preset_key(name)])
+    base.update(overrides)
+    return GemmaConfig(**base)
+
+
+def encdec_preset(name: str, **overrides: Any) -> EncDecConfig:
+    """An encoder-decoder config: "tiny" (balanced) or "9b-2b" (encoder-decoder presets).
+
+    Overrides apply to both stacks, except the EncDecConfig fields (tie_all_embeddings,
+    merged_attention, cross_attn_warmup_steps), which apply to the pair.
+    """
+    top = {k: overrides.pop(k) for k in ("tie_all_embeddings", "merged_attention",
+                                          "cross_attn_warmup_steps") if k in overrides}
+    parts = name.split("-")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise ValueError(f"encdec_preset: expected 'NAME' or 'ENC-DEC', got {name!r}")
+    enc, dec = (preset(p, **overrides) for p in parts)
+    return EncDecConfig(encoder=enc, decoder=dec, **top)
+
+
+# --- parameter counting --------------------------------------------------------------------
+
+def _attention_params(d_q: int, d_kv: int, cfg: GemmaConfig) -> int:
+    h, k, dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    return d_q * h * dh + 2 * d_kv * k * dh + h * dh * d_q  # q, k, v, o
+
+
+def _stack_params(cfg: GemmaConfig, *, norms_per_layer: int, embedding: bool) -> int:
+    d = cfg.hidden_size
+    per_layer = (_attention_params(d, d, cfg) + 3 * d * cfg.intermediate_size
+                 + norms_per_layer * d)
+    total = cfg.num_hidden_layers * per_layer + d  # + final norm
+    if embedding:
+        total += cfg.vocab_size * d
+    return total
+
+
+def count_parameters(config) -> int:
+    """Number of distinct parameters, as `transformers` `model.num_parameters()` reports
+    (the tied output matrix counted once)."""
+    if isinstance(config, GemmaConfig):
+        return _stack_params(config, norms_per_layer=4, embedding=True)
+    if not isinstance(config, EncDecConfig):
+        raise ValueError(f"count_parameters: expected a GemmaConfig or EncDecConfig, got "
+                         f"{type(config).__name__}")
+    enc, dec = config.encoder, config.decoder
+    total = _stack_params(enc, norms_per_layer=4, embedding=True)
+    total += _stack_params(dec, norms_per_layer=4, embedding=not config.tie_all_embeddings)
+    if not config.merged_attention:
+        cross = _attention_params(dec.hidden_size, enc.hidden_size, dec) + 2 * dec.hidden_size
+        total += dec.num_hidden_layers * cross
+    return total

@@ -1,0 +1,67 @@
+"""The reference NumPy layers: one concept per file, each a forward/backward pair.
+
+Conventions (DESIGN.md): `forward(...) -> (out, cache)`, `backward(dout, cache) -> grads`,
+fresh arrays out, float32 and float64 both supported (the dtype of the inputs is kept;
+softmaxes run in at least float32). Weights are `[out, in]`, `y = x W^T`.
+Every public function validates its inputs (`mini_encdec.validate`) and raises
+`ValueError` naming the argument, the expected and the actual value.
+
+The API every other module codes against (shape letters from SPEC.md):
+
+linear.py
+    linear_forward(x, W) -> (y, cache)                x (..., In), W (Out, In) -> y (..., Out)
+    linear_backward(dy, cache) -> (dx, dW)
+embedding.py
+    embedding_forward(ids, E, scale=True) -> (x, cache)
+        ids (B, T) int in [0, V), E (V, D) -> x = E[ids] * sqrt(D)  (factor in E's dtype)
+    embedding_backward(dx, cache) -> dE               (V, D), scatter-add over repeated ids
+rmsnorm.py
+    rmsnorm_forward(x, w, eps=1e-6) -> (y, cache)     x (..., D), w (D,): x * rsqrt(mean x^2 + eps) * (1 + w)
+    rmsnorm_backward(dy, cache) -> (dx, dw)
+rope.py
+    rope_cos_sin(positions, head_dim, theta=10000.0, dtype=np.float32) -> (cos, sin)
+        positions int (T,) or (B, T) -> cos, sin (T, Dh) or (B, T, Dh), halves repeated
+    rope_forward(x, cos, sin) -> (y, cache)           x (B, N, T, Dh), N heads; rotate-half
+    rope_backward(dy, cache) -> dx
+masks.py (True = may attend)
+    attention_mask(q_pos, k_pos, *, causal, window=None, key_padding=None) -> bool (B|1, 1, Tq, Tk)
+        q_pos (Tq,) or (B, Tq), k_pos (Tk,) or (B, Tk) integer positions;
+        causal=True:  k <= q, and with window W also q - k < W      (decoder)
+        causal=False: everything, and with window W only |q - k| < W (encoder)
+        key_padding (B, Tk) bool/0-1, True for real tokens, ANDed in.
+softcap.py
+    softcap_forward(x, cap) -> (y, cache)             y = cap * tanh(x / cap); cap None = identity
+    softcap_backward(dy, cache) -> dx
+attention.py
+    attention_core_forward(q, k, v, mask, *, scale, softcap) -> (o, cache)
+        q (B, H, Tq, Dh), k/v (B, K, Tk, Dh), mask bool broadcastable to (B, 1, Tq, Tk)
+        -> o (B, H, Tq, Dh). Steps: s = q.k * scale; s = softcap(s); mask; float32+ softmax;
+        o = p v. Query head h reads kv head h // (H/K). A row with no allowed key gives o = 0
+        and zero gradients.
+    attention_core_backward(do, cache) -> (dq, dk, dv)
+    attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, head_dim,
+                      scale, softcap, mask, rope_q=None, rope_k=None) -> (y, cache)
+        x_q (B, Tq, Dq), x_kv (B, Tk, Dkv); Wq (H*Dh, Dq), Wk/Wv (K*Dh, Dkv), Wo (Dq, H*Dh);
+        rope_q / rope_k: (cos, sin) pairs from rope_cos_sin, or None (cross-attention).
+        Self-attention passes the same array as x_q and x_kv.
+    attention_backward(dy, cache) -> (dx_q, dx_kv, dWq, dWk, dWv, dWo)
+        (for self-attention the input gradient is dx_q + dx_kv)
+mlp.py
+    gelu_tanh_forward(u) -> (g, cache); gelu_tanh_backward(dg, cache) -> du
+    geglu_act_forward(gate, up) -> (a, cache)         a = gelu_tanh(gate) * up
+    geglu_act_backward(da, cache) -> (dgate, dup)
+    geglu_forward(x, Wg, Wu, Wd) -> (y, cache)        y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T
+    geglu_backward(dy, cache) -> (dx, dWg, dWu, dWd)
+loss.py
+    cross_entropy_forward(logits, labels, ignore_index=-100) -> (loss, cache)
+        logits (..., V), labels (...) int; mean over labels != ignore_index (0.0 if none)
+    cross_entropy_backward(dloss, cache) -> dlogits
+    softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100) -> (loss, cache)
+        the fused form: cross-entropy of softcap(z, cap); the (N, V) probabilities are
+        kept once, for the backward.
+    softcap_cross_entropy_backward(dloss, cache) -> dz
+    distillation_forward(logits, teacher_probs, mask, temperature=1.0) -> (loss, cache)
+        soft cross-entropy  mean over positions with mask True of
+        -sum_v teacher_probs[v] * log_softmax(logits / temperature)[v]
+    distillation_backward(dloss, cache) -> dlogits
+"""
