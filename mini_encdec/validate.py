@@ -80,3 +80,59 @@ def check_mask(mask, name: str, shape: Sequence[Optional[int]], *, fn: str = "")
             raise ValueError(f"{_where(fn, name)}: expected only 0/1 values")
         mask = mask.astype(bool)
     return mask
+
+
+# --- added for nn/: scalars, optional floats, float pairs, broadcastable masks ------------
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_positive(value, name: str, *, fn: str = "", allow_none: bool = False):
+    """A finite number > 0 (or None when allow_none); returns it as float (or None)."""
+    if value is None and allow_none:
+        return None
+    if not _is_number(value) or not np.isfinite(value) or value <= 0:
+        want = "a positive number or None" if allow_none else "a positive number"
+        raise ValueError(f"{_where(fn, name)}: expected {want}, got {value!r}")
+    return float(value)
+
+
+def check_positive_int(value, name: str, *, fn: str = "", allow_none: bool = False):
+    """An integer >= 1 (or None when allow_none); returns it as int (or None)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) \
+            or value < 1:
+        want = "an integer >= 1 or None" if allow_none else "an integer >= 1"
+        raise ValueError(f"{_where(fn, name)}: expected {want}, got {value!r}")
+    return int(value)
+
+
+def check_int_array(x, name: str, *, ndims: Sequence[int] = (1, 2), fn: str = "") -> np.ndarray:
+    """An integer array whose number of dimensions is one of `ndims` (e.g. positions)."""
+    check_array(x, name, fn=fn)
+    if x.ndim not in ndims:
+        raise ValueError(f"{_where(fn, name)}: expected {' or '.join(map(str, ndims))} "
+                         f"dimensions, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{_where(fn, name)}: expected an integer array, got dtype {x.dtype}")
+    return x
+
+
+def check_dtype(x: np.ndarray, name: str, dtype, *, fn: str = "") -> np.ndarray:
+    """x must have exactly `dtype` (e.g. the dtype of the main input of an op)."""
+    if x.dtype != np.dtype(dtype):
+        raise ValueError(f"{_where(fn, name)}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
+    return x
+
+
+def check_broadcast_mask(mask, name: str, shape: Sequence[int], *, fn: str = "") -> np.ndarray:
+    """A bool/0-1 mask of the same rank as `shape` whose every axis is 1 or the full size
+    (so it broadcasts to `shape`); returned as bool."""
+    check_array(mask, name, fn=fn)
+    ok = mask.ndim == len(shape) and all(a in (1, s) for a, s in zip(mask.shape, shape))
+    if not ok:
+        want = "(" + ", ".join(f"1|{s}" if s != 1 else "1" for s in shape) + ")"
+        raise ValueError(f"{_where(fn, name)}: expected shape {want}, got {mask.shape}")
+    return check_mask(mask, name, mask.shape, fn=fn)

@@ -1,0 +1,261 @@
+"""Numba twin of the attention core (`mini_encdec.nn.attention.attention_core_*`).
+
+Checklist
+- Fused, forward: per query row, s0 = q.k * scale, the soft-cap, the mask, an online
+  (streaming) softmax over key blocks of at most BLOCK keys and o = p v happen in one
+  pass; the row's running max m, running sum l and output accumulator are rescaled when a
+  new block raises the max (flash attention's recurrence). Only the row's log-sum-exp
+  L = m + log l is kept for the backward.
+- Fused, backward: recomputes s0, the soft-cap and p = exp(s1 - L) per row and block
+  (as flash attention does), then dp = do.v, ds = p (dp - D) with D = do.o, the soft-cap
+  derivative (1 - tanh^2) and the scale, and accumulates dq, dk, dv in the same pass.
+- Masks: any bool mask broadcastable to (B, 1, Tq, Tk). Each row only visits keys between
+  its first and last allowed key, so a causal row costs O(i) and a sliding-window row
+  O(W); forbidden keys inside that range get p = 0. A row with no allowed key outputs
+  zeros and gets zero gradients.
+- GQA: query head h reads key/value head h // G, G = H / K; no head is repeated in memory.
+- Parallel: forward over the B*H*Tq query rows (prange); backward over the B*K key/value
+  heads, each thread owning its dk, dv rows and the dq rows of its G query heads, so no
+  two threads write the same memory and results do not depend on the thread count.
+- Memory beyond inputs and outputs: forward k^T (B, K, Dh, Tk) (so score loops run
+  along contiguous keys and vectorise) and L (B, H, Tq); backward k^T and v^T
+  (B, K, Dh, Tk) each; per row O(BLOCK + Dh) scratch. That is O(B*H*T*Dh): no (Tq, Tk)
+  matrix per head is ever stored.
+- dtypes: float32 and float64, one compiled specialisation each (masks are converted to
+  one C-contiguous bool layout, scalars to the array dtype).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ..nn.attention import _check_core
+from ..validate import check_float, check_shape
+from ._vecmath import JIT, cst, exp_inplace, tanh_into
+
+BLOCK = 256  # keys per online-softmax block (one block covers our sequence lengths)
+
+
+@njit(inline="always")
+def _row_range(mask, bm, im):
+    """(lo, hi): the first allowed key of mask row (bm, 0, im) and one past its last;
+    lo >= hi when no key is allowed."""
+    Tk = mask.shape[3]
+    lo = 0
+    while lo < Tk and not mask[bm, 0, im, lo]:
+        lo += 1
+    hi = Tk
+    while hi > lo and not mask[bm, 0, im, hi - 1]:
+        hi -= 1
+    return lo, hi
+
+
+@njit(inline="always")
+def _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, s1, ibuf):
+    """s1[:n] = softcap(s0), s0[jj] = (q[b, h, i] . k[b, kh, j0 + jj]) * scale; s0 is kept,
+    holding t = tanh(s0 / cap) when cap > 0. The inner loops run along contiguous keys of
+    kT (B, K, Dh, Tk) so they vectorise. (Full indexing, no views: a view in a hot loop
+    costs an atomic reference count shared by all threads.)"""
+    zero = cst(scale, 0.0)
+    for jj in range(n):
+        s0[jj] = zero
+    for d in range(q.shape[3]):
+        qd = q[b, h, i, d] * scale
+        for jj in range(n):
+            s0[jj] += qd * kT[b, kh, d, j0 + jj]  # 1. s0 = (q . k) * scale
+    if cap > zero:
+        inv = cst(scale, 1.0) / cap
+        for jj in range(n):
+            s1[jj] = s0[jj] * inv
+        tanh_into(s1, s0, n, ibuf)  # s0 <- t = tanh(s0 / cap)
+        for jj in range(n):
+            s1[jj] = cap * s0[jj]  # 2. s1 = cap * t
+    else:
+        for jj in range(n):
+            s1[jj] = s0[jj]
+
+
+@njit(inline="always")
+def _chunk(c, nchunks, total):
+    """[start, stop) of chunk c when `total` items are split into `nchunks` near-equal parts."""
+    return (c * total) // nchunks, ((c + 1) * total) // nchunks
+
+
+@njit(parallel=True, **JIT)
+def _forward(q, kT, v, mask, scale, cap, o, lse, nchunks):
+    B, H, Tq, Dh = q.shape
+    K, Tk = v.shape[1], v.shape[2]
+    G = H // K
+    Bm, Tqm = mask.shape[0], mask.shape[2]
+    nb = min(Tk, BLOCK)
+    neg_inf = cst(scale, -np.inf)
+    for c in prange(nchunks):  # chunks of the B*H*Tq query rows, scratch allocated once
+        s0 = np.empty(nb, q.dtype)
+        s = np.empty(nb, q.dtype)
+        ibuf = np.empty(nb, np.int32)
+        acc = np.empty(Dh, q.dtype)
+        r0, r1 = _chunk(c, nchunks, B * H * Tq)
+        for r in range(r0, r1):
+            b = r // (H * Tq)
+            h = (r // Tq) % H
+            i = r % Tq
+            kh = h // G
+            bm, im = (b if Bm > 1 else 0), (i if Tqm > 1 else 0)
+            lo, hi = _row_range(mask, bm, im)
+            if lo >= hi:
+                lse[b, h, i] = neg_inf  # no allowed key: o stays 0
+                continue
+            for d in range(Dh):
+                acc[d] = cst(scale, 0.0)
+            m = neg_inf  # running max
+            l = cst(scale, 0.0)  # running sum of exp(s - m)
+            for j0 in range(lo, hi, nb):
+                n = min(nb, hi - j0)
+                _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, s, ibuf)
+                # 3. mask: forbidden keys -> -inf; the block max over allowed keys
+                bmax = neg_inf
+                for jj in range(n):
+                    if not mask[bm, 0, im, j0 + jj]:
+                        s[jj] = neg_inf
+                    elif s[jj] > bmax:
+                        bmax = s[jj]
+                if bmax == neg_inf:
+                    continue
+                # 4. online softmax: rescale what was summed under the old max
+                m_new = max(m, bmax)
+                alpha = math.exp(m - m_new) if m > neg_inf else cst(scale, 0.0)
+                for jj in range(n):
+                    s[jj] -= m_new
+                exp_inplace(s, n, ibuf)  # p~ = exp(s - m_new), 0 on forbidden keys
+                psum = cst(scale, 0.0)
+                for jj in range(n):
+                    psum += s[jj]
+                l = l * alpha + psum
+                for d in range(Dh):
+                    acc[d] *= alpha
+                # 5. o = p v (unnormalised so far)
+                for jj in range(n):
+                    p = s[jj]
+                    if p != 0:
+                        for d in range(Dh):
+                            acc[d] += p * v[b, kh, j0 + jj, d]
+                m = m_new
+            inv_l = cst(scale, 1.0) / l
+            for d in range(Dh):
+                o[b, h, i, d] = acc[d] * inv_l
+            lse[b, h, i] = m + math.log(l)
+
+
+@njit(parallel=True, **JIT)
+def _backward(q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, dk, dv):
+    B, H, Tq, Dh = q.shape
+    K, Tk = v.shape[1], v.shape[2]
+    G = H // K
+    Bm, Tqm = mask.shape[0], mask.shape[2]
+    nb = min(Tk, BLOCK)
+    zero = cst(scale, 0.0)
+    neg_inf = cst(scale, -np.inf)
+    for g in prange(B * K):  # one key/value head per task: its dk, dv rows are private
+        b = g // K
+        kh = g % K
+        s0 = np.empty(nb, q.dtype)
+        p = np.empty(nb, q.dtype)
+        dp = np.empty(nb, q.dtype)
+        ibuf = np.empty(nb, np.int32)
+        for hg in range(G):
+            h = kh * G + hg
+            for i in range(Tq):
+                bm, im = (b if Bm > 1 else 0), (i if Tqm > 1 else 0)
+                lo, hi = _row_range(mask, bm, im)
+                if lo >= hi:
+                    continue  # empty row: zero gradients
+                L = lse[b, h, i]
+                Drow = zero  # D = sum_d do * o  (= sum_j p_j dp_j)
+                for d in range(Dh):
+                    Drow += do[b, h, i, d] * o[b, h, i, d]
+                for j0 in range(lo, hi, nb):
+                    n = min(nb, hi - j0)
+                    # recompute 1.-2. s1 = softcap(q . k * scale); s0 <- tanh(s0 / cap)
+                    _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, p, ibuf)
+                    # recompute 3.-4. p = exp(s1 - L), 0 on forbidden keys
+                    for jj in range(n):
+                        p[jj] = p[jj] - L if mask[bm, 0, im, j0 + jj] else neg_inf
+                    exp_inplace(p, n, ibuf)
+                    # 5. o = p v  ->  dp_j = do . v_j
+                    for jj in range(n):
+                        dp[jj] = zero
+                    for d in range(Dh):
+                        dod = do[b, h, i, d]
+                        for jj in range(n):
+                            dp[jj] += dod * vT[b, kh, d, j0 + jj]
+                    # 4. softmax: ds1 = p (dp - D);  2. soft-cap: ds0 = ds1 (1 - t^2)
+                    # 1. s0 = (q . k) * scale: the scale joins ds
+                    for jj in range(n):
+                        ds = p[jj] * (dp[jj] - Drow)
+                        if cap > zero:
+                            ds *= cst(scale, 1.0) - s0[jj] * s0[jj]
+                        dp[jj] = ds * scale
+                    for jj in range(n):
+                        pj, dsj = p[jj], dp[jj]
+                        if pj == 0:
+                            continue  # forbidden key (or underflow): nothing flows
+                        j = j0 + jj
+                        for d in range(Dh):
+                            dq[b, h, i, d] += dsj * k[b, kh, j, d]  # dq_i += ds_ij k_j
+                            dk[b, kh, j, d] += dsj * q[b, h, i, d]  # dk_j += ds_ij q_i
+                            dv[b, kh, j, d] += pj * do[b, h, i, d]  # dv_j += p_ij do_i
+
+
+def _num_chunks(rows):
+    """Work split for the forward: a few chunks per thread (causal rows differ in cost)."""
+    return max(1, min(rows, 4 * numba.get_num_threads()))
+
+
+def _dense_mask(mask, B, Tq, Tk):
+    """The validated mask as a C-contiguous bool (B|1, 1, Tq|1, Tk) array (one layout
+    for the compiled kernel; a size-1 key axis is broadcast since rows are scanned)."""
+    if mask is None:
+        return np.ones((1, 1, 1, Tk), dtype=bool)
+    if mask.shape[3] != Tk:
+        mask = np.broadcast_to(mask, mask.shape[:3] + (Tk,))
+    return np.ascontiguousarray(mask, dtype=bool)
+
+
+def attention_core_forward(q, k, v, mask, *, scale, softcap):
+    """Twin of nn.attention.attention_core_forward: q (B, H, Tq, Dh), k/v (B, K, Tk, Dh),
+    mask bool broadcastable to (B, 1, Tq, Tk) or None -> (o (B, H, Tq, Dh), cache)."""
+    mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap, "attention_core_forward")
+    B, H, Tq, Dh = q.shape
+    Tk = k.shape[2]
+    dt = q.dtype.type
+    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    mask = _dense_mask(mask, B, Tq, Tk)
+    kT = np.ascontiguousarray(k.swapaxes(2, 3))  # (B, K, Tk, Dh) -> (B, K, Dh, Tk)
+    o = np.zeros_like(q)  # (B, H, Tq, Dh)
+    lse = np.empty((B, H, Tq), dtype=q.dtype)
+    cap = dt(softcap) if softcap is not None else dt(0)
+    _forward(q, kT, v, mask, dt(scale), cap, o, lse, _num_chunks(B * H * Tq))
+    cache = {"q": q, "k": k, "kT": kT, "v": v, "o": o, "mask": mask, "lse": lse,
+             "scale": dt(scale), "cap": cap}
+    return o, cache
+
+
+def attention_core_backward(do, cache):
+    """Twin of nn.attention.attention_core_backward: returns (dq, dk, dv)."""
+    q = cache["q"]
+    check_float(do, "do", fn="attention_core_backward")
+    check_shape(do, "do", q.shape, fn="attention_core_backward")
+    if do.dtype != q.dtype:
+        raise ValueError(f"attention_core_backward: argument 'do': expected dtype {q.dtype}, "
+                         f"got {do.dtype}")
+    k, v = cache["k"], cache["v"]
+    do = np.ascontiguousarray(do)
+    vT = np.ascontiguousarray(v.swapaxes(2, 3))  # (B, K, Tk, Dh) -> (B, K, Dh, Tk)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    _backward(q, k, cache["kT"], v, vT, cache["o"], do, cache["mask"], cache["scale"],
+              cache["cap"], cache["lse"], dq, dk, dv)
+    return dq, dk, dv

@@ -1,0 +1,210 @@
+"""Grouped-query attention with Gemma 2's query scalar, score soft-cap and masks.
+
+Shape letters: B batch, H query heads, K key/value heads (H a multiple of K), G = H / K
+query heads per key/value head, Tq queries, Tk keys, Dh head size, Dq / Dkv model widths.
+Query head h reads key/value head h // G, so reshaping the heads (H,) -> (K, G) lines each
+group of G query heads up with its one key/value head.
+
+The core, as numbered steps (the backward undoes them in reverse order):
+    1. s0 = (q . k) * scale                       scale = query_pre_attn_scalar ** -0.5
+    2. s1 = softcap * tanh(s0 / softcap)           (skipped when softcap is None)
+    3. s2 = s1 where mask, else -inf
+    4. p  = softmax(s2) over keys, in the input dtype (float32 or float64); a row with no
+            allowed key gets p = 0 (our choice, SPEC 1: zeros, never NaN)
+    5. o  = p v
+
+Self-attention passes the same activations as x_q and x_kv; cross-attention passes the
+encoder output as x_kv (no RoPE, mask = encoder key padding). Tq may differ from Tk.
+
+`attention_forward` calls the core through `mini_encdec.ops`, so with the numba backend
+the jitted twin runs; forward and backward must then run under the same backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..validate import (check_broadcast_mask, check_float, check_positive, check_positive_int,
+                        check_same_dtype, check_shape)
+from .linear import linear_backward, linear_forward
+from .rope import rope_backward, rope_forward
+
+
+def _check_core(q, k, v, mask, scale, softcap, fn):
+    check_float(q, "q", ndim=4, fn=fn)
+    B, H, Tq, Dh = q.shape
+    check_float(k, "k", ndim=4, fn=fn)
+    check_shape(k, "k", (B, None, None, Dh), fn=fn)
+    K, Tk = k.shape[1], k.shape[2]
+    check_float(v, "v", ndim=4, fn=fn)
+    check_shape(v, "v", (B, K, Tk, Dh), fn=fn)
+    check_same_dtype(fn, q=q, k=k, v=v)
+    if K == 0 or H % K:
+        raise ValueError(f"{fn}: argument 'k': expected a number of key/value heads dividing "
+                         f"the {H} query heads, got {K}")
+    if mask is not None:
+        mask = check_broadcast_mask(mask, "mask", (B, 1, Tq, Tk), fn=fn)
+    scale = check_positive(scale, "scale", fn=fn)
+    softcap = check_positive(softcap, "softcap", fn=fn, allow_none=True)
+    return mask, scale, softcap
+
+
+def attention_core_forward(q, k, v, mask, *, scale, softcap):
+    """q (B, H, Tq, Dh), k/v (B, K, Tk, Dh), mask (B|1, 1, Tq, Tk) bool or None (all keys)
+    -> o (B, H, Tq, Dh). Returns (o, cache); the cache keeps q, k, v, the probabilities p
+    and tanh(s0 / softcap)."""
+    fn = "attention_core_forward"
+    mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap, fn)
+    B, H, Tq, Dh = q.shape
+    K, Tk = k.shape[1], k.shape[2]
+    G = H // K
+    dt = q.dtype.type
+    qg = q.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)
+    kt = k[:, :, None].swapaxes(-1, -2)  # (B, K, Tk, Dh) -> (B, K, 1, Dh, Tk)
+    # 1. s0 = (q . k) * scale
+    s0 = (qg @ kt) * dt(scale)  # (B, K, G, Tq, Dh) @ (B, K, 1, Dh, Tk) -> (B, K, G, Tq, Tk)
+    # 2. s1 = softcap * tanh(s0 / softcap)
+    if softcap is not None:
+        t = np.tanh(s0 / dt(softcap))
+        s1 = dt(softcap) * t
+    else:
+        t, s1 = None, s0
+    # 3. s2 = s1 where mask, else -inf
+    if mask is not None:
+        m5 = mask[:, :, None]  # (B|1, 1, Tq, Tk) -> (B|1, 1, 1, Tq, Tk)
+        s2 = np.where(m5, s1, -np.inf).astype(q.dtype, copy=False)
+    else:
+        m5, s2 = None, s1
+    # 4. p = softmax(s2); rows with no allowed key: max is -inf, use 0 so exp gives 0s
+    row_max = np.max(s2, axis=-1, keepdims=True)  # (B, K, G, Tq, 1)
+    row_max = np.where(np.isfinite(row_max), row_max, 0).astype(q.dtype, copy=False)
+    e = np.exp(s2 - row_max)  # exp(-inf) = 0 for masked keys
+    denom = np.sum(e, axis=-1, keepdims=True)  # (B, K, G, Tq, 1)
+    p = e / np.where(denom > 0, denom, 1).astype(q.dtype, copy=False)
+    # 5. o = p v
+    og = p @ v[:, :, None]  # (B, K, G, Tq, Tk) @ (B, K, 1, Tk, Dh) -> (B, K, G, Tq, Dh)
+    o = og.reshape(B, H, Tq, Dh)  # (B, K, G, Tq, Dh) -> (B, H, Tq, Dh)
+    cache = {"q": q, "k": k, "v": v, "p": p, "t": t, "scale": scale, "softcap": softcap}
+    return o, cache
+
+
+def attention_core_backward(do, cache):
+    """Returns (dq, dk, dv). Masked keys and empty rows get exactly zero gradient."""
+    q, k, v, p, t = cache["q"], cache["k"], cache["v"], cache["p"], cache["t"]
+    check_float(do, "do", fn="attention_core_backward")
+    check_shape(do, "do", q.shape, fn="attention_core_backward")
+    B, H, Tq, Dh = q.shape
+    K, Tk = k.shape[1], k.shape[2]
+    G = H // K
+    dt = q.dtype.type
+    dog = do.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)
+    # 5. o = p v
+    dp = dog @ v[:, :, None].swapaxes(-1, -2)  # (B,K,G,Tq,Dh) @ (B,K,1,Dh,Tk) -> (B,K,G,Tq,Tk)
+    dv = np.sum(p.swapaxes(-1, -2) @ dog, axis=2)  # (B,K,G,Tk,Tq) @ (B,K,G,Tq,Dh) -> sum G -> (B,K,Tk,Dh)
+    # 4. p = softmax(s2): ds2 = p * (dp - sum_k p dp); p = 0 on masked keys and empty rows
+    ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True))
+    # 3. s2 = s1 where mask: the gradient passes where allowed (elsewhere p = 0 made it 0)
+    # 2. s1 = softcap * tanh(s0 / softcap)
+    if t is not None:
+        ds = ds * (1 - t * t)
+    # 1. s0 = (q . k) * scale
+    ds = ds * dt(cache["scale"])
+    dqg = ds @ k[:, :, None]  # (B,K,G,Tq,Tk) @ (B,K,1,Tk,Dh) -> (B,K,G,Tq,Dh)
+    dq = dqg.reshape(B, H, Tq, Dh)  # (B, K, G, Tq, Dh) -> (B, H, Tq, Dh)
+    qg = q.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)
+    dk = np.sum(ds.swapaxes(-1, -2) @ qg, axis=2)  # (B,K,G,Tk,Tq) @ (B,K,G,Tq,Dh) -> sum G -> (B,K,Tk,Dh)
+    return dq, dk, dv
+
+
+def _check_rope(rope, name, B, T, Dh, dtype, fn):
+    if rope is None:
+        return None
+    if not (isinstance(rope, (tuple, list)) and len(rope) == 2):
+        raise ValueError(f"{fn}: argument {name!r}: expected a (cos, sin) pair or None, "
+                         f"got {type(rope).__name__}")
+    for part, arr in zip(("cos", "sin"), rope):
+        check_float(arr, f"{name}[{part}]", fn=fn)
+        if arr.ndim == 2:
+            check_shape(arr, f"{name}[{part}]", (T, Dh), fn=fn)
+        else:
+            check_shape(arr, f"{name}[{part}]", (B, T, Dh), fn=fn)
+        if arr.dtype != dtype:
+            raise ValueError(f"{fn}: argument {name}[{part}]: expected dtype {dtype}, "
+                             f"got {arr.dtype}")
+    return rope
+
+
+def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, head_dim,
+                      scale, softcap, mask, rope_q=None, rope_k=None):
+    """y = attention(x_q attends to x_kv) Wo^T. Returns (y, cache).
+
+    x_q (B, Tq, Dq), x_kv (B, Tk, Dkv); Wq (H*Dh, Dq), Wk/Wv (K*Dh, Dkv), Wo (Dq, H*Dh);
+    mask (B|1, 1, Tq, Tk) or None; rope_q/rope_k (cos, sin) pairs or None.
+    """
+    fn = "attention_forward"
+    H = check_positive_int(num_heads, "num_heads", fn=fn)
+    K = check_positive_int(num_kv_heads, "num_kv_heads", fn=fn)
+    Dh = check_positive_int(head_dim, "head_dim", fn=fn)
+    if H % K:
+        raise ValueError(f"{fn}: argument 'num_heads': expected a multiple of "
+                         f"num_kv_heads={K}, got {H}")
+    check_float(x_q, "x_q", ndim=3, fn=fn)
+    B, Tq, Dq = x_q.shape
+    check_float(x_kv, "x_kv", ndim=3, fn=fn)
+    check_shape(x_kv, "x_kv", (B, None, None), fn=fn)
+    Tk, Dkv = x_kv.shape[1], x_kv.shape[2]
+    for name, W, shape in (("Wq", Wq, (H * Dh, Dq)), ("Wk", Wk, (K * Dh, Dkv)),
+                           ("Wv", Wv, (K * Dh, Dkv)), ("Wo", Wo, (Dq, H * Dh))):
+        check_float(W, name, fn=fn)
+        check_shape(W, name, shape, fn=fn)
+    check_same_dtype(fn, x_q=x_q, x_kv=x_kv, Wq=Wq, Wk=Wk, Wv=Wv, Wo=Wo)
+    if mask is None:  # every key allowed; kernels always receive an array
+        mask = np.ones((1, 1, Tq, Tk), dtype=bool)
+    mask = check_broadcast_mask(mask, "mask", (B, 1, Tq, Tk), fn=fn)
+    rope_q = _check_rope(rope_q, "rope_q", B, Tq, Dh, x_q.dtype, fn)
+    rope_k = _check_rope(rope_k, "rope_k", B, Tk, Dh, x_q.dtype, fn)
+
+    q2, c_q = linear_forward(x_q, Wq)  # (B, Tq, Dq) -> (B, Tq, H*Dh)
+    k2, c_k = linear_forward(x_kv, Wk)  # (B, Tk, Dkv) -> (B, Tk, K*Dh)
+    v2, c_v = linear_forward(x_kv, Wv)  # (B, Tk, Dkv) -> (B, Tk, K*Dh)
+    q = q2.reshape(B, Tq, H, Dh).transpose(0, 2, 1, 3)  # (B, Tq, H*Dh) -> (B, H, Tq, Dh)
+    k = k2.reshape(B, Tk, K, Dh).transpose(0, 2, 1, 3)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
+    v = v2.reshape(B, Tk, K, Dh).transpose(0, 2, 1, 3)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
+    c_rq = c_rk = None
+    if rope_q is not None:
+        q, c_rq = rope_forward(q, *rope_q)
+    if rope_k is not None:
+        k, c_rk = rope_forward(k, *rope_k)
+    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    o, c_core = ops.attention_core_forward(q, k, v, mask, scale=scale, softcap=softcap)
+    o2 = o.transpose(0, 2, 1, 3).reshape(B, Tq, H * Dh)  # (B, H, Tq, Dh) -> (B, Tq, H*Dh)
+    y, c_o = linear_forward(o2, Wo)  # (B, Tq, H*Dh) -> (B, Tq, Dq)
+    cache = {"q": c_q, "k": c_k, "v": c_v, "rope_q": c_rq, "rope_k": c_rk, "core": c_core,
+             "o": c_o, "dims": (B, Tq, Tk, H, K, Dh)}
+    return y, cache
+
+
+def attention_backward(dy, cache):
+    """Returns (dx_q, dx_kv, dWq, dWk, dWv, dWo). Self-attention: dx = dx_q + dx_kv."""
+    B, Tq, Tk, H, K, Dh = cache["dims"]
+    check_float(dy, "dy", fn="attention_backward")
+    check_shape(dy, "dy", (B, Tq, cache["o"]["W"].shape[0]), fn="attention_backward")
+    # y = o2 Wo^T
+    do2, dWo = linear_backward(dy, cache["o"])
+    do = np.ascontiguousarray(do2.reshape(B, Tq, H, Dh).transpose(0, 2, 1, 3))  # (B,Tq,H*Dh) -> (B,H,Tq,Dh)
+    # o = core(q, k, v)
+    dq, dk, dv = ops.attention_core_backward(do, cache["core"])
+    # q = rope(q), k = rope(k)
+    if cache["rope_q"] is not None:
+        dq = rope_backward(dq, cache["rope_q"])
+    if cache["rope_k"] is not None:
+        dk = rope_backward(dk, cache["rope_k"])
+    dq2 = dq.transpose(0, 2, 1, 3).reshape(B, Tq, H * Dh)  # (B, H, Tq, Dh) -> (B, Tq, H*Dh)
+    dk2 = dk.transpose(0, 2, 1, 3).reshape(B, Tk, K * Dh)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
+    dv2 = dv.transpose(0, 2, 1, 3).reshape(B, Tk, K * Dh)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
+    # q2 = x_q Wq^T, k2 = x_kv Wk^T, v2 = x_kv Wv^T
+    dx_q, dWq = linear_backward(dq2, cache["q"])
+    dx_k, dWk = linear_backward(dk2, cache["k"])
+    dx_v, dWv = linear_backward(dv2, cache["v"])
+    return dx_q, dx_k + dx_v, dWq, dWk, dWv, dWo

@@ -1,0 +1,36 @@
+"""Linear layer without bias: `y = x W^T`, weights stored `[out, in]` (Hugging Face layout).
+
+Shapes: x (..., In), W (Out, In) -> y (..., Out). Any number of leading axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..validate import check_float, check_same_dtype, check_shape
+
+
+def linear_forward(x: np.ndarray, W: np.ndarray):
+    """y = x W^T. Returns (y, cache)."""
+    fn = "linear_forward"
+    check_float(x, "x", fn=fn)
+    check_float(W, "W", ndim=2, fn=fn)
+    if x.ndim < 1:
+        raise ValueError(f"{fn}: argument 'x': expected at least 1 dimension, got shape {x.shape}")
+    check_shape(x, "x", (None,) * (x.ndim - 1) + (W.shape[1],), fn=fn)
+    check_same_dtype(fn, x=x, W=W)
+    y = x @ W.T  # (..., In) @ (In, Out) -> (..., Out)
+    return y, {"x": x, "W": W}
+
+
+def linear_backward(dy: np.ndarray, cache: dict):
+    """Gradients of y = x W^T. Returns (dx, dW)."""
+    x, W = cache["x"], cache["W"]
+    check_float(dy, "dy", fn="linear_backward")
+    check_shape(dy, "dy", x.shape[:-1] + (W.shape[0],), fn="linear_backward")
+    # y = x @ W.T
+    dx = dy @ W  # (..., Out) @ (Out, In) -> (..., In)
+    dy2 = dy.reshape(-1, W.shape[0])  # (..., Out) -> (N, Out)
+    x2 = x.reshape(-1, W.shape[1])  # (..., In) -> (N, In)
+    dW = dy2.T @ x2  # (Out, N) @ (N, In) -> (Out, In)
+    return dx.astype(x.dtype, copy=False), dW.astype(W.dtype, copy=False)

@@ -1,0 +1,51 @@
+"""Attention masks from token positions (True = the query may attend to the key).
+
+    causal=True                 k <= q                 (decoder, global layers)
+    causal=True,  window=W      0 <= q - k < W         (decoder, local layers: W keys)
+    causal=False                every key              (encoder, global layers)
+    causal=False, window=W      |q - k| < W            (encoder, local layers: up to 2W-1 keys)
+    key_padding[b, k]           ANDed in: False marks padding keys
+
+Shapes: q_pos (Tq,) or (B, Tq), k_pos (Tk,) or (B, Tk), key_padding (B, Tk)
+-> mask (B, 1, Tq, Tk), or (1, 1, Tq, Tk) when nothing has a batch axis.
+The size-1 axis broadcasts over heads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..validate import check_int_array, check_mask, check_positive_int
+
+
+def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window=None,
+                   key_padding=None) -> np.ndarray:
+    fn = "attention_mask"
+    check_int_array(q_pos, "q_pos", ndims=(1, 2), fn=fn)
+    check_int_array(k_pos, "k_pos", ndims=(1, 2), fn=fn)
+    if not isinstance(causal, (bool, np.bool_)):
+        raise ValueError(f"{fn}: argument 'causal': expected True or False, got {causal!r}")
+    window = check_positive_int(window, "window", fn=fn, allow_none=True)
+    if key_padding is not None:
+        key_padding = check_mask(key_padding, "key_padding", (None, k_pos.shape[-1]), fn=fn)
+    batch = {n: a.shape[0] for n, a in (("q_pos", q_pos), ("k_pos", k_pos),
+                                         ("key_padding", key_padding))
+             if a is not None and a.ndim == 2}
+    if len(set(batch.values())) > 1:
+        desc = ", ".join(f"{n} has {b}" for n, b in batch.items())
+        raise ValueError(f"{fn}: expected one batch size for q_pos, k_pos and key_padding, "
+                         f"got {desc}")
+    qp = (q_pos if q_pos.ndim == 2 else q_pos[None]).astype(np.int64)  # (B|1, Tq)
+    kp = (k_pos if k_pos.ndim == 2 else k_pos[None]).astype(np.int64)  # (B|1, Tk)
+    diff = qp[:, :, None] - kp[:, None, :]  # (B|1, Tq, 1) - (B|1, 1, Tk) -> (B|1, Tq, Tk)
+    if causal:
+        allowed = diff >= 0
+        if window is not None:
+            allowed &= diff < window
+    else:
+        allowed = np.ones_like(diff, dtype=bool)
+        if window is not None:
+            allowed &= np.abs(diff) < window
+    if key_padding is not None:
+        allowed = allowed & key_padding[:, None, :]  # (B|1, Tq, Tk) & (B, 1, Tk)
+    return allowed[:, None]  # (B|1, Tq, Tk) -> (B|1, 1, Tq, Tk)

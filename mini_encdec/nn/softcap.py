@@ -1,0 +1,35 @@
+"""Gemma's tanh soft-cap: `y = cap * tanh(x / cap)`; cap None is the identity.
+
+In exact arithmetic |y| < cap for every finite x. In floating point tanh rounds to
+exactly +-1 once |x| is large (about 9*cap in float32, 19*cap in float64), and then
+|y| == cap; the gradient there is 0, as it is in exact arithmetic to working precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..validate import check_float, check_positive, check_shape
+
+
+def softcap_forward(x: np.ndarray, cap):
+    """Returns (y, cache); cache keeps t = tanh(x / cap)."""
+    fn = "softcap_forward"
+    check_float(x, "x", fn=fn)
+    cap = check_positive(cap, "cap", fn=fn, allow_none=True)
+    if cap is None:
+        return x.copy(), {"t": None, "cap": None, "shape": x.shape}
+    c = x.dtype.type(cap)
+    t = np.tanh(x / c)
+    return c * t, {"t": t, "cap": cap, "shape": x.shape}
+
+
+def softcap_backward(dy: np.ndarray, cache: dict):
+    """dx = dy * (1 - tanh(x / cap)^2)."""
+    check_float(dy, "dy", fn="softcap_backward")
+    check_shape(dy, "dy", cache["shape"], fn="softcap_backward")
+    t = cache["t"]
+    if t is None:  # y = x
+        return dy.copy()
+    # y = cap * tanh(x / cap)  ->  dy/dx = 1 - tanh^2
+    return dy * (1 - t * t)
