@@ -13,7 +13,7 @@ How many sentinels: span corruption with encoder length S gives inputs
 so n spans need at least 2n + 1 input tokens: n <= (S - 1) // 2. With S = 512, the
 longest configured length, at most 255 spans fit whatever the rate and mean span, so
 256 sentinels are enough for every denoiser (the densest preset task, rate 0.5 with
-mean span 3, uses 128 at S = 512; see objectives.span_corruption.max_spans).
+mean span 3, uses 127 at S = 512; see objectives.span_corruption.max_spans).
 
 Byte fallback is on, so any text round-trips exactly: `decode(encode(s)) == s`.
 

@@ -46,9 +46,8 @@ def test_tokenizer_round_trips_the_corpus(tok):
         assert tok.decode(ids) == text
 
 
-@given(st.text(max_size=60))
-def test_tokenizer_round_trips_any_text(text):
-    tok = load_tokenizer()
+@given(text=st.text(max_size=60))
+def test_tokenizer_round_trips_any_text(tok, text):
     assert tok.decode(tok.encode(text)) == text
 
 

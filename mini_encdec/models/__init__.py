@@ -16,4 +16,50 @@ A batch is a dict of NumPy arrays:
                      where labels[:, t] is the target of position t (-100 ignored)
     encoder-decoder: input_ids (B, S), attention_mask (B, S), decoder_input_ids (B, T),
                      labels (B, T)
+
+Beyond that core:
+    model.forward(batch, return_cache=True) -> (logits, cache)
+    model.backward(dlogits, cache) -> grads      for any objective on the soft-capped
+                                                 logits (e.g. distillation)
+    GemmaLM.hidden_states(batch) -> (B, T, D)    final-normed hidden states
+    EncDecLM.encode(input_ids, attention_mask=None, causal=True)
+                                                 the encoder with decoder-style causal
+                                                 masks (adaptation checks, SPEC 3)
+    EncDecLM.decode(decoder_input_ids, encoder_output, attention_mask=None) -> logits
+    EncDecLM.encoder_embed_key / decoder_embed_key   (with tie_all_embeddings both are
+                                                 "model.encoder.embed_tokens.weight")
+    params.param_shapes(config), params.init_params(config, seed, dtype)
+
+Padding convention (inputs.py): attention_mask is 1 for real tokens; positions count real
+tokens only, so left and right padding both leave real tokens' results unchanged.
+Batch errors (missing key, wrong shape, id out of range, non-0/1 mask) raise ValueError
+naming the key. Generation: `mini_encdec.models.generate`; FLOPs: `mini_encdec.models.flops`.
 """
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import EncDecConfig, GemmaConfig
+from .encdec import EncDecLM
+from .gemma import GemmaLM
+from .params import init_params, param_shapes
+
+__all__ = ["build_model", "GemmaLM", "EncDecLM", "init_params", "param_shapes"]
+
+
+def build_model(config, params=None, seed: int = 0, dtype=np.float32):
+    """GemmaLM for a GemmaConfig, EncDecLM for an EncDecConfig.
+
+    params: flat dict with Hugging Face keys (checked: exact key set, shapes, one float
+    dtype; the arrays are used as given, not copied). None: fresh init from `seed` in
+    `dtype` (linear/embedding weights N(0, 0.02), norm weights 0).
+    """
+    if not isinstance(config, (GemmaConfig, EncDecConfig)):
+        raise ValueError(f"build_model: argument 'config': expected a GemmaConfig or "
+                         f"EncDecConfig, got {type(config).__name__}")
+    if params is None:
+        params = init_params(config, seed=seed, dtype=dtype)
+    if isinstance(config, GemmaConfig):
+        return GemmaLM(config, params)
+    return EncDecLM(config, params)

@@ -20,7 +20,8 @@ def softcap_forward(x: np.ndarray, cap):
     if cap is None:
         return x.copy(), {"t": None, "cap": None, "shape": x.shape}
     c = x.dtype.type(cap)
-    t = np.tanh(x / c)
+    with np.errstate(over="ignore"):  # |x| / cap beyond the float range: tanh(+-inf) = +-1
+        t = np.tanh(x / c)
     return c * t, {"t": t, "cap": cap, "shape": x.shape}
 
 

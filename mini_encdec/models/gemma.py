@@ -1,0 +1,110 @@
+"""The decoder-only Gemma 2 language model (SPEC section 1).
+
+    x      = E[input_ids] * sqrt(D)                        (B, T, D)
+    h      = final_norm( blocks(x) )                       causal, local/global alternating
+    logits = 30 * tanh( (h E^T) / 30 )                     (B, T, V), E tied
+    loss   = mean CE(logits[b, t], labels[b, t]) over labels != -100
+
+`labels[:, t]` is the target of position t (already shifted by the caller: for plain
+next-token prediction labels[:, t] = input_ids[:, t + 1]).
+
+Padded batches: the optional `attention_mask` (B, T), 1 for real tokens, 0 for padding.
+Padding keys are never attended to, and positions count real tokens only (see
+`inputs.py`), so a left- or right-padded sequence gives the same logits on its real tokens
+as the sequence alone. Logits at padding positions are meaningless; give those positions
+the label -100.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..config import GemmaConfig
+from ..nn.embedding import embedding_forward
+from . import head
+from .inputs import check_batch, positions_from_mask, rope_for, self_attention_masks
+from .params import check_params, gemma_spec
+from .stack import stack_backward, stack_forward
+
+
+class GemmaLM:
+    """Gemma 2 decoder-only LM over a flat dict of parameters with Hugging Face keys."""
+
+    def __init__(self, config: GemmaConfig, params: dict):
+        if not isinstance(config, GemmaConfig):
+            raise ValueError(f"GemmaLM: argument 'config': expected a GemmaConfig, got "
+                             f"{type(config).__name__}")
+        self.dtype = check_params(config, params)
+        self.config = config
+        self.params = params
+        self.spec = gemma_spec(config)
+
+    # --- batch handling -------------------------------------------------------------------
+    def _check(self, batch, *, labels: bool, fn: str) -> dict:
+        required = ("input_ids", "labels") if labels else ("input_ids",)
+        optional = ("attention_mask",) if labels else ("attention_mask", "labels")
+        return check_batch(batch, required=required, optional=optional,
+                           vocab_size=self.config.vocab_size, fn=fn,
+                           groups={k: "tokens" for k in ("input_ids", "attention_mask", "labels")})
+
+    @property
+    def embed_key(self) -> str:
+        return self.spec.embed_key
+
+    # --- the network ----------------------------------------------------------------------
+    def _trunk(self, input_ids: np.ndarray, attention_mask):
+        """Embedding and all blocks: (B, T) ids -> (B, T, D) final-normed hidden states."""
+        cfg, P = self.config, self.params
+        T = input_ids.shape[1]
+        # x = E[ids] * sqrt(D)
+        x, c_emb = embedding_forward(input_ids, P[self.embed_key])  # (B, T) -> (B, T, D)
+        pos = positions_from_mask(attention_mask, T)  # (T,) or (B, T)
+        masks = self_attention_masks(cfg, pos, pos, causal=True, key_padding=attention_mask)
+        h, c_stack, _ = stack_forward(P, self.spec, x, masks=masks,
+                                      rope=rope_for(cfg, pos, self.dtype))
+        return h, {"emb": c_emb, "stack": c_stack}
+
+    def hidden_states(self, batch: dict) -> np.ndarray:
+        """Final-normed hidden states (B, T, D) (the input of the output matrix)."""
+        b = self._check(batch, labels=False, fn="GemmaLM.hidden_states")
+        return self._trunk(b["input_ids"], b.get("attention_mask"))[0]
+
+    def forward(self, batch: dict, return_cache: bool = False):
+        """Soft-capped logits (B, T, V); with return_cache also the cache for `backward`."""
+        b = self._check(batch, labels=False, fn="GemmaLM.forward")
+        h, cache = self._trunk(b["input_ids"], b.get("attention_mask"))
+        z, cache["logits"] = head.raw_logits(h, self.params[self.embed_key])  # (B,T,D)@(D,V)
+        logits, cache["cap"] = head.capped_logits(z, self.config.final_logit_softcapping)
+        return (logits, cache) if return_cache else logits
+
+    def backward(self, dlogits: np.ndarray, cache: dict) -> dict:
+        """Parameter gradients given d(objective)/d(soft-capped logits) (B, T, V), for
+        objectives other than the built-in cross-entropy (e.g. distillation)."""
+        dz = head.capped_logits_backward(dlogits, cache["cap"])
+        return self._backward_from_z(dz, cache)
+
+    def _backward_from_z(self, dz: np.ndarray, cache: dict) -> dict:
+        grads: dict = {}
+        # z = h E^T  (first use of E: the output matrix)
+        dh, dE_out = head.raw_logits_backward(dz, cache["logits"])
+        dx, _ = stack_backward(dh, cache["stack"], grads)
+        # x = E[ids] * sqrt(D)  (second use of E: the input embedding)
+        dE_in = ops.embedding_backward(dx, cache["emb"])
+        grads[self.embed_key] = dE_out + dE_in
+        return grads
+
+    def loss(self, batch: dict) -> float:
+        b = self._check(batch, labels=True, fn="GemmaLM.loss")
+        h, _ = self._trunk(b["input_ids"], b.get("attention_mask"))
+        z, _ = head.raw_logits(h, self.params[self.embed_key])
+        return head.loss_forward(z, b["labels"], self.config.final_logit_softcapping)[0]
+
+    def loss_and_grads(self, batch: dict):
+        """(mean cross-entropy, gradients keyed like params)."""
+        b = self._check(batch, labels=True, fn="GemmaLM.loss_and_grads")
+        h, cache = self._trunk(b["input_ids"], b.get("attention_mask"))
+        z, cache["logits"] = head.raw_logits(h, self.params[self.embed_key])  # (B, T, V)
+        loss, c_loss = head.loss_forward(z, b["labels"], self.config.final_logit_softcapping)
+        dz = head.loss_backward(c_loss)
+        return loss, self._backward_from_z(dz, cache)
