@@ -77,7 +77,8 @@ def check_mask(mask, name: str, shape: Sequence[Optional[int]], *, fn: str = "")
             raise ValueError(f"{_where(fn, name)}: expected a bool or 0/1 array, got dtype "
                              f"{mask.dtype}")
         if mask.size and not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"{_where(fn, name)}: expected only 0/1 values")
+            v = mask[~np.isin(mask, (0, 1))].flat[0]
+            raise ValueError(f"{_where(fn, name)}: expected only 0/1 values, got {v!r}")
         mask = mask.astype(bool)
     return mask
 
@@ -85,7 +86,8 @@ def check_mask(mask, name: str, shape: Sequence[Optional[int]], *, fn: str = "")
 # --- added for nn/: scalars, optional floats, float pairs, broadcastable masks ------------
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+    return (isinstance(v, (int, float, np.integer, np.floating))
+            and not isinstance(v, (bool, np.bool_)))
 
 
 def check_positive(value, name: str, *, fn: str = "", allow_none: bool = False):

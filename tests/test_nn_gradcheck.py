@@ -29,9 +29,9 @@ TOL = 1e-6
 MAX_ERR: dict[str, float] = {}
 # The backend fixture is function-scoped but only flips the backend switch, which is safe
 # to share between the examples of one test.
-fixture_ok = settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture,
+fixture_ok = settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                              HealthCheck.too_slow])
-few = settings(max_examples=15)
+few = settings(max_examples=30)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -132,7 +132,8 @@ def test_attention_core(backend, data, seed, dims, scale, softcap):
     rng = np.random.default_rng(seed)
     B, H, K, Tq, Tk, Dh = (dims[k] for k in ("B", "H", "K", "Tq", "Tk", "Dh"))
     mask = data.draw(attention_masks(B, Tq, Tk))
-    arrays = dict(q=randn(rng, B, H, Tq, Dh), k=randn(rng, B, K, Tk, Dh), v=randn(rng, B, K, Tk, Dh))
+    arrays = dict(q=randn(rng, B, H, Tq, Dh), k=randn(rng, B, K, Tk, Dh),
+                  v=randn(rng, B, K, Tk, Dh))
     check_grads("attention_core",
                 lambda q, k, v: ops.attention_core_forward(q, k, v, mask, scale=scale,
                                                            softcap=softcap),

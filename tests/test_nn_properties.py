@@ -23,7 +23,7 @@ from mini_encdec.nn.rope import rope_backward, rope_cos_sin, rope_forward
 from mini_encdec.nn.softcap import softcap_backward, softcap_forward
 
 from .strategies import (attention_dims, attention_masks, batch_sizes, bool_masks, heads,
-                         head_dims, key_paddings, seeds, seq_lens, widths, windows)
+                         head_dims, key_paddings, seeds, widths, windows)
 
 few = settings(max_examples=15)
 fixture_ok = settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -382,7 +382,8 @@ def _ops_in(dtype, rng_seed=0):
     loss, c = cross_entropy_forward(z, labels)
     out["cross_entropy"] = (np.array(loss, dtype), cross_entropy_backward(1.0, c))
     loss, c = ops.softcap_cross_entropy_forward(z, labels, 3.0)
-    out["softcap_cross_entropy"] = (np.array(loss, dtype), ops.softcap_cross_entropy_backward(1.0, c))
+    out["softcap_cross_entropy"] = (np.array(loss, dtype),
+                                    ops.softcap_cross_entropy_backward(1.0, c))
     tp = np.full((2, 3, 4), 0.25, dtype=dtype)
     loss, c = distillation_forward(z, tp, np.ones((2, 3), bool), 2.0)
     out["distillation"] = (np.array(loss, dtype), distillation_backward(1.0, c))

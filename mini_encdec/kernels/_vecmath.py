@@ -26,8 +26,10 @@ No `nnan`/`ninf`: masks rely on -inf, and a NaN input must stay visible.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import numba
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
@@ -36,6 +38,26 @@ FASTMATH = {"reassoc", "contract"}
 # every helper and kernel: cached on disk; numpy error model (x / 0 gives inf, no Python
 # ZeroDivisionError branch, which would stop vectorisation).
 JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
+
+# Below this much work (about one vectorised multiply-add per unit) a kernel runs on the
+# calling thread: waking the thread pool costs ~10-30 us on an idle 2-core machine and
+# milliseconds when the cores are busy, more than a small kernel (e.g. one decoding step).
+SERIAL_WORK = 1 << 17
+
+
+@contextlib.contextmanager
+def threads_for(work: int):
+    """Run the kernels inside on all Numba threads, or on one when `work` is small."""
+    if work >= SERIAL_WORK:
+        yield numba.get_num_threads()
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield 1
+    finally:
+        numba.set_num_threads(previous)
+
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693359375  # ln 2 split in two: the high part is exact in float32
@@ -65,7 +87,8 @@ def _exp_inplace(buf, n, ibuf):
     if buf.dtype == types.float32:
         def impl(buf, n, ibuf):
             for j in range(n):
-                x = min(max(buf[j], np.float32(-88.0)), np.float32(88.0))
+                x0 = buf[j]
+                x = min(max(x0, np.float32(-88.0)), np.float32(88.0))
                 k = np.floor(x * np.float32(_LOG2E) + np.float32(0.5))  # round(x / ln 2)
                 r = x - k * np.float32(_LN2_HI) - k * np.float32(_LN2_LO)  # |r| <= ln2 / 2
                 p = np.float32(1.0 / 5040.0)  # Horner: sum_{m=0..7} r^m / m!
@@ -76,7 +99,7 @@ def _exp_inplace(buf, n, ibuf):
                 p = p * r + np.float32(0.5)
                 p = p * r + np.float32(1.0)
                 p = p * r + np.float32(1.0)
-                buf[j] = p
+                buf[j] = p if x0 == x0 else x0  # a NaN stays NaN
                 ibuf[j] = (np.int32(k) + np.int32(127)) << np.int32(23)  # bits of 2^k
             two_k = ibuf.view(np.float32)
             for j in range(n):

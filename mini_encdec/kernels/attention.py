@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ..nn.attention import _check_core
 from ..validate import check_float, check_shape
-from ._vecmath import JIT, cst, exp_inplace, tanh_into
+from ._vecmath import JIT, cst, exp_inplace, tanh_into, threads_for
 
 BLOCK = 256  # keys per online-softmax block (one block covers our sequence lengths)
 
@@ -58,15 +57,19 @@ def _row_range(mask, bm, im):
 def _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, s1, ibuf):
     """s1[:n] = softcap(s0), s0[jj] = (q[b, h, i] . k[b, kh, j0 + jj]) * scale; s0 is kept,
     holding t = tanh(s0 / cap) when cap > 0. The inner loops run along contiguous keys of
-    kT (B, K, Dh, Tk) so they vectorise. (Full indexing, no views: a view in a hot loop
-    costs an atomic reference count shared by all threads.)"""
+    kT (B, K, Dh, Tk) so they vectorise.
+
+    Indexing habits of every kernel here: full indexing, no views (a view in a hot loop
+    costs an atomic reference count shared by all threads), and offset indices such as
+    j0 + jj cast to unsigned (a signed index gets a negative-index check, which turns a
+    contiguous vector load into a gather)."""
     zero = cst(scale, 0.0)
     for jj in range(n):
         s0[jj] = zero
     for d in range(q.shape[3]):
         qd = q[b, h, i, d] * scale
         for jj in range(n):
-            s0[jj] += qd * kT[b, kh, d, j0 + jj]  # 1. s0 = (q . k) * scale
+            s0[jj] += qd * kT[b, kh, d, np.uint64(j0 + jj)]  # 1. s0 = (q . k) * scale
     if cap > zero:
         inv = cst(scale, 1.0) / cap
         for jj in range(n):
@@ -119,10 +122,9 @@ def _forward(q, kT, v, mask, scale, cap, o, lse, nchunks):
                 # 3. mask: forbidden keys -> -inf; the block max over allowed keys
                 bmax = neg_inf
                 for jj in range(n):
-                    if not mask[bm, 0, im, j0 + jj]:
-                        s[jj] = neg_inf
-                    elif s[jj] > bmax:
-                        bmax = s[jj]
+                    x = s[jj] if mask[bm, 0, im, np.uint64(j0 + jj)] else neg_inf
+                    s[jj] = x
+                    bmax = max(bmax, x)
                 if bmax == neg_inf:
                     continue
                 # 4. online softmax: rescale what was summed under the old max
@@ -141,8 +143,9 @@ def _forward(q, kT, v, mask, scale, cap, o, lse, nchunks):
                 for jj in range(n):
                     p = s[jj]
                     if p != 0:
+                        j = np.uint64(j0 + jj)
                         for d in range(Dh):
-                            acc[d] += p * v[b, kh, j0 + jj, d]
+                            acc[d] += p * v[b, kh, j, d]
                 m = m_new
             inv_l = cst(scale, 1.0) / l
             for d in range(Dh):
@@ -183,7 +186,7 @@ def _backward(q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, dk, dv):
                     _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, p, ibuf)
                     # recompute 3.-4. p = exp(s1 - L), 0 on forbidden keys
                     for jj in range(n):
-                        p[jj] = p[jj] - L if mask[bm, 0, im, j0 + jj] else neg_inf
+                        p[jj] = p[jj] - L if mask[bm, 0, im, np.uint64(j0 + jj)] else neg_inf
                     exp_inplace(p, n, ibuf)
                     # 5. o = p v  ->  dp_j = do . v_j
                     for jj in range(n):
@@ -191,7 +194,7 @@ def _backward(q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, dk, dv):
                     for d in range(Dh):
                         dod = do[b, h, i, d]
                         for jj in range(n):
-                            dp[jj] += dod * vT[b, kh, d, j0 + jj]
+                            dp[jj] += dod * vT[b, kh, d, np.uint64(j0 + jj)]
                     # 4. softmax: ds1 = p (dp - D);  2. soft-cap: ds0 = ds1 (1 - t^2)
                     # 1. s0 = (q . k) * scale: the scale joins ds
                     for jj in range(n):
@@ -203,16 +206,11 @@ def _backward(q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, dk, dv):
                         pj, dsj = p[jj], dp[jj]
                         if pj == 0:
                             continue  # forbidden key (or underflow): nothing flows
-                        j = j0 + jj
+                        j = np.uint64(j0 + jj)
                         for d in range(Dh):
                             dq[b, h, i, d] += dsj * k[b, kh, j, d]  # dq_i += ds_ij k_j
                             dk[b, kh, j, d] += dsj * q[b, h, i, d]  # dk_j += ds_ij q_i
                             dv[b, kh, j, d] += pj * do[b, h, i, d]  # dv_j += p_ij do_i
-
-
-def _num_chunks(rows):
-    """Work split for the forward: a few chunks per thread (causal rows differ in cost)."""
-    return max(1, min(rows, 4 * numba.get_num_threads()))
 
 
 def _dense_mask(mask, B, Tq, Tk):
@@ -238,7 +236,9 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     o = np.zeros_like(q)  # (B, H, Tq, Dh)
     lse = np.empty((B, H, Tq), dtype=q.dtype)
     cap = dt(softcap) if softcap is not None else dt(0)
-    _forward(q, kT, v, mask, dt(scale), cap, o, lse, _num_chunks(B * H * Tq))
+    with threads_for(B * H * Tq * Tk * Dh) as threads:
+        # a few chunks per thread: causal rows differ in cost
+        _forward(q, kT, v, mask, dt(scale), cap, o, lse, max(1, min(B * H * Tq, 4 * threads)))
     cache = {"q": q, "k": k, "kT": kT, "v": v, "o": o, "mask": mask, "lse": lse,
              "scale": dt(scale), "cap": cap}
     return o, cache
@@ -256,6 +256,7 @@ def attention_core_backward(do, cache):
     do = np.ascontiguousarray(do)
     vT = np.ascontiguousarray(v.swapaxes(2, 3))  # (B, K, Tk, Dh) -> (B, K, Dh, Tk)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-    _backward(q, k, cache["kT"], v, vT, cache["o"], do, cache["mask"], cache["scale"],
-              cache["cap"], cache["lse"], dq, dk, dv)
+    with threads_for(2 * q.size * k.shape[2]):
+        _backward(q, k, cache["kT"], v, vT, cache["o"], do, cache["mask"], cache["scale"],
+                  cache["cap"], cache["lse"], dq, dk, dv)
     return dq, dk, dv

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import GemmaConfig
+from ..config import SLIDING, GemmaConfig
 from ..nn.masks import attention_mask
 from ..nn.rope import rope_cos_sin
 from ..validate import check_ids, check_mask
@@ -91,16 +91,19 @@ def rope_for(cfg: GemmaConfig, positions: np.ndarray, dtype):
     return rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, dtype=dtype)
 
 
+def layer_type_mask(cfg: GemmaConfig, layer_type: str, q_pos, k_pos, *, causal: bool,
+                    key_padding=None) -> np.ndarray:
+    """The self-attention mask (B|1, 1, Tq, Tk) of one layer type: local layers get the
+    sliding window (causal: 0 <= q - k < W; bidirectional: |q - k| < W)."""
+    window = cfg.sliding_window if layer_type == SLIDING else None
+    return attention_mask(q_pos, k_pos, causal=causal, window=window, key_padding=key_padding)
+
+
 def self_attention_masks(cfg: GemmaConfig, q_pos, k_pos, *, causal: bool,
                          key_padding=None) -> dict:
-    """One mask (B|1, 1, Tq, Tk) per layer type the config uses: local layers get the
-    sliding window (causal: 0 <= q - k < W; bidirectional: |q - k| < W)."""
-    masks = {}
-    for lt in set(cfg.layer_types):
-        window = cfg.sliding_window if lt == "sliding_attention" else None
-        masks[lt] = attention_mask(q_pos, k_pos, causal=causal, window=window,
-                                   key_padding=key_padding)
-    return masks
+    """One mask per layer type the config uses (layer i reads masks[cfg.layer_types[i]])."""
+    return {lt: layer_type_mask(cfg, lt, q_pos, k_pos, causal=causal, key_padding=key_padding)
+            for lt in sorted(set(cfg.layer_types))}
 
 
 def memory_mask(memory_padding: Optional[np.ndarray], S: int) -> np.ndarray:

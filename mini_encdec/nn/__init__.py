@@ -64,4 +64,25 @@ loss.py
         soft cross-entropy  mean over positions with mask True of
         -sum_v teacher_probs[v] * log_softmax(logits / temperature)[v]
     distillation_backward(dloss, cache) -> dlogits
+gradcheck.py (test helper)
+    numerical_grad(f, x, h=1e-6) -> central differences of the scalar f() wrt float64 x
+    rel_error(a, b, floor=1e-6) -> max |a - b| / max(max |a|, max |b|, floor)
+    random_cotangent(out, rng) -> R, so sum(out * R) is a scalar loss with d/d out = R
+
+Helpers beyond the API: masks and rope tables are plain arrays; rope.rotate_half,
+embedding.embedding_scale(D, dtype), mlp.GELU_C.
 """
+
+from .attention import (attention_backward, attention_core_backward,  # noqa: F401
+                        attention_core_forward, attention_forward)
+from .embedding import embedding_backward, embedding_forward  # noqa: F401
+from .linear import linear_backward, linear_forward  # noqa: F401
+from .loss import (cross_entropy_backward, cross_entropy_forward,  # noqa: F401
+                   distillation_backward, distillation_forward, softcap_cross_entropy_backward,
+                   softcap_cross_entropy_forward)
+from .masks import attention_mask  # noqa: F401
+from .mlp import (geglu_act_backward, geglu_act_forward, geglu_backward,  # noqa: F401
+                  geglu_forward, gelu_tanh_backward, gelu_tanh_forward)
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward  # noqa: F401
+from .rope import rope_backward, rope_cos_sin, rope_forward  # noqa: F401
+from .softcap import softcap_backward, softcap_forward  # noqa: F401

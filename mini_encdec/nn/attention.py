@@ -101,7 +101,8 @@ def attention_core_backward(do, cache):
     dog = do.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)
     # 5. o = p v
     dp = dog @ v[:, :, None].swapaxes(-1, -2)  # (B,K,G,Tq,Dh) @ (B,K,1,Dh,Tk) -> (B,K,G,Tq,Tk)
-    dv = np.sum(p.swapaxes(-1, -2) @ dog, axis=2)  # (B,K,G,Tk,Tq) @ (B,K,G,Tq,Dh) -> sum G -> (B,K,Tk,Dh)
+    # (B,K,G,Tk,Tq) @ (B,K,G,Tq,Dh) -> (B,K,G,Tk,Dh), summed over the G heads -> (B,K,Tk,Dh)
+    dv = np.sum(p.swapaxes(-1, -2) @ dog, axis=2)
     # 4. p = softmax(s2): ds2 = p * (dp - sum_k p dp); p = 0 on masked keys and empty rows
     ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True))
     # 3. s2 = s1 where mask: the gradient passes where allowed (elsewhere p = 0 made it 0)
@@ -113,7 +114,8 @@ def attention_core_backward(do, cache):
     dqg = ds @ k[:, :, None]  # (B,K,G,Tq,Tk) @ (B,K,1,Tk,Dh) -> (B,K,G,Tq,Dh)
     dq = dqg.reshape(B, H, Tq, Dh)  # (B, K, G, Tq, Dh) -> (B, H, Tq, Dh)
     qg = q.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)
-    dk = np.sum(ds.swapaxes(-1, -2) @ qg, axis=2)  # (B,K,G,Tk,Tq) @ (B,K,G,Tq,Dh) -> sum G -> (B,K,Tk,Dh)
+    # (B,K,G,Tk,Tq) @ (B,K,G,Tq,Dh) -> (B,K,G,Tk,Dh), summed over the G heads -> (B,K,Tk,Dh)
+    dk = np.sum(ds.swapaxes(-1, -2) @ qg, axis=2)
     return dq, dk, dv
 
 
@@ -192,7 +194,8 @@ def attention_backward(dy, cache):
     check_shape(dy, "dy", (B, Tq, cache["o"]["W"].shape[0]), fn="attention_backward")
     # y = o2 Wo^T
     do2, dWo = linear_backward(dy, cache["o"])
-    do = np.ascontiguousarray(do2.reshape(B, Tq, H, Dh).transpose(0, 2, 1, 3))  # (B,Tq,H*Dh) -> (B,H,Tq,Dh)
+    # (B, Tq, H*Dh) -> (B, Tq, H, Dh) -> (B, H, Tq, Dh)
+    do = np.ascontiguousarray(do2.reshape(B, Tq, H, Dh).transpose(0, 2, 1, 3))
     # o = core(q, k, v)
     dq, dk, dv = ops.attention_core_backward(do, cache["core"])
     # q = rope(q), k = rope(k)

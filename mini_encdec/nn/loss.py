@@ -37,7 +37,8 @@ def _check_logits_labels(logits, labels, ignore_index, fn, logits_name="logits")
 
 
 def _ce_from_z(z2, labels1, ignore_index):
-    """Mean cross-entropy of logits z2 (N, V) against labels1 (N,); returns (loss, p, counted, n)."""
+    """Mean cross-entropy of logits z2 (N, V) against labels1 (N,).
+    Returns (loss, p, counted, n)."""
     logp = _log_softmax(z2)  # (N, V)
     p = np.exp(logp)
     counted = labels1 != ignore_index  # (N,)

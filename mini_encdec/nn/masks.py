@@ -32,9 +32,9 @@ def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window
                                          ("key_padding", key_padding))
              if a is not None and a.ndim == 2}
     if len(set(batch.values())) > 1:
-        desc = ", ".join(f"{n} has {b}" for n, b in batch.items())
-        raise ValueError(f"{fn}: expected one batch size for q_pos, k_pos and key_padding, "
-                         f"got {desc}")
+        desc = ", ".join(f"{n}={b}" for n, b in batch.items())
+        raise ValueError(f"{fn}: expected one batch size (axis 0) for q_pos, k_pos and "
+                         f"key_padding, got {desc}")
     qp = (q_pos if q_pos.ndim == 2 else q_pos[None]).astype(np.int64)  # (B|1, Tq)
     kp = (k_pos if k_pos.ndim == 2 else k_pos[None]).astype(np.int64)  # (B|1, Tk)
     diff = qp[:, :, None] - kp[:, None, :]  # (B|1, Tq, 1) - (B|1, 1, Tk) -> (B|1, Tq, Tk)

@@ -16,10 +16,10 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6):
     """Returns (y, cache); cache keeps xhat = x * rstd, rstd and w."""
     fn = "rmsnorm_forward"
     check_float(x, "x", fn=fn)
-    check_float(w, "w", ndim=1, fn=fn)
     if x.ndim < 1:
         raise ValueError(f"{fn}: argument 'x': expected at least 1 dimension, got shape {x.shape}")
-    check_shape(x, "x", (None,) * (x.ndim - 1) + (w.shape[0],), fn=fn)
+    check_float(w, "w", fn=fn)
+    check_shape(w, "w", (x.shape[-1],), fn=fn)  # one weight per feature of x
     check_same_dtype(fn, x=x, w=w)
     eps = check_positive(eps, "eps", fn=fn)
     # 1. rstd = 1 / sqrt(mean(x^2) + eps)            (..., 1)

@@ -41,7 +41,8 @@ def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float = 10000.0,
     if np.dtype(dtype) not in FLOAT_DTYPES:
         raise ValueError(f"{fn}: argument 'dtype': expected float32 or float64, got {dtype!r}")
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (Dh/2,)
-    angle = positions.astype(np.float64)[..., None] * inv_freq  # (..., T, 1) * (Dh/2,) -> (..., T, Dh/2)
+    # (..., T, 1) * (Dh/2,) -> (..., T, Dh/2)
+    angle = positions.astype(np.float64)[..., None] * inv_freq
     angle = np.concatenate([angle, angle], axis=-1)  # (..., T, Dh/2) -> (..., T, Dh)
     return np.cos(angle).astype(dtype), np.sin(angle).astype(dtype)
 

@@ -1,0 +1,78 @@
+"""PrefixLM + knowledge distillation (SPEC section 4).
+
+The student is the encoder-decoder; the teacher a decoder-only model (by default the one
+the student was adapted from). For a PrefixLM example of prefix length N, target token j
+sits at absolute index N + j of the full sequence `prefix ++ targets`, and the teacher's
+distribution for it is its softmax at absolute position N + j - 1 (the position that
+predicts index N + j). The batcher precomputes those positions (`teacher_positions`,
+-1 where the label is ignored; batching.collate_encdec(with_teacher=True)).
+
+    p_teacher = softmax(teacher_logits[b, N + j - 1] / tau)             (B, T, V)
+    soft      = mean over targets of -sum_v p_teacher[v] log softmax(student_logits / tau)[v]
+    ce        = mean over targets of -log softmax(student_logits)[label]
+    loss      = alpha * soft + (1 - alpha) * ce
+
+Both logits are the models' soft-capped outputs. `soft` is the soft cross-entropy; it
+differs from KL(p_teacher || p_student) by the teacher's entropy, which does not depend
+on the student (same gradient); both are reported. No tau^2 factor is applied.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .batching import split_teacher
+from .nn.loss import (cross_entropy_backward, cross_entropy_forward, distillation_backward,
+                      distillation_forward)
+
+IGNORE = -100
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    zs = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(zs)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def teacher_probabilities(teacher, teacher_batch: dict, positions: np.ndarray,
+                          temperature: float = 1.0) -> np.ndarray:
+    """softmax(teacher_logits[b, positions[b, j]] / tau): (B, T, V); rows with position -1
+    (ignored labels) are uniform placeholders that the loss masks out."""
+    logits = teacher.forward(teacher_batch)  # (B, S + T, V)
+    B, T = positions.shape
+    if positions.max(initial=-1) >= logits.shape[1]:
+        raise ValueError(f"teacher_probabilities: argument 'positions': expected positions "
+                         f"< {logits.shape[1]} (the teacher sequence length), got "
+                         f"{int(positions.max())}")
+    rows = np.arange(B)[:, None]  # (B, 1) broadcast against (B, T)
+    gathered = logits[rows, np.maximum(positions, 0)]  # (B, S + T, V) -> (B, T, V)
+    return _softmax(gathered / gathered.dtype.type(temperature))
+
+
+def kd_loss_and_grads(student, teacher, batch: dict, *, alpha: float = 0.5,
+                      temperature: float = 1.0):
+    """(loss, grads, parts) of alpha * soft + (1 - alpha) * ce on a with_teacher batch.
+    parts = {"ce", "soft", "kl"} as floats."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"kd_loss_and_grads: argument 'alpha': expected a number in [0, 1], "
+                         f"got {alpha!r}")
+    if "teacher_input_ids" not in batch:
+        raise ValueError("kd_loss_and_grads: argument 'batch': no 'teacher_input_ids'; make "
+                         "the batches with with_teacher=True (PrefixLM + distillation)")
+    sb, tb, positions = split_teacher(batch)
+    logits, cache = student.forward(sb, return_cache=True)  # (B, T, V)
+    labels = sb["labels"]
+    if positions.shape != labels.shape:
+        raise ValueError(f"kd_loss_and_grads: teacher_positions has shape {positions.shape}, "
+                         f"labels {labels.shape}")
+    probs = teacher_probabilities(teacher, tb, positions, temperature).astype(logits.dtype)
+    mask = labels != IGNORE
+    ce, c_ce = cross_entropy_forward(logits, labels, IGNORE)
+    soft, c_soft = distillation_forward(logits, probs, mask, temperature)
+    loss = alpha * soft + (1 - alpha) * ce
+    # loss = alpha * soft + (1 - alpha) * ce
+    dlogits = distillation_backward(alpha, c_soft) + cross_entropy_backward(1 - alpha, c_ce)
+    grads = student.backward(dlogits, cache)
+    p = probs[mask].astype(np.float64)  # (n, V)
+    entropy = float(-(p * np.log(np.where(p > 0, p, 1.0))).sum() / max(1, len(p)))
+    return float(loss), grads, {"ce": float(ce), "soft": float(soft), "kl": float(soft - entropy)}

@@ -1,0 +1,146 @@
+"""Numba twin of the fused soft-capped cross-entropy
+(`mini_encdec.nn.loss.softcap_cross_entropy_*`): the mean over counted positions of
+`logsumexp(s) - s[label]` with `s = cap * tanh(z / cap)`.
+
+Checklist
+- Fused, forward: per row, the soft-cap, the row max, exp, the sum and the picked logit
+  in one pass over a row held in cache. Nothing of size (N, V) is written: the cache
+  keeps a reference to z, the labels and the per-row log-sum-exp L (N,).
+- Fused, backward: per row, tanh and p = exp(s - L) are recomputed and
+  dz = dloss / n * (p - onehot(label)) * (1 - t^2) is written once. So the (N, V)
+  probabilities are written exactly once in the whole forward + backward (NumPy writes
+  s, p and dz, and reads them back).
+- Ignored rows (label == ignore_index) are skipped: no soft-cap, no exp; zero gradient.
+- Parallel: rows (prange over chunks of rows).
+- Memory: L and the per-row losses (N,); per chunk three (V,) scratch rows.
+- dtypes: float32 (vectorised exp/tanh, see _vecmath) and float64 (libm).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ..nn.loss import _check_dloss, _check_logits_labels
+from ..validate import check_positive
+from ._vecmath import JIT, cst, exp_inplace, tanh_into, threads_for
+
+
+@njit(inline="always")
+def _capped_row(z, n, cap, s, t, ibuf):
+    """s = cap * tanh(z[n] / cap) (t holds tanh(z[n] / cap)); s = z[n] when cap == 0."""
+    V = z.shape[1]
+    if cap > cst(cap, 0.0):
+        inv = cst(cap, 1.0) / cap
+        for v in range(V):
+            s[v] = z[n, v] * inv
+        tanh_into(s, t, V, ibuf)
+        for v in range(V):
+            s[v] = cap * t[v]
+    else:
+        for v in range(V):
+            s[v] = z[n, v]
+
+
+@njit(parallel=True, **JIT)
+def _forward(z, labels, ignore_index, cap, lse, nll, nchunks):
+    N, V = z.shape
+    for c in prange(nchunks):
+        s = np.empty(V, z.dtype)
+        t = np.empty(V, z.dtype)
+        ibuf = np.empty(V, np.int32)
+        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
+            label = labels[n]
+            if label == ignore_index:
+                lse[n] = cst(cap, 0.0)
+                nll[n] = cst(cap, 0.0)
+                continue
+            # 1. s = cap * tanh(z / cap)
+            _capped_row(z, n, cap, s, t, ibuf)
+            s_label = s[label]
+            # 2. L = logsumexp(s) = m + log(sum(exp(s - m))),  nll = L - s[label]
+            m = s[0]
+            for v in range(V):
+                x = s[v]
+                m = x if x > m else m
+            for v in range(V):
+                s[v] -= m
+            exp_inplace(s, V, ibuf)
+            total = cst(cap, 0.0)
+            for v in range(V):
+                total += s[v]
+            L = m + math.log(total)
+            lse[n] = L
+            nll[n] = L - s_label
+
+
+@njit(parallel=True, **JIT)
+def _backward(z, labels, ignore_index, cap, lse, g, dz, nchunks):
+    N, V = z.shape
+    zero, one = cst(cap, 0.0), cst(cap, 1.0)
+    for c in prange(nchunks):
+        s = np.empty(V, z.dtype)
+        t = np.empty(V, z.dtype)
+        ibuf = np.empty(V, np.int32)
+        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
+            label = labels[n]
+            if label == ignore_index:
+                for v in range(V):
+                    dz[n, v] = zero
+                continue
+            _capped_row(z, n, cap, s, t, ibuf)  # recompute 1.
+            L = lse[n]
+            for v in range(V):
+                s[v] -= L
+            exp_inplace(s, V, ibuf)  # p = softmax(s)
+            # 2. nll = logsumexp(s) - s[label]:  ds = g * (p - onehot(label))
+            s[label] -= one
+            if cap > zero:
+                # 1. s = cap * tanh(z / cap):  dz = ds * (1 - t^2)
+                for v in range(V):
+                    dz[n, v] = g * s[v] * (one - t[v] * t[v])
+            else:
+                for v in range(V):
+                    dz[n, v] = g * s[v]
+
+
+def _chunks(rows, threads):
+    return max(1, min(rows, 4 * threads))
+
+
+def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
+    """Twin of nn.loss.softcap_cross_entropy_forward: z (..., V), labels (...) ->
+    (loss: float, cache)."""
+    fn = "softcap_cross_entropy_forward"
+    V = _check_logits_labels(z, labels, ignore_index, fn, logits_name="z")
+    cap = check_positive(cap, "cap", fn=fn, allow_none=True)
+    z2 = np.ascontiguousarray(z).reshape(-1, V)  # (..., V) -> (N, V)
+    labels1 = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)  # (...) -> (N,)
+    dt = z.dtype.type
+    capv = dt(cap) if cap is not None else dt(0)
+    N = z2.shape[0]
+    lse = np.empty(N, dtype=z.dtype)
+    nll = np.empty(N, dtype=z.dtype)
+    with threads_for(8 * z2.size) as threads:
+        _forward(z2, labels1, np.int64(ignore_index), capv, lse, nll, _chunks(N, threads))
+    n = int(np.count_nonzero(labels1 != ignore_index))
+    loss = float(nll.sum(dtype=np.float64) / n) if n else 0.0
+    cache = {"z": z2, "labels": labels1, "ignore_index": np.int64(ignore_index),
+             "cap": capv, "lse": lse, "n": n, "shape": z.shape}
+    return loss, cache
+
+
+def softcap_cross_entropy_backward(dloss, cache):
+    """Twin of nn.loss.softcap_cross_entropy_backward: returns dz (..., V)."""
+    dloss = _check_dloss(dloss, "softcap_cross_entropy_backward")
+    z2, n = cache["z"], cache["n"]
+    if not n:
+        return np.zeros(cache["shape"], dtype=z2.dtype)
+    g = z2.dtype.type(dloss / n)
+    dz = np.empty_like(z2)
+    with threads_for(10 * z2.size) as threads:
+        _backward(z2, cache["labels"], cache["ignore_index"], cache["cap"], cache["lse"], g, dz,
+                  _chunks(z2.shape[0], threads))
+    return dz.reshape(cache["shape"])  # (N, V) -> (..., V)

@@ -1,0 +1,101 @@
+"""Numba twin of the GeGLU activation (`mini_encdec.nn.mlp.geglu_act_*`):
+`a = gelu_tanh(gate) * up`, gelu_tanh(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))).
+
+Checklist
+- Fused, forward: the cubic, tanh, gelu and the product with `up` in one pass per row
+  (NumPy makes about ten passes and keeps g and t).
+- Fused, backward: t = tanh(...) is recomputed per row (cheaper than storing and
+  re-reading two (N, F) arrays); dgate and dup are written in the same pass.
+- Parallel: rows (prange over chunks of rows); every element is independent.
+- Memory: the cache keeps references to gate and up only; per chunk two (F,) scratch
+  rows and an int32 (F,) row for the vectorised tanh.
+- dtypes: float32 (vectorised tanh, see _vecmath) and float64 (libm tanh).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..nn.mlp import GELU_A, GELU_C
+from ..validate import check_float, check_same_dtype, check_shape
+from ._vecmath import JIT, cst, tanh_into, threads_for
+
+
+@njit(inline="always")
+def _tanh_arg(gate, n, arg, t, ibuf):
+    """t = tanh(sqrt(2/pi) (u + 0.044715 u^3)) for row n of gate (arg: scratch)."""
+    F = gate.shape[1]
+    c, a = cst(gate, GELU_C), cst(gate, GELU_A)
+    for f in range(F):
+        u = gate[n, f]
+        arg[f] = c * (u + a * u * u * u)
+    tanh_into(arg, t, F, ibuf)
+
+
+@njit(parallel=True, **JIT)
+def _forward(gate, up, out, nchunks):
+    N, F = gate.shape
+    half, one = cst(gate, 0.5), cst(gate, 1.0)
+    for c in prange(nchunks):
+        arg = np.empty(F, gate.dtype)
+        t = np.empty(F, gate.dtype)
+        ibuf = np.empty(F, np.int32)
+        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
+            _tanh_arg(gate, n, arg, t, ibuf)
+            for f in range(F):
+                # g = 0.5 u (1 + t);  a = g * up
+                out[n, f] = half * gate[n, f] * (one + t[f]) * up[n, f]
+
+
+@njit(parallel=True, **JIT)
+def _backward(da, gate, up, dgate, dup, nchunks):
+    N, F = gate.shape
+    half, one = cst(gate, 0.5), cst(gate, 1.0)
+    c_, a3 = cst(gate, GELU_C), cst(gate, 3.0 * GELU_A)
+    for c in prange(nchunks):
+        arg = np.empty(F, gate.dtype)
+        t = np.empty(F, gate.dtype)
+        ibuf = np.empty(F, np.int32)
+        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
+            _tanh_arg(gate, n, arg, t, ibuf)  # recompute t
+            for f in range(F):
+                u, tf = gate[n, f], t[f]
+                # a = g * up:  dup = da * g,  dg = da * up
+                dup[n, f] = da[n, f] * half * u * (one + tf)
+                # g = 0.5 u (1 + tanh(c (u + a u^3))):
+                #   dg/du = 0.5 (1 + t) + 0.5 u (1 - t^2) c (1 + 3 a u^2)
+                dgdu = half * (one + tf) + half * u * (one - tf * tf) * c_ * (one + a3 * u * u)
+                dgate[n, f] = da[n, f] * up[n, f] * dgdu
+
+
+def _chunks(rows, threads):
+    return max(1, min(rows, 2 * threads))
+
+
+def geglu_act_forward(gate, up):
+    """Twin of nn.mlp.geglu_act_forward: a = gelu_tanh(gate) * up -> (a, cache)."""
+    fn = "geglu_act_forward"
+    check_float(gate, "gate", fn=fn)
+    check_float(up, "up", fn=fn)
+    check_shape(up, "up", gate.shape, fn=fn)
+    check_same_dtype(fn, gate=gate, up=up)
+    F = gate.shape[-1] if gate.ndim else 1
+    g2 = np.ascontiguousarray(gate).reshape(-1, F)  # (..., F) -> (N, F)
+    u2 = np.ascontiguousarray(up).reshape(-1, F)
+    a2 = np.empty_like(g2)
+    with threads_for(8 * g2.size) as threads:
+        _forward(g2, u2, a2, _chunks(g2.shape[0], threads))
+    return a2.reshape(gate.shape), {"gate": g2, "up": u2, "shape": gate.shape}
+
+
+def geglu_act_backward(da, cache):
+    """Twin of nn.mlp.geglu_act_backward: returns (dgate, dup)."""
+    g2, u2, shape = cache["gate"], cache["up"], cache["shape"]
+    check_float(da, "da", fn="geglu_act_backward")
+    check_shape(da, "da", shape, fn="geglu_act_backward")
+    da2 = np.ascontiguousarray(da, dtype=g2.dtype).reshape(g2.shape)  # (..., F) -> (N, F)
+    dgate, dup = np.empty_like(g2), np.empty_like(g2)
+    with threads_for(10 * g2.size) as threads:
+        _backward(da2, g2, u2, dgate, dup, _chunks(g2.shape[0], threads))
+    return dgate.reshape(shape), dup.reshape(shape)

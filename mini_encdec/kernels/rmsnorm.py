@@ -1,0 +1,94 @@
+"""Numba twin of RMSNorm (`mini_encdec.nn.rmsnorm.rmsnorm_*`):
+`y = x * rstd * (1 + w)`, rstd = 1 / sqrt(mean(x^2) + eps).
+
+Checklist
+- Fused, forward: mean of squares, rsqrt and both scalings in one pass per row (NumPy
+  makes four passes and keeps xhat).
+- Fused, backward: xhat = x * rstd is recomputed, not stored; the row mean of
+  dxhat * xhat and dx come from two sweeps over the row while it is in cache.
+- Parallel: rows (prange over chunks of rows). dw is a sum over rows: each chunk adds into
+  its own partial row of a (chunks, D) array and NumPy sums the few partials, so no two
+  threads write the same memory.
+- Memory: forward keeps x (a reference), w and rstd (N,); backward needs (chunks, D).
+- dtypes: float32 and float64 (the row sums in the input dtype, like the reference).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ..validate import check_float, check_positive, check_same_dtype, check_shape
+from ._vecmath import JIT, cst, threads_for
+
+
+@njit(parallel=True, **JIT)
+def _forward(x, w, eps, y, rstd, nchunks):
+    N, D = x.shape
+    for c in prange(nchunks):
+        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
+            # 1. rstd = 1 / sqrt(mean(x^2) + eps)
+            ss = cst(eps, 0.0)
+            for d in range(D):
+                ss += x[n, d] * x[n, d]
+            r = cst(eps, 1.0) / math.sqrt(ss / cst(eps, D) + eps)
+            rstd[n] = r
+            # 2.-3. y = (x * rstd) * (1 + w)
+            for d in range(D):
+                y[n, d] = (x[n, d] * r) * (cst(eps, 1.0) + w[d])
+
+
+@njit(parallel=True, **JIT)
+def _backward(dy, x, w, rstd, dx, dw_part):
+    N, D = x.shape
+    nchunks = dw_part.shape[0]
+    one = cst(rstd, 1.0)
+    for c in prange(nchunks):
+        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
+            r = rstd[n]
+            # 3. y = xhat * (1 + w):  dw += dy * xhat,  dxhat = dy * (1 + w)
+            # 2./1. xhat = x * rstd:  dx = rstd * (dxhat - xhat * mean(dxhat * xhat))
+            dot = cst(rstd, 0.0)
+            for d in range(D):
+                xhat = x[n, d] * r
+                dw_part[c, d] += dy[n, d] * xhat
+                dot += dy[n, d] * (one + w[d]) * xhat
+            mean = dot / cst(rstd, D)
+            for d in range(D):
+                xhat = x[n, d] * r
+                dx[n, d] = r * (dy[n, d] * (one + w[d]) - xhat * mean)
+
+
+def rmsnorm_forward(x, w, eps=1e-6):
+    """Twin of nn.rmsnorm.rmsnorm_forward: x (..., D), w (D,) -> (y, cache)."""
+    fn = "rmsnorm_forward"
+    check_float(x, "x", fn=fn)  # the reference's checks, in its order
+    if x.ndim < 1:
+        raise ValueError(f"{fn}: argument 'x': expected at least 1 dimension, got shape {x.shape}")
+    check_float(w, "w", fn=fn)
+    check_shape(w, "w", (x.shape[-1],), fn=fn)
+    check_same_dtype(fn, x=x, w=w)
+    eps = check_positive(eps, "eps", fn=fn)
+    D = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, D)  # (..., D) -> (N, D)
+    w = np.ascontiguousarray(w)
+    y2 = np.empty_like(x2)
+    rstd = np.empty(x2.shape[0], dtype=x.dtype)
+    with threads_for(x2.size) as threads:
+        _forward(x2, w, x.dtype.type(eps), y2, rstd, max(1, min(x2.shape[0], 2 * threads)))
+    return y2.reshape(x.shape), {"x": x2, "w": w, "rstd": rstd, "shape": x.shape}
+
+
+def rmsnorm_backward(dy, cache):
+    """Twin of nn.rmsnorm.rmsnorm_backward: returns (dx, dw)."""
+    x2, w, rstd = cache["x"], cache["w"], cache["rstd"]
+    check_float(dy, "dy", fn="rmsnorm_backward")
+    check_shape(dy, "dy", cache["shape"], fn="rmsnorm_backward")
+    dy2 = np.ascontiguousarray(dy, dtype=x2.dtype).reshape(x2.shape)  # (..., D) -> (N, D)
+    dx = np.empty_like(x2)
+    with threads_for(2 * x2.size) as threads:
+        dw_part = np.zeros((max(1, min(x2.shape[0], 2 * threads)), x2.shape[1]), dtype=x2.dtype)
+        _backward(dy2, x2, w, rstd, dx, dw_part)
+    return dx.reshape(cache["shape"]), dw_part.sum(axis=0)

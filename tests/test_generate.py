@@ -1,0 +1,244 @@
+"""KV cache and generation: cached logits == full forward, cache == no cache, padding,
+stopping at EOS, sampling filters, beam search scores, bad arguments."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mini_encdec.config import EncDecConfig, GemmaConfig
+from mini_encdec.models import build_model
+from mini_encdec.models.generate import (beam_search, generate, log_softmax, sample_tokens,
+                                         sampling_probs)
+from mini_encdec.models.kv_cache import decoder_step, init_cache
+
+V = 50
+EOS, PAD, BOS = 1, 0, 2
+BASE = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, intermediate_size=24, sliding_window=3)
+
+
+def cfg(**kw):
+    return GemmaConfig(**{**BASE, **kw})
+
+
+def model_of(config, seed=0):
+    model = build_model(config, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    for v in model.params.values():
+        v[...] = rng.standard_normal(v.shape) * 0.3
+    return model
+
+
+ENCDEC = {
+    "balanced": lambda: EncDecConfig(encoder=cfg(), decoder=cfg()),
+    "unbalanced": lambda: EncDecConfig(encoder=cfg(), decoder=cfg(
+        hidden_size=12, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=6, intermediate_size=20, sliding_window=2)),
+    "merged": lambda: EncDecConfig(encoder=cfg(), decoder=cfg(), merged_attention=True),
+    "tie_all": lambda: EncDecConfig(encoder=cfg(), decoder=cfg(), tie_all_embeddings=True),
+}
+
+
+# --- cached step-by-step logits == full forward ------------------------------------------------
+
+def test_cached_steps_equal_full_forward_decoder_only(backend):
+    model = model_of(cfg())
+    rng = np.random.default_rng(1)
+    ids = rng.integers(3, V, (2, 9))  # 9 tokens, window 3
+    full = model.forward({"input_ids": ids})
+    cache = init_cache(model, 2)
+    steps = [decoder_step(model, cache, ids[:, :2])]  # a 2-token prefill, then 1 at a time
+    steps += [decoder_step(model, cache, ids[:, t:t + 1]) for t in range(2, 9)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-11, atol=1e-11)
+    # the local layer keeps only the last W - 1 = 2 keys; the global one keeps all 9
+    assert cache.kv[0][0].shape == (2, 2, 2, 8)
+    assert cache.kv[1][0].shape == (2, 2, 9, 8)
+
+
+def test_cached_left_padded_prompt_equals_full_forward():
+    model = model_of(cfg())
+    rng = np.random.default_rng(2)
+    ids = rng.integers(3, V, (2, 8))
+    mask = np.ones((2, 8), dtype=np.int64)
+    mask[1, :3] = 0  # left padding in row 1
+    ids[1, :3] = PAD
+    full = model.forward({"input_ids": ids, "attention_mask": mask})
+    cache = init_cache(model, 2)
+    first = decoder_step(model, cache, ids[:, :5], mask[:, :5].astype(bool))
+    rest = [decoder_step(model, cache, ids[:, t:t + 1]) for t in range(5, 8)]
+    got = np.concatenate([first] + rest, axis=1)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], full[real], rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind", sorted(ENCDEC))
+def test_cached_steps_equal_full_forward_encdec(kind):
+    model = model_of(ENCDEC[kind]())
+    rng = np.random.default_rng(3)
+    src = rng.integers(3, V, (2, 6))
+    mask = np.ones((2, 6), dtype=np.int64)
+    mask[0, 4:] = 0
+    dec = rng.integers(3, V, (2, 7))  # 7 decoder tokens > window
+    full = model.forward({"input_ids": src, "attention_mask": mask, "decoder_input_ids": dec})
+    enc = model.encode(src, mask)
+    cache = init_cache(model, 2, enc, mask.astype(bool))
+    steps = [decoder_step(model, cache, dec[:, t:t + 1]) for t in range(7)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-11, atol=1e-11)
+
+
+# --- generation: cache == no cache, padding, EOS -----------------------------------------------
+
+PROMPTS = [[BOS, 5, 6, 7, 8], [BOS, 9], [BOS, 11, 12, 13]]
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+def test_cache_equals_no_cache_decoder_only(method):
+    model = model_of(cfg())
+    kw = dict(max_new_tokens=7, method=method, num_beams=3, top_k=10, top_p=0.9,
+              temperature=1.5)
+    a = generate(model, PROMPTS, rng=np.random.default_rng(5), **kw)
+    b = generate(model, PROMPTS, use_cache=False, rng=np.random.default_rng(5), **kw)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (3, 7)
+
+
+@pytest.mark.parametrize("kind", sorted(ENCDEC))
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+def test_cache_equals_no_cache_encdec(kind, method):
+    model = model_of(ENCDEC[kind](), seed=4)
+    kw = dict(max_new_tokens=6, method=method, num_beams=2, seed=7)
+    sources = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    np.testing.assert_array_equal(generate(model, sources, **kw),
+                                  generate(model, sources, use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("encdec", [False, True])
+def test_batch_of_different_lengths_equals_one_by_one(encdec):
+    model = model_of(ENCDEC["unbalanced"]() if encdec else cfg(), seed=6)
+    batch = generate(model, PROMPTS, max_new_tokens=6)
+    beams, _ = beam_search(model, PROMPTS, max_new_tokens=6, num_beams=3)
+    for i, p in enumerate(PROMPTS):
+        one = generate(model, [p], max_new_tokens=6)
+        np.testing.assert_array_equal(batch[i, :one.shape[1]], one[0])
+        one_beam, _ = beam_search(model, [p], max_new_tokens=6, num_beams=3)
+        np.testing.assert_array_equal(beams[i, :one_beam.shape[1]], one_beam[0])
+
+
+def test_array_inputs_with_any_padding_side():
+    model = model_of(cfg(), seed=7)
+    ref = generate(model, PROMPTS, max_new_tokens=4)
+    ids = np.zeros((3, 5), dtype=np.int64)
+    mask = np.zeros((3, 5), dtype=np.int64)
+    for b, p in enumerate(PROMPTS):  # right-padded array in, same result
+        ids[b, :len(p)], mask[b, :len(p)] = p, 1
+    np.testing.assert_array_equal(generate(model, ids, attention_mask=mask, max_new_tokens=4), ref)
+
+
+def test_per_sequence_stop_at_eos():
+    """Make EOS the greedy choice of row 0 at step 1: row 0 ends there and is padded
+    afterwards, the other row continues; cache and no cache agree."""
+    model = model_of(cfg(), seed=8)
+    prompts = [[BOS, 5, 6], [BOS, 30, 31, 32]]
+    before = generate(model, prompts, max_new_tokens=5)
+    E = model.params["model.embed_tokens.weight"]
+    assert before[0, 0] != EOS
+    E[EOS] = 3.0 * E[before[0, 0]]  # EOS now outscores row 0's first choice
+    after = generate(model, prompts, max_new_tokens=5)
+    assert after[0, 0] == EOS and np.all(after[0, 1:] == PAD)
+    row1_eos = np.nonzero(after[1] == EOS)[0]
+    if row1_eos.size:
+        assert np.all(after[1, row1_eos[0] + 1:] == PAD)
+    np.testing.assert_array_equal(after, generate(model, prompts, max_new_tokens=5,
+                                                  use_cache=False))
+    single = generate(model, [prompts[0]], max_new_tokens=5)
+    assert single.shape == (1, 1)  # everything finished: generation stops early
+
+
+# --- sampling and beam search ------------------------------------------------------------------
+
+@given(st.integers(0, 10_000), st.integers(1, 12), st.floats(0.05, 1.0), st.floats(0.3, 3.0))
+def test_sampling_probs_filters(seed, top_k, top_p, temperature):
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((3, 12)) * 3
+    p = sampling_probs(logits, temperature, top_k, top_p)
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-12)
+    assert np.all((p > 0).sum(-1) <= top_k)
+    full = sampling_probs(logits, temperature, top_k)
+    for b in range(3):
+        kept = p[b] > 0
+        assert full[b][kept].sum() >= top_p - 1e-12  # the nucleus reaches top_p ...
+        smallest = full[b][kept].min()  # ... and is minimal: without its last token it doesn't
+        assert full[b][kept].sum() - smallest < top_p + 1e-12
+        assert np.argmax(logits[b]) in np.nonzero(kept)[0]
+    tok = sample_tokens(p, rng)
+    assert np.all(p[np.arange(3), tok] > 0)
+
+
+def test_sampling_seeded_and_limits():
+    model = model_of(cfg(), seed=9)
+    kw = dict(max_new_tokens=8, method="sample", temperature=2.0)
+    a = generate(model, PROMPTS, seed=1, **kw)
+    np.testing.assert_array_equal(a, generate(model, PROMPTS, seed=1, **kw))
+    assert not np.array_equal(a, generate(model, PROMPTS, seed=2, **kw))
+    greedy = generate(model, PROMPTS, max_new_tokens=8)
+    np.testing.assert_array_equal(generate(model, PROMPTS, seed=3, top_k=1, **kw), greedy)
+    np.testing.assert_array_equal(generate(model, PROMPTS, seed=3, top_p=1e-9, **kw), greedy)
+
+
+def test_sample_frequencies_follow_probs():
+    rng = np.random.default_rng(10)
+    p = np.array([[0.5, 0.3, 0.2, 0.0]])
+    draws = np.array([sample_tokens(p, rng)[0] for _ in range(4000)])
+    freq = np.bincount(draws, minlength=4) / 4000
+    np.testing.assert_allclose(freq, p[0], atol=0.03)
+
+
+def test_beam_one_equals_greedy_and_scores_are_normalised_logprobs():
+    model = model_of(ENCDEC["balanced"](), seed=11)
+    sources = [[5, 6, 7, 8], [9, 10]]
+    greedy = generate(model, sources, max_new_tokens=5)
+    one, _ = beam_search(model, sources, num_beams=1, max_new_tokens=5)
+    np.testing.assert_array_equal(one, greedy)
+    for lp in (0.0, 1.0):
+        tokens, scores = beam_search(model, sources, num_beams=3, max_new_tokens=5,
+                                     length_penalty=lp)
+        for b, src in enumerate(sources):
+            seq = tokens[b]
+            n = int(np.argmax(seq == EOS)) + 1 if EOS in seq else len(seq)
+            dec_in = np.array([[BOS] + list(seq[:n - 1])])
+            logits = model.forward({"input_ids": np.array([src]), "decoder_input_ids": dec_in})
+            logp = log_softmax(logits[0])[np.arange(n), seq[:n]].sum()
+            assert np.isclose(scores[b], logp / n ** lp, rtol=1e-9)
+            if lp == 0.0:  # beam search never returns worse than greedy's path here
+                g = greedy[b]
+                m = int(np.argmax(g == EOS)) + 1 if EOS in g else len(g)
+                gl = model.forward({"input_ids": np.array([src]),
+                                    "decoder_input_ids": np.array([[BOS] + list(g[:m - 1])])})
+                assert scores[b] >= log_softmax(gl[0])[np.arange(m), g[:m]].sum() - 1e-9
+
+
+# --- bad arguments -----------------------------------------------------------------------------
+
+def test_bad_generation_arguments():
+    model = model_of(cfg())
+    cases = [
+        (dict(method="nucleus"), "method"),
+        (dict(method="sample", temperature=0.0), "temperature"),
+        (dict(method="sample", top_p=1.5), "top_p"),
+        (dict(method="sample", top_k=0), "top_k"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(method="beam", num_beams=0), "num_beams"),
+        (dict(method="sample", rng=3), "rng"),
+    ]
+    for kw, match in cases:
+        with pytest.raises(ValueError, match=match):
+            generate(model, PROMPTS, **kw)
+    with pytest.raises(ValueError, match="inputs"):
+        generate(model, [[BOS, V + 3]])
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(model, [[BOS], []])
+    with pytest.raises(ValueError, match="inputs"):
+        generate(model, "hello")
+    with pytest.raises(ValueError, match="model"):
+        generate(object(), PROMPTS)
