@@ -194,7 +194,7 @@ def save_checkpoint(root: PathLike, step: int, *, config, params: dict,
     _write_dir_atomically(target, files)
     # only now, with the new checkpoint durable, drop old ones and stale temporaries
     for p in root.iterdir():
-        if p.name.startswith((".tmp-", ".old-")) and not p.name.endswith(f"-{os.getpid()}"):
+        if p.name.startswith((".tmp-", ".old-")):  # one writer per run directory
             shutil.rmtree(p, ignore_errors=True)
     if keep is not None:
         for _, p in list_checkpoints(root)[:-keep]:
@@ -313,9 +313,14 @@ def load_checkpoint(path: PathLike, *, require_optimizer: bool = False) -> Check
 
 
 def load_model(path: PathLike, dtype=None):
-    """A model (GemmaLM or EncDecLM) from a model directory, a checkpoint, or a run
-    directory (its latest checkpoint). dtype: cast the weights (e.g. np.float64)."""
+    """A model (GemmaLM or EncDecLM) from a model directory, a checkpoint, a run directory
+    (its latest checkpoint) or a Hugging Face directory (interop.load_hf). dtype: cast
+    the weights (e.g. np.float64)."""
     from .models import build_model
+    if Path(path).is_dir():
+        from . import interop
+        if interop.is_hf_dir(path):  # a transformers directory (config.json has model_type)
+            return interop.load_hf(path, dtype or np.float32)
     ck = load_checkpoint(path)
     params = ck.params if dtype is None else {k: v.astype(dtype) for k, v in ck.params.items()}
     return build_model(ck.config, params)

@@ -8,6 +8,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mini_encdec.backend import use_backend
 from mini_encdec.config import EncDecConfig, GemmaConfig, count_parameters
@@ -48,7 +50,7 @@ def randomised(model, rng, std=0.3):
     return model
 
 
-def lm_batch(rng, B=2, T=7, pad=None):
+def lm_batch(rng, B=2, T=7):
     ids = rng.integers(0, V, (B, T))
     labels = rng.integers(0, V, (B, T))
     labels[0, 1] = -100
@@ -369,3 +371,19 @@ def test_bad_batches_raise_clear_errors():
         ed.encode(good_ed["input_ids"], causal="yes")
     with pytest.raises(ValueError, match="encoder_output"):
         ed.decode(good_ed["decoder_input_ids"], np.zeros((2, 7, 5)))
+
+
+@given(st.integers(1, 8), st.integers(0, 4), st.integers(1, 4), st.integers(0, 1000))
+def test_padding_property_encdec(S, pad, window, seed):
+    """Any source length, any amount of right padding, any window: the padded batch row
+    gives the unpadded logits, and the encoder output on real tokens is unchanged."""
+    rng = np.random.default_rng(seed)
+    c = gemma_cfg(sliding_window=window)
+    model = randomised(build_model(EncDecConfig(encoder=c, decoder=c), dtype=np.float64),
+                       np.random.default_rng(0))
+    src, dec = rng.integers(3, V, (1, S)), rng.integers(3, V, (1, 3))
+    ref = model.forward({"input_ids": src, "decoder_input_ids": dec})
+    padded = np.concatenate([src, rng.integers(0, V, (1, pad))], axis=1)  # any pad ids
+    mask = (np.arange(S + pad) < S).astype(np.int64)[None]
+    out = model.forward({"input_ids": padded, "attention_mask": mask, "decoder_input_ids": dec})
+    np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)

@@ -19,45 +19,17 @@ Checklist
   within 3e-7 absolute / relative; the kernels' tests hold them to the reference's
   tolerances (1e-5 relative outputs, 1e-4 gradients).
 
-FASTMATH is the one fast-math setting every kernel uses: only `reassoc` (so LLVM may
-vectorise sums such as dot products and row sums) and `contract` (fused multiply-add).
-No `nnan`/`ninf`: masks rely on -inf, and a NaN input must stay visible.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
-import numba
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-FASTMATH = {"reassoc", "contract"}
-# every helper and kernel: cached on disk; numpy error model (x / 0 gives inf, no Python
-# ZeroDivisionError branch, which would stop vectorisation).
-JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
-
-# Below this much work (about one vectorised multiply-add per unit) a kernel runs on the
-# calling thread: waking the thread pool costs ~10-30 us on an idle 2-core machine and
-# milliseconds when the cores are busy, more than a small kernel (e.g. one decoding step).
-SERIAL_WORK = 1 << 17
-
-
-@contextlib.contextmanager
-def threads_for(work: int):
-    """Run the kernels inside on all Numba threads, or on one when `work` is small."""
-    if work >= SERIAL_WORK:
-        yield numba.get_num_threads()
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield 1
-    finally:
-        numba.set_num_threads(previous)
-
+from ._runtime import JIT
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693359375  # ln 2 split in two: the high part is exact in float32

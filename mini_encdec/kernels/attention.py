@@ -34,7 +34,8 @@ from numba import njit, prange
 
 from ..nn.attention import _check_core
 from ..validate import check_float, check_shape
-from ._vecmath import JIT, cst, exp_inplace, tanh_into, threads_for
+from ._runtime import JIT, parallel_chunks
+from ._vecmath import cst, exp_inplace, tanh_into
 
 BLOCK = 256  # keys per online-softmax block (one block covers our sequence lengths)
 
@@ -82,79 +83,81 @@ def _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, s1, ibuf):
             s1[jj] = s0[jj]
 
 
-@njit(inline="always")
-def _chunk(c, nchunks, total):
-    """[start, stop) of chunk c when `total` items are split into `nchunks` near-equal parts."""
-    return (c * total) // nchunks, ((c + 1) * total) // nchunks
-
-
-@njit(parallel=True, **JIT)
-def _forward(q, kT, v, mask, scale, cap, o, lse, nchunks):
+@njit(**JIT)
+def _forward_rows(r0, r1, q, kT, v, mask, scale, cap, o, lse):
+    """Query rows r0 <= r < r1 of the B*H*Tq rows (r = (b*H + h)*Tq + i)."""
     B, H, Tq, Dh = q.shape
     K, Tk = v.shape[1], v.shape[2]
     G = H // K
     Bm, Tqm = mask.shape[0], mask.shape[2]
     nb = min(Tk, BLOCK)
     neg_inf = cst(scale, -np.inf)
-    for c in prange(nchunks):  # chunks of the B*H*Tq query rows, scratch allocated once
-        s0 = np.empty(nb, q.dtype)
-        s = np.empty(nb, q.dtype)
-        ibuf = np.empty(nb, np.int32)
-        acc = np.empty(Dh, q.dtype)
-        r0, r1 = _chunk(c, nchunks, B * H * Tq)
-        for r in range(r0, r1):
-            b = r // (H * Tq)
-            h = (r // Tq) % H
-            i = r % Tq
-            kh = h // G
-            bm, im = (b if Bm > 1 else 0), (i if Tqm > 1 else 0)
-            lo, hi = _row_range(mask, bm, im)
-            if lo >= hi:
-                lse[b, h, i] = neg_inf  # no allowed key: o stays 0
+    s0 = np.empty(nb, q.dtype)  # scratch, once per call
+    s = np.empty(nb, q.dtype)
+    ibuf = np.empty(nb, np.int32)
+    acc = np.empty(Dh, q.dtype)
+    for r in range(r0, r1):
+        b = r // (H * Tq)
+        h = (r // Tq) % H
+        i = r % Tq
+        kh = h // G
+        bm, im = (b if Bm > 1 else 0), (i if Tqm > 1 else 0)
+        lo, hi = _row_range(mask, bm, im)
+        if lo >= hi:
+            lse[b, h, i] = neg_inf  # no allowed key: o stays 0
+            continue
+        for d in range(Dh):
+            acc[d] = cst(scale, 0.0)
+        m = neg_inf  # running max
+        l = cst(scale, 0.0)  # running sum of exp(s - m)
+        for j0 in range(lo, hi, nb):
+            n = min(nb, hi - j0)
+            _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, s, ibuf)
+            # 3. mask: forbidden keys -> -inf; the block max over allowed keys
+            bmax = neg_inf
+            for jj in range(n):
+                x = s[jj] if mask[bm, 0, im, np.uint64(j0 + jj)] else neg_inf
+                s[jj] = x
+                bmax = max(bmax, x)
+            if bmax == neg_inf:
                 continue
+            # 4. online softmax: rescale what was summed under the old max
+            m_new = max(m, bmax)
+            alpha = math.exp(m - m_new) if m > neg_inf else cst(scale, 0.0)
+            for jj in range(n):
+                s[jj] -= m_new
+            exp_inplace(s, n, ibuf)  # p~ = exp(s - m_new), 0 on forbidden keys
+            psum = cst(scale, 0.0)
+            for jj in range(n):
+                psum += s[jj]
+            l = l * alpha + psum
             for d in range(Dh):
-                acc[d] = cst(scale, 0.0)
-            m = neg_inf  # running max
-            l = cst(scale, 0.0)  # running sum of exp(s - m)
-            for j0 in range(lo, hi, nb):
-                n = min(nb, hi - j0)
-                _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, s, ibuf)
-                # 3. mask: forbidden keys -> -inf; the block max over allowed keys
-                bmax = neg_inf
-                for jj in range(n):
-                    x = s[jj] if mask[bm, 0, im, np.uint64(j0 + jj)] else neg_inf
-                    s[jj] = x
-                    bmax = max(bmax, x)
-                if bmax == neg_inf:
-                    continue
-                # 4. online softmax: rescale what was summed under the old max
-                m_new = max(m, bmax)
-                alpha = math.exp(m - m_new) if m > neg_inf else cst(scale, 0.0)
-                for jj in range(n):
-                    s[jj] -= m_new
-                exp_inplace(s, n, ibuf)  # p~ = exp(s - m_new), 0 on forbidden keys
-                psum = cst(scale, 0.0)
-                for jj in range(n):
-                    psum += s[jj]
-                l = l * alpha + psum
-                for d in range(Dh):
-                    acc[d] *= alpha
-                # 5. o = p v (unnormalised so far)
-                for jj in range(n):
-                    p = s[jj]
-                    if p != 0:
-                        j = np.uint64(j0 + jj)
-                        for d in range(Dh):
-                            acc[d] += p * v[b, kh, j, d]
-                m = m_new
-            inv_l = cst(scale, 1.0) / l
-            for d in range(Dh):
-                o[b, h, i, d] = acc[d] * inv_l
-            lse[b, h, i] = m + math.log(l)
+                acc[d] *= alpha
+            # 5. o = p v (unnormalised so far)
+            for jj in range(n):
+                p = s[jj]
+                if p != 0:
+                    j = np.uint64(j0 + jj)
+                    for d in range(Dh):
+                        acc[d] += p * v[b, kh, j, d]
+            m = m_new
+        inv_l = cst(scale, 1.0) / l
+        for d in range(Dh):
+            o[b, h, i, d] = acc[d] * inv_l
+        lse[b, h, i] = m + math.log(l)
 
 
 @njit(parallel=True, **JIT)
-def _backward(q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, dk, dv):
+def _forward_parallel(nchunks, q, kT, v, mask, scale, cap, o, lse):
+    R = q.shape[0] * q.shape[1] * q.shape[2]
+    for c in prange(nchunks):  # chunks of the query rows, one thread each
+        _forward_rows((c * R) // nchunks, ((c + 1) * R) // nchunks, q, kT, v, mask, scale,
+                      cap, o, lse)
+
+
+@njit(**JIT)
+def _backward_heads(g0, g1, q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, dk, dv):
+    """Key/value heads g0 <= g < g1 of the B*K (g = b*K + kh), with their G query heads."""
     B, H, Tq, Dh = q.shape
     K, Tk = v.shape[1], v.shape[2]
     G = H // K
@@ -162,13 +165,13 @@ def _backward(q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, dk, dv):
     nb = min(Tk, BLOCK)
     zero = cst(scale, 0.0)
     neg_inf = cst(scale, -np.inf)
-    for g in prange(B * K):  # one key/value head per task: its dk, dv rows are private
+    s0 = np.empty(nb, q.dtype)  # scratch, once per call
+    p = np.empty(nb, q.dtype)
+    dp = np.empty(nb, q.dtype)
+    ibuf = np.empty(nb, np.int32)
+    for g in range(g0, g1):
         b = g // K
         kh = g % K
-        s0 = np.empty(nb, q.dtype)
-        p = np.empty(nb, q.dtype)
-        dp = np.empty(nb, q.dtype)
-        ibuf = np.empty(nb, np.int32)
         for hg in range(G):
             h = kh * G + hg
             for i in range(Tq):
@@ -213,6 +216,14 @@ def _backward(q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, dk, dv):
                             dv[b, kh, j, d] += pj * do[b, h, i, d]  # dv_j += p_ij do_i
 
 
+@njit(parallel=True, **JIT)
+def _backward_parallel(nchunks, q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, dk, dv):
+    R = k.shape[0] * k.shape[1]
+    for c in prange(nchunks):  # chunks of key/value heads: their dk, dv rows are private
+        _backward_heads((c * R) // nchunks, ((c + 1) * R) // nchunks, q, k, kT, v, vT, o, do,
+                        mask, scale, cap, lse, dq, dk, dv)
+
+
 def _dense_mask(mask, B, Tq, Tk):
     """The validated mask as a C-contiguous bool (B|1, 1, Tq|1, Tk) array (one layout
     for the compiled kernel; a size-1 key axis is broadcast since rows are scanned)."""
@@ -236,9 +247,13 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     o = np.zeros_like(q)  # (B, H, Tq, Dh)
     lse = np.empty((B, H, Tq), dtype=q.dtype)
     cap = dt(softcap) if softcap is not None else dt(0)
-    with threads_for(B * H * Tq * Tk * Dh) as threads:
-        # a few chunks per thread: causal rows differ in cost
-        _forward(q, kT, v, mask, dt(scale), cap, o, lse, max(1, min(B * H * Tq, 4 * threads)))
+    args = (q, kT, v, mask, dt(scale), cap, o, lse)
+    # a few chunks per thread: causal rows differ in cost
+    nchunks = parallel_chunks(B * H * Tq * Tk * Dh, B * H * Tq, per_thread=4)
+    if nchunks:
+        _forward_parallel(nchunks, *args)
+    else:
+        _forward_rows(0, B * H * Tq, *args)
     cache = {"q": q, "k": k, "kT": kT, "v": v, "o": o, "mask": mask, "lse": lse,
              "scale": dt(scale), "cap": cap}
     return o, cache
@@ -256,7 +271,12 @@ def attention_core_backward(do, cache):
     do = np.ascontiguousarray(do)
     vT = np.ascontiguousarray(v.swapaxes(2, 3))  # (B, K, Tk, Dh) -> (B, K, Dh, Tk)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-    with threads_for(2 * q.size * k.shape[2]):
-        _backward(q, k, cache["kT"], v, vT, cache["o"], do, cache["mask"], cache["scale"],
-                  cache["cap"], cache["lse"], dq, dk, dv)
+    args = (q, k, cache["kT"], v, vT, cache["o"], do, cache["mask"], cache["scale"],
+            cache["cap"], cache["lse"], dq, dk, dv)
+    R = k.shape[0] * k.shape[1]  # B*K key/value heads
+    nchunks = parallel_chunks(2 * q.size * k.shape[2], R, per_thread=1)
+    if nchunks:
+        _backward_parallel(nchunks, *args)
+    else:
+        _backward_heads(0, R, *args)
     return dq, dk, dv

@@ -17,19 +17,24 @@ import numpy as np
 from numba import njit, prange
 
 from ..validate import check_float, check_shape
-from ._vecmath import JIT, threads_for
+from ._runtime import JIT, parallel_chunks
+
+
+@njit(**JIT)
+def _scatter_columns(d0, d1, dx, ids, scale, dE):
+    """Columns d0 <= d < d1 of dE, every token in order."""
+    for n in range(dx.shape[0]):
+        row = ids[n]
+        # x = E[ids] * scale: row ids[n] of dE receives dx[n] * scale
+        for d in range(d0, d1):
+            dE[row, d] += dx[n, d] * scale
 
 
 @njit(parallel=True, **JIT)
-def _scatter(dx, ids, scale, dE, nchunks):
-    N, D = dx.shape
+def _scatter_parallel(nchunks, dx, ids, scale, dE):
+    D = dx.shape[1]
     for c in prange(nchunks):
-        d0, d1 = (c * D) // nchunks, ((c + 1) * D) // nchunks
-        for n in range(N):
-            row = ids[n]
-            # x = E[ids] * scale: row ids[n] of dE receives dx[n] * scale
-            for d in range(d0, d1):
-                dE[row, d] += dx[n, d] * scale
+        _scatter_columns((c * D) // nchunks, ((c + 1) * D) // nchunks, dx, ids, scale, dE)
 
 
 def embedding_backward(dx, cache):
@@ -43,6 +48,9 @@ def embedding_backward(dx, cache):
     dx2 = np.ascontiguousarray(dx, dtype=dtype).reshape(-1, D)  # (B, T, D) -> (B*T, D)
     ids1 = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)  # (B, T) -> (B*T,)
     dE = np.zeros((V, D), dtype=dtype)
-    with threads_for(dx2.size) as threads:
-        _scatter(dx2, ids1, dtype.type(factor), dE, max(1, min(D // 8, threads)))
+    nchunks = parallel_chunks(dx2.size, D // 16, per_thread=1)  # slices of >= 16 columns
+    if nchunks:
+        _scatter_parallel(nchunks, dx2, ids1, dtype.type(factor), dE)
+    else:
+        _scatter_columns(0, D, dx2, ids1, dtype.type(factor), dE)
     return dE

@@ -25,7 +25,8 @@ from numba import njit, prange
 
 from ..nn.loss import _check_dloss, _check_logits_labels
 from ..validate import check_positive
-from ._vecmath import JIT, cst, exp_inplace, tanh_into, threads_for
+from ._runtime import JIT, parallel_chunks
+from ._vecmath import cst, exp_inplace, tanh_into
 
 
 @njit(inline="always")
@@ -44,70 +45,80 @@ def _capped_row(z, n, cap, s, t, ibuf):
             s[v] = z[n, v]
 
 
+@njit(**JIT)
+def _forward_rows(n0, n1, z, labels, ignore_index, cap, lse, nll):
+    V = z.shape[1]
+    s = np.empty(V, z.dtype)  # scratch, once per call
+    t = np.empty(V, z.dtype)
+    ibuf = np.empty(V, np.int32)
+    for n in range(n0, n1):
+        label = labels[n]
+        if label == ignore_index:
+            lse[n] = cst(cap, 0.0)
+            nll[n] = cst(cap, 0.0)
+            continue
+        # 1. s = cap * tanh(z / cap)
+        _capped_row(z, n, cap, s, t, ibuf)
+        s_label = s[label]
+        # 2. L = logsumexp(s) = m + log(sum(exp(s - m))),  nll = L - s[label]
+        m = s[0]
+        for v in range(V):
+            x = s[v]
+            m = x if x > m else m
+        for v in range(V):
+            s[v] -= m
+        exp_inplace(s, V, ibuf)
+        total = cst(cap, 0.0)
+        for v in range(V):
+            total += s[v]
+        L = m + math.log(total)
+        lse[n] = L
+        nll[n] = L - s_label
+
+
 @njit(parallel=True, **JIT)
-def _forward(z, labels, ignore_index, cap, lse, nll, nchunks):
-    N, V = z.shape
+def _forward_parallel(nchunks, z, labels, ignore_index, cap, lse, nll):
+    N = z.shape[0]
     for c in prange(nchunks):
-        s = np.empty(V, z.dtype)
-        t = np.empty(V, z.dtype)
-        ibuf = np.empty(V, np.int32)
-        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
-            label = labels[n]
-            if label == ignore_index:
-                lse[n] = cst(cap, 0.0)
-                nll[n] = cst(cap, 0.0)
-                continue
-            # 1. s = cap * tanh(z / cap)
-            _capped_row(z, n, cap, s, t, ibuf)
-            s_label = s[label]
-            # 2. L = logsumexp(s) = m + log(sum(exp(s - m))),  nll = L - s[label]
-            m = s[0]
-            for v in range(V):
-                x = s[v]
-                m = x if x > m else m
-            for v in range(V):
-                s[v] -= m
-            exp_inplace(s, V, ibuf)
-            total = cst(cap, 0.0)
-            for v in range(V):
-                total += s[v]
-            L = m + math.log(total)
-            lse[n] = L
-            nll[n] = L - s_label
+        _forward_rows((c * N) // nchunks, ((c + 1) * N) // nchunks, z, labels, ignore_index,
+                      cap, lse, nll)
 
 
-@njit(parallel=True, **JIT)
-def _backward(z, labels, ignore_index, cap, lse, g, dz, nchunks):
-    N, V = z.shape
+@njit(**JIT)
+def _backward_rows(n0, n1, z, labels, ignore_index, cap, lse, g, dz):
+    V = z.shape[1]
     zero, one = cst(cap, 0.0), cst(cap, 1.0)
-    for c in prange(nchunks):
-        s = np.empty(V, z.dtype)
-        t = np.empty(V, z.dtype)
-        ibuf = np.empty(V, np.int32)
-        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
-            label = labels[n]
-            if label == ignore_index:
-                for v in range(V):
-                    dz[n, v] = zero
-                continue
-            _capped_row(z, n, cap, s, t, ibuf)  # recompute 1.
-            L = lse[n]
+    s = np.empty(V, z.dtype)
+    t = np.empty(V, z.dtype)
+    ibuf = np.empty(V, np.int32)
+    for n in range(n0, n1):
+        label = labels[n]
+        if label == ignore_index:
             for v in range(V):
-                s[v] -= L
-            exp_inplace(s, V, ibuf)  # p = softmax(s)
-            # 2. nll = logsumexp(s) - s[label]:  ds = g * (p - onehot(label))
-            s[label] -= one
-            if cap > zero:
-                # 1. s = cap * tanh(z / cap):  dz = ds * (1 - t^2)
-                for v in range(V):
-                    dz[n, v] = g * s[v] * (one - t[v] * t[v])
-            else:
-                for v in range(V):
-                    dz[n, v] = g * s[v]
+                dz[n, v] = zero
+            continue
+        _capped_row(z, n, cap, s, t, ibuf)  # recompute 1.
+        L = lse[n]
+        for v in range(V):
+            s[v] -= L
+        exp_inplace(s, V, ibuf)  # p = softmax(s)
+        # 2. nll = logsumexp(s) - s[label]:  ds = g * (p - onehot(label))
+        s[label] -= one
+        if cap > zero:
+            # 1. s = cap * tanh(z / cap):  dz = ds * (1 - t^2)
+            for v in range(V):
+                dz[n, v] = g * s[v] * (one - t[v] * t[v])
+        else:
+            for v in range(V):
+                dz[n, v] = g * s[v]
 
 
-def _chunks(rows, threads):
-    return max(1, min(rows, 4 * threads))
+@njit(parallel=True, **JIT)
+def _backward_parallel(nchunks, z, labels, ignore_index, cap, lse, g, dz):
+    N = z.shape[0]
+    for c in prange(nchunks):
+        _backward_rows((c * N) // nchunks, ((c + 1) * N) // nchunks, z, labels, ignore_index,
+                       cap, lse, g, dz)
 
 
 def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
@@ -123,8 +134,12 @@ def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
     N = z2.shape[0]
     lse = np.empty(N, dtype=z.dtype)
     nll = np.empty(N, dtype=z.dtype)
-    with threads_for(8 * z2.size) as threads:
-        _forward(z2, labels1, np.int64(ignore_index), capv, lse, nll, _chunks(N, threads))
+    args = (z2, labels1, np.int64(ignore_index), capv, lse, nll)
+    nchunks = parallel_chunks(8 * z2.size, N, per_thread=4)  # ignored rows cost nothing
+    if nchunks:
+        _forward_parallel(nchunks, *args)
+    else:
+        _forward_rows(0, N, *args)
     n = int(np.count_nonzero(labels1 != ignore_index))
     loss = float(nll.sum(dtype=np.float64) / n) if n else 0.0
     cache = {"z": z2, "labels": labels1, "ignore_index": np.int64(ignore_index),
@@ -140,7 +155,10 @@ def softcap_cross_entropy_backward(dloss, cache):
         return np.zeros(cache["shape"], dtype=z2.dtype)
     g = z2.dtype.type(dloss / n)
     dz = np.empty_like(z2)
-    with threads_for(10 * z2.size) as threads:
-        _backward(z2, cache["labels"], cache["ignore_index"], cache["cap"], cache["lse"], g, dz,
-                  _chunks(z2.shape[0], threads))
+    args = (z2, cache["labels"], cache["ignore_index"], cache["cap"], cache["lse"], g, dz)
+    nchunks = parallel_chunks(10 * z2.size, z2.shape[0], per_thread=4)
+    if nchunks:
+        _backward_parallel(nchunks, *args)
+    else:
+        _backward_rows(0, z2.shape[0], *args)
     return dz.reshape(cache["shape"])  # (N, V) -> (..., V)

@@ -19,7 +19,8 @@ from numba import njit, prange
 
 from ..nn.mlp import GELU_A, GELU_C
 from ..validate import check_float, check_same_dtype, check_shape
-from ._vecmath import JIT, cst, tanh_into, threads_for
+from ._runtime import JIT, parallel_chunks
+from ._vecmath import cst, tanh_into
 
 
 @njit(inline="always")
@@ -33,44 +34,52 @@ def _tanh_arg(gate, n, arg, t, ibuf):
     tanh_into(arg, t, F, ibuf)
 
 
-@njit(parallel=True, **JIT)
-def _forward(gate, up, out, nchunks):
-    N, F = gate.shape
+@njit(**JIT)
+def _forward_rows(n0, n1, gate, up, out):
+    F = gate.shape[1]
     half, one = cst(gate, 0.5), cst(gate, 1.0)
-    for c in prange(nchunks):
-        arg = np.empty(F, gate.dtype)
-        t = np.empty(F, gate.dtype)
-        ibuf = np.empty(F, np.int32)
-        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
-            _tanh_arg(gate, n, arg, t, ibuf)
-            for f in range(F):
-                # g = 0.5 u (1 + t);  a = g * up
-                out[n, f] = half * gate[n, f] * (one + t[f]) * up[n, f]
+    arg = np.empty(F, gate.dtype)  # scratch, once per call
+    t = np.empty(F, gate.dtype)
+    ibuf = np.empty(F, np.int32)
+    for n in range(n0, n1):
+        _tanh_arg(gate, n, arg, t, ibuf)
+        for f in range(F):
+            # g = 0.5 u (1 + t);  a = g * up
+            out[n, f] = half * gate[n, f] * (one + t[f]) * up[n, f]
 
 
 @njit(parallel=True, **JIT)
-def _backward(da, gate, up, dgate, dup, nchunks):
-    N, F = gate.shape
+def _forward_parallel(nchunks, gate, up, out):
+    N = gate.shape[0]
+    for c in prange(nchunks):
+        _forward_rows((c * N) // nchunks, ((c + 1) * N) // nchunks, gate, up, out)
+
+
+@njit(**JIT)
+def _backward_rows(n0, n1, da, gate, up, dgate, dup):
+    F = gate.shape[1]
     half, one = cst(gate, 0.5), cst(gate, 1.0)
     c_, a3 = cst(gate, GELU_C), cst(gate, 3.0 * GELU_A)
+    arg = np.empty(F, gate.dtype)
+    t = np.empty(F, gate.dtype)
+    ibuf = np.empty(F, np.int32)
+    for n in range(n0, n1):
+        _tanh_arg(gate, n, arg, t, ibuf)  # recompute t
+        for f in range(F):
+            u, tf = gate[n, f], t[f]
+            # a = g * up:  dup = da * g,  dg = da * up
+            dup[n, f] = da[n, f] * half * u * (one + tf)
+            # g = 0.5 u (1 + tanh(c (u + a u^3))):
+            #   dg/du = 0.5 (1 + t) + 0.5 u (1 - t^2) c (1 + 3 a u^2)
+            dgdu = half * (one + tf) + half * u * (one - tf * tf) * c_ * (one + a3 * u * u)
+            dgate[n, f] = da[n, f] * up[n, f] * dgdu
+
+
+@njit(parallel=True, **JIT)
+def _backward_parallel(nchunks, da, gate, up, dgate, dup):
+    N = gate.shape[0]
     for c in prange(nchunks):
-        arg = np.empty(F, gate.dtype)
-        t = np.empty(F, gate.dtype)
-        ibuf = np.empty(F, np.int32)
-        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
-            _tanh_arg(gate, n, arg, t, ibuf)  # recompute t
-            for f in range(F):
-                u, tf = gate[n, f], t[f]
-                # a = g * up:  dup = da * g,  dg = da * up
-                dup[n, f] = da[n, f] * half * u * (one + tf)
-                # g = 0.5 u (1 + tanh(c (u + a u^3))):
-                #   dg/du = 0.5 (1 + t) + 0.5 u (1 - t^2) c (1 + 3 a u^2)
-                dgdu = half * (one + tf) + half * u * (one - tf * tf) * c_ * (one + a3 * u * u)
-                dgate[n, f] = da[n, f] * up[n, f] * dgdu
-
-
-def _chunks(rows, threads):
-    return max(1, min(rows, 2 * threads))
+        _backward_rows((c * N) // nchunks, ((c + 1) * N) // nchunks, da, gate, up, dgate, dup)
 
 
 def geglu_act_forward(gate, up):
@@ -84,8 +93,11 @@ def geglu_act_forward(gate, up):
     g2 = np.ascontiguousarray(gate).reshape(-1, F)  # (..., F) -> (N, F)
     u2 = np.ascontiguousarray(up).reshape(-1, F)
     a2 = np.empty_like(g2)
-    with threads_for(8 * g2.size) as threads:
-        _forward(g2, u2, a2, _chunks(g2.shape[0], threads))
+    nchunks = parallel_chunks(8 * g2.size, g2.shape[0])
+    if nchunks:
+        _forward_parallel(nchunks, g2, u2, a2)
+    else:
+        _forward_rows(0, g2.shape[0], g2, u2, a2)
     return a2.reshape(gate.shape), {"gate": g2, "up": u2, "shape": gate.shape}
 
 
@@ -96,6 +108,9 @@ def geglu_act_backward(da, cache):
     check_shape(da, "da", shape, fn="geglu_act_backward")
     da2 = np.ascontiguousarray(da, dtype=g2.dtype).reshape(g2.shape)  # (..., F) -> (N, F)
     dgate, dup = np.empty_like(g2), np.empty_like(g2)
-    with threads_for(10 * g2.size) as threads:
-        _backward(da2, g2, u2, dgate, dup, _chunks(g2.shape[0], threads))
+    nchunks = parallel_chunks(10 * g2.size, g2.shape[0])
+    if nchunks:
+        _backward_parallel(nchunks, da2, g2, u2, dgate, dup)
+    else:
+        _backward_rows(0, g2.shape[0], da2, g2, u2, dgate, dup)
     return dgate.reshape(shape), dup.reshape(shape)

@@ -21,44 +21,59 @@ import numpy as np
 from numba import njit, prange
 
 from ..validate import check_float, check_positive, check_same_dtype, check_shape
-from ._vecmath import JIT, cst, threads_for
+from ._runtime import JIT, parallel_chunks
+from ._vecmath import cst
+
+
+@njit(**JIT)
+def _forward_rows(n0, n1, x, w, eps, y, rstd):
+    D = x.shape[1]
+    for n in range(n0, n1):
+        # 1. rstd = 1 / sqrt(mean(x^2) + eps)
+        ss = cst(eps, 0.0)
+        for d in range(D):
+            ss += x[n, d] * x[n, d]
+        r = cst(eps, 1.0) / math.sqrt(ss / cst(eps, D) + eps)
+        rstd[n] = r
+        # 2.-3. y = (x * rstd) * (1 + w)
+        for d in range(D):
+            y[n, d] = (x[n, d] * r) * (cst(eps, 1.0) + w[d])
 
 
 @njit(parallel=True, **JIT)
-def _forward(x, w, eps, y, rstd, nchunks):
-    N, D = x.shape
+def _forward_parallel(nchunks, x, w, eps, y, rstd):
+    N = x.shape[0]
     for c in prange(nchunks):
-        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
-            # 1. rstd = 1 / sqrt(mean(x^2) + eps)
-            ss = cst(eps, 0.0)
-            for d in range(D):
-                ss += x[n, d] * x[n, d]
-            r = cst(eps, 1.0) / math.sqrt(ss / cst(eps, D) + eps)
-            rstd[n] = r
-            # 2.-3. y = (x * rstd) * (1 + w)
-            for d in range(D):
-                y[n, d] = (x[n, d] * r) * (cst(eps, 1.0) + w[d])
+        _forward_rows((c * N) // nchunks, ((c + 1) * N) // nchunks, x, w, eps, y, rstd)
 
 
-@njit(parallel=True, **JIT)
-def _backward(dy, x, w, rstd, dx, dw_part):
-    N, D = x.shape
-    nchunks = dw_part.shape[0]
+@njit(**JIT)
+def _backward_rows(n0, n1, dy, x, w, rstd, dx, dw):
+    """Rows n0 <= n < n1; adds their share of dw into dw (one private row per chunk)."""
+    D = x.shape[1]
     one = cst(rstd, 1.0)
+    for n in range(n0, n1):
+        r = rstd[n]
+        # 3. y = xhat * (1 + w):  dw += dy * xhat,  dxhat = dy * (1 + w)
+        # 2./1. xhat = x * rstd:  dx = rstd * (dxhat - xhat * mean(dxhat * xhat))
+        dot = cst(rstd, 0.0)
+        for d in range(D):
+            xhat = x[n, d] * r
+            dw[d] += dy[n, d] * xhat
+            dot += dy[n, d] * (one + w[d]) * xhat
+        mean = dot / cst(rstd, D)
+        for d in range(D):
+            xhat = x[n, d] * r
+            dx[n, d] = r * (dy[n, d] * (one + w[d]) - xhat * mean)
+
+
+@njit(parallel=True, **JIT)
+def _backward_parallel(dy, x, w, rstd, dx, dw_part):
+    N = x.shape[0]
+    nchunks = dw_part.shape[0]
     for c in prange(nchunks):
-        for n in range((c * N) // nchunks, ((c + 1) * N) // nchunks):
-            r = rstd[n]
-            # 3. y = xhat * (1 + w):  dw += dy * xhat,  dxhat = dy * (1 + w)
-            # 2./1. xhat = x * rstd:  dx = rstd * (dxhat - xhat * mean(dxhat * xhat))
-            dot = cst(rstd, 0.0)
-            for d in range(D):
-                xhat = x[n, d] * r
-                dw_part[c, d] += dy[n, d] * xhat
-                dot += dy[n, d] * (one + w[d]) * xhat
-            mean = dot / cst(rstd, D)
-            for d in range(D):
-                xhat = x[n, d] * r
-                dx[n, d] = r * (dy[n, d] * (one + w[d]) - xhat * mean)
+        _backward_rows((c * N) // nchunks, ((c + 1) * N) // nchunks, dy, x, w, rstd, dx,
+                       dw_part[c])
 
 
 def rmsnorm_forward(x, w, eps=1e-6):
@@ -76,8 +91,12 @@ def rmsnorm_forward(x, w, eps=1e-6):
     w = np.ascontiguousarray(w)
     y2 = np.empty_like(x2)
     rstd = np.empty(x2.shape[0], dtype=x.dtype)
-    with threads_for(x2.size) as threads:
-        _forward(x2, w, x.dtype.type(eps), y2, rstd, max(1, min(x2.shape[0], 2 * threads)))
+    args = (x2, w, x.dtype.type(eps), y2, rstd)
+    nchunks = parallel_chunks(x2.size, x2.shape[0])
+    if nchunks:
+        _forward_parallel(nchunks, *args)
+    else:
+        _forward_rows(0, x2.shape[0], *args)
     return y2.reshape(x.shape), {"x": x2, "w": w, "rstd": rstd, "shape": x.shape}
 
 
@@ -88,7 +107,10 @@ def rmsnorm_backward(dy, cache):
     check_shape(dy, "dy", cache["shape"], fn="rmsnorm_backward")
     dy2 = np.ascontiguousarray(dy, dtype=x2.dtype).reshape(x2.shape)  # (..., D) -> (N, D)
     dx = np.empty_like(x2)
-    with threads_for(2 * x2.size) as threads:
-        dw_part = np.zeros((max(1, min(x2.shape[0], 2 * threads)), x2.shape[1]), dtype=x2.dtype)
-        _backward(dy2, x2, w, rstd, dx, dw_part)
+    nchunks = parallel_chunks(2 * x2.size, x2.shape[0])
+    dw_part = np.zeros((max(nchunks, 1), x2.shape[1]), dtype=x2.dtype)  # (chunks, D)
+    if nchunks:
+        _backward_parallel(dy2, x2, w, rstd, dx, dw_part)
+    else:
+        _backward_rows(0, x2.shape[0], dy2, x2, w, rstd, dx, dw_part[0])
     return dx.reshape(cache["shape"]), dw_part.sum(axis=0)

@@ -33,7 +33,8 @@ from ..nn.rope import rope_backward, rope_forward
 def split_heads(y: np.ndarray, n: int) -> np.ndarray:
     """(B, T, N*Dh) -> (B, N, T, Dh), contiguous (the core's matmuls want it)."""
     B, T, ND = y.shape
-    return np.ascontiguousarray(y.reshape(B, T, n, ND // n).transpose(0, 2, 1, 3))  # (B,T,N,Dh) -> (B,N,T,Dh)
+    # (B, T, N*Dh) -> (B, T, N, Dh) -> (B, N, T, Dh)
+    return np.ascontiguousarray(y.reshape(B, T, n, ND // n).transpose(0, 2, 1, 3))
 
 
 def merge_heads(o: np.ndarray) -> np.ndarray:

@@ -36,7 +36,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .encdec import EncDecLM
 from .gemma import GemmaLM
 from .kv_cache import decoder_parts, decoder_step, init_cache
 from ..validate import check_ids, check_mask, check_positive, check_positive_int

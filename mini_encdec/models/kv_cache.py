@@ -65,7 +65,8 @@ class KVCache:
         for i, (k, v) in enumerate(new_kv):
             keep = self.windows[self.layer_types[i]]
             if self.kv[i] is not None:
-                k = np.concatenate([self.kv[i][0], k], axis=2)  # (B,K,Tc,Dh);(B,K,Tn,Dh) -> (B,K,Tc+Tn,Dh)
+                # (B, K, Tc, Dh) ; (B, K, Tn, Dh) -> (B, K, Tc + Tn, Dh)
+                k = np.concatenate([self.kv[i][0], k], axis=2)
                 v = np.concatenate([self.kv[i][1], v], axis=2)
             if keep is not None and k.shape[2] > keep:
                 start = k.shape[2] - keep  # keep the last W - 1 keys (W = 1: none)

@@ -183,5 +183,6 @@ def check_params(config, params) -> np.dtype:
                              f"got {v.shape}")
         dtypes.add(v.dtype)
     if len(dtypes) > 1:
-        raise ValueError(f"{fn}: argument 'params': expected one dtype, got {sorted(map(str, dtypes))}")
+        raise ValueError(f"{fn}: argument 'params': expected one dtype, got "
+                         f"{sorted(map(str, dtypes))}")
     return dtypes.pop()

@@ -1,0 +1,434 @@
+"""Adaptation: decoder-only Gemma 2 checkpoint(s) -> a T5Gemma encoder-decoder (SPEC 3).
+
+Every weight of the encoder-decoder starts from the most similar weight of the source:
+
+  balanced, one source M (encoder and decoder both from M):
+    model.{encoder,decoder}.embed_tokens          <- M model.embed_tokens (two copies)
+    model.{encoder,decoder}.layers.i.self_attn.*  <- M model.layers.i.self_attn.*
+    model.{encoder,decoder}.layers.i.mlp.*        <- M model.layers.i.mlp.*
+      .pre_self_attn_layernorm                    <- M .input_layernorm
+      .post_self_attn_layernorm                   <- M .post_attention_layernorm
+      .{pre,post}_feedforward_layernorm           <- M the same names
+    model.decoder.layers.i.cross_attn.{q,k,v,o}   <- M model.layers.i.self_attn.{q,k,v,o}
+      .pre_cross_attn_layernorm                   <- M .input_layernorm      (our choice;
+      .post_cross_attn_layernorm                  <- M .post_attention_layernorm  the paper
+    model.{encoder,decoder}.norm                  <- M model.norm             is silent)
+
+  unbalanced, encoder from A (larger), decoder from B (smaller), same vocabulary:
+    model.encoder.*  <- A as above;   model.decoder.* except cross-attention <- B as above
+    cross_attn.{q,k,v,o}_proj  fresh N(0, 0.02) from an explicit np.random.Generator
+                               (k/v read the encoder width, A's hidden_size)
+    {pre,post}_cross_attn_layernorm  fresh 0 (the identity, since norms scale by 1 + w)
+    EncDecConfig.cross_attn_warmup_steps = K: the trainer updates only cross-attention
+    for the first K steps, then everything (the paper: K = 1000 at 9B-2B).
+
+Why it works: the adapted decoder with its cross-attention output zeroed IS the source
+model, and the adapted encoder run with causal masks IS the source model too (tests).
+
+API
+    plan = adaptation_plan(config, balanced)      target key -> Origin, in file order
+    mapping = adaptation_mapping(encoder_from, decoder_from=None)
+                                                  target key -> "A:model.layers.0...." /
+                                                  "fresh N(0, 0.02)" / "fresh zeros"
+    config, params = adapt_params(encoder_from, decoder_from=None, rng=..., warmup_steps=...)
+    model = adapt(encoder_from, decoder_from=None, ...)          (models.build_model)
+    adapt_command(encoder_from, decoder_from, out, warmup_steps=None, seed=0, ...)
+                                                  what `python -m mini_encdec adapt` runs
+
+A source ("encoder_from" / "decoder_from") is a GemmaLM, a (GemmaConfig, params) pair,
+our own model/checkpoint/run directory (checkpoint.py), or a Hugging Face Gemma 2
+directory (e.g. a downloaded google/gemma-2-2b). Giving no decoder source, or the same
+one twice, means balanced. Hugging Face sources are streamed: `adapt_command` writes the
+T5Gemma directory tensor by tensor, copying stored bytes (bfloat16 stays bfloat16), so
+peak memory stays far below one copy of the output weights (measured: README,
+tools/measure_adapt_memory.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from .config import EncDecConfig, GemmaConfig
+from .models.params import INIT_STD, param_shapes
+
+PathLike = Union[str, Path]
+
+# The paper's warmup for unbalanced adaptation (K = 1000 at 9B-2B); the default when two
+# different sources are given and no warmup_steps is.
+DEFAULT_UNBALANCED_WARMUP = 1000
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+_COMPARED_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+class AdaptError(ValueError):
+    """Sources that cannot be adapted together (vocabularies, special ids, tokenizers)."""
+
+
+# --- where every target tensor comes from ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Origin:
+    """The initialiser of one target tensor: a source tensor, or a fresh draw."""
+
+    # "A" (the encoder's source; the only source when balanced), "B" (the decoder's
+    # source when unbalanced), or None for a fresh tensor.
+    source: Optional[str]
+    # The source tensor's key (Gemma2ForCausalLM naming), None when fresh.
+    key: Optional[str] = None
+    # Fresh tensors: "normal" (N(0, 0.02)) or "zeros" (norm weights).
+    init: Optional[str] = None
+
+    def __str__(self) -> str:
+        if self.source is not None:
+            return f"{self.source}:{self.key}"
+        return f"fresh N(0, {INIT_STD})" if self.init == "normal" else "fresh zeros"
+
+
+# T5Gemma layer-piece name -> Gemma 2 layer-piece name
+_NORM_SOURCE = {
+    "pre_self_attn_layernorm": "input_layernorm",
+    "post_self_attn_layernorm": "post_attention_layernorm",
+    "pre_feedforward_layernorm": "pre_feedforward_layernorm",
+    "post_feedforward_layernorm": "post_feedforward_layernorm",
+    # cross-attention norms (balanced only): the self-attention norms of the same layer
+    "pre_cross_attn_layernorm": "input_layernorm",
+    "post_cross_attn_layernorm": "post_attention_layernorm",
+}
+_TARGET = re.compile(r"^model\.(encoder|decoder)\.(?:layers\.(\d+)\.)?(.+)$")
+
+
+def _origin(target: str, balanced: bool) -> Origin:
+    m = _TARGET.match(target)
+    if m is None:
+        raise AdaptError(f"adaptation_plan: unexpected target key {target!r}")
+    part, layer, piece = m.groups()
+    source = "A" if (part == "encoder" or balanced) else "B"
+    if layer is None:  # embed_tokens.weight or norm.weight
+        return Origin(source, f"model.{piece}")
+    prefix = f"model.layers.{layer}."
+    name = piece[:-len(".weight")]
+    if piece.startswith("cross_attn."):
+        if not balanced:
+            return Origin(None, init="normal")
+        return Origin(source, prefix + "self_attn." + piece[len("cross_attn."):])
+    if name in _NORM_SOURCE:
+        if "cross" in name and not balanced:
+            return Origin(None, init="zeros")
+        return Origin(source, prefix + _NORM_SOURCE[name] + ".weight")
+    return Origin(source, prefix + piece)  # self_attn.* and mlp.* keep their names
+
+
+def adaptation_plan(config: EncDecConfig, balanced: bool) -> dict:
+    """Target key -> Origin for every parameter of `config`, in `param_shapes` order
+    (the order fresh tensors are drawn in, and the order files are written in)."""
+    if not isinstance(config, EncDecConfig):
+        raise AdaptError(f"adaptation_plan: expected an EncDecConfig, got "
+                         f"{type(config).__name__}")
+    if config.merged_attention or config.tie_all_embeddings:
+        raise AdaptError("adaptation_plan: SPEC 3 adapts into separate cross-attention and "
+                         "separate embeddings (merged_attention and tie_all_embeddings False)")
+    return {k: _origin(k, balanced) for k in param_shapes(config)}
+
+
+def adapted_config(encoder_source: GemmaConfig, decoder_source: GemmaConfig,
+                   warmup_steps: int = 0) -> EncDecConfig:
+    """The encoder-decoder config: encoder shaped like A, decoder like B (or both like M)."""
+    for name, c in (("encoder source", encoder_source), ("decoder source", decoder_source)):
+        if not isinstance(c, GemmaConfig):
+            raise AdaptError(f"adapt: the {name} must be a decoder-only Gemma 2 model "
+                             f"(GemmaConfig), got {type(c).__name__}")
+    if encoder_source.vocab_size != decoder_source.vocab_size:
+        raise AdaptError(f"adapt: the encoder source has a vocabulary of "
+                         f"{encoder_source.vocab_size} tokens and the decoder source "
+                         f"{decoder_source.vocab_size}; both must share one vocabulary")
+    for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        a, b = getattr(encoder_source, f), getattr(decoder_source, f)
+        if a != b:
+            raise AdaptError(f"adapt: {f} is {a} in the encoder source and {b} in the decoder "
+                             f"source; both must share one tokenizer")
+    return EncDecConfig(encoder=encoder_source, decoder=decoder_source,
+                        cross_attn_warmup_steps=warmup_steps)
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+class Source:
+    """A decoder-only model's tensors, in memory or in a directory (read on demand)."""
+
+    def __init__(self, config: GemmaConfig, description: str, *, params=None, weights=None,
+                 directory: Optional[Path] = None):
+        self.config = config
+        self.description = description  # printed in the CLI legend
+        self.params = params            # dict of arrays, or None
+        self.weights = weights          # interop.HFWeights, or None
+        self.directory = directory      # where tokenizer files may be
+
+    @property
+    def is_hf(self) -> bool:
+        return self.weights is not None
+
+    def shape(self, key: str) -> tuple:
+        return self.weights.shape(key) if self.is_hf else self.params[key].shape
+
+    def stored_code(self, key: str) -> str:
+        if self.is_hf:
+            return self.weights.dtype(key)
+        return {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}[self.params[key].dtype]
+
+    def read(self, key: str, dtype=np.float32) -> np.ndarray:
+        if self.is_hf:
+            return self.weights.read(key, dtype)
+        return self.params[key].astype(dtype, copy=False)
+
+    def fill(self, key: str, out_key: str):
+        """A writer callback for interop.write_hf_dir: copy this tensor into `out_key`,
+        as raw bytes when the stored dtype is already the output's."""
+        def fill(w, _k, code):
+            if self.is_hf and self.weights.dtype(key) == code:
+                f = self.weights.file(key)
+                for chunk in f.iter_bytes(key):
+                    w.write_bytes(out_key, chunk)
+            else:
+                w.write(out_key, self.read(key))
+        return fill
+
+
+def load_source(x, label: str = "source") -> Source:
+    """A Source from a GemmaLM, a (GemmaConfig, params) pair, or a directory."""
+    if isinstance(x, Source):
+        return x
+    if isinstance(x, (str, Path)):
+        from . import interop
+        path = Path(x)
+        if interop.is_hf_dir(path):
+            config, weights, kind = interop.open_hf(path)
+            if kind != "gemma2":
+                raise AdaptError(f"{path}: the {label} must be a decoder-only Gemma 2 "
+                                 f"checkpoint, got a {kind} one")
+            return Source(config, str(path), weights=weights, directory=path)
+        from .checkpoint import load_checkpoint
+        ck = load_checkpoint(path)
+        if not isinstance(ck.config, GemmaConfig):
+            raise AdaptError(f"{ck.path}: the {label} must be a decoder-only model, got an "
+                             f"encoder-decoder")
+        return Source(ck.config, str(ck.path), params=ck.params, directory=ck.path)
+    if isinstance(x, tuple) and len(x) == 2:
+        config, params = x
+    elif hasattr(x, "config") and hasattr(x, "params"):
+        config, params = x.config, x.params
+    else:
+        raise AdaptError(f"adapt: the {label} must be a GemmaLM, a (GemmaConfig, params) "
+                         f"pair or a directory, got {type(x).__name__}")
+    if not isinstance(config, GemmaConfig):
+        raise AdaptError(f"adapt: the {label} must be a decoder-only Gemma 2 model "
+                         f"(GemmaConfig), got {type(config).__name__}")
+    from .models.params import check_params
+    check_params(config, params)
+    return Source(config, f"in-memory {label}", params=params)
+
+
+def _same_source(a, b) -> bool:
+    if b is None or a is b:
+        return True
+    if isinstance(a, (str, Path)) and isinstance(b, (str, Path)):
+        return Path(a).resolve() == Path(b).resolve()
+    return False
+
+
+def _check_tokenizers(a: Source, b: Source) -> None:
+    """Two directories holding tokenizer files must hold the same ones."""
+    if a.directory is None or b.directory is None:
+        return
+    for name in _COMPARED_TOKENIZER_FILES:
+        fa, fb = a.directory / name, b.directory / name
+        if fa.is_file() and fb.is_file() and fa.read_bytes() != fb.read_bytes():
+            raise AdaptError(f"adapt: {fa} and {fb} differ; the encoder and decoder sources "
+                             f"must share one tokenizer")
+
+
+@dataclass
+class Adaptation:
+    """Everything decided before any tensor is produced."""
+
+    config: EncDecConfig
+    plan: dict            # target key -> Origin
+    sources: dict         # "A" / "B" -> Source
+    balanced: bool
+
+    @property
+    def mapping(self) -> dict:
+        return {k: str(o) for k, o in self.plan.items()}
+
+
+def prepare(encoder_from, decoder_from=None, warmup_steps: Optional[int] = None) -> Adaptation:
+    """Resolve the sources, check they fit together, build the config and the plan."""
+    balanced = _same_source(encoder_from, decoder_from)
+    a = load_source(encoder_from, "encoder source")
+    b = a if balanced else load_source(decoder_from, "decoder source")
+    if warmup_steps is None:
+        warmup_steps = 0 if balanced else DEFAULT_UNBALANCED_WARMUP
+    if not balanced:
+        _check_tokenizers(a, b)
+    config = adapted_config(a.config, b.config, warmup_steps)
+    plan = adaptation_plan(config, balanced)
+    shapes = param_shapes(config)
+    sources = {"A": a, "B": b}
+    for k, o in plan.items():
+        if o.source is not None and tuple(sources[o.source].shape(o.key)) != tuple(shapes[k]):
+            raise AdaptError(f"adapt: {k} needs shape {tuple(shapes[k])} but {o} has "
+                             f"{tuple(sources[o.source].shape(o.key))}")
+    return Adaptation(config, plan, sources if not balanced else {"A": a}, balanced)
+
+
+def adaptation_mapping(encoder_from, decoder_from=None) -> dict:
+    """Target key -> the source tensor that initialises it ("A:<key>", "B:<key>") or
+    "fresh N(0, 0.02)" / "fresh zeros"."""
+    return prepare(encoder_from, decoder_from, warmup_steps=0).mapping
+
+
+def _fresh(shape: tuple, init: str, rng: np.random.Generator) -> np.ndarray:
+    """A fresh float32 tensor; the draw depends only on `rng` and `shape`."""
+    if init == "zeros":
+        return np.zeros(shape, dtype=np.float32)
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(INIT_STD)
+
+
+def _check_rng(rng, seed) -> np.random.Generator:
+    if rng is None:
+        return np.random.default_rng(seed)
+    if not isinstance(rng, np.random.Generator):
+        raise AdaptError(f"adapt: argument 'rng': expected an np.random.Generator, got "
+                         f"{type(rng).__name__}")
+    return rng
+
+
+def materialise(ad: Adaptation, rng: np.random.Generator, dtype=np.float32) -> dict:
+    """The adapted parameters in memory (copies: the sources are never aliased)."""
+    shapes = param_shapes(ad.config)
+    params = {}
+    for k, o in ad.plan.items():
+        if o.source is None:
+            params[k] = _fresh(shapes[k], o.init, rng).astype(dtype, copy=False)
+        else:
+            params[k] = np.array(ad.sources[o.source].read(o.key, dtype), dtype=dtype)
+    return params
+
+
+def adapt_params(encoder_from, decoder_from=None, *, rng: Optional[np.random.Generator] = None,
+                 seed: int = 0, warmup_steps: Optional[int] = None, dtype=np.float32):
+    """(EncDecConfig, params) adapted from one source (balanced) or two (unbalanced).
+
+    rng draws the fresh cross-attention of an unbalanced adaptation (default:
+    np.random.default_rng(seed)); warmup_steps defaults to 0 when balanced and
+    DEFAULT_UNBALANCED_WARMUP otherwise.
+    """
+    rng = _check_rng(rng, seed)
+    ad = prepare(encoder_from, decoder_from, warmup_steps)
+    return ad.config, materialise(ad, rng, dtype)
+
+
+def adapt(encoder_from, decoder_from=None, *, rng: Optional[np.random.Generator] = None,
+          seed: int = 0, warmup_steps: Optional[int] = None, dtype=np.float32):
+    """The adapted EncDecLM (see adapt_params)."""
+    from .models import build_model
+    config, params = adapt_params(encoder_from, decoder_from, rng=rng, seed=seed,
+                                  warmup_steps=warmup_steps, dtype=dtype)
+    return build_model(config, params)
+
+
+# --- writing: the command -------------------------------------------------------------------------
+
+def _output_dtype(ad: Adaptation) -> str:
+    """The stored dtype shared by every copied source tensor (F32, F16 or BF16), else F32."""
+    codes = {ad.sources[o.source].stored_code(o.key) for o in ad.plan.values()
+             if o.source is not None}
+    return codes.pop() if len(codes) == 1 and codes <= {"F32", "F16", "BF16"} else "F32"
+
+
+def write_hf(ad: Adaptation, out: PathLike, rng: np.random.Generator, dtype=None,
+             progress: bool = False) -> Path:
+    """Stream the adaptation into a T5Gemma directory, one tensor at a time."""
+    from . import interop
+    shapes = param_shapes(ad.config)
+    code = _output_dtype(ad) if dtype is None else dtype
+
+    def fresh_fill(shape, init):
+        def fill(w, k, _code):
+            w.write(k, _fresh(shape, init, rng))
+        return fill
+
+    tensors = []
+    for k, o in ad.plan.items():
+        if o.source is None:
+            tensors.append((k, shapes[k], fresh_fill(shapes[k], o.init)))
+        else:
+            tensors.append((k, shapes[k], ad.sources[o.source].fill(o.key, k)))
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(tensors), desc="adapt", unit="tensor")
+
+        def ticking(fill):
+            def f(w, k, c):
+                fill(w, k, c)
+                bar.update(1)
+            return f
+        tensors = [(k, s, ticking(f)) for k, s, f in tensors]
+    a = ad.sources["A"]
+    extra = [a.directory / n for n in TOKENIZER_FILES
+             if a.directory is not None and (a.directory / n).is_file()]
+    try:
+        return interop.write_hf_dir(out, ad.config, tensors, code, extra_files=extra)
+    finally:
+        if progress:
+            bar.close()
+
+
+def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out: PathLike, *,
+                  warmup_steps: Optional[int] = None, seed: int = 0,
+                  out_format: Optional[str] = None, dtype: Optional[str] = None,
+                  print_fn: Optional[Callable] = print, progress: bool = True) -> Path:
+    """`python -m mini_encdec adapt --encoder-from A [--decoder-from B] --out C`.
+
+    Writes C and prints which source tensor initialised every parameter (progress: a
+    tqdm bar over the tensors while writing a Hugging Face directory). out_format:
+    "hf" (a T5Gemma directory transformers loads; the default when a source is a Hugging
+    Face directory) or "checkpoint" (our config.json + model.safetensors; the default for
+    our own directories). dtype (hf only): the stored dtype, default the sources'.
+    """
+    ad = prepare(encoder_from, decoder_from, warmup_steps)
+    rng = np.random.default_rng(seed)
+    if out_format is None:
+        out_format = "hf" if any(s.is_hf for s in ad.sources.values()) else "checkpoint"
+    if out_format not in ("hf", "checkpoint"):
+        raise AdaptError(f"adapt: argument 'out_format': expected 'hf' or 'checkpoint', got "
+                         f"{out_format!r}")
+    if print_fn is not None:
+        kind = "balanced" if ad.balanced else "unbalanced"
+        print_fn(f"adapt ({kind}): encoder {ad.config.encoder.hidden_size}x"
+                 f"{ad.config.encoder.num_hidden_layers}, decoder "
+                 f"{ad.config.decoder.hidden_size}x{ad.config.decoder.num_hidden_layers}, "
+                 f"cross_attn_warmup_steps={ad.config.cross_attn_warmup_steps}")
+        for name, src in ad.sources.items():
+            print_fn(f"  {name} = {src.description}")
+        width = max(len(k) for k in ad.plan)
+        for k, o in ad.plan.items():
+            print_fn(f"  {k:<{width}}  <- {o}")
+    if out_format == "hf":
+        from .safetensors_io import dtype_code
+        path = write_hf(ad, out, rng, None if dtype is None else dtype_code(dtype),
+                        progress=progress)
+    else:
+        if dtype is not None:
+            raise AdaptError("adapt: argument 'dtype' applies to out_format='hf' only "
+                             "(checkpoints are float32)")
+        from .checkpoint import save_model
+        path = save_model(out, ad.config, materialise(ad, rng))
+    if print_fn is not None:
+        print_fn(f"wrote {path} ({out_format})")
+    return Path(path)

@@ -1,0 +1,841 @@
+"""The command line: `python -m mini_encdec <command> [options]` (`--help` on each).
+
+    tokenizer   train or inspect the SentencePiece model
+    pretrain    decoder-only causal LM, or encoder-decoder with an objective
+                (prefix_lm, span_corruption, ul2, t5gemma2; PrefixLM + KD with --teacher)
+    adapt       decoder-only checkpoint(s) -> encoder-decoder (SPEC 3)
+    finetune    a downstream task: reply (from the plays) or reverse / sort / addition
+    evaluate    validation loss of a checkpoint on an objective, or a task metric
+    generate    text from a prompt, or interactively
+    bench       speed benchmark
+    demo        the end-to-end demonstration
+
+Configuration: `--preset NAME` picks the model shape (config.PRESETS; "tiny" by default),
+then `--set key=value` (repeatable) overrides any field:
+    model.<field>                 both stacks of an encoder-decoder, or the decoder-only model
+    model.encoder.<field>, model.decoder.<field>   one stack
+    model.cross_attn_warmup_steps, model.tie_all_embeddings, model.merged_attention
+    optim.<field>                 optim.OptimConfig (lr, schedule, warmup_steps, clip_norm, ...)
+    train.<field>                 train.TrainConfig (steps, eval_every, checkpoint_every, ...)
+    data.<field>                  DataConfig below (batch_size, encoder_length, ...)
+A bare field name works when only one section has it (`--set lr=3e-3 steps=100`).
+Values: numbers, true/false, none, comma-separated lists for tuples.
+
+Every training command writes a run directory (default runs/<command>-<time>):
+config.json (everything needed to rerun or resume), metrics.jsonl, log.txt,
+checkpoints/step_NNNNNN/, loss.png (when matplotlib is installed). `--resume` continues
+the run in --run-dir from its latest checkpoint, bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .config import PRESETS, EncDecConfig, GemmaConfig, config_from_dict, encdec_preset, preset
+from .optim import OptimConfig
+from .train import TrainConfig
+
+PROG = "python -m mini_encdec"
+ARCHS = ("encdec", "decoder")
+TASKS = ("reply", "reverse", "sort", "addition")
+
+
+class UsageError(ValueError):
+    """A bad command-line value; reported as `error: ...` with exit status 2."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the batches look like."""
+
+    # Examples per micro-batch.
+    batch_size: int = 8
+    # S: encoder length (decoder-only runs use sequences of S + T tokens).
+    encoder_length: int = 64
+    # T: decoder (target) length.
+    decoder_length: int = 64
+    # Validation batches evaluated at each evaluation.
+    eval_batches: int = 8
+    # Span corruption: noise density and mean span length.
+    density: float = 0.15
+    mean_span: float = 3.0
+    # Synthetic finetuning tasks: number of training examples.
+    num_examples: int = 2000
+
+    def __post_init__(self) -> None:
+        for f in ("batch_size", "encoder_length", "decoder_length", "eval_batches",
+                  "num_examples"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"DataConfig.{f}: expected an integer >= 1, got {v!r}")
+        if not (isinstance(self.density, (int, float)) and 0 < self.density < 1):
+            raise ValueError(f"DataConfig.density: expected a number in (0, 1), got "
+                             f"{self.density!r}")
+        if not (isinstance(self.mean_span, (int, float)) and self.mean_span >= 1):
+            raise ValueError(f"DataConfig.mean_span: expected a number >= 1, got "
+                             f"{self.mean_span!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --- --set key=value ------------------------------------------------------------------------------
+
+_SECTIONS = {"optim": OptimConfig, "train": TrainConfig, "data": DataConfig}
+_ENCDEC_TOP = ("tie_all_embeddings", "merged_attention", "cross_attn_warmup_steps")
+
+
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _parse_value(text: str, tp, key: str):
+    """Convert the text of `--set key=text` to the field's type `tp`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union and type(None) in args:
+        if text.strip().lower() in ("none", "null"):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is bool:
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise UsageError(f"--set {key}={text}: expected true or false")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"--set {key}={text}: expected an integer") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise UsageError(f"--set {key}={text}: expected a number") from None
+    if tp is tuple or origin is tuple:
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+    if tp is str:
+        return text
+    if tp is typing.Any or tp is object:
+        return text
+    raise UsageError(f"--set {key}={text}: cannot parse a value of type {tp}")
+
+
+def _known_keys() -> dict:
+    """Every settable key -> its type, with the qualified names."""
+    keys = {}
+    for sec, cls in _SECTIONS.items():
+        for name, tp in _field_types(cls).items():
+            keys[f"{sec}.{name}"] = tp
+    gem = _field_types(GemmaConfig)
+    for name, tp in gem.items():
+        keys[f"model.{name}"] = tp
+        keys[f"model.encoder.{name}"] = tp
+        keys[f"model.decoder.{name}"] = tp
+    ed = _field_types(EncDecConfig)
+    for name in _ENCDEC_TOP:
+        keys[f"model.{name}"] = ed[name]
+    return keys
+
+
+def parse_overrides(items) -> dict:
+    """["lr=1e-3", "model.hidden_size=64"] -> {"optim.lr": 0.001, "model.hidden_size": 64}.
+    Unknown, ambiguous or unparsable keys raise UsageError with the accepted choices."""
+    known = _known_keys()
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise UsageError(f"--set {item}: expected key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in known:
+            cands = sorted(k for k in known if k.split(".")[-1] == key
+                           and not k.startswith(("model.encoder.", "model.decoder.")))
+            if len(cands) == 1:
+                key = cands[0]
+            elif len(cands) > 1:
+                raise UsageError(f"--set {item}: ambiguous key {key!r}, write one of {cands}")
+            else:
+                short = sorted({k.split(".")[-1] for k in known})
+                raise UsageError(f"--set {item}: unknown key {key!r}; known keys: "
+                                 f"{', '.join(short)} (optionally qualified as model.*, "
+                                 f"model.encoder.*, model.decoder.*, optim.*, train.*, data.*)")
+        out[key] = _parse_value(text, known[key], key)
+    return out
+
+
+def _section(overrides: dict, name: str) -> dict:
+    p = name + "."
+    return {k[len(p):]: v for k, v in overrides.items() if k.startswith(p)}
+
+
+def _checked(what: str, build):
+    try:
+        return build()
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"invalid {what}: {e}") from None
+
+
+def build_model_config(arch: str, preset_name: str, model_overrides: dict, base=None):
+    """The model config from a preset (or a given base config) and model.* overrides."""
+    both = {k: v for k, v in model_overrides.items()
+            if "." not in k and k not in _ENCDEC_TOP}
+    top = {k: v for k, v in model_overrides.items() if k in _ENCDEC_TOP}
+    enc = {k.split(".", 1)[1]: v for k, v in model_overrides.items() if k.startswith("encoder.")}
+    dec = {k.split(".", 1)[1]: v for k, v in model_overrides.items() if k.startswith("decoder.")}
+    if arch == "decoder":
+        if top or enc or dec:
+            bad = sorted(list(top) + [f"encoder.{k}" for k in enc] + [f"decoder.{k}" for k in dec])
+            raise UsageError(f"--set model.{bad[0]}: only for encoder-decoder models "
+                             f"(--arch encdec)")
+
+        def build():
+            cfg = base if base is not None else preset(preset_name)
+            return cfg.replace(**both) if both else cfg
+        return _checked("model config", build)
+
+    def build():
+        if base is not None:
+            cfg = base
+        else:
+            cfg = encdec_preset(preset_name)
+        e = cfg.encoder.replace(**{**both, **enc}) if (both or enc) else cfg.encoder
+        d = cfg.decoder.replace(**{**both, **dec}) if (both or dec) else cfg.decoder
+        return cfg.replace(encoder=e, decoder=d, **top)
+    return _checked("model config", build)
+
+
+# --- shared helpers --------------------------------------------------------------------------------
+
+_STREAMS: dict = {}
+
+
+def _tokenizer(path: Optional[str]):
+    from .tokenizer import load_tokenizer
+    try:
+        return load_tokenizer(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _stream(split: str, tok):
+    """The tokenised corpus split (memoised per process: tokenising takes a second)."""
+    key = (split, tok.fingerprint())
+    if key not in _STREAMS:
+        from .batching import corpus_stream
+        _STREAMS[key] = corpus_stream(split, tok)
+    return _STREAMS[key]
+
+
+def _load_model(path: str, what: str = "--checkpoint"):
+    from .checkpoint import load_model
+    try:
+        return load_model(path)
+    except ValueError as e:  # CheckpointError names the file
+        raise UsageError(f"{what} {path}: {e}") from None
+
+
+def _set_backend(name: Optional[str]) -> None:
+    if name:
+        from .backend import set_backend
+        set_backend(name)
+
+
+def _default_run_dir(command: str) -> Path:
+    return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _arch_of(config) -> str:
+    return "encdec" if isinstance(config, EncDecConfig) else "decoder"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("numpy", "numba"), default=None,
+                   help="compute backend (default: $MINI_ENCDEC_BACKEND or numba)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny",
+                   help=f"model shape: one of {', '.join(PRESETS)}; encoder-decoder also "
+                        f"ENC-DEC such as 9b-2b (default tiny)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                   metavar="KEY=VALUE",
+                   help="override a config field (repeatable); keys: model.*, optim.*, "
+                        "train.*, data.*, or a bare field name")
+    p.add_argument("--run-dir", default=None,
+                   help="run directory (default runs/<command>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its latest checkpoint (its "
+                        "config.json is reused; only train.* may be changed with --set)")
+    p.add_argument("--init", default=None, metavar="PATH",
+                   help="start from these weights (model directory, checkpoint or run "
+                        "directory, e.g. the output of `adapt`) instead of a fresh model")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="SentencePiece model (default data/tokenizer.model)")
+    _common(p)
+
+
+# --- run setup shared by pretrain and finetune ------------------------------------------------------
+
+def _setup_run(args, command: str, defaults: dict) -> tuple:
+    """(run_dir, run_config dict) for a new or resumed run."""
+    overrides = parse_overrides(args.overrides)
+    if args.resume:
+        if not args.run_dir:
+            raise UsageError("--resume needs --run-dir (the run to continue)")
+        run_dir = Path(args.run_dir)
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.is_file():
+            raise UsageError(f"--resume: {cfg_path} not found (not a run directory)")
+        try:
+            run = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--resume: {cfg_path} is not valid JSON ({e})") from None
+        if run.get("command") != command:
+            raise UsageError(f"--resume: {run_dir} is a {run.get('command')!r} run, not "
+                             f"{command!r}")
+        other = sorted(k for k in overrides if not k.startswith("train."))
+        if other:
+            raise UsageError(f"--set {other[0]}: only train.* fields may change when resuming")
+        run["train"] = dataclasses.asdict(_checked(
+            "train config", lambda: TrainConfig.from_dict(run["train"]).replace(
+                **_section(overrides, "train"))))
+        return run_dir, run, True
+    run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(command)
+    from .checkpoint import CHECKPOINTS_DIR, latest_checkpoint
+    if latest_checkpoint(run_dir / CHECKPOINTS_DIR) is not None:
+        raise UsageError(f"--run-dir {run_dir} already holds checkpoints: add --resume to "
+                         f"continue that run, or choose a new --run-dir")
+    optim = _checked("optim config", lambda: OptimConfig(**_section(overrides, "optim")))
+    train = _checked("train config", lambda: TrainConfig(**_section(overrides, "train")))
+    data = _checked("data config", lambda: DataConfig(**_section(overrides, "data")))
+    run = dict(defaults, command=command, optim=optim.to_dict(), train=train.to_dict(),
+               data=data.to_dict(), init=args.init, tokenizer=args.tokenizer,
+               model_overrides=_section(overrides, "model"))
+    return run_dir, run, False
+
+
+def _write_run_config(run_dir: Path, run: dict) -> None:
+    from .checkpoint import atomic_write_json
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", run)
+
+
+def _model_for_run(run: dict, arch: str, preset_name: str, vocab_default=None):
+    """Build (or load with --init) the model of a run; fills run["model"]."""
+    from .models import build_model
+    overrides = dict(run.get("model_overrides") or {})
+    if run.get("model") is not None:  # resumed: the exact config of the run
+        config = config_from_dict(run["model"])
+        init_model = _load_model(run["init"], "--init") if run.get("init") else None
+        params = init_model.params if init_model is not None else None
+        return build_model(config, params=params, seed=run["train"]["seed"])
+    if run.get("init"):
+        init_model = _load_model(run["init"], "--init")
+        base = init_model.config
+        config = build_model_config(_arch_of(base), preset_name, overrides, base=base)
+        if config != base:
+            from .models.params import param_shapes
+            if param_shapes(config) != param_shapes(base):
+                raise UsageError("--set model.*: changes the parameter shapes of the --init "
+                                 "model; only shape-free fields may change")
+        model = build_model(config, params=init_model.params)
+    else:
+        if vocab_default is not None and "vocab_size" not in overrides:
+            overrides["vocab_size"] = vocab_default
+        config = build_model_config(arch, preset_name, overrides)
+        model = build_model(config, seed=run["train"]["seed"])
+    run["model"] = model.config.to_dict()
+    return model
+
+
+def _train_run(args, run_dir: Path, run: dict, resumed: bool, model, batches, eval_batches,
+               teacher=None) -> list:
+    from .train import TrainingDiverged, train
+    _write_run_config(run_dir, run)
+    try:
+        history = train(model, batches, optim=OptimConfig.from_dict(run["optim"]),
+                        config=TrainConfig.from_dict(run["train"]), run_dir=run_dir,
+                        teacher=teacher, eval_batches=eval_batches, resume=resumed,
+                        progress=not args.quiet, run_info={"command": run["command"]})
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    last = next((r for r in reversed(history) if "loss" in r), {})
+    val = next((r for r in reversed(history) if "val_loss" in r), {})
+    msg = f"run {run_dir}: step {last.get('step', 0)}, train loss {last.get('loss', float('nan')):.4f}"
+    if val:
+        msg += f", validation loss {val['val_loss']:.4f}"
+    print(msg)
+    return history
+
+
+# --- pretrain ---------------------------------------------------------------------------------------
+
+PRETRAIN_HELP = "pre-train a decoder-only LM or an encoder-decoder on the corpus"
+
+
+def _pretrain_args(p) -> None:
+    from .objectives import OBJECTIVES
+    p.add_argument("--arch", choices=ARCHS, default=None,
+                   help="encdec (default) or decoder (decoder-only Gemma 2)")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help="default prefix_lm (encdec) or causal_lm (decoder); decoder-only "
+                        "runs may also use prefix_lm/span_corruption/ul2 (the decoder-only "
+                        "form: loss on the targets)")
+    p.add_argument("--teacher", default=None, metavar="PATH",
+                   help="decoder-only model for PrefixLM + distillation (encdec, prefix_lm); "
+                        "alpha and temperature: train.kd_alpha, train.kd_temperature")
+    _run_args(p)
+
+
+def cmd_pretrain(args) -> int:
+    from .batching import Batcher, eval_batches
+    from .objectives import make_objective
+    _set_backend(args.backend)
+    arch = args.arch or "encdec"
+    objective_name = args.objective or ("causal_lm" if arch == "decoder" else "prefix_lm")
+    run_dir, run, resumed = _setup_run(args, "pretrain", dict(
+        arch=arch, objective=objective_name, preset=args.preset, teacher=args.teacher))
+    arch, objective_name = run["arch"], run["objective"]
+    if objective_name == "causal_lm" and arch != "decoder":
+        raise UsageError("--objective causal_lm is decoder-only; use --arch decoder")
+    if run.get("teacher") and (arch != "encdec" or objective_name != "prefix_lm"):
+        raise UsageError("--teacher: distillation is PrefixLM + KD: needs --arch encdec and "
+                         "--objective prefix_lm")
+    tok = _tokenizer(run.get("tokenizer"))
+    data = DataConfig(**run["data"])
+    model = _model_for_run(run, arch, run["preset"])
+    if model.config.vocab_size < tok.vocab_size:
+        raise UsageError(f"model.vocab_size={model.config.vocab_size} is smaller than the "
+                         f"tokenizer's {tok.vocab_size}")
+    teacher = _load_model(run["teacher"], "--teacher") if run.get("teacher") else None
+    if teacher is not None and _arch_of(teacher.config) != "decoder":
+        raise UsageError(f"--teacher {run['teacher']}: expected a decoder-only model")
+    objective = _checked("objective", lambda: make_objective(
+        objective_name, tok, density=data.density, mean_span=data.mean_span))
+    kw = dict(batch_size=data.batch_size, encoder_length=data.encoder_length,
+              decoder_length=data.decoder_length, arch=arch, pad_id=tok.pad_id,
+              bos_id=tok.bos_id, with_teacher=teacher is not None)
+    batcher = _checked("data", lambda: Batcher(_stream("train", tok), objective,
+                                              seed=run["train"]["seed"], **kw))
+    val = _checked("data", lambda: eval_batches(_stream("validation", tok), objective,
+                                                max_batches=data.eval_batches, **kw))
+    _train_run(args, run_dir, run, resumed, model, batcher, val, teacher)
+    return 0
+
+
+# --- finetune ---------------------------------------------------------------------------------------
+
+FINETUNE_HELP = "fine-tune on a downstream task (reply, reverse, sort, addition)"
+
+
+def _finetune_args(p) -> None:
+    p.add_argument("--task", choices=TASKS, required=True,
+                   help="reply: the next speech of the plays; reverse/sort/addition: "
+                        "synthetic seq2seq tasks with their own 41-id vocabulary")
+    p.add_argument("--arch", choices=ARCHS, default=None,
+                   help="for a fresh model (no --init): encdec (default) or decoder")
+    p.add_argument("--eval-examples", type=int, default=64,
+                   help="validation examples for the task metric at the end (default 64)")
+    _run_args(p)
+
+
+def _task_examples(task: str, split: str, data: DataConfig, tok, seed: int) -> list:
+    from . import tasks
+    if task == "reply":
+        return tasks.reply_examples(split, tok, encoder_length=data.encoder_length,
+                                    decoder_length=data.decoder_length)
+    n = data.num_examples if split == "train" else max(64, data.batch_size * data.eval_batches)
+    offset = {"train": 0, "validation": 1, "test": 2}[split]
+    exs = tasks.synthetic_examples(task, n, seed=seed * 3 + offset)
+    too_long = [e for e in exs if len(e.inputs) > data.encoder_length
+                or len(e.targets) > data.decoder_length]
+    if too_long:
+        raise UsageError(f"task {task}: examples need encoder_length >= "
+                         f"{max(len(e.inputs) for e in exs)} and decoder_length >= "
+                         f"{max(len(e.targets) for e in exs)} (--set data.encoder_length=...)")
+    return exs
+
+
+def task_metric(model, task: str, examples: list, *, batch_size: int = 16,
+                max_new_tokens: int = 64) -> dict:
+    """Greedy outputs scored: exact match (synthetic tasks) or ROUGE-L (reply)."""
+    from . import tasks
+    from .models.generate import generate
+    preds, refs = [], []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        out = generate(model, [e.inputs for e in chunk], max_new_tokens=max_new_tokens)
+        preds.extend(list(out))
+        refs.extend(e.targets for e in chunk)
+    if task == "reply":
+        return {"rouge_l": float(np.mean([tasks.rouge_l(p, r) for p, r in zip(preds, refs)])),
+                "examples": len(examples)}
+    return {"exact_match": tasks.exact_match(preds, refs), "examples": len(examples)}
+
+
+def cmd_finetune(args) -> int:
+    from .batching import ExampleBatcher
+    from .tasks import SYNTH_VOCAB_SIZE
+    _set_backend(args.backend)
+    run_dir, run, resumed = _setup_run(args, "finetune", dict(
+        task=args.task, arch=args.arch or "encdec", preset=args.preset,
+        eval_examples=args.eval_examples))
+    task = run["task"]
+    data = DataConfig(**run["data"])
+    tok = _tokenizer(run.get("tokenizer")) if task == "reply" else None
+    vocab = tok.vocab_size if tok is not None else SYNTH_VOCAB_SIZE
+    model = _model_for_run(run, run["arch"], run["preset"], vocab_default=vocab)
+    arch = _arch_of(model.config)
+    run["arch"] = arch
+    if model.config.vocab_size < vocab:
+        raise UsageError(f"model.vocab_size={model.config.vocab_size} is smaller than the "
+                         f"task's vocabulary of {vocab}")
+    seed = run["train"]["seed"]
+    train_ex = _task_examples(task, "train", data, tok, seed)
+    val_ex = _task_examples(task, "validation", data, tok, seed)
+    kw = dict(batch_size=data.batch_size, encoder_length=data.encoder_length,
+              decoder_length=data.decoder_length, arch=arch)
+    batcher = _checked("data", lambda: ExampleBatcher(train_ex, seed=seed, **kw))
+    vb = ExampleBatcher(val_ex, shuffle=False, **kw)
+    n_val = min(data.eval_batches, max(1, len(val_ex) // data.batch_size))
+    val = [vb.next_batch() for _ in range(n_val)]
+    _train_run(args, run_dir, run, resumed, model, batcher, val)
+    metric = task_metric(model, task, val_ex[:run.get("eval_examples", 64)],
+                         max_new_tokens=data.decoder_length)
+    from .train import METRICS_FILE
+    with open(run_dir / METRICS_FILE, "a") as f:
+        f.write(json.dumps({"step": run["train"]["steps"], "task": task, **metric}) + "\n")
+    print(f"{task}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in metric.items()))
+    return 0
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+
+EVALUATE_HELP = "evaluate a checkpoint: loss on a corpus split, or a task metric"
+
+
+def _evaluate_args(p) -> None:
+    from .objectives import OBJECTIVES
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="model directory, checkpoint, or run directory (its latest checkpoint)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help="loss on the corpus split with this objective (default prefix_lm, "
+                        "causal_lm for decoder-only models)")
+    g.add_argument("--task", choices=TASKS, default=None, help="task metric instead")
+    p.add_argument("--split", choices=("validation", "test"), default="validation")
+    p.add_argument("--batches", type=int, default=8, help="batches to evaluate (default 8)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                   metavar="KEY=VALUE",
+                   help="data.* fields (batch_size, encoder_length, decoder_length, ...)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+
+
+def cmd_evaluate(args) -> int:
+    from .batching import ExampleBatcher, eval_batches
+    from .objectives import make_objective
+    from .train import evaluate
+    _set_backend(args.backend)
+    overrides = parse_overrides(args.overrides)
+    other = sorted(k for k in overrides if not k.startswith("data."))
+    if other:
+        raise UsageError(f"--set {other[0]}: evaluate takes only data.* fields")
+    data = _checked("data config", lambda: DataConfig(**_section(overrides, "data")))
+    if args.batches < 1:
+        raise UsageError(f"--batches: expected an integer >= 1, got {args.batches}")
+    model = _load_model(args.checkpoint)
+    arch = _arch_of(model.config)
+    kw = dict(batch_size=data.batch_size, encoder_length=data.encoder_length,
+              decoder_length=data.decoder_length, arch=arch)
+    if args.task:
+        tok = _tokenizer(args.tokenizer) if args.task == "reply" else None
+        exs = _task_examples(args.task, args.split, data, tok, args.seed)
+        vb = ExampleBatcher(exs, shuffle=False, **kw)
+        batches = [vb.next_batch() for _ in range(min(args.batches, max(1, len(exs) // data.batch_size)))]
+        result = {"task": args.task, "split": args.split, **evaluate(model, batches)}
+        result.update(task_metric(model, args.task, exs[:args.batches * data.batch_size],
+                                  max_new_tokens=data.decoder_length))
+    else:
+        tok = _tokenizer(args.tokenizer)
+        name = args.objective or ("causal_lm" if arch == "decoder" else "prefix_lm")
+        objective = _checked("objective", lambda: make_objective(
+            name, tok, density=data.density, mean_span=data.mean_span))
+        batches = _checked("data", lambda: eval_batches(
+            _stream(args.split, tok), objective, max_batches=args.batches, seed=args.seed,
+            pad_id=tok.pad_id, bos_id=tok.bos_id, **kw))
+        result = {"objective": name, "split": args.split, **evaluate(model, batches)}
+    print(json.dumps(result))
+    return 0
+
+
+# --- generate ---------------------------------------------------------------------------------------
+
+GENERATE_HELP = "generate text from a prompt, or interactively (one prompt per line)"
+
+
+def _generate_args(p) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="model directory, checkpoint, or run directory")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="prompt text (repeatable); without it, prompts are read from stdin, "
+                        "one per line, until EOF or an empty line")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--method", choices=("greedy", "sample", "beam"), default="greedy")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-beams", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--eos", action="store_true",
+                   help="append EOS to the prompt (models fine-tuned on tasks expect it; "
+                        "automatic for the synthetic vocabulary)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH")
+    _common(p)
+
+
+def cmd_generate(args) -> int:
+    from .models.generate import generate
+    from .tasks import SYNTH_VOCAB_SIZE, synth_decode, synth_encode
+    _set_backend(args.backend)
+    model = _load_model(args.checkpoint)
+    synthetic = model.config.vocab_size == SYNTH_VOCAB_SIZE
+    tok = None if synthetic else _tokenizer(args.tokenizer)
+    eos = model.config.decoder.eos_token_id if isinstance(model.config, EncDecConfig) \
+        else model.config.eos_token_id
+    rng = np.random.default_rng(args.seed)
+
+    def encode(text: str) -> np.ndarray:
+        if synthetic:
+            try:
+                ids = synth_encode(text.replace(" ", ""))
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+            return np.append(ids, eos)
+        ids = tok.encode(text).astype(np.int64)
+        return np.append(ids, eos) if args.eos else ids
+
+    def respond(text: str) -> str:
+        ids = encode(text)
+        if len(ids) == 0 and isinstance(model.config, GemmaConfig):
+            raise UsageError("empty prompt: a decoder-only model needs at least one token")
+        try:
+            out = generate(model, [ids], max_new_tokens=args.max_new_tokens,
+                           method=args.method, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, num_beams=args.num_beams,
+                           rng=rng if args.method == "sample" else None)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        # pad, eos and bos decode to nothing
+        return synth_decode(out[0]) if synthetic else tok.decode(out[0])
+
+    if args.prompt:
+        for text in args.prompt:
+            print(respond(text))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or not line.strip():
+            break
+        print(respond(line.rstrip("\n")), flush=True)
+    return 0
+
+
+# --- tokenizer --------------------------------------------------------------------------------------
+
+TOKENIZER_HELP = "train the SentencePiece tokenizer, or show a model's special ids"
+
+
+def _tokenizer_args(p) -> None:
+    from .tokenizer import DEFAULT_MODEL, NUM_SENTINELS
+    sub = p.add_subparsers(dest="action", required=True)
+    t = sub.add_parser("train", help="train on the corpus training split (or --input files)")
+    t.add_argument("--out", default=str(DEFAULT_MODEL), help=f"default {DEFAULT_MODEL}")
+    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--num-sentinels", type=int, default=NUM_SENTINELS)
+    t.add_argument("--input", nargs="+", default=None, metavar="FILE",
+                   help="plain-text files to train on instead of the corpus")
+    i = sub.add_parser("info", help="print the sizes and special ids of a model")
+    i.add_argument("--model", default=str(DEFAULT_MODEL))
+
+
+def cmd_tokenizer(args) -> int:
+    from .tokenizer import load_tokenizer, train_tokenizer
+    if args.action == "train":
+        texts = None
+        if args.input:
+            missing = [f for f in args.input if not Path(f).is_file()]
+            if missing:
+                raise UsageError(f"--input {missing[0]}: file not found")
+            texts = [Path(f).read_text() for f in args.input]
+        try:
+            tok = train_tokenizer(args.out, args.vocab_size, num_sentinels=args.num_sentinels,
+                                  texts=texts)
+        except (ValueError, RuntimeError) as e:
+            raise UsageError(f"tokenizer train: {e}") from None
+        print(f"wrote {args.out}: {tok.vocab_size} pieces, sha256 {tok.fingerprint()}")
+        return 0
+    tok = _tokenizer(args.model)
+    print(f"{args.model}: {tok.vocab_size} pieces, sha256 {tok.fingerprint()}")
+    print(f"pad {tok.pad_id} eos {tok.eos_id} bos {tok.bos_id} unk {tok.unk_id} newline "
+          f"{tok.newline_id} modes {tok.mode_ids} sentinels {tok.num_sentinels} "
+          f"(<extra_id_0> = {int(tok.sentinel_ids[0])})")
+    return 0
+
+
+# --- adapt -------------------------------------------------------------------------------------------
+
+ADAPT_HELP = "adapt decoder-only checkpoint(s) into an encoder-decoder (SPEC 3)"
+
+
+def _adapt_args(p) -> None:
+    p.add_argument("--encoder-from", "--from", dest="encoder_from", required=True,
+                   metavar="PATH", help="decoder-only model (our model/checkpoint/run directory "
+                   "or a Hugging Face Gemma 2 directory); alone: balanced adaptation")
+    p.add_argument("--decoder-from", default=None, metavar="PATH",
+                   help="a smaller decoder-only model for the decoder (unbalanced, e.g. 9B-2B); "
+                        "its cross-attention starts fresh")
+    p.add_argument("--out", required=True, metavar="PATH", help="output directory")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="cross_attn_warmup_steps stored in the config (default: 0 balanced, "
+                        "the adapt module's default unbalanced)")
+    p.add_argument("--format", dest="out_format", choices=("hf", "checkpoint"), default=None,
+                   help="hf: a T5Gemma directory transformers loads; checkpoint: our "
+                        "config.json + model.safetensors (default: hf for Hugging Face "
+                        "sources, checkpoint otherwise)")
+    p.add_argument("--dtype", default=None, help="stored dtype for --format hf (e.g. bfloat16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of fresh cross-attention weights")
+    p.add_argument("--quiet", action="store_true", help="no mapping legend or progress bar")
+
+
+def cmd_adapt(args) -> int:
+    from .adapt import adapt_command
+    try:
+        adapt_command(args.encoder_from, args.decoder_from, args.out,
+                      warmup_steps=args.warmup_steps, seed=args.seed,
+                      out_format=args.out_format, dtype=args.dtype,
+                      print_fn=None if args.quiet else print, progress=not args.quiet)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
+# --- commands from other modules (loaded only when used) ----------------------------------------------
+
+# name -> (module, one-line help). The module provides add_arguments(parser) and
+# run(args) -> exit status (or main(argv) taking the remaining arguments).
+PLUGINS = {
+    "bench": ("mini_encdec.bench", "benchmark tokens/s and matmul-peak fraction (and PyTorch "
+                                   "when installed)"),
+    "demo": ("mini_encdec.demo", "the end-to-end demonstration on tiny models"),
+}
+
+
+def _plugin(name: str):
+    module, _ = PLUGINS[name]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return None
+        raise
+
+
+# --- the parser ----------------------------------------------------------------------------------------
+
+COMMANDS = {
+    "tokenizer": (TOKENIZER_HELP, _tokenizer_args, cmd_tokenizer),
+    "pretrain": (PRETRAIN_HELP, _pretrain_args, cmd_pretrain),
+    "adapt": (ADAPT_HELP, _adapt_args, cmd_adapt),
+    "finetune": (FINETUNE_HELP, _finetune_args, cmd_finetune),
+    "evaluate": (EVALUATE_HELP, _evaluate_args, cmd_evaluate),
+    "generate": (GENERATE_HELP, _generate_args, cmd_generate),
+    "bench": None,
+    "demo": None,
+}
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; plugin commands get their full arguments only when `command` names
+    them (so their modules are imported only when used)."""
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Run `%(prog)s <command> --help` for a command's options.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="<command>")
+    for name, entry in COMMANDS.items():
+        if entry is not None:
+            help_, add, run = entry
+            p = sub.add_parser(name, help=help_, description=help_)
+            add(p)
+            p.set_defaults(func=run)
+            continue
+        _, help_ = PLUGINS[name]
+        if command != name:
+            sub.add_parser(name, help=help_, add_help=False)
+            continue
+        mod = _plugin(name)
+        if mod is not None and hasattr(mod, "add_arguments") and hasattr(mod, "run"):
+            p = sub.add_parser(name, help=help_, description=getattr(mod, "__doc__", None)
+                               or help_, formatter_class=argparse.RawDescriptionHelpFormatter)
+            mod.add_arguments(p)
+            p.set_defaults(func=mod.run)
+        elif mod is not None and hasattr(mod, "main"):
+            p = sub.add_parser(name, help=help_, add_help=False)
+            p.add_argument("argv", nargs=argparse.REMAINDER)
+            p.set_defaults(func=lambda a, _m=mod: _m.main(a.argv))
+        else:
+            why = f"{PLUGINS[name][0]} is not installed in this tree" if mod is None else \
+                f"{PLUGINS[name][0]} has no add_arguments/run"
+            p = sub.add_parser(name, help=help_, description=f"{help_}. Not available: {why}.")
+            p.set_defaults(func=lambda a, _w=why: _unavailable(_w))
+    return ap
+
+
+def _unavailable(why: str) -> int:
+    raise UsageError(f"this command is not available: {why}")
+
+
+def _command_of(argv) -> Optional[str]:
+    for a in argv:
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except UsageError as e:
+        sub = parser._subparsers._group_actions[0].choices.get(args.command, parser) \
+            if parser._subparsers else parser
+        sub.error(str(e))  # prints usage + "error: ..." and exits with status 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)

@@ -1,0 +1,126 @@
+"""Analytic FLOPs against FLOPs counted by instrumenting the matmuls the models run."""
+
+import numpy as np
+import pytest
+
+import mini_encdec.models.attention as attention_mod
+import mini_encdec.models.head as head_mod
+import mini_encdec.nn.mlp as mlp_mod
+from mini_encdec import ops
+from mini_encdec.config import EncDecConfig, GemmaConfig, count_parameters, preset
+from mini_encdec.models import build_model
+from mini_encdec.models.flops import (_pairs, encode_flops, forward_flops, token_flops,
+                                      train_step_flops)
+from mini_encdec.models.kv_cache import decoder_step, init_cache
+from mini_encdec.nn.masks import attention_mask
+
+BASE = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, intermediate_size=24, sliding_window=3)
+CONFIGS = {
+    "gemma": GemmaConfig(**BASE),
+    "balanced": EncDecConfig(encoder=GemmaConfig(**BASE), decoder=GemmaConfig(**BASE)),
+    "unbalanced": EncDecConfig(encoder=GemmaConfig(**BASE), decoder=GemmaConfig(
+        **{**BASE, "hidden_size": 12, "num_hidden_layers": 3, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "head_dim": 6, "intermediate_size": 20})),
+    "merged": EncDecConfig(encoder=GemmaConfig(**BASE), decoder=GemmaConfig(**BASE),
+                           merged_attention=True),
+}
+
+
+@pytest.fixture
+def counter(monkeypatch):
+    """Count 2 FLOPs per multiply-add of every linear layer and attention core call."""
+    count = {"flops": 0}
+    from mini_encdec.nn.linear import linear_forward
+
+    def counted_linear(x, W):
+        count["flops"] += 2 * int(np.prod(x.shape[:-1])) * W.shape[0] * W.shape[1]
+        return linear_forward(x, W)
+
+    core = ops.resolve("attention_core_forward")
+
+    def counted_core(q, k, v, mask, **kw):
+        B, H, Tq, Dh = q.shape
+        count["flops"] += 4 * B * H * Tq * k.shape[2] * Dh  # every pair computed (dense)
+        return core(q, k, v, mask, **kw)
+
+    for mod in (attention_mod, head_mod, mlp_mod):
+        monkeypatch.setattr(mod, "linear_forward", counted_linear)
+    monkeypatch.setattr(ops, "attention_core_forward", counted_core, raising=False)
+    return count
+
+
+def _batch(config, T, S):
+    if isinstance(config, GemmaConfig):
+        return {"input_ids": np.full((1, T), 5)}
+    return {"input_ids": np.full((1, S), 5), "decoder_input_ids": np.full((1, T), 5)}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_dense_forward_flops_match_counted_matmuls(name, counter):
+    config = CONFIGS[name]
+    model = build_model(config)
+    T, S = 7, 5
+    model.forward(_batch(config, T, S))
+    S_arg = None if name == "gemma" else S
+    assert counter["flops"] == forward_flops(config, T, S_arg, attention="dense")
+    assert train_step_flops(config, 4, T, S_arg, attention="dense") == 12 * counter["flops"]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_token_flops_match_counted_cached_step(name, counter):
+    """One cached step with `context` tokens already cached computes exactly the allowed
+    pairs (the local layers keep W - 1 keys), so it matches the analytic count."""
+    config = CONFIGS[name]
+    model = build_model(config)
+    S = 5
+    enc = None if name == "gemma" else model.encode(np.full((1, S), 5))
+    cache = init_cache(model, 1, enc)  # projects the encoder output once
+    if enc is not None:  # the encoder ran dense (window 3 < S): compare the dense count
+        assert counter["flops"] == encode_flops(config, S, attention="dense")
+    for context in range(6):
+        counter["flops"] = 0
+        decoder_step(model, cache, np.array([[5]]))
+        assert counter["flops"] == token_flops(config, context, None if enc is None else S)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window", [None, 1, 3, 20])
+def test_allowed_pairs_equal_mask_count(causal, window):
+    pos = np.arange(9)
+    n = int(attention_mask(pos, pos, causal=causal, window=window).sum())
+    assert _pairs(9, 9, causal=causal, window=window, attention="allowed") == n
+    assert _pairs(9, 9, causal=causal, window=window, attention="dense") == 81
+
+
+def test_one_token_forward_is_two_flops_per_weight():
+    """At T = 1 every weight matrix is used once per token (2 FLOPs per weight) plus one
+    (query, key) pair per layer; norms have no matmul."""
+    for cfg in (preset("2b"), preset("tiny")):
+        norms = cfg.num_hidden_layers * 4 * cfg.hidden_size + cfg.hidden_size
+        attend = cfg.num_hidden_layers * 4 * cfg.num_attention_heads * cfg.head_dim
+        assert forward_flops(cfg, 1) == 2 * (count_parameters(cfg) - norms) + attend
+    # Gemma 2 2B: about 5.2 GFLOPs per token at short context (2.6B parameters, tied)
+    assert 5.0e9 < token_flops(preset("2b"), 0) < 5.5e9
+
+
+def test_encdec_costs_more_to_train_but_not_per_token():
+    """The paper's point at equal size: the 2B-2B encoder-decoder costs about twice a 2B
+    decoder-only model per training token, but a generated token costs about the same."""
+    dec_only = preset("2b")
+    encdec = EncDecConfig(encoder=dec_only, decoder=dec_only)
+    ratio = forward_flops(encdec, 512, 512) / forward_flops(dec_only, 1024)
+    assert 0.9 < ratio < 1.3  # same total tokens, encoder tokens skip the logits
+    per_token = token_flops(encdec, 256, 512) / token_flops(dec_only, 768)
+    assert 1.0 < per_token < 1.6  # + cross-attention projections and attention
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="S"):
+        forward_flops(CONFIGS["balanced"], 4)
+    with pytest.raises(ValueError, match="attention"):
+        forward_flops(CONFIGS["gemma"], 4, attention="sparse")
+    with pytest.raises(ValueError, match="T"):
+        forward_flops(CONFIGS["gemma"], 0)
+    with pytest.raises(ValueError, match="config"):
+        token_flops({"hidden_size": 4}, 3)

@@ -1,0 +1,216 @@
+"""AdamW against hand-computed references, clipping, schedules, freezing patterns."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mini_encdec.optim import (AdamW, OptimConfig, accumulate, clip_by_global_norm,
+                               global_norm, trainable_names)
+from mini_encdec.schedules import constant, cosine, inverse_sqrt, learning_rate
+
+
+def test_one_adamw_step_equals_hand_computed_values():
+    # After one step m_hat = g and v_hat = g^2, so the Adam part is lr * g / (|g| + eps):
+    # p = 1.0, g = 0.5:  1.0 * (1 - 0.1 * 0.2) - 0.1 * 0.5 / (0.5 + 1e-8) = 0.98 - 0.1 + 2e-9
+    # p = -2.0, g = -0.25: -2.0 * 0.98 + 0.1 * 0.25 / (0.25 + 1e-8)   = -1.96 + 0.1 - 4e-9
+    # the norm weight gets no decay: 3.0 - 0.1 * 4 / (4 + 1e-8) = 2.9 + 2.5e-10
+    params = {"w": np.array([1.0, -2.0]), "model.norm.weight": np.array([3.0])}
+    grads = {"w": np.array([0.5, -0.25]), "model.norm.weight": np.array([4.0])}
+    opt = AdamW(params, OptimConfig(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.2))
+    opt.step(params, grads, lr=0.1)
+    np.testing.assert_allclose(params["w"], [0.88 + 2e-9, -1.86 - 4e-9], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(params["model.norm.weight"], [2.9 + 2.5e-10], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(opt.m["w"], [0.05, -0.025], rtol=1e-15)
+    np.testing.assert_allclose(opt.v["w"], [0.00025, 0.0000625], rtol=1e-12)
+    assert opt.t == {"w": 1, "model.norm.weight": 1}
+
+
+def _reference_adamw(p, grads, lrs, b1, b2, eps, wd):
+    """Plain float64 AdamW, written out once more, for several steps."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mh, vh = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        p = p * (1 - lr * wd) - lr * mh / (np.sqrt(vh) + eps)
+    return p
+
+
+def test_three_adamw_steps_match_the_written_out_formula():
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal((3, 4))
+    grads = [rng.standard_normal((3, 4)) for _ in range(3)]
+    lrs = [0.01, 0.02, 0.005]
+    params = {"layer.weight": p0.copy()}
+    opt = AdamW(params, OptimConfig(lr=0.02, beta1=0.8, beta2=0.9, eps=1e-6, weight_decay=0.1))
+    for g, lr in zip(grads, lrs):
+        opt.step(params, {"layer.weight": g}, lr)
+    want = _reference_adamw(p0, grads, lrs, 0.8, 0.9, 1e-6, 0.1)
+    np.testing.assert_allclose(params["layer.weight"], want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parity
+def test_adamw_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    p0 = rng.standard_normal((5, 3))
+    grads = [rng.standard_normal((5, 3)) for _ in range(4)]
+    params = {"w": p0.copy()}
+    opt = AdamW(params, OptimConfig(lr=0.01, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1))
+    tp = torch.nn.Parameter(torch.tensor(p0))
+    topt = torch.optim.AdamW([tp], lr=0.01, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    for g in grads:
+        opt.step(params, {"w": g}, 0.01)
+        tp.grad = torch.tensor(g)
+        topt.step()
+    np.testing.assert_allclose(params["w"], tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_default_no_decay_skips_norms_and_embeddings():
+    names = ["model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
+             "model.norm.weight", "model.encoder.layers.1.pre_self_attn_layernorm.weight",
+             "model.layers.0.mlp.up_proj.weight", "model.decoder.layers.0.cross_attn.q_proj.weight"]
+    params = {n: np.ones(2, np.float32) for n in names}
+    zero = {n: np.zeros(2, np.float32) for n in names}
+    opt = AdamW(params, OptimConfig(weight_decay=0.5))
+    opt.step(params, zero, lr=0.1)  # zero gradient: only the decay moves weights
+    for n in names[:4]:
+        np.testing.assert_array_equal(params[n], 1.0)
+    for n in names[4:]:
+        np.testing.assert_allclose(params[n], 0.95, rtol=1e-6)
+    # configurable: decay everything
+    params = {n: np.ones(2, np.float32) for n in names}
+    AdamW(params, OptimConfig(weight_decay=0.5, no_decay=())).step(params, zero, lr=0.1)
+    for n in names:
+        np.testing.assert_allclose(params[n], 0.95, rtol=1e-6)
+
+
+def test_frozen_names_are_untouched_and_keep_their_own_step_count():
+    params = {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}
+    grads = {"a": np.full(3, 0.5, np.float32), "b": np.full(3, 0.5, np.float32)}
+    opt = AdamW(params, OptimConfig(weight_decay=0.1))
+    before = params["b"].copy()
+    for _ in range(3):
+        opt.step(params, grads, 0.01, names=["a"])
+    assert params["b"].tobytes() == before.tobytes()
+    assert opt.t == {"a": 3, "b": 0}
+    opt.step(params, grads, 0.01)
+    # b's first update has the bias correction of t = 1: a full lr-sized step
+    np.testing.assert_allclose(params["b"], 1 * (1 - 0.01 * 0.1) - 0.01, rtol=1e-6)
+
+
+def test_state_round_trip_and_mismatch_errors():
+    params = {"a": np.ones((2, 2), np.float32)}
+    opt = AdamW(params)
+    opt.step(params, {"a": np.ones((2, 2), np.float32)}, 0.1)
+    other = AdamW({"a": np.zeros((2, 2), np.float32)})
+    other.load_state(opt.state_arrays(), opt.state_json())
+    assert other.t == opt.t and np.array_equal(other.m["a"], opt.m["a"])
+    with pytest.raises(ValueError, match="opt.safetensors.*missing"):
+        AdamW({"b": np.zeros(2, np.float32)}).load_state(opt.state_arrays(), opt.state_json(),
+                                                          source="opt.safetensors")
+    with pytest.raises(ValueError, match="shape"):
+        AdamW({"a": np.zeros(3, np.float32)}).load_state(opt.state_arrays(), opt.state_json())
+
+
+@given(st.integers(1, 4), st.floats(0.01, 10), st.integers(0, 2**31))
+def test_clipping_bounds_the_global_norm_and_keeps_direction(n, max_norm, seed):
+    rng = np.random.default_rng(seed)
+    grads = {f"g{i}": rng.standard_normal(rng.integers(1, 5)) * 3 for i in range(n)}
+    before = {k: v.copy() for k, v in grads.items()}
+    norm = clip_by_global_norm(grads, max_norm)
+    assert norm == pytest.approx(math.sqrt(sum((v ** 2).sum() for v in before.values())))
+    after = global_norm(grads)
+    assert after <= max_norm * (1 + 1e-9)
+    scale = min(1.0, max_norm / (norm + 1e-6))
+    for k in grads:
+        np.testing.assert_allclose(grads[k], before[k] * scale, rtol=1e-12)
+
+
+def test_clipping_only_scales_the_named_gradients_and_none_disables():
+    grads = {"a": np.array([3.0, 4.0]), "b": np.array([100.0])}
+    norm = clip_by_global_norm(grads, 1.0, names=["a"])
+    assert norm == pytest.approx(5.0)
+    np.testing.assert_allclose(grads["a"], [0.6, 0.8], rtol=1e-6)
+    assert grads["b"][0] == 100.0
+    assert clip_by_global_norm(grads, None) > 100 and grads["b"][0] == 100.0
+
+
+def test_accumulate_averages():
+    a = {"w": np.array([1.0, 2.0])}
+    b = {"w": np.array([3.0, 6.0])}
+    total = accumulate(None, a, 0.5)
+    total = accumulate(total, b, 0.5)
+    np.testing.assert_allclose(total["w"], [2.0, 4.0])
+    assert a["w"][0] == 1.0  # inputs untouched
+
+
+# --- schedules ----------------------------------------------------------------------------------------
+
+def test_schedule_values():
+    assert constant(0, 1.0, 4) == 0.25 and constant(3, 1.0, 4) == 1.0 and constant(99, 1.0, 4) == 1.0
+    assert constant(0, 2.0, 0) == 2.0
+    assert cosine(0, 1.0, 10, 110, 0.1) == pytest.approx(0.1)
+    assert cosine(10, 1.0, 10, 110, 0.1) == pytest.approx(1.0)
+    assert cosine(60, 1.0, 10, 110, 0.1) == pytest.approx(0.55)  # half way: (1 + 0.1) / 2
+    assert cosine(110, 1.0, 10, 110, 0.1) == pytest.approx(0.1)
+    assert cosine(500, 1.0, 10, 110, 0.1) == pytest.approx(0.1)
+    assert inverse_sqrt(3, 1.0, 4) == 1.0 and inverse_sqrt(15, 1.0, 4) == pytest.approx(0.5)
+    assert inverse_sqrt(3, 1.0, 0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(0, schedule="linear", base=1.0, warmup=0, total=10)
+    with pytest.raises(ValueError, match="step"):
+        constant(-1, 1.0)
+
+
+@given(st.sampled_from(["cosine", "constant", "inverse_sqrt"]), st.integers(0, 20),
+       st.integers(1, 200))
+def test_schedules_rise_during_warmup_then_never_rise(schedule, warmup, total):
+    lrs = [learning_rate(s, schedule=schedule, base=1.0, warmup=warmup, total=total)
+           for s in range(total + 30)]
+    assert all(0 < lr <= 1.0 + 1e-12 for lr in lrs)
+    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup]))
+    after = lrs[max(warmup - 1, 0):]
+    assert all(b <= a + 1e-12 for a, b in zip(after, after[1:]))
+
+
+# --- freezing --------------------------------------------------------------------------------------------
+
+NAMES = ["model.encoder.embed_tokens.weight",
+         "model.decoder.layers.0.self_attn.q_proj.weight",
+         "model.decoder.layers.0.cross_attn.q_proj.weight",
+         "model.decoder.layers.0.pre_cross_attn_layernorm.weight",
+         "model.decoder.norm.weight"]
+
+
+def test_trainable_names_warmup_and_freeze():
+    assert trainable_names(NAMES, 0, warmup_steps=2) == NAMES[2:4]
+    assert trainable_names(NAMES, 1, warmup_steps=2) == NAMES[2:4]
+    assert trainable_names(NAMES, 2, warmup_steps=2) == NAMES
+    assert trainable_names(NAMES, 5, freeze=("embed",)) == NAMES[1:]
+    with pytest.raises(ValueError, match="cross_attn"):
+        trainable_names(NAMES[:2], 0, warmup_steps=3)
+    with pytest.raises(ValueError, match="frozen"):
+        trainable_names(NAMES, 0, freeze=(".",))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("lr", 0.0, "OptimConfig.lr"), ("beta2", 1.0, "OptimConfig.beta2"),
+    ("schedule", "linear", "OptimConfig.schedule"), ("clip_norm", -1.0, "clip_norm"),
+    ("grad_accum", 0, "grad_accum"), ("freeze", ("(",), "freeze"),
+    ("no_decay", "norm", "no_decay"), ("warmup_steps", 1.5, "warmup_steps")])
+def test_optim_config_validation(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        OptimConfig(**{field: value})
+
+
+def test_optim_config_dict_round_trip_and_lr_at():
+    c = OptimConfig(lr=0.5, warmup_steps=2, freeze=("embed",), schedule="constant")
+    assert OptimConfig.from_dict(c.to_dict()) == c
+    assert c.lr_at(0, 10) == 0.25 and c.lr_at(5, 10) == 0.5
+    with pytest.raises(ValueError, match="unknown"):
+        OptimConfig.from_dict({"learning_rate": 1})
