@@ -22,7 +22,7 @@ A bare field name works when only one section has it (`--set lr=3e-3 steps=100`)
 Values: numbers, true/false, none, comma-separated lists for tuples.
 
 Every training command writes a run directory (default runs/<command>-<time>):
-config.json (everything needed to rerun or resume), metrics.jsonl, log.txt,
+run_config.json (everything needed to rerun or resume), metrics.jsonl, log.txt,
 checkpoints/step_NNNNNN/, loss.png (when matplotlib is installed). `--resume` continues
 the run in --run-dir from its latest checkpoint, bit for bit.
 """
@@ -49,6 +49,7 @@ from .train import TrainConfig
 PROG = "python -m mini_encdec"
 ARCHS = ("encdec", "decoder")
 TASKS = ("reply", "reverse", "sort", "addition")
+RUN_CONFIG = "run_config.json"  # in a run directory (config.json would look like a model)
 
 
 class UsageError(ValueError):
@@ -280,7 +281,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="run directory (default runs/<command>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its latest checkpoint (its "
-                        "config.json is reused; only train.* may be changed with --set)")
+                        "run_config.json is reused; only train.* may be changed with --set)")
     p.add_argument("--init", default=None, metavar="PATH",
                    help="start from these weights (model directory, checkpoint or run "
                         "directory, e.g. the output of `adapt`) instead of a fresh model")
@@ -298,7 +299,7 @@ def _setup_run(args, command: str, defaults: dict) -> tuple:
         if not args.run_dir:
             raise UsageError("--resume needs --run-dir (the run to continue)")
         run_dir = Path(args.run_dir)
-        cfg_path = run_dir / "config.json"
+        cfg_path = run_dir / RUN_CONFIG
         if not cfg_path.is_file():
             raise UsageError(f"--resume: {cfg_path} not found (not a run directory)")
         try:
@@ -332,7 +333,7 @@ def _setup_run(args, command: str, defaults: dict) -> tuple:
 def _write_run_config(run_dir: Path, run: dict) -> None:
     from .checkpoint import atomic_write_json
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", run)
+    atomic_write_json(run_dir / RUN_CONFIG, run)
 
 
 def _model_for_run(run: dict, arch: str, preset_name: str, vocab_default=None):
@@ -447,9 +448,10 @@ FINETUNE_HELP = "fine-tune on a downstream task (reply, reverse, sort, addition)
 
 
 def _finetune_args(p) -> None:
-    p.add_argument("--task", choices=TASKS, required=True,
+    p.add_argument("--task", choices=TASKS, default=None,
                    help="reply: the next speech of the plays; reverse/sort/addition: "
-                        "synthetic seq2seq tasks with their own 41-id vocabulary")
+                        "synthetic seq2seq tasks with their own 41-id vocabulary "
+                        "(required, except with --resume)")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help="for a fresh model (no --init): encdec (default) or decoder")
     p.add_argument("--eval-examples", type=int, default=64,
@@ -495,6 +497,8 @@ def cmd_finetune(args) -> int:
     from .batching import ExampleBatcher
     from .tasks import SYNTH_VOCAB_SIZE
     _set_backend(args.backend)
+    if args.task is None and not args.resume:
+        raise UsageError("--task is required (except with --resume)")
     run_dir, run, resumed = _setup_run(args, "finetune", dict(
         task=args.task, arch=args.arch or "encdec", preset=args.preset,
         eval_examples=args.eval_examples))

@@ -1,24 +1,24 @@
-"""Vectorisable exp and tanh on 1-D buffers, shared by the kernels.
+"""Vectorisable exp and tanh for the kernels: `vexp(x)`, `vtanh(x)` on scalars, meant
+for element loops that LLVM turns into SIMD code.
 
 Checklist
 - Why: this machine's Numba has no vector math library (no SVML), so `math.exp` and
-  `math.tanh` in a loop are scalar libm calls (about 10x slower than NumPy's SIMD
-  versions). For float32 we compute them with plain arithmetic that LLVM vectorises
-  (8 lanes with AVX2). float64 (the gradient-check dtype) keeps libm for full accuracy.
-- exp (float32): clamp to [-88, 88], n = round(x log2 e), r = x - n ln2 (two-part ln2),
-  e^r by its Taylor polynomial to degree 7 (|r| <= ln2/2, truncation error 6e-9 relative,
-  below float32's 6e-8 rounding), times 2^n built from bits: an int32 buffer holds
-  (n + 127) << 23 and is read back as float32. x <= -88 gives 0 (n = -127 is the zero
-  pattern), so exp(-inf) = 0 as masks need.
-- tanh (float32): with e = exp(-2|x|), tanh|x| = (1 - e) / (1 + e); for |x| < 0.5 the
-  numerator 1 - e = -expm1(-2|x|) comes from expm1's Taylor polynomial (degree 10) to
-  avoid cancellation; the sign is restored at the end.
-- Memory: the caller passes the int32 scratch buffer, so nothing is allocated here.
-- Constants are typed with `cst(like, value)` so float32 code never promotes to float64.
-- Accuracy, measured against float64 NumPy: exp within 2 ulp (3e-7 relative), tanh
-  within 3e-7 absolute / relative; the kernels' tests hold them to the reference's
-  tolerances (1e-5 relative outputs, 1e-4 gradients).
-
+  `math.tanh` in a loop stay scalar libm calls, about 10x slower than NumPy's SIMD
+  versions. For float32 we compute them with plain arithmetic that LLVM vectorises
+  (8 lanes with AVX2), so a kernel can fuse them into one pass over a row.
+  float64 (the gradient-check dtype) keeps libm, for full accuracy.
+- exp (float32): clamp to [-88, 88]; k = round(x log2 e); r = x - k ln2 (ln2 in two
+  parts, the high one exact); e^r by its Taylor polynomial to degree 7 (|r| <= ln2/2:
+  truncation error 6e-9 relative, below float32's 6e-8 rounding); times 2^k made from
+  its bits ((k + 127) << 23, reinterpreted as float32 by `_float32_from_bits`).
+  x <= -88 gives 0 (k = -127 is the bit pattern of 0.0), so exp(-inf) = 0 as masks need;
+  a NaN stays NaN.
+- tanh (float32): with e = exp(-2|x|), tanh|x| = (1 - e) / (1 + e); below |x| = 0.5 the
+  numerator 1 - e = -expm1(-2|x|) comes from expm1's Taylor polynomial (degree 10), to
+  avoid cancellation; then the sign of x. One division.
+- Accuracy against float64 NumPy (tests/test_kernels.py): exp within 3e-7 relative,
+  tanh within 5e-7 relative, over the ranges the kernels use.
+- Memory: none; scalars in, scalars out.
 """
 
 from __future__ import annotations
@@ -26,18 +26,35 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from ._runtime import JIT
 
 _LOG2E = 1.4426950408889634
-_LN2_HI = 0.693359375  # ln 2 split in two: the high part is exact in float32
+_LN2_HI = 0.693359375  # ln 2 = _LN2_HI + _LN2_LO; the high part is exact in float32
 _LN2_LO = -2.12194440e-4
 
 
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE-754 bit pattern is the low 32 bits of the integer `bits`."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if bits.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
 def cst(like, value):
-    """`value` as a scalar of the float type of `like` (a float scalar or array)."""
+    """`value` as a scalar of the float type of `like` (a float scalar or array), so
+    float32 code never promotes to float64 through a Python float literal."""
     raise NotImplementedError("only callable inside jitted code")
 
 
@@ -49,93 +66,78 @@ def _cst(like, value):
     return lambda like, value: np.float64(value)
 
 
-def exp_inplace(buf, n, ibuf):
-    """buf[:n] = exp(buf[:n]); ibuf is int32 scratch of length >= n."""
-    raise NotImplementedError("only callable inside jitted code")
+def vexp(x):
+    """exp(x), vectorisable for float32 (libm for float64)."""
+    return math.exp(x)
 
 
-@overload(exp_inplace)
-def _exp_inplace(buf, n, ibuf):
-    if buf.dtype == types.float32:
-        def impl(buf, n, ibuf):
-            for j in range(n):
-                x0 = buf[j]
-                x = min(max(x0, np.float32(-88.0)), np.float32(88.0))
-                k = np.floor(x * np.float32(_LOG2E) + np.float32(0.5))  # round(x / ln 2)
-                r = x - k * np.float32(_LN2_HI) - k * np.float32(_LN2_LO)  # |r| <= ln2 / 2
-                p = np.float32(1.0 / 5040.0)  # Horner: sum_{m=0..7} r^m / m!
-                p = p * r + np.float32(1.0 / 720.0)
-                p = p * r + np.float32(1.0 / 120.0)
-                p = p * r + np.float32(1.0 / 24.0)
-                p = p * r + np.float32(1.0 / 6.0)
-                p = p * r + np.float32(0.5)
-                p = p * r + np.float32(1.0)
-                p = p * r + np.float32(1.0)
-                buf[j] = p if x0 == x0 else x0  # a NaN stays NaN
-                ibuf[j] = (np.int32(k) + np.int32(127)) << np.int32(23)  # bits of 2^k
-            two_k = ibuf.view(np.float32)
-            for j in range(n):
-                buf[j] *= two_k[j]
-        return impl
-
-    def impl64(buf, n, ibuf):
-        for j in range(n):
-            buf[j] = math.exp(buf[j])
-    return impl64
+@overload(vexp)
+def _vexp(x):
+    if x == types.float32:
+        def exp32(x):
+            y = min(max(x, np.float32(-88.0)), np.float32(88.0))
+            k = np.floor(y * np.float32(_LOG2E) + np.float32(0.5))  # round(y / ln 2)
+            r = y - k * np.float32(_LN2_HI) - k * np.float32(_LN2_LO)  # |r| <= ln2 / 2
+            p = np.float32(1.0 / 5040.0)  # Horner: sum_{m=0..7} r^m / m!
+            p = p * r + np.float32(1.0 / 720.0)
+            p = p * r + np.float32(1.0 / 120.0)
+            p = p * r + np.float32(1.0 / 24.0)
+            p = p * r + np.float32(1.0 / 6.0)
+            p = p * r + np.float32(0.5)
+            p = p * r + np.float32(1.0)
+            p = p * r + np.float32(1.0)
+            e = p * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))  # * 2^k
+            return e if x == x else x  # a NaN stays NaN
+        return exp32
+    return lambda x: math.exp(x)
 
 
-def tanh_into(x, out, n, ibuf):
-    """out[:n] = tanh(x[:n]) (x and out distinct buffers); ibuf int32 scratch."""
-    raise NotImplementedError("only callable inside jitted code")
+def vtanh(x):
+    """tanh(x), vectorisable for float32 (libm for float64)."""
+    return math.tanh(x)
 
 
-@overload(tanh_into)
-def _tanh_into(x, out, n, ibuf):
-    if x.dtype == types.float32:
-        def impl(x, out, n, ibuf):
-            for j in range(n):
-                out[j] = np.float32(-2.0) * abs(x[j])
-            exp_inplace(out, n, ibuf)  # e = exp(-2|x|)
-            for j in range(n):
-                a = abs(x[j])
-                u = np.float32(-2.0) * a
-                # expm1(u) by Taylor to degree 10, accurate for |u| < 1
-                em = np.float32(1.0 / 39916800.0)
-                em = em * u + np.float32(1.0 / 3628800.0)
-                em = em * u + np.float32(1.0 / 362880.0)
-                em = em * u + np.float32(1.0 / 40320.0)
-                em = em * u + np.float32(1.0 / 5040.0)
-                em = em * u + np.float32(1.0 / 720.0)
-                em = em * u + np.float32(1.0 / 120.0)
-                em = em * u + np.float32(1.0 / 24.0)
-                em = em * u + np.float32(1.0 / 6.0)
-                em = em * u + np.float32(0.5)
-                em = em * u + np.float32(1.0)
-                em = em * u
-                e = out[j]
-                if a >= np.float32(0.5):
-                    em = e - np.float32(1.0)
-                t = -em / (np.float32(2.0) + em)  # (1 - e) / (1 + e)
-                out[j] = t if x[j] >= np.float32(0.0) else -t
-        return impl
-
-    def impl64(x, out, n, ibuf):
-        for j in range(n):
-            out[j] = math.tanh(x[j])
-    return impl64
+@overload(vtanh)
+def _vtanh(x):
+    if x == types.float32:
+        def tanh32(x):
+            a = abs(x)
+            u = np.float32(-2.0) * a
+            e = vexp(u)  # exp(-2|x|)
+            em = np.float32(1.0 / 39916800.0)  # expm1(u) = sum_{m=1..11} u^m / m!, |u| < 1
+            em = em * u + np.float32(1.0 / 3628800.0)
+            em = em * u + np.float32(1.0 / 362880.0)
+            em = em * u + np.float32(1.0 / 40320.0)
+            em = em * u + np.float32(1.0 / 5040.0)
+            em = em * u + np.float32(1.0 / 720.0)
+            em = em * u + np.float32(1.0 / 120.0)
+            em = em * u + np.float32(1.0 / 24.0)
+            em = em * u + np.float32(1.0 / 6.0)
+            em = em * u + np.float32(0.5)
+            em = em * u + np.float32(1.0)
+            em = em * u
+            small = a < np.float32(0.5)
+            num = -em if small else np.float32(1.0) - e  # 1 - exp(-2|x|)
+            den = np.float32(2.0) + em if small else np.float32(1.0) + e  # 1 + exp(-2|x|)
+            t = num / den
+            return t if x >= np.float32(0.0) else -t
+        return tanh32
+    return lambda x: math.tanh(x)
 
 
 @njit(**JIT)
 def exp_array(x):
-    """exp of a 1-D array through `exp_inplace` (for tests of the approximation)."""
-    out = x.copy()
-    exp_inplace(out, out.shape[0], np.empty(out.shape[0], np.int32))
+    """vexp over a 1-D array (for the tests of the approximation)."""
+    out = np.empty_like(x)
+    for j in range(x.shape[0]):
+        out[j] = vexp(x[j])
     return out
 
 
 @njit(**JIT)
 def tanh_array(x):
-    """tanh of a 1-D array through `tanh_into` (for tests of the approximation)."""
+    """vtanh over a 1-D array (for the tests of the approximation)."""
     out = np.empty_like(x)
-    tanh_into(x, out, x.shape[0], np.empty(x.shape[0], np.int32))
+    for j in range(x.shape[0]):
+        out[j] = vtanh(x[j])
     return out

@@ -35,7 +35,7 @@ from numba import njit, prange
 from ..nn.attention import _check_core
 from ..validate import check_float, check_shape
 from ._runtime import JIT, parallel_chunks
-from ._vecmath import cst, exp_inplace, tanh_into
+from ._vecmath import cst, vexp, vtanh
 
 BLOCK = 256  # keys per online-softmax block (one block covers our sequence lengths)
 
@@ -55,32 +55,20 @@ def _row_range(mask, bm, im):
 
 
 @njit(inline="always")
-def _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, s1, ibuf):
-    """s1[:n] = softcap(s0), s0[jj] = (q[b, h, i] . k[b, kh, j0 + jj]) * scale; s0 is kept,
-    holding t = tanh(s0 / cap) when cap > 0. The inner loops run along contiguous keys of
-    kT (B, K, Dh, Tk) so they vectorise.
+def _dots(a, b, h, i, bT, kh, j0, n, scale, out):
+    """out[jj] = (a[b, h, i] . bT[b, kh, :, j0 + jj]) * scale for jj < n: scores q . k
+    (bT = k^T) or dp = do . v (bT = v^T). The inner loop runs along contiguous keys.
 
     Indexing habits of every kernel here: full indexing, no views (a view in a hot loop
     costs an atomic reference count shared by all threads), and offset indices such as
     j0 + jj cast to unsigned (a signed index gets a negative-index check, which turns a
     contiguous vector load into a gather)."""
-    zero = cst(scale, 0.0)
     for jj in range(n):
-        s0[jj] = zero
-    for d in range(q.shape[3]):
-        qd = q[b, h, i, d] * scale
+        out[jj] = cst(scale, 0.0)
+    for d in range(a.shape[3]):
+        ad = a[b, h, i, d] * scale
         for jj in range(n):
-            s0[jj] += qd * kT[b, kh, d, np.uint64(j0 + jj)]  # 1. s0 = (q . k) * scale
-    if cap > zero:
-        inv = cst(scale, 1.0) / cap
-        for jj in range(n):
-            s1[jj] = s0[jj] * inv
-        tanh_into(s1, s0, n, ibuf)  # s0 <- t = tanh(s0 / cap)
-        for jj in range(n):
-            s1[jj] = cap * s0[jj]  # 2. s1 = cap * t
-    else:
-        for jj in range(n):
-            s1[jj] = s0[jj]
+            out[jj] += ad * bT[b, kh, d, np.uint64(j0 + jj)]
 
 
 @njit(**JIT)
@@ -91,10 +79,9 @@ def _forward_rows(r0, r1, q, kT, v, mask, scale, cap, o, lse):
     G = H // K
     Bm, Tqm = mask.shape[0], mask.shape[2]
     nb = min(Tk, BLOCK)
-    neg_inf = cst(scale, -np.inf)
-    s0 = np.empty(nb, q.dtype)  # scratch, once per call
-    s = np.empty(nb, q.dtype)
-    ibuf = np.empty(nb, np.int32)
+    zero, neg_inf = cst(scale, 0.0), cst(scale, -np.inf)
+    inv_cap = cst(scale, 1.0) / cap if cap > zero else zero
+    s = np.empty(nb, q.dtype)  # scratch, once per call
     acc = np.empty(Dh, q.dtype)
     for r in range(r0, r1):
         b = r // (H * Tq)
@@ -107,29 +94,31 @@ def _forward_rows(r0, r1, q, kT, v, mask, scale, cap, o, lse):
             lse[b, h, i] = neg_inf  # no allowed key: o stays 0
             continue
         for d in range(Dh):
-            acc[d] = cst(scale, 0.0)
+            acc[d] = zero
         m = neg_inf  # running max
-        l = cst(scale, 0.0)  # running sum of exp(s - m)
+        l = zero  # running sum of exp(s - m)
         for j0 in range(lo, hi, nb):
             n = min(nb, hi - j0)
-            _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, s, ibuf)
-            # 3. mask: forbidden keys -> -inf; the block max over allowed keys
+            _dots(q, b, h, i, kT, kh, j0, n, scale, s)  # 1. s0 = (q . k) * scale
             bmax = neg_inf
             for jj in range(n):
-                x = s[jj] if mask[bm, 0, im, np.uint64(j0 + jj)] else neg_inf
+                x = s[jj]
+                if cap > zero:
+                    x = cap * vtanh(x * inv_cap)  # 2. s1 = cap * tanh(s0 / cap)
+                # 3. mask: forbidden keys -> -inf
+                x = x if mask[bm, 0, im, np.uint64(j0 + jj)] else neg_inf
                 s[jj] = x
                 bmax = max(bmax, x)
             if bmax == neg_inf:
                 continue
             # 4. online softmax: rescale what was summed under the old max
             m_new = max(m, bmax)
-            alpha = math.exp(m - m_new) if m > neg_inf else cst(scale, 0.0)
+            alpha = vexp(m - m_new) if m > neg_inf else zero
+            psum = zero
             for jj in range(n):
-                s[jj] -= m_new
-            exp_inplace(s, n, ibuf)  # p~ = exp(s - m_new), 0 on forbidden keys
-            psum = cst(scale, 0.0)
-            for jj in range(n):
-                psum += s[jj]
+                p = vexp(s[jj] - m_new)  # 0 on forbidden keys
+                s[jj] = p
+                psum += p
             l = l * alpha + psum
             for d in range(Dh):
                 acc[d] *= alpha
@@ -163,12 +152,10 @@ def _backward_heads(g0, g1, q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, d
     G = H // K
     Bm, Tqm = mask.shape[0], mask.shape[2]
     nb = min(Tk, BLOCK)
-    zero = cst(scale, 0.0)
-    neg_inf = cst(scale, -np.inf)
-    s0 = np.empty(nb, q.dtype)  # scratch, once per call
-    p = np.empty(nb, q.dtype)
+    zero, one = cst(scale, 0.0), cst(scale, 1.0)
+    inv_cap = one / cap if cap > zero else zero
+    p = np.empty(nb, q.dtype)  # scratch, once per call
     dp = np.empty(nb, q.dtype)
-    ibuf = np.empty(nb, np.int32)
     for g in range(g0, g1):
         b = g // K
         kh = g % K
@@ -185,25 +172,23 @@ def _backward_heads(g0, g1, q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, d
                     Drow += do[b, h, i, d] * o[b, h, i, d]
                 for j0 in range(lo, hi, nb):
                     n = min(nb, hi - j0)
-                    # recompute 1.-2. s1 = softcap(q . k * scale); s0 <- tanh(s0 / cap)
-                    _scores(q, b, h, i, kT, kh, j0, n, scale, cap, s0, p, ibuf)
-                    # recompute 3.-4. p = exp(s1 - L), 0 on forbidden keys
+                    _dots(q, b, h, i, kT, kh, j0, n, scale, p)  # recompute 1. s0
+                    _dots(do, b, h, i, vT, kh, j0, n, one, dp)  # 5. o = p v -> dp = do . v
                     for jj in range(n):
-                        p[jj] = p[jj] - L if mask[bm, 0, im, np.uint64(j0 + jj)] else neg_inf
-                    exp_inplace(p, n, ibuf)
-                    # 5. o = p v  ->  dp_j = do . v_j
-                    for jj in range(n):
-                        dp[jj] = zero
-                    for d in range(Dh):
-                        dod = do[b, h, i, d]
-                        for jj in range(n):
-                            dp[jj] += dod * vT[b, kh, d, np.uint64(j0 + jj)]
-                    # 4. softmax: ds1 = p (dp - D);  2. soft-cap: ds0 = ds1 (1 - t^2)
-                    # 1. s0 = (q . k) * scale: the scale joins ds
-                    for jj in range(n):
-                        ds = p[jj] * (dp[jj] - Drow)
+                        x = p[jj]
+                        t = zero
                         if cap > zero:
-                            ds *= cst(scale, 1.0) - s0[jj] * s0[jj]
+                            t = vtanh(x * inv_cap)  # recompute 2. s1 = cap * tanh(s0 / cap)
+                            x = cap * t
+                        # recompute 3.-4. p = exp(s1 - L), 0 on forbidden keys
+                        pj = vexp(x - L) if mask[bm, 0, im, np.uint64(j0 + jj)] else zero
+                        # 4. softmax: ds1 = p (dp - D)
+                        ds = pj * (dp[jj] - Drow)
+                        # 2. soft-cap: ds0 = ds1 (1 - t^2)
+                        if cap > zero:
+                            ds *= one - t * t
+                        # 1. s0 = (q . k) * scale: the scale joins ds
+                        p[jj] = pj
                         dp[jj] = ds * scale
                     for jj in range(n):
                         pj, dsj = p[jj], dp[jj]

@@ -3,16 +3,16 @@
 `logsumexp(s) - s[label]` with `s = cap * tanh(z / cap)`.
 
 Checklist
-- Fused, forward: per row, the soft-cap, the row max, exp, the sum and the picked logit
-  in one pass over a row held in cache. Nothing of size (N, V) is written: the cache
+- Fused, forward: per row, the soft-cap and the row max in one pass, exp and the sum in
+  a second pass over the row while it is in cache. Nothing of size (N, V) is written: the cache
   keeps a reference to z, the labels and the per-row log-sum-exp L (N,).
-- Fused, backward: per row, tanh and p = exp(s - L) are recomputed and
-  dz = dloss / n * (p - onehot(label)) * (1 - t^2) is written once. So the (N, V)
+- Fused, backward: one pass per row recomputes tanh and p = exp(s - L) and writes
+  dz = dloss / n * (p - onehot(label)) * (1 - t^2) once. So the (N, V)
   probabilities are written exactly once in the whole forward + backward (NumPy writes
   s, p and dz, and reads them back).
 - Ignored rows (label == ignore_index) are skipped: no soft-cap, no exp; zero gradient.
 - Parallel: rows (prange over chunks of rows).
-- Memory: L and the per-row losses (N,); per chunk three (V,) scratch rows.
+- Memory: L and the per-row losses (N,); one (V,) scratch row per chunk (forward).
 - dtypes: float32 (vectorised exp/tanh, see _vecmath) and float64 (libm).
 """
 
@@ -26,54 +26,36 @@ from numba import njit, prange
 from ..nn.loss import _check_dloss, _check_logits_labels
 from ..validate import check_positive
 from ._runtime import JIT, parallel_chunks
-from ._vecmath import cst, exp_inplace, tanh_into
-
-
-@njit(inline="always")
-def _capped_row(z, n, cap, s, t, ibuf):
-    """s = cap * tanh(z[n] / cap) (t holds tanh(z[n] / cap)); s = z[n] when cap == 0."""
-    V = z.shape[1]
-    if cap > cst(cap, 0.0):
-        inv = cst(cap, 1.0) / cap
-        for v in range(V):
-            s[v] = z[n, v] * inv
-        tanh_into(s, t, V, ibuf)
-        for v in range(V):
-            s[v] = cap * t[v]
-    else:
-        for v in range(V):
-            s[v] = z[n, v]
+from ._vecmath import cst, vexp, vtanh
 
 
 @njit(**JIT)
 def _forward_rows(n0, n1, z, labels, ignore_index, cap, lse, nll):
     V = z.shape[1]
-    s = np.empty(V, z.dtype)  # scratch, once per call
-    t = np.empty(V, z.dtype)
-    ibuf = np.empty(V, np.int32)
+    zero = cst(cap, 0.0)
+    inv_cap = cst(cap, 1.0) / cap if cap > zero else zero
+    s = np.empty(V, z.dtype)  # scratch row, once per call
     for n in range(n0, n1):
         label = labels[n]
         if label == ignore_index:
-            lse[n] = cst(cap, 0.0)
-            nll[n] = cst(cap, 0.0)
+            lse[n] = zero
+            nll[n] = zero
             continue
-        # 1. s = cap * tanh(z / cap)
-        _capped_row(z, n, cap, s, t, ibuf)
-        s_label = s[label]
+        # 1. s = cap * tanh(z / cap), and the row max
+        m = cst(cap, -np.inf)
+        for v in range(V):
+            x = z[n, v]
+            if cap > zero:
+                x = cap * vtanh(x * inv_cap)
+            s[v] = x
+            m = max(m, x)
         # 2. L = logsumexp(s) = m + log(sum(exp(s - m))),  nll = L - s[label]
-        m = s[0]
+        total = zero
         for v in range(V):
-            x = s[v]
-            m = x if x > m else m
-        for v in range(V):
-            s[v] -= m
-        exp_inplace(s, V, ibuf)
-        total = cst(cap, 0.0)
-        for v in range(V):
-            total += s[v]
+            total += vexp(s[v] - m)
         L = m + math.log(total)
         lse[n] = L
-        nll[n] = L - s_label
+        nll[n] = L - s[label]
 
 
 @njit(parallel=True, **JIT)
@@ -88,29 +70,26 @@ def _forward_parallel(nchunks, z, labels, ignore_index, cap, lse, nll):
 def _backward_rows(n0, n1, z, labels, ignore_index, cap, lse, g, dz):
     V = z.shape[1]
     zero, one = cst(cap, 0.0), cst(cap, 1.0)
-    s = np.empty(V, z.dtype)
-    t = np.empty(V, z.dtype)
-    ibuf = np.empty(V, np.int32)
+    inv_cap = one / cap if cap > zero else zero
     for n in range(n0, n1):
         label = labels[n]
         if label == ignore_index:
             for v in range(V):
                 dz[n, v] = zero
             continue
-        _capped_row(z, n, cap, s, t, ibuf)  # recompute 1.
         L = lse[n]
-        for v in range(V):
-            s[v] -= L
-        exp_inplace(s, V, ibuf)  # p = softmax(s)
-        # 2. nll = logsumexp(s) - s[label]:  ds = g * (p - onehot(label))
-        s[label] -= one
+        # 2. nll = logsumexp(s) - s[label]:  ds = g * (softmax(s) - onehot(label))
+        # 1. s = cap * tanh(z / cap):  dz = ds * (1 - t^2)
         if cap > zero:
-            # 1. s = cap * tanh(z / cap):  dz = ds * (1 - t^2)
             for v in range(V):
-                dz[n, v] = g * s[v] * (one - t[v] * t[v])
+                t = vtanh(z[n, v] * inv_cap)  # recompute 1.
+                dz[n, v] = g * vexp(cap * t - L) * (one - t * t)
+            t = vtanh(z[n, label] * inv_cap)
+            dz[n, label] -= g * (one - t * t)
         else:
             for v in range(V):
-                dz[n, v] = g * s[v]
+                dz[n, v] = g * vexp(z[n, v] - L)
+            dz[n, label] -= g
 
 
 @njit(parallel=True, **JIT)

@@ -2,13 +2,12 @@
 `a = gelu_tanh(gate) * up`, gelu_tanh(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))).
 
 Checklist
-- Fused, forward: the cubic, tanh, gelu and the product with `up` in one pass per row
-  (NumPy makes about ten passes and keeps g and t).
-- Fused, backward: t = tanh(...) is recomputed per row (cheaper than storing and
-  re-reading two (N, F) arrays); dgate and dup are written in the same pass.
+- Fused, forward: the cubic, tanh, gelu and the product with `up` in one elementwise
+  pass (NumPy makes about ten passes and keeps g and t).
+- Fused, backward: t = tanh(...) is recomputed (cheaper than storing and re-reading two
+  (N, F) arrays); dgate and dup are written in the same pass.
 - Parallel: rows (prange over chunks of rows); every element is independent.
-- Memory: the cache keeps references to gate and up only; per chunk two (F,) scratch
-  rows and an int32 (F,) row for the vectorised tanh.
+- Memory: the cache keeps references to gate and up only; no scratch.
 - dtypes: float32 (vectorised tanh, see _vecmath) and float64 (libm tanh).
 """
 
@@ -20,32 +19,24 @@ from numba import njit, prange
 from ..nn.mlp import GELU_A, GELU_C
 from ..validate import check_float, check_same_dtype, check_shape
 from ._runtime import JIT, parallel_chunks
-from ._vecmath import cst, tanh_into
+from ._vecmath import cst, vtanh
 
 
 @njit(inline="always")
-def _tanh_arg(gate, n, arg, t, ibuf):
-    """t = tanh(sqrt(2/pi) (u + 0.044715 u^3)) for row n of gate (arg: scratch)."""
-    F = gate.shape[1]
-    c, a = cst(gate, GELU_C), cst(gate, GELU_A)
-    for f in range(F):
-        u = gate[n, f]
-        arg[f] = c * (u + a * u * u * u)
-    tanh_into(arg, t, F, ibuf)
+def _tanh_arg(u):
+    """t = tanh(sqrt(2/pi) (u + 0.044715 u^3))."""
+    return vtanh(cst(u, GELU_C) * (u + cst(u, GELU_A) * u * u * u))
 
 
 @njit(**JIT)
 def _forward_rows(n0, n1, gate, up, out):
     F = gate.shape[1]
     half, one = cst(gate, 0.5), cst(gate, 1.0)
-    arg = np.empty(F, gate.dtype)  # scratch, once per call
-    t = np.empty(F, gate.dtype)
-    ibuf = np.empty(F, np.int32)
     for n in range(n0, n1):
-        _tanh_arg(gate, n, arg, t, ibuf)
         for f in range(F):
+            u = gate[n, f]
             # g = 0.5 u (1 + t);  a = g * up
-            out[n, f] = half * gate[n, f] * (one + t[f]) * up[n, f]
+            out[n, f] = half * u * (one + _tanh_arg(u)) * up[n, f]
 
 
 @njit(parallel=True, **JIT)
@@ -60,18 +51,15 @@ def _backward_rows(n0, n1, da, gate, up, dgate, dup):
     F = gate.shape[1]
     half, one = cst(gate, 0.5), cst(gate, 1.0)
     c_, a3 = cst(gate, GELU_C), cst(gate, 3.0 * GELU_A)
-    arg = np.empty(F, gate.dtype)
-    t = np.empty(F, gate.dtype)
-    ibuf = np.empty(F, np.int32)
     for n in range(n0, n1):
-        _tanh_arg(gate, n, arg, t, ibuf)  # recompute t
         for f in range(F):
-            u, tf = gate[n, f], t[f]
+            u = gate[n, f]
+            t = _tanh_arg(u)  # recompute t
             # a = g * up:  dup = da * g,  dg = da * up
-            dup[n, f] = da[n, f] * half * u * (one + tf)
+            dup[n, f] = da[n, f] * half * u * (one + t)
             # g = 0.5 u (1 + tanh(c (u + a u^3))):
             #   dg/du = 0.5 (1 + t) + 0.5 u (1 - t^2) c (1 + 3 a u^2)
-            dgdu = half * (one + tf) + half * u * (one - tf * tf) * c_ * (one + a3 * u * u)
+            dgdu = half * (one + t) + half * u * (one - t * t) * c_ * (one + a3 * u * u)
             dgate[n, f] = da[n, f] * up[n, f] * dgdu
 
 
