@@ -151,7 +151,7 @@ def save_model(directory: PathLike, config, params: dict) -> Path:
     return directory
 
 
-# --- training checkpoints --------------------------------------------------------------------------
+# --- training checkpoints -------------------------------------------------------------------------
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
@@ -202,7 +202,7 @@ def save_checkpoint(root: PathLike, step: int, *, config, params: dict,
     return target
 
 
-# --- loading -------------------------------------------------------------------------------------------
+# --- loading --------------------------------------------------------------------------------------
 
 def _read(path: Path) -> bytes:
     if not path.is_file():

@@ -219,7 +219,7 @@ def build_model_config(arch: str, preset_name: str, model_overrides: dict, base=
     return _checked("model config", build)
 
 
-# --- shared helpers --------------------------------------------------------------------------------
+# --- shared helpers -------------------------------------------------------------------------------
 
 _STREAMS: dict = {}
 
@@ -290,7 +290,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-# --- run setup shared by pretrain and finetune ------------------------------------------------------
+# --- run setup shared by pretrain and finetune ----------------------------------------------------
 
 def _setup_run(args, command: str, defaults: dict) -> tuple:
     """(run_dir, run_config dict) for a new or resumed run."""
@@ -380,14 +380,15 @@ def _train_run(args, run_dir: Path, run: dict, resumed: bool, model, batches, ev
         raise UsageError(str(e)) from None
     last = next((r for r in reversed(history) if "loss" in r), {})
     val = next((r for r in reversed(history) if "val_loss" in r), {})
-    msg = f"run {run_dir}: step {last.get('step', 0)}, train loss {last.get('loss', float('nan')):.4f}"
+    msg = (f"run {run_dir}: step {last.get('step', 0)}, train loss "
+           f"{last.get('loss', float('nan')):.4f}")
     if val:
         msg += f", validation loss {val['val_loss']:.4f}"
     print(msg)
     return history
 
 
-# --- pretrain ---------------------------------------------------------------------------------------
+# --- pretrain -------------------------------------------------------------------------------------
 
 PRETRAIN_HELP = "pre-train a decoder-only LM or an encoder-decoder on the corpus"
 
@@ -410,19 +411,22 @@ def cmd_pretrain(args) -> int:
     from .batching import Batcher, eval_batches
     from .objectives import make_objective
     _set_backend(args.backend)
-    arch = args.arch or "encdec"
-    objective_name = args.objective or ("causal_lm" if arch == "decoder" else "prefix_lm")
     run_dir, run, resumed = _setup_run(args, "pretrain", dict(
-        arch=arch, objective=objective_name, preset=args.preset, teacher=args.teacher))
-    arch, objective_name = run["arch"], run["objective"]
+        arch=args.arch, objective=args.objective, preset=args.preset, teacher=args.teacher))
+    tok = _tokenizer(run.get("tokenizer"))
+    data = DataConfig(**run["data"])
+    # the architecture: --arch, else that of the --init model, else encoder-decoder
+    model = _model_for_run(run, run["arch"] or "encdec", run["preset"])
+    arch = _arch_of(model.config)
+    if run["arch"] not in (None, arch):
+        raise UsageError(f"--arch {run['arch']}: the --init model is {arch}")
+    objective_name = run["objective"] or ("causal_lm" if arch == "decoder" else "prefix_lm")
+    run.update(arch=arch, objective=objective_name)
     if objective_name == "causal_lm" and arch != "decoder":
         raise UsageError("--objective causal_lm is decoder-only; use --arch decoder")
     if run.get("teacher") and (arch != "encdec" or objective_name != "prefix_lm"):
         raise UsageError("--teacher: distillation is PrefixLM + KD: needs --arch encdec and "
                          "--objective prefix_lm")
-    tok = _tokenizer(run.get("tokenizer"))
-    data = DataConfig(**run["data"])
-    model = _model_for_run(run, arch, run["preset"])
     if model.config.vocab_size < tok.vocab_size:
         raise UsageError(f"model.vocab_size={model.config.vocab_size} is smaller than the "
                          f"tokenizer's {tok.vocab_size}")
@@ -442,7 +446,7 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-# --- finetune ---------------------------------------------------------------------------------------
+# --- finetune -------------------------------------------------------------------------------------
 
 FINETUNE_HELP = "fine-tune on a downstream task (reply, reverse, sort, addition)"
 
@@ -500,14 +504,16 @@ def cmd_finetune(args) -> int:
     if args.task is None and not args.resume:
         raise UsageError("--task is required (except with --resume)")
     run_dir, run, resumed = _setup_run(args, "finetune", dict(
-        task=args.task, arch=args.arch or "encdec", preset=args.preset,
+        task=args.task, arch=args.arch, preset=args.preset,
         eval_examples=args.eval_examples))
     task = run["task"]
     data = DataConfig(**run["data"])
     tok = _tokenizer(run.get("tokenizer")) if task == "reply" else None
     vocab = tok.vocab_size if tok is not None else SYNTH_VOCAB_SIZE
-    model = _model_for_run(run, run["arch"], run["preset"], vocab_default=vocab)
+    model = _model_for_run(run, run["arch"] or "encdec", run["preset"], vocab_default=vocab)
     arch = _arch_of(model.config)
+    if run["arch"] not in (None, arch):
+        raise UsageError(f"--arch {run['arch']}: the --init model is {arch}")
     run["arch"] = arch
     if model.config.vocab_size < vocab:
         raise UsageError(f"model.vocab_size={model.config.vocab_size} is smaller than the "
@@ -532,7 +538,7 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-# --- evaluate ---------------------------------------------------------------------------------------
+# --- evaluate -------------------------------------------------------------------------------------
 
 EVALUATE_HELP = "evaluate a checkpoint: loss on a corpus split, or a task metric"
 
@@ -576,7 +582,8 @@ def cmd_evaluate(args) -> int:
         tok = _tokenizer(args.tokenizer) if args.task == "reply" else None
         exs = _task_examples(args.task, args.split, data, tok, args.seed)
         vb = ExampleBatcher(exs, shuffle=False, **kw)
-        batches = [vb.next_batch() for _ in range(min(args.batches, max(1, len(exs) // data.batch_size)))]
+        n = min(args.batches, max(1, len(exs) // data.batch_size))
+        batches = [vb.next_batch() for _ in range(n)]
         result = {"task": args.task, "split": args.split, **evaluate(model, batches)}
         result.update(task_metric(model, args.task, exs[:args.batches * data.batch_size],
                                   max_new_tokens=data.decoder_length))
@@ -593,7 +600,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-# --- generate ---------------------------------------------------------------------------------------
+# --- generate -------------------------------------------------------------------------------------
 
 GENERATE_HELP = "generate text from a prompt, or interactively (one prompt per line)"
 
@@ -668,7 +675,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-# --- tokenizer --------------------------------------------------------------------------------------
+# --- tokenizer ------------------------------------------------------------------------------------
 
 TOKENIZER_HELP = "train the SentencePiece tokenizer, or show a model's special ids"
 
@@ -710,7 +717,7 @@ def cmd_tokenizer(args) -> int:
     return 0
 
 
-# --- adapt -------------------------------------------------------------------------------------------
+# --- adapt ----------------------------------------------------------------------------------------
 
 ADAPT_HELP = "adapt decoder-only checkpoint(s) into an encoder-decoder (SPEC 3)"
 
@@ -747,7 +754,7 @@ def cmd_adapt(args) -> int:
     return 0
 
 
-# --- commands from other modules (loaded only when used) ----------------------------------------------
+# --- commands from other modules (loaded only when used) ------------------------------------------
 
 # name -> (module, one-line help). The module provides add_arguments(parser) and
 # run(args) -> exit status (or main(argv) taking the remaining arguments).
@@ -768,7 +775,7 @@ def _plugin(name: str):
         raise
 
 
-# --- the parser ----------------------------------------------------------------------------------------
+# --- the parser -----------------------------------------------------------------------------------
 
 COMMANDS = {
     "tokenizer": (TOKENIZER_HELP, _tokenizer_args, cmd_tokenizer),

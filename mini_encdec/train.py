@@ -120,7 +120,7 @@ class TrainConfig:
         return cls(**d)
 
 
-# --- batches ----------------------------------------------------------------------------------------
+# --- batches --------------------------------------------------------------------------------------
 
 def student_batch(batch: dict) -> dict:
     """The batch without the teacher's keys (what the model itself reads)."""
@@ -174,7 +174,7 @@ def _as_source(batches):
                      f"load_state_dict) or a list of batch dicts, got {type(batches).__name__}")
 
 
-# --- evaluation --------------------------------------------------------------------------------------
+# --- evaluation -----------------------------------------------------------------------------------
 
 def evaluate(model, batches, max_batches: Optional[int] = None) -> dict:
     """Token-weighted mean cross-entropy over the batches: {"loss", "ppl", "tokens"}."""
@@ -192,7 +192,7 @@ def evaluate(model, batches, max_batches: Optional[int] = None) -> dict:
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": count}
 
 
-# --- the run directory -----------------------------------------------------------------------------
+# --- the run directory ----------------------------------------------------------------------------
 
 class _RunLog:
     """metrics.jsonl + log.txt of a run directory (or nothing without one)."""
@@ -234,7 +234,7 @@ class _RunLog:
             (pbar.write if pbar is not None else print)(text, file=sys.stderr)
 
 
-# --- training ---------------------------------------------------------------------------------------
+# --- training -------------------------------------------------------------------------------------
 
 def _default_loss(model, batch):
     return model.loss_and_grads(student_batch(batch))
@@ -254,7 +254,8 @@ def train(model, batches, *, optim: Optional[OptimConfig] = None,
     teacher keys); eval_batches: a list of batches for validation.
     resume: continue from the latest checkpoint of run_dir (if there is one).
     run_info: JSON-serialisable description stored in every checkpoint.
-    loss_fn(model, batch) -> (loss, grads): a custom objective (default cross-entropy).
+    loss_fn(model, batch) -> (loss, grads) or (loss, grads, {name: float}): a custom
+    objective (default cross-entropy); the extra floats are averaged into the records.
     """
     optim = optim or OptimConfig()
     config = (config or TrainConfig()).replace(**overrides) if overrides else \
@@ -267,19 +268,23 @@ def train(model, batches, *, optim: Optional[OptimConfig] = None,
     log = _RunLog(run_dir, progress)
     ckpt_root = run_dir / ckpt.CHECKPOINTS_DIR if run_dir is not None else None
     if teacher is not None:
+        if loss_fn is not None:
+            raise ValueError("train: give either a teacher or a loss_fn, not both")
         if teacher.config.vocab_size != model.config.vocab_size:
             raise ValueError(f"train: argument 'teacher': vocabulary {teacher.config.vocab_size}"
                              f" differs from the student's {model.config.vocab_size}")
 
         def loss_fn(m, b, _t=teacher, _a=config.kd_alpha, _tau=config.kd_temperature):
             from .distill import kd_loss_and_grads
-            loss, grads, _ = kd_loss_and_grads(m, _t, b, alpha=_a, temperature=_tau)
-            return loss, grads
+            return kd_loss_and_grads(m, _t, b, alpha=_a, temperature=_tau)  # + ce, soft, kl
     loss_fn = loss_fn or _default_loss
     warmup = model.config.cross_attn_warmup_steps \
         if isinstance(model.config, EncDecConfig) else 0
 
     opt = AdamW(model.params, optim)
+    # The trainer's own generator, checkpointed with everything else, for objectives
+    # that draw randomness during training (the batchers need none: each example is
+    # seeded by its (seed, epoch, cursor) position).
     rng = np.random.default_rng(config.seed)
     step, tokens_seen, history = 0, 0, []
     if resume:
@@ -326,10 +331,11 @@ def train(model, batches, *, optim: Optional[OptimConfig] = None,
             t0 = time.perf_counter()
             names = trainable_names(model.params, step, freeze=optim.freeze,
                                     warmup_steps=warmup)
-            grads, losses, ntok = None, [], 0
+            grads, losses, extras, ntok = None, [], [], 0
             for _ in range(optim.grad_accum):
                 batch = source.next_batch()
-                loss, g = loss_fn(model, batch)
+                loss, g, *extra = loss_fn(model, batch)
+                extras.extend(extra)
                 if not np.isfinite(loss):
                     _diverged(log, pbar, ckpt_root, step, f"the loss is {loss}")
                 grads = accumulate(grads, g, 1.0 / optim.grad_accum)
@@ -346,6 +352,8 @@ def train(model, batches, *, optim: Optional[OptimConfig] = None,
             rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "grad_norm": norm,
                    "tokens": tokens_seen, "tokens_per_s": ntok / dt if dt > 0 else 0.0,
                    "time": time.perf_counter() - start}
+            for name in (extras[0] if extras else {}):
+                rec[name] = float(np.mean([e[name] for e in extras]))
             history.append(rec)
             log.write(rec)
             pbar.update(1)
@@ -364,8 +372,9 @@ def train(model, batches, *, optim: Optional[OptimConfig] = None,
             save()
     finally:
         pbar.close()
-    log.message(f"stopped at step {step} ({'time budget reached' if stop_reason == 'time_budget' else 'all steps done'}); "
-                f"{tokens_seen} tokens in {time.perf_counter() - start:.1f} s")
+    why = "time budget reached" if stop_reason == "time_budget" else "all steps done"
+    log.message(f"stopped at step {step} ({why}); {tokens_seen} tokens in "
+                f"{time.perf_counter() - start:.1f} s")
     if run_dir is not None and config.plot:
         from .plots import plot_loss_curve
         plot_loss_curve(history, run_dir / PLOT_FILE)

@@ -13,7 +13,7 @@ import pytest
 
 from mini_encdec import checkpoint as ckpt
 from mini_encdec.config import encdec_preset, preset
-from mini_encdec.models import build_model, init_params
+from mini_encdec.models import init_params
 
 SMALL = dict(vocab_size=48, hidden_size=16, intermediate_size=32, num_attention_heads=2,
              num_key_value_heads=1, head_dim=8, num_hidden_layers=2)
@@ -142,7 +142,7 @@ def test_sigkill_at_random_moments_never_leaves_an_unloadable_checkpoint(tmp_pat
         assert np.all(ck.optimizer_arrays["m.x"] == ck.step)
 
 
-# --- clear errors ----------------------------------------------------------------------------------------
+# --- clear errors ---------------------------------------------------------------------------------
 
 @pytest.fixture
 def saved(tmp_path):

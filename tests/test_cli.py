@@ -90,6 +90,17 @@ def test_adapt_then_distill_then_evaluate_and_generate(decoder_run, tmp_path, ca
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
 
 
+def test_init_from_a_decoder_only_model_continues_it(decoder_run, tmp_path, capsys):
+    more = tmp_path / "more"
+    assert run("pretrain", "--init", decoder_run, "--run-dir", more, "--quiet",
+               "--set", "steps=1", "lr=1e-4", *SMALL_DATA) == 0
+    cfg = json.loads((more / RUN_CONFIG).read_text())
+    assert cfg["arch"] == "decoder" and cfg["objective"] == "causal_lm"
+    assert run("pretrain", "--arch", "encdec", "--init", decoder_run, "--run-dir",
+               tmp_path / "x") == 2
+    assert "the --init model is decoder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("objective", ["ul2", "span_corruption"])
 def test_pretrain_encdec_with_denoising_objectives(objective, tmp_path):
     assert run("pretrain", "--objective", objective, "--run-dir", tmp_path / objective,
@@ -126,13 +137,13 @@ def test_tokenizer_train_and_info(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", ["bench", "demo"])
-def test_plugin_commands_run_on_tiny(command, capsys):
+def test_plugin_commands_show_their_own_options(command, capsys):
     pytest.importorskip(f"mini_encdec.{command}")
     assert run(command, "--help") == 0  # their own options, from their modules
     assert "usage:" in capsys.readouterr().out
 
 
-# --- clear errors ------------------------------------------------------------------------------------
+# --- clear errors ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("setting,message", [
     ("colour=blue", "unknown key 'colour'"),
@@ -148,7 +159,7 @@ def test_plugin_commands_run_on_tiny(command, capsys):
 def test_bad_set_values_give_clear_errors(setting, message, tmp_path, capsys):
     assert run("pretrain", "--run-dir", tmp_path / "r", "--set", setting) == 2
     err = capsys.readouterr().err
-    assert f"error: " in err and message in err, err
+    assert "error: " in err and message in err, err
     assert not (tmp_path / "r").exists()
 
 
@@ -192,7 +203,7 @@ def test_resume_rules(decoder_run, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-# --- kill and resume --------------------------------------------------------------------------------------
+# --- kill and resume ------------------------------------------------------------------------------
 
 FT_ARGS = ["finetune", "--task", "reverse", "--quiet", "--eval-examples", "2", "--set",
            "steps=60", "checkpoint_every=5", "eval_every=20", "batch_size=4",
@@ -238,4 +249,4 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(tmp_path):
         assert a.params[k].tobytes() == b.params[k].tobytes(), k
     for k in a.optimizer_arrays:
         assert a.optimizer_arrays[k].tobytes() == b.optimizer_arrays[k].tobytes(), k
-    assert f"resumed from" in (killed / "log.txt").read_text()
+    assert "resumed from" in (killed / "log.txt").read_text()

@@ -239,7 +239,11 @@ def test_softcap_cross_entropy_matches_reference(lead, V, dtype, rng, cap, sprea
     assert isinstance(loss, float)
     assert abs(loss - loss_ref) <= OUT_TOL[dtype] * max(abs(loss_ref), 1.0)
     dz = TWINS["softcap_cross_entropy_backward"](dloss, c)
-    assert_close(dz, ref("softcap_cross_entropy_backward")(dloss, c_ref), GRAD_TOL[dtype], "dz")
+    dz_ref = ref("softcap_cross_entropy_backward")(dloss, c_ref)
+    # dz = dloss / n * (p - onehot) cancels (to 0 when V = 1): terms are of size dloss / n
+    n = max(int((labels != -100).sum()), 1)
+    assert_close(dz, dz_ref, GRAD_TOL[dtype], "dz",
+                 scale=max(abs(dloss) / n, float(np.max(np.abs(dz_ref)))))
     if (labels == -100).all():
         assert loss == 0.0 and not dz.any()
 
@@ -287,13 +291,14 @@ def test_twins_reject_bad_input_like_the_reference(name, args):
 # --- the vectorised float32 exp / tanh ------------------------------------------------------
 
 def test_float32_exp_and_tanh_are_accurate_and_keep_special_values():
+    """The float32 approximations of _vecmath (float64 uses libm)."""
     x = np.concatenate([np.linspace(-87, 88, 20001), np.linspace(-1e-3, 1e-3, 2001),
                         np.linspace(-12, 12, 20001)]).astype(np.float32)
     x64 = x.astype(np.float64)
     e = exp_array(x)
     assert np.max(np.abs(e - np.exp(x64)) / np.exp(x64)) < 3e-7
-    t = tanh_array(x)
-    assert np.max(np.abs(t - np.tanh(x64)) / np.maximum(np.abs(np.tanh(x64)), 1e-30)) < 5e-7
+    t = tanh_array(x)  # absolute accuracy (see _vecmath): what cap * tanh(z / cap) needs
+    assert np.max(np.abs(t - np.tanh(x64))) < 2e-7
     special = np.array([-np.inf, -1000.0, np.inf, np.nan, 0.0], np.float32)
     e = exp_array(special)
     assert e[0] == 0 and e[1] == 0 and np.isnan(e[3]) and e[4] == 1

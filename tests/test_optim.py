@@ -149,10 +149,11 @@ def test_accumulate_averages():
     assert a["w"][0] == 1.0  # inputs untouched
 
 
-# --- schedules ----------------------------------------------------------------------------------------
+# --- schedules ------------------------------------------------------------------------------------
 
 def test_schedule_values():
-    assert constant(0, 1.0, 4) == 0.25 and constant(3, 1.0, 4) == 1.0 and constant(99, 1.0, 4) == 1.0
+    assert constant(0, 1.0, 4) == 0.25 and constant(3, 1.0, 4) == 1.0
+    assert constant(99, 1.0, 4) == 1.0
     assert constant(0, 2.0, 0) == 2.0
     assert cosine(0, 1.0, 10, 110, 0.1) == pytest.approx(0.1)
     assert cosine(10, 1.0, 10, 110, 0.1) == pytest.approx(1.0)
@@ -178,7 +179,7 @@ def test_schedules_rise_during_warmup_then_never_rise(schedule, warmup, total):
     assert all(b <= a + 1e-12 for a, b in zip(after, after[1:]))
 
 
-# --- freezing --------------------------------------------------------------------------------------------
+# --- freezing -------------------------------------------------------------------------------------
 
 NAMES = ["model.encoder.embed_tokens.weight",
          "model.decoder.layers.0.self_attn.q_proj.weight",

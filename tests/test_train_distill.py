@@ -88,6 +88,9 @@ def test_kd_argument_errors():
     other = build_model(preset("tiny", **{**SMALL, "vocab_size": 41}))
     with pytest.raises(ValueError, match="vocabulary"):
         train(student, [batch], steps=1, teacher=other, progress=False)
+    with pytest.raises(ValueError, match="either a teacher or a loss_fn"):
+        train(student, [batch], steps=1, teacher=teacher, progress=False,
+              loss_fn=lambda m, b: m.loss_and_grads(b))
 
 
 def test_training_with_a_teacher_pulls_the_student_towards_it():
@@ -98,3 +101,4 @@ def test_training_with_a_teacher_pulls_the_student_towards_it():
     after = kd_loss_and_grads(student, teacher, batch, alpha=1.0)[2]["kl"]
     assert after < before / 3
     assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["kl"] < history[0]["kl"] and "ce" in history[-1]  # parts are logged

@@ -35,7 +35,7 @@ from numba import njit, prange
 from ..nn.attention import _check_core
 from ..validate import check_float, check_shape
 from ._runtime import JIT, parallel_chunks
-from ._vecmath import cst, vexp, vtanh
+from ._vecmath import cst, row_max, vexp, vtanh
 
 BLOCK = 256  # keys per online-softmax block (one block covers our sequence lengths)
 
@@ -100,15 +100,13 @@ def _forward_rows(r0, r1, q, kT, v, mask, scale, cap, o, lse):
         for j0 in range(lo, hi, nb):
             n = min(nb, hi - j0)
             _dots(q, b, h, i, kT, kh, j0, n, scale, s)  # 1. s0 = (q . k) * scale
-            bmax = neg_inf
             for jj in range(n):
                 x = s[jj]
                 if cap > zero:
                     x = cap * vtanh(x * inv_cap)  # 2. s1 = cap * tanh(s0 / cap)
                 # 3. mask: forbidden keys -> -inf
-                x = x if mask[bm, 0, im, np.uint64(j0 + jj)] else neg_inf
-                s[jj] = x
-                bmax = max(bmax, x)
+                s[jj] = x if mask[bm, 0, im, np.uint64(j0 + jj)] else neg_inf
+            bmax = row_max(s, n)
             if bmax == neg_inf:
                 continue
             # 4. online softmax: rescale what was summed under the old max

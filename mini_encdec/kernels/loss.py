@@ -3,8 +3,9 @@
 `logsumexp(s) - s[label]` with `s = cap * tanh(z / cap)`.
 
 Checklist
-- Fused, forward: per row, the soft-cap and the row max in one pass, exp and the sum in
-  a second pass over the row while it is in cache. Nothing of size (N, V) is written: the cache
+- Fused, forward: per row, the soft-cap, exp and the sum in one pass: the capped
+  logits are bounded by cap, so cap replaces the row max as the shift (for caps up to
+  40, where exp(-2 cap) is still a normal float32; else a max pass first). Nothing of size (N, V) is written: the cache
   keeps a reference to z, the labels and the per-row log-sum-exp L (N,).
 - Fused, backward: one pass per row recomputes tanh and p = exp(s - L) and writes
   dz = dloss / n * (p - onehot(label)) * (1 - t^2) once. So the (N, V)
@@ -12,7 +13,8 @@ Checklist
   s, p and dz, and reads them back).
 - Ignored rows (label == ignore_index) are skipped: no soft-cap, no exp; zero gradient.
 - Parallel: rows (prange over chunks of rows).
-- Memory: L and the per-row losses (N,); one (V,) scratch row per chunk (forward).
+- Memory: L and the per-row losses (N,); one (V,) scratch row per chunk (used only
+  without a cap, or with a cap above 40).
 - dtypes: float32 (vectorised exp/tanh, see _vecmath) and float64 (libm).
 """
 
@@ -26,7 +28,12 @@ from numba import njit, prange
 from ..nn.loss import _check_dloss, _check_logits_labels
 from ..validate import check_positive
 from ._runtime import JIT, parallel_chunks
-from ._vecmath import cst, vexp, vtanh
+from ._vecmath import cst, row_max, vexp, vtanh
+
+
+# Soft-capped logits lie in [-cap, cap]: with cap <= FIXED_SHIFT_CAP, exp(s - cap) >=
+# exp(-80) stays a normal float32, so cap can replace the row max (one pass, no max).
+FIXED_SHIFT_CAP = 40.0
 
 
 @njit(**JIT)
@@ -34,6 +41,7 @@ def _forward_rows(n0, n1, z, labels, ignore_index, cap, lse, nll):
     V = z.shape[1]
     zero = cst(cap, 0.0)
     inv_cap = cst(cap, 1.0) / cap if cap > zero else zero
+    fixed_shift = zero < cap <= cst(cap, FIXED_SHIFT_CAP)
     s = np.empty(V, z.dtype)  # scratch row, once per call
     for n in range(n0, n1):
         label = labels[n]
@@ -41,21 +49,26 @@ def _forward_rows(n0, n1, z, labels, ignore_index, cap, lse, nll):
             lse[n] = zero
             nll[n] = zero
             continue
-        # 1. s = cap * tanh(z / cap), and the row max
-        m = cst(cap, -np.inf)
-        for v in range(V):
-            x = z[n, v]
-            if cap > zero:
-                x = cap * vtanh(x * inv_cap)
-            s[v] = x
-            m = max(m, x)
-        # 2. L = logsumexp(s) = m + log(sum(exp(s - m))),  nll = L - s[label]
         total = zero
-        for v in range(V):
-            total += vexp(s[v] - m)
+        if fixed_shift:
+            # 1. s = cap * tanh(z / cap);  2. sum(exp(s - m)) with m = cap
+            m = cap
+            for v in range(V):
+                total += vexp(cap * vtanh(z[n, v] * inv_cap) - m)
+            s_label = cap * vtanh(z[n, label] * inv_cap)
+        else:
+            # 1. s = cap * tanh(z / cap) (or z), then the row max m
+            for v in range(V):
+                s[v] = cap * vtanh(z[n, v] * inv_cap) if cap > zero else z[n, v]
+            m = row_max(s, V)
+            # 2. sum(exp(s - m))
+            for v in range(V):
+                total += vexp(s[v] - m)
+            s_label = s[label]
+        # 2. L = logsumexp(s) = m + log(sum(exp(s - m))),  nll = L - s[label]
         L = m + math.log(total)
         lse[n] = L
-        nll[n] = L - s[label]
+        nll[n] = L - s_label
 
 
 @njit(parallel=True, **JIT)

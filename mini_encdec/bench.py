@@ -1,0 +1,513 @@
+"""Speed benchmark: `python -m mini_encdec bench [--out FILE] [--quick] ...`.
+
+In one run, for the presets tiny and small, decoder-only (Gemma 2) and encoder-decoder
+(T5Gemma), it measures:
+  - training-step tokens/s (forward, backward and the AdamW update of mini_encdec.optim)
+    for the numpy and numba backends, and for PyTorch (`Gemma2ForCausalLM` /
+    `T5GemmaForConditionalGeneration` from transformers, eager attention, torch AdamW,
+    the same weights and batch shapes) when torch and transformers are installed;
+  - the achieved FLOP/s (matmul FLOPs from mini_encdec.models.flops, masked attention
+    pairs not counted) as a fraction of this machine's float32 matmul peak, measured in the
+    same run by timing a large `np.matmul`;
+  - KV-cached greedy generation tokens/s at batch 1 and 8 (64 new tokens after a
+    128-token prompt), against `transformers` `generate`;
+  - peak memory (peak resident set size of the process that ran the measurement, and the
+    growth during the measured steps);
+  - start-up: a fresh process importing mini_encdec and running one numba training step,
+    with an empty compile cache (cold) and again with the cache on disk (warm).
+
+Every measurement runs in its own fresh Python process (so peak memory, thread pools and
+compile caches don't leak between engines) and reports the best of its timed repetitions
+(the median is shown too). The EOS row of the embedding is zeroed so greedy decoding never
+stops early; PyTorch gets the identical weights, and the table says whether both
+generated the same tokens. The markdown table goes to stdout and to
+`runs/bench-<time>/bench.md` (or --out). Shape letters: B batch, T tokens per row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PRESETS = ("tiny", "small")
+ARCHS = ("decoder", "encdec")
+ENGINES = ("numpy", "numba", "torch")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--presets", default=",".join(PRESETS),
+                   help="comma-separated presets (default tiny,small)")
+    p.add_argument("--archs", default=",".join(ARCHS),
+                   help="comma-separated: decoder (Gemma 2) and/or encdec (T5Gemma)")
+    p.add_argument("--engines", default=",".join(ENGINES),
+                   help="comma-separated: numpy, numba, torch (torch is skipped when torch or "
+                        "transformers is missing)")
+    p.add_argument("--batch-size", type=int, default=8, help="training batch B (default 8)")
+    p.add_argument("--seq-len", type=int, default=128,
+                   help="training tokens per row T; an encoder-decoder gets T encoder and T "
+                        "decoder tokens (default 128)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps (default 5)")
+    p.add_argument("--prompt-len", type=int, default=128, help="generation prompt length")
+    p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per row")
+    p.add_argument("--gen-batches", default="1,8", help="generation batch sizes (default 1,8)")
+    p.add_argument("--gen-repeats", type=int, default=2,
+                   help="timed generate calls per measurement (default 2)")
+    p.add_argument("--no-startup", action="store_true", help="skip the cold/warm start timing")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one numba training step per config (top functions)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny decoder only, 2 steps, batch 1 generation of 8 tokens")
+    p.add_argument("--out", default=None,
+                   help="write the markdown here (default runs/bench-<time>/bench.md)")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds allowed for one measurement process (default 1800)")
+
+
+# --- the measurements, run inside fresh worker processes -----------------------------------------
+
+def _rss_mib() -> float:
+    """Current resident set size of this process, MiB."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mib() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _config(preset_name: str, arch: str):
+    from .config import encdec_preset, preset
+    return preset(preset_name) if arch == "decoder" else encdec_preset(preset_name)
+
+
+def _model(preset_name: str, arch: str):
+    """A fresh model (seed 0) whose EOS embedding row is zero, so greedy decoding of a
+    random model practically never picks EOS and every row runs to its length."""
+    from .models import build_model
+    config = _config(preset_name, arch)
+    model = build_model(config, seed=0)
+    eos = (config if arch == "decoder" else config.decoder).eos_token_id
+    for k, w in model.params.items():
+        if k.endswith("embed_tokens.weight"):
+            w[eos] = 0
+    return model
+
+
+def _batch(config, arch: str, B: int, T: int, seed: int = 1) -> dict:
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    V = config.vocab_size
+    if arch == "decoder":
+        ids = rng.integers(3, V, (B, T + 1))
+        return {"input_ids": ids[:, :-1], "labels": ids[:, 1:].copy()}
+    src = rng.integers(3, V, (B, T))
+    tgt = rng.integers(3, V, (B, T))
+    bos = config.decoder.bos_token_id
+    return {"input_ids": src, "attention_mask": np.ones((B, T), dtype=np.int64),
+            "decoder_input_ids": np.concatenate([np.full((B, 1), bos), tgt[:, :-1]], 1),
+            "labels": tgt}
+
+
+def _timed(fn, repeats: int) -> list:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _train_ours(spec: dict) -> dict:
+    from .backend import set_backend
+    from .optim import AdamW, OptimConfig
+    set_backend(spec["engine"])
+    model = _model(spec["preset"], spec["arch"])
+    batch = _batch(model.config, spec["arch"], spec["B"], spec["T"])
+    opt = AdamW(model.params, OptimConfig())
+
+    def step():
+        loss, grads = model.loss_and_grads(batch)
+        opt.step(model.params, grads, 1e-4)
+        return loss
+
+    rss0 = _rss_mib()
+    step()  # warm-up (and compilation or cache load for numba)
+    times = _timed(step, spec["steps"])
+    out = {"times": times, "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0}
+    if spec.get("profile"):
+        out["profile"] = _profile(step)
+    return out
+
+
+def _profile(step, top: int = 12) -> list:
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    prof.runcall(step)
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf).sort_stats("tottime")
+    total = sum(v[2] for v in stats.stats.values())
+    rows = []
+    for (file, line, name), v in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]:
+        rows.append([f"{Path(file).parent.name}/{Path(file).name}:{name}", v[1], v[2],
+                     v[2] / total if total else 0.0])
+    return rows
+
+
+def _torch_setup(preset_name: str, arch: str, tmp: str):
+    """The same model in transformers (eager attention), from our weights."""
+    import torch
+    import transformers
+    from .interop import save_hf
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = _model(preset_name, arch)
+    save_hf(model, tmp)
+    cls = (transformers.Gemma2ForCausalLM if arch == "decoder"
+           else transformers.T5GemmaForConditionalGeneration)
+    tmodel = cls.from_pretrained(tmp, attn_implementation="eager", dtype=torch.float32)
+    return model, tmodel
+
+
+def _train_torch(spec: dict) -> dict:
+    import torch
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tmodel = _torch_setup(spec["preset"], spec["arch"], tmp)
+    tmodel.train()
+    batch = {k: torch.from_numpy(v) for k, v in
+             _batch(model.config, spec["arch"], spec["B"], spec["T"]).items()}
+    opt = torch.optim.AdamW(tmodel.parameters(), lr=1e-4, betas=(0.9, 0.95),
+                            weight_decay=0.01)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    V = model.config.vocab_size
+
+    def step():
+        logits = tmodel(**inputs).logits  # soft-capped like ours
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
+                                                 batch["labels"].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    rss0 = _rss_mib()
+    step()
+    times = _timed(step, spec["steps"])
+    return {"times": times, "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0,
+            "threads": torch.get_num_threads()}
+
+
+def _prompts(config, arch: str, b: int, P: int):
+    import numpy as np
+    rng = np.random.default_rng(2)
+    return rng.integers(3, config.vocab_size, (b, P))
+
+
+def _generate_ours(spec: dict) -> dict:
+    from .backend import set_backend
+    from .models.generate import generate
+    set_backend(spec["engine"])
+    model = _model(spec["preset"], spec["arch"])
+    prompts = _prompts(model.config, spec["arch"], spec["b"], spec["P"])
+    generate(model, prompts[:, :8], max_new_tokens=2)  # warm-up / compile
+    rss0 = _rss_mib()
+    out = {}
+    times = _timed(lambda: out.update(tokens=generate(model, prompts,
+                                                      max_new_tokens=spec["N"])),
+                   spec["repeats"])
+    tokens = out["tokens"]
+    return {"times": times, "new_tokens": int(tokens.shape[1]), "peak_rss": _peak_rss_mib(),
+            "step_mem": _peak_rss_mib() - rss0, "tokens": tokens[:, :16].tolist()}
+
+
+def _generate_torch(spec: dict) -> dict:
+    import torch
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tmodel = _torch_setup(spec["preset"], spec["arch"], tmp)
+    tmodel.eval()
+    prompts = torch.from_numpy(_prompts(model.config, spec["arch"], spec["b"], spec["P"]))
+    N = spec["N"]
+    kw = dict(do_sample=False, use_cache=True, pad_token_id=0,
+              attention_mask=torch.ones_like(prompts))
+    if spec["arch"] == "encdec":
+        kw["decoder_start_token_id"] = model.config.decoder.bos_token_id
+
+    def gen(n):
+        with torch.no_grad():
+            return tmodel.generate(prompts, max_new_tokens=n, min_new_tokens=n, **kw)
+
+    gen(2)
+    rss0 = _rss_mib()
+    out = {}
+    times = _timed(lambda: out.update(seq=gen(N)), spec["repeats"])
+    seq = out["seq"]
+    new = seq[:, prompts.shape[1]:] if spec["arch"] == "decoder" else seq[:, 1:]
+    return {"times": times, "new_tokens": int(new.shape[1]), "peak_rss": _peak_rss_mib(),
+            "step_mem": _peak_rss_mib() - rss0, "tokens": new[:, :16].tolist()}
+
+
+def _startup(spec: dict) -> dict:
+    """Import mini_encdec and run one numba training step on tiny (timed from process
+    start, which the parent measures)."""
+    t0 = time.perf_counter()
+    from .backend import set_backend
+    set_backend("numba")
+    model = _model("tiny", "decoder")
+    batch = _batch(model.config, "decoder", 2, 16)
+    model.loss_and_grads(batch)
+    return {"in_process": time.perf_counter() - t0}
+
+
+_WORKERS = {"train": _train_ours, "train_torch": _train_torch, "generate": _generate_ours,
+            "generate_torch": _generate_torch, "startup": _startup}
+
+
+def _worker_main(argv=None) -> None:
+    """Entry point of a measurement process: one JSON spec in, one JSON line out."""
+    spec = json.loads((argv or sys.argv)[1])
+    result = _WORKERS[spec["kind"]](spec)
+    sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
+
+
+def _spawn(spec: dict, timeout: float, env_extra: dict = None) -> dict:
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    code = "from mini_encdec.bench import _worker_main; _worker_main()"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or "@@RESULT@@" not in proc.stdout:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail) or f"exit status {proc.returncode}"}
+    result = json.loads(proc.stdout.rsplit("@@RESULT@@", 1)[1])
+    result["wall"] = wall
+    return result
+
+
+# --- the parent: machine facts, matmul peak, orchestration, the table ----------------------------
+
+def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
+    """float32 matmul FLOP/s of this machine: the best of `repeats` (n, n) @ (n, n)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up (BLAS threads start)
+    best = min(_timed(lambda: a @ b, repeats))
+    return 2.0 * n ** 3 / best
+
+
+def _have_torch() -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+
+def machine_description() -> dict:
+    import numpy as np
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) / 2**20
+    except OSError:
+        mem = float("nan")
+    blas = "?"
+    try:
+        deps = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{deps.get('name', '?')} {deps.get('version', '')}".strip()
+    except Exception:  # noqa: BLE001 (the BLAS name is informative only)
+        pass
+    import numba
+    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1),
+            "python": platform.python_version(), "numpy": np.__version__, "blas": blas,
+            "numba": numba.__version__, "load_average": os.getloadavg()}
+    if _have_torch():
+        import importlib.metadata as md
+        info["torch"] = md.version("torch")
+        info["transformers"] = md.version("transformers")
+    return info
+
+
+def _tok_s(result: dict, tokens: int) -> float:
+    return tokens / min(result["times"])
+
+
+def _fmt(x, spec=".0f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def run(args) -> int:
+    from .models.flops import train_step_flops
+    presets = [p for p in args.presets.split(",") if p]
+    archs = [a for a in args.archs.split(",") if a]
+    engines = [e for e in args.engines.split(",") if e]
+    B, T, steps = args.batch_size, args.seq_len, args.steps
+    gen_batches = [int(b) for b in args.gen_batches.split(",") if b]
+    P, N, repeats = args.prompt_len, args.new_tokens, args.gen_repeats
+    if args.quick:
+        presets, archs, steps, gen_batches, N, repeats = ["tiny"], ["decoder"], 2, [1], 8, 1
+    for name, values, allowed in (("--presets", presets, None), ("--archs", archs, ARCHS),
+                                  ("--engines", engines, ENGINES)):
+        bad = [v for v in values if allowed is not None and v not in allowed]
+        if bad or not values:
+            raise ValueError(f"bench: {name}: expected values from {allowed}, got {values}")
+    for p in presets:
+        _config(p, "decoder")  # a bad preset name fails here with a clear message
+    torch_ok = _have_torch()
+    if "torch" in engines and not torch_ok:
+        engines = [e for e in engines if e != "torch"]
+        print("bench: torch or transformers not installed: PyTorch columns skipped",
+              file=sys.stderr)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    machine = machine_description()
+    log(f"bench: {machine['cpu']}, {machine['cores']} cores; measuring the matmul peak")
+    peak = matmul_peak()
+    train, gen, profiles = {}, {}, {}
+    for p in presets:
+        for arch in archs:
+            cfg = _config(p, arch)
+            flops = train_step_flops(cfg, B, T, None if arch == "decoder" else T)
+            for eng in engines:
+                kind = "train_torch" if eng == "torch" else "train"
+                log(f"bench: train {p} {arch} {eng}")
+                spec = dict(kind=kind, engine=eng, preset=p, arch=arch, B=B, T=T, steps=steps,
+                            profile=bool(args.profile and eng == "numba"))
+                r = _spawn(spec, args.timeout)
+                r["flops"] = flops
+                train[(p, arch, eng)] = r
+                if "profile" in r:
+                    profiles[(p, arch)] = r["profile"]
+                for b in gen_batches:
+                    kind = "generate_torch" if eng == "torch" else "generate"
+                    log(f"bench: generate {p} {arch} {eng} batch {b}")
+                    spec = dict(kind=kind, engine=eng, preset=p, arch=arch, b=b, P=P, N=N,
+                                repeats=repeats)
+                    gen[(p, arch, eng, b)] = _spawn(spec, args.timeout)
+    startup = None
+    if not args.no_startup:
+        log("bench: cold and warm start")
+        with tempfile.TemporaryDirectory() as cache:
+            env = {"NUMBA_CACHE_DIR": cache}
+            startup = [_spawn({"kind": "startup"}, args.timeout, env) for _ in range(2)]
+
+    md = render(machine, peak, dict(B=B, T=T, steps=steps, P=P, N=N), presets, archs, engines,
+                gen_batches, train, gen, startup, profiles)
+    print(md)
+    out = Path(args.out) if args.out else \
+        Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}" / "bench.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(md)
+    raw = {"machine": machine, "matmul_peak": peak,
+           "train": {"/".join(k): v for k, v in train.items()},
+           "generate": {"/".join(map(str, k)): v for k, v in gen.items()},
+           "startup": startup}
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
+    log(f"bench: wrote {out} (and {out.with_suffix('.json').name})")
+    return 0
+
+
+def render(machine, peak, shape, presets, archs, engines, gen_batches, train, gen, startup,
+           profiles) -> str:
+    """The markdown report."""
+    B, T = shape["B"], shape["T"]
+    L = [f"# mini_encdec benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
+         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
+         f"Python {machine['python']}, NumPy {machine['numpy']} ({machine['blas']}), "
+         f"Numba {machine['numba']}"
+         + (f", torch {machine['torch']}, transformers {machine['transformers']}"
+            if "torch" in machine else "")
+         + f". Load average at start: {', '.join(f'{x:.2f}' for x in machine['load_average'])}.",
+         "",
+         f"float32 matmul peak (best 2048^3 `np.matmul`): **{peak / 1e9:.1f} GFLOP/s**.", "",
+         f"## Training step (forward + backward + AdamW), B={B}, T={T}"
+         + " (encoder-decoder: T encoder + T decoder tokens)", "",
+         "tokens/s counts the T (decoder) target tokens per row; GFLOP/s from the matmul "
+         "FLOPs of mini_encdec.models.flops (masked attention pairs not counted); "
+         f"best of {shape['steps']} steps (median in brackets); memory = peak RSS of the "
+         "measuring process / growth during the steps.", "",
+         "| preset | model | engine | step ms | tokens/s | GFLOP/s | % of peak | vs torch "
+         "| peak RSS MiB | step MiB |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in presets:
+        for a in archs:
+            ref = train.get((p, a, "torch"))
+            ref_tps = _tok_s(ref, B * T) if ref and "error" not in ref else None
+            for e in engines:
+                r = train.get((p, a, e))
+                if r is None:
+                    continue
+                if "error" in r:
+                    L.append(f"| {p} | {a} | {e} | error: {r['error'][:80]} | | | | | | |")
+                    continue
+                best, med = min(r["times"]), statistics.median(r["times"])
+                tps = B * T / best
+                gfs = r["flops"] / best / 1e9
+                ratio = f"{tps / ref_tps:.2f}x" if ref_tps and e != "torch" else ""
+                L.append(f"| {p} | {a} | {e} | {best * 1e3:.0f} ({med * 1e3:.0f}) | {tps:.0f} "
+                         f"| {gfs:.1f} | {100 * gfs * 1e9 / peak:.0f}% | {ratio} "
+                         f"| {r['peak_rss']:.0f} | {r['step_mem']:.0f} |")
+    L += ["", f"## Generation (greedy, KV cache), {shape['N']} new tokens after a "
+              f"{shape['P']}-token prompt", "",
+          "tokens/s = batch * new tokens / wall time of the whole `generate` call (prompt "
+          "processing included), best of the timed calls; 'same tokens' compares the first "
+          "16 generated tokens with PyTorch's.", "",
+          "| preset | model | engine | batch | tokens/s | vs torch | same tokens | peak RSS MiB |",
+          "|---|---|---|---|---|---|---|---|"]
+    for p in presets:
+        for a in archs:
+            for b in gen_batches:
+                ref = gen.get((p, a, "torch", b))
+                ok_ref = ref is not None and "error" not in ref
+                for e in engines:
+                    r = gen.get((p, a, e, b))
+                    if r is None:
+                        continue
+                    if "error" in r:
+                        L.append(f"| {p} | {a} | {e} | {b} | error: {r['error'][:80]} | | | |")
+                        continue
+                    tps = b * r["new_tokens"] / min(r["times"])
+                    ratio = same = ""
+                    if ok_ref and e != "torch":
+                        ratio = f"{tps / (b * ref['new_tokens'] / min(ref['times'])):.2f}x"
+                        same = "yes" if r["tokens"] == ref["tokens"] else "no"
+                    L.append(f"| {p} | {a} | {e} | {b} | {tps:.0f} | {ratio} | {same} "
+                             f"| {r['peak_rss']:.0f} |")
+    if startup:
+        L += ["", "## Start-up (fresh process: import + build tiny + one numba training step)",
+              "", "| | wall s | in-process s |", "|---|---|---|"]
+        for label, r in zip(("cold (empty compile cache)", "warm (cache on disk)"), startup):
+            if "error" in r:
+                L.append(f"| {label} | error: {r['error'][:80]} | |")
+            else:
+                L.append(f"| {label} | {r['wall']:.1f} | {r['in_process']:.1f} |")
+    if profiles:
+        L += ["", "## Profile of one numba training step (top functions by own time)", ""]
+        for (p, a), rows in profiles.items():
+            L += [f"{p} {a}:", "", "| function | calls | s | share |", "|---|---|---|---|"]
+            L += [f"| {f} | {n} | {s:.4f} | {100 * sh:.0f}% |" for f, n, s, sh in rows]
+            L.append("")
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m mini_encdec bench` is the entry
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m mini_encdec.bench")
+    add_arguments(ap)
+    sys.exit(run(ap.parse_args()))

@@ -1,0 +1,1 @@
+"""One-off developer tools (measurements), not part of the library API."""
