@@ -29,8 +29,9 @@ from mini_encdec.nn import attention as attn
 from mini_encdec.nn import masks, mlp, rmsnorm, rope, softcap
 from mini_encdec.nn.gradcheck import numerical_grad, random_cotangent, rel_error
 
-from .strategies import (attention_dims, attention_masks, batch_sizes, float_dtypes, head_dims,
-                         heads, key_paddings, seeds, seq_lens, widths, windows)
+from .strategies import (attention_dims, attention_masks, batch_sizes, float_dtypes,
+                         gemma_configs, head_dims, heads, key_paddings, seeds, seq_lens,
+                         widths, windows)
 
 # the objectives package re-exports functions named like their modules: import the modules
 sc = importlib.import_module("mini_encdec.objectives.span_corruption")
@@ -634,6 +635,65 @@ def test_denoise_prepends_the_mode_token(seed, which):
     ex = ul2.denoise(tokens, np.random.default_rng(seed), den, mode_id=mode_id,
                      sentinel_ids=SENTINELS, eos_id=EOS)
     assert ex.inputs[0] == mode_id and mode_id not in ex.inputs[1:]
+
+
+# === Task 4.1: adaptation, decoder-only -> encoder-decoder (SPEC 3) =====================
+
+def expected_source_key(target):
+    """SPEC 3, balanced: the source key each encoder-decoder weight is copied from."""
+    norms = {"pre_self_attn_layernorm": "input_layernorm",
+             "post_self_attn_layernorm": "post_attention_layernorm",
+             "pre_cross_attn_layernorm": "input_layernorm",
+             "post_cross_attn_layernorm": "post_attention_layernorm",
+             "pre_feedforward_layernorm": "pre_feedforward_layernorm",
+             "post_feedforward_layernorm": "post_feedforward_layernorm"}
+    part = target.split(".")
+    if part[2] != "layers":                   # model.{encoder,decoder}.{embed_tokens,norm}.weight
+        return "model." + ".".join(part[2:])
+    i, piece = part[3], part[4]
+    if piece in norms:
+        return f"model.layers.{i}.{norms[piece]}.weight"
+    if piece == "cross_attn":                 # cross-attention <- the same layer's self-attention
+        piece = "self_attn"
+    return f"model.layers.{i}.{piece}." + ".".join(part[5:])
+
+
+def _adapted(cfg, seed):
+    from mini_encdec.adapt import adapt
+    from mini_encdec.models import build_model
+    source = build_model(cfg, seed=seed)
+    return source, adapt(source)
+
+
+@pytest.mark.task4_1
+@given(cfg=gemma_configs(), seed=seeds)
+def test_adapted_weights_come_from_the_most_similar_source_weight(cfg, seed):
+    source, model = _adapted(cfg, seed)
+    assert model.config.encoder == model.config.decoder == cfg
+    for key, value in model.params.items():
+        want = source.params[expected_source_key(key)]
+        np.testing.assert_array_equal(value, want, err_msg=key)
+        assert not np.shares_memory(value, want), f"{key} must be a copy"
+
+
+@pytest.mark.task4_1
+@given(cfg=gemma_configs(), seed=seeds, B=batch_sizes, T=seq_lens, S=seq_lens)
+def test_adaptation_exact_checks(cfg, seed, B, T, S):
+    from mini_encdec.models import build_model
+    source, model = _adapted(cfg, seed)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cfg.vocab_size, size=(B, T))
+    # 1. the encoder with causal masks reproduces the source's final hidden states
+    np.testing.assert_array_equal(model.encode(ids, causal=True),
+                                  source.hidden_states({"input_ids": ids}))
+    # 2. the decoder with cross-attention o_proj zeroed reproduces the source's logits
+    params = {k: np.zeros_like(v) if "cross_attn.o_proj" in k else v
+              for k, v in model.params.items()}
+    no_cross = build_model(model.config, params)
+    enc_ids = rng.integers(0, cfg.vocab_size, size=(B, S))
+    np.testing.assert_array_equal(
+        no_cross.forward({"input_ids": enc_ids, "decoder_input_ids": ids}),
+        source.forward({"input_ids": ids}))
 
 
 # === The checks catch the famous bugs ====================================================

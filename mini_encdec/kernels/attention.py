@@ -14,13 +14,19 @@ Checklist
   O(W); forbidden keys inside that range get p = 0. A row with no allowed key outputs
   zeros and gets zero gradients.
 - GQA: query head h reads key/value head h // G, G = H / K; no head is repeated in memory.
-- Parallel: forward over the B*H*Tq query rows (prange); backward over the B*K key/value
-  heads, each thread owning its dk, dv rows and the dq rows of its G query heads, so no
-  two threads write the same memory and results do not depend on the thread count.
+- Parallel: forward over chunks of the B*H*Tq query rows (prange, 4 chunks per thread
+  since causal rows differ in cost); backward over the B*K key/value heads, each thread
+  owning its dk, dv rows and the dq rows of its G query heads, so no two threads write
+  the same memory and results do not depend on the thread count. Small calls (one
+  decoding step) run on the calling thread (see _runtime).
 - Memory beyond inputs and outputs: forward k^T (B, K, Dh, Tk) (so score loops run
   along contiguous keys and vectorise) and L (B, H, Tq); backward k^T and v^T
-  (B, K, Dh, Tk) each; per row O(BLOCK + Dh) scratch. That is O(B*H*T*Dh): no (Tq, Tk)
-  matrix per head is ever stored.
+  (B, K, Dh, Tk) each; per call O(BLOCK + Dh) scratch. That is O(B*H*T*Dh): no (Tq, Tk)
+  matrix per head is ever stored (tests/test_kernels.py checks the cache).
+- Masks are passed dense (the documented signature): building the (B|1, 1, Tq, Tk) bool
+  array costs B*Tq*Tk bytes, once per layer call, a few percent of the kernel's time at
+  our sizes; scanning a row for its [first, last] allowed key is cheap, so a structured
+  mask (positions + window) would save little.
 - dtypes: float32 and float64, one compiled specialisation each (masks are converted to
   one C-contiguous bool layout, scalars to the array dtype).
 """
@@ -188,13 +194,17 @@ def _backward_heads(g0, g1, q, k, kT, v, vT, o, do, mask, scale, cap, lse, dq, d
                         # 1. s0 = (q . k) * scale: the scale joins ds
                         p[jj] = pj
                         dp[jj] = ds * scale
+                    for d in range(Dh):  # dq_i += sum_j ds_ij k_j, along contiguous keys
+                        acc = zero
+                        for jj in range(n):
+                            acc += dp[jj] * kT[b, kh, d, np.uint64(j0 + jj)]
+                        dq[b, h, i, d] += acc
                     for jj in range(n):
                         pj, dsj = p[jj], dp[jj]
                         if pj == 0:
                             continue  # forbidden key (or underflow): nothing flows
                         j = np.uint64(j0 + jj)
                         for d in range(Dh):
-                            dq[b, h, i, d] += dsj * k[b, kh, j, d]  # dq_i += ds_ij k_j
                             dk[b, kh, j, d] += dsj * q[b, h, i, d]  # dk_j += ds_ij q_i
                             dv[b, kh, j, d] += pj * do[b, h, i, d]  # dv_j += p_ij do_i
 

@@ -42,7 +42,13 @@ _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 import mini_encdec.adapt as adapt_mod
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def vm(field):  # kiB, from /proc/self/status (Linux)
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+base = vm("VmRSS")
 t0 = time.time()
 adapt_mod.adapt_command(sys.argv[1], None, sys.argv[2], print_fn=None, progress=False)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -128,7 +134,7 @@ def main(argv=None) -> int:
         print(f"adapt (balanced 2B-2B, streamed) took {m['seconds']:.0f} s; output weights "
               f"{out_bytes / 2**30:.2f} GiB ({args.dtype})")
         print(f"peak RSS of the adapt process: {m['peak_rss_kib'] / 2**20:.3f} GiB "
-              f"(after imports: {m['rss_after_imports_kib'] / 2**20:.3f} GiB), i.e. "
+              f"(resident after imports: {m['rss_after_imports_kib'] / 2**20:.3f} GiB), i.e. "
               f"{m['peak_rss_kib'] * 1024 / out_bytes:.1%} of one copy of the output weights")
         print("output header and sampled tensors verified")
     finally:
