@@ -39,9 +39,9 @@ A source ("encoder_from" / "decoder_from") is a GemmaLM, a (GemmaConfig, params)
 our own model/checkpoint/run directory (checkpoint.py), or a Hugging Face Gemma 2
 directory (e.g. a downloaded google/gemma-2-2b). Giving no decoder source, or the same
 one twice, means balanced. Hugging Face sources are streamed: `adapt_command` writes the
-T5Gemma directory tensor by tensor, copying stored bytes (bfloat16 stays bfloat16), so
-peak memory stays far below one copy of the output weights (measured: README,
-tools/measure_adapt_memory.py).
+T5Gemma directory tensor by tensor, a 64 MiB chunk at a time, copying stored bytes
+(bfloat16 stays bfloat16) or converting chunk by chunk, so peak memory stays far below
+one copy of the output weights (2B-2B: ~0.3 GiB; mini_encdec/tools/measure_adapt_memory.py).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ import numpy as np
 
 from .config import EncDecConfig, GemmaConfig
 from .models.params import INIT_STD, param_shapes
+from .safetensors_io import STORAGE, from_storage, to_storage
 
 PathLike = Union[str, Path]
 
@@ -64,6 +65,9 @@ DEFAULT_UNBALANCED_WARMUP = 1000
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json")
 _COMPARED_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+# Bytes read per step when streaming a tensor between files (a multiple of every itemsize,
+# so each chunk holds whole elements).
+COPY_CHUNK_BYTES = 64 << 20
 
 
 class AdaptError(ValueError):
@@ -187,15 +191,20 @@ class Source:
         return self.params[key].astype(dtype, copy=False)
 
     def fill(self, key: str, out_key: str):
-        """A writer callback for interop.write_hf_dir: copy this tensor into `out_key`,
-        as raw bytes when the stored dtype is already the output's."""
+        """A writer callback for interop.write_hf_dir: copy this tensor into `out_key`.
+        From a file it streams a chunk of bytes at a time (converted chunk by chunk when
+        the output dtype differs), so no whole tensor is ever in memory."""
         def fill(w, _k, code):
-            if self.is_hf and self.weights.dtype(key) == code:
-                f = self.weights.file(key)
-                for chunk in f.iter_bytes(key):
-                    w.write_bytes(out_key, chunk)
-            else:
-                w.write(out_key, self.read(key))
+            if not self.is_hf:
+                w.write(out_key, self.params[key])
+                return
+            src = self.weights.dtype(key)
+            f = self.weights.file(key)
+            for chunk in f.iter_bytes(key, COPY_CHUNK_BYTES):  # whole elements per chunk
+                if src != code:
+                    values = from_storage(np.frombuffer(chunk, STORAGE[src]), src)
+                    chunk = memoryview(to_storage(values, code)).cast("B")
+                w.write_bytes(out_key, chunk)
         return fill
 
 
@@ -402,6 +411,10 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
     our own directories). dtype (hf only): the stored dtype, default the sources'.
     """
     ad = prepare(encoder_from, decoder_from, warmup_steps)
+    for src in ad.sources.values():
+        if src.directory is not None and Path(out).resolve() == src.directory.resolve():
+            raise AdaptError(f"adapt: the output directory {out} is a source directory; "
+                             f"choose another --out")
     rng = np.random.default_rng(seed)
     if out_format is None:
         out_format = "hf" if any(s.is_hf for s in ad.sources.values()) else "checkpoint"

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Union
 
 import numpy as np
 
@@ -250,7 +250,7 @@ def generation_config(config) -> dict:
     return d
 
 
-# --- reading directories ----------------------------------------------------------------------------
+# --- reading directories ----------------------------------------------------------------------
 
 def read_json(path: Path) -> dict:
     if not path.is_file():
@@ -286,7 +286,8 @@ class HFWeights:
             weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise InteropError(f"{index}: no 'weight_map' object")
-            files = {name: SafetensorsFile(path / name) for name in sorted(set(weight_map.values()))}
+            files = {name: SafetensorsFile(path / name)
+                     for name in sorted(set(weight_map.values()))}
             self._where = {}
             for key, name in weight_map.items():
                 if key not in files[name]:
@@ -386,7 +387,7 @@ def load_hf(path: PathLike, dtype=np.float32):
     return build_model(config, params)
 
 
-# --- writing directories -----------------------------------------------------------------------------
+# --- writing directories ----------------------------------------------------------------------
 
 # fill(writer, key, dtype_code) writes tensor `key` through the writer
 Fill = Callable[[SafetensorsWriter, str, str], None]

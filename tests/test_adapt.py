@@ -48,7 +48,7 @@ def test_mapping_literal_one_layer_balanced():
     for part in ("encoder", "decoder"):
         p = f"model.{part}.layers.0."
         if part == "decoder":
-            expected[f"model.decoder.embed_tokens.weight"] = "A:model.embed_tokens.weight"
+            expected["model.decoder.embed_tokens.weight"] = "A:model.embed_tokens.weight"
         for w in "qkvo":
             expected[f"{p}self_attn.{w}_proj.weight"] = f"{L}self_attn.{w}_proj.weight"
             if part == "decoder":
@@ -200,6 +200,21 @@ def test_hf_directories_are_streamed(tmp_path, dtype):
             assert fc.read_raw(k).tobytes() == fa.read_raw(mapping[k][2:]).tobytes()
 
 
+def test_streamed_dtype_conversion_chunk_by_chunk(tmp_path, monkeypatch):
+    """bfloat16 sources written as float32 (exact widening) and float16, 8 bytes at a time."""
+    import mini_encdec.adapt as adapt_mod
+    monkeypatch.setattr(adapt_mod, "COPY_CHUNK_BYTES", 8)
+    save_hf(source(A_CFG, 17), tmp_path / "a", dtype="bfloat16")
+    src = load_hf(tmp_path / "a")
+    want = adapt(src)
+    for dtype, tol in (("float32", 0), ("float16", 1e-3)):
+        out = adapt_command(tmp_path / "a", None, tmp_path / dtype, dtype=dtype,
+                            print_fn=None, progress=False)
+        got = load_hf(out)
+        for k, v in want.params.items():
+            np.testing.assert_allclose(got.params[k], v, rtol=tol, atol=tol * 1e-2, err_msg=k)
+
+
 def test_hf_output_from_memory_and_dtype_option(tmp_path):
     a = source(A_CFG, 14)
     save_model(tmp_path / "a", A_CFG, a.params)
@@ -213,6 +228,8 @@ def test_hf_output_from_memory_and_dtype_option(tmp_path):
         np.testing.assert_allclose(got.params[k], v, rtol=1e-3, atol=1e-4, err_msg=k)
     with pytest.raises(AdaptError, match="out_format"):
         adapt_command(tmp_path / "a", None, tmp_path / "d", out_format="onnx", print_fn=None)
+    with pytest.raises(AdaptError, match="is a source directory"):
+        adapt_command(tmp_path / "a", None, tmp_path / "a", print_fn=None)
 
 
 def test_unbalanced_warmup_trains_only_cross_attention():
@@ -244,3 +261,12 @@ def test_unbalanced_warmup_trains_only_cross_attention():
               progress=False, plot=False)
     changed = {k for k, v in longer.params.items() if not np.array_equal(v, before[k])}
     assert changed == set(before)
+
+
+def test_memory_measurement_tool_on_a_tiny_shape(tmp_path, capsys):
+    """The 2B measurement script (mini_encdec/tools) end to end on the tiny preset."""
+    from mini_encdec.tools.measure_adapt_memory import main
+    assert main(["--preset", "tiny", "--dir", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "peak RSS of the adapt process" in out and "verified" in out
+    assert not (tmp_path / "m").exists()  # cleaned up

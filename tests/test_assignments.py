@@ -801,3 +801,27 @@ def test_blanking_keeps_signature_and_docstring(tmp_path):
     y, cache = rmsnorm.rmsnorm_forward(np.ones((2, 3)), np.zeros(3))
     np.testing.assert_array_equal(mod.rmsnorm_backward(y, cache)[0],
                                   rmsnorm.rmsnorm_backward(y, cache)[0])
+
+
+@pytest.mark.slow
+def test_student_copy_fails_exactly_the_blanked_task(tmp_path):
+    """End to end: blank task 3.1 in a copy of the repository; its tests fail with
+    NotImplementedError there, while another task's tests still pass."""
+    import subprocess
+    import sys
+    tool = load_blank_tool()
+    out = tmp_path / "student"
+    done = tool.make_student_copy(out, ["task3_1"])
+    assert {name for _, name in done} == {n for _, n in tool.TASKS["task3_1"][1]}
+    assert not (out / "mini_encdec" / "kernels").exists()
+
+    def grade(task):
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "tests/test_assignments.py", "-m", task], cwd=out,
+                              capture_output=True, text=True, timeout=600)
+
+    blanked = grade("task3_1")
+    assert blanked.returncode != 0 and "NotImplementedError" in blanked.stdout
+    assert " passed" not in blanked.stdout.splitlines()[-1]
+    other = grade("task1_1")
+    assert other.returncode == 0, other.stdout[-2000:]

@@ -174,3 +174,24 @@ def test_random_encdec_roundtrip_is_exact(cfg):
         back = load_hf(d)
     assert back.config == cfg
     assert all(np.array_equal(back.params[k], v) for k, v in m.params.items())
+
+
+def test_released_gemma2_2b_config_reads_as_the_2b_preset():
+    """The fields of google/gemma-2-2b's config.json (transformers 4.42 era: top-level
+    rope_theta, no layer_types, hidden_act and hidden_activation both present)."""
+    from mini_encdec.config import preset
+    released = {
+        "architectures": ["Gemma2ForCausalLM"], "attention_bias": False,
+        "attention_dropout": 0.0, "attn_logit_softcapping": 50.0, "bos_token_id": 2,
+        "cache_implementation": "hybrid", "eos_token_id": 1, "final_logit_softcapping": 30.0,
+        "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304,
+        "initializer_range": 0.02, "intermediate_size": 9216, "max_position_embeddings": 8192,
+        "model_type": "gemma2", "num_attention_heads": 8, "num_hidden_layers": 26,
+        "num_key_value_heads": 4, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+        "torch_dtype": "float32", "transformers_version": "4.42.4", "use_cache": True,
+        "vocab_size": 256000}
+    assert config_from_hf(released) == preset("2b")
+    # the instruction-tuned variant lists two end-of-turn ids
+    assert config_from_hf(dict(released, eos_token_id=[1, 107])) == preset("2b")

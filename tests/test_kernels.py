@@ -227,7 +227,8 @@ def test_geglu_act_matches_reference(lead, F, dtype, rng, spread):
 
 @given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=2).map(tuple),
        V=st.integers(1, 300), dtype=float_dtypes, rng=rngs,
-       cap=st.none() | st.sampled_from([1.0, 30.0]), spread=st.sampled_from([1.0, 40.0]),
+       cap=st.none() | st.sampled_from([1.0, 30.0, 50.0]),  # 50: the max-shift path
+       spread=st.sampled_from([1.0, 40.0]),
        p_ignore=st.sampled_from([0.0, 0.5, 1.0]), dloss=st.floats(-3, 3))
 def test_softcap_cross_entropy_matches_reference(lead, V, dtype, rng, cap, spread, p_ignore,
                                                  dloss):

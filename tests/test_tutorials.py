@@ -35,8 +35,10 @@ def test_tutorial_is_jupytext_percent_with_prose_and_checks(path):
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs(path, tmp_path):
+    # One BLAS thread: the tutorials' matrices are tiny, and on a shared 2-core machine
+    # OpenBLAS threads waiting for each other made them 3-10x slower (measured).
     env = dict(os.environ, MPLBACKEND="Agg", MINI_ENCDEC_TUTORIAL_OUT=str(tmp_path / "out"),
-               PYTHONHASHSEED="0")
+               PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     before = sorted(p.name for p in TUTORIALS_DIR.iterdir())
     proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)

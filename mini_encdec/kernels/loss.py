@@ -5,8 +5,9 @@
 Checklist
 - Fused, forward: per row, the soft-cap, exp and the sum in one pass: the capped
   logits are bounded by cap, so cap replaces the row max as the shift (for caps up to
-  40, where exp(-2 cap) is still a normal float32; else a max pass first). Nothing of size (N, V) is written: the cache
-  keeps a reference to z, the labels and the per-row log-sum-exp L (N,).
+  40, where exp(-2 cap) is still a normal float32; else a max pass first). Nothing of
+  size (N, V) is written: the cache keeps a reference to z, the labels and the per-row
+  log-sum-exp L (N,).
 - Fused, backward: one pass per row recomputes tanh and p = exp(s - L) and writes
   dz = dloss / n * (p - onehot(label)) * (1 - t^2) once. So the (N, V)
   probabilities are written exactly once in the whole forward + backward (NumPy writes
