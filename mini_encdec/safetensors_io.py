@@ -18,7 +18,8 @@ float32 -> bfloat16 rounds to nearest, ties to even (as PyTorch does); NaN stays
     f.keys(), f.dtype(name), f.shape(name), f.metadata
     f.read(name)                          np.float32 for float tensors (bf16/f16 upcast)
     f.read_raw(name)                      the stored values (bf16 as uint16 bit patterns)
-    f.iter_bytes(name, chunk)             the stored bytes, a chunk at a time
+    f.iter_bytes(name, chunk)             the stored bytes, a chunk at a time (views of one
+                                          reused buffer: constant memory)
 
     w = SafetensorsWriter(path, [(name, "BF16", shape), ...], metadata)   header written now
     w.write(name, array)                  in the declared order; floats converted
@@ -200,18 +201,27 @@ class SafetensorsFile:
             return raw
         return from_storage(raw, code, dtype)
 
-    def iter_bytes(self, name: str, chunk_bytes: int = 64 << 20) -> Iterator[bytes]:
-        """The stored bytes of one tensor, `chunk_bytes` at a time (for streaming copies)."""
+    def iter_bytes(self, name: str, chunk_bytes: int = 64 << 20) -> Iterator[memoryview]:
+        """The stored bytes of one tensor, `chunk_bytes` at a time (for streaming copies).
+
+        Every chunk is a view of ONE reused buffer, valid until the next chunk is read:
+        use it (write it, convert it) before advancing, or copy it with bytes(chunk).
+        """
         _, _, offset, nbytes = self._get(name)
-        with open(self.path, "rb") as f:
+        buf = memoryview(bytearray(min(chunk_bytes, nbytes)))
+        with open(self.path, "rb", buffering=0) as f:
             f.seek(offset)
             left = nbytes
             while left:
-                chunk = f.read(min(chunk_bytes, left))
-                if not chunk:
-                    raise SafetensorsError(f"{self.path}: tensor {name!r} truncated")
-                left -= len(chunk)
-                yield chunk
+                view = buf[:min(len(buf), left)]
+                got = 0
+                while got < len(view):  # raw reads may return fewer bytes than asked
+                    n = f.readinto(view[got:])
+                    if not n:
+                        raise SafetensorsError(f"{self.path}: tensor {name!r} truncated")
+                    got += n
+                left -= got
+                yield view
 
 
 # --- writing -------------------------------------------------------------------------------------

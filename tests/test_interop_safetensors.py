@@ -59,7 +59,8 @@ def test_write_read_roundtrip(code, shapes):
             else:
                 rel = 2 ** -8 if code == "BF16" else 2 ** -11
                 np.testing.assert_allclose(got, v, rtol=rel, atol=1e-6)
-            assert b"".join(f.iter_bytes(k, chunk_bytes=7)) == f.read_raw(k).tobytes()
+            chunks = b"".join(bytes(c) for c in f.iter_bytes(k, chunk_bytes=7))
+            assert chunks == f.read_raw(k).tobytes()
 
 
 def test_reference_library_reads_our_files_and_we_read_its(tmp_path):
