@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 import numba
+import numpy as np
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -36,7 +37,21 @@ SERIAL_WORK = 1 << 18
 def parallel_chunks(work: int, rows: int, per_thread: int = 2) -> int:
     """0 when the kernel should run serially; else the number of row chunks to hand out
     (a few per thread, so rows of unequal cost still balance)."""
-    threads = numba.get_num_threads()
-    if work < SERIAL_WORK or threads == 1 or rows < 2:
+    if work < SERIAL_WORK or rows < 2:
         return 0
-    return min(rows, per_thread * threads)
+    threads = numba.get_num_threads()
+    return 0 if threads == 1 else min(rows, per_thread * threads)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def same_float_arrays(*arrays) -> bool:
+    """True when all are NumPy arrays of one dtype, float32 or float64: the wrappers' fast
+    check (a few hundred ns); when it fails they run the reference's full checks, which
+    raise the ValueError naming the argument (one decoding step calls a dozen kernels, so
+    the validation cost matters)."""
+    a0 = arrays[0]
+    if not isinstance(a0, np.ndarray) or a0.dtype not in _FLOATS:
+        return False
+    return all(isinstance(a, np.ndarray) and a.dtype == a0.dtype for a in arrays[1:])

@@ -40,7 +40,7 @@ from numba import njit, prange
 
 from ..nn.attention import _check_core
 from ..validate import check_float, check_shape
-from ._runtime import JIT, parallel_chunks
+from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst, row_max, vexp, vtanh
 
 BLOCK = 256  # keys per online-softmax block (one block covers our sequence lengths)
@@ -217,6 +217,25 @@ def _backward_parallel(nchunks, q, k, kT, v, vT, o, do, mask, scale, cap, lse, d
                         mask, scale, cap, lse, dq, dk, dv)
 
 
+def _positive(x) -> bool:
+    return type(x) is float and 0 < x < math.inf
+
+
+def _fast_check(q, k, v, mask, scale, softcap) -> bool:
+    """True when the arguments surely pass the reference's checks (_check_core), which
+    then run only to explain a failure."""
+    if not (same_float_arrays(q, k, v) and q.ndim == 4 and k.ndim == 4
+            and v.shape == k.shape and k.shape[0] == q.shape[0] and k.shape[3] == q.shape[3]
+            and k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0
+            and _positive(scale) and (softcap is None or _positive(softcap))):
+        return False
+    if mask is None:
+        return True
+    full = (q.shape[0], 1, q.shape[2], k.shape[2])
+    return (isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.ndim == 4
+            and all(m in (1, f) for m, f in zip(mask.shape, full)))
+
+
 def _dense_mask(mask, B, Tq, Tk):
     """The validated mask as a C-contiguous bool (B|1, 1, Tq|1, Tk) array (one layout
     for the compiled kernel; a size-1 key axis is broadcast since rows are scanned)."""
@@ -230,7 +249,9 @@ def _dense_mask(mask, B, Tq, Tk):
 def attention_core_forward(q, k, v, mask, *, scale, softcap):
     """Twin of nn.attention.attention_core_forward: q (B, H, Tq, Dh), k/v (B, K, Tk, Dh),
     mask bool broadcastable to (B, 1, Tq, Tk) or None -> (o (B, H, Tq, Dh), cache)."""
-    mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap, "attention_core_forward")
+    if not _fast_check(q, k, v, mask, scale, softcap):
+        mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap,
+                                           "attention_core_forward")
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     dt = q.dtype.type

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..validate import check_float, check_positive, check_same_dtype, check_shape
-from ._runtime import JIT, parallel_chunks
+from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst
 
 
@@ -79,13 +79,16 @@ def _backward_parallel(dy, x, w, rstd, dx, dw_part):
 def rmsnorm_forward(x, w, eps=1e-6):
     """Twin of nn.rmsnorm.rmsnorm_forward: x (..., D), w (D,) -> (y, cache)."""
     fn = "rmsnorm_forward"
-    check_float(x, "x", fn=fn)  # the reference's checks, in its order
-    if x.ndim < 1:
-        raise ValueError(f"{fn}: argument 'x': expected at least 1 dimension, got shape {x.shape}")
-    check_float(w, "w", fn=fn)
-    check_shape(w, "w", (x.shape[-1],), fn=fn)
-    check_same_dtype(fn, x=x, w=w)
-    eps = check_positive(eps, "eps", fn=fn)
+    if not (same_float_arrays(x, w) and x.ndim >= 1 and w.shape == x.shape[-1:]
+            and type(eps) is float and 0 < eps < math.inf):
+        check_float(x, "x", fn=fn)  # the reference's checks, in its order
+        if x.ndim < 1:
+            raise ValueError(f"{fn}: argument 'x': expected at least 1 dimension, got shape "
+                             f"{x.shape}")
+        check_float(w, "w", fn=fn)
+        check_shape(w, "w", (x.shape[-1],), fn=fn)
+        check_same_dtype(fn, x=x, w=w)
+        eps = check_positive(eps, "eps", fn=fn)
     D = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, D)  # (..., D) -> (N, D)
     w = np.ascontiguousarray(w)
