@@ -500,7 +500,9 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
               f"{shape['P']}-token prompt", "",
           "tokens/s = batch * new tokens / wall time of the whole `generate` call (prompt "
           "processing included), best of the timed calls; 'same tokens' compares the first "
-          "16 generated tokens with PyTorch's.", "",
+          "16 generated tokens with PyTorch's (an encoder-decoder may differ when the prompt "
+          "is longer than the sliding window: transformers >= 5 lets T5Gemma's encoder "
+          "local layers see |q - k| <= W, SPEC 2 says < W; see interop.py).", "",
           "| preset | model | engine | batch | tokens/s | vs torch | same tokens | peak RSS MiB |",
           "|---|---|---|---|---|---|---|---|"]
     for p in presets:

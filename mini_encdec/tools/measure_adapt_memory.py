@@ -8,7 +8,7 @@
    chunk of rows at a time, sharded with a model.safetensors.index.json like the released
    checkpoint (about 5.2 GB in bfloat16).
 2. Runs `adapt_command(src, None, out)` (balanced 2B-2B, streamed) in a fresh Python
-   process and reports that process's peak resident memory (getrusage ru_maxrss), next to
+   process and reports that process's peak resident memory (VmHWM), next to
    its resident memory right after the imports and the size of the output weights
    (about 11 GB in bfloat16).
 3. Checks the output header (every key, shape and dtype) and compares a few tensors with
@@ -40,7 +40,7 @@ SHARD_BYTES = 2 << 30      # about the shard size of the released checkpoints
 CHUNK_VALUES = 1 << 24     # values drawn per chunk while writing the synthetic model
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import mini_encdec.adapt as adapt_mod
 
@@ -53,7 +53,9 @@ base = vm("VmRSS")
 t0 = time.time()
 adapt_mod.adapt_command(sys.argv[1], None, sys.argv[2], print_fn=None, progress=False,
                         dtype=sys.argv[3] if len(sys.argv) > 3 else None)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM, the peak resident set of this process's own address space. (ru_maxrss is not
+# used: Linux carries the parent's high-water mark across fork + exec into it.)
+peak = vm("VmHWM")
 print(json.dumps({"rss_after_imports_kib": base, "peak_rss_kib": peak,
                   "seconds": time.time() - t0}))
 """
