@@ -31,6 +31,17 @@ def _fail(cls: str, name: str, expected: str, actual: Any) -> None:
     raise ValueError(f"{cls}.{name}: expected {expected}, got {actual!r}")
 
 
+def check_known_fields(cls, d: dict) -> dict:
+    """A copy of `d` after checking that every key is a field of dataclass `cls`
+    (shared by the from_dict of every config class)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__}: expected a dict of fields, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config fields {unknown}")
+    return dict(d)
+
+
 @dataclass(frozen=True)
 class GemmaConfig:
     """One Gemma 2 stack (a decoder-only LM, or one half of an encoder-decoder)."""
@@ -135,11 +146,7 @@ class GemmaConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GemmaConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown config fields {unknown}")
-        d = dict(d)
+        d = check_known_fields(cls, d)
         if "layer_types" in d and d["layer_types"] is not None:
             d["layer_types"] = tuple(d["layer_types"])
         return cls(**d)
@@ -212,15 +219,11 @@ class EncDecConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncDecConfig":
-        d = dict(d)
+        d = check_known_fields(cls, d)
         for f in ("encoder", "decoder"):
             if f not in d:
                 raise ValueError(f"EncDecConfig: missing config field {f!r}")
             d[f] = GemmaConfig.from_dict(d[f])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"EncDecConfig: unknown config fields {unknown}")
         return cls(**d)
 
 

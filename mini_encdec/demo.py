@@ -201,7 +201,8 @@ def plot_stages(histories: dict, path: Path) -> Optional[Path]:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     groups = [("pre-training", ["1 decoder causal LM"]),
-              ("continued pre-training", ["3a encoder-decoder", "3b decoder-only"]),
+              ("continued pre-training (3a: PrefixLM+KD or UL2 loss; 3b: causal LM)",
+               ["3a encoder-decoder", "3b decoder-only"]),
               ("fine-tuning", ["4a encoder-decoder", "4b decoder-only"])]
     for ax, (title, names) in zip(axes, groups):
         for name in names:
@@ -209,7 +210,7 @@ def plot_stages(histories: dict, path: Path) -> Optional[Path]:
             pts = [(r["step"], r["loss"]) for r in hist if "loss" in r]
             if pts:
                 ax.plot(*zip(*pts), label=name, linewidth=1)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

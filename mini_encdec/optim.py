@@ -37,6 +37,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from .schedules import SCHEDULES, learning_rate
+from .config import check_known_fields
 
 
 def _fail(name: str, expected: str, actual) -> None:
@@ -130,11 +131,7 @@ class OptimConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "OptimConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"OptimConfig: unknown fields {unknown}")
-        d = dict(d)
+        d = check_known_fields(cls, d)
         for f in ("no_decay", "freeze"):
             if f in d:
                 d[f] = tuple(d[f])

@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import checkpoint as ckpt
-from .config import EncDecConfig
+from .config import EncDecConfig, check_known_fields
 from .optim import (AdamW, OptimConfig, accumulate, clip_by_global_norm, trainable_names)
 
 IGNORE = -100
@@ -113,10 +113,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown fields {unknown}")
+        d = check_known_fields(cls, d)
         return cls(**d)
 
 

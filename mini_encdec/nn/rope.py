@@ -58,6 +58,12 @@ def _check_table(x, c, name, fn):
     return c if c.ndim == 2 else c[:, None]  # (B, T, Dh) -> (B, 1, T, Dh) over heads
 
 
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """y = x * cos + rotate_half(x) * sin without checks or cache (the inference fast path;
+    rope_forward computes through it). cos/sin (T, Dh) or (B, 1, T, Dh)."""
+    return x * cos + rotate_half(x) * sin  # (B, N, T, Dh) * (T, Dh) or (B, 1, T, Dh)
+
+
 def rope_forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
     """y = x * cos + rotate_half(x) * sin. Returns (y, cache)."""
     fn = "rope_forward"
@@ -67,7 +73,7 @@ def rope_forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
                          f"got shape {x.shape}")
     c = _check_table(x, cos, "cos", fn)
     s = _check_table(x, sin, "sin", fn)
-    y = x * c + rotate_half(x) * s  # (B, N, T, Dh) * (T, Dh) or (B, 1, T, Dh)
+    y = apply_rope(x, c, s)  # (B, N, T, Dh) * (T, Dh) or (B, 1, T, Dh)
     return y, {"cos": c, "sin": s, "shape": x.shape}
 
 

@@ -12,6 +12,21 @@ import numpy as np
 from ..validate import check_float, check_positive, check_shape
 
 
+def _tanh_ratio(x: np.ndarray, c) -> np.ndarray:
+    """t = tanh(x / c), c the cap as a scalar of x's dtype."""
+    with np.errstate(over="ignore"):  # |x| / cap beyond the float range: tanh(+-inf) = +-1
+        return np.tanh(x / c)
+
+
+def softcap(x: np.ndarray, cap) -> np.ndarray:
+    """y = cap * tanh(x / cap) (cap None: a copy of x) without checks or cache: the
+    inference fast path for callers that validated x and cap once."""
+    if cap is None:
+        return x.copy()
+    c = x.dtype.type(cap)
+    return c * _tanh_ratio(x, c)
+
+
 def softcap_forward(x: np.ndarray, cap):
     """Returns (y, cache); cache keeps t = tanh(x / cap)."""
     fn = "softcap_forward"
@@ -20,8 +35,7 @@ def softcap_forward(x: np.ndarray, cap):
     if cap is None:
         return x.copy(), {"t": None, "cap": None, "shape": x.shape}
     c = x.dtype.type(cap)
-    with np.errstate(over="ignore"):  # |x| / cap beyond the float range: tanh(+-inf) = +-1
-        t = np.tanh(x / c)
+    t = _tanh_ratio(x, c)
     return c * t, {"t": t, "cap": cap, "shape": x.shape}
 
 
