@@ -57,7 +57,8 @@ def test_set_backend_and_use_backend_select_twins_or_references():
             set_backend("numpy")
             reference = ops.resolve(name)
             assert reference is not twin
-            assert reference.__module__.startswith("mini_encdec.nn.")
+            # the layer references live in nn/; AdamW's update in optim.py
+            assert reference.__module__.startswith(("mini_encdec.nn.", "mini_encdec.optim"))
         with use_backend("numba"):
             assert mini_encdec.get_backend() == "numba"
             assert ops.resolve("rmsnorm_forward") is TWINS["rmsnorm_forward"]

@@ -87,6 +87,32 @@ def test_cached_steps_equal_full_forward_encdec(kind):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("kind", ["decoder"] + sorted(ENCDEC))
+def test_fast_steps_equal_checked_steps_last_position(kind, backend):
+    """decoder_step(fast=True) (generation's unchecked path) gives the last position's
+    logits of the checked path, step after step (prefill of 5 with left padding, then 1)."""
+    model = model_of(cfg() if kind == "decoder" else ENCDEC[kind]())
+    rng = np.random.default_rng(4)
+    ids = rng.integers(3, V, (2, 9))
+    valid = np.ones((2, 9), bool)
+    enc = enc_mask = None
+    if kind != "decoder":
+        src = rng.integers(3, V, (2, 6))
+        enc_mask = np.ones((2, 6), bool)
+        enc_mask[1, 4:] = False
+        enc = model.encode(src, enc_mask.astype(np.int64))
+    else:
+        valid[1, :2] = False  # left padding in row 1
+    first = 5 if kind == "decoder" else 1
+    caches = [init_cache(model, 2, enc, enc_mask) for _ in range(2)]
+    spans = [(0, first)] + [(t, t + 1) for t in range(first, 9)]
+    for a, b in spans:
+        ref = decoder_step(model, caches[0], ids[:, a:b], valid[:, a:b])
+        got = decoder_step(model, caches[1], ids[:, a:b], valid[:, a:b], fast=True)
+        assert got.shape == (2, 1, V)
+        np.testing.assert_allclose(got[:, 0], ref[:, -1], rtol=1e-11, atol=1e-11)
+
+
 # --- generation: cache == no cache, padding, EOS -----------------------------------------------
 
 PROMPTS = [[BOS, 5, 6, 7, 8], [BOS, 9], [BOS, 11, 12, 13]]

@@ -7,6 +7,8 @@ array's scale. Shapes, masks and dtypes come from hypothesis; fully masked rows 
 forced in often. Each kernel compiles once per dtype (float32, float64) per process.
 """
 
+import contextlib
+
 import numba
 import numpy as np
 import pytest
@@ -76,9 +78,26 @@ def _check_attention(q, k, v, mask, scale, softcap, do):
     return o, grads
 
 
+@contextlib.contextmanager
+def _forward_path(tiled: bool):
+    """Force the forward's tiled BLAS path (any Tq) or its online-softmax path."""
+    previous = katt.BLAS_MIN_ROWS
+    katt.BLAS_MIN_ROWS = 1 if tiled else 10**9
+    try:
+        yield
+    finally:
+        katt.BLAS_MIN_ROWS = previous
+
+
 @given(dims=attention_dims(), data=st.data(), dtype=float_dtypes, rng=rngs,
-       softcap=st.none() | st.sampled_from([1.0, 50.0]), empty_row=st.booleans())
-def test_attention_matches_reference(dims, data, dtype, rng, softcap, empty_row):
+       softcap=st.none() | st.sampled_from([1.0, 50.0]), empty_row=st.booleans(),
+       tiled=st.booleans())
+def test_attention_matches_reference(dims, data, dtype, rng, softcap, empty_row, tiled):
+    with _forward_path(tiled):
+        _attention_matches_reference(dims, data, dtype, rng, softcap, empty_row)
+
+
+def _attention_matches_reference(dims, data, dtype, rng, softcap, empty_row):
     B, Tq, Tk = dims["B"], dims["Tq"], dims["Tk"]
     mask = data.draw(attention_masks(B, Tq, Tk))
     if empty_row:  # force a query row with no allowed key
@@ -93,18 +112,20 @@ def test_attention_matches_reference(dims, data, dtype, rng, softcap, empty_row)
         assert np.all(o[empty] == 0) and np.all(dq[empty] == 0)
 
 
-@given(dtype=float_dtypes, rng=rngs,
+@given(dtype=float_dtypes, rng=rngs, tiled=st.booleans(),
        shape=st.sampled_from([(1, 1, 1, 1), (2, 1, 1, 1), (1, 1, 5, 1), (2, 1, 1, 7),
                               (1, 1, 5, 7), (2, 1, 5, 1)]))
-def test_attention_broadcast_mask_shapes(dtype, rng, shape):
+def test_attention_broadcast_mask_shapes(dtype, rng, tiled, shape):
     dims = dict(B=2, H=4, K=2, Tq=5, Tk=7, Dh=4)
     mask = rng.random(shape) < 0.6
     q, k, v = _qkv(rng, dims, dtype)
-    _check_attention(q, k, v, mask, 0.5, 50.0, rng.standard_normal(q.shape).astype(dtype))
+    with _forward_path(tiled):
+        _check_attention(q, k, v, mask, 0.5, 50.0, rng.standard_normal(q.shape).astype(dtype))
 
 
+@pytest.mark.parametrize("tiled", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_attention_online_softmax_over_several_key_blocks(dtype):
+def test_attention_online_softmax_over_several_key_blocks(dtype, tiled):
     """More keys than one block (BLOCK), with later blocks holding larger scores so the
     running max and the accumulator must be rescaled; causal, local and padded masks."""
     rng = np.random.default_rng(0)
@@ -120,7 +141,24 @@ def test_attention_online_softmax_over_several_key_blocks(dtype):
                  attention_mask(q_pos, np.arange(Tk), causal=True, window=300),
                  attention_mask(q_pos, np.arange(Tk), causal=False, key_padding=pad)):
         for softcap in (None, 5.0):
-            _check_attention(q, k, v, mask, 0.4, softcap, do)
+            with _forward_path(tiled):
+                _check_attention(q, k, v, mask, 0.4, softcap, do)
+
+
+@pytest.mark.parametrize("tile", [1, 7 * 11, 3 * 2 * 9 * 11])
+def test_attention_backward_over_many_tiles(monkeypatch, tile):
+    """Tiny score tiles force the forward and the backward to split the query rows of one
+    key/value head (dk, dv accumulate over row blocks, a block may straddle two query
+    heads of a group) and to take several heads per tile; results stay the reference's."""
+    monkeypatch.setattr(katt, "TILE", tile)
+    rng = np.random.default_rng(5)
+    dims = dict(B=2, H=6, K=3, Tq=9, Tk=11, Dh=4)
+    q, k, v = _qkv(rng, dims, np.float64)
+    mask = attention_mask(np.arange(2, 11), np.arange(11), causal=True, window=4)
+    do = rng.standard_normal(q.shape)
+    for softcap in (None, 5.0):
+        with _forward_path(True):
+            _check_attention(q, k, v, mask, 0.5, softcap, do)
 
 
 def test_attention_fully_masked_everything_gives_zeros():

@@ -12,6 +12,7 @@ Files, each starting with a checklist (what is fused, what runs in parallel, mem
     mlp.py         the GeGLU activation forward/backward
     loss.py        soft-capped cross-entropy forward/backward
     embedding.py   the embedding-gradient scatter
+    adamw.py       one fused AdamW parameter update (optim.AdamW.step's inner loop)
     _vecmath.py    vectorisable float32 exp/tanh and the shared jit options
 
 Matmuls are not here: they stay on BLAS through `numpy.matmul`.
@@ -19,6 +20,7 @@ Matmuls are not here: they stay on BLAS through `numpy.matmul`.
 
 from __future__ import annotations
 
+from .adamw import adamw_update
 from .attention import attention_core_backward, attention_core_forward
 from .embedding import embedding_backward
 from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
@@ -36,4 +38,5 @@ TWINS = {
     "softcap_cross_entropy_forward": softcap_cross_entropy_forward,
     "softcap_cross_entropy_backward": softcap_cross_entropy_backward,
     "embedding_backward": embedding_backward,
+    "adamw_update": adamw_update,
 }

@@ -26,8 +26,8 @@ import numpy as np
 
 from .. import ops
 from ..config import GemmaConfig
-from ..nn.linear import linear_backward, linear_forward
-from ..nn.rope import rope_backward, rope_forward
+from ..nn.linear import _linear, linear_backward, linear_forward
+from ..nn.rope import _apply_rope, rope_backward, rope_forward
 
 
 def split_heads(y: np.ndarray, n: int) -> np.ndarray:
@@ -56,21 +56,50 @@ def project_memory(memory: np.ndarray, Wk: np.ndarray, Wv: np.ndarray, num_kv_he
     return split_heads(k, num_kv_heads), split_heads(v, num_kv_heads), (ck, cv)
 
 
+def _linear_nocache(x: np.ndarray, W: np.ndarray):
+    return _linear(x, W), None
+
+
+def _rope_nocache(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
+    if cos.ndim == 3:  # (B, T, Dh) -> (B, 1, T, Dh), shared by the heads
+        cos, sin = cos[:, None], sin[:, None]
+    return _apply_rope(x, cos, sin), None
+
+
+def fuse_qkv(weights) -> np.ndarray:
+    """[Wq ; Wk ; Wv] (H*Dh + 2*K*Dh, D): the three projections of x as one matmul
+    (concatenated once per generation request, for attention_forward's Wqkv)."""
+    return np.concatenate(weights[:3], axis=0)
+
+
 def attention_forward(weights, cfg: GemmaConfig, x: np.ndarray, *, mask, rope=None,
-                      self_kv: bool = True, past=None, memory=None, memory_kv=None):
+                      self_kv: bool = True, past=None, memory=None, memory_kv=None,
+                      fast: bool = False, Wqkv=None):
     """y (B, T, D) = attention of x's queries over [past ; self ; memory] keys, then Wo.
 
     weights (Wq, Wk, Wv, Wo); rope (cos, sin) for x's positions or None (no RoPE).
+    fast=True: the inference path of KV-cached decoding: the unchecked nn helpers, no
+    backward cache (the caller validated its inputs once per request); with Wqkv
+    (fuse_qkv(weights)) q, k and v come from one matmul.
     Returns (y, cache, (k_self, v_self)) where k_self/v_self (B, K, T, Dh) are the
     post-RoPE keys and values of x (None when self_kv is False), for a KV cache.
     """
     Wq, Wk, Wv, Wo = weights
     H, K = cfg.num_attention_heads, cfg.num_key_value_heads
+    linear_fw = _linear_nocache if fast else linear_forward
+    rope_fw = _rope_nocache if fast else rope_forward
     c = {"T": x.shape[1], "H": H, "rope": rope is not None}
-    q2, c["q"] = linear_forward(x, Wq)  # (B, T, D) @ (D, H*Dh) -> (B, T, H*Dh)
+    one_matmul = fast and self_kv and Wqkv is not None
+    if one_matmul:
+        qkv = _linear(x, Wqkv)  # (B, T, D) @ (D, (H + 2K)*Dh) -> (B, T, (H + 2K)*Dh)
+        nq, nk = Wq.shape[0], Wk.shape[0]
+        # (B, T, (H + 2K)*Dh) -> (B, T, H*Dh), (B, T, K*Dh), (B, T, K*Dh)
+        q2, k2, v2 = qkv[..., :nq], qkv[..., nq:nq + nk], qkv[..., nq + nk:]
+    else:
+        q2, c["q"] = linear_fw(x, Wq)  # (B, T, D) @ (D, H*Dh) -> (B, T, H*Dh)
     q = split_heads(q2, H)  # (B, T, H*Dh) -> (B, H, T, Dh)
     if rope is not None:
-        q, c["rope_q"] = rope_forward(q, *rope)
+        q, c["rope_q"] = rope_fw(q, *rope)
     keys, values = [], []
     c["n_past"] = 0
     if past is not None:
@@ -79,11 +108,12 @@ def attention_forward(weights, cfg: GemmaConfig, x: np.ndarray, *, mask, rope=No
         c["n_past"] = past[0].shape[2]
     k_self = v_self = None
     if self_kv:
-        k2, c["k"] = linear_forward(x, Wk)  # (B, T, D) @ (D, K*Dh) -> (B, T, K*Dh)
-        v2, c["v"] = linear_forward(x, Wv)  # (B, T, D) @ (D, K*Dh) -> (B, T, K*Dh)
+        if not one_matmul:
+            k2, c["k"] = linear_fw(x, Wk)  # (B, T, D) @ (D, K*Dh) -> (B, T, K*Dh)
+            v2, c["v"] = linear_fw(x, Wv)  # (B, T, D) @ (D, K*Dh) -> (B, T, K*Dh)
         k_self, v_self = split_heads(k2, K), split_heads(v2, K)  # -> (B, K, T, Dh)
         if rope is not None:
-            k_self, c["rope_k"] = rope_forward(k_self, *rope)
+            k_self, c["rope_k"] = rope_fw(k_self, *rope)
         keys.append(k_self)
         values.append(v_self)
     c["memory"] = None
@@ -101,7 +131,7 @@ def attention_forward(weights, cfg: GemmaConfig, x: np.ndarray, *, mask, rope=No
     scale = float(cfg.query_pre_attn_scalar) ** -0.5
     o, c["core"] = ops.attention_core_forward(q, k, v, mask, scale=scale,
                                               softcap=cfg.attn_logit_softcapping)
-    y, c["o"] = linear_forward(merge_heads(o), Wo)  # (B, T, H*Dh) @ (H*Dh, D) -> (B, T, D)
+    y, c["o"] = linear_fw(merge_heads(o), Wo)  # (B, T, H*Dh) @ (H*Dh, D) -> (B, T, D)
     return y, c, (k_self, v_self)
 
 

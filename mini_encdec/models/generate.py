@@ -93,10 +93,12 @@ class _CachedStepper:
 
     def first(self) -> np.ndarray:
         """Prefill with the prompt (decoder-only) or BOS (encoder-decoder): (B, V)."""
-        return decoder_step(self.model, self.cache, self.first_ids, self.first_mask)[:, -1]
+        return decoder_step(self.model, self.cache, self.first_ids, self.first_mask,
+                            fast=True)[:, -1]
 
     def advance(self, tokens: np.ndarray) -> np.ndarray:
-        return decoder_step(self.model, self.cache, tokens[:, None])[:, -1]  # (B, 1) -> (B, V)
+        # (B, 1) -> (B, 1, V) -> (B, V); tokens come from the model's own vocabulary
+        return decoder_step(self.model, self.cache, tokens[:, None], fast=True)[:, -1]
 
     def reorder(self, rows: np.ndarray) -> None:
         self.cache.reorder(rows)

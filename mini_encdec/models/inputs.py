@@ -21,8 +21,8 @@ from typing import Optional
 import numpy as np
 
 from ..config import SLIDING, GemmaConfig
-from ..nn.masks import attention_mask
-from ..nn.rope import rope_cos_sin
+from ..nn.masks import _allowed_mask, attention_mask
+from ..nn.rope import _rope_tables, rope_cos_sin
 from ..validate import check_ids, check_mask
 
 IGNORE_INDEX = -100  # labels equal to this are not counted by the loss
@@ -86,17 +86,21 @@ def positions_from_mask(mask: Optional[np.ndarray], T: int) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1, dtype=np.int64) - 1, 0)  # (B, T)
 
 
-def rope_for(cfg: GemmaConfig, positions: np.ndarray, dtype):
-    """(cos, sin) tables for the positions: (T, Dh) or (B, T, Dh)."""
-    return rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, dtype=dtype)
+def rope_for(cfg: GemmaConfig, positions: np.ndarray, dtype, *, fast: bool = False):
+    """(cos, sin) tables for the positions: (T, Dh) or (B, T, Dh). fast=True skips the
+    checks (KV-cached decoding: positions built internally, the config validated)."""
+    tables = _rope_tables if fast else rope_cos_sin
+    return tables(positions, cfg.head_dim, cfg.rope_theta, dtype)
 
 
 def layer_type_mask(cfg: GemmaConfig, layer_type: str, q_pos, k_pos, *, causal: bool,
-                    key_padding=None) -> np.ndarray:
+                    key_padding=None, fast: bool = False) -> np.ndarray:
     """The self-attention mask (B|1, 1, Tq, Tk) of one layer type: local layers get the
-    sliding window (causal: 0 <= q - k < W; bidirectional: |q - k| < W)."""
+    sliding window (causal: 0 <= q - k < W; bidirectional: |q - k| < W). fast=True skips
+    the checks (KV-cached decoding: positions and bool key_padding built internally)."""
     window = cfg.sliding_window if layer_type == SLIDING else None
-    return attention_mask(q_pos, k_pos, causal=causal, window=window, key_padding=key_padding)
+    make = _allowed_mask if fast else attention_mask
+    return make(q_pos, k_pos, causal=causal, window=window, key_padding=key_padding)
 
 
 def self_attention_masks(cfg: GemmaConfig, q_pos, k_pos, *, causal: bool,

@@ -9,6 +9,8 @@ What is cached, per decoder layer:
                      projections, appended after the decoder keys)
 Plus, per layer type, the positions and validity (not padding) of the cached keys, and
 each row's next position.
+Everything is stored in WindowBuffers (window_buffer.py): appending a token copies only
+that token's entries, not the whole cache.
 
 `decoder_step(model, cache, ids, valid)` runs the decoder stack on new tokens ids (B, Tn)
 (a whole left-padded prompt, or one token per row) against the cache, appends their keys
@@ -24,13 +26,16 @@ from typing import Optional
 import numpy as np
 
 from ..config import SLIDING
-from ..nn.embedding import embedding_forward
+from ..nn.embedding import _embed, embedding_forward, embedding_scale
+from ..nn.linear import _linear
+from ..nn.softcap import _softcap
 from . import head
 from .attention import attention_weights, project_memory
 from .encdec import EncDecLM
 from .gemma import GemmaLM
 from .inputs import layer_type_mask, memory_mask, merge_masks, rope_for
-from .stack import stack_forward
+from .stack import fuse_weights, stack_forward
+from .window_buffer import WindowBuffer
 
 
 def decoder_parts(model):
@@ -44,49 +49,60 @@ def decoder_parts(model):
 
 
 class KVCache:
-    """Keys/values of one batch of decoder rows (see the module docstring)."""
+    """Keys/values of one batch of decoder rows (see the module docstring). Stored in
+    WindowBuffers (appends copy only the new entries); `kv`, `pos`, `valid` are views."""
 
     def __init__(self, num_layers: int, B: int, layer_types: tuple, windows: dict):
-        self.kv: list = [None] * num_layers  # per layer (k, v) (B, K, Tc, Dh) or None
         self.layer_types = layer_types
         self.windows = windows  # layer type -> keys kept (W - 1) or None (all)
-        self.pos = {lt: np.zeros((B, 0), np.int64) for lt in set(layer_types)}  # (B, Tc)
-        self.valid = {lt: np.zeros((B, 0), bool) for lt in set(layer_types)}  # (B, Tc)
+        # per layer: keys and values, (B, K, Tc, Dh) along axis 2
+        self._k = [WindowBuffer(2, windows[lt]) for lt in layer_types]
+        self._v = [WindowBuffer(2, windows[lt]) for lt in layer_types]
+        # per layer type: positions (B, Tc) and validity (not padding) of the cached keys
+        self._pos = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), np.int64))
+                     for lt in set(layer_types)}
+        self._valid = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), bool))
+                       for lt in set(layer_types)}
         self.next_pos = np.zeros(B, np.int64)  # (B,) position of each row's next token
         self.memory_kv: Optional[list] = None  # per layer (k, v) (B, K, S, Dh)
         self.memory_mask: Optional[np.ndarray] = None  # (B|1, 1, 1, S) bool
+        self.fused: Optional[list] = None  # stack.fuse_weights, for decoder_step(fast=True)
 
     @property
     def batch_size(self) -> int:
         return self.next_pos.shape[0]
 
+    @property
+    def kv(self) -> list:
+        """Per layer (k, v) (B, K, Tc, Dh) views of the cached keys/values, or None."""
+        return [None if k.buf is None else (k.view(), v.view())
+                for k, v in zip(self._k, self._v)]
+
+    @property
+    def pos(self) -> dict:
+        """Per layer type the positions (B, Tc) of the cached keys (a view)."""
+        return {lt: b.view() for lt, b in self._pos.items()}
+
+    @property
+    def valid(self) -> dict:
+        """Per layer type whether each cached key is a real token (B, Tc) bool (a view)."""
+        return {lt: b.view() for lt, b in self._valid.items()}
+
     def append(self, new_kv: list, q_pos: np.ndarray, valid: np.ndarray) -> None:
-        """Add the new tokens' keys/values (B, K, Tn, Dh) per layer; trim local layers."""
+        """Add the new tokens' keys/values (B, K, Tn, Dh) per layer, positions and validity
+        (B, Tn); local layers keep only the last W - 1 (W = 1: none)."""
         for i, (k, v) in enumerate(new_kv):
-            keep = self.windows[self.layer_types[i]]
-            if self.kv[i] is not None:
-                # (B, K, Tc, Dh) ; (B, K, Tn, Dh) -> (B, K, Tc + Tn, Dh)
-                k = np.concatenate([self.kv[i][0], k], axis=2)
-                v = np.concatenate([self.kv[i][1], v], axis=2)
-            if keep is not None and k.shape[2] > keep:
-                start = k.shape[2] - keep  # keep the last W - 1 keys (W = 1: none)
-                k, v = k[:, :, start:], v[:, :, start:]
-            self.kv[i] = (k, v)
-        for lt in self.pos:
-            keep = self.windows[lt]
-            pos = np.concatenate([self.pos[lt], q_pos], axis=1)  # (B, Tc + Tn)
-            val = np.concatenate([self.valid[lt], valid], axis=1)
-            if keep is not None and pos.shape[1] > keep:
-                start = pos.shape[1] - keep
-                pos, val = pos[:, start:], val[:, start:]
-            self.pos[lt], self.valid[lt] = pos, val
+            self._k[i].append(k)  # (B, K, Tc, Dh) ; (B, K, Tn, Dh) -> (B, K, Tc + Tn, Dh)
+            self._v[i].append(v)
+        for lt in self._pos:
+            self._pos[lt].append(q_pos)  # (B, Tc) ; (B, Tn) -> (B, Tc + Tn)
+            self._valid[lt].append(valid)
 
     def reorder(self, rows: np.ndarray) -> None:
         """Keep rows `rows` (B',) of the batch, in that order (beam search: gather the
         surviving beams; may repeat rows to expand one prompt into several beams)."""
-        self.kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.kv]
-        self.pos = {lt: p[rows] for lt, p in self.pos.items()}
-        self.valid = {lt: v[rows] for lt, v in self.valid.items()}
+        for b in self._k + self._v + list(self._pos.values()) + list(self._valid.values()):
+            b.take_rows(rows)
         self.next_pos = self.next_pos[rows]
         if self.memory_kv is not None:
             self.memory_kv = [(k[rows], v[rows]) for k, v in self.memory_kv]
@@ -117,9 +133,14 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
     return cache
 
 
-def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndarray] = None):
+def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndarray] = None,
+                 *, fast: bool = False):
     """Soft-capped logits (B, Tn, V) of new tokens ids (B, Tn); valid (B, Tn) marks real
-    tokens (False: left padding of a prompt). Appends the tokens to the cache."""
+    tokens (False: left padding of a prompt). Appends the tokens to the cache.
+
+    fast=True is generation's inner loop: ids (and a bool valid) are trusted (validated
+    once per request), the unchecked nn helpers run, q/k/v and gate/up are one matmul
+    each, and only the last position's logits are computed: (B, 1, V)."""
     spec, embed_key = decoder_parts(model)
     cfg, P = spec.cfg, model.params
     B, Tn = ids.shape
@@ -127,18 +148,29 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
         valid = np.ones((B, Tn), bool)
     # positions advance on valid tokens only (as positions_from_mask does)
     q_pos = cache.next_pos[:, None] + np.maximum(np.cumsum(valid, axis=1) - 1, 0)  # (B, Tn)
-    x, _ = embedding_forward(ids, P[embed_key])  # (B, Tn) -> (B, Tn, D)
+    E = P[embed_key]
+    if fast:
+        if cache.fused is None:
+            cache.fused = fuse_weights(P, spec)  # once per request (a copy of those weights)
+        x = _embed(ids, E, embedding_scale(E.shape[1], E.dtype))  # (B, Tn) -> (B, Tn, D)
+    else:
+        x, _ = embedding_forward(ids, E)  # (B, Tn) -> (B, Tn, D)
     masks = {}
     for lt in cache.pos:
         k_pos = np.concatenate([cache.pos[lt], q_pos], axis=1)  # (B, Tc + Tn)
         k_valid = np.concatenate([cache.valid[lt], valid], axis=1)
-        masks[lt] = layer_type_mask(cfg, lt, q_pos, k_pos, causal=True, key_padding=k_valid)
+        masks[lt] = layer_type_mask(cfg, lt, q_pos, k_pos, causal=True, key_padding=k_valid,
+                                    fast=fast)
     if spec.merged:
         masks = merge_masks(masks, cache.memory_mask, B)  # (B, 1, Tn, Tc + Tn + S)
-    h, _, new_kv = stack_forward(P, spec, x, masks=masks, rope=rope_for(cfg, q_pos, x.dtype),
+    rope = rope_for(cfg, q_pos, x.dtype, fast=fast)
+    h, _, new_kv = stack_forward(P, spec, x, masks=masks, rope=rope,
                                  cross_mask=cache.memory_mask, memory_kv=cache.memory_kv,
-                                 past=cache.kv)
+                                 past=cache.kv, fast=fast, fused=cache.fused)
     cache.append(new_kv, q_pos, valid)
     cache.next_pos = cache.next_pos + valid.sum(axis=1)
-    z, _ = head.raw_logits(h, P[embed_key])  # (B, Tn, D) @ (D, V) -> (B, Tn, V)
+    if fast:
+        # logits = softcap(h_last E^T): (B, 1, D) @ (D, V) -> (B, 1, V)
+        return _softcap(_linear(h[:, -1:], E), cfg.final_logit_softcapping)
+    z, _ = head.raw_logits(h, E)  # (B, Tn, D) @ (D, V) -> (B, Tn, V)
     return head.capped_logits(z, cfg.final_logit_softcapping)[0]

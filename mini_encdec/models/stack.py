@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from ..nn.mlp import geglu_backward, geglu_forward
-from .attention import attention_backward, attention_forward, attention_weights
+from ..nn.mlp import _geglu, geglu_backward, geglu_forward
+from .attention import attention_backward, attention_forward, attention_weights, fuse_qkv
 from .params import CROSS_NORMS, FFW_NORMS, StackSpec
 
 
@@ -33,7 +33,8 @@ def _add(grads: dict, key: str, g: np.ndarray) -> None:
 
 
 def stack_forward(params: dict, spec: StackSpec, x: np.ndarray, *, masks: dict, rope=None,
-                  cross_mask=None, memory=None, memory_kv=None, past=None):
+                  cross_mask=None, memory=None, memory_kv=None, past=None, fast=False,
+                  fused=None):
     """Run all blocks and the final norm.
 
     x (B, T, D) embedded inputs; masks: layer type -> bool mask (B|1, 1, T, keys) of the
@@ -41,6 +42,10 @@ def stack_forward(params: dict, spec: StackSpec, x: np.ndarray, *, masks: dict, 
     (B, 1, 1|T, S) for cross-attention; memory (B, S, De) encoder output (training; its
     gradient is returned by the backward) or memory_kv: per layer (k, v) projected once
     (generation); past: per layer (k, v) of earlier tokens (KV cache) or None.
+    fast=True: inference only (KV-cached decoding): unchecked nn helpers, and the returned
+    cache holds no per-layer backward caches (stack_backward cannot run on it); it needs
+    fused: per layer {"qkv": fuse_qkv(self-attention weights), "gate_up": [Wg ; Wu]}
+    (fuse_weights, built once per generation request).
 
     Returns (h (B, T, D) final-normed, cache, new_kv) with new_kv[i] = (k, v) (B, K, T, Dh)
     of x's own tokens in self-attention of layer i, post-RoPE.
@@ -60,7 +65,8 @@ def stack_forward(params: dict, spec: StackSpec, x: np.ndarray, *, masks: dict, 
         n, lc["pre_attn"] = ops.rmsnorm_forward(x, params[f"{p}{pre_attn}.weight"], eps)
         a, lc["attn"], kv = attention_forward(
             attention_weights(params, p + "self_attn"), cfg, n, mask=masks[cfg.layer_types[i]],
-            rope=rope, self_kv=True, past=None if past is None else past[i], **mem_kw)
+            rope=rope, self_kv=True, past=None if past is None else past[i], fast=fast,
+            Wqkv=fused[i]["qkv"] if fast else None, **mem_kw)
         m, lc["post_attn"] = ops.rmsnorm_forward(a, params[f"{p}{post_attn}.weight"], eps)
         x = x + m
         new_kv.append(kv)
@@ -70,20 +76,37 @@ def stack_forward(params: dict, spec: StackSpec, x: np.ndarray, *, masks: dict, 
             n, lc["pre_cross"] = ops.rmsnorm_forward(x, params[f"{p}{CROSS_NORMS[0]}.weight"], eps)
             a, lc["cross"], _ = attention_forward(
                 attention_weights(params, p + "cross_attn"), cfg, n, mask=cross_mask,
-                rope=None, self_kv=False, **mem_kw)
+                rope=None, self_kv=False, fast=fast, **mem_kw)
             m, lc["post_cross"] = ops.rmsnorm_forward(a, params[f"{p}{CROSS_NORMS[1]}.weight"], eps)
             x = x + m
         # y = h + post_ffw_norm( mlp( pre_ffw_norm(h) ) )
         n, lc["pre_ffw"] = ops.rmsnorm_forward(x, params[f"{p}{FFW_NORMS[0]}.weight"], eps)
-        f, lc["mlp"] = geglu_forward(n, params[p + "mlp.gate_proj.weight"],
-                                     params[p + "mlp.up_proj.weight"],
-                                     params[p + "mlp.down_proj.weight"])
+        if fast:
+            f = _geglu(n, fused[i]["gate_up"], params[p + "mlp.down_proj.weight"])
+        else:
+            f, lc["mlp"] = geglu_forward(n, params[p + "mlp.gate_proj.weight"],
+                                         params[p + "mlp.up_proj.weight"],
+                                         params[p + "mlp.down_proj.weight"])
         m, lc["post_ffw"] = ops.rmsnorm_forward(f, params[f"{p}{FFW_NORMS[1]}.weight"], eps)
         x = x + m
-        layer_caches.append(lc)
+        if not fast:
+            layer_caches.append(lc)
     # h = final_norm(x)
     h, c_final = ops.rmsnorm_forward(x, params[spec.norm_key], eps)
     return h, {"spec": spec, "layers": layer_caches, "final": c_final}, new_kv
+
+
+def fuse_weights(params: dict, spec: StackSpec) -> list:
+    """Per layer {"qkv": [Wq ; Wk ; Wv] of the self (or merged) attention, "gate_up":
+    [Wg ; Wu] (2F, D)}: the concatenated projections stack_forward(fast=True) runs as one
+    matmul each (built once per generation request)."""
+    out = []
+    for i in range(spec.cfg.num_hidden_layers):
+        p = spec.layer(i)
+        out.append({"qkv": fuse_qkv(attention_weights(params, p + "self_attn")),
+                    "gate_up": np.concatenate([params[p + "mlp.gate_proj.weight"],
+                                               params[p + "mlp.up_proj.weight"]], axis=0)})
+    return out
 
 
 def _attention_grads(grads: dict, name: str, dW) -> None:

@@ -71,6 +71,10 @@ gradcheck.py (test helper)
 
 Helpers beyond the API: masks and rope tables are plain arrays; rope.rotate_half,
 embedding.embedding_scale(D, dtype), mlp.GELU_C.
+Private unchecked fast paths (no validation, no cache) for KV-cached decoding, whose
+caller validates once per request: linear._linear, rope._apply_rope, rope._rope_tables,
+masks._allowed_mask, softcap._softcap, embedding._embed, mlp._geglu; the public
+functions compute through them after their checks.
 """
 
 from .attention import (attention_backward, attention_core_backward,  # noqa: F401

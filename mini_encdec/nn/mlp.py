@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..validate import check_float, check_same_dtype, check_shape
-from .linear import linear, linear_backward, linear_forward
+from .linear import _linear, linear_backward, linear_forward
 
 GELU_C = math.sqrt(2.0 / math.pi)  # sqrt(2/pi)
 GELU_A = 0.044715
@@ -74,13 +74,14 @@ def geglu_act_backward(da: np.ndarray, cache: dict):
     return dgate, dup
 
 
-def geglu(x: np.ndarray, Wg: np.ndarray, Wu: np.ndarray, Wd: np.ndarray) -> np.ndarray:
+def _geglu(x: np.ndarray, W_gate_up: np.ndarray, Wd: np.ndarray) -> np.ndarray:
     """y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T without checks or cache: the inference fast
-    path (KV-cached decoding) for callers that validated the inputs once."""
-    gate = linear(x, Wg)  # (..., D) -> (..., F)
-    up = linear(x, Wu)  # (..., D) -> (..., F)
-    a, _ = ops.geglu_act_forward(gate, up)  # (..., F)
-    return linear(a, Wd)  # (..., F) -> (..., D)
+    path (KV-cached decoding) for callers that validated the inputs once. W_gate_up is
+    [Wg ; Wu] (2F, D), concatenated once by the caller: one matmul for both."""
+    F = Wd.shape[1]
+    gate_up = _linear(x, W_gate_up)  # (..., D) @ (D, 2F) -> (..., 2F)
+    a, _ = ops.geglu_act_forward(gate_up[..., :F], gate_up[..., F:])  # (..., F)
+    return _linear(a, Wd)  # (..., F) @ (F, D) -> (..., D)
 
 
 def geglu_forward(x: np.ndarray, Wg: np.ndarray, Wu: np.ndarray, Wd: np.ndarray):

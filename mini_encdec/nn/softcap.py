@@ -18,7 +18,7 @@ def _tanh_ratio(x: np.ndarray, c) -> np.ndarray:
         return np.tanh(x / c)
 
 
-def softcap(x: np.ndarray, cap) -> np.ndarray:
+def _softcap(x: np.ndarray, cap) -> np.ndarray:
     """y = cap * tanh(x / cap) (cap None: a copy of x) without checks or cache: the
     inference fast path for callers that validated x and cap once."""
     if cap is None:

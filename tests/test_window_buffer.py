@@ -1,0 +1,36 @@
+"""WindowBuffer (the KV cache's storage) == np.concatenate then keep the last `keep`."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mini_encdec.models.window_buffer import WindowBuffer
+
+
+@settings(deadline=None)
+@given(sizes=st.lists(st.integers(0, 70), min_size=1, max_size=12),
+       keep=st.one_of(st.none(), st.integers(0, 40)), axis=st.sampled_from([1, 2]),
+       reorder_at=st.integers(0, 12), seed=st.integers(0, 2 ** 16))
+def test_appends_equal_concatenate_and_trim(sizes, keep, axis, reorder_at, seed):
+    rng = np.random.default_rng(seed)
+    B = 3
+    shape = lambda n: (B, n) if axis == 1 else (B, 2, n, 4)  # noqa: E731
+    buf, ref = WindowBuffer(axis, keep), None
+    for step, n in enumerate(sizes):
+        new = rng.standard_normal(shape(n))
+        ref = new if ref is None else np.concatenate([ref, new], axis=axis)
+        if keep is not None and ref.shape[axis] > keep:
+            ref = np.take(ref, np.arange(ref.shape[axis] - keep, ref.shape[axis]), axis=axis)
+        buf.append(new)
+        if step == reorder_at:  # beam search: gather rows, repeating some
+            rows = rng.integers(0, B, B)
+            ref = ref[rows]
+            buf.take_rows(rows)
+        np.testing.assert_array_equal(buf.view(), ref)
+
+
+def test_empty_buffer_has_no_view_and_keep_zero_keeps_nothing():
+    buf = WindowBuffer(2, keep=0)
+    assert buf.view() is None
+    buf.append(np.ones((1, 2, 5, 4)))
+    assert buf.view().shape == (1, 2, 0, 4)
