@@ -31,6 +31,7 @@ seeded with (seed, 0, e)); example c of epoch e is made with its own generator s
 
 from __future__ import annotations
 
+import abc
 from typing import Optional, Sequence
 
 import numpy as np
@@ -139,7 +140,7 @@ def _check_int(v, name: str, fn: str, lo: int) -> int:
     return int(v)
 
 
-class _Positioned:
+class _Positioned(abc.ABC):
     """Epoch/cursor bookkeeping, collation and state shared by the batchers."""
 
     kind = ""
@@ -160,12 +161,13 @@ class _Positioned:
         self.epoch, self.cursor = 0, 0
         self._order_cache: tuple = (-1, None)
 
-    # subclasses: number of items in an epoch, and example `index` of the epoch's order
+    @abc.abstractmethod
     def _epoch_size(self, epoch: int) -> int:
-        raise NotImplementedError
+        """Number of examples in epoch `epoch` (defined by each batcher)."""
 
+    @abc.abstractmethod
     def _example(self, epoch: int, cursor: int) -> Example:
-        raise NotImplementedError
+        """Example `cursor` of epoch `epoch`'s order (defined by each batcher)."""
 
     def _identity(self) -> dict:
         """What must match for a saved state to be valid."""

@@ -694,7 +694,7 @@ def _tokenizer_args(p) -> None:
 
 
 def cmd_tokenizer(args) -> int:
-    from .tokenizer import load_tokenizer, train_tokenizer
+    from .tokenizer import summary as tokenizer_summary, train_tokenizer
     if args.action == "train":
         texts = None
         if args.input:
@@ -707,13 +707,9 @@ def cmd_tokenizer(args) -> int:
                                   texts=texts)
         except (ValueError, RuntimeError) as e:
             raise UsageError(f"tokenizer train: {e}") from None
-        print(f"wrote {args.out}: {tok.vocab_size} pieces, sha256 {tok.fingerprint()}")
+        print(tokenizer_summary(tok, args.out, trained=True))
         return 0
-    tok = _tokenizer(args.model)
-    print(f"{args.model}: {tok.vocab_size} pieces, sha256 {tok.fingerprint()}")
-    print(f"pad {tok.pad_id} eos {tok.eos_id} bos {tok.bos_id} unk {tok.unk_id} newline "
-          f"{tok.newline_id} modes {tok.mode_ids} sentinels {tok.num_sentinels} "
-          f"(<extra_id_0> = {int(tok.sentinel_ids[0])})")
+    print(tokenizer_summary(_tokenizer(args.model), args.model))
     return 0
 
 

@@ -192,13 +192,10 @@ def results_table(results: dict) -> str:
 
 def plot_stages(histories: dict, path: Path) -> Optional[Path]:
     """All training stages' loss curves in one PNG (None without matplotlib)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
+    from .plots import new_figure
+    fig = new_figure((10, 4))
+    if fig is None:
         return None
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     groups = [("pre-training", ["1 decoder causal LM"]),
               ("continued pre-training (3a: PrefixLM+KD or UL2 loss; 3b: causal LM)",

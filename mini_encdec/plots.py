@@ -6,21 +6,27 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-def plot_loss_curve(history: Sequence[dict], path, title: Optional[str] = None) -> Optional[Path]:
-    """Training loss per step (and validation loss where present) to a PNG at `path`.
-    Returns the path, or None when matplotlib is not installed or there is nothing to plot."""
+def new_figure(figsize):
+    """A matplotlib Figure on an Agg canvas of its own (no pyplot, no change to the global
+    backend), or None when matplotlib is not installed."""
     try:
-        # an Agg canvas of its own: no pyplot, no change to the global backend
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return None
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_loss_curve(history: Sequence[dict], path, title: Optional[str] = None) -> Optional[Path]:
+    """Training loss per step (and validation loss where present) to a PNG at `path`.
+    Returns the path, or None when matplotlib is not installed or there is nothing to plot."""
     train = [(r["step"], r["loss"]) for r in history if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
-    if not train and not val:
+    fig = new_figure((6, 4)) if train or val else None
+    if fig is None:
         return None
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if train:
         ax.plot(*zip(*train), label="train loss", linewidth=1)

@@ -196,6 +196,16 @@ def train_tokenizer(out_path: Union[str, Path, None] = None, vocab_size: int = 8
     return Tokenizer(proto, out_path)
 
 
+def summary(tok, path, trained: bool = False) -> str:
+    """What `tokenizer train` / `tokenizer info` print about a model file."""
+    head = f"{'wrote ' if trained else ''}{path}: {tok.vocab_size} pieces, sha256 {tok.fingerprint()}"
+    if trained:
+        return head
+    return (f"{head}\npad {tok.pad_id} eos {tok.eos_id} bos {tok.bos_id} unk {tok.unk_id} "
+            f"newline {tok.newline_id} modes {tok.mode_ids} sentinels {tok.num_sentinels} "
+            f"(<extra_id_0> = {int(tok.sentinel_ids[0])})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mini_encdec.tokenizer",
                                  description="Train or inspect the SentencePiece tokenizer.")
@@ -209,13 +219,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "train":
         tok = train_tokenizer(args.out, args.vocab_size, num_sentinels=args.num_sentinels)
-        print(f"wrote {args.out}: {tok.vocab_size} pieces, sha256 {tok.fingerprint()}")
+        print(summary(tok, args.out, trained=True))
     else:
-        tok = load_tokenizer(args.model)
-        print(f"{args.model}: {tok.vocab_size} pieces, sha256 {tok.fingerprint()}")
-        print(f"pad {tok.pad_id} eos {tok.eos_id} bos {tok.bos_id} unk {tok.unk_id} "
-              f"newline {tok.newline_id} modes {tok.mode_ids} sentinels "
-              f"{tok.num_sentinels} (<extra_id_0> = {tok.sentinel_ids[0]})")
+        print(summary(load_tokenizer(args.model), args.model))
     return 0
 
 

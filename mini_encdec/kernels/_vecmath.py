@@ -60,8 +60,10 @@ def _float32_from_bits(typingctx, bits):
 
 def cst(like, value):
     """`value` as a scalar of the float type of `like` (a float scalar or array), so
-    float32 code never promotes to float64 through a Python float literal."""
-    raise NotImplementedError("only callable inside jitted code")
+    float32 code never promotes to float64 through a Python float literal. (This body runs
+    in plain Python; inside jitted code the overload below is inlined instead.)"""
+    dtype = like.dtype if hasattr(like, "dtype") else np.asarray(like).dtype
+    return dtype.type(value)
 
 
 @overload(cst, inline="always")

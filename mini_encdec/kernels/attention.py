@@ -165,6 +165,18 @@ def _forward_parallel(nchunks, q, kT, v, mask, scale, cap, o, lse):
                       cap, o, lse)
 
 
+@njit(inline="always")
+def _tile_row(t, M, g0, r0, K, G, Tq, Bm, Tqm):
+    """Where row t of a tile lives (the layout shared by _grad_rows and _softmax_rows):
+    tile slot c = t // M covers kv head g = g0 + c (b = g // K, kh = g % K); its row
+    rr = t % M is query row r0 + rr of that kv head's G*Tq rows (query head h = kh*G + hg,
+    position i). bm, im index the (possibly broadcast) mask."""
+    c, rr = t // M, t % M
+    b, kh = (g0 + c) // K, (g0 + c) % K
+    hg, i = (r0 + rr) // Tq, (r0 + rr) % Tq
+    return c, rr, b, kh * G + hg, i, (b if Bm > 1 else 0), (i if Tqm > 1 else 0)
+
+
 @njit(**JIT)
 def _grad_rows(t0, t1, g0, r0, K, s, dp, o, do, mask, scale, cap, lse):
     """Rows t0 <= t < t1 (t = c*M + rr) of one backward tile. The tile covers the
@@ -180,11 +192,7 @@ def _grad_rows(t0, t1, g0, r0, K, s, dp, o, do, mask, scale, cap, lse):
     zero, one = cst(scale, 0.0), cst(scale, 1.0)
     inv_cap = one / cap if cap > zero else zero
     for t in range(t0, t1):
-        c, rr = t // M, t % M
-        b, kh = (g0 + c) // K, (g0 + c) % K
-        hg, i = (r0 + rr) // Tq, (r0 + rr) % Tq
-        h = kh * G + hg
-        bm, im = (b if Bm > 1 else 0), (i if Tqm > 1 else 0)
+        c, rr, b, h, i, bm, im = _tile_row(t, M, g0, r0, K, G, Tq, Bm, Tqm)
         lo, hi = _row_range(mask, bm, im)
         if lo >= hi:  # empty row: zero gradients
             for j in range(Tk):
@@ -233,11 +241,7 @@ def _softmax_rows(t0, t1, g0, r0, K, s, mask, scale, cap, lse):
     zero, one, neg_inf = cst(scale, 0.0), cst(scale, 1.0), cst(scale, -np.inf)
     inv_cap = one / cap if cap > zero else zero
     for t in range(t0, t1):
-        c, rr = t // M, t % M
-        b, kh = (g0 + c) // K, (g0 + c) % K
-        hg, i = (r0 + rr) // Tq, (r0 + rr) % Tq
-        h = kh * G + hg
-        bm, im = (b if Bm > 1 else 0), (i if Tqm > 1 else 0)
+        c, rr, b, h, i, bm, im = _tile_row(t, M, g0, r0, K, G, Tq, Bm, Tqm)
         lo, hi = _row_range(mask, bm, im)
         if lo >= hi:  # no allowed key: o = 0
             for j in range(Tk):
