@@ -136,12 +136,12 @@ def _subsample(xs: list, limit: int, seed: int) -> list:
     return [xs[i] for i in sorted(pick)]
 
 
-def _generation_cost(model, arch: str, sources, plan: DemoPlan):
+def _generation_cost(model, sources, plan: DemoPlan):
     """(mean seconds per example at batch 1, mean generated tokens, outputs)."""
     from .models.generate import generate
     outs, times, lengths = [], [], []
     for src in sources:
-        prompt = [int(t) for t in src] if arch == "encdec" else [int(t) for t in src]
+        prompt = [int(t) for t in src]  # the source (encoder-decoder) or the prompt (decoder-only)
         t0 = time.perf_counter()
         new = generate(model, [prompt], max_new_tokens=plan.new_tokens)[0]
         times.append(time.perf_counter() - t0)
@@ -323,7 +323,7 @@ def run(args) -> int:
         reply_nll = mean_token_nll(m, reply_val, arch, S, T)
         pred = rank_classify(m, [e.inputs for e in genre_val], genre_names, arch, S, T)
         acc = float(np.mean(pred == np.array([e.label for e in genre_val])))
-        latency, mean_len, outs = _generation_cost(m, arch, [e.inputs for e in gen_examples],
+        latency, mean_len, outs = _generation_cost(m, [e.inputs for e in gen_examples],
                                                    plan)
         rouge = float(np.mean([rouge_l(o, e.targets, eos_id=tok.eos_id)
                                for o, e in zip(outs, gen_examples)]))
