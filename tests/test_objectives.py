@@ -186,8 +186,9 @@ def test_ul2_examples_carry_mode_tokens_and_fit(preset):
         assert ex.inputs[0] == MODES[den.mode]
         assert not np.isin(ex.inputs[1:], list(MODES.values())).any()
         assert len(ex.inputs) <= s and len(ex.targets) <= t
-        if den.kind == "sequential":  # S: inputs ++ targets is a contiguous window
-            x = np.concatenate([ex.inputs[1:], ex.targets])
+        if den.kind == "sequential":  # S: [S2S] prefix EOS -> suffix EOS, a contiguous window
+            assert ex.inputs[-1] == EOS and ex.targets[-1] == EOS
+            x = np.concatenate([ex.inputs[1:-1], ex.targets[:-1]])
             assert np.all(np.diff(x) == 1)
     assert seen == set(range(len(mix.denoisers)))
 
@@ -204,6 +205,9 @@ def test_sequential_denoiser_targets_are_a_suffix(length, seed):
     full = denoise(tokens, np.random.default_rng(seed), Denoiser("[S2S]", kind="sequential"),
                    mode_id=12, sentinel_ids=SENTINELS, eos_id=EOS)
     assert full.inputs[0] == 12 and not np.isin(full.targets, SENTINELS).any()
+    # like the R and X denoisers (and T5), inputs and targets both end with EOS
+    np.testing.assert_array_equal(full.inputs, np.concatenate([[12], ex.inputs, [EOS]]))
+    np.testing.assert_array_equal(full.targets, np.concatenate([ex.targets, [EOS]]))
 
 
 def test_single_span_denoiser_covers_three_quarters():

@@ -239,7 +239,7 @@ if plt is not None:
 # |---|---|---|
 # | `[NLU]` | R: regular span corruption | (3, .15), (8, .15) |
 # | `[NLG]` | X: extreme corruption | (3, .5), (8, .5), (64, .15), (64, .5) |
-# | `[S2S]` | S: sequential prefix-LM | prefix length uniform in `[round((1-2r)(L-1)), L-1]`, r = .25 |
+# | `[S2S]` | S: sequential prefix-LM | prefix length uniform in `[round((1-2r)(L-1)), L-1]`, r = .25; prefix and suffix each end with EOS |
 #
 # For a fixed encoder length `S` and decoder length `T`, each task reads the longest raw
 # segment whose example fits (mode token included), so tasks read different amounts of
@@ -267,9 +267,10 @@ for seed in range(40):
     d = ul2.mixture.denoisers[task]
     assert ex.inputs[0] == tok.mode_ids[d.mode]       # the mode token comes first
     assert len(ex.inputs) <= S and len(ex.targets) <= T
-    if d.kind == "sequential":  # S: a plain prefix/suffix split of a sub-window
+    if d.kind == "sequential":  # S: a plain prefix/suffix split of a sub-window, each + EOS
         assert not np.isin(ex.targets, tok.sentinel_ids).any()
-        assert is_slice_of(np.concatenate([ex.inputs[1:], ex.targets]), window)
+        assert ex.inputs[-1] == tok.eos_id and ex.targets[-1] == tok.eos_id
+        assert is_slice_of(np.concatenate([ex.inputs[1:-1], ex.targets[:-1]]), window)
     else:                       # R and X: span corruption of a sub-window
         original = uncorrupt(ex.inputs[1:], ex.targets, tok.sentinel_ids, tok.eos_id)
         assert len(original) == d.raw_length(S, T) and is_slice_of(original, window)

@@ -6,7 +6,8 @@ Every task prepends a mode token to the encoder input:
     X  [NLG]  extreme corruption: (3, .5), (8, .5), (64, .15), (64, .5)
     S  [S2S]  sequential prefix-LM: prefix length k uniform in
               [max(1, round((1 - 2r)(L - 1))), L - 1], r = 0.25;
-              inputs = tokens[:k], targets = tokens[k:], no sentinels, no EOS
+              inputs = tokens[:k] EOS, targets = tokens[k:] EOS, no sentinels (EOS as
+              in T5 and the R and X denoisers)
 
 Presets:
     "ul2"       the UL2 paper's 7 denoisers above, sampled uniformly
@@ -76,9 +77,9 @@ class Denoiser:
 
     def example_lengths(self, length: int) -> tuple:
         """(max inputs length with the mode token, max targets length) for raw `length`."""
-        if self.kind == "sequential":
+        if self.kind == "sequential":  # [S2S] prefix EOS -> suffix EOS
             lo = sequential_prefix_bounds(length, self.r)[0]
-            return 1 + (length - 1), length - lo
+            return 1 + (length - 1) + 1, length - lo + 1
         i, t = corrupted_lengths(length, self.density, self.mean_span)
         return 1 + i, t
 
@@ -87,7 +88,7 @@ class Denoiser:
 def _raw_length(den: Denoiser, s: int, t: int) -> int:
     if den.kind == "span":
         best = fitting_raw_length(s, t, den.density, den.mean_span, extra_inputs=1)
-    else:  # inputs 1 + k <= S for k up to L - 1; targets L - k <= T for k down to lo
+    else:  # inputs 1 + k + 1 <= S for k up to L - 1; targets L - k + 1 <= T for k down to lo
         best = 0
         for length in range(2, s + t + 2):
             i, o = den.example_lengths(length)
@@ -119,9 +120,14 @@ def sequential_denoise(tokens, rng: np.random.Generator, *, r: float = 0.25) -> 
 
 def denoise(tokens, rng: np.random.Generator, denoiser: Denoiser, *, mode_id: int,
             sentinel_ids: Sequence[int], eos_id: int) -> Example:
-    """Apply one denoiser to a raw segment and prepend its mode token to the inputs."""
+    """Apply one denoiser to a raw segment and prepend its mode token to the inputs.
+
+    Every denoiser's inputs and targets end with EOS, as in T5: span corruption appends
+    it itself; the S-denoiser's split (prefix, suffix) gets it here."""
     if denoiser.kind == "sequential":
         ex = sequential_denoise(tokens, rng, r=denoiser.r)
+        ex = Example(np.concatenate([ex.inputs, [eos_id]]).astype(np.int64),  # prefix EOS
+                     np.concatenate([ex.targets, [eos_id]]).astype(np.int64))  # suffix EOS
     else:
         ex = span_corruption(tokens, rng, density=denoiser.density,
                              mean_span=denoiser.mean_span, sentinel_ids=sentinel_ids,
