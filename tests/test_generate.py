@@ -268,3 +268,30 @@ def test_bad_generation_arguments():
         generate(model, "hello")
     with pytest.raises(ValueError, match="model"):
         generate(object(), PROMPTS)
+
+
+def test_forced_length_generates_past_eos():
+    """stop_at_eos=False: every row gets exactly max_new_tokens, the prefix up to the
+    first EOS equals the stopping run's output."""
+    from mini_encdec import preset
+    from mini_encdec.models import build_model
+    from mini_encdec.models.generate import generate
+    cfg = preset("tiny", vocab_size=32, num_hidden_layers=2, hidden_size=32, head_dim=8,
+                 intermediate_size=64)
+    model = build_model(cfg, seed=3)
+    eos = cfg.eos_token_id
+    prompts = [[2, 7, 9], [2, 11]]
+    # point EOS's embedding along row 0's last hidden state: row 0 emits EOS first
+    h = model.hidden_states({"input_ids": np.array([prompts[0]])})[0, -1]
+    model.params["model.embed_tokens.weight"][eos] = 50.0 * h / np.linalg.norm(h) ** 2
+    stopped = generate(model, prompts, max_new_tokens=6)
+    forced = generate(model, prompts, max_new_tokens=6, stop_at_eos=False)
+    assert stopped[0, 0] == eos and (stopped[0, 1:] == cfg.pad_token_id).all()
+    assert forced.shape == (2, 6) and (forced[0, 1:] != cfg.pad_token_id).all()
+    for row in range(2):  # the same tokens up to and including the first EOS
+        n = next((i + 1 for i, t in enumerate(stopped[row]) if t == eos), stopped.shape[1])
+        np.testing.assert_array_equal(forced[row, :n], stopped[row, :n])
+    with pytest.raises(ValueError, match="stop_at_eos"):
+        generate(model, prompts, stop_at_eos="no")
+    with pytest.raises(ValueError, match="beam search"):
+        generate(model, prompts, method="beam", stop_at_eos=False)

@@ -203,13 +203,22 @@ def generate(model, inputs, *, max_new_tokens: int = 20, method: str = "greedy",
              temperature: float = 1.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, rng: Optional[np.random.Generator] = None,
              seed: int = 0, num_beams: int = 4, length_penalty: float = 1.0,
-             use_cache: bool = True, attention_mask=None) -> np.ndarray:
-    """New tokens (B, N) for every input (see the module docstring)."""
+             use_cache: bool = True, attention_mask=None,
+             stop_at_eos: bool = True) -> np.ndarray:
+    """New tokens (B, N) for every input (see the module docstring).
+
+    stop_at_eos=False generates exactly max_new_tokens for every row, EOS or not (a
+    forced length: what inference-cost comparisons at equal output length need)."""
     fn = "generate"
     max_new_tokens = _check_common(model, max_new_tokens, fn)
     if method not in METHODS:
         raise ValueError(f"{fn}: argument 'method': expected one of {METHODS}, got {method!r}")
+    if not isinstance(stop_at_eos, bool):
+        raise ValueError(f"{fn}: argument 'stop_at_eos': expected True or False, got "
+                         f"{stop_at_eos!r}")
     if method == "beam":
+        if not stop_at_eos:
+            raise ValueError(f"{fn}: argument 'stop_at_eos': beam search always stops at EOS")
         return beam_search(model, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens,
                            length_penalty=length_penalty, use_cache=use_cache,
                            attention_mask=attention_mask)[0]
@@ -237,7 +246,8 @@ def generate(model, inputs, *, max_new_tokens: int = 20, method: str = "greedy",
             tok = sample_tokens(sampling_probs(logits, temperature, top_k, top_p), rng)
         tok = np.where(finished, cfg.pad_token_id, tok).astype(np.int64)  # (B,)
         out.append(tok)
-        finished |= tok == cfg.eos_token_id
+        if stop_at_eos:
+            finished |= tok == cfg.eos_token_id
         if finished.all() or t == max_new_tokens - 1:
             break
         logits = stepper.advance(tok)
