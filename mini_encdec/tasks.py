@@ -17,9 +17,15 @@ own (pad 0, eos 1, bos 2, unk 3, then the symbols 0-9, '+', a-z):
   addition   "123+45" -> "168"
 Metric: exact match of greedy outputs (`exact_match`).
 
-Text examples are token ids: inputs = text tokens (truncated from the left to fit) + EOS,
-targets = reply tokens (truncated from the right) + EOS, so they batch with
-batching.ExampleBatcher / collate_encdec / collate_decoder like pre-training examples.
+Text examples are token ids: inputs = task prefix + text tokens (the text truncated from
+the left to fit) + EOS, targets = reply tokens (truncated from the right) + EOS, so they
+batch with batching.ExampleBatcher / collate_encdec / collate_decoder like pre-training
+examples.
+
+Task prefixes (SPEC section 7): every task's inputs start with a short instruction of its
+own (`TASK_PREFIXES`), in both architectures, so a model fine-tuned on a mixture of tasks
+reads which task it is asked to do (without one, a reply and a genre question look the
+same: a bare speech, and a small model collapses onto the easier answer).
 """
 
 from __future__ import annotations
@@ -35,9 +41,31 @@ from .objectives.example import Example
 IGNORE = -100
 
 
-def _fit_inputs(ids: np.ndarray, length: int, eos_id: int) -> np.ndarray:
-    """Keep the last length - 1 tokens (nearest the answer), then EOS."""
-    return np.concatenate([ids[max(0, len(ids) - (length - 1)):], [eos_id]]).astype(np.int64)
+# The instruction each task's inputs start with (the same text for both architectures).
+TASK_PREFIXES = {
+    "reply": "Reply to this speech:",
+    "genre": "Which kind of play is this speech from?",
+}
+
+
+def task_prefix(task: str, tokenizer) -> np.ndarray:
+    """The token ids of `task`'s instruction (TASK_PREFIXES)."""
+    if task not in TASK_PREFIXES:
+        raise ValueError(f"task_prefix: argument 'task': expected one of "
+                         f"{sorted(TASK_PREFIXES)}, got {task!r}")
+    return np.asarray(tokenizer.encode(TASK_PREFIXES[task]), dtype=np.int64)
+
+
+def _fit_inputs(ids: np.ndarray, length: int, eos_id: int,
+                prefix: Optional[np.ndarray] = None) -> np.ndarray:
+    """prefix, then the last tokens of `ids` (nearest the answer) that fit, then EOS:
+    at most `length` tokens."""
+    prefix = np.zeros(0, np.int64) if prefix is None else np.asarray(prefix, np.int64)
+    room = length - 1 - len(prefix)
+    if room < 1:
+        raise ValueError(f"tasks: an input length of {length} leaves no room for the text "
+                         f"after the {len(prefix)}-token task prefix and EOS")
+    return np.concatenate([prefix, ids[max(0, len(ids) - room):], [eos_id]]).astype(np.int64)
 
 
 def _fit_targets(ids: np.ndarray, length: int, eos_id: int) -> np.ndarray:
@@ -72,10 +100,12 @@ def reply_pairs(split: str, corpus_dir=None) -> list:
 
 
 def reply_examples(split: str, tokenizer, *, encoder_length: int = 128,
-                   decoder_length: int = 128, corpus_dir=None) -> list:
-    """Reply pairs as Examples fitted to (encoder_length, decoder_length)."""
+                   decoder_length: int = 128, corpus_dir=None, prefix: bool = True) -> list:
+    """Reply pairs as Examples fitted to (encoder_length, decoder_length); the inputs
+    start with the task prefix unless prefix=False."""
     eos = tokenizer.eos_id
-    return [Example(_fit_inputs(tokenizer.encode(a), encoder_length, eos),
+    pre = task_prefix("reply", tokenizer) if prefix else None
+    return [Example(_fit_inputs(tokenizer.encode(a), encoder_length, eos, pre),
                     _fit_targets(tokenizer.encode(b), decoder_length, eos))
             for a, b in reply_pairs(split, corpus_dir)]
 
@@ -96,8 +126,11 @@ def genre_pairs(split: str, *, min_chars: int = 40, corpus_dir=None) -> list:
 
 
 def genre_examples(split: str, tokenizer, *, length: int = 128, min_chars: int = 40,
-                   corpus_dir=None) -> list:
-    return [ClassExample(_fit_inputs(tokenizer.encode(t), length, tokenizer.eos_id), g)
+                   corpus_dir=None, prefix: bool = True) -> list:
+    """Genre ClassExamples of at most `length` tokens; the inputs start with the task
+    prefix unless prefix=False."""
+    pre = task_prefix("genre", tokenizer) if prefix else None
+    return [ClassExample(_fit_inputs(tokenizer.encode(t), length, tokenizer.eos_id, pre), g)
             for t, g in genre_pairs(split, min_chars=min_chars, corpus_dir=corpus_dir)]
 
 

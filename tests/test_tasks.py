@@ -85,3 +85,26 @@ def test_metrics():
     assert exact_match([[4, 5, 1, 0], [4, 1]], [[4, 5, 1, -100], [5, 1]]) == 0.5
     with pytest.raises(ValueError, match="predictions"):
         exact_match([], [])
+
+
+def test_task_prefixes_start_every_input_and_differ_between_tasks():
+    from mini_encdec.tasks import TASK_PREFIXES, task_prefix
+    tok = load_tokenizer()
+    prefixes = {t: task_prefix(t, tok) for t in TASK_PREFIXES}
+    assert len({tuple(p) for p in prefixes.values()}) == len(prefixes)
+    for length in (16, 40):
+        reply = reply_examples("validation", tok, encoder_length=length, decoder_length=8)
+        genre = genre_examples("validation", tok, length=length)
+        for task, exs in (("reply", reply), ("genre", genre)):
+            p = prefixes[task]
+            for e in exs[:200]:
+                assert len(e.inputs) <= length and e.inputs[-1] == tok.eos_id
+                np.testing.assert_array_equal(e.inputs[:len(p)], p)
+    # without the prefix: the bare text, as before
+    bare = reply_examples("validation", tok, encoder_length=16, decoder_length=8, prefix=False)
+    assert any(not np.array_equal(e.inputs[:len(prefixes["reply"])], prefixes["reply"])
+               for e in bare[:50])
+    with pytest.raises(ValueError, match="no room"):
+        genre_examples("validation", tok, length=len(prefixes["genre"]) + 1)
+    with pytest.raises(ValueError, match="task"):
+        task_prefix("nosuch", tok)
