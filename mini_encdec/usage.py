@@ -1,0 +1,41 @@
+"""Command-line mistakes: the one error type every command raises for them, and "did you
+mean".
+
+    raise UsageError("--preset nosuch: expected one of tiny, small, ... (did you mean ...?)")
+
+`cli.main` turns a UsageError into one line on stderr, `<prog> <command>: error: <message>`,
+and exit status 2 (no traceback). A message names the argument, the value given and what
+was expected. Library functions may raise it too (it is a ValueError), so calling them
+from Python gives the same message.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class UsageError(ValueError):
+    """A bad command-line value; reported as one `error: ...` line with exit status 2."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """" (did you mean 'steps'?)" when `word` is close to one of `choices`, else ""."""
+    choices = [str(c) for c in choices]
+    # case-insensitive match first ("Tiny" -> "tiny"), then difflib's similarity ratio
+    lower = {c.lower(): c for c in choices}
+    close = [lower[word.lower()]] if word.lower() in lower else \
+        difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+def expect_choice(what: str, value: str, choices: Iterable[str]) -> str:
+    """`value` if it is one of `choices`, else a UsageError naming `what`, the choices and
+    the nearest ones."""
+    choices = list(choices)
+    if value in choices:
+        return value
+    raise UsageError(f"{what} {value}: expected one of {', '.join(map(str, choices))}"
+                     f"{did_you_mean(value, choices)}")
