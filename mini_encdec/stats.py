@@ -1,0 +1,111 @@
+"""Statistics for comparing two arms over seeds: mean, standard deviation and a paired
+t-test (no SciPy needed).
+
+The study runs every arm with the same seeds (the same parent, data order and fresh
+initialisations per seed), so two arms are compared seed by seed:
+
+    d_s = a_s - b_s            the per-seed difference, s = 1..n
+    t   = mean(d) / (std(d, ddof=1) / sqrt(n))      with n - 1 degrees of freedom
+    p   = P(|T_{n-1}| >= |t|)  two-sided
+
+The Student t tail comes from the regularised incomplete beta function,
+P(|T_v| >= t) = I_{v / (v + t^2)}(v / 2, 1 / 2), evaluated with the continued fraction of
+Numerical Recipes (section 6.4), written out below.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def _betacf(a: float, b: float, x: float, iters: int = 300, eps: float = 1e-15) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, iters + 1):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))          # even step
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))  # odd step
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float, one_minus_x: float | None = None) -> float:
+    """The regularised incomplete beta function I_x(a, b), 0 <= x <= 1.
+
+    one_minus_x: 1 - x computed without cancellation by the caller (for x near 1)."""
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"betainc: argument 'x': expected a number in [0, 1], got {x!r}")
+    y = 1.0 - x if one_minus_x is None else one_minus_x
+    if x == 0.0 or y == 0.0:
+        return 0.0 if x == 0.0 else 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log(y))
+    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast here
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, y) / b
+
+
+def t_two_sided_p(t: float, dof: int) -> float:
+    """P(|T| >= |t|) for Student's t with `dof` degrees of freedom."""
+    if dof < 1:
+        raise ValueError(f"t_two_sided_p: argument 'dof': expected >= 1, got {dof!r}")
+    if math.isinf(t):
+        return 0.0
+    return betainc(dof / 2.0, 0.5, dof / (dof + t * t), one_minus_x=t * t / (dof + t * t))
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Seed-paired comparison of arm a with arm b.
+
+    {"n", "mean_a", "std_a", "mean_b", "std_b", "mean_diff", "std_diff", "t", "p"}; std are
+    sample standard deviations (ddof=1). With every difference equal (zero spread) the test
+    is degenerate: p = 0 if the differences are non-zero, else 1."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired_test: expected two equally long sequences of at least 2 "
+                         f"values, got {a.shape} and {b.shape}")
+    d = a - b
+    n = len(d)
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0.0:
+        t, p = (math.inf if mean else 0.0), (0.0 if mean else 1.0)
+    else:
+        t = mean / (sd / math.sqrt(n))
+        p = t_two_sided_p(t, n - 1)
+    return {"n": n, "mean_a": float(a.mean()), "std_a": float(a.std(ddof=1)),
+            "mean_b": float(b.mean()), "std_b": float(b.std(ddof=1)),
+            "mean_diff": mean, "std_diff": sd, "t": float(t), "p": float(p)}
+
+
+def verdict(test: dict, better: str, alpha: float = 0.05) -> str:
+    """"reproduced" when the claimed direction holds with p < alpha, "not reproduced" when
+    the opposite direction does, "inconclusive" otherwise.
+
+    better: "higher" (the claim says a > b) or "lower" (the claim says a < b)."""
+    if better not in ("higher", "lower"):
+        raise ValueError(f"verdict: argument 'better': expected 'higher' or 'lower', got "
+                         f"{better!r}")
+    if test["p"] >= alpha or test["mean_diff"] == 0:
+        return "inconclusive"
+    claimed = test["mean_diff"] > 0 if better == "higher" else test["mean_diff"] < 0
+    return "reproduced" if claimed else "not reproduced"
