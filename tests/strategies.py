@@ -1,22 +1,16 @@
 """Hypothesis strategies shared by the tests, layered from sizes to shapes to arrays.
 
-Registers two profiles: "dev" (default deadline off too, since the first call of a
-Numba kernel compiles) and "ci" (no deadline, derandomised, fewer examples).
+The hypothesis profiles (deterministic by default, a seed-hunting mode) live in
+tests/conftest.py. Arrays are drawn from explicit seeded numpy Generators (`seeds`,
+`rngs`), never from numpy's global random state, so a hypothesis example fixes them too.
 """
 
-from hypothesis import HealthCheck, settings
+import numpy as np
+from hypothesis import strategies as st
 
-settings.register_profile("dev", deadline=None, max_examples=25,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("ci", deadline=None, max_examples=20, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
+from mini_encdec.config import EncDecConfig, GemmaConfig
 
 # --- layered strategies: sizes -> shapes -> arrays / masks -> configs -----------------------
-
-import numpy as np  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from mini_encdec.config import EncDecConfig, GemmaConfig  # noqa: E402
 
 # Sizes: small, so a float64 finite-difference check over every element stays cheap.
 batch_sizes = st.integers(1, 2)

@@ -65,8 +65,9 @@ loss.py
         -sum_v teacher_probs[v] * log_softmax(logits / temperature)[v]
     distillation_backward(dloss, cache) -> dlogits
 gradcheck.py (test helper)
-    numerical_grad(f, x, h=1e-6) -> central differences of the scalar f() wrt float64 x
-    rel_error(a, b, floor=1e-6) -> max |a - b| / max(max |a|, max |b|, floor)
+    numerical_grad(f, x, h=1e-4) -> central differences of the scalar f() wrt float64 x
+    rel_error(a, b, floor=1e-5) -> max |a - b| / max(max |a|, max |b|, floor), floor the
+        size of the gradient's terms where they can cancel; GRAD_TOL = 1e-6
     random_cotangent(out, rng) -> R, so sum(out * R) is a scalar loss with d/d out = R
 
 Helpers beyond the API: masks and rope tables are plain arrays; rope.rotate_half,
