@@ -227,8 +227,89 @@ class EncDecConfig:
         return cls(**d)
 
 
+# Classifier modes (SPEC 7): which hidden state the head reads.
+DECODER_ONLY = "decoder"            # Gemma2ForSequenceClassification: last real token
+ENCODER_ONLY = "encoder"            # T5GemmaForSequenceClassification, is_encoder_decoder=False
+ENCODER_DECODER = "encoder_decoder"  # T5GemmaForSequenceClassification, is_encoder_decoder=True
+CLASSIFIER_MODES = (DECODER_ONLY, ENCODER_ONLY, ENCODER_DECODER)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """A sequence classifier: a backbone plus a linear head on one token's hidden state
+    (`mini_encdec.models.classifier`, SPEC 7)."""
+
+    # The backbone: a GemmaConfig (decoder-only) or an EncDecConfig (T5Gemma).
+    backbone: Any = field(default_factory=GemmaConfig)
+    # C: number of classes (>= 2; transformers treats 1 as regression, not supported here).
+    num_labels: int = 2
+    # "decoder" for a GemmaConfig; "encoder" (the paper's probe, the default) or
+    # "encoder_decoder" for an EncDecConfig. None picks the default.
+    mode: Optional[str] = None
+    # Class names (transformers' id2label); empty means "LABEL_0", "LABEL_1", ...
+    label_names: tuple = ()
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if not isinstance(self.backbone, (GemmaConfig, EncDecConfig)):
+            _fail(name, "backbone", "a GemmaConfig or EncDecConfig", self.backbone)
+        n = self.num_labels
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            _fail(name, "num_labels", "an integer >= 2", n)
+        allowed = (DECODER_ONLY,) if isinstance(self.backbone, GemmaConfig) \
+            else (ENCODER_ONLY, ENCODER_DECODER)
+        mode = allowed[0] if self.mode is None else self.mode
+        if mode not in allowed:
+            _fail(name, "mode", f"one of {allowed} for a {type(self.backbone).__name__} "
+                  f"backbone", mode)
+        object.__setattr__(self, "mode", mode)
+        labels = tuple(self.label_names) if self.label_names else \
+            tuple(f"LABEL_{i}" for i in range(n))
+        if len(labels) != n or not all(isinstance(x, str) and x for x in labels) \
+                or len(set(labels)) != n:
+            _fail(name, "label_names", f"{n} distinct non-empty strings (one per class)",
+                  self.label_names)
+        object.__setattr__(self, "label_names", labels)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backbone.vocab_size
+
+    @property
+    def pad_token_id(self) -> int:
+        b = self.backbone
+        return (b if isinstance(b, GemmaConfig) else b.decoder).pad_token_id
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the hidden state the head reads."""
+        b = self.backbone
+        if self.mode == DECODER_ONLY:
+            return b.hidden_size
+        return (b.encoder if self.mode == ENCODER_ONLY else b.decoder).hidden_size
+
+    def replace(self, **changes: Any) -> "ClassifierConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {"backbone": self.backbone.to_dict(), "num_labels": self.num_labels,
+                "mode": self.mode, "label_names": list(self.label_names)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierConfig":
+        d = check_known_fields(cls, d)
+        if "backbone" not in d:
+            raise ValueError("ClassifierConfig: missing config field 'backbone'")
+        d["backbone"] = config_from_dict(d["backbone"])
+        if d.get("label_names") is not None:
+            d["label_names"] = tuple(d["label_names"])
+        return cls(**d)
+
+
 def config_from_dict(d: dict):
-    """GemmaConfig or EncDecConfig, whichever the dict describes."""
+    """GemmaConfig, EncDecConfig or ClassifierConfig, whichever the dict describes."""
+    if isinstance(d, dict) and "backbone" in d:
+        return ClassifierConfig.from_dict(d)
     return EncDecConfig.from_dict(d) if "encoder" in d else GemmaConfig.from_dict(d)
 
 
@@ -315,11 +396,17 @@ def _stack_params(cfg: GemmaConfig, *, norms_per_layer: int, embedding: bool) ->
 def count_parameters(config) -> int:
     """Number of distinct parameters, as `transformers` `model.num_parameters()` reports
     (the tied output matrix counted once)."""
+    if isinstance(config, ClassifierConfig):  # T5Gemma's head has a bias, Gemma 2's not
+        c, b = config, config.backbone
+        head = c.num_labels * c.hidden_size + (c.num_labels if c.mode != DECODER_ONLY else 0)
+        if c.mode == ENCODER_ONLY:  # transformers keeps only the encoder
+            return _stack_params(b.encoder, norms_per_layer=4, embedding=True) + head
+        return count_parameters(b) + head
     if isinstance(config, GemmaConfig):
         return _stack_params(config, norms_per_layer=4, embedding=True)
     if not isinstance(config, EncDecConfig):
-        raise ValueError(f"count_parameters: expected a GemmaConfig or EncDecConfig, got "
-                         f"{type(config).__name__}")
+        raise ValueError(f"count_parameters: expected a GemmaConfig, EncDecConfig or "
+                         f"ClassifierConfig, got {type(config).__name__}")
     enc, dec = config.encoder, config.decoder
     total = _stack_params(enc, norms_per_layer=4, embedding=True)
     total += _stack_params(dec, norms_per_layer=4, embedding=not config.tie_all_embeddings)

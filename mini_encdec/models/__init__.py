@@ -34,32 +34,42 @@ Padding convention (inputs.py): attention_mask is 1 for real tokens; positions c
 tokens only, so left and right padding both leave real tokens' results unchanged.
 Batch errors (missing key, wrong shape, id out of range, non-0/1 mask) raise ValueError
 naming the key. Generation: `mini_encdec.models.generate`; FLOPs: `mini_encdec.models.flops`.
+
+Classification (SPEC 7): `build_model(ClassifierConfig(...))` or
+`SequenceClassifier.from_backbone(model, num_labels, mode)` -> a SequenceClassifier with
+forward(batch) -> (B, C) logits, loss, loss_and_grads, predict; batch labels are (B,)
+class ids (`mini_encdec.models.classifier`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..config import EncDecConfig, GemmaConfig
+from ..config import ClassifierConfig, EncDecConfig, GemmaConfig
+from .classifier import SequenceClassifier
 from .encdec import EncDecLM
 from .gemma import GemmaLM
 from .params import init_params, param_shapes
 
-__all__ = ["build_model", "GemmaLM", "EncDecLM", "init_params", "param_shapes"]
+__all__ = ["build_model", "GemmaLM", "EncDecLM", "SequenceClassifier", "init_params",
+           "param_shapes"]
 
 
 def build_model(config, params=None, seed: int = 0, dtype=np.float32):
-    """GemmaLM for a GemmaConfig, EncDecLM for an EncDecConfig.
+    """GemmaLM for a GemmaConfig, EncDecLM for an EncDecConfig, SequenceClassifier for a
+    ClassifierConfig.
 
     params: flat dict with Hugging Face keys (checked: exact key set, shapes, one float
     dtype; the arrays are used as given, not copied). None: fresh init from `seed` in
     `dtype` (linear/embedding weights N(0, 0.02), norm weights 0).
     """
-    if not isinstance(config, (GemmaConfig, EncDecConfig)):
-        raise ValueError(f"build_model: argument 'config': expected a GemmaConfig or "
-                         f"EncDecConfig, got {type(config).__name__}")
+    if not isinstance(config, (GemmaConfig, EncDecConfig, ClassifierConfig)):
+        raise ValueError(f"build_model: argument 'config': expected a GemmaConfig, "
+                         f"EncDecConfig or ClassifierConfig, got {type(config).__name__}")
     if params is None:
         params = init_params(config, seed=seed, dtype=dtype)
     if isinstance(config, GemmaConfig):
         return GemmaLM(config, params)
+    if isinstance(config, ClassifierConfig):
+        return SequenceClassifier(config, params)
     return EncDecLM(config, params)

@@ -25,7 +25,6 @@ from typing import Optional
 
 import numpy as np
 
-from .. import ops
 from ..config import EncDecConfig
 from ..nn.embedding import embedding_forward
 from ..validate import check_float, check_ids, check_mask, check_shape
@@ -33,7 +32,8 @@ from . import head
 from .inputs import (check_batch, memory_mask, merge_masks, positions_from_mask, rope_for,
                      self_attention_masks)
 from .params import check_params, decoder_spec, encoder_spec
-from .stack import stack_backward, stack_forward
+from .stack import stack_forward
+from .trunk import trunk_backward, trunk_forward
 
 _GROUPS = {"input_ids": "source", "attention_mask": "source",
            "decoder_input_ids": "target", "labels": "target"}
@@ -71,15 +71,10 @@ class EncDecLM:
 
     # --- encoder ----------------------------------------------------------------------------
     def _encode(self, input_ids: np.ndarray, attention_mask, causal: bool = False):
-        cfg, P = self.config.encoder, self.params
-        S = input_ids.shape[1]
-        # x = Ee[ids] * sqrt(De)
-        x, c_emb = embedding_forward(input_ids, P[self.encoder_embed_key])  # (B, S, De)
-        pos = positions_from_mask(attention_mask, S)  # (S,) or (B, S)
-        masks = self_attention_masks(cfg, pos, pos, causal=causal, key_padding=attention_mask)
-        enc, c_stack, _ = stack_forward(P, self.enc_spec, x, masks=masks,
-                                        rope=rope_for(cfg, pos, self.dtype))
-        return enc, {"emb": c_emb, "stack": c_stack}
+        """(B, S) ids -> (B, S, De) encoder output and its cache (x = Ee[ids] * sqrt(De),
+        blocks, final norm: `trunk.py`)."""
+        return trunk_forward(self.params, self.enc_spec, input_ids, attention_mask,
+                             causal=causal)
 
     def encode(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None, *,
                causal: bool = False) -> np.ndarray:
@@ -98,14 +93,19 @@ class EncDecLM:
         return self._encode(b["input_ids"], b.get("attention_mask"), causal)[0]
 
     # --- decoder ----------------------------------------------------------------------------
-    def _decode(self, decoder_input_ids: np.ndarray, enc: np.ndarray, enc_mask):
+    def _decode(self, decoder_input_ids: np.ndarray, enc: np.ndarray, enc_mask,
+                decoder_mask=None):
+        """(B, T) ids -> (B, T, Dd) final-normed decoder states and their cache.
+        decoder_mask: optional bool (B, T) key padding of the decoder self-attention
+        (the classifier's shifted inputs); positions then count its real tokens."""
         cfg, P = self.config.decoder, self.params
         B, T = decoder_input_ids.shape
         S = enc.shape[1]
         # y = Ed[ids] * sqrt(Dd)
         y, c_emb = embedding_forward(decoder_input_ids, P[self.decoder_embed_key])  # (B, T, Dd)
-        pos = positions_from_mask(None, T)  # (T,): the decoder counts from 0 on its own
-        masks = self_attention_masks(cfg, pos, pos, causal=True)
+        # (T,) 0..T-1 without a mask: the decoder counts from 0 on its own; else (B, T)
+        pos = positions_from_mask(decoder_mask, T)
+        masks = self_attention_masks(cfg, pos, pos, causal=True, key_padding=decoder_mask)
         mem_mask = memory_mask(enc_mask, S)  # (B|1, 1, 1, S)
         if self.dec_spec.merged:
             masks = merge_masks(masks, mem_mask, B)  # (B, 1, T, T + S)
@@ -155,19 +155,24 @@ class EncDecLM:
         return self._backward_from_z(dz, cache)
 
     def _backward_from_z(self, dz: np.ndarray, cache: dict) -> dict:
-        grads: dict = {}
         # z = h Ed^T  (the output matrix use of Ed)
         dh, dE_out = head.raw_logits_backward(dz, cache["logits"])
-        dy, denc = stack_backward(dh, cache["dec"]["stack"], grads)
-        # y = Ed[decoder_input_ids] * sqrt(Dd)  (the decoder input use of Ed)
-        dE_dec = ops.embedding_backward(dy, cache["dec"]["emb"])
-        dx, _ = stack_backward(denc, cache["enc"]["stack"], grads)
-        # x = Ee[input_ids] * sqrt(De)
-        dE_enc = ops.embedding_backward(dx, cache["enc"]["emb"])
+        return self._backward_from_hidden(dh, cache, dE_out)
+
+    def _backward_from_hidden(self, dh: np.ndarray, cache: dict, dE_out=None) -> dict:
+        """Parameter gradients given d(objective)/d(final decoder states) (B, T, Dd) and
+        the output-matrix gradient dE_out (V, Dd) (None: the objective does not use it)."""
+        grads: dict = {}
+        # h = dec_final_norm( decoder_blocks( Ed[decoder_input_ids] * sqrt(Dd), enc ) )
+        dE_dec, denc = trunk_backward(dh, cache["dec"], grads)
+        # enc = enc_final_norm( encoder_blocks( Ee[input_ids] * sqrt(De) ) )
+        dE_enc, _ = trunk_backward(denc, cache["enc"], grads)
+        if dE_out is not None:
+            dE_dec = dE_out + dE_dec
         if self.config.tie_all_embeddings:  # one table, three uses
-            grads[self.encoder_embed_key] = dE_out + dE_dec + dE_enc
+            grads[self.encoder_embed_key] = dE_dec + dE_enc
         else:
-            grads[self.decoder_embed_key] = dE_out + dE_dec
+            grads[self.decoder_embed_key] = dE_dec
             grads[self.encoder_embed_key] = dE_enc
         return grads
 

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
 from ..config import GemmaConfig
-from ..nn.embedding import embedding_forward
 from . import head
-from .inputs import check_batch, positions_from_mask, rope_for, self_attention_masks
+from .inputs import check_batch
 from .params import check_params, gemma_spec
-from .stack import stack_backward, stack_forward
+from .trunk import trunk_backward, trunk_forward
 
 
 class GemmaLM:
@@ -55,15 +53,7 @@ class GemmaLM:
     # --- the network ----------------------------------------------------------------------
     def _trunk(self, input_ids: np.ndarray, attention_mask):
         """Embedding and all blocks: (B, T) ids -> (B, T, D) final-normed hidden states."""
-        cfg, P = self.config, self.params
-        T = input_ids.shape[1]
-        # x = E[ids] * sqrt(D)
-        x, c_emb = embedding_forward(input_ids, P[self.embed_key])  # (B, T) -> (B, T, D)
-        pos = positions_from_mask(attention_mask, T)  # (T,) or (B, T)
-        masks = self_attention_masks(cfg, pos, pos, causal=True, key_padding=attention_mask)
-        h, c_stack, _ = stack_forward(P, self.spec, x, masks=masks,
-                                      rope=rope_for(cfg, pos, self.dtype))
-        return h, {"emb": c_emb, "stack": c_stack}
+        return trunk_forward(self.params, self.spec, input_ids, attention_mask, causal=True)
 
     def hidden_states(self, batch: dict) -> np.ndarray:
         """Final-normed hidden states (B, T, D) (the input of the output matrix)."""
@@ -88,9 +78,8 @@ class GemmaLM:
         grads: dict = {}
         # z = h E^T  (first use of E: the output matrix)
         dh, dE_out = head.raw_logits_backward(dz, cache["logits"])
-        dx, _ = stack_backward(dh, cache["stack"], grads)
-        # x = E[ids] * sqrt(D)  (second use of E: the input embedding)
-        dE_in = ops.embedding_backward(dx, cache["emb"])
+        # h = final_norm( blocks( E[ids] * sqrt(D) ) )  (second use of E: the input embedding)
+        dE_in, _ = trunk_backward(dh, cache, grads)
         grads[self.embed_key] = dE_out + dE_in
         return grads
 

@@ -32,9 +32,14 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import EncDecConfig, GemmaConfig
+from ..config import DECODER_ONLY, ENCODER_ONLY, ClassifierConfig, EncDecConfig, GemmaConfig
 
 INIT_STD = 0.02  # standard deviation of fresh linear and embedding weights
+
+# Classification heads (SPEC 7), named as transformers names them.
+GEMMA2_SCORE = "score.weight"              # Gemma2ForSequenceClassification, (C, D), no bias
+T5GEMMA_SCORE = "score.out_proj.weight"    # T5GemmaForSequenceClassification, (C, D)
+T5GEMMA_SCORE_BIAS = "score.out_proj.bias"  # (C,)
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,26 @@ def stack_shapes(spec: StackSpec, *, embedding: bool = True) -> dict:
     return shapes
 
 
+def head_shapes(config: ClassifierConfig) -> dict:
+    """The classification head's keys -> shapes."""
+    C, D = config.num_labels, config.hidden_size
+    if config.mode == DECODER_ONLY:
+        return {GEMMA2_SCORE: (C, D)}
+    return {T5GEMMA_SCORE: (C, D), T5GEMMA_SCORE_BIAS: (C,)}
+
+
+def backbone_shapes(config: ClassifierConfig) -> dict:
+    """The backbone keys a classifier stores: all of them, except in encoder-only mode,
+    where (as in transformers) only the encoder's."""
+    if config.mode == ENCODER_ONLY:
+        return stack_shapes(encoder_spec(config.backbone))
+    return param_shapes(config.backbone)
+
+
 def param_shapes(config) -> dict:
     """Every stored parameter key -> shape, in initialisation order."""
+    if isinstance(config, ClassifierConfig):
+        return {**backbone_shapes(config), **head_shapes(config)}
     if isinstance(config, GemmaConfig):
         return stack_shapes(gemma_spec(config))
     if isinstance(config, EncDecConfig):
@@ -130,8 +153,8 @@ def param_shapes(config) -> dict:
         shapes.update(stack_shapes(decoder_spec(config),
                                    embedding=not config.tie_all_embeddings))
         return shapes
-    raise ValueError(f"param_shapes: argument 'config': expected a GemmaConfig or "
-                     f"EncDecConfig, got {type(config).__name__}")
+    raise ValueError(f"param_shapes: argument 'config': expected a GemmaConfig, "
+                     f"EncDecConfig or ClassifierConfig, got {type(config).__name__}")
 
 
 def is_norm_key(key: str) -> bool:
@@ -139,21 +162,26 @@ def is_norm_key(key: str) -> bool:
     return key.endswith("norm.weight")
 
 
+def init_tensor(key: str, shape: tuple, rng: np.random.Generator, dtype) -> np.ndarray:
+    """One fresh parameter: norm weights and biases 0; T5Gemma's classification head
+    N(0, 0.02^2 / C) (as transformers initialises it); every other weight N(0, 0.02^2)."""
+    if is_norm_key(key) or key.endswith(".bias"):
+        return np.zeros(shape, dtype=dtype)
+    std = INIT_STD / np.sqrt(shape[0]) if key == T5GEMMA_SCORE else INIT_STD
+    return (rng.standard_normal(shape) * std).astype(dtype)
+
+
 def init_params(config, seed: int = 0, dtype=np.float32,
                 rng: Optional[np.random.Generator] = None) -> dict:
-    """Fresh parameters: linear/embedding weights N(0, 0.02), norm weights 0."""
+    """Fresh parameters (`init_tensor`), drawn in `param_shapes` order: a classifier's
+    backbone gets the same weights as the backbone model built from the same seed."""
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"init_params: argument 'dtype': expected float32 or float64, "
                          f"got {dtype}")
     rng = rng if rng is not None else np.random.default_rng(seed)
-    params = {}
-    for key, shape in param_shapes(config).items():
-        if is_norm_key(key):
-            params[key] = np.zeros(shape, dtype=dtype)
-        else:
-            params[key] = (rng.standard_normal(shape) * INIT_STD).astype(dtype)
-    return params
+    return {key: init_tensor(key, shape, rng, dtype)
+            for key, shape in param_shapes(config).items()}
 
 
 def check_params(config, params) -> np.dtype:
