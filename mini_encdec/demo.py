@@ -76,7 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default="prefix_lm_kd",
                    help="stage 3 objective of the encoder-decoder (default: PrefixLM + "
                         "distillation from the parent)")
-    p.add_argument("--out", default=None, help="run directory (default runs/demo-<time>)")
+    p.add_argument("--out", default=None, help="run directory, new or empty (default "
+                   "runs/demo-<time>); written beside it and renamed into place when complete")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out, once the new run is complete")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="tiny", help="model preset (default tiny)")
     p.add_argument("--backend", choices=("numpy", "numba"), default=None,
@@ -220,6 +223,31 @@ def plot_stages(histories: dict, path: Path) -> Optional[Path]:
 # --- the run -------------------------------------------------------------------------------------
 
 def run(args) -> int:
+    """Check the arguments, then run the stages in a new directory beside --out that is
+    renamed to --out once everything is written (safe_output: a non-empty --out is refused
+    unless --overwrite, and nothing else is touched, even if the run fails)."""
+    from .config import PRESETS
+    from .safe_output import new_output_dir
+    from .usage import UsageError, did_you_mean
+    try:
+        plan_from_args(args)
+    except ValueError as e:
+        raise UsageError(str(e).removeprefix("demo: ")) from None
+    if args.preset.lower() not in {k.lower() for k in PRESETS}:
+        raise UsageError(f"--preset {args.preset}: expected one of {', '.join(PRESETS)}"
+                         f"{did_you_mean(args.preset, list(PRESETS))}")
+    if args.seed < 0:
+        raise UsageError(f"--seed {args.seed}: expected an integer >= 0")
+    target = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    with new_output_dir(target, overwrite=getattr(args, "overwrite", False),
+                        what="--out") as out:
+        status = _run_stages(args, out)
+    print(f"run directory: {target}")
+    return status
+
+
+def _run_stages(args, out: Path) -> int:
+    """The five stages, writing into directory `out`."""
     from . import backend
     from .adapt import adapt
     from .batching import ExampleBatcher, corpus_stream, eval_batches, make_batcher
@@ -235,8 +263,6 @@ def run(args) -> int:
         backend.set_backend(args.backend)
     plan = plan_from_args(args)
     progress = not args.no_progress
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
 
@@ -318,13 +344,22 @@ def run(args) -> int:
                "parent_prefix_loss_before_adaptation": parent_prefix_loss,
                "adapted_prefix_loss_right_after_adaptation": adapted_loss}
     gen_examples = reply_val[:plan.generate_examples]
+    from tqdm import tqdm
+    bar = tqdm(total=6, desc="5. evaluate", unit="part", disable=not progress,
+               dynamic_ncols=True)  # 2 models x (reply NLL, genre, generation)
     for key, arch in (("encoder_decoder", "encdec"), ("decoder_only", "decoder")):
         m = models[arch]
+        bar.set_postfix_str(f"{arch}: reply NLL")
         reply_nll = mean_token_nll(m, reply_val, arch, S, T)
+        bar.update(1)
+        bar.set_postfix_str(f"{arch}: genre")
         pred = rank_classify(m, [e.inputs for e in genre_val], genre_names, arch, S, T)
         acc = float(np.mean(pred == np.array([e.label for e in genre_val])))
+        bar.update(1)
+        bar.set_postfix_str(f"{arch}: generation")
         latency, mean_len, outs = _generation_cost(m, [e.inputs for e in gen_examples],
                                                    plan)
+        bar.update(1)
         rouge = float(np.mean([rouge_l(o, e.targets, eos_id=tok.eos_id)
                                for o, e in zip(outs, gen_examples)]))
         prompt_len = int(round(np.mean([len(e.inputs) for e in gen_examples])))
@@ -340,6 +375,7 @@ def run(args) -> int:
             "sample_reply": tok.decode([int(t) for t in outs[0] if t != tok.eos_id])
             if outs else "",
         }
+    bar.close()
     results["seconds"] = time.perf_counter() - t_start
     table = results_table(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
