@@ -425,22 +425,31 @@ def write_hf_dir(path: PathLike, config, tensors: Iterable, dtype="float32",
     return path
 
 
-def save_hf_params(config, params: dict, path: PathLike, dtype="float32") -> Path:
-    """Write (config, params) as a transformers directory (Gemma 2 or T5Gemma)."""
+def save_hf_params(config, params: dict, path: PathLike, dtype="float32", *,
+                   overwrite: bool = False) -> Path:
+    """Write (config, params) as a transformers directory (Gemma 2 or T5Gemma).
+
+    The directory is written beside `path` and renamed into place when complete
+    (safe_output): an existing non-empty `path` is refused (OutputError, a ValueError)
+    unless overwrite=True, and even then replaced only once the new one is complete."""
     from .models.params import check_params, param_shapes
+    from .safe_output import new_output_dir
     check_params(config, params)
     shapes = param_shapes(config)
 
     def fill(w, k, code):
         w.write(k, params[k])
 
-    return write_hf_dir(path, config, [(k, shapes[k], fill) for k in shapes], dtype)
+    with new_output_dir(path, overwrite=overwrite, what="save_hf: argument 'path'") as tmp:
+        write_hf_dir(tmp, config, [(k, shapes[k], fill) for k in shapes], dtype)
+    return Path(path)
 
 
-def save_hf(model, path: PathLike, dtype="float32") -> Path:
+def save_hf(model, path: PathLike, dtype="float32", *, overwrite: bool = False) -> Path:
     """Write a GemmaLM as a Gemma2ForCausalLM directory, an EncDecLM as a
-    T5GemmaForConditionalGeneration directory. dtype: float32, float16 or bfloat16."""
+    T5GemmaForConditionalGeneration directory. dtype: float32, float16 or bfloat16.
+    A non-empty `path` is refused unless overwrite=True (see save_hf_params)."""
     if not hasattr(model, "config") or not hasattr(model, "params"):
         raise InteropError(f"save_hf: argument 'model': expected a GemmaLM or EncDecLM, got "
                            f"{type(model).__name__}")
-    return save_hf_params(model.config, model.params, path, dtype)
+    return save_hf_params(model.config, model.params, path, dtype, overwrite=overwrite)
