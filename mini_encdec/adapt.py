@@ -403,7 +403,8 @@ def write_hf(ad: Adaptation, out: PathLike, rng: np.random.Generator, dtype=None
 def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out: PathLike, *,
                   warmup_steps: Optional[int] = None, seed: int = 0,
                   out_format: Optional[str] = None, dtype: Optional[str] = None,
-                  print_fn: Optional[Callable] = print, progress: bool = True) -> Path:
+                  print_fn: Optional[Callable] = print, progress: bool = True,
+                  overwrite: bool = False) -> Path:
     """`python -m mini_encdec adapt --encoder-from A [--decoder-from B] --out C`.
 
     Writes C and prints which source tensor initialised every parameter (progress: a
@@ -411,18 +412,34 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
     "hf" (a T5Gemma directory transformers loads; the default when a source is a Hugging
     Face directory) or "checkpoint" (our config.json + model.safetensors; the default for
     our own directories). dtype (hf only): the stored dtype, default the sources'.
+
+    The output is written through safe_output.new_output_dir: into a new directory beside
+    C, renamed to C when complete. An existing non-empty C, a source, a directory inside a
+    source or one containing a source is refused (safe_output.OutputError, a ValueError)
+    unless overwrite=True, and then replaced only once the new output is complete.
     """
+    from .safe_output import check_output, new_output_dir
+    given = {"--encoder-from": encoder_from, "--decoder-from": decoder_from}
+    paths = {k: v for k, v in given.items() if isinstance(v, (str, Path))}
+    check_output(out, overwrite=overwrite, sources=paths, what="--out")  # before any work
     ad = prepare(encoder_from, decoder_from, warmup_steps)
-    for src in ad.sources.values():
-        if src.directory is not None and Path(out).resolve() == src.directory.resolve():
-            raise AdaptError(f"adapt: the output directory {out} is a source directory; "
-                             f"choose another --out")
+    # the directories actually read (e.g. a run's latest checkpoint) count as sources too
+    option = {"A": "--encoder-from", "B": "--decoder-from"}
+    sources = list(paths.items()) + [(option.get(name, name), src.directory)
+                                     for name, src in ad.sources.items()
+                                     if src.directory is not None]
     rng = np.random.default_rng(seed)
     if out_format is None:
         out_format = "hf" if any(s.is_hf for s in ad.sources.values()) else "checkpoint"
     if out_format not in ("hf", "checkpoint"):
         raise AdaptError(f"adapt: argument 'out_format': expected 'hf' or 'checkpoint', got "
                          f"{out_format!r}")
+    if dtype is not None and out_format != "hf":
+        raise AdaptError("adapt: argument 'dtype' applies to out_format='hf' only "
+                         "(checkpoints are float32)")
+    if dtype is not None:
+        from .safetensors_io import dtype_code
+        dtype = dtype_code(dtype)  # a bad name fails here, before anything is written
     if print_fn is not None:
         kind = "balanced" if ad.balanced else "unbalanced"
         print_fn(f"adapt ({kind}): encoder {ad.config.encoder.hidden_size}x"
@@ -434,16 +451,12 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
         width = max(len(k) for k in ad.plan)
         for k, o in ad.plan.items():
             print_fn(f"  {k:<{width}}  <- {o}")
-    if out_format == "hf":
-        from .safetensors_io import dtype_code
-        path = write_hf(ad, out, rng, None if dtype is None else dtype_code(dtype),
-                        progress=progress)
-    else:
-        if dtype is not None:
-            raise AdaptError("adapt: argument 'dtype' applies to out_format='hf' only "
-                             "(checkpoints are float32)")
-        from .checkpoint import save_model
-        path = save_model(out, ad.config, materialise(ad, rng))
+    with new_output_dir(out, overwrite=overwrite, sources=sources, what="--out") as tmp:
+        if out_format == "hf":
+            write_hf(ad, tmp, rng, dtype, progress=progress)
+        else:
+            from .checkpoint import write_model_files
+            write_model_files(tmp, ad.config, materialise(ad, rng))
     if print_fn is not None:
-        print_fn(f"wrote {path} ({out_format})")
-    return Path(path)
+        print_fn(f"wrote {out} ({out_format})")
+    return Path(out)

@@ -145,9 +145,19 @@ def _model_files(config, params: dict) -> dict:
 
 
 def save_model(directory: PathLike, config, params: dict) -> Path:
-    """Write config.json + model.safetensors as one directory, atomically."""
+    """Write config.json + model.safetensors as one directory, atomically (an existing
+    directory of that name is replaced; commands use safe_output and write_model_files)."""
     directory = Path(directory)
     _write_dir_atomically(directory, _model_files(config, params))
+    return directory
+
+
+def write_model_files(directory: PathLike, config, params: dict) -> Path:
+    """Write config.json + model.safetensors into an existing, new directory (e.g. the
+    temporary one of safe_output.new_output_dir, which is renamed into place as a whole)."""
+    directory = Path(directory)
+    for name, data in _model_files(config, params).items():
+        _write_synced(directory / name, data)
     return directory
 
 
@@ -168,6 +178,35 @@ def list_checkpoints(root: PathLike) -> list:
         if m and p.is_dir():
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def set_aside(path: PathLike, suffix: str = "corrupt") -> Path:
+    """Rename checkpoint directory `path` to `<name>.<suffix>` (or `<name>.<suffix>-2`, ...)
+    beside it, where the loader no longer sees it but nothing is lost; return the new
+    path."""
+    path = Path(path)
+    for n in range(1, 1000):
+        new = path.with_name(f"{path.name}.{suffix}" + (f"-{n}" if n > 1 else ""))
+        if not os.path.lexists(new):
+            os.rename(path, new)
+            _fsync_dir(path.parent)
+            return new
+    raise CheckpointError(f"{path}: cannot set it aside, too many {suffix} copies beside it")
+
+
+def newest_good_checkpoint(root: PathLike) -> tuple:
+    """((path, step) of the newest checkpoint under `root` that loads completely, or None;
+    [(path, reason)] of the newer ones that do not, newest first). Checkpoints are
+    verified newest first, so an intact latest one costs one load."""
+    bad = []
+    for step, path in reversed(list_checkpoints(root)):
+        try:
+            load_checkpoint(path, require_optimizer=True)
+        except CheckpointError as e:
+            bad.append((path, str(e)))
+            continue
+        return (path, step), bad
+    return None, bad
 
 
 def latest_checkpoint(root: PathLike) -> Optional[Path]:

@@ -24,7 +24,14 @@ Values: numbers, true/false, none, comma-separated lists for tuples.
 Every training command writes a run directory (default runs/<command>-<time>):
 run_config.json (everything needed to rerun or resume), metrics.jsonl, log.txt,
 checkpoints/step_NNNNNN/, loss.png (when matplotlib is installed). `--resume` continues
-the run in --run-dir from its latest checkpoint, bit for bit.
+the run in --run-dir from its latest checkpoint, bit for bit (`--resume-from-good` when
+the latest one is corrupt).
+
+Mistakes never cost data and never show a traceback: every argument is checked before
+anything is written; a bad one ends with one line, `<prog> <command>: error: <what was
+given and what was expected>` (with "did you mean" for near-miss names) and exit status
+2. Outputs go through safe_output: nothing that this run did not create is deleted or
+overwritten, unless `--overwrite` is given, and then only once the new output is complete.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
+import re
 import sys
 import time
 import typing
@@ -45,15 +54,13 @@ import numpy as np
 from .config import PRESETS, EncDecConfig, GemmaConfig, config_from_dict, encdec_preset, preset
 from .optim import OptimConfig
 from .train import TrainConfig
+from .safe_output import check_output, new_output_file, run_directory
+from .usage import UsageError, did_you_mean, expect_choice
 
 PROG = "python -m mini_encdec"
 ARCHS = ("encdec", "decoder")
 TASKS = ("reply", "reverse", "sort", "addition")
 RUN_CONFIG = "run_config.json"  # in a run directory (config.json would look like a model)
-
-
-class UsageError(ValueError):
-    """A bad command-line value; reported as `error: ...` with exit status 2."""
 
 
 @dataclass(frozen=True)
@@ -170,12 +177,19 @@ def parse_overrides(items) -> dict:
             elif len(cands) > 1:
                 raise UsageError(f"--set {item}: ambiguous key {key!r}, write one of {cands}")
             else:
-                short = sorted({k.split(".")[-1] for k in known})
-                raise UsageError(f"--set {item}: unknown key {key!r}; known keys: "
-                                 f"{', '.join(short)} (optionally qualified as model.*, "
-                                 f"model.encoder.*, model.decoder.*, optim.*, train.*, data.*)")
+                raise UsageError(_unknown_key(item, key, known))
         out[key] = _parse_value(text, known[key], key)
     return out
+
+
+def _unknown_key(item: str, key: str, known: dict) -> str:
+    """The message for an unknown --set key: the nearest keys if some are close, else all."""
+    short = sorted({k.split(".")[-1] for k in known})
+    hint = did_you_mean(key, known) if "." in key else did_you_mean(key, short)
+    if hint:
+        return f"--set {item}: unknown key {key!r}{hint}"
+    return (f"--set {item}: unknown key {key!r}; known keys: {', '.join(short)} (optionally "
+            f"qualified as model.*, model.encoder.*, model.decoder.*, optim.*, train.*, data.*)")
 
 
 def _section(overrides: dict, name: str) -> dict:
@@ -217,6 +231,48 @@ def build_model_config(arch: str, preset_name: str, model_overrides: dict, base=
         d = cfg.decoder.replace(**{**both, **dec}) if (both or dec) else cfg.decoder
         return cfg.replace(encoder=e, decoder=d, **top)
     return _checked("model config", build)
+
+
+# --- argument types: numbers checked by argparse, with the expected range in the message ----------
+
+def int_at_least(low: int):
+    """An argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") \
+                from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def float_in(low: float, high: float = math.inf, *, low_open: bool = True):
+    """An argparse type: a finite number in (low, high] (or [low, high] with
+    low_open=False)."""
+    lo = "(" if low_open else "["
+    hi = "]" if math.isfinite(high) else ")"
+    expected = f"a number in {lo}{low:g}, {high:g}{hi}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        ok = math.isfinite(value) and value <= high and (value > low if low_open
+                                                         else value >= low)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+    parse.__name__ = expected
+    return parse
+
+
+POSITIVE = int_at_least(1)
+SEED = int_at_least(0)
 
 
 # --- shared helpers -------------------------------------------------------------------------------
@@ -282,6 +338,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its latest checkpoint (its "
                         "run_config.json is reused; only train.* may be changed with --set)")
+    p.add_argument("--resume-from-good", action="store_true",
+                   help="with --resume, when the latest checkpoint is corrupt: resume from "
+                        "the newest good one (the corrupt ones are kept, renamed *.corrupt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a new run may replace a non-empty --run-dir; the old content is "
+                        "replaced only when the new run completes")
     p.add_argument("--init", default=None, metavar="PATH",
                    help="start from these weights (model directory, checkpoint or run "
                         "directory, e.g. the output of `adapt`) instead of a fresh model")
@@ -292,35 +354,116 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 # --- run setup shared by pretrain and finetune ----------------------------------------------------
 
+def _check_preset(name: str) -> None:
+    """`--preset`: a preset name, or ENC-DEC (two names) for an encoder-decoder."""
+    parts = name.split("-")
+    names = {k.lower() for k in PRESETS}
+    if 1 <= len(parts) <= 2 and all(part.lower() in names for part in parts):
+        return
+    bad = next((part for part in parts if part.lower() not in names), name)
+    raise UsageError(f"--preset {name}: expected one of {', '.join(PRESETS)} (an "
+                     f"encoder-decoder also ENC-DEC, e.g. 9b-2b)"
+                     f"{did_you_mean(bad, list(PRESETS))}")
+
+
+_KD_KEYS = ("train.kd_alpha", "train.kd_temperature")
+
+
+def _check_distillation(overrides: dict, teacher: Optional[str], command: str) -> None:
+    """kd_alpha / kd_temperature mean something only with a teacher: refuse them without."""
+    kd = [k for k in _KD_KEYS if k in overrides]
+    if kd and not teacher:
+        how = "add --teacher PATH (a decoder-only model to distil from)" \
+            if command == "pretrain" else "distillation is a pretrain option (--teacher)"
+        raise UsageError(f"--set {kd[0]}={overrides[kd[0]]}: distillation settings need a "
+                         f"teacher, and this run has none: {how}, or drop the setting")
+
+
+def _run_sources(args) -> dict:
+    """The inputs a run reads, which its run directory must not replace."""
+    return {"--init": args.init, "--teacher": getattr(args, "teacher", None),
+            "--tokenizer": args.tokenizer}
+
+
+def _holds_run(run_dir: Path) -> bool:
+    try:
+        return (run_dir / RUN_CONFIG).is_file()
+    except OSError:  # unreadable: check_output reports it
+        return False
+
+
+def _check_resumable(run_dir: Path, from_good: bool) -> None:
+    """--resume: the latest checkpoint must load. If it does not, name the newest good one;
+    with --resume-from-good, set the bad ones aside (renamed, kept) so the run continues
+    from the good one."""
+    from .checkpoint import CHECKPOINTS_DIR, newest_good_checkpoint, set_aside
+    root = run_dir / CHECKPOINTS_DIR
+    good, bad = newest_good_checkpoint(root)
+    if not bad:
+        return
+    latest, why = bad[0]
+    if good is None:
+        raise UsageError(f"--resume: no usable checkpoint in {root}: {why}; start a new "
+                         f"run (add --overwrite to replace this one)")
+    good_path, good_step = good
+    if not from_good:
+        raise UsageError(f"--resume: the latest checkpoint is unusable: {why}; the newest "
+                         f"good one is {good_path} (step {good_step}): add "
+                         f"--resume-from-good to resume from it (the unusable one is kept, "
+                         f"renamed {latest.name}.corrupt)")
+    for path, _ in bad:
+        kept = set_aside(path)
+        print(f"--resume-from-good: set aside the unusable checkpoint {path} as {kept.name}; "
+              f"resuming from {good_path} (step {good_step})", file=sys.stderr)
+
+
 def _setup_run(args, command: str, defaults: dict) -> tuple:
-    """(run_dir, run_config dict) for a new or resumed run."""
+    """(run_dir, run_config dict, resumed) for a new or resumed run. Checks everything it
+    can without creating anything (the directory is made by run_directory, later)."""
     overrides = parse_overrides(args.overrides)
     if args.resume:
+        if args.overwrite:
+            raise UsageError("--overwrite: not with --resume (--resume continues the run in "
+                             "--run-dir, --overwrite replaces it)")
         if not args.run_dir:
             raise UsageError("--resume needs --run-dir (the run to continue)")
         run_dir = Path(args.run_dir)
         cfg_path = run_dir / RUN_CONFIG
-        if not cfg_path.is_file():
-            raise UsageError(f"--resume: {cfg_path} not found (not a run directory)")
+        if not _holds_run(run_dir):
+            raise UsageError(f"--resume: {cfg_path} not found (--run-dir {run_dir} is not a "
+                             f"run directory)")
         try:
             run = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"--resume: {cfg_path} is not valid JSON ({e})") from None
+        if not isinstance(run, dict) or not isinstance(run.get("train"), dict):
+            raise UsageError(f"--resume: {cfg_path} is not a run configuration (no 'train' "
+                             f"section)")
         if run.get("command") != command:
             raise UsageError(f"--resume: {run_dir} is a {run.get('command')!r} run, not "
                              f"{command!r}")
         other = sorted(k for k in overrides if not k.startswith("train."))
         if other:
             raise UsageError(f"--set {other[0]}: only train.* fields may change when resuming")
+        _check_distillation(overrides, run.get("teacher"), command)
         run["train"] = dataclasses.asdict(_checked(
             "train config", lambda: TrainConfig.from_dict(run["train"]).replace(
                 **_section(overrides, "train"))))
+        _check_resumable(run_dir, args.resume_from_good)
         return run_dir, run, True
+    if args.resume_from_good:
+        raise UsageError("--resume-from-good: only with --resume")
+    _check_preset(args.preset)
+    _check_distillation(overrides, getattr(args, "teacher", None), command)
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(command)
-    from .checkpoint import CHECKPOINTS_DIR, latest_checkpoint
-    if latest_checkpoint(run_dir / CHECKPOINTS_DIR) is not None:
-        raise UsageError(f"--run-dir {run_dir} already holds checkpoints: add --resume to "
-                         f"continue that run, or choose a new --run-dir")
+    if _holds_run(run_dir) and not args.overwrite:
+        from .checkpoint import CHECKPOINTS_DIR, latest_checkpoint
+        holds = "checkpoints" if latest_checkpoint(run_dir / CHECKPOINTS_DIR) else "a run"
+        raise UsageError(f"--run-dir {run_dir} already holds {holds}: add --resume to "
+                         f"continue that run, --overwrite to replace it once the new run "
+                         f"completes, or choose a new --run-dir")
+    check_output(run_dir, overwrite=args.overwrite, sources=_run_sources(args),
+                 what="--run-dir")
     optim = _checked("optim config", lambda: OptimConfig(**_section(overrides, "optim")))
     train = _checked("train config", lambda: TrainConfig(**_section(overrides, "train")))
     data = _checked("data config", lambda: DataConfig(**_section(overrides, "data")))
@@ -364,9 +507,12 @@ def _model_for_run(run: dict, arch: str, preset_name: str, vocab_default=None):
     return model
 
 
-def _train_run(args, run_dir: Path, run: dict, resumed: bool, model, batches, eval_batches,
+def _train_run(args, rd, run: dict, resumed: bool, model, batches, eval_batches,
                teacher=None) -> list:
+    """Train in run directory `rd` (safe_output.RunDirectory); print the summary line."""
     from .train import TrainingDiverged, train
+    rd.started()  # from here on the directory holds a (resumable) run: never removed
+    run_dir = rd.path
     _write_run_config(run_dir, run)
     try:
         history = train(model, batches, optim=OptimConfig.from_dict(run["optim"]),
@@ -380,7 +526,7 @@ def _train_run(args, run_dir: Path, run: dict, resumed: bool, model, batches, ev
         raise UsageError(str(e)) from None
     last = next((r for r in reversed(history) if "loss" in r), {})
     val = next((r for r in reversed(history) if "val_loss" in r), {})
-    msg = (f"run {run_dir}: step {last.get('step', 0)}, train loss "
+    msg = (f"run {rd.target}: step {last.get('step', 0)}, train loss "
            f"{last.get('loss', float('nan')):.4f}")
     if val:
         msg += f", validation loss {val['val_loss']:.4f}"
@@ -442,7 +588,9 @@ def cmd_pretrain(args) -> int:
                                               seed=run["train"]["seed"], **kw))
     val = _checked("data", lambda: eval_batches(_stream("validation", tok), objective,
                                                 max_batches=data.eval_batches, **kw))
-    _train_run(args, run_dir, run, resumed, model, batcher, val, teacher)
+    with run_directory(run_dir, overwrite=args.overwrite, resume=resumed,
+                       sources=_run_sources(args), what="--run-dir") as rd:
+        _train_run(args, rd, run, resumed, model, batcher, val, teacher)
     return 0
 
 
@@ -481,16 +629,22 @@ def _task_examples(task: str, split: str, data: DataConfig, tok, seed: int) -> l
 
 
 def task_metric(model, task: str, examples: list, *, batch_size: int = 16,
-                max_new_tokens: int = 64) -> dict:
-    """Greedy outputs scored: exact match (synthetic tasks) or ROUGE-L (reply)."""
+                max_new_tokens: int = 64, progress: bool = False) -> dict:
+    """Greedy outputs scored: exact match (synthetic tasks) or ROUGE-L (reply).
+    progress: a tqdm bar over the examples on stderr."""
+    from tqdm import tqdm
+
     from . import tasks
     from .models.generate import generate
     preds, refs = [], []
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        out = generate(model, [e.inputs for e in chunk], max_new_tokens=max_new_tokens)
-        preds.extend(list(out))
-        refs.extend(e.targets for e in chunk)
+    with tqdm(total=len(examples), desc=f"{task}: generating", unit="example",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            out = generate(model, [e.inputs for e in chunk], max_new_tokens=max_new_tokens)
+            preds.extend(list(out))
+            refs.extend(e.targets for e in chunk)
+            bar.update(len(chunk))
     if task == "reply":
         return {"rouge_l": float(np.mean([tasks.rouge_l(p, r) for p, r in zip(preds, refs)])),
                 "examples": len(examples)}
@@ -527,12 +681,14 @@ def cmd_finetune(args) -> int:
     vb = ExampleBatcher(val_ex, shuffle=False, **kw)
     n_val = min(data.eval_batches, max(1, len(val_ex) // data.batch_size))
     val = [vb.next_batch() for _ in range(n_val)]
-    _train_run(args, run_dir, run, resumed, model, batcher, val)
-    metric = task_metric(model, task, val_ex[:run.get("eval_examples", 64)],
-                         max_new_tokens=data.decoder_length)
-    from .train import METRICS_FILE
-    with open(run_dir / METRICS_FILE, "a") as f:
-        f.write(json.dumps({"step": run["train"]["steps"], "task": task, **metric}) + "\n")
+    with run_directory(run_dir, overwrite=args.overwrite, resume=resumed,
+                       sources=_run_sources(args), what="--run-dir") as rd:
+        _train_run(args, rd, run, resumed, model, batcher, val)
+        metric = task_metric(model, task, val_ex[:run.get("eval_examples", 64)],
+                             max_new_tokens=data.decoder_length, progress=not args.quiet)
+        from .train import METRICS_FILE
+        with open(rd.path / METRICS_FILE, "a") as f:
+            f.write(json.dumps({"step": run["train"]["steps"], "task": task, **metric}) + "\n")
     print(f"{task}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                   for k, v in metric.items()))
     return 0
@@ -549,20 +705,25 @@ def _evaluate_args(p) -> None:
                    help="model directory, checkpoint, or run directory (its latest checkpoint)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--objective", choices=OBJECTIVES, default=None,
-                   help="loss on the corpus split with this objective (default prefix_lm, "
-                        "causal_lm for decoder-only models)")
+                   help="loss on the corpus split with this objective (default prefix_lm for "
+                        "both architectures, so their numbers compare: the loss of the "
+                        "second half of each window given the first half)")
     g.add_argument("--task", choices=TASKS, default=None, help="task metric instead")
     p.add_argument("--split", choices=("validation", "test"), default="validation")
-    p.add_argument("--batches", type=int, default=8, help="batches to evaluate (default 8)")
+    p.add_argument("--batches", type=POSITIVE, default=8, help="batches to evaluate (default 8)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                    metavar="KEY=VALUE",
-                   help="data.* fields (batch_size, encoder_length, decoder_length, ...)")
+                   help="data.* fields (batch_size, encoder_length, decoder_length, ...); "
+                        "the same for both architectures (a decoder-only model reads "
+                        "encoder_length + decoder_length tokens)")
     p.add_argument("--tokenizer", default=None, metavar="PATH")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     _common(p)
 
 
 def cmd_evaluate(args) -> int:
+    from tqdm import tqdm
+
     from .batching import ExampleBatcher, eval_batches
     from .objectives import make_objective
     from .train import evaluate
@@ -572,32 +733,62 @@ def cmd_evaluate(args) -> int:
     if other:
         raise UsageError(f"--set {other[0]}: evaluate takes only data.* fields")
     data = _checked("data config", lambda: DataConfig(**_section(overrides, "data")))
-    if args.batches < 1:
-        raise UsageError(f"--batches: expected an integer >= 1, got {args.batches}")
     model = _load_model(args.checkpoint)
     arch = _arch_of(model.config)
+    # The same lengths for both architectures: an encoder-decoder reads S and predicts T
+    # tokens; a decoder-only model reads the S + T tokens and is scored on the last T.
     kw = dict(batch_size=data.batch_size, encoder_length=data.encoder_length,
               decoder_length=data.decoder_length, arch=arch)
+    lengths = {"encoder_length": data.encoder_length, "decoder_length": data.decoder_length}
+
+    def scored(batches: list) -> dict:
+        bar = tqdm(batches, desc="evaluate", unit="batch", disable=args.quiet,
+                   file=sys.stderr, dynamic_ncols=True)
+        return _checked("evaluation", lambda: evaluate(model, bar))
+
     if args.task:
         tok = _tokenizer(args.tokenizer) if args.task == "reply" else None
+        _check_vocabulary(model, tok, args.task)
         exs = _task_examples(args.task, args.split, data, tok, args.seed)
         vb = ExampleBatcher(exs, shuffle=False, **kw)
         n = min(args.batches, max(1, len(exs) // data.batch_size))
         batches = [vb.next_batch() for _ in range(n)]
-        result = {"task": args.task, "split": args.split, **evaluate(model, batches)}
+        result = {"task": args.task, "split": args.split, **lengths, **scored(batches)}
         result.update(task_metric(model, args.task, exs[:args.batches * data.batch_size],
-                                  max_new_tokens=data.decoder_length))
+                                  max_new_tokens=data.decoder_length,
+                                  progress=not args.quiet))
     else:
         tok = _tokenizer(args.tokenizer)
-        name = args.objective or ("causal_lm" if arch == "decoder" else "prefix_lm")
+        _check_vocabulary(model, tok, "--tokenizer")
+        name = args.objective or "prefix_lm"
+        if name == "causal_lm" and arch != "decoder":
+            raise UsageError("--objective causal_lm: decoder-only; an encoder-decoder model "
+                             "needs an encoder input (prefix_lm, span_corruption, ul2, ...)")
+        if not args.quiet:
+            how = "chosen with --objective" if args.objective else \
+                "the default for both architectures, so the numbers compare"
+            print(f"evaluate: objective {name} ({how}), encoder_length {data.encoder_length}, "
+                  f"decoder_length {data.decoder_length}, {args.batches} batches of "
+                  f"{data.batch_size} from the {args.split} split", file=sys.stderr)
         objective = _checked("objective", lambda: make_objective(
             name, tok, density=data.density, mean_span=data.mean_span))
         batches = _checked("data", lambda: eval_batches(
             _stream(args.split, tok), objective, max_batches=args.batches, seed=args.seed,
             pad_id=tok.pad_id, bos_id=tok.bos_id, **kw))
-        result = {"objective": name, "split": args.split, **evaluate(model, batches)}
+        result = {"objective": name, "split": args.split, **lengths, **scored(batches)}
     print(json.dumps(result))
     return 0
+
+
+def _check_vocabulary(model, tok, what: str) -> None:
+    """The model must have an id for every token the data uses."""
+    from .tasks import SYNTH_VOCAB_SIZE
+    need = tok.vocab_size if tok is not None else SYNTH_VOCAB_SIZE
+    if model.config.vocab_size < need:
+        source = "the tokenizer" if tok is not None else "the synthetic tasks"
+        raise UsageError(f"{what}: the model's vocabulary ({model.config.vocab_size} ids) is "
+                         f"smaller than {source}' ({need}): this model was trained on other "
+                         f"data")
 
 
 # --- generate -------------------------------------------------------------------------------------
@@ -609,15 +800,15 @@ def _generate_args(p) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="model directory, checkpoint, or run directory")
     p.add_argument("--prompt", action="append", default=None,
-                   help="prompt text (repeatable); without it, prompts are read from stdin, "
-                        "one per line, until EOF or an empty line")
-    p.add_argument("--max-new-tokens", type=int, default=50)
+                   help="prompt text (repeatable); without it, prompts are read from stdin "
+                        "(UTF-8), one per line, until EOF or an empty line")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=50)
     p.add_argument("--method", choices=("greedy", "sample", "beam"), default="greedy")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--num-beams", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--temperature", type=float_in(0.0), default=1.0)
+    p.add_argument("--top-k", type=POSITIVE, default=None)
+    p.add_argument("--top-p", type=float_in(0.0, 1.0), default=None)
+    p.add_argument("--num-beams", type=POSITIVE, default=4)
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
     p.add_argument("--eos", action="store_true",
                    help="append EOS to the prompt (models fine-tuned on tasks expect it; "
                         "automatic for the synthetic vocabulary)")
@@ -625,31 +816,80 @@ def _generate_args(p) -> None:
     _common(p)
 
 
+def _utf8(text: str, what: str) -> str:
+    """`text` if it is valid Unicode text (no lone surrogates: invalid UTF-8 bytes that
+    Python smuggled in through the command line or a non-UTF-8 locale), else UsageError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"{what}: not valid UTF-8 text (an undecodable byte at character "
+                         f"{e.start + 1}); expected UTF-8 text") from None
+    return text
+
+
+def _stdin_lines(interactive: bool):
+    """Prompts from stdin, one per line, decoded as strict UTF-8 whatever the locale
+    (a binary or mis-encoded input is a UsageError naming the line). interactive: show a
+    "> " prompt on stderr before each line."""
+    raw = getattr(sys.stdin, "buffer", None)
+    number = 0
+    while True:
+        number += 1
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        if raw is None:  # a text stream (tests, embedding): already decoded
+            line = sys.stdin.readline()
+            _utf8(line, f"stdin line {number}")
+        else:
+            data = raw.readline()
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UsageError(f"stdin line {number}: not valid UTF-8 text (byte "
+                                 f"0x{data[e.start]:02x} at position {e.start + 1}); expected "
+                                 f"UTF-8 text, one prompt per line") from None
+        if "\0" in line:
+            raise UsageError(f"stdin line {number}: holds a NUL byte (binary input?); "
+                             f"expected UTF-8 text, one prompt per line")
+        yield line
+
+
+EMPTY_REPLY_HINT = ("(the model ended its reply at once: its first token was EOS. Try "
+                    "--method sample, a longer-trained model, or --eos if it was fine-tuned "
+                    "on prompts that end with EOS)")
+
+
 def cmd_generate(args) -> int:
     from .models.generate import generate
     from .tasks import SYNTH_VOCAB_SIZE, synth_decode, synth_encode
     _set_backend(args.backend)
+    if args.prompt:
+        for i, text in enumerate(args.prompt, 1):
+            _utf8(text, f"--prompt #{i}")
     model = _load_model(args.checkpoint)
     synthetic = model.config.vocab_size == SYNTH_VOCAB_SIZE
     tok = None if synthetic else _tokenizer(args.tokenizer)
+    if tok is not None:
+        _check_vocabulary(model, tok, "--tokenizer")
     eos = model.config.decoder.eos_token_id if isinstance(model.config, EncDecConfig) \
         else model.config.eos_token_id
     rng = np.random.default_rng(args.seed)
 
-    def encode(text: str) -> np.ndarray:
+    def encode(text: str, what: str) -> np.ndarray:
         if synthetic:
             try:
                 ids = synth_encode(text.replace(" ", ""))
             except ValueError as e:
-                raise UsageError(str(e)) from None
-            return np.append(ids, eos)
-        ids = tok.encode(text).astype(np.int64)
-        return np.append(ids, eos) if args.eos else ids
+                raise UsageError(f"{what}: {e}") from None
+        else:
+            ids = tok.encode(text).astype(np.int64)
+        # both architectures need at least one prompt token (EOS alone is no prompt)
+        if len(ids) == 0:
+            raise UsageError(f"{what}: empty prompt; expected at least one token of text")
+        return np.append(ids, eos) if (synthetic or args.eos) else ids
 
-    def respond(text: str) -> str:
-        ids = encode(text)
-        if len(ids) == 0 and isinstance(model.config, GemmaConfig):
-            raise UsageError("empty prompt: a decoder-only model needs at least one token")
+    def respond(text: str, what: str) -> str:
+        ids = encode(text, what)
         try:
             out = generate(model, [ids], max_new_tokens=args.max_new_tokens,
                            method=args.method, temperature=args.temperature, top_k=args.top_k,
@@ -657,21 +897,20 @@ def cmd_generate(args) -> int:
                            rng=rng if args.method == "sample" else None)
         except ValueError as e:
             raise UsageError(str(e)) from None
+        new = np.asarray(out[0]).reshape(-1)
+        if len(new) == 0 or int(new[0]) == eos:
+            print(EMPTY_REPLY_HINT, file=sys.stderr, flush=True)
         # pad, eos and bos decode to nothing
-        return synth_decode(out[0]) if synthetic else tok.decode(out[0])
+        return synth_decode(new) if synthetic else tok.decode(new)
 
     if args.prompt:
-        for text in args.prompt:
-            print(respond(text))
+        for i, text in enumerate(args.prompt, 1):
+            print(respond(text, f"--prompt #{i}" if len(args.prompt) > 1 else "--prompt"))
         return 0
-    interactive = sys.stdin.isatty()
-    while True:
-        if interactive:
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+    for number, line in enumerate(_stdin_lines(sys.stdin.isatty()), 1):
         if not line or not line.strip():
             break
-        print(respond(line.rstrip("\n")), flush=True)
+        print(respond(line.rstrip("\r\n"), f"stdin line {number}"), flush=True)
     return 0
 
 
@@ -682,31 +921,61 @@ TOKENIZER_HELP = "train the SentencePiece tokenizer, or show a model's special i
 
 def _tokenizer_args(p) -> None:
     from .tokenizer import DEFAULT_MODEL, NUM_SENTINELS
-    sub = p.add_subparsers(dest="action", required=True)
+    sub = p.add_subparsers(dest="action", required=True, metavar="{train,info}")
     t = sub.add_parser("train", help="train on the corpus training split (or --input files)")
     t.add_argument("--out", default=str(DEFAULT_MODEL), help=f"default {DEFAULT_MODEL}")
-    t.add_argument("--vocab-size", type=int, default=8192)
-    t.add_argument("--num-sentinels", type=int, default=NUM_SENTINELS)
+    t.add_argument("--vocab-size", type=POSITIVE, default=8192)
+    t.add_argument("--num-sentinels", type=POSITIVE, default=NUM_SENTINELS)
     t.add_argument("--input", nargs="+", default=None, metavar="FILE",
-                   help="plain-text files to train on instead of the corpus")
+                   help="plain-text (UTF-8) files to train on instead of the corpus")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (once the new model is complete); "
+                        "needed to rebuild the shipped model")
     i = sub.add_parser("info", help="print the sizes and special ids of a model")
     i.add_argument("--model", default=str(DEFAULT_MODEL))
 
 
+def _read_text_file(path: str, what: str) -> str:
+    """A UTF-8 text file's content, or a UsageError naming it and what was wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {path}: " + ("is a directory; expected a text file"
+                                               if p.is_dir() else "file not found"))
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{what} {path}: cannot be read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} {path}: not valid UTF-8 text (byte 0x{data[e.start]:02x} at "
+                         f"offset {e.start}); expected a plain-text file") from None
+    if "\0" in text:
+        raise UsageError(f"{what} {path}: holds NUL bytes (a binary file?); expected a "
+                         f"plain-text file")
+    return text
+
+
 def cmd_tokenizer(args) -> int:
-    from .tokenizer import summary as tokenizer_summary, train_tokenizer
+    from .tokenizer import check_training_sizes, summary as tokenizer_summary, train_tokenizer
     if args.action == "train":
+        try:
+            check_training_sizes(args.vocab_size, args.num_sentinels)
+        except ValueError as e:
+            raise UsageError(f"--vocab-size/--num-sentinels: {e}") from None
+        sources = [("--input", f) for f in args.input or ()]
+        check_output(args.out, overwrite=args.overwrite, sources=sources, what="--out",
+                     kind="file")
         texts = None
         if args.input:
-            missing = [f for f in args.input if not Path(f).is_file()]
-            if missing:
-                raise UsageError(f"--input {missing[0]}: file not found")
-            texts = [Path(f).read_text() for f in args.input]
+            texts = [_read_text_file(f, "--input") for f in args.input]
+            if not any(line.strip() for t in texts for line in t.splitlines()):
+                raise UsageError(f"--input {' '.join(args.input)}: no text to train on")
         try:
             tok = train_tokenizer(args.out, args.vocab_size, num_sentinels=args.num_sentinels,
-                                  texts=texts)
-        except (ValueError, RuntimeError) as e:
-            raise UsageError(f"tokenizer train: {e}") from None
+                                  texts=texts, overwrite=args.overwrite)
+        except RuntimeError as e:  # sentencepiece's own complaints (e.g. too little text)
+            raise UsageError(f"tokenizer train: {_first_line(str(e))}") from None
         print(tokenizer_summary(tok, args.out, trained=True))
         return 0
     print(tokenizer_summary(_tokenizer(args.model), args.model))
@@ -725,8 +994,12 @@ def _adapt_args(p) -> None:
     p.add_argument("--decoder-from", default=None, metavar="PATH",
                    help="a smaller decoder-only model for the decoder (unbalanced, e.g. 9B-2B); "
                         "its cross-attention starts fresh")
-    p.add_argument("--out", required=True, metavar="PATH", help="output directory")
-    p.add_argument("--warmup-steps", type=int, default=None,
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="output directory: new or empty (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out (even a source) once the new output is "
+                        "complete")
+    p.add_argument("--warmup-steps", type=int_at_least(0), default=None,
                    help="cross_attn_warmup_steps stored in the config (default: 0 balanced, "
                         "the adapt module's default unbalanced)")
     p.add_argument("--format", dest="out_format", choices=("hf", "checkpoint"), default=None,
@@ -734,17 +1007,22 @@ def _adapt_args(p) -> None:
                         "config.json + model.safetensors (default: hf for Hugging Face "
                         "sources, checkpoint otherwise)")
     p.add_argument("--dtype", default=None, help="stored dtype for --format hf (e.g. bfloat16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of fresh cross-attention weights")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of fresh cross-attention weights")
     p.add_argument("--quiet", action="store_true", help="no mapping legend or progress bar")
 
 
 def cmd_adapt(args) -> int:
     from .adapt import adapt_command
+    for opt, path in (("--encoder-from", args.encoder_from),
+                      ("--decoder-from", args.decoder_from)):
+        if path is not None and not Path(path).exists():
+            raise UsageError(f"{opt} {path}: no such model, checkpoint or run directory")
     try:
         adapt_command(args.encoder_from, args.decoder_from, args.out,
                       warmup_steps=args.warmup_steps, seed=args.seed,
                       out_format=args.out_format, dtype=args.dtype,
-                      print_fn=None if args.quiet else print, progress=not args.quiet)
+                      print_fn=None if args.quiet else print, progress=not args.quiet,
+                      overwrite=args.overwrite)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return 0
@@ -773,6 +1051,43 @@ def _plugin(name: str):
 
 # --- the parser -----------------------------------------------------------------------------------
 
+def _first_line(text: str) -> str:
+    """A message as one line (tabs and newlines of wrapped library messages folded)."""
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def _fail(prog: str, message: str) -> None:
+    """Print `<prog>: error: <message>` as one line on stderr and exit with status 2."""
+    print(f"{prog}: error: {_first_line(message)}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block: `--help` has it) and "did you mean"
+    for an invalid choice, e.g. `--method greedyy` or a misspelt command."""
+
+    def error(self, message: str):
+        m = re.match(r"argument (.+?): invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        if m:
+            message += did_you_mean(m.group(2), re.findall(r"'([^']*)'", m.group(3)))
+        _fail(self.prog, f"{message} (see --help)")
+
+
+def _subparser(parser: argparse.ArgumentParser, command: Optional[str]):
+    """The parser of `command` (for its prog name and options), else `parser`."""
+    if command and parser._subparsers is not None:
+        return parser._subparsers._group_actions[0].choices.get(command, parser)
+    return parser
+
+
+def _unknown_options(sub: argparse.ArgumentParser, extras: list) -> str:
+    """The message for arguments argparse did not recognise, with the nearest options."""
+    first = next((a for a in extras if a.startswith("-")), extras[0])
+    hint = did_you_mean(first.split("=", 1)[0], list(sub._option_string_actions)) \
+        if first.startswith("-") else ""
+    return f"unrecognized arguments: {' '.join(extras)}{hint} (see --help)"
+
+
 COMMANDS = {
     "tokenizer": (TOKENIZER_HELP, _tokenizer_args, cmd_tokenizer),
     "pretrain": (PRETRAIN_HELP, _pretrain_args, cmd_pretrain),
@@ -788,9 +1103,9 @@ COMMANDS = {
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; plugin commands get their full arguments only when `command` names
     them (so their modules are imported only when used)."""
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Run `%(prog)s <command> --help` for a command's options.")
+    ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                 epilog="Run `%(prog)s <command> --help` for a command's options.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="<command>")
     for name, entry in COMMANDS.items():
         if entry is not None:
@@ -833,15 +1148,21 @@ def _command_of(argv) -> Optional[str]:
 
 
 def main(argv=None) -> int:
+    """Run one command; its exit status. Every mistake (a UsageError, an argparse error, a
+    file system refusal) ends as one `error:` line on stderr with exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_of(argv))
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    sub = _subparser(parser, getattr(args, "command", None))
+    if extras:
+        _fail(sub.prog, _unknown_options(sub, extras))
     try:
         status = args.func(args)
     except UsageError as e:
-        sub = parser._subparsers._group_actions[0].choices.get(args.command, parser) \
-            if parser._subparsers else parser
-        sub.error(str(e))  # prints usage + "error: ..." and exits with status 2
+        _fail(sub.prog, str(e))
+    except OSError as e:  # the file system said no: disk full, permission denied, ...
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(sub.prog, f"{where}{e.strerror or e}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

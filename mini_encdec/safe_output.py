@@ -61,7 +61,8 @@ from typing import Iterable, Iterator, Mapping, Optional, Union
 from .usage import UsageError
 
 PathLike = Union[str, Path]
-Sources = Union[Mapping[str, Optional[PathLike]], Iterable[Optional[PathLike]], None]
+# {label: path}, or paths and (label, path) pairs; the label names the option in messages
+Sources = Union[Mapping[str, Optional[PathLike]], Iterable, None]
 
 
 class OutputError(UsageError):
@@ -71,11 +72,14 @@ class OutputError(UsageError):
 # --- the checks ----------------------------------------------------------------------------------
 
 def _labelled(sources: Sources) -> list:
-    """[(label, Path)] of the given sources; None entries (an unused option) are dropped."""
+    """[(label, Path)] of the given sources: a mapping {label: path}, or an iterable of
+    paths and (label, path) pairs. None entries (an unused option) are dropped."""
     if sources is None:
         return []
-    items = sources.items() if isinstance(sources, Mapping) else \
-        (("", s) for s in sources)
+    if isinstance(sources, Mapping):
+        items = list(sources.items())
+    else:
+        items = [s if isinstance(s, tuple) else ("", s) for s in sources]
     return [(label, Path(p)) for label, p in items if p is not None and str(p) != ""]
 
 

@@ -17,13 +17,13 @@ mean span 3, uses 127 at S = 512; see objectives.span_corruption.max_spans).
 
 Byte fallback is on, so any text round-trips exactly: `decode(encode(s)) == s`.
 
-Retrain (deterministic: one thread, no sampling or shuffling of sentences):
-    python -m mini_encdec.tokenizer train [--vocab-size 8192] [--out data/tokenizer.model]
+Retrain (deterministic: one thread, no sampling or shuffling of sentences; --overwrite
+because the shipped model is already there, replaced only once the new one is complete):
+    python -m mini_encdec.tokenizer train --overwrite [--vocab-size 8192] [--out data/tokenizer.model]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 from pathlib import Path
@@ -155,26 +155,40 @@ def training_sentences(texts: Iterable[str]) -> list:
     return [l for t in texts for l in t.split(NEWLINE) if l]
 
 
-def train_tokenizer(out_path: Union[str, Path, None] = None, vocab_size: int = 8192, *,
-                    num_sentinels: int = NUM_SENTINELS, texts: Optional[Iterable[str]] = None,
-                    model_type: str = "bpe") -> Tokenizer:
-    """Train the SentencePiece model on the training split (or `texts`), write it to
-    out_path (default data/tokenizer.model) and return it. Deterministic: the same
-    texts and settings give the same model file byte for byte.
-    """
-    import io
-
-    import sentencepiece as spm
-
+def check_training_sizes(vocab_size: int, num_sentinels: int) -> None:
+    """ValueError unless a model of `vocab_size` pieces can hold the special, byte and
+    user pieces with `num_sentinels` sentinels, and some text."""
+    if not isinstance(num_sentinels, int) or isinstance(num_sentinels, bool) or \
+            num_sentinels < 1:
+        raise ValueError(f"train_tokenizer: argument 'num_sentinels': expected an int >= 1, "
+                         f"got {num_sentinels!r}")
     n_user = 1 + len(MODE_TOKENS) + num_sentinels
     if not isinstance(vocab_size, int) or vocab_size < 4 + 256 + n_user + 16:
         raise ValueError(f"train_tokenizer: argument 'vocab_size': expected an int >= "
                          f"{4 + 256 + n_user + 16} (4 special, 256 byte pieces, {n_user} "
                          f"user pieces, some text), got {vocab_size!r}")
-    if not isinstance(num_sentinels, int) or num_sentinels < 1:
-        raise ValueError(f"train_tokenizer: argument 'num_sentinels': expected an int >= 1, "
-                         f"got {num_sentinels!r}")
+
+
+def train_tokenizer(out_path: Union[str, Path, None] = None, vocab_size: int = 8192, *,
+                    num_sentinels: int = NUM_SENTINELS, texts: Optional[Iterable[str]] = None,
+                    model_type: str = "bpe", overwrite: bool = False) -> Tokenizer:
+    """Train the SentencePiece model on the training split (or `texts`), write it to
+    out_path (default data/tokenizer.model) and return it. Deterministic: the same
+    texts and settings give the same model file byte for byte.
+
+    An existing out_path is refused (safe_output.OutputError) unless overwrite=True; the
+    file is written beside it and renamed into place when complete.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    from .safe_output import check_output, new_output_file
+
+    check_training_sizes(vocab_size, num_sentinels)
     out_path = Path(DEFAULT_MODEL if out_path is None else out_path)
+    what = "train_tokenizer: argument 'out_path'"
+    check_output(out_path, overwrite=overwrite, what=what, kind="file")  # before training
     sentences = training_sentences(load_texts("train") if texts is None else texts)
     user = [NEWLINE, *MODE_TOKENS, *(sentinel_piece(i) for i in range(num_sentinels))]
     buf = io.BytesIO()
@@ -191,9 +205,10 @@ def train_tokenizer(out_path: Union[str, Path, None] = None, vocab_size: int = 8
         input_sentence_size=0, shuffle_input_sentence=False, num_threads=1,
         max_sentence_length=16384, minloglevel=2)
     proto = buf.getvalue()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(proto)
-    return Tokenizer(proto, out_path)
+    tok = Tokenizer(proto, out_path)  # checks the special ids before anything is written
+    with new_output_file(out_path, overwrite=overwrite, what=what) as tmp:
+        tmp.write_bytes(proto)
+    return tok
 
 
 def summary(tok, path, trained: bool = False) -> str:
@@ -207,22 +222,10 @@ def summary(tok, path, trained: bool = False) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mini_encdec.tokenizer",
-                                 description="Train or inspect the SentencePiece tokenizer.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train on the training split of data/corpus")
-    t.add_argument("--out", default=str(DEFAULT_MODEL))
-    t.add_argument("--vocab-size", type=int, default=8192)
-    t.add_argument("--num-sentinels", type=int, default=NUM_SENTINELS)
-    i = sub.add_parser("info", help="print the sizes and special ids of a model")
-    i.add_argument("--model", default=str(DEFAULT_MODEL))
-    args = ap.parse_args(argv)
-    if args.cmd == "train":
-        tok = train_tokenizer(args.out, args.vocab_size, num_sentinels=args.num_sentinels)
-        print(summary(tok, args.out, trained=True))
-    else:
-        print(summary(load_tokenizer(args.model), args.model))
-    return 0
+    """`python -m mini_encdec.tokenizer train|info ...`: the same as `python -m mini_encdec
+    tokenizer ...` (one set of options and error messages)."""
+    from .cli import main as cli_main
+    return cli_main(["tokenizer", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ def test_hf_output_from_memory_and_dtype_option(tmp_path):
         np.testing.assert_allclose(got.params[k], v, rtol=1e-3, atol=1e-4, err_msg=k)
     with pytest.raises(AdaptError, match="out_format"):
         adapt_command(tmp_path / "a", None, tmp_path / "d", out_format="onnx", print_fn=None)
-    with pytest.raises(AdaptError, match="is a source directory"):
+    with pytest.raises(ValueError, match="is the --encoder-from source"):  # OutputError
         adapt_command(tmp_path / "a", None, tmp_path / "a", print_fn=None)
 
 
