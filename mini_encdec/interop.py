@@ -2,9 +2,16 @@
 
     model = load_hf(path)                 a transformers `save_pretrained` directory of a
                                           Gemma2ForCausalLM (-> GemmaLM) or a
-                                          T5GemmaForConditionalGeneration (-> EncDecLM)
+                                          T5GemmaForConditionalGeneration (-> EncDecLM), or
+                                          of a Gemma2/T5GemmaForSequenceClassification
+                                          (-> SequenceClassifier, SPEC 7)
     save_hf(model, path, dtype="float32") a directory `from_pretrained` loads with no
                                           missing or unexpected keys
+
+Classifiers: config.json is the backbone's plus `architectures`, `id2label`/`label2id`
+(the number of classes), `problem_type` "single_label_classification" and, for T5Gemma,
+`is_encoder_decoder` (false: the encoder-only probe, whose directory holds no decoder
+weights) and `classifier_dropout_rate` 0.0 (ignored on load: no dropout here).
 
 Parameter names are the Hugging Face keys already (DESIGN.md), so weights pass through
 unchanged; only the config needs translating. Never imports torch: tensors are read and
@@ -42,7 +49,8 @@ from typing import Callable, Iterable, Union
 
 import numpy as np
 
-from .config import FULL, SLIDING, EncDecConfig, GemmaConfig
+from .config import (DECODER_ONLY, ENCODER_DECODER, ENCODER_ONLY, FULL, SLIDING,
+                     ClassifierConfig, EncDecConfig, GemmaConfig)
 from .safetensors_io import (SafetensorsFile, SafetensorsWriter, TORCH_NAMES, dtype_code)
 
 PathLike = Union[str, Path]
@@ -53,6 +61,9 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 GEMMA2_ARCH = "Gemma2ForCausalLM"
 T5GEMMA_ARCH = "T5GemmaForConditionalGeneration"
+# the sequence-classification heads (SPEC 7, models/classifier.py)
+GEMMA2_CLS_ARCH = "Gemma2ForSequenceClassification"
+T5GEMMA_CLS_ARCH = "T5GemmaForSequenceClassification"
 # the tied output matrix, stored by some writers, never by us
 TIED_HEADS = {"gemma2": ("lm_head.weight", "model.embed_tokens.weight"),
               "t5gemma": ("lm_head.out_proj.weight", "model.decoder.embed_tokens.weight")}
@@ -149,6 +160,52 @@ def model_kind(d: dict, where: str = CONFIG_FILE) -> str:
 
 
 def config_from_hf(d: dict, where: str = CONFIG_FILE):
+    """GemmaConfig (Gemma 2), EncDecConfig (T5Gemma) or, for a *ForSequenceClassification
+    directory, a ClassifierConfig around one, from a transformers config dict."""
+    backbone = backbone_config_from_hf(d, where)
+    archs = d.get("architectures") or []
+    if GEMMA2_CLS_ARCH not in archs and T5GEMMA_CLS_ARCH not in archs:
+        return backbone
+    return classifier_config_from_hf(d, backbone, where)
+
+
+def classifier_config_from_hf(d: dict, backbone, where: str = CONFIG_FILE) -> ClassifierConfig:
+    """The head of Gemma2/T5GemmaForSequenceClassification: classes from id2label (else
+    num_labels), mode from is_encoder_decoder (transformers' default: true).
+    classifier_dropout_rate is ignored (no dropout here; inactive at inference anyway)."""
+    problem = d.get("problem_type")
+    if problem not in (None, "single_label_classification"):
+        raise InteropError(f"{where}: problem_type {problem!r} is not supported (expected "
+                           f"'single_label_classification': cross-entropy over classes)")
+    id2label = d.get("id2label")
+    names = ()
+    if id2label:
+        try:
+            ids = sorted(int(k) for k in id2label)
+        except (TypeError, ValueError):
+            raise InteropError(f"{where}: id2label keys must be class ids, got "
+                               f"{list(id2label)}") from None
+        if ids != list(range(len(ids))):
+            raise InteropError(f"{where}: id2label must name classes 0..{len(ids) - 1}, "
+                               f"got ids {ids}")
+        names = tuple(str(id2label.get(str(i), id2label.get(i))) for i in ids)
+    num_labels = len(names) if names else d.get("num_labels", 2)
+    if isinstance(backbone, GemmaConfig):
+        mode, pad = DECODER_ONLY, backbone.pad_token_id
+    else:
+        mode = ENCODER_DECODER if d.get("is_encoder_decoder", True) else ENCODER_ONLY
+        pad = backbone.decoder.pad_token_id
+    if d.get("pad_token_id") is not None and _token_id(d, "pad_token_id", pad) != pad:
+        raise InteropError(f"{where}: pad_token_id={d['pad_token_id']} differs from the "
+                           f"stacks' {pad} (the head finds the last token by it)")
+    try:
+        return ClassifierConfig(backbone=backbone, num_labels=num_labels, mode=mode,
+                                label_names=names)
+    except ValueError as e:
+        raise InteropError(f"{where}: {e}") from None
+
+
+def backbone_config_from_hf(d: dict, where: str = CONFIG_FILE):
     """GemmaConfig (Gemma 2) or EncDecConfig (T5Gemma) from a transformers config dict."""
     if model_kind(d, where) == "gemma2":
         return gemma_config_from_hf(d, where)
@@ -210,6 +267,17 @@ def _stack_dict(cfg: GemmaConfig, where: str) -> dict:
 def hf_config(config, dtype="float32") -> dict:
     """The config.json dict transformers expects for our config."""
     torch_dtype = TORCH_NAMES[dtype_code(dtype)]
+    if isinstance(config, ClassifierConfig):  # the backbone's, with the head's fields
+        d = hf_config(config.backbone, dtype)
+        d["architectures"] = [GEMMA2_CLS_ARCH if config.mode == DECODER_ONLY
+                              else T5GEMMA_CLS_ARCH]
+        d["id2label"] = {str(i): name for i, name in enumerate(config.label_names)}
+        d["label2id"] = {name: i for i, name in enumerate(config.label_names)}
+        d["problem_type"] = "single_label_classification"
+        if config.mode != DECODER_ONLY:
+            d["is_encoder_decoder"] = config.mode == ENCODER_DECODER
+            d["classifier_dropout_rate"] = 0.0
+        return d
     if isinstance(config, GemmaConfig):
         d = {"architectures": [GEMMA2_ARCH], "model_type": "gemma2"}
         d.update(_stack_dict(config, "save_hf"))
@@ -242,6 +310,8 @@ def hf_config(config, dtype="float32") -> dict:
 
 
 def generation_config(config) -> dict:
+    if isinstance(config, ClassifierConfig):  # the backbone's special tokens
+        config = config.backbone
     c = config if isinstance(config, GemmaConfig) else config.decoder
     d = {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
          "pad_token_id": c.pad_token_id}
@@ -381,7 +451,8 @@ def load_hf_params(path: PathLike, dtype=np.float32):
 
 
 def load_hf(path: PathLike, dtype=np.float32):
-    """The mini_encdec model (GemmaLM or EncDecLM) of a transformers directory."""
+    """The mini_encdec model (GemmaLM, EncDecLM or SequenceClassifier) of a transformers
+    directory."""
     from .models import build_model
     config, params = load_hf_params(path, dtype)
     return build_model(config, params)

@@ -304,3 +304,36 @@ def test_train_and_checkpoint_round_trip(mode, tmp_path):
     again = load_model(tmp_path / "model", dtype=np.float64)
     assert again.dtype == np.float64 and again.config == clf.config
     assert config_from_dict(clf.config.to_dict()) == clf.config
+
+
+# --- Hugging Face directories without torch --------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_save_hf_load_hf_round_trip(mode, tmp_path):
+    import json
+    from mini_encdec.interop import load_hf, save_hf
+    clf = build_model(CONFIGS[mode].replace(label_names=("a", "b", "c")), seed=3)
+    save_hf(clf, tmp_path / "hf")
+    d = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert d["architectures"] == ["Gemma2ForSequenceClassification" if mode == "decoder"
+                                  else "T5GemmaForSequenceClassification"]
+    assert d["id2label"] == {"0": "a", "1": "b", "2": "c"}
+    assert d.get("is_encoder_decoder", mode == "encoder_decoder") == (mode == "encoder_decoder")
+    back = load_hf(tmp_path / "hf")
+    assert isinstance(back, SequenceClassifier) and back.config == clf.config
+    for k, v in clf.params.items():
+        np.testing.assert_array_equal(back.params[k], v, err_msg=k)
+    assert isinstance(load_model(tmp_path / "hf"), SequenceClassifier)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(problem_type="multi_label_classification"), "problem_type"),
+    (dict(id2label={"0": "only"}), "num_labels"),
+    (dict(id2label={"0": "a", "2": "b"}), "id2label"),
+    (dict(pad_token_id=5), "pad_token_id"),
+])
+def test_bad_classifier_configs_are_refused(change, match):
+    from mini_encdec.interop import InteropError, config_from_hf, hf_config
+    d = dict(hf_config(CONFIGS["encoder"]), **change)
+    with pytest.raises(InteropError, match=match):
+        config_from_hf(d)
