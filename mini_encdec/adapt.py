@@ -222,12 +222,17 @@ def load_source(x, label: str = "source") -> Source:
             if kind != "gemma2":
                 raise AdaptError(f"{path}: the {label} must be a decoder-only Gemma 2 "
                                  f"checkpoint, got a {kind} one")
+            if not isinstance(config, GemmaConfig):
+                raise AdaptError(f"{path}: the {label} must be a Gemma 2 language model, "
+                                 f"got a sequence classifier")
             return Source(config, str(path), weights=weights, directory=path)
         from .checkpoint import load_checkpoint
         ck = load_checkpoint(path)
         if not isinstance(ck.config, GemmaConfig):
-            raise AdaptError(f"{ck.path}: the {label} must be a decoder-only model, got an "
-                             f"encoder-decoder")
+            what = "an encoder-decoder" if isinstance(ck.config, EncDecConfig) \
+                else "a sequence classifier"
+            raise AdaptError(f"{ck.path}: the {label} must be a decoder-only model, got "
+                             f"{what}")
         return Source(ck.config, str(ck.path), params=ck.params, directory=ck.path)
     if isinstance(x, tuple) and len(x) == 2:
         config, params = x

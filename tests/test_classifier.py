@@ -337,3 +337,14 @@ def test_bad_classifier_configs_are_refused(change, match):
     d = dict(hf_config(CONFIGS["encoder"]), **change)
     with pytest.raises(InteropError, match=match):
         config_from_hf(d)
+
+
+def test_adapt_refuses_a_classifier_as_its_source(tmp_path):
+    from mini_encdec.adapt import AdaptError, load_source
+    from mini_encdec.interop import save_hf
+    clf = build_model(CONFIGS["decoder"])
+    save_hf(clf, tmp_path / "hf")
+    save_model(tmp_path / "ck", clf.config, clf.params)
+    for path in (tmp_path / "hf", tmp_path / "ck"):
+        with pytest.raises(AdaptError, match="sequence classifier"):
+            load_source(path)
