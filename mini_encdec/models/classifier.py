@@ -59,8 +59,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import (DECODER_ONLY, ENCODER_DECODER, ENCODER_ONLY, ClassifierConfig,
-                      EncDecConfig, GemmaConfig)
+from ..config import DECODER_ONLY, ENCODER_DECODER, ClassifierConfig
 from ..nn.linear import linear_backward, linear_forward
 from ..nn.loss import cross_entropy_backward, cross_entropy_forward
 from .encdec import EncDecLM
