@@ -185,7 +185,14 @@ def parse_overrides(items) -> dict:
 def _unknown_key(item: str, key: str, known: dict) -> str:
     """The message for an unknown --set key: the nearest keys if some are close, else all."""
     short = sorted({k.split(".")[-1] for k in known})
-    hint = did_you_mean(key, known) if "." in key else did_you_mean(key, short)
+    section, _, name = key.rpartition(".")
+    fields = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section]
+    if not section:
+        hint = did_you_mean(key, short)
+    elif fields:  # a known section: the nearest field of that section
+        hint = did_you_mean(name, fields, prefix=section + ".")
+    else:
+        hint = did_you_mean(key, known)
     if hint:
         return f"--set {item}: unknown key {key!r}{hint}"
     return (f"--set {item}: unknown key {key!r}; known keys: {', '.join(short)} (optionally "
@@ -280,12 +287,19 @@ SEED = int_at_least(0)
 _STREAMS: dict = {}
 
 
-def _tokenizer(path: Optional[str]):
-    from .tokenizer import load_tokenizer
+def _without_path(message: str, path) -> str:
+    """`message` without a leading "<path>: " (when the caller names the path already)."""
+    head = f"{path}: "
+    return message[len(head):] if message.startswith(head) else message
+
+
+def _tokenizer(path: Optional[str], what: str = "--tokenizer"):
+    from .tokenizer import DEFAULT_MODEL, load_tokenizer
     try:
         return load_tokenizer(path)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"{what} {path if path is not None else DEFAULT_MODEL}: {e}") \
+            from None
 
 
 def _stream(split: str, tok):
@@ -302,7 +316,7 @@ def _load_model(path: str, what: str = "--checkpoint"):
     try:
         return load_model(path)
     except ValueError as e:  # CheckpointError names the file
-        raise UsageError(f"{what} {path}: {e}") from None
+        raise UsageError(f"{what} {path}: {_without_path(str(e), path)}") from None
 
 
 def _set_backend(name: Optional[str]) -> None:
@@ -455,7 +469,9 @@ def _setup_run(args, command: str, defaults: dict) -> tuple:
         raise UsageError("--resume-from-good: only with --resume")
     _check_preset(args.preset)
     _check_distillation(overrides, getattr(args, "teacher", None), command)
-    run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(command)
+    run_dir = Path(args.run_dir) if args.run_dir is not None else _default_run_dir(command)
+    if args.run_dir == "":
+        raise UsageError("--run-dir '': expected a directory path")
     if _holds_run(run_dir) and not args.overwrite:
         from .checkpoint import CHECKPOINTS_DIR, latest_checkpoint
         holds = "checkpoints" if latest_checkpoint(run_dir / CHECKPOINTS_DIR) else "a run"
@@ -957,12 +973,13 @@ def _read_text_file(path: str, what: str) -> str:
 
 
 def cmd_tokenizer(args) -> int:
-    from .tokenizer import check_training_sizes, summary as tokenizer_summary, train_tokenizer
+    from .tokenizer import min_vocab_size, summary as tokenizer_summary, train_tokenizer
     if args.action == "train":
-        try:
-            check_training_sizes(args.vocab_size, args.num_sentinels)
-        except ValueError as e:
-            raise UsageError(f"--vocab-size/--num-sentinels: {e}") from None
+        low = min_vocab_size(args.num_sentinels)
+        if args.vocab_size < low:
+            raise UsageError(f"--vocab-size {args.vocab_size}: expected an integer >= {low} "
+                             f"(4 special ids, 256 byte pieces, {low - 276} user pieces with "
+                             f"--num-sentinels {args.num_sentinels}, and some text)")
         sources = [("--input", f) for f in args.input or ()]
         check_output(args.out, overwrite=args.overwrite, sources=sources, what="--out",
                      kind="file")
@@ -978,7 +995,7 @@ def cmd_tokenizer(args) -> int:
             raise UsageError(f"tokenizer train: {_first_line(str(e))}") from None
         print(tokenizer_summary(tok, args.out, trained=True))
         return 0
-    print(tokenizer_summary(_tokenizer(args.model), args.model))
+    print(tokenizer_summary(_tokenizer(args.model, "--model"), args.model))
     return 0
 
 
@@ -1013,19 +1030,42 @@ def _adapt_args(p) -> None:
 
 def cmd_adapt(args) -> int:
     from .adapt import adapt_command
-    for opt, path in (("--encoder-from", args.encoder_from),
-                      ("--decoder-from", args.decoder_from)):
+    from .safetensors_io import dtype_code
+    sources = {"--encoder-from": args.encoder_from, "--decoder-from": args.decoder_from}
+    for opt, path in sources.items():
         if path is not None and not Path(path).exists():
             raise UsageError(f"{opt} {path}: no such model, checkpoint or run directory")
+    if args.dtype is not None:
+        try:
+            dtype_code(args.dtype)
+        except ValueError as e:
+            raise UsageError(f"--dtype {args.dtype}: {_without_path(str(e), 'dtype')}") \
+                from None
     try:
         adapt_command(args.encoder_from, args.decoder_from, args.out,
                       warmup_steps=args.warmup_steps, seed=args.seed,
                       out_format=args.out_format, dtype=args.dtype,
                       print_fn=None if args.quiet else print, progress=not args.quiet,
                       overwrite=args.overwrite)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    except UsageError:
+        raise
+    except ValueError as e:  # a source that cannot be read: name its option
+        raise UsageError(_name_source(str(e), sources)) from None
     return 0
+
+
+def _name_source(message: str, sources: dict) -> str:
+    """Prefix "<option> <path>: " to a message about a file of that source."""
+    import os
+    head = message.split(": ", 1)[0]
+    for opt, path in sources.items():
+        if path is None:
+            continue
+        root = os.path.realpath(path)
+        where = os.path.realpath(head) if head else ""
+        if where == root or where.startswith(root.rstrip(os.sep) + os.sep):
+            return f"{opt} {path}: {_without_path(message, path)}"
+    return message
 
 
 # --- commands from other modules (loaded only when used) ------------------------------------------
@@ -1083,8 +1123,8 @@ def _subparser(parser: argparse.ArgumentParser, command: Optional[str]):
 def _unknown_options(sub: argparse.ArgumentParser, extras: list) -> str:
     """The message for arguments argparse did not recognise, with the nearest options."""
     first = next((a for a in extras if a.startswith("-")), extras[0])
-    hint = did_you_mean(first.split("=", 1)[0], list(sub._option_string_actions)) \
-        if first.startswith("-") else ""
+    options = [o for o in sub._option_string_actions if o not in ("-h", "--help")]
+    hint = did_you_mean(first.split("=", 1)[0], options) if first.startswith("-") else ""
     return f"unrecognized arguments: {' '.join(extras)}{hint} (see --help)"
 
 

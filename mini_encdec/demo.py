@@ -238,6 +238,8 @@ def run(args) -> int:
                          f"{did_you_mean(args.preset, list(PRESETS))}")
     if args.seed < 0:
         raise UsageError(f"--seed {args.seed}: expected an integer >= 0")
+    if args.out == "":
+        raise UsageError("--out '': expected a directory path")
     target = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     with new_output_dir(target, overwrite=getattr(args, "overwrite", False),
                         what="--out") as out:

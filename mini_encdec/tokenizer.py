@@ -132,27 +132,34 @@ class Tokenizer:
 
 
 def _model_error(path: Path, problem: str) -> ValueError:
-    return ValueError(f"tokenizer model {str(path)!r} {problem}; make it with "
-                      f"`{TRAIN_COMMAND} --out {path}` (or `python -m mini_encdec tokenizer`)")
+    return ValueError(f"tokenizer model {str(path)!r} {problem}; expected a model made by "
+                      f"`{TRAIN_COMMAND}` (the shipped one is {DEFAULT_MODEL})")
 
 
 def load_tokenizer(path: Union[str, Path, None] = None) -> Tokenizer:
     """Load a trained model (default: the shipped data/tokenizer.model)."""
     path = Path(DEFAULT_MODEL if path is None else path)
     if not path.is_file():
-        raise _model_error(path, "not found")
+        raise _model_error(path, "is a directory" if path.is_dir() else "not found")
     proto = path.read_bytes()
     try:
         return Tokenizer(proto, path)
     except ValueError:
         raise
-    except Exception as e:  # sentencepiece raises RuntimeError/OSError on bad bytes
-        raise _model_error(path, f"is not a valid SentencePiece model ({e})") from None
+    except Exception:  # sentencepiece raises RuntimeError/OSError on bad bytes
+        raise _model_error(path, "is not a valid SentencePiece model (its bytes do not "
+                                 "parse as one)") from None
 
 
 def training_sentences(texts: Iterable[str]) -> list:
     """The SentencePiece training input: every non-empty line of every text, in order."""
     return [l for t in texts for l in t.split(NEWLINE) if l]
+
+
+def min_vocab_size(num_sentinels: int) -> int:
+    """The smallest vocabulary that holds the 4 special ids, the 256 byte pieces, the user
+    pieces (newline, 3 mode tokens, the sentinels) and some text (16 pieces)."""
+    return 4 + 256 + 1 + len(MODE_TOKENS) + num_sentinels + 16
 
 
 def check_training_sizes(vocab_size: int, num_sentinels: int) -> None:
@@ -163,10 +170,10 @@ def check_training_sizes(vocab_size: int, num_sentinels: int) -> None:
         raise ValueError(f"train_tokenizer: argument 'num_sentinels': expected an int >= 1, "
                          f"got {num_sentinels!r}")
     n_user = 1 + len(MODE_TOKENS) + num_sentinels
-    if not isinstance(vocab_size, int) or vocab_size < 4 + 256 + n_user + 16:
+    if not isinstance(vocab_size, int) or vocab_size < min_vocab_size(num_sentinels):
         raise ValueError(f"train_tokenizer: argument 'vocab_size': expected an int >= "
-                         f"{4 + 256 + n_user + 16} (4 special, 256 byte pieces, {n_user} "
-                         f"user pieces, some text), got {vocab_size!r}")
+                         f"{min_vocab_size(num_sentinels)} (4 special, 256 byte pieces, "
+                         f"{n_user} user pieces, some text), got {vocab_size!r}")
 
 
 def train_tokenizer(out_path: Union[str, Path, None] = None, vocab_size: int = 8192, *,

@@ -19,8 +19,9 @@ class UsageError(ValueError):
     """A bad command-line value; reported as one `error: ...` line with exit status 2."""
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """" (did you mean 'steps'?)" when `word` is close to one of `choices`, else ""."""
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """" (did you mean 'steps'?)" when `word` is close to one of `choices`, else "".
+    prefix: put before each suggestion (e.g. "train." for a field of that section)."""
     choices = [str(c) for c in choices]
     # case-insensitive match first ("Tiny" -> "tiny"), then difflib's similarity ratio
     lower = {c.lower(): c for c in choices}
@@ -28,7 +29,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
         difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
     if not close:
         return ""
-    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+    return " (did you mean " + " or ".join(repr(prefix + c) for c in close) + "?)"
 
 
 def expect_choice(what: str, value: str, choices: Iterable[str]) -> str:
