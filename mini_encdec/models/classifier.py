@@ -92,6 +92,9 @@ def shift_right(input_ids: np.ndarray, bos_token_id: int) -> np.ndarray:
 class SequenceClassifier:
     """A Gemma 2 or T5Gemma backbone with a classification head (see the module doc)."""
 
+    # The causal-encoder ablation (EncDecLM.causal_encoder), inherited by from_backbone.
+    causal_encoder: bool = False
+
     def __init__(self, config: ClassifierConfig, params: dict):
         if not isinstance(config, ClassifierConfig):
             raise ValueError(f"SequenceClassifier: argument 'config': expected a "
@@ -128,7 +131,11 @@ class SequenceClassifier:
         rng = np.random.default_rng(seed)
         for key, shape in head_shapes(config).items():
             params[key] = init_tensor(key, shape, rng, model.dtype)
-        return cls(config, params)
+        clf = cls(config, params)
+        clf.causal_encoder = bool(getattr(model, "causal_encoder", False))
+        if clf._encdec is not None:
+            clf._encdec.causal_encoder = clf.causal_encoder
+        return clf
 
     # --- batch handling -------------------------------------------------------------------
     def _check(self, batch, *, labels: bool, fn: str):
@@ -171,8 +178,9 @@ class SequenceClassifier:
         cfg = self.config
         last = last_token_index(ids, cfg.pad_token_id)  # (B,)
         if self.mode != ENCODER_DECODER:
+            causal = self.mode == DECODER_ONLY or self.causal_encoder
             h, c = trunk_forward(self.params, self._spec, ids, mask,
-                                 causal=self.mode == DECODER_ONLY)  # (B, S, D)
+                                 causal=causal)  # (B, S, D)
             return h, last, {"trunk": c}
         backbone = cfg.backbone
         enc, c_enc = self._encdec._encode(ids, mask)  # (B, S, De)

@@ -42,6 +42,11 @@ _GROUPS = {"input_ids": "source", "attention_mask": "source",
 class EncDecLM:
     """T5Gemma encoder-decoder LM over a flat dict of parameters with Hugging Face keys."""
 
+    # The paper's causal-encoder ablation: True runs the encoder with decoder-style
+    # (causal) masks everywhere (training, generation, a probe built on it). Not part of
+    # the config: no released checkpoint has it.
+    causal_encoder: bool = False
+
     def __init__(self, config: EncDecConfig, params: dict):
         if not isinstance(config, EncDecConfig):
             raise ValueError(f"EncDecLM: argument 'config': expected an EncDecConfig, got "
@@ -74,7 +79,7 @@ class EncDecLM:
         """(B, S) ids -> (B, S, De) encoder output and its cache (x = Ee[ids] * sqrt(De),
         blocks, final norm: `trunk.py`)."""
         return trunk_forward(self.params, self.enc_spec, input_ids, attention_mask,
-                             causal=causal)
+                             causal=causal or self.causal_encoder)
 
     def encode(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None, *,
                causal: bool = False) -> np.ndarray:
