@@ -9,6 +9,7 @@
     generate    text from a prompt, or interactively
     bench       speed benchmark
     demo        the end-to-end demonstration
+    study       the paper's claims at tiny scale (E1-E6, several seeds, a claims table)
 
 Configuration: `--preset NAME` picks the model shape (config.PRESETS; "tiny" by default),
 then `--set key=value` (repeatable) overrides any field:
@@ -595,6 +596,10 @@ def cmd_pretrain(args) -> int:
     teacher = _load_model(run["teacher"], "--teacher") if run.get("teacher") else None
     if teacher is not None and _arch_of(teacher.config) != "decoder":
         raise UsageError(f"--teacher {run['teacher']}: expected a decoder-only model")
+    if teacher is not None and teacher.config.vocab_size != model.config.vocab_size:
+        raise UsageError(f"--teacher {run['teacher']}: its vocabulary "
+                         f"({teacher.config.vocab_size} ids) differs from the student's "
+                         f"({model.config.vocab_size}); expected a model on the same tokenizer")
     objective = _checked("objective", lambda: make_objective(
         objective_name, tok, density=data.density, mean_span=data.mean_span))
     kw = dict(batch_size=data.batch_size, encoder_length=data.encoder_length,
@@ -1076,6 +1081,8 @@ PLUGINS = {
     "bench": ("mini_encdec.bench", "benchmark tokens/s and matmul-peak fraction (and PyTorch "
                                    "when installed)"),
     "demo": ("mini_encdec.demo", "the end-to-end demonstration on tiny models"),
+    "study": ("mini_encdec.study", "the paper's claims at tiny scale: experiments E1-E6 over "
+                                   "several seeds, with a claims table"),
 }
 
 
@@ -1137,6 +1144,7 @@ COMMANDS = {
     "generate": (GENERATE_HELP, _generate_args, cmd_generate),
     "bench": None,
     "demo": None,
+    "study": None,
 }
 
 
