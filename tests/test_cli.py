@@ -203,6 +203,21 @@ def test_resume_rules(decoder_run, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_overwrite_replaces_a_run_only_once_the_new_one_is_complete(decoder_run, tmp_path,
+                                                                     capsys):
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(decoder_run, old)
+    assert run("pretrain", "--arch", "decoder", "--run-dir", old, "--quiet", "--set",
+               "steps=1", *SMALL_DATA) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert ckpt.load_checkpoint(old).step == 3  # untouched
+    assert run("pretrain", "--arch", "decoder", "--run-dir", old, "--overwrite", "--quiet",
+               "--set", "steps=1", *SMALL_DATA) == 0
+    assert ckpt.load_checkpoint(old).step == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]  # no temporary left
+
+
 # --- kill and resume ------------------------------------------------------------------------------
 
 FT_ARGS = ["finetune", "--task", "reverse", "--quiet", "--eval-examples", "2", "--set",
