@@ -42,6 +42,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -243,18 +244,19 @@ def build_model_config(arch: str, preset_name: str, model_overrides: dict, base=
 
 # --- argument types: numbers checked by argparse, with the expected range in the message ----------
 
-def int_at_least(low: int):
-    """An argparse type: an integer >= low."""
+def int_at_least(low: int, high: Optional[int] = None):
+    """An argparse type: an integer >= low (and <= high when given)."""
+    expected = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") \
-                from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = expected
     return parse
 
 
@@ -281,6 +283,57 @@ def float_in(low: float, high: float = math.inf, *, low_open: bool = True):
 
 POSITIVE = int_at_least(1)
 SEED = int_at_least(0)
+MAX_NEW_TOKENS = 65536  # generate: beyond this the KV cache of even a tiny model grows large
+
+
+# --- checks that need the model: memory, trainable parameters -----------------------------------
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available now (Linux MemAvailable, else physical), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(data: "DataConfig", config, arch: str) -> None:
+    """Refuse lengths whose attention cannot fit in memory: masks and scores are
+    (B, H, L, L) arrays, L = encoder_length + decoder_length for a decoder-only model.
+    The estimate (forward + backward) is rough; it only stops the impossible."""
+    stacks = [config] if arch == "decoder" else [config.encoder, config.decoder]
+    heads = max(c.num_attention_heads for c in stacks)
+    S, T = data.encoder_length, data.decoder_length
+    L = S + T if arch == "decoder" else max(S, T)
+    need = 2 * data.batch_size * L * L * (8 + 4 * heads)
+    avail = _available_memory()
+    if avail is not None and need > avail:
+        raise UsageError(f"--set batch_size={data.batch_size} encoder_length={S} "
+                         f"decoder_length={T}: attention over {L} positions needs about "
+                         f"{need / 2**30:.1f} GiB, more than the {avail / 2**30:.1f} GiB "
+                         f"available; expected shorter lengths or a smaller batch_size")
+
+
+def _check_trainable(model, optim: OptimConfig) -> None:
+    """Every freeze pattern must match a parameter, and something must still train."""
+    from .optim import trainable_names
+    names = list(model.params)
+    for pattern in optim.freeze:
+        if not any(re.search(pattern, n) for n in names):
+            raise UsageError(f"--set optim.freeze={','.join(optim.freeze)}: pattern "
+                             f"{pattern!r} matches no parameter; expected regular expressions "
+                             f"found in names such as {names[1]!r}")
+    warmup = model.config.cross_attn_warmup_steps if isinstance(model.config, EncDecConfig) \
+        else 0
+    try:
+        trainable_names(names, 0, freeze=optim.freeze, warmup_steps=warmup)
+    except ValueError as e:
+        raise UsageError(f"--set optim.freeze: {e}") from None
 
 
 # --- shared helpers -------------------------------------------------------------------------------
@@ -583,6 +636,8 @@ def cmd_pretrain(args) -> int:
     arch = _arch_of(model.config)
     if run["arch"] not in (None, arch):
         raise UsageError(f"--arch {run['arch']}: the --init model is {arch}")
+    _check_memory(data, model.config, arch)
+    _check_trainable(model, OptimConfig.from_dict(run["optim"]))
     objective_name = run["objective"] or ("causal_lm" if arch == "decoder" else "prefix_lm")
     run.update(arch=arch, objective=objective_name)
     if objective_name == "causal_lm" and arch != "decoder":
@@ -689,6 +744,8 @@ def cmd_finetune(args) -> int:
     arch = _arch_of(model.config)
     if run["arch"] not in (None, arch):
         raise UsageError(f"--arch {run['arch']}: the --init model is {arch}")
+    _check_memory(data, model.config, arch)
+    _check_trainable(model, OptimConfig.from_dict(run["optim"]))
     run["arch"] = arch
     if model.config.vocab_size < vocab:
         raise UsageError(f"model.vocab_size={model.config.vocab_size} is smaller than the "
@@ -756,6 +813,7 @@ def cmd_evaluate(args) -> int:
     data = _checked("data config", lambda: DataConfig(**_section(overrides, "data")))
     model = _load_model(args.checkpoint)
     arch = _arch_of(model.config)
+    _check_memory(data, model.config, arch)
     # The same lengths for both architectures: an encoder-decoder reads S and predicts T
     # tokens; a decoder-only model reads the S + T tokens and is scored on the last T.
     kw = dict(batch_size=data.batch_size, encoder_length=data.encoder_length,
@@ -823,7 +881,7 @@ def _generate_args(p) -> None:
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt text (repeatable); without it, prompts are read from stdin "
                         "(UTF-8), one per line, until EOF or an empty line")
-    p.add_argument("--max-new-tokens", type=POSITIVE, default=50)
+    p.add_argument("--max-new-tokens", type=int_at_least(1, MAX_NEW_TOKENS), default=50)
     p.add_argument("--method", choices=("greedy", "sample", "beam"), default="greedy")
     p.add_argument("--temperature", type=float_in(0.0), default=1.0)
     p.add_argument("--top-k", type=POSITIVE, default=None)
@@ -1211,6 +1269,8 @@ def main(argv=None) -> int:
     except OSError as e:  # the file system said no: disk full, permission denied, ...
         where = f"{e.filename}: " if e.filename else ""
         _fail(sub.prog, f"{where}{e.strerror or e}")
+    except MemoryError:
+        _fail(sub.prog, "out of memory; expected a smaller model, batch_size or lengths")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
