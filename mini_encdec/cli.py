@@ -56,8 +56,8 @@ import numpy as np
 from .config import PRESETS, EncDecConfig, GemmaConfig, config_from_dict, encdec_preset, preset
 from .optim import OptimConfig
 from .train import TrainConfig
-from .safe_output import check_output, new_output_file, run_directory
-from .usage import UsageError, did_you_mean, expect_choice
+from .safe_output import check_output, run_directory
+from .usage import UsageError, did_you_mean
 
 PROG = "python -m mini_encdec"
 ARCHS = ("encdec", "decoder")
@@ -1119,7 +1119,6 @@ def cmd_adapt(args) -> int:
 
 def _name_source(message: str, sources: dict) -> str:
     """Prefix "<option> <path>: " to a message about a file of that source."""
-    import os
     head = message.split(": ", 1)[0]
     for opt, path in sources.items():
         if path is None:

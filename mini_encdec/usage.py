@@ -31,12 +31,3 @@ def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
         return ""
     return " (did you mean " + " or ".join(repr(prefix + c) for c in close) + "?)"
 
-
-def expect_choice(what: str, value: str, choices: Iterable[str]) -> str:
-    """`value` if it is one of `choices`, else a UsageError naming `what`, the choices and
-    the nearest ones."""
-    choices = list(choices)
-    if value in choices:
-        return value
-    raise UsageError(f"{what} {value}: expected one of {', '.join(map(str, choices))}"
-                     f"{did_you_mean(value, choices)}")
