@@ -26,6 +26,14 @@ next save. Replacing an existing directory of the same name (re-saving a step, o
 Loading checks everything and raises `CheckpointError` (a ValueError) naming the file:
 missing files, truncated or altered files (size and sha256 recorded at save time), files
 safetensors cannot parse, parameters that do not fit the config.
+
+When the latest checkpoint of a run is damaged, `newest_good_checkpoint` finds the newest
+one that loads and `set_aside` renames the damaged ones to `step_NNNNNN.corrupt` (kept,
+ignored by the loader): what `--resume --resume-from-good` does.
+
+Commands write model directories through safe_output (a new directory renamed into place
+as a whole) with `write_model_files`; `save_model` replaces a directory in place and is for
+library use.
 """
 
 from __future__ import annotations
@@ -135,8 +143,11 @@ def _write_dir_atomically(target: Path, files: dict) -> None:
         os.rename(target, old)
     os.rename(tmp, target)
     _fsync_dir(parent)
-    if old is not None:
-        shutil.rmtree(old)
+    if old is not None:  # what was there: a directory, or a file in the way
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
 
 
 def _model_files(config, params: dict) -> dict:
