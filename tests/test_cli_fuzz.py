@@ -208,6 +208,11 @@ CASES = [
     ("demo-out-empty-string", ["demo", "--out", ""], "--out '': expected"),
     ("demo-out-under-a-file", ["demo", "--quick", "--out", "{root}/files/plain.txt/demo"],
      "is a file, not a directory"),
+    # study: the same output rules (safe_output.run_directory)
+    ("study-out-not-empty", ["study", "--out", "{root}/full"], "already exists and is not empty"),
+    ("study-out-under-a-file", ["study", "--out", "{root}/files/plain.txt/s"],
+     "is a file, not a directory"),
+    ("study-resume-nothing", ["study", "--resume", "--out", "{root}/empty"], "--resume"),
     # names and numbers
     ("unknown-command", ["pretrian"], "did you mean 'pretrain'"),
     ("set-near-key", ["pretrain", "--set", "stepz=10"], "did you mean 'steps'"),
