@@ -58,10 +58,15 @@ class TaskData:
     genre_val: list            # ClassExamples, validation plays
     genre_names: list          # token ids of each genre's name + EOS (rank classification)
     generate_examples: int     # how many reply_val examples are generated (ROUGE-L)
-    prefix_len: int            # tokens of the reply task prefix (stripped for copy baseline)
+    reply_prefix: tuple        # the reply task prefix's ids (stripped for the copy baseline)
     eos_id: int
     pad_id: int
     bos_id: int
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens of the reply task prefix."""
+        return len(self.reply_prefix)
 
 
 def _subsample(xs: list, limit: int, rng: np.random.Generator) -> list:
@@ -86,7 +91,8 @@ def build_task_data(tok, *, encoder_length: int, decoder_length: int, train_exam
                                           decoder_length=T), eval_examples, rng)
     genre_val = _subsample(genre_examples("validation", tok, length=S), eval_examples, rng)
     return TaskData(S, T, reply_train + genre_text, genre_train, reply_val, genre_val, names,
-                    min(generate_examples, len(reply_val)), len(task_prefix("reply", tok)),
+                    min(generate_examples, len(reply_val)),
+                    tuple(int(t) for t in task_prefix("reply", tok)),
                     tok.eos_id, tok.pad_id, tok.bos_id)
 
 
@@ -98,6 +104,8 @@ def baselines(data: TaskData) -> dict:
     # in training plus one unknown bucket; scored on the validation targets
     counts: dict = {}
     for e in data.mixture:
+        if tuple(int(t) for t in e.inputs[:data.prefix_len]) != data.reply_prefix:
+            continue  # a genre example: its targets are genre names, not replies
         for t in e.targets:
             counts[int(t)] = counts.get(int(t), 0) + 1
     total, vocab = sum(counts.values()), len(counts) + 1
@@ -126,7 +134,8 @@ def _optim(lr: float, steps: int):
 def finetune_generation(model, arch: str, data: TaskData, *, steps: int, lr: float,
                         batch_size: int, seed: int, run_dir=None, progress: bool = False,
                         label: str = "") -> list:
-    """Fine-tune `model` in place on the reply + genre-as-text mixture; the history."""
+    """Fine-tune `model` in place on the reply + genre-as-text mixture; the history.
+    With a run_dir, a run interrupted there resumes (a finished one is restored)."""
     from .batching import ExampleBatcher
     from .train import train
     batches = ExampleBatcher(data.mixture, batch_size=batch_size,
@@ -134,8 +143,8 @@ def finetune_generation(model, arch: str, data: TaskData, *, steps: int, lr: flo
                              decoder_length=data.decoder_length, arch=arch, seed=seed,
                              pad_id=data.pad_id, bos_id=data.bos_id)
     return train(model, batches, optim=_optim(lr, steps), steps=steps, eval_every=0,
-                 checkpoint_every=0, run_dir=run_dir, progress=progress,
-                 run_info={"stage": label or "finetune generation"})
+                 checkpoint_every=0, run_dir=run_dir, resume=run_dir is not None,
+                 progress=progress, run_info={"stage": label or "finetune generation"})
 
 
 def _class_batches(examples: list, batch_size: int, length: int, pad_id: int):
@@ -181,8 +190,8 @@ def finetune_probe(model, data: TaskData, *, steps: int, lr: float, batch_size: 
     batches = _ClassBatcher(data.genre_train, batch_size, data.encoder_length, data.pad_id,
                             seed)
     history = train(clf, batches, optim=_optim(lr, steps), steps=steps, eval_every=0,
-                    checkpoint_every=0, run_dir=run_dir, progress=progress,
-                    run_info={"stage": label or "finetune probe"})
+                    checkpoint_every=0, run_dir=run_dir, resume=run_dir is not None,
+                    progress=progress, run_info={"stage": label or "finetune probe"})
     return clf, history
 
 
@@ -229,12 +238,12 @@ def _progress(xs, on: bool, desc: str):
 def inference_flops(config, arch: str, prompt_len: int, new_tokens: int) -> dict:
     """FLOPs of one request at batch 1: the prompt (encoder pass, or decoder-only prefill,
     which also yields the first new token) and `new_tokens` generated tokens."""
-    from .models.flops import encode_flops, forward_flops, token_flops
+    from .models.flops import encode_flops, prefill_flops, token_flops
     if arch == "encdec":
         prompt = encode_flops(config, prompt_len)
         steps = [token_flops(config, i, prompt_len) for i in range(new_tokens)]  # BOS first
     else:
-        prompt = forward_flops(config, prompt_len)
+        prompt = prefill_flops(config, prompt_len)  # the last position's logits: 1st token
         steps = [token_flops(config, prompt_len + i) for i in range(new_tokens - 1)]
     total = float(prompt + sum(steps))
     return {"prompt_gflops": prompt / 1e9, "total_gflops": total / 1e9,

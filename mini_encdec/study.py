@@ -85,6 +85,7 @@ import numpy as np
 
 from . import downstream
 from .stats import paired_test, verdict
+from .usage import UsageError
 
 # --- the plan ------------------------------------------------------------------------------------
 
@@ -132,6 +133,7 @@ SCALES = {
 
 ARMS = ("dec", "dec_prefix", "ed_kd", "ed_prefix", "ed_ul2", "ed_scratch", "ed_causal",
         "ed_unbal_warm", "ed_unbal_nowarm")
+SWEEP_ARMS = ("dec", "ed_kd")  # E6: continued to sweep_steps
 ARM_LABELS = {
     "dec": "decoder-only, causal LM", "dec_prefix": "decoder-only, PrefixLM loss",
     "ed_kd": "adapted, PrefixLM + KD", "ed_prefix": "adapted, PrefixLM",
@@ -326,13 +328,17 @@ class Study:
                     teacher=teacher, eval_batches=self.val()[arch])
         return model
 
+    def _text(self, ids) -> str:
+        """Token ids as text, without EOS and padding."""
+        return self.tok.decode([int(t) for t in ids if t not in (self.tok.eos_id,
+                                                                  self.tok.pad_id)])
+
     # --- result units ------------------------------------------------------------------
     def pretrain_result(self, seed: int, arm: str) -> dict:
-        """PrefixLM validation loss after the extra budget, and the curve along the way."""
+        """PrefixLM validation loss after the extra budget, and the curve along the way
+        (to the sweep's end for the SWEEP_ARMS: call pretrained(..., "sweep") first)."""
         def run():
             model = self.pretrained(seed, arm, "extra")
-            if arm in ("dec", "ed_kd"):
-                self.pretrained(seed, arm, "sweep")
             return {"prefix_val_loss": self.prefix_loss(model),
                     "prefix_val_loss_at_start": self.prefix_loss(self.initial(seed, arm)),
                     "curve": _val_curve(self.out / "runs" / f"seed{seed}" / arm)}
@@ -345,21 +351,27 @@ class Study:
             arch = "decoder" if arm.startswith("dec") else "encdec"
             data = self.data(seed)
             model = self.pretrained(seed, arm, budget)
+            runs = self.out / "runs" / f"seed{seed}"
             res = {"prefix_val_loss": self.prefix_loss(model)}
+            self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): fine-tune the "
+                     f"classification probe")
             clf, _ = downstream.finetune_probe(model, data, steps=p.probe_steps,
                                                lr=p.finetune_lr, batch_size=p.batch_size,
-                                               seed=seed, progress=self.progress)
+                                               seed=seed, progress=self.progress,
+                                               run_dir=runs / f"probe_{arm}@{budget}")
             res["genre_probe_accuracy"] = downstream.probe_accuracy(clf, data)
-            self.say(f"\n== seed {seed}: fine-tune {ARM_LABELS[arm]} (budget {budget})")
+            self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): fine-tune on "
+                     f"reply + genre")
             downstream.finetune_generation(model, arch, data, steps=p.finetune_steps,
                                            lr=p.finetune_lr, batch_size=p.batch_size,
-                                           seed=seed, progress=self.progress)
+                                           seed=seed, progress=self.progress,
+                                           run_dir=runs / f"finetune_{arm}@{budget}")
             ev = downstream.evaluate_generation(model, arch, data, new_tokens=p.new_tokens,
                                                 progress=self.progress)
             res.update({k: v for k, v in ev.items() if k != "replies"})
-            res["sample_reply"] = self.tok.decode([t for t in ev["replies"][0]
-                                                   if t != self.tok.eos_id]) \
-                if ev["replies"] else ""
+            res["samples"] = [{"speech": self._text(e.inputs[data.prefix_len:]),
+                               "reply": self._text(e.targets), "generated": self._text(r)}
+                              for e, r in zip(data.reply_val[:3], ev["replies"][:3])]
             return res
         return self.cached(f"seed{seed}/finetune_{arm}@{budget}", run)
 
@@ -384,14 +396,18 @@ def _warmup(steps: int) -> int:
     return max(1, min(50, steps // 10))
 
 
-def _val_curve(run_dir: Path) -> list:
-    """[(step, tokens seen, validation loss)] from a run's metrics.jsonl."""
+def _read_metrics(run_dir: Path) -> list:
+    """The records of a run's metrics.jsonl ([] when there is none)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _val_curve(run_dir: Path) -> list:
+    """[(step, tokens seen, validation loss)] from a run's metrics.jsonl."""
     tokens, curve = {}, []
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
+    for r in _read_metrics(run_dir):
         if "tokens" in r:
             tokens[r["step"]] = r["tokens"]
         if "val_loss" in r:
@@ -567,16 +583,28 @@ def sweep_markdown(results: dict, seeds) -> str:
 
 
 def reading(rows: list) -> str:
-    """The plain-language summary of the verdicts."""
-    by = {"reproduced": [], "not reproduced": [], "inconclusive": []}
-    for r in rows:
-        c = r["claim"]
-        by[r["verdict"]].append(f"{c.experiment} ({ARM_LABELS[c.a]} vs {ARM_LABELS[c.b]}, "
-                                f"{METRICS[c.metric]})")
-    out = []
-    for v, items in by.items():
-        out.append(f"- **{v}** ({len(items)}): " + ("; ".join(items) if items else "none"))
-    return "\n".join(out)
+    """The verdicts in plain words, one line per experiment."""
+    names = {"E1": "Adaptation vs training from scratch", "E2": "Adapted encoder-decoder vs "
+             "its decoder-only parent", "E3": "Objectives", "E4": "Unbalanced adaptation",
+             "E5": "Bidirectional vs causal encoder", "E6": "The budget sweep"}
+    lines = []
+    for exp, title in names.items():
+        parts = []
+        for r in rows:
+            c, t = r["claim"], r["test"]
+            if c.experiment != exp:
+                continue
+            what = f"{ARM_LABELS[c.a]} vs {ARM_LABELS[c.b]}, {METRICS[c.metric]}" + \
+                {"zero": " at budget 0", "extra": "", "sweep": " at the larger budget"}[c.budget]
+            parts.append(f"{r['verdict']} on {what} ({t['mean_diff']:+.3f}, p = {t['p']:.2f})")
+        lines.append(f"- **{exp}, {title}:** " + "; ".join(parts) + ".")
+    counts = {v: sum(r["verdict"] == v for r in rows)
+              for v in ("reproduced", "not reproduced", "inconclusive")}
+    lines.append(f"\nIn all: {counts['reproduced']} reproduced, {counts['not reproduced']} "
+                 f"not reproduced (the opposite direction, significant), "
+                 f"{counts['inconclusive']} inconclusive (p >= 0.05 with "
+                 f"{rows[0]['test']['n']} seeds).")
+    return "\n".join(lines)
 
 
 def plot_curves(results: dict, seeds, path: Path) -> Optional[Path]:
@@ -639,10 +667,12 @@ def seed_units(study: "Study", s: int, on_unit: Callable[[], None] = lambda: Non
     """Every unit of seed s (cached): (pretrain results, finetune results)."""
     pre, ft = {}, {}
     for arm in ARMS:
+        if arm in SWEEP_ARMS:  # E6: these continue to sweep_steps (the curve goes on)
+            study.pretrained(s, arm, "sweep")
         pre[arm] = study.pretrain_result(s, arm)
         ft[f"{arm}@extra"] = study.finetune_result(s, arm, "extra")
         on_unit()
-    for arm in ("ed_kd", "dec"):
+    for arm in SWEEP_ARMS:
         for budget in ("zero", "sweep"):
             ft[f"{arm}@{budget}"] = study.finetune_result(s, arm, budget)
             on_unit()
@@ -785,6 +815,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the study in --out (its finished units are reused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out, once the new study is complete")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (at least 2)")
     p.add_argument("--jobs", type=int, default=1,
                    help="run the seeds in this many parallel single-threaded worker "
@@ -797,33 +829,24 @@ def plan_from_args(args) -> StudyPlan:
     plan = SCALES["quick" if args.quick else "full"]
     if args.seeds is not None:
         if args.seeds < 2:
-            raise ValueError(f"study: --seeds: expected an integer >= 2 (a paired test needs "
+            raise UsageError(f"--seeds: expected an integer >= 2 (a paired test needs "
                              f"two seeds), got {args.seeds}")
         plan = dataclasses.replace(plan, seeds=tuple(range(args.seeds)))
     return plan
 
 
-def prepare_out(args, plan: StudyPlan) -> Path:
-    """The study directory: new (refusing a non-empty one) or, with --resume, an existing
-    study of the same plan."""
-    from .checkpoint import atomic_write_json
-    default = f"study-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}"
-    out = Path(args.out) if args.out else Path("runs") / default
+def _check_resume(out: Path, plan: StudyPlan) -> None:
+    """--resume continues only a study of the same plan."""
     marker = out / "study_plan.json"
-    plan_d = json.loads(json.dumps(dataclasses.asdict(plan)))
-    if args.resume:
-        if not marker.is_file():
-            raise ValueError(f"study: --resume: {out} holds no study (no study_plan.json)")
-        if json.loads(marker.read_text()) != plan_d:
-            raise ValueError(f"study: --resume: {out} was run with another plan (see its "
-                             f"study_plan.json); use the same --quick/--seeds")
-        return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"study: --out {out} already exists and is not empty: add --resume to "
-                         f"continue the study in it, or choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, plan_d)
-    return out
+    if not marker.is_file():
+        raise UsageError(f"--resume: {out} holds no study (no study_plan.json)")
+    if json.loads(marker.read_text()) != _plan_dict(plan):
+        raise UsageError(f"--resume: {out} was run with another plan (see its "
+                         f"study_plan.json); use the same --quick/--seeds")
+
+
+def _plan_dict(plan: StudyPlan) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(plan)))
 
 
 def _plan_of(out: Path) -> StudyPlan:
@@ -839,20 +862,35 @@ def run(args) -> int:
         out = Path(args.out)
         seed_units(Study(out, _plan_of(out), progress=not args.no_progress), args.worker_seed)
         return 0
+    from .checkpoint import atomic_write_json
+    from .safe_output import run_directory
     plan = plan_from_args(args)
     if args.jobs < 1:
-        raise ValueError(f"study: --jobs: expected an integer >= 1, got {args.jobs}")
-    out = prepare_out(args, plan)
+        raise UsageError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    if args.out == "":
+        raise UsageError("--out '': expected a directory path")
+    default = f"study-{'quick-' if args.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}"
+    target = Path(args.out) if args.out else Path("runs") / default
+    if args.resume:
+        _check_resume(target, plan)
     command = "python -m mini_encdec study" + (" --quick" if args.quick else "") + \
         (f" --seeds {args.seeds}" if args.seeds else "") + \
         (f" --jobs {args.jobs}" if args.jobs > 1 else "")
-    results = run_study(out, plan, progress=not args.no_progress, command=command,
-                        jobs=args.jobs)
+    # a new study needs a new or empty --out (--overwrite: replaced once complete); a
+    # resumed one only adds to its own directory (safe_output.run_directory)
+    with run_directory(target, overwrite=args.overwrite, resume=args.resume,
+                       what="--out") as rd:
+        out = rd.path
+        if not args.resume:
+            atomic_write_json(out / "study_plan.json", _plan_dict(plan))
+        rd.started()
+        results = run_study(out, plan, progress=not args.no_progress, command=command,
+                            jobs=args.jobs)
     rows = [r for r in results["claims"]]
     n = {v: sum(r["verdict"] == v for r in rows) for v in
          ("reproduced", "not reproduced", "inconclusive")}
     print(f"\nstudy: {n['reproduced']} reproduced, {n['not reproduced']} not reproduced, "
-          f"{n['inconclusive']} inconclusive; {out / 'results.md'}")
+          f"{n['inconclusive']} inconclusive; {target / 'results.md'}")
     return 0
 
 

@@ -135,6 +135,17 @@ def train_step_flops(config, batch_size: int, T: int, S: Optional[int] = None, *
     return 3 * batch_size * forward_flops(config, T, S, attention=attention)
 
 
+def prefill_flops(config: GemmaConfig, T: int, *, attention: str = "allowed") -> int:
+    """Once per decoder-only generation request: the model on a T-token prompt, filling
+    the KV cache, with the logits of the last position only (what `generate` computes:
+    the next token needs no others)."""
+    _check(config, attention)
+    if not isinstance(config, GemmaConfig):
+        raise ValueError("prefill_flops: argument 'config': expected a GemmaConfig")
+    T = _check_len("T", T)
+    return stack_forward_flops(config, T, causal=True, attention=attention) + _logits(config, 1)
+
+
 def encode_flops(config: EncDecConfig, S: int, *, attention: str = "allowed") -> int:
     """Once per generation request: the encoder on S tokens, plus every decoder layer's
     cross (or merged) attention key/value projection of the encoder output."""
