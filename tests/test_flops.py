@@ -124,3 +124,15 @@ def test_bad_arguments():
         forward_flops(CONFIGS["gemma"], 0)
     with pytest.raises(ValueError, match="config"):
         token_flops({"hidden_size": 4}, 3)
+
+
+def test_prefill_counts_the_last_positions_logits_only():
+    from mini_encdec.models.flops import forward_flops, prefill_flops
+    cfg = preset("tiny")
+    for T in (1, 7, 64):
+        # generate() computes the prompt's logits at its last position only
+        full_logits = 2 * T * cfg.hidden_size * cfg.vocab_size
+        one_row = 2 * cfg.hidden_size * cfg.vocab_size
+        assert prefill_flops(cfg, T) == forward_flops(cfg, T) - full_logits + one_row
+    with pytest.raises(ValueError, match="GemmaConfig"):
+        prefill_flops(EncDecConfig(encoder=cfg, decoder=cfg), 8)
