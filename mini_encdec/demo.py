@@ -42,10 +42,14 @@ import numpy as np
 from . import downstream
 from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan
 
-# What each scale runs: the study's protocol for one seed; the full demo trains its parent
-# longer (1000 updates instead of 600), so that it writes recognisable verse.
+# What each scale runs: the study's protocol for one seed. The full demo trains its parent
+# longer (1000 updates instead of the study's 600), so that it writes recognisable verse,
+# and fine-tunes both models three times longer (300 updates for the generation model and
+# for the probe, instead of 150 and 100): the study's fine-tuning budget leaves the genre
+# probe barely above the majority class (0.20-0.26 against 0.18 at seed 0-2).
 SCALES = {
-    "full": dataclasses.replace(STUDY_SCALES["full"], parent_steps=1000, seeds=(0,)),
+    "full": dataclasses.replace(STUDY_SCALES["full"], parent_steps=1000, finetune_steps=300,
+                                probe_steps=300, seeds=(0,)),
     "quick": dataclasses.replace(STUDY_SCALES["quick"], seeds=(0,)),
 }
 OBJECTIVE_ARMS = {"prefix_lm_kd": "ed_kd", "prefix_lm": "ed_prefix", "ul2": "ed_ul2"}
