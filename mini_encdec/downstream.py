@@ -208,29 +208,33 @@ def evaluate_generation(model, arch: str, data: TaskData, *, new_tokens: int,
                         progress: bool = False) -> dict:
     """Reply NLL, reply ROUGE-L (greedy), genre accuracy by rank classification; plus
     the generated replies (token ids) for samples."""
+    from tqdm.auto import tqdm
     from .models.generate import generate
     from .scoring import mean_token_nll, rank_classify
     S, T = data.encoder_length, data.decoder_length
+    gen = data.reply_val[:data.generate_examples]
+    # one bar: reply NLL, genre by rank classification, then each generated reply
+    bar = tqdm(total=2 + len(gen), desc="evaluate", unit="part", disable=not progress,
+               leave=False)
+    bar.set_postfix_str("reply NLL")
     reply_nll = mean_token_nll(model, data.reply_val, arch, S, T)
+    bar.update(1)
+    bar.set_postfix_str("genre, rank classification")
     pred = rank_classify(model, [e.inputs for e in data.genre_val], data.genre_names, arch,
                          S, T)
     acc = float(np.mean(pred == np.array([e.label for e in data.genre_val])))
-    gen = data.reply_val[:data.generate_examples]
+    bar.update(1)
+    bar.set_postfix_str("greedy replies")
     outs = []
-    for e in _progress(gen, progress, "generate replies"):
+    for e in gen:
         outs.append(generate(model, [[int(t) for t in e.inputs]], max_new_tokens=new_tokens)[0])
+        bar.update(1)
+    bar.close()
     rouge = [rouge_l(o, e.targets, eos_id=data.eos_id) for o, e in zip(outs, gen)]
     return {"reply_nll": float(reply_nll), "reply_rouge_l": float(np.mean(rouge)),
             "genre_rank_accuracy": acc,
             "predicted_genres": np.bincount(pred, minlength=len(GENRES)).tolist(),
             "replies": [[int(t) for t in o] for o in outs]}
-
-
-def _progress(xs, on: bool, desc: str):
-    if not on:
-        return xs
-    from tqdm.auto import tqdm
-    return tqdm(xs, desc=desc, leave=False)
 
 
 # --- inference cost ------------------------------------------------------------------------------
