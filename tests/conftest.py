@@ -19,7 +19,11 @@ do not fix their own count. The header line "hypothesis: seed-hunting, seed 7" s
 A run with a given seed is reproducible: a failure prints its example and a
 `@reproduce_failure` blob, and the same command reproduces it. Many seeds:
 
-    for s in $(seq 1 20); do MINI_ENCDEC_HYPOTHESIS_SEED=$s python -m pytest -q || echo "seed $s"; done
+    for s in $(seq 1 20); do
+        MINI_ENCDEC_HYPOTHESIS_SEED=$s python -m pytest -q || echo "seed $s failed"
+    done
+
+(To save time, pass only the files that use hypothesis: `grep -l "given(" tests/*.py`.)
 
 A failure found this way is fixed at its root (a bug, or an error measure that does not
 fit the quantity, see mini_encdec.nn.gradcheck.rel_error), then pinned with

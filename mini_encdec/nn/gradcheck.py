@@ -65,14 +65,15 @@ def rel_error(a: np.ndarray, b: np.ndarray, floor: float = 1e-5) -> float:
     (1 - 1) is exactly 0. Its central-difference estimate is rounding noise instead: f
     itself is computed from terms of size F (the soft-capped logits, up to the cap)
     with an absolute rounding error of about eps * F, and `numerical_grad` turns that into
-    noise of about 1.5 eps F / h. That is 1e-11 with F = 30, h = 1e-4, eps = 2.2e-16.
+    noise of up to about 1.5 eps F / h: 1e-10 with F = 30, h = 1e-4, eps = 2.2e-16.
     Measured against an arbitrary absolute floor that noise is a "relative error" of
-    any size: against 1e-5 it was 1.1e-6, and the check failed or passed by draw
+    any size: 1.1e-11 against 1e-5 was 1.1e-6, and the check failed or passed by draw
     (issue 13: the Numba soft-capped CE shifts by the cap, so F = 30 even when the
-    logits are small). Measured against the terms it cancels, dloss / n, it is
-    1.5 eps F / (h dloss / n), about 1e-10. So callers pass the terms' size as `floor`
-    whenever the gradient can cancel (losses: dloss / n; see tests/test_nn_gradcheck.py),
-    just as the kernel tests judge cancelling attention gradients against |do| |v| |k|.
+    logits are small). Measured against the terms it cancels, dloss / n, it is at most
+    1.5 eps F / (h dloss / n), about 1.4e-10 with dloss = 0.7, n = 1. So callers pass
+    the terms' size as `floor` whenever the gradient can cancel (losses: dloss / n; see
+    tests/test_nn_gradcheck.py), just as the kernel tests judge cancelling attention
+    gradients against |do| |v| |k|.
     This is not a wider tolerance: where the terms do not cancel, max |a| is already of
     their size and the floor has no effect; where they do, the error is measured as
     floating point makes it, relative to the terms (p - 1 carries an error of eps, not of
