@@ -523,8 +523,10 @@ def claims_markdown(rows: list) -> str:
         budget = {"zero": "budget 0", "extra": "", "sweep": "larger budget"}[c.budget]
         setting = f"{ARM_LABELS[c.a]} vs {ARM_LABELS[c.b]}: {METRICS[c.metric]}" + \
             (f", {budget}" if budget else "")
+        claimed = "< 0" if c.better == "lower" else "> 0"  # the sign the claim predicts
         nums = (f"{_pm(t['mean_a'], t['std_a'])} vs {_pm(t['mean_b'], t['std_b'])}; "
-                f"diff {t['mean_diff']:+.3f}, p = {t['p']:.3f} (n = {t['n']})")
+                f"diff {t['mean_diff']:+.3f} (claim: {claimed}), p = {t['p']:.3f} "
+                f"(n = {t['n']})")
         lines.append(f"| {c.experiment} | {c.claim} | {c.evidence} | {setting} | {nums} | "
                      f"**{r['verdict']}** |")
     return "\n".join(lines)
@@ -557,18 +559,27 @@ def arms_markdown(results: dict, seeds, base: dict) -> str:
 
 def sweep_markdown(results: dict, seeds) -> str:
     """E6: PrefixLM validation loss of ed_kd and dec along the budget, by tokens seen and
-    by loss-bearing tokens; fine-tuned reply NLL at the three budgets."""
+    by loss-bearing tokens; fine-tuned reply NLL and probe accuracy at the three budgets.
+
+    Loss-bearing tokens: causal LM puts a loss on every position of a window, PrefixLM on
+    its second half only, so dec after u/2 updates has had as many loss-bearing tokens as
+    ed_kd after u."""
     lines = ["| budget (updates) | adapted PrefixLM+KD | decoder-only, same tokens seen | "
              "decoder-only, same loss-bearing tokens (half the updates) |", "|---|---|---|---|"]
     curves = {arm: [dict((c[0], c[2]) for c in results["pretrain"][f"seed{s}"][arm]["curve"])
                     for s in seeds] for arm in ("ed_kd", "dec")}
+    for arm in curves:  # budget 0: the model each arm starts from (the adapted model, M)
+        for c, s in zip(curves[arm], seeds):
+            c.setdefault(0, results["pretrain"][f"seed{s}"][arm]["prefix_val_loss_at_start"])
     steps = sorted(set.intersection(*[set(c) for c in curves["ed_kd"]]))
     for st in steps:
         ed = [c[st] for c in curves["ed_kd"]]
         dec = [c.get(st) for c in curves["dec"]]
-        half = [c.get(st // 2) for c in curves["dec"]]
+        half = [c.get(st // 2) if st % 2 == 0 else None for c in curves["dec"]]
         fmt = (lambda v: _pm(np.mean(v), np.std(v, ddof=1)) if None not in v else "")
         lines.append(f"| {st} | {fmt(ed)} | {fmt(dec)} | {fmt(half)} |")
+    lines += ["", "(A blank cell: the decoder-only run was not evaluated at that update; it is "
+              "evaluated every eval_every updates.)"]
     lines += ["", "| budget | adapted PrefixLM+KD reply NLL | decoder-only reply NLL | "
               "adapted probe accuracy | decoder-only probe accuracy |", "|---|---|---|---|---|"]
     for budget in ("zero", "extra", "sweep"):
@@ -577,7 +588,9 @@ def sweep_markdown(results: dict, seeds) -> str:
             for arm in ("ed_kd", "dec"):
                 v = [results["finetune"][f"seed{s}"][f"{arm}@{budget}"][key] for s in seeds]
                 cells.append(_pm(np.mean(v), np.std(v, ddof=1)))
-        n = {"zero": 0, "extra": "extra_steps", "sweep": "sweep_steps"}[budget]
+        plan = results.get("plan", {})
+        n = {"zero": "0", "extra": f"{plan.get('extra_steps', 'extra_steps')} updates",
+             "sweep": f"{plan.get('sweep_steps', 'sweep_steps')} updates"}[budget]
         lines.append(f"| {n} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
     return "\n".join(lines)
 
@@ -785,8 +798,13 @@ def _report(results: dict, rows: list, seeds, curves, qf) -> str:
         "# mini_encdec study: the paper's claims at tiny scale", "",
         f"Command: `{results['command']}`  ",
         f"Date {m['date']}; {m['cpus']} CPUs ({m['processor']}), Python {m['python']}, NumPy "
-        f"{m['numpy']}; compute time of all units {results['seconds_all_units'] / 60:.1f} min; "
-        f"load average at the end {m['load_average_at_end']}.", "",
+        f"{m['numpy']}; wall-clock time of this invocation "
+        f"{results['seconds_this_call'] / 60:.1f} min (a resumed study: only the last "
+        f"invocation); time inside the cached result units "
+        f"{results['seconds_all_units'] / 60:.1f} min (not counting the parent's pre-training "
+        f"and the E6 arms' continued pre-training, which run before those units); load "
+        f"average at the end "
+        f"{m['load_average_at_end']}.", "",
         f"Setting: preset `{p['preset']}` parents ({p['parent_steps']} causal-LM updates), "
         f"{len(seeds)} seeds, windows of {2 * p['half']} tokens, batch {p['batch_size']}, "
         f"extra budget {p['extra_steps']} updates (sweep {p['sweep_steps']}), fine-tuning "
