@@ -184,15 +184,23 @@ def reading(results: dict) -> str:
                 f"{d['prompt_ms']:.1f} ms per prompt")
     out.append("**The paper's claims (E2), one seed.**\n\n" + "\n".join(rows))
     p = results["plan"]
+    objective = results.get("objective", "prefix_lm_kd")
+    if objective == "ul2":  # the encoder-decoder's loss is on the UL2 targets instead
+        why = ("the encoder-decoder trained on UL2's denoising targets, not on the PrefixLM "
+               "loss the first row measures")
+    else:
+        why = "twice as many loss-bearing tokens as the encoder-decoder's PrefixLM"
+        if objective == "prefix_lm_kd":
+            why += (f"; the distillation teacher is the parent itself ({p['parent_steps']} "
+                    "updates)")
     out.append(
         "**Why this can differ from the paper.** One seed of a model with "
         f"{d['parameters'] / 1e6:.1f}M (decoder-only) and {e['parameters'] / 1e6:.1f}M "
         "(encoder-decoder) parameters, trained for minutes on 26 plays, against 2B-9B "
         "models trained on trillions of tokens; no instruction tuning. With the same "
         f"updates ({p['extra_steps']} of {p['batch_size']} windows of {2 * p['half']} tokens), "
-        "the decoder-only model's causal LM puts a loss on both halves of every window, "
-        "twice as many loss-bearing tokens as the encoder-decoder's PrefixLM; the "
-        f"distillation teacher is the parent itself ({p['parent_steps']} updates). Run "
+        f"the decoder-only model's causal LM puts a loss on every token of every window: "
+        f"{why}. Run "
         "`python -m mini_encdec study` for three seeds, a significance test and every claim "
         "(the committed run is in data/results/study/results.md).")
     return "\n\n".join(out)
