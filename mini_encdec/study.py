@@ -616,7 +616,10 @@ def reading(rows: list) -> str:
     lines.append(f"\nIn all: {counts['reproduced']} reproduced, {counts['not reproduced']} "
                  f"not reproduced (the opposite direction, significant), "
                  f"{counts['inconclusive']} inconclusive (p >= 0.05 with "
-                 f"{rows[0]['test']['n']} seeds).")
+                 f"{rows[0]['test']['n']} seeds). Each row is its own test at p < 0.05, with "
+                 f"no correction for testing {len(rows)} claims: if no claim held either way, "
+                 f"about {0.05 * len(rows):.0f} of them would still come out significant "
+                 f"by chance.")
     return "\n".join(lines)
 
 
