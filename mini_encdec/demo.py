@@ -10,7 +10,8 @@ checkpoint under runs/seed<S>/ in the demo's directory):
      samples of its text go into results.md
   2. adapt M into a balanced encoder-decoder (SPEC section 3)       -> "M-M";
      its PrefixLM loss right after adaptation, beside M's
-  3. the same extra pre-training budget for both (the same windows, the same updates):
+  3. the same extra pre-training budget for both (the same updates of windows of the same
+     plays):
        a. M-M with PrefixLM + distillation from M (--objective: prefix_lm, ul2)
        b. M continuing its causal LM
   4. fine-tune both, with the same budget: the generation model on reply + genre (each

@@ -33,6 +33,7 @@ cost per generated token.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -70,16 +71,19 @@ class TaskData:
 
 
 def _subsample(xs: list, limit: int, rng: np.random.Generator) -> list:
-    if len(xs) <= limit:
-        return list(xs)
-    return [xs[i] for i in sorted(rng.choice(len(xs), size=limit, replace=False))]
+    """At most `limit` examples drawn without replacement, in random order: any prefix of
+    the result is itself a random sample (the examples come in play order, so a prefix
+    of the unshuffled list would hold only the first plays)."""
+    return [xs[i] for i in rng.permutation(len(xs))[:limit]]
 
 
 def build_task_data(tok, *, encoder_length: int, decoder_length: int, train_examples: int,
                     eval_examples: int, generate_examples: int, seed: int) -> TaskData:
     """Training and validation examples of both tasks, subsampled with `seed`.
 
-    The mixture holds train_examples reply examples and train_examples // 2 genre ones."""
+    The mixture holds train_examples reply examples and train_examples // 2 genre ones
+    (a random half of the probe's genre examples: every genre appears); the generated
+    replies are a random subset of the validation replies."""
     S, T = encoder_length, decoder_length
     rng = np.random.default_rng([seed, 15])
     names = [np.concatenate([tok.encode(g), [tok.eos_id]]).astype(np.int64) for g in GENRES]
@@ -137,7 +141,12 @@ def finetune_generation(model, arch: str, data: TaskData, *, steps: int, lr: flo
     """Fine-tune `model` in place on the reply + genre-as-text mixture; the history.
     With a run_dir, a run interrupted there resumes (a finished one is restored)."""
     from .batching import ExampleBatcher
+    from .config import EncDecConfig
     from .train import train
+    if isinstance(model.config, EncDecConfig) and model.config.cross_attn_warmup_steps:
+        # the cross-attention warmup belongs to the adaptation stage: fine-tuning trains
+        # every parameter from its first update, as for every other model
+        model.config = dataclasses.replace(model.config, cross_attn_warmup_steps=0)
     batches = ExampleBatcher(data.mixture, batch_size=batch_size,
                              encoder_length=data.encoder_length,
                              decoder_length=data.decoder_length, arch=arch, seed=seed,
@@ -240,24 +249,32 @@ def evaluate_generation(model, arch: str, data: TaskData, *, new_tokens: int,
 # --- inference cost ------------------------------------------------------------------------------
 
 def inference_flops(config, arch: str, prompt_len: int, new_tokens: int) -> dict:
-    """FLOPs of one request at batch 1: the prompt (encoder pass, or decoder-only prefill,
-    which also yields the first new token) and `new_tokens` generated tokens."""
+    """FLOPs of one request at batch 1 that generates `new_tokens` tokens, split as the
+    latency is measured (inference_latency):
+
+      prompt       everything up to the first new token: the decoder-only prefill (its
+                   last position's logits give the first token), or the encoder pass plus
+                   the first decoder step from BOS
+      per token    the mean cost of each of the other new_tokens - 1 decoding steps
+      total        prompt + (new_tokens - 1) * per token
+    """
     from .models.flops import encode_flops, prefill_flops, token_flops
     if arch == "encdec":
-        prompt = encode_flops(config, prompt_len)
-        steps = [token_flops(config, i, prompt_len) for i in range(new_tokens)]  # BOS first
+        prompt = encode_flops(config, prompt_len) + token_flops(config, 0, prompt_len)
+        steps = [token_flops(config, i, prompt_len) for i in range(1, new_tokens)]
     else:
-        prompt = prefill_flops(config, prompt_len)  # the last position's logits: 1st token
+        prompt = prefill_flops(config, prompt_len)
         steps = [token_flops(config, prompt_len + i) for i in range(new_tokens - 1)]
     total = float(prompt + sum(steps))
+    per_token = float(np.mean(steps)) if steps else 0.0
     return {"prompt_gflops": prompt / 1e9, "total_gflops": total / 1e9,
-            "gflops_per_generated_token": (total - prompt) / new_tokens / 1e9}
+            "gflops_per_generated_token": per_token / 1e9}
 
 
 def inference_latency(model, prompt: np.ndarray, new_tokens: int, repeats: int = 3) -> dict:
     """Measured greedy generation time at batch 1, forced to `new_tokens` tokens (median
-    of `repeats`): the whole request, the prompt (a 1-token request) and per generated
-    token ((whole - prompt) / (new_tokens - 1))."""
+    of `repeats`): the whole request, the prompt (a 1-token request: up to the first new
+    token) and per generated token after it ((whole - prompt) / (new_tokens - 1))."""
     from .models.generate import generate
     p = [[int(t) for t in prompt]]
 

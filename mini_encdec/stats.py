@@ -87,7 +87,11 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
     d = a - b
     n = len(d)
     mean, sd = float(d.mean()), float(d.std(ddof=1))
-    if sd == 0.0:
+    if not (np.isfinite(mean) and np.isfinite(sd)):  # a failed run: no verdict
+        t, p = math.nan, math.nan
+    elif sd <= 1e-9 * max(1.0, abs(mean)):
+        # equal differences (up to rounding: accuracies move in steps of 1/N) make the
+        # test degenerate: "significant" only if they are all the same non-zero value
         t, p = (math.inf if mean else 0.0), (0.0 if mean else 1.0)
     else:
         t = mean / (sd / math.sqrt(n))
@@ -105,7 +109,7 @@ def verdict(test: dict, better: str, alpha: float = 0.05) -> str:
     if better not in ("higher", "lower"):
         raise ValueError(f"verdict: argument 'better': expected 'higher' or 'lower', got "
                          f"{better!r}")
-    if test["p"] >= alpha or test["mean_diff"] == 0:
+    if not test["p"] < alpha or test["mean_diff"] == 0:  # NaN p: inconclusive too
         return "inconclusive"
     claimed = test["mean_diff"] > 0 if better == "higher" else test["mean_diff"] < 0
     return "reproduced" if claimed else "not reproduced"

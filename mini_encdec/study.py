@@ -12,8 +12,10 @@ examples; the seeds differ in initialisation, data order and example subsamples)
                encoder source of the unbalanced arms (E4)
 
   Continued pre-training: every arm below gets the same extra budget of `extra_steps`
-  updates of `batch_size` windows of 2 * half tokens from the training plays (the same
-  windows in the same order for every arm of a seed), AdamW at `extra_lr`, constant after
+  updates of `batch_size` windows of about 2 * half tokens from the training plays (the
+  PrefixLM arms of a seed read the same windows in the same order; the causal-LM window is
+  one token longer and UL2's has its own length, so those arms draw their own windows of
+  the same plays), AdamW at `extra_lr`, constant after
   a linear warmup (constant, so that a checkpoint on the way is a legitimate smaller
   budget, E6). The arms trained from scratch use the parent's pre-training rate `lr`.
 
@@ -33,7 +35,8 @@ examples; the seeds differ in initialisation, data order and example subsamples)
 
   dec and ed_kd continue to `sweep_steps` updates (E6), checkpointed at extra_steps.
 
-  Fine-tuning (downstream.py), identical for every arm: the generation model on the reply
+  Fine-tuning (downstream.py), identical for every arm (no cross-attention warmup: that
+  belongs to adaptation): the generation model on the reply
   + genre-as-text mixture (`finetune_steps` at `finetune_lr`, cosine), and the
   classification probe on genre (`probe_steps` at `finetune_lr`). Nobody tunes anything
   per arm: the rates above are the same for both architectures and were fixed here.
