@@ -41,7 +41,8 @@ from typing import Optional
 import numpy as np
 
 from . import downstream
-from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan
+from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan, load_average, \
+    machine_info
 
 # What each scale runs: the study's protocol for one seed. The full demo trains its parent
 # longer (1000 updates instead of the study's 600), so that it writes recognisable verse,
@@ -290,6 +291,7 @@ def _run_stages(args, out: Path) -> int:
     progress = not args.no_progress
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     t_start = time.perf_counter()
+    load_at_start = load_average()
     seed, ed_arm = args.seed, OBJECTIVE_ARMS[args.objective]
     study = Study(out, plan, progress)
 
@@ -297,7 +299,7 @@ def _run_stages(args, out: Path) -> int:
     parent = study.parent(seed)
     samples = parent_samples(parent, study.tok, max(plan.new_tokens, 8), seed)
     for smp in samples:
-        say(f"   {smp['prompt']} ... {smp['continuation']}")
+        say(f"   {smp['prompt']} ... {_one_line(smp['continuation'])}")
     say("\n== 2. adapt it into a balanced encoder-decoder")
     parent_loss = study.prefix_loss(parent)
     adapted_loss = study.prefix_loss(study.initial(seed, ed_arm))
@@ -318,6 +320,7 @@ def _run_stages(args, out: Path) -> int:
         results[key] = dict(ft[arm], **cost[arm], prefix_val_loss=pre[arm]["prefix_val_loss"],
                             arm=arm)
     results["seconds"] = time.perf_counter() - t_start
+    results["machine"], results["load_average_at_start"] = machine_info(), load_at_start
     table = results_table(results)
     png = plot_stages(out, seed, ed_arm)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -341,6 +344,11 @@ def _report(args, results: dict, table: str, png) -> str:
         f" of the adapted encoder-decoder right after adaptation: "
         f"{results['adapted_prefix_loss_right_after_adaptation']:.3f}. Total time: "
         f"{results['seconds']:.0f} s.", "",
+        f"Run on {results['machine']['date']}: {results['machine']['cpus']} CPUs "
+        f"({results['machine']['processor']}), Python {results['machine']['python']}, NumPy "
+        f"{results['machine']['numpy']}; load average at the start "
+        f"{results['load_average_at_start']}, at the end "
+        f"{results['machine']['load_average_at_end']}.", "",
         "## The parent's text (sampled, temperature 0.8, top-k 40)", ""]
     for smp in results["parent_samples"]:
         lines.append(f"- *{smp['prompt']}* {_one_line(smp['continuation'])}")

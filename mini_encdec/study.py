@@ -387,7 +387,7 @@ class Study:
             prompt = downstream.typical_prompt(self.data(seed))
             res = downstream.inference_cost(model, arch, prompt, self.plan.new_tokens,
                                             self.plan.latency_repeats)
-            res["load_average"] = _loadavg()
+            res["load_average"] = load_average()
             from .config import count_parameters
             res["parameters"] = int(count_parameters(model.config))
             return res
@@ -418,7 +418,7 @@ def _val_curve(run_dir: Path) -> list:
     return curve
 
 
-def _loadavg() -> Optional[list]:
+def load_average() -> Optional[list]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -770,7 +770,7 @@ def run_study(out: Path, plan: StudyPlan, progress: bool = True, command: str = 
                           "budget": r["claim"].budget, "better": r["claim"].better,
                           "test": r["test"], "verdict": r["verdict"]} for r in rows]
     results["plan"] = dataclasses.asdict(plan)
-    results["machine"] = _machine()
+    results["machine"] = machine_info()
     results["command"] = command
     results["seconds_this_call"] = time.perf_counter() - t0
     results["seconds_all_units"] = _unit_seconds(out)
@@ -789,12 +789,12 @@ def _unit_seconds(out: Path) -> float:
     return total
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
     import numpy
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
             "numpy": numpy.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(),
-            "load_average_at_end": _loadavg()}
+            "load_average_at_end": load_average()}
 
 
 def _report(results: dict, rows: list, seeds, curves, qf) -> str:
