@@ -1,7 +1,8 @@
 """The main job: the T5Gemma method end to end at `tiny` scale on the shipped corpus.
 
-    python -m mini_encdec demo            about 8 minutes on a quiet 2-core machine
-    python -m mini_encdec demo --quick    well under a minute (the smoke test)
+    python -m mini_encdec demo            about 12 minutes on 2 cores (measured with a test
+                                          run sharing the machine; data/results/demo)
+    python -m mini_encdec demo --quick    about a minute (the smoke test)
 
 Stages (every one with a progress bar; each training run keeps its metrics.jsonl and a
 checkpoint under runs/seed<S>/ in the demo's directory):
@@ -180,7 +181,8 @@ def reading(results: dict) -> str:
     rows.append(f"- inference cost: per generated token the encoder-decoder costs "
                 f"{tok_ratio:.2f}x the decoder-only model's FLOPs (cross-attention reads the "
                 f"encoder output; the decoder's own context is only the reply) and its "
-                f"prompt costs {prompt_ratio:.2f}x (the encoder pass computes no logits); "
+                f"prompt costs {prompt_ratio:.2f}x (the encoder pass and the first decoder "
+                f"step, against the decoder-only prefill); "
                 f"measured: {e['ms_per_generated_token']:.2f} vs "
                 f"{d['ms_per_generated_token']:.2f} ms per token, {e['prompt_ms']:.1f} vs "
                 f"{d['prompt_ms']:.1f} ms per prompt")
