@@ -49,6 +49,7 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from .config import config_from_dict
+from .safe_output import fsync_dir
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -66,20 +67,6 @@ class CheckpointError(ValueError):
 
 
 # --- atomic file writing -------------------------------------------------------------------------
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename inside `directory` durable (no-op where directories can't be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 def _write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
@@ -100,7 +87,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _json_bytes(obj) -> bytes:
@@ -134,7 +121,7 @@ def _write_dir_atomically(target: Path, files: dict) -> None:
     tmp.mkdir()
     for name, data in files.items():
         _write_synced(tmp / name, data)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     old = None
     if target.exists():
         old = parent / f".old-{target.name}-{os.getpid()}"
@@ -142,7 +129,7 @@ def _write_dir_atomically(target: Path, files: dict) -> None:
             shutil.rmtree(old)
         os.rename(target, old)
     os.rename(tmp, target)
-    _fsync_dir(parent)
+    fsync_dir(parent)
     if old is not None:  # what was there: a directory, or a file in the way
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
@@ -200,7 +187,7 @@ def set_aside(path: PathLike, suffix: str = "corrupt") -> Path:
         new = path.with_name(f"{path.name}.{suffix}" + (f"-{n}" if n > 1 else ""))
         if not os.path.lexists(new):
             os.rename(path, new)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return new
     raise CheckpointError(f"{path}: cannot set it aside, too many {suffix} copies beside it")
 

@@ -168,7 +168,7 @@ def check_output(target: PathLike, *, overwrite: bool = False, sources: Sources 
 
 # --- creating and placing ------------------------------------------------------------------------
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename inside `directory` durable (skipped where directories can't be
     opened)."""
     try:
@@ -233,7 +233,7 @@ def _place(new: Path, target: Path) -> None:
             old = _beside(target, "old")
             os.rename(target, old)
     os.rename(new, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     if old is not None:
         _remove(old)
 
@@ -258,7 +258,7 @@ def new_output_dir(target: PathLike, *, overwrite: bool = False, sources: Source
                           f"({e.strerror})") from None
     try:
         yield tmp
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _place(tmp, path)
     except BaseException:
         _remove(tmp)
@@ -289,7 +289,7 @@ def new_output_file(target: PathLike, *, overwrite: bool = False, sources: Sourc
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         _remove(tmp)
         _remove_empty(created)
