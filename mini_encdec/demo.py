@@ -1,7 +1,7 @@
 """The main job: the T5Gemma method end to end at `tiny` scale on the shipped corpus.
 
-    python -m mini_encdec demo            about 12 minutes on 2 cores (measured with a test
-                                          run sharing the machine; data/results/demo)
+    python -m mini_encdec demo            about 10 minutes on a quiet 2-core machine
+                                          (measured: data/results/demo)
     python -m mini_encdec demo --quick    about a minute (the smoke test)
 
 Stages (every one with a progress bar; each training run keeps its metrics.jsonl and a
