@@ -82,11 +82,13 @@ def stack_forward(params: dict, spec: StackSpec, x: np.ndarray, *, masks: dict, 
         # y = h + post_ffw_norm( mlp( pre_ffw_norm(h) ) )
         n, lc["pre_ffw"] = ops.rmsnorm_forward(x, params[f"{p}{FFW_NORMS[0]}.weight"], eps)
         if fast:
-            f = _geglu(n, fused[i]["gate_up"], params[p + "mlp.down_proj.weight"])
+            f = _geglu(n, fused[i]["gate_up"], params[p + "mlp.down_proj.weight"],
+                       act=ops.geglu_act_forward)
         else:
             f, lc["mlp"] = geglu_forward(n, params[p + "mlp.gate_proj.weight"],
                                          params[p + "mlp.up_proj.weight"],
-                                         params[p + "mlp.down_proj.weight"])
+                                         params[p + "mlp.down_proj.weight"],
+                                         act=(ops.geglu_act_forward, ops.geglu_act_backward))
         m, lc["post_ffw"] = ops.rmsnorm_forward(f, params[f"{p}{FFW_NORMS[1]}.weight"], eps)
         x = x + m
         if not fast:

@@ -16,15 +16,14 @@ The core, as numbered steps (the backward undoes them in reverse order):
 Self-attention passes the same activations as x_q and x_kv; cross-attention passes the
 encoder output as x_kv (no RoPE, mask = encoder key padding). Tq may differ from Tk.
 
-`attention_forward` calls the core through `mini_encdec.ops`, so with the numba backend
-the jitted twin runs; forward and backward must then run under the same backend.
+`attention_forward` calls this file's `attention_core_forward`: what you read (and edit)
+is what runs. The models dispatch the core through `mini_encdec.ops` themselves.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
 from ..validate import (check_broadcast_mask, check_float, check_positive, check_positive_int,
                         check_same_dtype, check_shape)
 from .linear import linear_backward, linear_forward
@@ -179,7 +178,7 @@ def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, hea
     if rope_k is not None:
         k, c_rk = rope_forward(k, *rope_k)
     q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
-    o, c_core = ops.attention_core_forward(q, k, v, mask, scale=scale, softcap=softcap)
+    o, c_core = attention_core_forward(q, k, v, mask, scale=scale, softcap=softcap)
     o2 = o.transpose(0, 2, 1, 3).reshape(B, Tq, H * Dh)  # (B, H, Tq, Dh) -> (B, Tq, H*Dh)
     y, c_o = linear_forward(o2, Wo)  # (B, Tq, H*Dh) -> (B, Tq, Dq)
     cache = {"q": c_q, "k": c_k, "v": c_v, "rope_q": c_rq, "rope_k": c_rk, "core": c_core,
@@ -197,7 +196,7 @@ def attention_backward(dy, cache):
     # (B, Tq, H*Dh) -> (B, Tq, H, Dh) -> (B, H, Tq, Dh)
     do = np.ascontiguousarray(do2.reshape(B, Tq, H, Dh).transpose(0, 2, 1, 3))
     # o = core(q, k, v)
-    dq, dk, dv = ops.attention_core_backward(do, cache["core"])
+    dq, dk, dv = attention_core_backward(do, cache["core"])
     # q = rope(q), k = rope(k)
     if cache["rope_q"] is not None:
         dq = rope_backward(dq, cache["rope_q"])

@@ -3,8 +3,9 @@
     gelu_tanh(u) = 0.5 u (1 + tanh( sqrt(2/pi) (u + 0.044715 u^3) ))
 
 Shapes: x (..., D), Wg/Wu (F, D), Wd (D, F) -> y (..., D).
-`geglu_forward` calls the fused activation `a = gelu_tanh(gate) * up` through
-`mini_encdec.ops` (the Numba twin under the numba backend).
+`geglu_forward` computes the activation `a = gelu_tanh(gate) * up` with this file's
+`geglu_act_forward` unless the caller passes another pair (the models pass the one
+`mini_encdec.ops` dispatches, the Numba twin under the numba backend).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import math
 
 import numpy as np
 
-from .. import ops
 from ..validate import check_float, check_same_dtype, check_shape
 from .linear import _linear, linear_backward, linear_forward
 
@@ -74,18 +74,24 @@ def geglu_act_backward(da: np.ndarray, cache: dict):
     return dgate, dup
 
 
-def _geglu(x: np.ndarray, W_gate_up: np.ndarray, Wd: np.ndarray) -> np.ndarray:
+def _geglu(x: np.ndarray, W_gate_up: np.ndarray, Wd: np.ndarray, act=None) -> np.ndarray:
     """y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T without checks or cache: the inference fast
     path (KV-cached decoding) for callers that validated the inputs once. W_gate_up is
     [Wg ; Wu] (2F, D), concatenated once by the caller: one matmul for both."""
     F = Wd.shape[1]
     gate_up = _linear(x, W_gate_up)  # (..., D) @ (D, 2F) -> (..., 2F)
-    a, _ = ops.geglu_act_forward(gate_up[..., :F], gate_up[..., F:])  # (..., F)
+    a, _ = (act or geglu_act_forward)(gate_up[..., :F], gate_up[..., F:])  # (..., F)
     return _linear(a, Wd)  # (..., F) @ (F, D) -> (..., D)
 
 
-def geglu_forward(x: np.ndarray, Wg: np.ndarray, Wu: np.ndarray, Wd: np.ndarray):
-    """y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T. Returns (y, cache)."""
+def geglu_forward(x: np.ndarray, Wg: np.ndarray, Wu: np.ndarray, Wd: np.ndarray,
+                  act: tuple = None):
+    """y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T. Returns (y, cache).
+
+    act: the (forward, backward) pair of the activation a = gelu_tanh(gate) * up; default
+    this file's geglu_act_forward / geglu_act_backward. The models pass the pair that
+    `mini_encdec.ops` dispatches (the Numba twin under the numba backend); nn itself
+    never imports the dispatcher."""
     fn = "geglu_forward"
     check_float(x, "x", fn=fn)
     if x.ndim < 1:
@@ -101,9 +107,10 @@ def geglu_forward(x: np.ndarray, Wg: np.ndarray, Wu: np.ndarray, Wd: np.ndarray)
     check_same_dtype(fn, x=x, Wg=Wg, Wu=Wu, Wd=Wd)
     gate, c_g = linear_forward(x, Wg)  # (..., D) -> (..., F)
     up, c_u = linear_forward(x, Wu)  # (..., D) -> (..., F)
-    a, c_a = ops.geglu_act_forward(gate, up)  # (..., F)
+    act_forward, act_backward = act or (geglu_act_forward, geglu_act_backward)
+    a, c_a = act_forward(gate, up)  # (..., F)
     y, c_d = linear_forward(a, Wd)  # (..., F) -> (..., D)
-    return y, {"gate": c_g, "up": c_u, "act": c_a, "down": c_d}
+    return y, {"gate": c_g, "up": c_u, "act": c_a, "act_backward": act_backward, "down": c_d}
 
 
 def geglu_backward(dy: np.ndarray, cache: dict):
@@ -114,7 +121,7 @@ def geglu_backward(dy: np.ndarray, cache: dict):
     # y = a Wd^T
     da, dWd = linear_backward(dy, cache["down"])
     # a = gelu_tanh(gate) * up
-    dgate, dup = ops.geglu_act_backward(da, cache["act"])
+    dgate, dup = cache["act_backward"](da, cache["act"])
     # gate = x Wg^T, up = x Wu^T
     dx_g, dWg = linear_backward(dgate, cache["gate"])
     dx_u, dWu = linear_backward(dup, cache["up"])
