@@ -130,9 +130,14 @@ def baselines(data: TaskData) -> dict:
 
 # --- fine-tuning ---------------------------------------------------------------------------------
 
+def warmup_steps_for(steps: int) -> int:
+    """Linear learning-rate warmup of a run of `steps` updates: a tenth of it, at most 50."""
+    return max(1, min(50, steps // 10))
+
+
 def _optim(lr: float, steps: int):
     from .optim import OptimConfig
-    return OptimConfig(lr=lr, warmup_steps=max(1, min(50, steps // 10)), weight_decay=0.01)
+    return OptimConfig(lr=lr, warmup_steps=warmup_steps_for(steps), weight_decay=0.01)
 
 
 def finetune_generation(model, arch: str, data: TaskData, *, steps: int, lr: float,
@@ -171,12 +176,19 @@ class _ClassBatcher:
     def __init__(self, examples: list, batch_size: int, length: int, pad_id: int, seed: int):
         self.examples, self.batch_size, self.length = examples, batch_size, length
         self.pad_id, self.seed, self.epoch, self.cursor = pad_id, seed, 0, 0
+        self._order_of = (None, None)  # (epoch, its permutation)
+
+    def _order(self) -> np.ndarray:
+        """This epoch's permutation (drawn once per epoch)."""
+        if self._order_of[0] != self.epoch:
+            rng = np.random.default_rng([self.seed, 16, self.epoch])
+            self._order_of = (self.epoch, rng.permutation(len(self.examples)))
+        return self._order_of[1]
 
     def next_batch(self) -> dict:
-        order = np.random.default_rng([self.seed, 16, self.epoch]).permutation(len(self.examples))
-        if self.cursor + self.batch_size > len(order):
+        if self.cursor + self.batch_size > len(self.examples):
             self.epoch, self.cursor = self.epoch + 1, 0
-            return self.next_batch()
+        order = self._order()
         pick = [self.examples[i] for i in order[self.cursor:self.cursor + self.batch_size]]
         self.cursor += self.batch_size
         return next(_class_batches(pick, self.batch_size, self.length, self.pad_id))

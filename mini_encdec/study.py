@@ -266,7 +266,7 @@ class Study:
                                    arch="decoder", **self.batch_kw(seed))
             steps = self.plan.parent_steps
             self._train(model, batches, steps, self.plan.lr, f"seed{seed}/{name}",
-                        schedule="cosine", warmup=_warmup(steps))
+                        schedule="cosine", warmup=downstream.warmup_steps_for(steps))
             return model
         return self.saved(seed, name, build)
 
@@ -293,7 +293,8 @@ class Study:
         "extra" (extra_steps) or "sweep" (sweep_steps; dec and ed_kd only)."""
         if budget == "zero":
             return self.initial(seed, arm)
-        if budget == "sweep":
+        if budget == "sweep" and not (self.model_path(seed, f"{arm}@extra") /
+                                      "config.json").is_file():
             self.pretrained(seed, arm, "extra")  # the first extra_steps come first
         steps = self.plan.sweep_steps if budget == "sweep" else self.plan.extra_steps
         return self.saved(seed, f"{arm}@{budget}", lambda: self._continue(seed, arm, steps))
@@ -327,7 +328,8 @@ class Study:
         self.say(f"\n== seed {seed}: {ARM_LABELS[arm]}: continued pre-training to step "
                  f"{steps}")
         self._train(model, batches, steps, lr, f"seed{seed}/{arm}", schedule="constant",
-                    warmup=_warmup(p.extra_steps),  # the same for the sweep's continuation
+                    # the same warmup for the sweep's continuation of this run
+                    warmup=downstream.warmup_steps_for(p.extra_steps),
                     teacher=teacher, eval_batches=self.val()[arch])
         return model
 
@@ -392,11 +394,6 @@ class Study:
             res["parameters"] = int(count_parameters(model.config))
             return res
         return self.cached(f"cost_{arm}", run)
-
-
-def _warmup(steps: int) -> int:
-    """Linear learning-rate warmup: a tenth of the run, at most 50 updates."""
-    return max(1, min(50, steps // 10))
 
 
 def _read_metrics(run_dir: Path) -> list:
