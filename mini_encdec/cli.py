@@ -54,9 +54,9 @@ from typing import Optional
 import numpy as np
 
 from .config import PRESETS, EncDecConfig, GemmaConfig, config_from_dict, encdec_preset, preset
-from .optim import OptimConfig
-from .train import TrainConfig
-from .safe_output import check_output, run_directory
+from .training.optim import OptimConfig
+from .training.train import TrainConfig
+from .storage.safe_output import check_output, run_directory
 from .usage import UsageError, did_you_mean
 
 PROG = "python -m mini_encdec"
@@ -321,7 +321,7 @@ def _check_memory(data: "DataConfig", config, arch: str) -> None:
 
 def _check_trainable(model, optim: OptimConfig) -> None:
     """Every freeze pattern must match a parameter, and something must still train."""
-    from .optim import trainable_names
+    from .training.optim import trainable_names
     names = list(model.params)
     for pattern in optim.freeze:
         if not any(re.search(pattern, n) for n in names):
@@ -348,7 +348,7 @@ def _without_path(message: str, path) -> str:
 
 
 def _tokenizer(path: Optional[str], what: str = "--tokenizer"):
-    from .tokenizer import DEFAULT_MODEL, load_tokenizer
+    from .text.tokenizer import DEFAULT_MODEL, load_tokenizer
     try:
         return load_tokenizer(path)
     except ValueError as e:
@@ -360,13 +360,13 @@ def _stream(split: str, tok):
     """The tokenised corpus split (memoised per process: tokenising takes a second)."""
     key = (split, tok.fingerprint())
     if key not in _STREAMS:
-        from .batching import corpus_stream
+        from .text.batching import corpus_stream
         _STREAMS[key] = corpus_stream(split, tok)
     return _STREAMS[key]
 
 
 def _load_model(path: str, what: str = "--checkpoint"):
-    from .checkpoint import load_model
+    from .storage.checkpoint import load_model
     try:
         return load_model(path)
     except ValueError as e:  # CheckpointError names the file
@@ -464,7 +464,7 @@ def _check_resumable(run_dir: Path, from_good: bool) -> None:
     """--resume: the latest checkpoint must load. If it does not, name the newest good one;
     with --resume-from-good, set the bad ones aside (renamed, kept) so the run continues
     from the good one."""
-    from .checkpoint import CHECKPOINTS_DIR, newest_good_checkpoint, set_aside
+    from .storage.checkpoint import CHECKPOINTS_DIR, newest_good_checkpoint, set_aside
     root = run_dir / CHECKPOINTS_DIR
     good, bad = newest_good_checkpoint(root)
     if not bad:
@@ -527,7 +527,7 @@ def _setup_run(args, command: str, defaults: dict) -> tuple:
     if args.run_dir == "":
         raise UsageError("--run-dir '': expected a directory path")
     if _holds_run(run_dir) and not args.overwrite:
-        from .checkpoint import CHECKPOINTS_DIR, latest_checkpoint
+        from .storage.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
         holds = "checkpoints" if latest_checkpoint(run_dir / CHECKPOINTS_DIR) else "a run"
         raise UsageError(f"--run-dir {run_dir} already holds {holds}: add --resume to "
                          f"continue that run, --overwrite to replace it once the new run "
@@ -544,7 +544,7 @@ def _setup_run(args, command: str, defaults: dict) -> tuple:
 
 
 def _write_run_config(run_dir: Path, run: dict) -> None:
-    from .checkpoint import atomic_write_json
+    from .storage.checkpoint import atomic_write_json
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / RUN_CONFIG, run)
 
@@ -580,7 +580,7 @@ def _model_for_run(run: dict, arch: str, preset_name: str, vocab_default=None):
 def _train_run(args, rd, run: dict, resumed: bool, model, batches, eval_batches,
                teacher=None) -> list:
     """Train in run directory `rd` (safe_output.RunDirectory); print the summary line."""
-    from .train import TrainingDiverged, train
+    from .training.train import TrainingDiverged, train
     rd.started()  # from here on the directory holds a (resumable) run: never removed
     run_dir = rd.path
     _write_run_config(run_dir, run)
@@ -624,7 +624,7 @@ def _pretrain_args(p) -> None:
 
 
 def cmd_pretrain(args) -> int:
-    from .batching import Batcher, eval_batches
+    from .text.batching import Batcher, eval_batches
     from .objectives import make_objective
     _set_backend(args.backend)
     run_dir, run, resumed = _setup_run(args, "pretrain", dict(
@@ -688,7 +688,7 @@ def _finetune_args(p) -> None:
 
 
 def _task_examples(task: str, split: str, data: DataConfig, tok, seed: int) -> list:
-    from . import tasks
+    from .text import tasks
     if task == "reply":
         return tasks.reply_examples(split, tok, encoder_length=data.encoder_length,
                                     decoder_length=data.decoder_length)
@@ -710,7 +710,7 @@ def task_metric(model, task: str, examples: list, *, batch_size: int = 16,
     progress: a tqdm bar over the examples on stderr."""
     from tqdm import tqdm
 
-    from . import tasks
+    from .text import tasks
     from .models.generate import generate
     preds, refs = [], []
     with tqdm(total=len(examples), desc=f"{task}: generating", unit="example",
@@ -728,8 +728,8 @@ def task_metric(model, task: str, examples: list, *, batch_size: int = 16,
 
 
 def cmd_finetune(args) -> int:
-    from .batching import ExampleBatcher
-    from .tasks import SYNTH_VOCAB_SIZE
+    from .text.batching import ExampleBatcher
+    from .text.tasks import SYNTH_VOCAB_SIZE
     _set_backend(args.backend)
     if args.task is None and not args.resume:
         raise UsageError("--task is required (except with --resume)")
@@ -764,7 +764,7 @@ def cmd_finetune(args) -> int:
         _train_run(args, rd, run, resumed, model, batcher, val)
         metric = task_metric(model, task, val_ex[:run.get("eval_examples", 64)],
                              max_new_tokens=data.decoder_length, progress=not args.quiet)
-        from .train import METRICS_FILE
+        from .training.train import METRICS_FILE
         with open(rd.path / METRICS_FILE, "a") as f:
             f.write(json.dumps({"step": run["train"]["steps"], "task": task, **metric}) + "\n")
     print(f"{task}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
@@ -802,9 +802,9 @@ def _evaluate_args(p) -> None:
 def cmd_evaluate(args) -> int:
     from tqdm import tqdm
 
-    from .batching import ExampleBatcher, eval_batches
+    from .text.batching import ExampleBatcher, eval_batches
     from .objectives import make_objective
-    from .train import evaluate
+    from .training.train import evaluate
     _set_backend(args.backend)
     overrides = parse_overrides(args.overrides)
     other = sorted(k for k in overrides if not k.startswith("data."))
@@ -861,7 +861,7 @@ def cmd_evaluate(args) -> int:
 
 def _check_vocabulary(model, tok, what: str) -> None:
     """The model must have an id for every token the data uses."""
-    from .tasks import SYNTH_VOCAB_SIZE
+    from .text.tasks import SYNTH_VOCAB_SIZE
     need = tok.vocab_size if tok is not None else SYNTH_VOCAB_SIZE
     if model.config.vocab_size < need:
         source = "the tokenizer" if tok is not None else "the synthetic tasks"
@@ -940,7 +940,7 @@ EMPTY_REPLY_HINT = ("(the model ended its reply at once: its first token was EOS
 
 def cmd_generate(args) -> int:
     from .models.generate import generate
-    from .tasks import SYNTH_VOCAB_SIZE, synth_decode, synth_encode
+    from .text.tasks import SYNTH_VOCAB_SIZE, synth_decode, synth_encode
     _set_backend(args.backend)
     if args.prompt:
         for i, text in enumerate(args.prompt, 1):
@@ -999,7 +999,7 @@ TOKENIZER_HELP = "train the SentencePiece tokenizer, or show a model's special i
 
 
 def _tokenizer_args(p) -> None:
-    from .tokenizer import DEFAULT_MODEL, NUM_SENTINELS
+    from .text.tokenizer import DEFAULT_MODEL, NUM_SENTINELS
     sub = p.add_subparsers(dest="action", required=True, metavar="{train,info}")
     t = sub.add_parser("train", help="train on the corpus training split (or --input files)")
     t.add_argument("--out", default=str(DEFAULT_MODEL), help=f"default {DEFAULT_MODEL}")
@@ -1036,7 +1036,7 @@ def _read_text_file(path: str, what: str) -> str:
 
 
 def cmd_tokenizer(args) -> int:
-    from .tokenizer import min_vocab_size, summary as tokenizer_summary, train_tokenizer
+    from .text.tokenizer import min_vocab_size, summary as tokenizer_summary, train_tokenizer
     if args.action == "train":
         low = min_vocab_size(args.num_sentinels)
         if args.vocab_size < low:
@@ -1092,8 +1092,8 @@ def _adapt_args(p) -> None:
 
 
 def cmd_adapt(args) -> int:
-    from .adapt import adapt_command
-    from .safetensors_io import dtype_code
+    from .training.adapt import adapt_command
+    from .storage.safetensors_io import dtype_code
     sources = {"--encoder-from": args.encoder_from, "--decoder-from": args.decoder_from}
     for opt, path in sources.items():
         if path is not None and not Path(path).exists():
@@ -1135,10 +1135,10 @@ def _name_source(message: str, sources: dict) -> str:
 # name -> (module, one-line help). The module provides add_arguments(parser) and
 # run(args) -> exit status (or main(argv) taking the remaining arguments).
 PLUGINS = {
-    "bench": ("mini_encdec.bench", "benchmark tokens/s and matmul-peak fraction (and PyTorch "
+    "bench": ("mini_encdec.experiments.bench", "benchmark tokens/s and matmul-peak fraction (and PyTorch "
                                    "when installed)"),
-    "demo": ("mini_encdec.demo", "the end-to-end demonstration on tiny models"),
-    "study": ("mini_encdec.study", "the paper's claims at tiny scale: experiments E1-E6 over "
+    "demo": ("mini_encdec.experiments.demo", "the end-to-end demonstration on tiny models"),
+    "study": ("mini_encdec.experiments.study", "the paper's claims at tiny scale: experiments E1-E6 over "
                                    "several seeds, with a claims table"),
 }
 

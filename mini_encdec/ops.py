@@ -25,7 +25,7 @@ REFERENCE = {
     "softcap_cross_entropy_forward": "mini_encdec.nn.loss:softcap_cross_entropy_forward",
     "softcap_cross_entropy_backward": "mini_encdec.nn.loss:softcap_cross_entropy_backward",
     "embedding_backward": "mini_encdec.nn.embedding:embedding_backward",
-    "adamw_update": "mini_encdec.optim:adamw_update",
+    "adamw_update": "mini_encdec.training.optim:adamw_update",
 }
 
 _resolved: dict[tuple[str, str], object] = {}

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from mini_encdec.adapt import (AdaptError, DEFAULT_UNBALANCED_WARMUP, adapt, adapt_command,
+from mini_encdec.training.adapt import (AdaptError, DEFAULT_UNBALANCED_WARMUP, adapt, adapt_command,
                                adapt_params, adaptation_mapping)
-from mini_encdec.checkpoint import load_model, save_model
+from mini_encdec.storage.checkpoint import load_model, save_model
 from mini_encdec.config import GemmaConfig
-from mini_encdec.interop import load_hf, save_hf
+from mini_encdec.storage.interop import load_hf, save_hf
 from mini_encdec.models import build_model
-from mini_encdec.safetensors_io import SafetensorsFile
+from mini_encdec.storage.safetensors_io import SafetensorsFile
 
 A_CFG = GemmaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
                     num_key_value_heads=2, head_dim=8, intermediate_size=24, sliding_window=3,
@@ -202,7 +202,7 @@ def test_hf_directories_are_streamed(tmp_path, dtype):
 
 def test_streamed_dtype_conversion_chunk_by_chunk(tmp_path, monkeypatch):
     """bfloat16 sources written as float32 (exact widening) and float16, 8 bytes at a time."""
-    import mini_encdec.adapt as adapt_mod
+    import mini_encdec.training.adapt as adapt_mod
     monkeypatch.setattr(adapt_mod, "COPY_CHUNK_BYTES", 8)
     save_hf(source(A_CFG, 17), tmp_path / "a", dtype="bfloat16")
     src = load_hf(tmp_path / "a")
@@ -236,8 +236,8 @@ def test_unbalanced_warmup_trains_only_cross_attention():
     """For the first K steps only cross-attention (projections and its norms) changes;
     afterwards everything trains (the trainer reads EncDecConfig.cross_attn_warmup_steps)."""
     from mini_encdec.backend import use_backend
-    from mini_encdec.optim import OptimConfig
-    from mini_encdec.train import train
+    from mini_encdec.training.optim import OptimConfig
+    from mini_encdec.training.train import train
     rng = np.random.default_rng(0)
     ids, mask = batch(rng, B=2, T=6, pad=False)
     dec = rng.integers(3, 40, (2, 5))

@@ -659,7 +659,7 @@ def expected_source_key(target):
 
 
 def _adapted(cfg, seed):
-    from mini_encdec.adapt import adapt
+    from mini_encdec.training.adapt import adapt
     from mini_encdec.models import build_model
     source = build_model(cfg, seed=seed)
     return source, adapt(source)

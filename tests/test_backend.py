@@ -58,7 +58,7 @@ def test_set_backend_and_use_backend_select_twins_or_references():
             reference = ops.resolve(name)
             assert reference is not twin
             # the layer references live in nn/; AdamW's update in optim.py
-            assert reference.__module__.startswith(("mini_encdec.nn.", "mini_encdec.optim"))
+            assert reference.__module__.startswith(("mini_encdec.nn.", "mini_encdec.training.optim"))
         with use_backend("numba"):
             assert mini_encdec.get_backend() == "numba"
             assert ops.resolve("rmsnorm_forward") is TWINS["rmsnorm_forward"]

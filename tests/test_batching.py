@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mini_encdec.batching import (Batcher, ExampleBatcher, collate_decoder, collate_encdec,
+from mini_encdec.text.batching import (Batcher, ExampleBatcher, collate_decoder, collate_encdec,
                                   corpus_stream, eval_batches, make_batcher, split_teacher)
 from mini_encdec.objectives import Example, make_objective
-from mini_encdec.tokenizer import load_tokenizer
+from mini_encdec.text.tokenizer import load_tokenizer
 
 S, T, B = 48, 40, 4
 

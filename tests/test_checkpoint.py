@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from mini_encdec import checkpoint as ckpt
+from mini_encdec.storage import checkpoint as ckpt
 from mini_encdec.config import encdec_preset, preset
 from mini_encdec.models import init_params
 
@@ -114,7 +114,7 @@ def test_sigkill_at_random_moments_never_leaves_an_unloadable_checkpoint(tmp_pat
     # it at several moments and check the newest checkpoint loads and is consistent.
     code = textwrap.dedent(f"""
         import numpy as np
-        from mini_encdec import checkpoint as ckpt
+        from mini_encdec.storage import checkpoint as ckpt
         from mini_encdec.config import preset
         from mini_encdec.models import param_shapes
         config = preset("tiny", **{SMALL!r})

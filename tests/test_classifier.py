@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mini_encdec.checkpoint import load_model, save_model
+from mini_encdec.storage.checkpoint import load_model, save_model
 from mini_encdec.config import (ClassifierConfig, EncDecConfig, GemmaConfig, config_from_dict,
                                 count_parameters)
 from mini_encdec.models import SequenceClassifier, build_model
@@ -285,8 +285,8 @@ def test_bad_configs_name_the_field(kwargs, field):
 def test_train_and_checkpoint_round_trip(mode, tmp_path):
     """train() fits a separable toy task; the run's checkpoint and save_model/load_model
     give back the config and the weights."""
-    from mini_encdec.optim import OptimConfig
-    from mini_encdec.train import evaluate, train
+    from mini_encdec.training.optim import OptimConfig
+    from mini_encdec.training.train import evaluate, train
     rng = np.random.default_rng(8)
     clf = build_model(CONFIGS[mode], seed=0)
     batch = padded_batch(rng, [6, 4, 5, 3, 6, 2], S=6)
@@ -311,7 +311,7 @@ def test_train_and_checkpoint_round_trip(mode, tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 def test_save_hf_load_hf_round_trip(mode, tmp_path):
     import json
-    from mini_encdec.interop import load_hf, save_hf
+    from mini_encdec.storage.interop import load_hf, save_hf
     clf = build_model(CONFIGS[mode].replace(label_names=("a", "b", "c")), seed=3)
     save_hf(clf, tmp_path / "hf")
     d = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -333,15 +333,15 @@ def test_save_hf_load_hf_round_trip(mode, tmp_path):
     (dict(pad_token_id=5), "pad_token_id"),
 ])
 def test_bad_classifier_configs_are_refused(change, match):
-    from mini_encdec.interop import InteropError, config_from_hf, hf_config
+    from mini_encdec.storage.interop import InteropError, config_from_hf, hf_config
     d = dict(hf_config(CONFIGS["encoder"]), **change)
     with pytest.raises(InteropError, match=match):
         config_from_hf(d)
 
 
 def test_adapt_refuses_a_classifier_as_its_source(tmp_path):
-    from mini_encdec.adapt import AdaptError, load_source
-    from mini_encdec.interop import save_hf
+    from mini_encdec.training.adapt import AdaptError, load_source
+    from mini_encdec.storage.interop import save_hf
     clf = build_model(CONFIGS["decoder"])
     save_hf(clf, tmp_path / "hf")
     save_model(tmp_path / "ck", clf.config, clf.params)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mini_encdec.config import FULL, SLIDING, ClassifierConfig, EncDecConfig, GemmaConfig
-from mini_encdec.interop import load_hf, save_hf
+from mini_encdec.storage.interop import load_hf, save_hf
 from mini_encdec.models import build_model
 from mini_encdec.models.classifier import shift_right
 

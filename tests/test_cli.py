@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mini_encdec import checkpoint as ckpt
+from mini_encdec.storage import checkpoint as ckpt
 from mini_encdec.backend import use_backend
 from mini_encdec.cli import COMMANDS, RUN_CONFIG, main, parse_overrides
 
@@ -136,9 +136,9 @@ def test_tokenizer_train_and_info(tmp_path, capsys):
     assert "missing.model" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["bench", "demo"])
+@pytest.mark.parametrize("command", ["bench", "demo", "study"])
 def test_plugin_commands_show_their_own_options(command, capsys):
-    pytest.importorskip(f"mini_encdec.{command}")
+    pytest.importorskip(f"mini_encdec.experiments.{command}")
     assert run(command, "--help") == 0  # their own options, from their modules
     assert "usage:" in capsys.readouterr().out
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from mini_encdec import checkpoint as ckpt
+from mini_encdec.storage import checkpoint as ckpt
 from mini_encdec.backend import use_backend
 from mini_encdec.cli import main
 
@@ -403,7 +403,7 @@ def test_overwrite_replaces_only_once_the_new_output_is_complete(sandbox, tmp_pa
     out.mkdir()
     (out / "old.txt").write_text("old")
     # a failure while writing: the old content stays, no temporary directory is left
-    import mini_encdec.checkpoint as checkpoint_module
+    import mini_encdec.storage.checkpoint as checkpoint_module
 
     def broken(*a, **k):
         raise OSError(28, "No space left on device", str(tmp_path / "x"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mini_encdec.corpus import (CORPUS_DIR, GENRES, TEST_PLAYS, VALIDATION_PLAYS, WHEEL_NAME,
+from mini_encdec.text.corpus import (CORPUS_DIR, GENRES, TEST_PLAYS, VALIDATION_PLAYS, WHEEL_NAME,
                                 Direction, Heading, Speech, build_corpus, load_plays,
                                 load_texts, parse_markdown, parse_play, play_paths,
                                 render_play, speeches, split_of)
@@ -83,7 +83,7 @@ def test_shipped_files_parse_back_exactly():
 
 
 def test_missing_corpus_names_the_rebuild_command(tmp_path):
-    with pytest.raises(ValueError, match="python -m mini_encdec.corpus build"):
+    with pytest.raises(ValueError, match="python -m mini_encdec.text.corpus build"):
         load_texts(corpus_dir=tmp_path)
     with pytest.raises(ValueError, match="split"):
         play_paths("dev")

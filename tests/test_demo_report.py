@@ -2,7 +2,7 @@
 
 import pytest
 
-from mini_encdec import demo
+from mini_encdec.experiments import demo
 
 BASE = {"reply_nll_unigram": 6.0, "reply_rouge_l_copy_input": 0.05, "genre_chance": 1 / 6,
         "genre_majority_class": 0.2}

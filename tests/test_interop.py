@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 
 from mini_encdec.config import EncDecConfig, GemmaConfig
-from mini_encdec.interop import (InteropError, config_from_hf, hf_config, is_hf_dir,
+from mini_encdec.storage.interop import (InteropError, config_from_hf, hf_config, is_hf_dir,
                                  load_hf, load_hf_params, save_hf, save_hf_params)
 from mini_encdec.models import build_model
-from mini_encdec.safetensors_io import SafetensorsFile, save_tensors
+from mini_encdec.storage.safetensors_io import SafetensorsFile, save_tensors
 
 from .strategies import encdec_configs, gemma_configs
 

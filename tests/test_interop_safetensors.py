@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mini_encdec.safetensors_io import (SafetensorsError, SafetensorsFile, SafetensorsWriter,
+from mini_encdec.storage.safetensors_io import (SafetensorsError, SafetensorsFile, SafetensorsWriter,
                                         bf16_to_f32, dtype_code, f32_to_bf16, save_tensors)
 
 finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)

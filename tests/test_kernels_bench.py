@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from mini_encdec import bench
+from mini_encdec.experiments import bench
 
 
 def _args(*argv):

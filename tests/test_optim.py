@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mini_encdec.optim import (AdamW, OptimConfig, accumulate, clip_by_global_norm,
+from mini_encdec.training.optim import (AdamW, OptimConfig, accumulate, clip_by_global_norm,
                                global_norm, trainable_names)
 from mini_encdec import ops
-from mini_encdec.schedules import constant, cosine, inverse_sqrt, learning_rate
+from mini_encdec.training.schedules import constant, cosine, inverse_sqrt, learning_rate
 
 
 def test_one_adamw_step_equals_hand_computed_values():

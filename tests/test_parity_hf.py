@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from mini_encdec.config import FULL, SLIDING
-from mini_encdec.interop import load_hf, save_hf
+from mini_encdec.storage.interop import load_hf, save_hf
 from mini_encdec.models.generate import generate
 
 torch = pytest.importorskip("torch", reason="parity tests need torch (pip install .[parity])")
@@ -213,7 +213,7 @@ def test_half_precision_directories_load_in_transformers(dtype, tmp_path):
 
 
 def test_bf16_rounding_matches_torch():
-    from mini_encdec.safetensors_io import bf16_to_f32, f32_to_bf16
+    from mini_encdec.storage.safetensors_io import bf16_to_f32, f32_to_bf16
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal(10000).astype(np.float32) * 10.0 ** rng.integers(
         -30, 30, 10000), np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, 1e-40, 1 + 2 ** -8,
@@ -273,7 +273,7 @@ def test_adapted_hf_checkpoint_keeps_the_source_function(tmp_path):
     """adapt on a Gemma 2 directory writes a T5Gemma directory; in transformers, its
     decoder with cross-attention o_proj zeroed gives the Gemma 2 model's logits, and its
     encoder with causal masks gives the Gemma 2 model's final hidden states."""
-    from mini_encdec.adapt import adapt_command
+    from mini_encdec.training.adapt import adapt_command
     from transformers import Gemma2ForCausalLM, T5GemmaForConditionalGeneration
     from transformers.modeling_outputs import BaseModelOutput
     hf_model("gemma2_gqa2", seed=7).save_pretrained(tmp_path / "g2")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mini_encdec.safe_output import (OutputError, check_output, new_output_dir,
+from mini_encdec.storage.safe_output import (OutputError, check_output, new_output_dir,
                                      new_output_file, run_directory)
 from mini_encdec.usage import UsageError, did_you_mean
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mini_encdec.stats import betainc, paired_test, t_two_sided_p, verdict
+from mini_encdec.experiments.stats import betainc, paired_test, t_two_sided_p, verdict
 
 
 # two-sided 5% and 1% critical values of Student's t (any statistics table)

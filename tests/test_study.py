@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mini_encdec import cli
-from mini_encdec.study import ARMS, CLAIMS, UNITS_PER_SEED, causal_encoder
+from mini_encdec.experiments.study import ARMS, CLAIMS, UNITS_PER_SEED, causal_encoder
 
 
 @pytest.fixture(scope="module")

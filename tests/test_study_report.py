@@ -7,8 +7,8 @@ small one."""
 import numpy as np
 import pytest
 
-from mini_encdec import study
-from mini_encdec.study import ARMS, CLAIMS, METRICS, SWEEP_ARMS
+from mini_encdec.experiments import study
+from mini_encdec.experiments.study import ARMS, CLAIMS, METRICS, SWEEP_ARMS
 
 SEEDS = (0, 1, 2)
 OFFSET = {arm: 0.01 * i for i, arm in enumerate(ARMS)}  # dec lowest, ed_unbal_nowarm highest

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from mini_encdec.corpus import GENRES, load_plays, speeches
-from mini_encdec.tasks import (SYNTH_VOCAB_SIZE, ChoiceExample, choice_pairs,
+from mini_encdec.text.corpus import GENRES, load_plays, speeches
+from mini_encdec.text.tasks import (SYNTH_VOCAB_SIZE, ChoiceExample, choice_pairs,
                                collate_classification, exact_match, genre_examples,
                                genre_pairs, lcs_length, next_line_examples, reply_examples,
                                reply_pairs, rouge_l, synth_decode, synth_encode,
                                synthetic_examples)
-from mini_encdec.tokenizer import load_tokenizer
+from mini_encdec.text.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_metrics():
 
 
 def test_task_prefixes_start_every_input_and_differ_between_tasks():
-    from mini_encdec.tasks import TASK_PREFIXES, task_prefix
+    from mini_encdec.text.tasks import TASK_PREFIXES, task_prefix
     tok = load_tokenizer()
     prefixes = {t: task_prefix(t, tok) for t in TASK_PREFIXES}
     assert len({tuple(p) for p in prefixes.values()}) == len(prefixes)

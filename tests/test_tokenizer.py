@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mini_encdec.corpus import load_texts
+from mini_encdec.text.corpus import load_texts
 from mini_encdec.objectives import max_spans
-from mini_encdec.tokenizer import (DEFAULT_MODEL, MODE_TOKENS, TRAIN_COMMAND, load_tokenizer,
+from mini_encdec.text.tokenizer import (DEFAULT_MODEL, MODE_TOKENS, TRAIN_COMMAND, load_tokenizer,
                                    sentinel_piece, train_tokenizer)
 
 

@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from mini_encdec import checkpoint as ckpt
+from mini_encdec.storage import checkpoint as ckpt
 from mini_encdec.backend import use_backend
-from mini_encdec.batching import Batcher, collate_decoder, collate_encdec
+from mini_encdec.text.batching import Batcher, collate_decoder, collate_encdec
 from mini_encdec.config import encdec_preset, preset
 from mini_encdec.models import build_model
 from mini_encdec.objectives import PrefixLM
 from mini_encdec.objectives.example import Example
-from mini_encdec.optim import OptimConfig
-from mini_encdec.train import (TrainConfig, TrainingDiverged, evaluate, processed_tokens,
+from mini_encdec.training.optim import OptimConfig
+from mini_encdec.training.train import (TrainConfig, TrainingDiverged, evaluate, processed_tokens,
                                train)
 
 SMALL = dict(vocab_size=48, hidden_size=32, intermediate_size=64, num_attention_heads=2,

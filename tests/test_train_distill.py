@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from mini_encdec.batching import collate_encdec
+from mini_encdec.text.batching import collate_encdec
 from mini_encdec.config import encdec_preset, preset
-from mini_encdec.distill import kd_loss_and_grads, teacher_probabilities
+from mini_encdec.training.distill import kd_loss_and_grads, teacher_probabilities
 from mini_encdec.models import build_model
 from mini_encdec.objectives.example import Example
-from mini_encdec.optim import OptimConfig
-from mini_encdec.train import train
+from mini_encdec.training.optim import OptimConfig
+from mini_encdec.training.train import train
 
 SMALL = dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_attention_heads=2,
              num_key_value_heads=1, head_dim=8, num_hidden_layers=2, sliding_window=4)

@@ -27,14 +27,14 @@
 import numpy as np
 
 from _tutorial import pyplot, save
-from mini_encdec.batching import collate_decoder, collate_encdec
-from mini_encdec.corpus import CORPUS_DIR
+from mini_encdec.text.batching import collate_decoder, collate_encdec
+from mini_encdec.text.corpus import CORPUS_DIR
 from mini_encdec.objectives import (composition_first_part_pmf, corrupted_lengths,
                                     make_objective, noise_counts, noise_mask, prefix_lm,
                                     random_composition, span_corruption,
                                     span_corruption_lengths, teacher_positions, uncorrupt,
                                     ul2_example)
-from mini_encdec.tokenizer import load_tokenizer
+from mini_encdec.text.tokenizer import load_tokenizer
 
 rng = np.random.default_rng(0)
 tok = load_tokenizer()  # data/tokenizer.model

@@ -41,7 +41,7 @@
 # encoder-decoder trained from scratch. (For an *unbalanced* model, e.g. the paper's
 # 9B-2B, the encoder comes from a large `A` and the decoder from a small `B`;
 # cross-attention is then fresh and trains alone for the first K steps. See
-# `mini_encdec/adapt.py`.)
+# `mini_encdec/training/adapt.py`.)
 #
 # Everything is tiny so the file runs in seconds on a laptop CPU.
 
@@ -49,15 +49,15 @@
 import numpy as np
 
 from _tutorial import pyplot, save
-from mini_encdec.adapt import adapt, adaptation_mapping
+from mini_encdec.training.adapt import adapt, adaptation_mapping
 from mini_encdec.backend import set_backend
-from mini_encdec.batching import Batcher, corpus_stream, eval_batches
+from mini_encdec.text.batching import Batcher, corpus_stream, eval_batches
 from mini_encdec.config import GemmaConfig, count_parameters
 from mini_encdec.models import build_model
 from mini_encdec.objectives import make_objective
-from mini_encdec.optim import OptimConfig
-from mini_encdec.tokenizer import load_tokenizer
-from mini_encdec.train import evaluate, train
+from mini_encdec.training.optim import OptimConfig
+from mini_encdec.text.tokenizer import load_tokenizer
+from mini_encdec.training.train import evaluate, train
 
 # The NumPy reference: no just-in-time compilation to wait for on a first run.
 set_backend("numpy")

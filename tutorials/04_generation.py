@@ -20,7 +20,7 @@
 #
 # To have something worth generating from, we first train a tiny T5Gemma on a synthetic
 # task, reversing a string ("c a b" -> "b a c"), over a 41-symbol vocabulary of its own
-# (`mini_encdec/tasks.py`). A few hundred steps take a few seconds.
+# (`mini_encdec/text/tasks.py`). A few hundred steps take a few seconds.
 
 # %%
 import time
@@ -29,14 +29,14 @@ import numpy as np
 
 from _tutorial import pyplot, save
 from mini_encdec.backend import set_backend
-from mini_encdec.batching import ExampleBatcher
+from mini_encdec.text.batching import ExampleBatcher
 from mini_encdec.config import EncDecConfig, GemmaConfig
 from mini_encdec.models import build_model
 from mini_encdec.models.generate import beam_search, generate, log_softmax, sampling_probs
-from mini_encdec.optim import OptimConfig
-from mini_encdec.tasks import (SYNTH_VOCAB_SIZE, exact_match, synth_decode, synth_encode,
+from mini_encdec.training.optim import OptimConfig
+from mini_encdec.text.tasks import (SYNTH_VOCAB_SIZE, exact_match, synth_decode, synth_encode,
                                synthetic_examples)
-from mini_encdec.train import train
+from mini_encdec.training.train import train
 
 set_backend("numpy")  # the reference code; no compilation on a first run
 BOS, EOS, PAD = 2, 1, 0

@@ -1,4 +1,4 @@
-"""Numba twin of one AdamW parameter update (`mini_encdec.optim.adamw_update`).
+"""Numba twin of one AdamW parameter update (`mini_encdec.training.optim.adamw_update`).
 
 Checklist
 - Fused: the reference makes about ten NumPy passes over the parameter (m *= b1,
@@ -61,7 +61,7 @@ def adamw_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, t):
     if not (all(isinstance(a, np.ndarray) and a.dtype == p.dtype and a.shape == p.shape
                 and a.flags.c_contiguous for a in arrays)
             and p.dtype in (np.float32, np.float64) and p.flags.writeable):
-        from ..optim import adamw_update as reference
+        from ..training.optim import adamw_update as reference
         return reference(p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                          weight_decay=weight_decay, t=t)
     f = p.dtype.type

@@ -47,7 +47,7 @@ API (shape letters: B batch, S tokens, C classes):
 
 batch = {"input_ids": (B, S) int, "attention_mask": (B, S) 0/1 (optional),
          "labels": (B,) int in [0, C) or -100 (loss only)}; other keys are ignored, so the
-classifier plugs into `mini_encdec.train.train`; checkpoints (`save_model`, training
+classifier plugs into `mini_encdec.training.train.train`; checkpoints (`save_model`, training
 checkpoints, `load_model`) store the ClassifierConfig in config.json; `interop.load_hf` /
 `save_hf` read and write the transformers directories. Bad batches raise ValueError naming
 the key.

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import preset
-from ..interop import CONFIG_FILE, INDEX_FILE, hf_config
+from ..storage.interop import CONFIG_FILE, INDEX_FILE, hf_config
 from ..models.params import param_shapes
-from ..safetensors_io import (STORAGE, SafetensorsFile, SafetensorsWriter, dtype_code,
+from ..storage.safetensors_io import (STORAGE, SafetensorsFile, SafetensorsWriter, dtype_code,
                               to_storage)
 
 SHARD_BYTES = 2 << 30      # about the shard size of the released checkpoints
@@ -42,7 +42,7 @@ CHUNK_VALUES = 1 << 24     # values drawn per chunk while writing the synthetic 
 _CHILD = r"""
 import json, sys, time
 import numpy as np
-import mini_encdec.adapt as adapt_mod
+import mini_encdec.training.adapt as adapt_mod
 
 def vm(field):  # kiB, from /proc/self/status (Linux)
     for line in open("/proc/self/status"):
@@ -101,7 +101,7 @@ def write_synthetic(path: Path, code: str, seed: int = 0, name: str = "2b") -> i
 def check_output(src: Path, out: Path, code: str, name: str = "2b") -> None:
     """Every key/shape/dtype of the output header, and some tensors (byte for byte when
     stored alike, else as values)."""
-    from ..adapt import adaptation_mapping
+    from ..training.adapt import adaptation_mapping
     from ..config import EncDecConfig
     f = SafetensorsFile(out / "model.safetensors")
     config = EncDecConfig(encoder=preset(name), decoder=preset(name))

@@ -70,7 +70,7 @@ TASKS = {
         ("mini_encdec.objectives.ul2", "sequential_denoise"),
         ("mini_encdec.objectives.ul2", "denoise")]),
     "task4_1": ("Adaptation: which source weight initialises each encoder-decoder weight", [
-        ("mini_encdec.adapt", "_origin")]),
+        ("mini_encdec.training.adapt", "_origin")]),
 }
 
 # Left out of student copies: caches, runs, and (unless --keep-kernels) the Numba twins.

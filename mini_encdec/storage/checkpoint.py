@@ -48,7 +48,7 @@ from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
-from .config import config_from_dict
+from ..config import config_from_dict
 from .safe_output import fsync_dir
 
 CONFIG_FILE = "config.json"
@@ -303,7 +303,7 @@ def _load_config(path: Path):
 
 
 def _check_params(config, params: dict, path: Path, dtype=None) -> dict:
-    from .models.params import check_params
+    from ..models.params import check_params
     try:
         check_params(config, params)
     except ValueError as e:
@@ -353,7 +353,7 @@ def load_model(path: PathLike, dtype=None):
     """A model (GemmaLM or EncDecLM) from a model directory, a checkpoint, a run directory
     (its latest checkpoint) or a Hugging Face directory (interop.load_hf). dtype: cast
     the weights (e.g. np.float64)."""
-    from .models import build_model
+    from ..models import build_model
     if Path(path).is_dir():
         from . import interop
         if interop.is_hf_dir(path):  # a transformers directory (config.json has model_type)

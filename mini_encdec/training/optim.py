@@ -36,9 +36,9 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from . import ops
+from .. import ops
 from .schedules import SCHEDULES, learning_rate
-from .config import check_known_fields
+from ..config import check_known_fields
 
 
 def _fail(name: str, expected: str, actual) -> None:

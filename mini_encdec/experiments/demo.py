@@ -212,7 +212,7 @@ def reading(results: dict) -> str:
 
 def plot_stages(out: Path, seed: int, ed_arm: str) -> Optional[Path]:
     """The training stages' loss curves in one PNG (None without matplotlib)."""
-    from .plots import new_figure
+    from ..plots import new_figure
     from .study import _read_metrics
     fig = new_figure((12, 4))
     if fig is None:
@@ -247,7 +247,7 @@ def plot_stages(out: Path, seed: int, ed_arm: str) -> Optional[Path]:
 
 def parent_samples(model, tok, new_tokens: int, seed: int) -> list:
     """Sampled continuations of PARENT_PROMPTS (temperature 0.8, top-k 40)."""
-    from .models.generate import generate
+    from ..models.generate import generate
     prompts = [[int(t) for t in tok.encode(p)] for p in PARENT_PROMPTS]
     outs = generate(model, prompts, max_new_tokens=new_tokens, method="sample",
                     temperature=0.8, top_k=40, seed=seed)
@@ -262,9 +262,9 @@ def run(args) -> int:
     """Check the arguments, then run the stages in a new directory beside --out that is
     renamed to --out once everything is written (safe_output: a non-empty --out is refused
     unless --overwrite, and nothing else is touched, even if the run fails)."""
-    from .config import PRESETS
-    from .safe_output import new_output_dir
-    from .usage import UsageError, did_you_mean
+    from ..config import PRESETS
+    from ..storage.safe_output import new_output_dir
+    from ..usage import UsageError, did_you_mean
     try:
         plan_from_args(args)
     except ValueError as e:
@@ -286,7 +286,7 @@ def run(args) -> int:
 
 def _run_stages(args, out: Path) -> int:
     """The five stages, writing into directory `out`."""
-    from . import backend
+    from .. import backend
     if getattr(args, "backend", None):
         backend.set_backend(args.backend)
     plan = plan_from_args(args)

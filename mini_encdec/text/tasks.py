@@ -36,7 +36,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 from .corpus import GENRES, load_plays, speeches
-from .objectives.example import Example
+from ..objectives.example import Example
 
 IGNORE = -100
 

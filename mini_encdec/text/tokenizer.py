@@ -19,7 +19,7 @@ Byte fallback is on, so any text round-trips exactly: `decode(encode(s)) == s`.
 
 Retrain (deterministic: one thread, no sampling or shuffling of sentences; --overwrite
 because the shipped model is already there, replaced only once the new one is complete):
-    python -m mini_encdec.tokenizer train --overwrite [--vocab-size 8192] [--out data/tokenizer.model]
+    python -m mini_encdec.text.tokenizer train --overwrite [--vocab-size 8192] [--out data/tokenizer.model]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 from .corpus import DATA_DIR, load_texts
 
 DEFAULT_MODEL = DATA_DIR / "tokenizer.model"
-TRAIN_COMMAND = "python -m mini_encdec.tokenizer train"
+TRAIN_COMMAND = "python -m mini_encdec.text.tokenizer train"
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 NEWLINE = "\n"
@@ -190,7 +190,7 @@ def train_tokenizer(out_path: Union[str, Path, None] = None, vocab_size: int = 8
 
     import sentencepiece as spm
 
-    from .safe_output import check_output, new_output_file
+    from ..storage.safe_output import check_output, new_output_file
 
     check_training_sizes(vocab_size, num_sentinels)
     out_path = Path(DEFAULT_MODEL if out_path is None else out_path)
@@ -229,9 +229,9 @@ def summary(tok, path, trained: bool = False) -> str:
 
 
 def main(argv=None) -> int:
-    """`python -m mini_encdec.tokenizer train|info ...`: the same as `python -m mini_encdec
+    """`python -m mini_encdec.text.tokenizer train|info ...`: the same as `python -m mini_encdec
     tokenizer ...` (one set of options and error messages)."""
-    from .cli import main as cli_main
+    from ..cli import main as cli_main
     return cli_main(["tokenizer", *(sys.argv[1:] if argv is None else argv)])
 
 

@@ -88,7 +88,7 @@ import numpy as np
 
 from . import downstream
 from .stats import paired_test, verdict
-from .usage import UsageError
+from ..usage import UsageError
 
 # --- the plan ------------------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class Study:
     """Runs the units of the protocol, caching every finished one under `out`."""
 
     def __init__(self, out: Path, plan: StudyPlan, progress: bool = True):
-        from .tokenizer import load_tokenizer
+        from ..text.tokenizer import load_tokenizer
         self.out, self.plan, self.progress = out, plan, progress
         self.tok = load_tokenizer()
         self._data: dict = {}
@@ -175,7 +175,7 @@ class Study:
 
     def cached(self, name: str, fn: Callable[[], dict]) -> dict:
         """fn()'s JSON result, computed once: results/<name>.json."""
-        from .checkpoint import atomic_write_json
+        from ..storage.checkpoint import atomic_write_json
         path = self.out / "results" / f"{name}.json"
         if path.is_file():
             return json.loads(path.read_text())
@@ -191,7 +191,7 @@ class Study:
 
     def saved(self, seed: int, name: str, build: Callable[[], object]):
         """The model `name` of `seed`, built by `build()` once and then loaded."""
-        from .checkpoint import load_model, save_model
+        from ..storage.checkpoint import load_model, save_model
         path = self.model_path(seed, name)
         if (path / "config.json").is_file():
             model = load_model(path)
@@ -202,7 +202,7 @@ class Study:
 
     # --- shared inputs ------------------------------------------------------------------
     def config(self, big: bool = False):
-        from .config import preset
+        from ..config import preset
         over = dict(self.plan.big_overrides) if big else {}
         return preset(self.plan.preset, vocab_size=self.tok.vocab_size, **over)
 
@@ -214,8 +214,8 @@ class Study:
     def val(self) -> dict:
         """The PrefixLM validation batches of each architecture (the same windows)."""
         if self._val is None:
-            from .batching import corpus_stream, eval_batches
-            from .objectives import make_objective
+            from ..text.batching import corpus_stream, eval_batches
+            from ..objectives import make_objective
             stream = corpus_stream("validation", self.tok)
             prefix = make_objective("prefix_lm", self.tok)
             self._val = {arch: eval_batches(stream, prefix, arch=arch,
@@ -234,15 +234,15 @@ class Study:
         return self._data[seed]
 
     def prefix_loss(self, model) -> float:
-        from .train import evaluate
+        from ..training.train import evaluate
         arch = "encdec" if hasattr(model, "enc_spec") else "decoder"
         return float(evaluate(model, self.val()[arch])["loss"])
 
     # --- training units -----------------------------------------------------------------
     def _train(self, model, batches, steps: int, lr: float, run: str, *, schedule: str,
                warmup: int, teacher=None, eval_batches=None):
-        from .optim import OptimConfig
-        from .train import TrainConfig, train
+        from ..training.optim import OptimConfig
+        from ..training.train import TrainConfig, train
         p = self.plan
         optim = OptimConfig(lr=lr, schedule=schedule, weight_decay=0.01, warmup_steps=warmup)
         cfg = TrainConfig(steps=steps, eval_every=p.eval_every if eval_batches else 0,
@@ -253,9 +253,9 @@ class Study:
                      progress=self.progress, run_info={"study_unit": run})
 
     def parent(self, seed: int, big: bool = False):
-        from .batching import make_batcher
-        from .models import build_model
-        from .objectives import make_objective
+        from ..text.batching import make_batcher
+        from ..models import build_model
+        from ..objectives import make_objective
         name = "big_parent" if big else "parent"
 
         def build():
@@ -272,9 +272,9 @@ class Study:
 
     def initial(self, seed: int, arm: str):
         """The model an arm starts its continued pre-training from."""
-        from .adapt import adapt
-        from .config import EncDecConfig
-        from .models import build_model
+        from ..training.adapt import adapt
+        from ..config import EncDecConfig
+        from ..models import build_model
         if arm in ("dec", "dec_prefix"):
             return self.parent(seed)
         rng = np.random.default_rng([seed, 21])
@@ -300,9 +300,9 @@ class Study:
         return self.saved(seed, f"{arm}@{budget}", lambda: self._continue(seed, arm, steps))
 
     def _continue(self, seed: int, arm: str, steps: int):
-        from .batching import make_batcher
-        from .models import build_model
-        from .objectives import make_objective
+        from ..text.batching import make_batcher
+        from ..models import build_model
+        from ..objectives import make_objective
         p, tok = self.plan, self.tok
         model = self.initial(seed, arm)
         kw = self.batch_kw(seed)
@@ -390,7 +390,7 @@ class Study:
             res = downstream.inference_cost(model, arch, prompt, self.plan.new_tokens,
                                             self.plan.latency_repeats)
             res["load_average"] = load_average()
-            from .config import count_parameters
+            from ..config import count_parameters
             res["parameters"] = int(count_parameters(model.config))
             return res
         return self.cached(f"cost_{arm}", run)
@@ -625,7 +625,7 @@ def reading(rows: list) -> str:
 
 def plot_curves(results: dict, seeds, path: Path) -> Optional[Path]:
     """PrefixLM validation loss vs tokens seen per experiment (seed means)."""
-    from .plots import new_figure
+    from ..plots import new_figure
     fig = new_figure((12, 7))
     if fig is None:
         return None
@@ -657,7 +657,7 @@ def plot_curves(results: dict, seeds, path: Path) -> Optional[Path]:
 
 def plot_quality_vs_flops(results: dict, seeds, path: Path) -> Optional[Path]:
     """Fine-tuned reply NLL and probe accuracy against inference GFLOPs per request."""
-    from .plots import new_figure
+    from ..plots import new_figure
     fig = new_figure((10, 4))
     if fig is None:
         return None
@@ -718,7 +718,7 @@ def _run_workers(out: Path, plan: StudyPlan, jobs: int, progress: bool) -> None:
         while pending and len(running) < jobs:
             s = pending.pop(0)
             log = open(out / "logs" / f"seed{s}.log", "a")
-            cmd = [sys.executable, "-m", "mini_encdec.study", "--out", str(out),
+            cmd = [sys.executable, "-m", "mini_encdec.experiments.study", "--out", str(out),
                    "--worker-seed", str(s), "--no-progress"]  # the plan: study_plan.json
             running.append((s, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                 env=env), log))
@@ -741,7 +741,7 @@ def _run_workers(out: Path, plan: StudyPlan, jobs: int, progress: bool) -> None:
 def run_study(out: Path, plan: StudyPlan, progress: bool = True, command: str = "",
               jobs: int = 1) -> dict:
     """Run (or resume) every unit of the protocol and write the reports."""
-    from .checkpoint import atomic_write_json
+    from ..storage.checkpoint import atomic_write_json
     t0 = time.perf_counter()
     if jobs > 1:
         _run_workers(out, plan, jobs, progress)
@@ -812,7 +812,7 @@ def _report(results: dict, rows: list, seeds, curves, qf) -> str:
         f"{len(seeds)} seeds, windows of {2 * p['half']} tokens, batch {p['batch_size']}, "
         f"extra budget {p['extra_steps']} updates (sweep {p['sweep_steps']}), fine-tuning "
         f"{p['finetune_steps']} updates, probe {p['probe_steps']} updates. The protocol is in "
-        f"`mini_encdec/study.py`'s docstring, fixed before the results were seen.", "",
+        f"`mini_encdec/experiments/study.py`'s docstring, fixed before the results were seen.", "",
         "## Claims", "", claims_markdown(rows), "", "### Reading", "", reading(rows), "",
         "## Every arm (after the extra budget; mean ± sd over seeds)", "",
         arms_markdown(results, seeds, results["baselines"]), "",
@@ -883,8 +883,8 @@ def run(args) -> int:
         out = Path(args.out)
         seed_units(Study(out, _plan_of(out), progress=not args.no_progress), args.worker_seed)
         return 0
-    from .checkpoint import atomic_write_json
-    from .safe_output import run_directory
+    from ..storage.checkpoint import atomic_write_json
+    from ..storage.safe_output import run_directory
     plan = plan_from_args(args)
     if args.jobs < 1:
         raise UsageError(f"--jobs: expected an integer >= 1, got {args.jobs}")

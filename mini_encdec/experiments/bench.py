@@ -2,7 +2,7 @@
 
 In one run, for the presets tiny and small, decoder-only (Gemma 2) and encoder-decoder
 (T5Gemma), it measures:
-  - training-step tokens/s (forward, backward and the AdamW update of mini_encdec.optim)
+  - training-step tokens/s (forward, backward and the AdamW update of mini_encdec.training.optim)
     for the numpy and numba backends, and for PyTorch (`Gemma2ForCausalLM` /
     `T5GemmaForConditionalGeneration` from transformers, eager attention, torch AdamW,
     the same weights and batch shapes) when torch and transformers are installed;
@@ -85,14 +85,14 @@ def _peak_rss_mib() -> float:
 
 
 def _config(preset_name: str, arch: str):
-    from .config import encdec_preset, preset
+    from ..config import encdec_preset, preset
     return preset(preset_name) if arch == "decoder" else encdec_preset(preset_name)
 
 
 def _model(preset_name: str, arch: str):
     """A fresh model (seed 0) whose EOS embedding row is zero, so greedy decoding of a
     random model practically never picks EOS and every row runs to its length."""
-    from .models import build_model
+    from ..models import build_model
     config = _config(preset_name, arch)
     model = build_model(config, seed=0)
     eos = (config if arch == "decoder" else config.decoder).eos_token_id
@@ -127,8 +127,8 @@ def _timed(fn, repeats: int) -> list:
 
 
 def _train_ours(spec: dict) -> dict:
-    from .backend import set_backend
-    from .optim import AdamW, OptimConfig
+    from ..backend import set_backend
+    from ..training.optim import AdamW, OptimConfig
     set_backend(spec["engine"])
     model = _model(spec["preset"], spec["arch"])
     batch = _batch(model.config, spec["arch"], spec["B"], spec["T"])
@@ -168,7 +168,7 @@ def _torch_setup(preset_name: str, arch: str, tmp: str):
     """The same model in transformers (eager attention), from our weights."""
     import torch
     import transformers
-    from .interop import save_hf
+    from ..storage.interop import save_hf
     torch.set_num_threads(os.cpu_count() or 1)
     model = _model(preset_name, arch)
     save_hf(model, tmp)
@@ -213,8 +213,8 @@ def _prompts(config, arch: str, b: int, P: int):
 
 
 def _generate_ours(spec: dict) -> dict:
-    from .backend import set_backend
-    from .models.generate import generate
+    from ..backend import set_backend
+    from ..models.generate import generate
     set_backend(spec["engine"])
     model = _model(spec["preset"], spec["arch"])
     prompts = _prompts(model.config, spec["arch"], spec["b"], spec["P"])
@@ -261,7 +261,7 @@ def _startup(spec: dict) -> dict:
     """Import mini_encdec and run one numba training step on tiny (timed from process
     start, which the parent measures)."""
     t0 = time.perf_counter()
-    from .backend import set_backend
+    from ..backend import set_backend
     set_backend("numba")
     model = _model("tiny", "decoder")
     batch = _batch(model.config, "decoder", 2, 16)
@@ -283,7 +283,7 @@ def _worker_main(argv=None) -> None:
 def _spawn(spec: dict, timeout: float, env_extra: dict = None) -> dict:
     env = dict(os.environ)
     env.update(env_extra or {})
-    code = "from mini_encdec.bench import _worker_main; _worker_main()"
+    code = "from mini_encdec.experiments.bench import _worker_main; _worker_main()"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True,
                           text=True, timeout=timeout, env=env)
@@ -353,7 +353,7 @@ def _fmt(x, spec=".0f") -> str:
 
 
 def run(args) -> int:
-    from .models.flops import train_step_flops
+    from ..models.flops import train_step_flops
     presets = [p for p in args.presets.split(",") if p]
     archs = [a for a in args.archs.split(",") if a]
     engines = [e for e in args.engines.split(",") if e]
@@ -546,6 +546,6 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
 
 if __name__ == "__main__":  # pragma: no cover - `python -m mini_encdec bench` is the entry
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m mini_encdec.bench")
+    ap = argparse.ArgumentParser(prog="python -m mini_encdec.experiments.bench")
     add_arguments(ap)
     sys.exit(run(ap.parse_args()))

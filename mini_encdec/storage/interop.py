@@ -49,7 +49,7 @@ from typing import Callable, Iterable, Union
 
 import numpy as np
 
-from .config import (DECODER_ONLY, ENCODER_DECODER, ENCODER_ONLY, FULL, SLIDING,
+from ..config import (DECODER_ONLY, ENCODER_DECODER, ENCODER_ONLY, FULL, SLIDING,
                      ClassifierConfig, EncDecConfig, GemmaConfig)
 from .safetensors_io import (SafetensorsFile, SafetensorsWriter, TORCH_NAMES, dtype_code)
 
@@ -393,7 +393,7 @@ class HFWeights:
 def check_hf_weights(weights: HFWeights, config, kind: str) -> list:
     """Stored keys must be exactly the model's (plus an optional tied head equal to the
     embedding), with the right shapes. Returns the keys to load, in param_shapes order."""
-    from .models.params import param_shapes
+    from ..models.params import param_shapes
     shapes = param_shapes(config)
     where = weights.path
     missing = [k for k in shapes if k not in weights]
@@ -445,7 +445,7 @@ def load_hf_params(path: PathLike, dtype=np.float32):
     if dtype not in (np.float32, np.float64):
         raise InteropError(f"load_hf: argument 'dtype': expected float32 or float64, got {dtype}")
     config, weights, _ = open_hf(path)
-    from .models.params import param_shapes
+    from ..models.params import param_shapes
     params = {k: weights.read(k, dtype) for k in param_shapes(config)}
     return config, params
 
@@ -453,7 +453,7 @@ def load_hf_params(path: PathLike, dtype=np.float32):
 def load_hf(path: PathLike, dtype=np.float32):
     """The mini_encdec model (GemmaLM, EncDecLM or SequenceClassifier) of a transformers
     directory."""
-    from .models import build_model
+    from ..models import build_model
     config, params = load_hf_params(path, dtype)
     return build_model(config, params)
 
@@ -503,7 +503,7 @@ def save_hf_params(config, params: dict, path: PathLike, dtype="float32", *,
     The directory is written beside `path` and renamed into place when complete
     (safe_output): an existing non-empty `path` is refused (OutputError, a ValueError)
     unless overwrite=True, and even then replaced only once the new one is complete."""
-    from .models.params import check_params, param_shapes
+    from ..models.params import check_params, param_shapes
     from .safe_output import new_output_dir
     check_params(config, params)
     shapes = param_shapes(config)

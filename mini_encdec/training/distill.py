@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .batching import split_teacher
-from .nn.loss import (cross_entropy_backward, cross_entropy_forward, distillation_backward,
+from ..text.batching import split_teacher
+from ..nn.loss import (cross_entropy_backward, cross_entropy_forward, distillation_backward,
                       distillation_forward)
 
 IGNORE = -100

@@ -36,9 +36,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .objectives.causal_lm import pack_documents
-from .objectives.example import Example
-from .objectives.objective import UL2
+from ..objectives.causal_lm import pack_documents
+from ..objectives.example import Example
+from ..objectives.objective import UL2
 
 IGNORE = -100  # label value the loss skips
 ARCHS = ("encdec", "decoder")

@@ -40,9 +40,9 @@ from typing import Optional
 
 import numpy as np
 
-from .corpus import GENRES
-from .objectives.example import Example
-from .tasks import (ClassExample, genre_examples, reply_examples, rouge_l, task_prefix)
+from ..text.corpus import GENRES
+from ..objectives.example import Example
+from ..text.tasks import (ClassExample, genre_examples, reply_examples, rouge_l, task_prefix)
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def warmup_steps_for(steps: int) -> int:
 
 
 def _optim(lr: float, steps: int):
-    from .optim import OptimConfig
+    from ..training.optim import OptimConfig
     return OptimConfig(lr=lr, warmup_steps=warmup_steps_for(steps), weight_decay=0.01)
 
 
@@ -145,9 +145,9 @@ def finetune_generation(model, arch: str, data: TaskData, *, steps: int, lr: flo
                         label: str = "") -> list:
     """Fine-tune `model` in place on the reply + genre-as-text mixture; the history.
     With a run_dir, a run interrupted there resumes (a finished one is restored)."""
-    from .batching import ExampleBatcher
-    from .config import EncDecConfig
-    from .train import train
+    from ..text.batching import ExampleBatcher
+    from ..config import EncDecConfig
+    from ..training.train import train
     if isinstance(model.config, EncDecConfig) and model.config.cross_attn_warmup_steps:
         # the cross-attention warmup belongs to the adaptation stage: fine-tuning trains
         # every parameter from its first update, as for every other model
@@ -162,7 +162,7 @@ def finetune_generation(model, arch: str, data: TaskData, *, steps: int, lr: flo
 
 
 def _class_batches(examples: list, batch_size: int, length: int, pad_id: int):
-    from .tasks import collate_classification
+    from ..text.tasks import collate_classification
     for i in range(0, len(examples), batch_size):
         b = collate_classification(examples[i:i + batch_size], length, pad_id=pad_id)
         yield {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
@@ -204,8 +204,8 @@ def finetune_probe(model, data: TaskData, *, steps: int, lr: float, batch_size: 
                    seed: int, run_dir=None, progress: bool = False, label: str = ""):
     """A classification head on `model` (a copy: `model` is left unchanged), fine-tuned on
     genre with everything else; (classifier, history)."""
-    from .models.classifier import SequenceClassifier
-    from .train import train
+    from ..models.classifier import SequenceClassifier
+    from ..training.train import train
     clf = SequenceClassifier.from_backbone(model, num_labels=len(GENRES), seed=seed,
                                            label_names=GENRES)
     batches = _ClassBatcher(data.genre_train, batch_size, data.encoder_length, data.pad_id,
@@ -230,7 +230,7 @@ def evaluate_generation(model, arch: str, data: TaskData, *, new_tokens: int,
     """Reply NLL, reply ROUGE-L (greedy), genre accuracy by rank classification; plus
     the generated replies (token ids) for samples."""
     from tqdm.auto import tqdm
-    from .models.generate import generate
+    from ..models.generate import generate
     from .scoring import mean_token_nll, rank_classify
     S, T = data.encoder_length, data.decoder_length
     gen = data.reply_val[:data.generate_examples]
@@ -270,7 +270,7 @@ def inference_flops(config, arch: str, prompt_len: int, new_tokens: int) -> dict
       per token    the mean cost of each of the other new_tokens - 1 decoding steps
       total        prompt + (new_tokens - 1) * per token
     """
-    from .models.flops import encode_flops, prefill_flops, token_flops
+    from ..models.flops import encode_flops, prefill_flops, token_flops
     if arch == "encdec":
         prompt = encode_flops(config, prompt_len) + token_flops(config, 0, prompt_len)
         steps = [token_flops(config, i, prompt_len) for i in range(1, new_tokens)]
@@ -287,7 +287,7 @@ def inference_latency(model, prompt: np.ndarray, new_tokens: int, repeats: int =
     """Measured greedy generation time at batch 1, forced to `new_tokens` tokens (median
     of `repeats`): the whole request, the prompt (a 1-token request: up to the first new
     token) and per generated token after it ((whole - prompt) / (new_tokens - 1))."""
-    from .models.generate import generate
+    from ..models.generate import generate
     p = [[int(t) for t in prompt]]
 
     def timed(n):

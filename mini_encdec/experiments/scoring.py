@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .batching import collate_decoder, collate_encdec
-from .objectives.example import Example
+from ..text.batching import collate_decoder, collate_encdec
+from ..objectives.example import Example
 
 IGNORE = -100
 

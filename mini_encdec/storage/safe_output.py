@@ -6,7 +6,7 @@ overwritten that this run did not create, unless the user asked with `--overwrit
 (`overwrite=True`), and even then the old content is only replaced once the new one is
 complete.
 
-    from mini_encdec.safe_output import new_output_dir
+    from mini_encdec.storage.safe_output import new_output_dir
 
     with new_output_dir("runs/M-M", sources={"--from": "runs/M"}, what="--out") as tmp:
         save_files_into(tmp)           # a fresh, empty directory beside runs/M-M
@@ -58,7 +58,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Union
 
-from .usage import UsageError
+from ..usage import UsageError
 
 PathLike = Union[str, Path]
 # {label: path}, or paths and (label, path) pairs; the label names the option in messages

@@ -41,8 +41,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import checkpoint as ckpt
-from .config import EncDecConfig, check_known_fields
+from ..storage import checkpoint as ckpt
+from ..config import EncDecConfig, check_known_fields
 from .optim import (AdamW, OptimConfig, accumulate, clip_by_global_norm, trainable_names)
 
 IGNORE = -100
@@ -373,7 +373,7 @@ def train(model, batches, *, optim: Optional[OptimConfig] = None,
     log.message(f"stopped at step {step} ({why}); {tokens_seen} tokens in "
                 f"{time.perf_counter() - start:.1f} s")
     if run_dir is not None and config.plot:
-        from .plots import plot_loss_curve
+        from ..plots import plot_loss_curve
         plot_loss_curve(history, run_dir / PLOT_FILE)
     return history
 
