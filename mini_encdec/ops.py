@@ -1,11 +1,17 @@
-"""Backend dispatch for the hot ops.
+"""The one dispatch point for the hot ops: name -> (NumPy reference, Numba twin).
 
-Models call the hot layer functions through this module, e.g.
-`ops.attention_core_forward(q, k, v, mask, scale=..., softcap=...)`. With the numpy
-backend every name resolves to the reference in `mini_encdec.nn`; with the numba backend
-it resolves to the twin registered in `mini_encdec.kernels.TWINS` when one exists.
-A forward and its backward must run under the same backend (the cache formats may
-differ), which holds because the backend is fixed for a run.
+The models and the optimizer call the hot functions through this module, e.g.
+`ops.attention_core_forward(q, k, v, mask, scale=..., softcap=...)` or
+`ops.resolve("adamw_update")`; nothing else dispatches. With the numpy backend every name
+runs the reference in `mini_encdec.nn` (what students read, edit and are graded on); with
+the numba backend (the default, see `backend.py`) it runs the twin of the same name in
+`mini_encdec.kernels`, which has the reference's exact signature and results.
+
+The table is static and complete: every op has both halves. If the kernels cannot be
+imported (Numba missing, a renamed helper), the numba backend fails loudly with the
+reason and how to select the numpy backend; it never falls back to NumPy on its own.
+A forward and its backward must run under the same backend (the cache formats differ),
+which holds because the backend is fixed for a run.
 """
 
 from __future__ import annotations
@@ -13,45 +19,51 @@ from __future__ import annotations
 import importlib
 
 from .backend import get_backend
+from .nn import adamw, attention, embedding, loss, mlp, rmsnorm
 
-# name -> "module:function" of the NumPy reference.
+# op name -> the NumPy reference; the twin is `mini_encdec.kernels.<op name>`.
 REFERENCE = {
-    "attention_core_forward": "mini_encdec.nn.attention:attention_core_forward",
-    "attention_core_backward": "mini_encdec.nn.attention:attention_core_backward",
-    "rmsnorm_forward": "mini_encdec.nn.rmsnorm:rmsnorm_forward",
-    "rmsnorm_backward": "mini_encdec.nn.rmsnorm:rmsnorm_backward",
-    "geglu_act_forward": "mini_encdec.nn.mlp:geglu_act_forward",
-    "geglu_act_backward": "mini_encdec.nn.mlp:geglu_act_backward",
-    "softcap_cross_entropy_forward": "mini_encdec.nn.loss:softcap_cross_entropy_forward",
-    "softcap_cross_entropy_backward": "mini_encdec.nn.loss:softcap_cross_entropy_backward",
-    "embedding_backward": "mini_encdec.nn.embedding:embedding_backward",
-    "adamw_update": "mini_encdec.training.optim:adamw_update",
+    "attention_core_forward": attention.attention_core_forward,
+    "attention_core_backward": attention.attention_core_backward,
+    "rmsnorm_forward": rmsnorm.rmsnorm_forward,
+    "rmsnorm_backward": rmsnorm.rmsnorm_backward,
+    "geglu_act_forward": mlp.geglu_act_forward,
+    "geglu_act_backward": mlp.geglu_act_backward,
+    "softcap_cross_entropy_forward": loss.softcap_cross_entropy_forward,
+    "softcap_cross_entropy_backward": loss.softcap_cross_entropy_backward,
+    "embedding_backward": embedding.embedding_backward,
+    "adamw_update": adamw.adamw_update,
 }
 
-_resolved: dict[tuple[str, str], object] = {}
+
+class KernelImportError(ImportError):
+    """The numba backend is selected but its kernels cannot be imported."""
 
 
-def _load(path: str):
-    mod, fn = path.split(":")
-    return getattr(importlib.import_module(mod), fn)
+def twins():
+    """name -> Numba twin, for every op in REFERENCE (imports `mini_encdec.kernels`)."""
+    try:
+        kernels = importlib.import_module("mini_encdec.kernels")
+    except ImportError as e:
+        raise KernelImportError(
+            f"the numba backend needs mini_encdec.kernels, which failed to import ({e}); "
+            f"install numba (requirements.txt) or select the NumPy reference with "
+            f"MINI_ENCDEC_BACKEND=numpy") from e
+    missing = [name for name in REFERENCE if not callable(getattr(kernels, name, None))]
+    if missing:
+        raise KernelImportError(f"mini_encdec.kernels has no twin for {missing}; every op in "
+                                f"ops.REFERENCE needs one (or run with MINI_ENCDEC_BACKEND=numpy)")
+    return {name: getattr(kernels, name) for name in REFERENCE}
 
 
 def resolve(name: str, backend: str | None = None):
     """The function implementing op `name` under `backend` (default: the current one)."""
+    if name not in REFERENCE:
+        raise ValueError(f"ops.resolve: unknown op {name!r}; known: {sorted(REFERENCE)}")
     backend = backend or get_backend()
-    key = (name, backend)
-    if key not in _resolved:
-        if name not in REFERENCE:
-            raise ValueError(f"ops.resolve: unknown op {name!r}; known: {sorted(REFERENCE)}")
-        fn = None
-        if backend == "numba":
-            try:
-                twins = importlib.import_module("mini_encdec.kernels").TWINS
-            except (ImportError, AttributeError):
-                twins = {}
-            fn = twins.get(name)
-        _resolved[key] = fn if fn is not None else _load(REFERENCE[name])
-    return _resolved[key]
+    if backend == "numpy":
+        return REFERENCE[name]
+    return twins()[name]
 
 
 def __getattr__(name: str):

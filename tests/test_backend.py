@@ -10,15 +10,15 @@ import pytest
 import mini_encdec
 from mini_encdec import ops
 from mini_encdec.backend import get_backend, set_backend, use_backend
-from mini_encdec.kernels import TWINS
+
+TWINS = ops.twins()
 
 _PROBE = """
 import sys, mini_encdec
 from mini_encdec import ops
-from mini_encdec.kernels import TWINS
 fn = ops.resolve("attention_core_forward")
-print(mini_encdec.get_backend(), fn is TWINS["attention_core_forward"],
-      fn is ops._load(ops.REFERENCE["attention_core_forward"]))
+print(mini_encdec.get_backend(), fn is ops.twins()["attention_core_forward"],
+      fn is ops.REFERENCE["attention_core_forward"])
 """
 
 
@@ -57,8 +57,9 @@ def test_set_backend_and_use_backend_select_twins_or_references():
             set_backend("numpy")
             reference = ops.resolve(name)
             assert reference is not twin
-            # the layer references live in nn/; AdamW's update in optim.py
-            assert reference.__module__.startswith(("mini_encdec.nn.", "mini_encdec.training.optim"))
+            # every reference lives in nn/, every twin in kernels/
+            assert reference.__module__.startswith("mini_encdec.nn.")
+            assert twin.__module__.startswith("mini_encdec.kernels.")
         with use_backend("numba"):
             assert mini_encdec.get_backend() == "numba"
             assert ops.resolve("rmsnorm_forward") is TWINS["rmsnorm_forward"]
@@ -96,3 +97,32 @@ print("kernels:", len(kernels), "compiled:", sum(len(k.signatures) for k in kern
     assert lines[0] == "kernels imported: False"
     n = int(lines[1].split()[1])
     assert n >= 9 and lines[1].endswith("compiled: 0")
+
+
+_BROKEN_KERNELS = """
+import sys, types
+sys.modules["numba"] = None  # as if Numba were not installed
+from mini_encdec import ops
+try:
+    ops.resolve("rmsnorm_forward", "numba")
+except ops.KernelImportError as e:
+    print("loud:", e)
+else:
+    print("silent fallback")
+print(ops.resolve("rmsnorm_forward", "numpy") is ops.REFERENCE["rmsnorm_forward"])
+"""
+
+
+def test_a_kernel_import_failure_is_loud_never_a_silent_fallback():
+    out = _run(_BROKEN_KERNELS, "numpy")
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.strip().split("\n")
+    assert first.startswith("loud:") and "MINI_ENCDEC_BACKEND=numpy" in first
+    assert second == "True"  # the numpy backend never needs the kernels
+
+
+def test_a_missing_twin_is_loud(monkeypatch):
+    import mini_encdec.kernels as kernels
+    monkeypatch.delattr(kernels, "rmsnorm_backward")
+    with pytest.raises(ops.KernelImportError, match="no twin for \\['rmsnorm_backward'\\]"):
+        ops.resolve("rmsnorm_forward", "numba")

@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mini_encdec import ops
-from mini_encdec.kernels import TWINS
 from mini_encdec.kernels import attention as katt
 from mini_encdec.kernels._vecmath import exp_array, tanh_array
 from mini_encdec.nn.embedding import embedding_forward
@@ -42,6 +41,9 @@ def assert_close(actual, desired, rtol, what="", scale=None):
         scale = float(np.max(np.abs(desired))) if desired.size else 0.0
     np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * max(scale, 1e-30),
                                err_msg=what)
+
+
+TWINS = ops.twins()
 
 
 def test_twins_cover_every_reference_op_with_its_name():

@@ -1,7 +1,7 @@
 """Numba twins of the hot `nn/` functions: same signatures, same results (float32 within
 1e-5 relative, gradients within 1e-4; float64 to rounding), faster.
 
-`mini_encdec.ops.resolve` reads `TWINS` when the backend is "numba" (the default; see
+`mini_encdec.ops.resolve` runs the function of the op's name here when the backend is "numba" (the default; see
 `mini_encdec.backend`). Importing this package imports Numba but compiles nothing: each
 kernel compiles on its first call for a dtype (float32 or float64) and is cached on disk
 (`__pycache__`), so later processes load it in well under a second.
@@ -27,16 +27,6 @@ from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
 from .mlp import geglu_act_backward, geglu_act_forward
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward
 
-# op name (as in mini_encdec.ops.REFERENCE) -> twin with the reference's exact signature
-TWINS = {
-    "attention_core_forward": attention_core_forward,
-    "attention_core_backward": attention_core_backward,
-    "rmsnorm_forward": rmsnorm_forward,
-    "rmsnorm_backward": rmsnorm_backward,
-    "geglu_act_forward": geglu_act_forward,
-    "geglu_act_backward": geglu_act_backward,
-    "softcap_cross_entropy_forward": softcap_cross_entropy_forward,
-    "softcap_cross_entropy_backward": softcap_cross_entropy_backward,
-    "embedding_backward": embedding_backward,
-    "adamw_update": adamw_update,
-}
+__all__ = ["adamw_update", "attention_core_backward", "attention_core_forward", "embedding_backward",
+           "geglu_act_backward", "geglu_act_forward", "rmsnorm_backward", "rmsnorm_forward",
+           "softcap_cross_entropy_backward", "softcap_cross_entropy_forward"]

@@ -1,4 +1,4 @@
-"""Numba twin of one AdamW parameter update (`mini_encdec.training.optim.adamw_update`).
+"""Numba twin of one AdamW parameter update (`mini_encdec.nn.adamw.adamw_update`).
 
 Checklist
 - Fused: the reference makes about ten NumPy passes over the parameter (m *= b1,
@@ -56,12 +56,12 @@ def _update_parallel(nchunks, p, g, m, v, lr, beta1, beta2, eps, shrink, bc1, bc
 
 
 def adamw_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, t):
-    """Twin of optim.adamw_update: one AdamW update of p, m, v in place (step t >= 1)."""
+    """Twin of nn.adamw.adamw_update: one AdamW update of p, m, v in place (step t >= 1)."""
     arrays = (p, g, m, v)
     if not (all(isinstance(a, np.ndarray) and a.dtype == p.dtype and a.shape == p.shape
                 and a.flags.c_contiguous for a in arrays)
             and p.dtype in (np.float32, np.float64) and p.flags.writeable):
-        from ..training.optim import adamw_update as reference
+        from ..nn.adamw import adamw_update as reference
         return reference(p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                          weight_decay=weight_decay, t=t)
     f = p.dtype.type

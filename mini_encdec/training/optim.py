@@ -200,28 +200,6 @@ def accumulate(total: Optional[dict], grads: dict, weight: float) -> dict:
 
 # --- AdamW ----------------------------------------------------------------------------------------
 
-def adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
-                 weight_decay: float, t: int) -> None:
-    """One AdamW update of one parameter p IN PLACE, with its gradient g and moments m, v
-    (all the same shape and dtype) at its t-th update (t >= 1); weight_decay 0 for a
-    parameter without decay. The NumPy reference of the ops entry "adamw_update" (the
-    numba backend runs a fused one-pass twin, mini_encdec/kernels/adamw.py)."""
-    f = p.dtype.type
-    # m = beta1 * m + (1 - beta1) * g
-    m *= f(beta1)
-    m += f(1 - beta1) * g
-    # v = beta2 * v + (1 - beta2) * g^2
-    v *= f(beta2)
-    v += f(1 - beta2) * np.square(g)
-    m_hat = m / f(1 - beta1 ** t)
-    v_hat = v / f(1 - beta2 ** t)
-    # p = p * (1 - lr * weight_decay)
-    if weight_decay:
-        p *= f(1 - lr * weight_decay)
-    # p = p - lr * m_hat / (sqrt(v_hat) + eps)
-    p -= f(lr) * m_hat / (np.sqrt(v_hat) + f(eps))
-
-
 class AdamW:
     """AdamW over a flat parameter dict. `step` updates the parameter arrays in place (the
     model keeps using the same arrays). State: moments m, v (same dtype as the parameter)
@@ -254,7 +232,7 @@ class AdamW:
                 raise ValueError(f"AdamW.step: gradient of {k!r} has shape {g.shape}, the "
                                  f"parameter {p.shape}")
             self.t[k] += 1
-            # adamw_update above, or its fused twin under the numba backend
+            # nn/adamw.py's adamw_update, or its fused twin under the numba backend
             ops.resolve("adamw_update")(p, g, m, v, lr=lr, beta1=c.beta1, beta2=c.beta2,
                                         eps=c.eps, t=self.t[k],
                                         weight_decay=c.weight_decay if self.decay[k] else 0.0)
