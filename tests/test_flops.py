@@ -3,15 +3,16 @@
 import numpy as np
 import pytest
 
-import mini_encdec.models.attention as attention_mod
+import mini_encdec.models.decoding as decoding_mod
 import mini_encdec.models.head as head_mod
+import mini_encdec.nn.attention as attention_mod
 import mini_encdec.nn.mlp as mlp_mod
 from mini_encdec import ops
 from mini_encdec.config import EncDecConfig, GemmaConfig, count_parameters, preset
 from mini_encdec.models import build_model
 from mini_encdec.models.flops import (_pairs, encode_flops, forward_flops, token_flops,
                                       train_step_flops)
-from mini_encdec.models.kv_cache import decoder_step, init_cache
+from mini_encdec.models.decoding import decoder_step, init_cache
 from mini_encdec.nn.masks import attention_mask
 
 BASE = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
@@ -44,8 +45,13 @@ def counter(monkeypatch):
         count["flops"] += 4 * B * H * Tq * k.shape[2] * Dh  # every pair computed (dense)
         return core(q, k, v, mask, **kw)
 
+    def counted_plain(x, W):  # the decoding path's unchecked matmul
+        return counted_linear(x, W)[0]
+
     for mod in (attention_mod, head_mod, mlp_mod):
         monkeypatch.setattr(mod, "linear_forward", counted_linear)
+    for mod in (decoding_mod, mlp_mod):
+        monkeypatch.setattr(mod, "_linear", counted_plain)
     monkeypatch.setattr(ops, "attention_core_forward", counted_core, raising=False)
     return count
 

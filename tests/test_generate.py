@@ -10,7 +10,7 @@ from mini_encdec.config import EncDecConfig, GemmaConfig
 from mini_encdec.models import build_model
 from mini_encdec.models.generate import (beam_search, generate, log_softmax, sample_tokens,
                                          sampling_probs)
-from mini_encdec.models.kv_cache import decoder_step, init_cache
+from mini_encdec.models.decoding import decoder_step, init_cache
 
 V = 50
 EOS, PAD, BOS = 1, 0, 2
@@ -88,9 +88,9 @@ def test_cached_steps_equal_full_forward_encdec(kind):
 
 
 @pytest.mark.parametrize("kind", ["decoder"] + sorted(ENCDEC))
-def test_fast_steps_equal_checked_steps_last_position(kind, backend):
-    """decoder_step(fast=True) (generation's unchecked path) gives the last position's
-    logits of the checked path, step after step (prefill of 5 with left padding, then 1)."""
+def test_last_only_steps_equal_the_last_of_all_positions(kind, backend):
+    """decoder_step(last_only=True) (what generation runs) gives the last position's
+    logits of the all-positions step, step after step (prefill of 5 with left padding, then 1)."""
     model = model_of(cfg() if kind == "decoder" else ENCDEC[kind]())
     rng = np.random.default_rng(4)
     ids = rng.integers(3, V, (2, 9))
@@ -108,7 +108,7 @@ def test_fast_steps_equal_checked_steps_last_position(kind, backend):
     spans = [(0, first)] + [(t, t + 1) for t in range(first, 9)]
     for a, b in spans:
         ref = decoder_step(model, caches[0], ids[:, a:b], valid[:, a:b])
-        got = decoder_step(model, caches[1], ids[:, a:b], valid[:, a:b], fast=True)
+        got = decoder_step(model, caches[1], ids[:, a:b], valid[:, a:b], last_only=True)
         assert got.shape == (2, 1, V)
         np.testing.assert_allclose(got[:, 0], ref[:, -1], rtol=1e-11, atol=1e-11)
 

@@ -104,7 +104,7 @@ for use_cache in (False, True):
 #
 # Causality makes the recomputation above wasteful: the keys and values of token `t` in
 # every decoder self-attention layer never change once computed, because no later token
-# can influence them. So we keep them (`models/kv_cache.py`):
+# can influence them. So we keep them (`models/decoding.py`):
 #
 # * self-attention: the post-RoPE keys and values of all previous tokens, `(B, K, t, Dh)`
 #   per layer (a sliding-window layer only needs the last `W - 1`);

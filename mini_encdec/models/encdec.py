@@ -114,9 +114,9 @@ class EncDecLM:
         mem_mask = memory_mask(enc_mask, S)  # (B|1, 1, 1, S)
         if self.dec_spec.merged:
             masks = merge_masks(masks, mem_mask, B)  # (B, 1, T, T + S)
-        h, c_stack, _ = stack_forward(P, self.dec_spec, y, masks=masks,
-                                      rope=rope_for(cfg, pos, self.dtype),
-                                      cross_mask=mem_mask, memory=enc)
+        h, c_stack = stack_forward(P, self.dec_spec, y, masks=masks,
+                                   rope=rope_for(cfg, pos, self.dtype), memory=enc,
+                                   memory_mask=mem_mask)
         return h, {"emb": c_emb, "stack": c_stack}
 
     def decode(self, decoder_input_ids: np.ndarray, encoder_output: np.ndarray,

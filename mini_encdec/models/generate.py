@@ -26,7 +26,7 @@ Methods:
            hypothesis (an exact bound, not a heuristic); rows unfinished at max_new_tokens
            take their live beams as hypotheses.
 
-use_cache=True keeps the decoder's keys/values (kv_cache.py); use_cache=False recomputes
+use_cache=True keeps the decoder's keys/values (decoding.py); use_cache=False recomputes
 the full forward over the whole sequence at each step. The two give the same tokens.
 """
 
@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .gemma import GemmaLM
-from .kv_cache import decoder_parts, decoder_step, init_cache
+from .decoding import decoder_parts, decoder_step, init_cache
 from ..validate import check_ids, check_mask, check_positive, check_positive_int
 
 METHODS = ("greedy", "sample", "beam")
@@ -94,11 +94,11 @@ class _CachedStepper:
     def first(self) -> np.ndarray:
         """Prefill with the prompt (decoder-only) or BOS (encoder-decoder): (B, V)."""
         return decoder_step(self.model, self.cache, self.first_ids, self.first_mask,
-                            fast=True)[:, -1]
+                            last_only=True)[:, -1]
 
     def advance(self, tokens: np.ndarray) -> np.ndarray:
         # (B, 1) -> (B, 1, V) -> (B, V); tokens come from the model's own vocabulary
-        return decoder_step(self.model, self.cache, tokens[:, None], fast=True)[:, -1]
+        return decoder_step(self.model, self.cache, tokens[:, None], last_only=True)[:, -1]
 
     def reorder(self, rows: np.ndarray) -> None:
         self.cache.reorder(rows)

@@ -41,8 +41,7 @@ def trunk_forward(params: dict, spec: StackSpec, input_ids: np.ndarray,
     x, c_emb = embedding_forward(input_ids, params[spec.embed_key])  # (B, T) -> (B, T, D)
     pos = positions_from_mask(attention_mask, T)  # (T,) or (B, T)
     masks = self_attention_masks(cfg, pos, pos, causal=causal, key_padding=attention_mask)
-    h, c_stack, _ = stack_forward(params, spec, x, masks=masks,
-                                  rope=rope_for(cfg, pos, x.dtype))
+    h, c_stack = stack_forward(params, spec, x, masks=masks, rope=rope_for(cfg, pos, x.dtype))
     return h, {"emb": c_emb, "stack": c_stack}
 
 

@@ -16,8 +16,14 @@ The core, as numbered steps (the backward undoes them in reverse order):
 Self-attention passes the same activations as x_q and x_kv; cross-attention passes the
 encoder output as x_kv (no RoPE, mask = encoder key padding). Tq may differ from Tk.
 
-`attention_forward` calls this file's `attention_core_forward`: what you read (and edit)
-is what runs. The models dispatch the core through `mini_encdec.ops` themselves.
+The layer, `attention_forward(x_q, x_kv, ...)`, is the one every model runs, in three ways:
+    self-attention     x_kv = x_q, RoPE on queries and keys (encoder, decoder)
+    cross-attention    x_kv = the encoder output, no RoPE (T5Gemma decoder)
+    merged attention   x_kv = [x_q ; encoder output], RoPE on the x_q keys only: the
+                       encoder keys get the identity rotation (cos 1, sin 0) (T5Gemma 2)
+By default it runs this file's `attention_core_forward`: what you read (and edit) is what
+runs. The models pass `core=` the (forward, backward) pair `mini_encdec.ops` dispatches
+(the Numba twin under the numba backend); nn itself never imports the dispatcher.
 """
 
 from __future__ import annotations
@@ -28,6 +34,19 @@ from ..validate import (check_broadcast_mask, check_float, check_positive, check
                         check_same_dtype, check_shape)
 from .linear import linear_backward, linear_forward
 from .rope import rope_backward, rope_forward
+
+
+def split_heads(y: np.ndarray, n: int) -> np.ndarray:
+    """(B, T, N*Dh) -> (B, N, T, Dh), contiguous (the core's matmuls want it)."""
+    B, T, ND = y.shape
+    # (B, T, N*Dh) -> (B, T, N, Dh) -> (B, N, T, Dh)
+    return np.ascontiguousarray(y.reshape(B, T, n, ND // n).transpose(0, 2, 1, 3))
+
+
+def merge_heads(o: np.ndarray) -> np.ndarray:
+    """(B, N, T, Dh) -> (B, T, N*Dh) (a copy: the heads become the fast axis)."""
+    B, N, T, Dh = o.shape
+    return o.transpose(0, 2, 1, 3).reshape(B, T, N * Dh)  # (B,N,T,Dh) -> (B,T,N,Dh) -> (B,T,N*Dh)
 
 
 def _check_core(q, k, v, mask, scale, softcap, fn):
@@ -137,11 +156,13 @@ def _check_rope(rope, name, B, T, Dh, dtype, fn):
 
 
 def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, head_dim,
-                      scale, softcap, mask, rope_q=None, rope_k=None):
+                      scale, softcap, mask, rope_q=None, rope_k=None, core=None):
     """y = attention(x_q attends to x_kv) Wo^T. Returns (y, cache).
 
     x_q (B, Tq, Dq), x_kv (B, Tk, Dkv); Wq (H*Dh, Dq), Wk/Wv (K*Dh, Dkv), Wo (Dq, H*Dh);
     mask (B|1, 1, Tq, Tk) or None; rope_q/rope_k (cos, sin) pairs or None.
+    core: the (forward, backward) pair of the attention core; default this file's
+    attention_core_forward / attention_core_backward.
     """
     fn = "attention_forward"
     H = check_positive_int(num_heads, "num_heads", fn=fn)
@@ -169,20 +190,19 @@ def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, hea
     q2, c_q = linear_forward(x_q, Wq)  # (B, Tq, Dq) -> (B, Tq, H*Dh)
     k2, c_k = linear_forward(x_kv, Wk)  # (B, Tk, Dkv) -> (B, Tk, K*Dh)
     v2, c_v = linear_forward(x_kv, Wv)  # (B, Tk, Dkv) -> (B, Tk, K*Dh)
-    q = q2.reshape(B, Tq, H, Dh).transpose(0, 2, 1, 3)  # (B, Tq, H*Dh) -> (B, H, Tq, Dh)
-    k = k2.reshape(B, Tk, K, Dh).transpose(0, 2, 1, 3)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
-    v = v2.reshape(B, Tk, K, Dh).transpose(0, 2, 1, 3)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
+    q = split_heads(q2, H)  # (B, Tq, H*Dh) -> (B, H, Tq, Dh)
+    k = split_heads(k2, K)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
+    v = split_heads(v2, K)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
     c_rq = c_rk = None
     if rope_q is not None:
         q, c_rq = rope_forward(q, *rope_q)
     if rope_k is not None:
         k, c_rk = rope_forward(k, *rope_k)
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
-    o, c_core = attention_core_forward(q, k, v, mask, scale=scale, softcap=softcap)
-    o2 = o.transpose(0, 2, 1, 3).reshape(B, Tq, H * Dh)  # (B, H, Tq, Dh) -> (B, Tq, H*Dh)
-    y, c_o = linear_forward(o2, Wo)  # (B, Tq, H*Dh) -> (B, Tq, Dq)
+    core_forward, core_backward = core or (attention_core_forward, attention_core_backward)
+    o, c_core = core_forward(q, k, v, mask, scale=scale, softcap=softcap)  # (B, H, Tq, Dh)
+    y, c_o = linear_forward(merge_heads(o), Wo)  # (B, Tq, H*Dh) -> (B, Tq, Dq)
     cache = {"q": c_q, "k": c_k, "v": c_v, "rope_q": c_rq, "rope_k": c_rk, "core": c_core,
-             "o": c_o, "dims": (B, Tq, Tk, H, K, Dh)}
+             "core_backward": core_backward, "o": c_o, "dims": (B, Tq, Tk, H, K, Dh)}
     return y, cache
 
 
@@ -193,18 +213,17 @@ def attention_backward(dy, cache):
     check_shape(dy, "dy", (B, Tq, cache["o"]["W"].shape[0]), fn="attention_backward")
     # y = o2 Wo^T
     do2, dWo = linear_backward(dy, cache["o"])
-    # (B, Tq, H*Dh) -> (B, Tq, H, Dh) -> (B, H, Tq, Dh)
-    do = np.ascontiguousarray(do2.reshape(B, Tq, H, Dh).transpose(0, 2, 1, 3))
+    do = split_heads(do2, H)  # (B, Tq, H*Dh) -> (B, H, Tq, Dh)
     # o = core(q, k, v)
-    dq, dk, dv = attention_core_backward(do, cache["core"])
+    dq, dk, dv = cache["core_backward"](do, cache["core"])
     # q = rope(q), k = rope(k)
     if cache["rope_q"] is not None:
         dq = rope_backward(dq, cache["rope_q"])
     if cache["rope_k"] is not None:
         dk = rope_backward(dk, cache["rope_k"])
-    dq2 = dq.transpose(0, 2, 1, 3).reshape(B, Tq, H * Dh)  # (B, H, Tq, Dh) -> (B, Tq, H*Dh)
-    dk2 = dk.transpose(0, 2, 1, 3).reshape(B, Tk, K * Dh)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
-    dv2 = dv.transpose(0, 2, 1, 3).reshape(B, Tk, K * Dh)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
+    dq2 = merge_heads(dq)  # (B, H, Tq, Dh) -> (B, Tq, H*Dh)
+    dk2 = merge_heads(dk)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
+    dv2 = merge_heads(dv)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
     # q2 = x_q Wq^T, k2 = x_kv Wk^T, v2 = x_kv Wv^T
     dx_q, dWq = linear_backward(dq2, cache["q"])
     dx_k, dWk = linear_backward(dk2, cache["k"])

@@ -1,0 +1,262 @@
+"""KV-cached decoding, for both models: the cache and the incremental decoder step.
+
+Inference only, and kept apart from the training path (blocks.py, stack.py) so that one
+reads like the paper and this one can be fast. It computes the same function as the
+model's forward, block for block (the tests check the logits agree to rounding), with
+three differences: no backward caches; the unchecked `nn` helpers (`_linear`,
+`_apply_rope`, `_geglu`), since `generate` validates its inputs once per request; and
+fused weights, so q, k, v come from one matmul and so do gate and up.
+
+What is cached, per decoder layer:
+    self-attention   the post-RoPE keys and values of every token seen so far,
+                     (B, K, Tc, Dh); a local (sliding-window) layer keeps only the last
+                     W - 1 of them, all a future query can reach (0 <= q - k < W)
+    cross-attention  the encoder output's keys and values (B, K, S, Dh), projected ONCE
+                     per request by `init_cache` (merged attention: with the self_attn
+                     projections, appended after the decoder keys)
+Plus, per layer type, the positions and validity (not padding) of the cached keys, and
+each row's next position.
+Everything is stored in WindowBuffers (window_buffer.py): appending a token copies only
+that token's entries, not the whole cache.
+
+`decoder_step(model, cache, ids, valid)` runs the decoder on new tokens ids (B, Tn) (a
+whole left-padded prompt, or one token per row) against the cache, appends their keys and
+values, and returns the soft-capped logits (B, Tn, V) (last_only=True: (B, 1, V), what
+generation needs). Positions follow the models' convention (`inputs.py`): a row's
+position advances only on valid tokens, so a left-padded prompt gives exactly the logits
+of the full forward with attention_mask.
+
+Shapes: B rows, Tn new tokens, Tc cached tokens, S encoder tokens, D width, H/K query/kv
+heads, Dh head size, F MLP width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .. import ops
+from ..config import SLIDING
+from ..nn.attention import merge_heads, split_heads
+from ..nn.embedding import _embed, embedding_scale
+from ..nn.linear import _linear
+from ..nn.mlp import _geglu
+from ..nn.rope import _apply_rope
+from ..nn.softcap import _softcap
+from .encdec import EncDecLM
+from .gemma import GemmaLM
+from .inputs import layer_type_mask, memory_mask, merge_masks, rope_for
+from .params import CROSS_NORMS, FFW_NORMS, StackSpec
+from .window_buffer import WindowBuffer
+
+
+def decoder_parts(model):
+    """(stack spec, embedding/output table key) of the model's decoder."""
+    if isinstance(model, GemmaLM):
+        return model.spec, model.embed_key
+    if isinstance(model, EncDecLM):
+        return model.dec_spec, model.decoder_embed_key
+    raise ValueError(f"generation: argument 'model': expected a GemmaLM or EncDecLM, got "
+                     f"{type(model).__name__}")
+
+
+class KVCache:
+    """Keys/values of one batch of decoder rows (see the module docstring). Stored in
+    WindowBuffers (appends copy only the new entries); `kv`, `pos`, `valid` are views."""
+
+    def __init__(self, num_layers: int, B: int, layer_types: tuple, windows: dict):
+        self.layer_types = layer_types
+        self.windows = windows  # layer type -> keys kept (W - 1) or None (all)
+        # per layer: keys and values, (B, K, Tc, Dh) along axis 2
+        self._k = [WindowBuffer(2, windows[lt]) for lt in layer_types]
+        self._v = [WindowBuffer(2, windows[lt]) for lt in layer_types]
+        # per layer type: positions (B, Tc) and validity (not padding) of the cached keys
+        self._pos = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), np.int64))
+                     for lt in set(layer_types)}
+        self._valid = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), bool))
+                       for lt in set(layer_types)}
+        self.next_pos = np.zeros(B, np.int64)  # (B,) position of each row's next token
+        self.memory_kv: Optional[list] = None  # per layer (k, v) (B, K, S, Dh)
+        self.memory_mask: Optional[np.ndarray] = None  # (B|1, 1, 1, S) bool
+        self.fused: Optional[list] = None  # fuse_weights(...), built on the first step
+
+    @property
+    def batch_size(self) -> int:
+        return self.next_pos.shape[0]
+
+    @property
+    def kv(self) -> list:
+        """Per layer (k, v) (B, K, Tc, Dh) views of the cached keys/values, or None."""
+        return [None if k.buf is None else (k.view(), v.view())
+                for k, v in zip(self._k, self._v)]
+
+    @property
+    def pos(self) -> dict:
+        """Per layer type the positions (B, Tc) of the cached keys (a view)."""
+        return {lt: b.view() for lt, b in self._pos.items()}
+
+    @property
+    def valid(self) -> dict:
+        """Per layer type whether each cached key is a real token (B, Tc) bool (a view)."""
+        return {lt: b.view() for lt, b in self._valid.items()}
+
+    def append(self, new_kv: list, q_pos: np.ndarray, valid: np.ndarray) -> None:
+        """Add the new tokens' keys/values (B, K, Tn, Dh) per layer, positions and validity
+        (B, Tn); local layers keep only the last W - 1 (W = 1: none)."""
+        for i, (k, v) in enumerate(new_kv):
+            self._k[i].append(k)  # (B, K, Tc, Dh) ; (B, K, Tn, Dh) -> (B, K, Tc + Tn, Dh)
+            self._v[i].append(v)
+        for lt in self._pos:
+            self._pos[lt].append(q_pos)  # (B, Tc) ; (B, Tn) -> (B, Tc + Tn)
+            self._valid[lt].append(valid)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Keep rows `rows` (B',) of the batch, in that order (beam search: gather the
+        surviving beams; may repeat rows to expand one prompt into several beams)."""
+        for b in self._k + self._v + list(self._pos.values()) + list(self._valid.values()):
+            b.take_rows(rows)
+        self.next_pos = self.next_pos[rows]
+        if self.memory_kv is not None:
+            self.memory_kv = [(k[rows], v[rows]) for k, v in self.memory_kv]
+        if self.memory_mask is not None and self.memory_mask.shape[0] > 1:
+            self.memory_mask = self.memory_mask[rows]
+
+
+
+def _weights(P: dict, name: str) -> tuple:
+    """(Wq, Wk, Wv, Wo) of the attention whose keys start with `name`."""
+    return tuple(P[f"{name}.{w}_proj.weight"] for w in "qkvo")
+
+
+def project_memory(memory: np.ndarray, Wk: np.ndarray, Wv: np.ndarray, K: int):
+    """Keys and values of the encoder output, no RoPE: (B, S, De) -> k, v (B, K, S, Dh)."""
+    return split_heads(_linear(memory, Wk), K), split_heads(_linear(memory, Wv), K)
+
+
+def fuse_weights(P: dict, spec: StackSpec) -> list:
+    """Per layer {"qkv": [Wq ; Wk ; Wv] ((H + 2K)*Dh, D) of the self (or merged)
+    attention, "gate_up": [Wg ; Wu] (2F, D)}: one matmul each instead of three and two.
+    Built once per request (a copy: training may update the weights in place)."""
+    out = []
+    for i in range(spec.cfg.num_hidden_layers):
+        p = spec.layer(i)
+        out.append({"qkv": np.concatenate(_weights(P, p + "self_attn")[:3], axis=0),
+                    "gate_up": np.concatenate([P[p + "mlp.gate_proj.weight"],
+                                               P[p + "mlp.up_proj.weight"]], axis=0)})
+    return out
+
+
+def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
+               encoder_mask: Optional[np.ndarray] = None) -> KVCache:
+    """An empty cache for B rows; for the encoder-decoder, project the encoder output
+    (B, S, De) into every layer's cross (or merged) keys/values once."""
+    spec, _ = decoder_parts(model)
+    cfg = spec.cfg
+    windows = {lt: (cfg.sliding_window - 1 if lt == SLIDING else None)
+               for lt in set(cfg.layer_types)}
+    cache = KVCache(cfg.num_hidden_layers, B, cfg.layer_types, windows)
+    if spec.has_memory:
+        if encoder_output is None:
+            raise ValueError("init_cache: argument 'encoder_output': required for an "
+                             "encoder-decoder model")
+        name = "cross_attn" if spec.cross else "self_attn"
+        cache.memory_kv = []
+        for i in range(cfg.num_hidden_layers):
+            _, Wk, Wv, _ = _weights(model.params, spec.layer(i) + name)
+            cache.memory_kv.append(project_memory(encoder_output, Wk, Wv,
+                                                  cfg.num_key_value_heads))  # (B, K, S, Dh)
+        cache.memory_mask = memory_mask(encoder_mask, encoder_output.shape[1])
+    return cache
+
+
+def _norm(x, P: dict, key: str, eps: float):
+    return ops.rmsnorm_forward(x, P[key], eps)[0]
+
+
+def _self_attention(spec: StackSpec, P: dict, i: int, n, fused: dict, past, memory_kv,
+                    mask, rope):
+    """The self (or merged) attention of layer i for the new tokens n (B, Tn, D), over
+    [past ; new ; (merged) encoder] keys. Returns (y (B, Tn, D), (k, v) of the new tokens
+    (B, K, Tn, Dh), post-RoPE, for the cache)."""
+    cfg = spec.cfg
+    H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    qkv = _linear(n, fused["qkv"])  # (B, Tn, D) @ (D, (H + 2K)*Dh) -> (B, Tn, (H + 2K)*Dh)
+    q = split_heads(qkv[..., :H * Dh], H)  # -> (B, H, Tn, Dh)
+    k = split_heads(qkv[..., H * Dh:(H + K) * Dh], K)  # -> (B, K, Tn, Dh)
+    v = split_heads(qkv[..., (H + K) * Dh:], K)  # -> (B, K, Tn, Dh)
+    q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+    keys = ([past[0]] if past else []) + [k] + ([memory_kv[0]] if spec.merged else [])
+    values = ([past[1]] if past else []) + [v] + ([memory_kv[1]] if spec.merged else [])
+    # [(B, K, Tc, Dh) ;] (B, K, Tn, Dh) [; (B, K, S, Dh)] -> (B, K, Tc + Tn + S, Dh)
+    keys = keys[0] if len(keys) == 1 else np.concatenate(keys, axis=2)
+    values = values[0] if len(values) == 1 else np.concatenate(values, axis=2)
+    o, _ = ops.attention_core_forward(q, keys, values, mask,
+                                      scale=float(cfg.query_pre_attn_scalar) ** -0.5,
+                                      softcap=cfg.attn_logit_softcapping)  # (B, H, Tn, Dh)
+    Wo = P[spec.layer(i) + "self_attn.o_proj.weight"]
+    return _linear(merge_heads(o), Wo), (k, v)  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
+
+
+def _cross_attention(spec: StackSpec, P: dict, i: int, n, memory_kv, memory_mask):
+    """Cross-attention of layer i: n (B, Tn, D) over the cached encoder keys, no RoPE."""
+    cfg = spec.cfg
+    Wq, _, _, Wo = _weights(P, spec.layer(i) + "cross_attn")
+    q = split_heads(_linear(n, Wq), cfg.num_attention_heads)  # (B, Tn, D) -> (B, H, Tn, Dh)
+    o, _ = ops.attention_core_forward(q, *memory_kv, memory_mask,
+                                      scale=float(cfg.query_pre_attn_scalar) ** -0.5,
+                                      softcap=cfg.attn_logit_softcapping)  # (B, H, Tn, Dh)
+    return _linear(merge_heads(o), Wo)  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
+
+
+def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndarray] = None,
+                 *, last_only: bool = False):
+    """Soft-capped logits (B, Tn, V) of new tokens ids (B, Tn) (last_only: (B, 1, V));
+    valid (B, Tn) bool marks real tokens (False: left padding of a prompt). Appends the
+    tokens to the cache. ids and valid are trusted: the caller validated them."""
+    spec, embed_key = decoder_parts(model)
+    cfg, P, eps = spec.cfg, model.params, spec.cfg.rms_norm_eps
+    B, Tn = ids.shape
+    if valid is None:
+        valid = np.ones((B, Tn), bool)
+    if cache.fused is None:
+        cache.fused = fuse_weights(P, spec)  # once per request
+    # positions advance on valid tokens only (as positions_from_mask does)
+    q_pos = cache.next_pos[:, None] + np.maximum(np.cumsum(valid, axis=1) - 1, 0)  # (B, Tn)
+    E = P[embed_key]
+    x = _embed(ids, E, embedding_scale(E.shape[1], E.dtype))  # (B, Tn) -> (B, Tn, D)
+    masks = {}
+    for lt in cache.pos:
+        k_pos = np.concatenate([cache.pos[lt], q_pos], axis=1)  # (B, Tc + Tn)
+        k_valid = np.concatenate([cache.valid[lt], valid], axis=1)
+        masks[lt] = layer_type_mask(cfg, lt, q_pos, k_pos, causal=True, key_padding=k_valid,
+                                    fast=True)  # (B, 1, Tn, Tc + Tn)
+    if spec.merged:
+        masks = merge_masks(masks, cache.memory_mask, B)  # (B, 1, Tn, Tc + Tn + S)
+    rope = rope_for(cfg, q_pos, x.dtype, fast=True)  # (B, Tn, Dh) each
+    rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, Tn, Dh): shared by the heads
+    past, new_kv = cache.kv, []
+    memory_kv = cache.memory_kv or [None] * cfg.num_hidden_layers
+    for i in range(cfg.num_hidden_layers):
+        p = spec.layer(i)
+        pre, post = (p + name + ".weight" for name in spec.attn_norms)
+        # x = x + post_self_attn_norm( self_attn( pre_self_attn_norm(x) ) )
+        a, kv = _self_attention(spec, P, i, _norm(x, P, pre, eps), cache.fused[i], past[i],
+                                memory_kv[i], masks[cfg.layer_types[i]], rope)
+        x = x + _norm(a, P, post, eps)
+        new_kv.append(kv)
+        if spec.cross:
+            # x = x + post_cross_attn_norm( cross_attn( pre_cross_attn_norm(x), enc ) )
+            n = _norm(x, P, p + CROSS_NORMS[0] + ".weight", eps)
+            a = _cross_attention(spec, P, i, n, memory_kv[i], cache.memory_mask)
+            x = x + _norm(a, P, p + CROSS_NORMS[1] + ".weight", eps)
+        # x = x + post_ffw_norm( mlp( pre_ffw_norm(x) ) )
+        n = _norm(x, P, p + FFW_NORMS[0] + ".weight", eps)
+        f = _geglu(n, cache.fused[i]["gate_up"], P[p + "mlp.down_proj.weight"],
+                   act=ops.geglu_act_forward)
+        x = x + _norm(f, P, p + FFW_NORMS[1] + ".weight", eps)
+    h = _norm(x[:, -1:] if last_only else x, P, spec.norm_key, eps)  # final norm
+    cache.append(new_kv, q_pos, valid)
+    cache.next_pos = cache.next_pos + valid.sum(axis=1)
+    # logits = softcap(h E^T): (B, Tn|1, D) @ (D, V) -> (B, Tn|1, V)
+    return _softcap(_linear(h, E), cfg.final_logit_softcapping)
