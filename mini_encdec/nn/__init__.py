@@ -40,12 +40,16 @@ attention.py
         and zero gradients.
     attention_core_backward(do, cache) -> (dq, dk, dv)
     attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, head_dim,
-                      scale, softcap, mask, rope_q=None, rope_k=None) -> (y, cache)
+                      scale, softcap, mask, rope_q=None, rope_k=None, core=None) -> (y, cache)
         x_q (B, Tq, Dq), x_kv (B, Tk, Dkv); Wq (H*Dh, Dq), Wk/Wv (K*Dh, Dkv), Wo (Dq, H*Dh);
         rope_q / rope_k: (cos, sin) pairs from rope_cos_sin, or None (cross-attention).
-        Self-attention passes the same array as x_q and x_kv.
+        Self-attention passes the same array as x_q and x_kv; merged attention passes
+        [x ; encoder output] as x_kv with cos 1, sin 0 for the encoder keys.
+        core: the (forward, backward) pair of the core; default this file's (the models
+        pass the pair mini_encdec.ops dispatches). The one attention layer the models run.
     attention_backward(dy, cache) -> (dx_q, dx_kv, dWq, dWk, dWv, dWo)
         (for self-attention the input gradient is dx_q + dx_kv)
+    split_heads(y, n) (B, T, n*Dh) -> (B, n, T, Dh); merge_heads(o) the inverse
 mlp.py
     gelu_tanh_forward(u) -> (g, cache); gelu_tanh_backward(dg, cache) -> du
     geglu_act_forward(gate, up) -> (a, cache)         a = gelu_tanh(gate) * up
@@ -64,6 +68,9 @@ loss.py
         soft cross-entropy  mean over positions with mask True of
         -sum_v teacher_probs[v] * log_softmax(logits / temperature)[v]
     distillation_backward(dloss, cache) -> dlogits
+adamw.py
+    adamw_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, t) -> None
+        one AdamW update in place: bias-corrected moments, decoupled weight decay
 gradcheck.py (test helper)
     numerical_grad(f, x, h=1e-4) -> central differences of the scalar f() wrt float64 x
     rel_error(a, b, floor=1e-5) -> max |a - b| / max(max |a|, max |b|, floor), floor the
@@ -78,8 +85,9 @@ masks._allowed_mask, softcap._softcap, embedding._embed, mlp._geglu; the public
 functions compute through them after their checks.
 """
 
+from .adamw import adamw_update  # noqa: F401
 from .attention import (attention_backward, attention_core_backward,  # noqa: F401
-                        attention_core_forward, attention_forward)
+                        attention_core_forward, attention_forward, merge_heads, split_heads)
 from .embedding import embedding_backward, embedding_forward  # noqa: F401
 from .linear import linear_backward, linear_forward  # noqa: F401
 from .loss import (cross_entropy_backward, cross_entropy_forward,  # noqa: F401
