@@ -40,8 +40,13 @@ class KernelImportError(ImportError):
     """The numba backend is selected but its kernels cannot be imported."""
 
 
-def twins():
+_twins: dict = {}  # filled by the first successful twins() call
+
+
+def twins() -> dict:
     """name -> Numba twin, for every op in REFERENCE (imports `mini_encdec.kernels`)."""
+    if _twins:
+        return _twins
     try:
         kernels = importlib.import_module("mini_encdec.kernels")
     except ImportError as e:
@@ -53,7 +58,8 @@ def twins():
     if missing:
         raise KernelImportError(f"mini_encdec.kernels has no twin for {missing}; every op in "
                                 f"ops.REFERENCE needs one (or run with MINI_ENCDEC_BACKEND=numpy)")
-    return {name: getattr(kernels, name) for name in REFERENCE}
+    _twins.update((name, getattr(kernels, name)) for name in REFERENCE)
+    return _twins
 
 
 def resolve(name: str, backend: str | None = None):
