@@ -19,9 +19,12 @@ def test_appends_equal_concatenate_and_trim(sizes, keep, axis, reorder_at, seed)
     for step, n in enumerate(sizes):
         new = rng.standard_normal(shape(n))
         ref = new if ref is None else np.concatenate([ref, new], axis=axis)
+        seen = ref  # what the new entries' queries see: [kept before ; new]
         if keep is not None and ref.shape[axis] > keep:
             ref = np.take(ref, np.arange(ref.shape[axis] - keep, ref.shape[axis]), axis=axis)
-        buf.append(new)
+        recent = buf.append(new)
+        np.testing.assert_array_equal(recent, seen)
+        assert recent.base is not None  # a view into the buffer, not a copy
         if step == reorder_at:  # beam search: gather rows, repeating some
             rows = rng.integers(0, B, B)
             ref = ref[rows]

@@ -17,7 +17,9 @@ What is cached, per decoder layer:
 Plus, per layer type, the positions and validity (not padding) of the cached keys, and
 each row's next position.
 Everything is stored in WindowBuffers (window_buffer.py): appending a token copies only
-that token's entries, not the whole cache.
+that token's entries, and the step appends the new keys first and then attends over the
+buffer's view of [cached ; new], so the cached keys are read in place, never copied
+(merged attention still concatenates the encoder keys).
 
 `decoder_step(model, cache, ids, valid)` runs the decoder on new tokens ids (B, Tn) (a
 whole left-padded prompt, or one token per row) against the cache, appends their keys and
@@ -101,15 +103,20 @@ class KVCache:
         """Per layer type whether each cached key is a real token (B, Tc) bool (a view)."""
         return {lt: b.view() for lt, b in self._valid.items()}
 
-    def append(self, new_kv: list, q_pos: np.ndarray, valid: np.ndarray) -> None:
-        """Add the new tokens' keys/values (B, K, Tn, Dh) per layer, positions and validity
-        (B, Tn); local layers keep only the last W - 1 (W = 1: none)."""
-        for i, (k, v) in enumerate(new_kv):
-            self._k[i].append(k)  # (B, K, Tc, Dh) ; (B, K, Tn, Dh) -> (B, K, Tc + Tn, Dh)
-            self._v[i].append(v)
-        for lt in self._pos:
-            self._pos[lt].append(q_pos)  # (B, Tc) ; (B, Tn) -> (B, Tc + Tn)
-            self._valid[lt].append(valid)
+    def add_positions(self, q_pos: np.ndarray, valid: np.ndarray) -> tuple:
+        """Append the new tokens' positions and validity (B, Tn) and advance next_pos.
+        Returns per layer type the views (B, Tc + Tn) of [cached ; new]: the keys the new
+        queries may see."""
+        k_pos = {lt: b.append(q_pos) for lt, b in self._pos.items()}
+        k_valid = {lt: b.append(valid) for lt, b in self._valid.items()}
+        self.next_pos = self.next_pos + valid.sum(axis=1)
+        return k_pos, k_valid
+
+    def add_kv(self, i: int, k: np.ndarray, v: np.ndarray) -> tuple:
+        """Append layer i's new keys and values (B, K, Tn, Dh); returns the views
+        (B, K, Tc + Tn, Dh) of [cached ; new], read in place (local layers then keep
+        only the last W - 1; W = 1: none)."""
+        return self._k[i].append(k), self._v[i].append(v)
 
     def reorder(self, rows: np.ndarray) -> None:
         """Keep rows `rows` (B',) of the batch, in that order (beam search: gather the
@@ -174,11 +181,10 @@ def _norm(x, P: dict, key: str, eps: float):
     return ops.rmsnorm_forward(x, P[key], eps)[0]
 
 
-def _self_attention(spec: StackSpec, P: dict, i: int, n, fused: dict, past, memory_kv,
+def _self_attention(spec: StackSpec, P: dict, i: int, n, fused: dict, cache: KVCache,
                     mask, rope):
     """The self (or merged) attention of layer i for the new tokens n (B, Tn, D), over
-    [past ; new ; (merged) encoder] keys. Returns (y (B, Tn, D), (k, v) of the new tokens
-    (B, K, Tn, Dh), post-RoPE, for the cache)."""
+    [cached ; new ; (merged) encoder] keys; appends the new keys/values to the cache."""
     cfg = spec.cfg
     H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     qkv = _linear(n, fused["qkv"])  # (B, Tn, D) @ (D, (H + 2K)*Dh) -> (B, Tn, (H + 2K)*Dh)
@@ -186,16 +192,15 @@ def _self_attention(spec: StackSpec, P: dict, i: int, n, fused: dict, past, memo
     k = split_heads(qkv[..., H * Dh:(H + K) * Dh], K)  # -> (B, K, Tn, Dh)
     v = split_heads(qkv[..., (H + K) * Dh:], K)  # -> (B, K, Tn, Dh)
     q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
-    keys = ([past[0]] if past else []) + [k] + ([memory_kv[0]] if spec.merged else [])
-    values = ([past[1]] if past else []) + [v] + ([memory_kv[1]] if spec.merged else [])
-    # [(B, K, Tc, Dh) ;] (B, K, Tn, Dh) [; (B, K, S, Dh)] -> (B, K, Tc + Tn + S, Dh)
-    keys = keys[0] if len(keys) == 1 else np.concatenate(keys, axis=2)
-    values = values[0] if len(values) == 1 else np.concatenate(values, axis=2)
+    keys, values = cache.add_kv(i, k, v)  # (B, K, Tc + Tn, Dh) views of the cache
+    if spec.merged:  # [cached ; new ; encoder]: (B, K, Tc + Tn + S, Dh)
+        keys = np.concatenate([keys, cache.memory_kv[i][0]], axis=2)
+        values = np.concatenate([values, cache.memory_kv[i][1]], axis=2)
     o, _ = ops.attention_core_forward(q, keys, values, mask,
                                       scale=float(cfg.query_pre_attn_scalar) ** -0.5,
                                       softcap=cfg.attn_logit_softcapping)  # (B, H, Tn, Dh)
     Wo = P[spec.layer(i) + "self_attn.o_proj.weight"]
-    return _linear(merge_heads(o), Wo), (k, v)  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
+    return _linear(merge_heads(o), Wo)  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
 
 
 def _cross_attention(spec: StackSpec, P: dict, i: int, n, memory_kv, memory_mask):
@@ -225,26 +230,22 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
     q_pos = cache.next_pos[:, None] + np.maximum(np.cumsum(valid, axis=1) - 1, 0)  # (B, Tn)
     E = P[embed_key]
     x = _embed(ids, E, embedding_scale(E.shape[1], E.dtype))  # (B, Tn) -> (B, Tn, D)
-    masks = {}
-    for lt in cache.pos:
-        k_pos = np.concatenate([cache.pos[lt], q_pos], axis=1)  # (B, Tc + Tn)
-        k_valid = np.concatenate([cache.valid[lt], valid], axis=1)
-        masks[lt] = layer_type_mask(cfg, lt, q_pos, k_pos, causal=True, key_padding=k_valid,
-                                    fast=True)  # (B, 1, Tn, Tc + Tn)
+    k_pos, k_valid = cache.add_positions(q_pos, valid)  # (B, Tc + Tn) per layer type
+    masks = {lt: layer_type_mask(cfg, lt, q_pos, k_pos[lt], causal=True,
+                                 key_padding=k_valid[lt], fast=True)  # (B, 1, Tn, Tc + Tn)
+             for lt in k_pos}
     if spec.merged:
         masks = merge_masks(masks, cache.memory_mask, B)  # (B, 1, Tn, Tc + Tn + S)
     rope = rope_for(cfg, q_pos, x.dtype, fast=True)  # (B, Tn, Dh) each
     rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, Tn, Dh): shared by the heads
-    past, new_kv = cache.kv, []
     memory_kv = cache.memory_kv or [None] * cfg.num_hidden_layers
     for i in range(cfg.num_hidden_layers):
         p = spec.layer(i)
         pre, post = (p + name + ".weight" for name in spec.attn_norms)
         # x = x + post_self_attn_norm( self_attn( pre_self_attn_norm(x) ) )
-        a, kv = _self_attention(spec, P, i, _norm(x, P, pre, eps), cache.fused[i], past[i],
-                                memory_kv[i], masks[cfg.layer_types[i]], rope)
+        a = _self_attention(spec, P, i, _norm(x, P, pre, eps), cache.fused[i], cache,
+                            masks[cfg.layer_types[i]], rope)
         x = x + _norm(a, P, post, eps)
-        new_kv.append(kv)
         if spec.cross:
             # x = x + post_cross_attn_norm( cross_attn( pre_cross_attn_norm(x), enc ) )
             n = _norm(x, P, p + CROSS_NORMS[0] + ".weight", eps)
@@ -256,7 +257,5 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
                    act=ops.geglu_act_forward)
         x = x + _norm(f, P, p + FFW_NORMS[1] + ".weight", eps)
     h = _norm(x[:, -1:] if last_only else x, P, spec.norm_key, eps)  # final norm
-    cache.append(new_kv, q_pos, valid)
-    cache.next_pos = cache.next_pos + valid.sum(axis=1)
     # logits = softcap(h E^T): (B, Tn|1, D) @ (D, V) -> (B, Tn|1, V)
     return _softcap(_linear(h, E), cfg.final_logit_softcapping)

@@ -11,8 +11,9 @@ append copies only the new entries (amortised O(Tn)). With `keep`, the kept entr
 the last `keep` ones: [start, end) of the array; when the array's end is reached they are
 moved back to its front (every capacity - keep appended entries, O(keep) each time).
 
-A view stays valid until the next append (it may move the entries), so callers read the
-view of one step before appending that step's entries.
+`append` returns a view of the entries kept before it plus the new ones: the keys a new
+query may need, read in place (no copy). A view stays valid until the next append (it may
+move the entries).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class WindowBuffer:
         """The kept entries (a view into the buffer), or None before the first append."""
         return None if self.buf is None else self.buf[self._slice(self.start, self.end)]
 
-    def append(self, new: np.ndarray) -> None:
+    def append(self, new: np.ndarray) -> np.ndarray:
+        """Add `new` along the axis; returns the view [entries kept before ; new]."""
         n = new.shape[self.axis]
+        before = self.end - self.start
         if self.buf is None:
             shape = list(new.shape)
             shape[self.axis] = max(MIN_CAPACITY, 2 * n)
@@ -61,8 +64,10 @@ class WindowBuffer:
             self.buf, self.start, self.end = buf, 0, live
         self.buf[self._slice(self.end, self.end + n)] = new
         self.end += n
+        recent = self.buf[self._slice(self.end - before - n, self.end)]
         if self.keep is not None:
             self.start = max(self.start, self.end - self.keep)
+        return recent
 
     def take_rows(self, rows: np.ndarray) -> None:
         """Keep rows `rows` of axis 0 (the batch), in that order (a compact copy)."""
