@@ -125,6 +125,22 @@ def test_attention_broadcast_mask_shapes(dtype, rng, tiled, shape):
         _check_attention(q, k, v, mask, 0.5, 50.0, rng.standard_normal(q.shape).astype(dtype))
 
 
+@given(dtype=float_dtypes, rng=rngs, start=st.integers(0, 9), extra=st.integers(0, 9),
+       v_start=st.integers(0, 9), tiled=st.booleans())
+def test_attention_reads_kv_cache_views_in_place(dtype, rng, start, extra, v_start, tiled):
+    """k, v as slices along the key axis of bigger buffers (the KV cache's views, read in
+    place by the online path) give the reference's result, at matching offsets or not."""
+    dims = dict(B=2, H=4, K=2, Tq=2, Tk=6, Dh=8)
+    q, k, v = _qkv(rng, dims, dtype)
+    kb = rng.standard_normal((2, 2, start + 6 + extra, 8)).astype(dtype)
+    vb = rng.standard_normal((2, 2, v_start + 6 + extra, 8)).astype(dtype)
+    kb[:, :, start:start + 6], vb[:, :, v_start:v_start + 6] = k, v
+    kv, vv = kb[:, :, start:start + 6], vb[:, :, v_start:v_start + 6]
+    mask = rng.random((2, 1, 2, 6)) < 0.7
+    with _forward_path(tiled):
+        _check_attention(q, kv, vv, mask, 0.3, 50.0, rng.standard_normal(q.shape).astype(dtype))
+
+
 @pytest.mark.parametrize("tiled", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_attention_online_softmax_over_several_key_blocks(dtype, tiled):

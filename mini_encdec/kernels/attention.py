@@ -3,7 +3,8 @@
 Checklist
 - Forward, two paths. Few query rows (Tq < BLAS_MIN_ROWS: one decoding step): per query
   row, s0 = q.k * scale, the soft-cap, the mask, an online (streaming) softmax over key
-  blocks of at most BLOCK keys and o = p v in one Numba pass; the row's running max m,
+  blocks of at most BLOCK keys and o = p v in one Numba pass, reading k and v where
+  they are (the KV cache's views: no copy, no transpose); the row's running max m,
   running sum l and output accumulator are rescaled when a new block raises the max
   (flash attention's recurrence). Many rows (training, prompt processing): tiled like
   the backward below: s = q k^T (BLAS), one fused Numba pass per row (scale, soft-cap,
@@ -33,8 +34,8 @@ Checklist
   on the calling thread (see _runtime).
 - Memory beyond inputs and outputs: L (B, H, Tq), kept in the cache, which is
   O(B*H*T*Dh): no (Tq, Tk) matrix per head is kept (tests/test_kernels.py checks it).
-  Temporaries: the online path k^T (B, K, Dh, Tk) (so its score loops run along
-  contiguous keys and vectorise) and O(BLOCK + Dh) scratch; the tiled paths one
+  Temporaries: the online path O(BLOCK + Dh) scratch (its dot products run along the
+  contiguous head axis); the tiled paths one
   (forward) or two (backward) score tiles of at most TILE entries (4 MiB each in
   float32; a whole small-preset batch fits in one tile), reused across tiles, so the
   extra memory is bounded whatever the sequence length.
@@ -78,27 +79,30 @@ def _row_range(mask, bm, im):
 
 
 @njit(inline="always")
-def _dots(a, b, h, i, bT, kh, j0, n, scale, out):
-    """out[jj] = (a[b, h, i] . bT[b, kh, :, j0 + jj]) * scale for jj < n: scores q . k
-    (bT = k^T) or dp = do . v (bT = v^T). The inner loop runs along contiguous keys.
+def _dots(qs, k, b, kh, j0, n, out):
+    """out[jj] = qs . k[b, kh, j0 + jj] for jj < n: the scores of one query row (qs, the
+    row already times the scale) against n keys, each a dot product along the contiguous
+    head axis of k (B, K, Tbuf, Dh), C-contiguous (so the loop vectorises).
 
     Indexing habits of every kernel here: full indexing, no views (a view in a hot loop
     costs an atomic reference count shared by all threads), and offset indices such as
     j0 + jj cast to unsigned (a signed index gets a negative-index check, which turns a
     contiguous vector load into a gather)."""
     for jj in range(n):
-        out[jj] = cst(scale, 0.0)
-    for d in range(a.shape[3]):
-        ad = a[b, h, i, d] * scale
-        for jj in range(n):
-            out[jj] += ad * bT[b, kh, d, np.uint64(j0 + jj)]
+        j = np.uint64(j0 + jj)
+        acc = cst(qs, 0.0)
+        for d in range(qs.shape[0]):
+            acc += qs[d] * k[b, kh, j, d]
+        out[jj] = acc
 
 
 @njit(**JIT)
-def _forward_rows(r0, r1, q, kT, v, mask, scale, cap, o, lse):
-    """Query rows r0 <= r < r1 of the B*H*Tq rows (r = (b*H + h)*Tq + i)."""
+def _forward_rows(r0, r1, q, k, v, off, mask, scale, cap, o, lse):
+    """Query rows r0 <= r < r1 of the B*H*Tq rows (r = (b*H + h)*Tq + i). Key j of the
+    mask is k[:, :, off + j] and v[:, :, off + j] (k, v: the arrays holding the keys, e.g.
+    a KV cache's whole buffer, read in place)."""
     B, H, Tq, Dh = q.shape
-    K, Tk = v.shape[1], v.shape[2]
+    K, Tk = v.shape[1], mask.shape[3]
     G = H // K
     Bm, Tqm = mask.shape[0], mask.shape[2]
     nb = min(Tk, BLOCK)
@@ -106,6 +110,7 @@ def _forward_rows(r0, r1, q, kT, v, mask, scale, cap, o, lse):
     inv_cap = cst(scale, 1.0) / cap if cap > zero else zero
     s = np.empty(nb, q.dtype)  # scratch, once per call
     acc = np.empty(Dh, q.dtype)
+    qs = np.empty(Dh, q.dtype)
     for r in range(r0, r1):
         b = r // (H * Tq)
         h = (r // Tq) % H
@@ -118,11 +123,12 @@ def _forward_rows(r0, r1, q, kT, v, mask, scale, cap, o, lse):
             continue
         for d in range(Dh):
             acc[d] = zero
+            qs[d] = q[b, h, i, d] * scale
         m = neg_inf  # running max
         l = zero  # running sum of exp(s - m)
         for j0 in range(lo, hi, nb):
             n = min(nb, hi - j0)
-            _dots(q, b, h, i, kT, kh, j0, n, scale, s)  # 1. s0 = (q . k) * scale
+            _dots(qs, k, b, kh, off + j0, n, s)  # 1. s0 = (q . k) * scale
             for jj in range(n):
                 x = s[jj]
                 if cap > zero:
@@ -147,7 +153,7 @@ def _forward_rows(r0, r1, q, kT, v, mask, scale, cap, o, lse):
             for jj in range(n):
                 p = s[jj]
                 if p != 0:
-                    j = np.uint64(j0 + jj)
+                    j = np.uint64(off + j0 + jj)
                     for d in range(Dh):
                         acc[d] += p * v[b, kh, j, d]
             m = m_new
@@ -158,10 +164,10 @@ def _forward_rows(r0, r1, q, kT, v, mask, scale, cap, o, lse):
 
 
 @njit(parallel=True, **JIT)
-def _forward_parallel(nchunks, q, kT, v, mask, scale, cap, o, lse):
+def _forward_parallel(nchunks, q, k, v, off, mask, scale, cap, o, lse):
     R = q.shape[0] * q.shape[1] * q.shape[2]
     for c in prange(nchunks):  # chunks of the query rows, one thread each
-        _forward_rows((c * R) // nchunks, ((c + 1) * R) // nchunks, q, kT, v, mask, scale,
+        _forward_rows((c * R) // nchunks, ((c + 1) * R) // nchunks, q, k, v, off, mask, scale,
                       cap, o, lse)
 
 
@@ -343,6 +349,24 @@ def _dense_mask(mask, B, Tq, Tk):
     return np.ascontiguousarray(mask, dtype=bool)
 
 
+def _key_buffers(k, v):
+    """(kb, vb, off): C-contiguous arrays with k = kb[:, :, off:off + Tk] and the same for
+    v. When k and v are such slices of one buffer each (the KV cache's views), the
+    buffers themselves, so nothing is copied; otherwise contiguous copies and off = 0."""
+    Tk = k.shape[2]
+    kb, vb = k.base, v.base
+    if (isinstance(kb, np.ndarray) and isinstance(vb, np.ndarray) and kb.ndim == vb.ndim == 4
+            and kb.flags.c_contiguous and vb.flags.c_contiguous and kb.shape == vb.shape
+            and kb.dtype == k.dtype == vb.dtype and kb.shape[:2] == k.shape[:2]
+            and kb.shape[3] == k.shape[3] and k.strides == kb.strides == v.strides):
+        row = kb.strides[2]
+        off_k, rem_k = divmod(k.ctypes.data - kb.ctypes.data, row)
+        off_v, rem_v = divmod(v.ctypes.data - vb.ctypes.data, row)
+        if rem_k == rem_v == 0 and off_k == off_v and 0 <= off_k <= kb.shape[2] - Tk:
+            return kb, vb, off_k
+    return np.ascontiguousarray(k), np.ascontiguousarray(v), 0
+
+
 def attention_core_forward(q, k, v, mask, *, scale, softcap):
     """Twin of nn.attention.attention_core_forward: q (B, H, Tq, Dh), k/v (B, K, Tk, Dh),
     mask bool broadcastable to (B, 1, Tq, Tk) or None -> (o (B, H, Tq, Dh), cache)."""
@@ -352,16 +376,17 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]
     dt = q.dtype.type
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    q = np.ascontiguousarray(q)
     mask = _dense_mask(mask, B, Tq, Tk)
     o = np.zeros_like(q)  # (B, H, Tq, Dh)
     lse = np.empty((B, H, Tq), dtype=q.dtype)
     cap = dt(softcap) if softcap is not None else dt(0)
     if Tq >= BLAS_MIN_ROWS:
+        k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
         _forward_tiled(q, k, v, mask, dt(scale), cap, o, lse)
-    else:
-        kT = np.ascontiguousarray(k.swapaxes(2, 3))  # (B, K, Tk, Dh) -> (B, K, Dh, Tk)
-        args = (q, kT, v, mask, dt(scale), cap, o, lse)
+    else:  # a view of the KV cache is read in place
+        kb, vb, off = _key_buffers(k, v)
+        args = (q, kb, vb, off, mask, dt(scale), cap, o, lse)
         # a few chunks per thread: causal rows differ in cost
         nchunks = parallel_chunks(B * H * Tq * Tk * Dh, B * H * Tq, per_thread=4)
         if nchunks:
