@@ -35,9 +35,10 @@ def linear_backward(dy: np.ndarray, cache: dict):
     x, W = cache["x"], cache["W"]
     check_float(dy, "dy", fn="linear_backward")
     check_shape(dy, "dy", x.shape[:-1] + (W.shape[0],), fn="linear_backward")
-    # y = x @ W.T
-    dx = dy @ W  # (..., Out) @ (Out, In) -> (..., In)
+    # y = x @ W.T, over the N = prod(...) rows as one 2-D matmul each (a 3-D @ 2-D matmul
+    # runs one small matmul per leading index: measured 2x slower at (8, 128, 2048))
     dy2 = dy.reshape(-1, W.shape[0])  # (..., Out) -> (N, Out)
     x2 = x.reshape(-1, W.shape[1])  # (..., In) -> (N, In)
+    dx = (dy2 @ W).reshape(x.shape)  # (N, Out) @ (Out, In) -> (N, In) -> (..., In)
     dW = dy2.T @ x2  # (Out, N) @ (N, In) -> (Out, In)
     return dx.astype(x.dtype, copy=False), dW.astype(W.dtype, copy=False)
