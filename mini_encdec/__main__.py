@@ -1,4 +1,4 @@
-"""`python -m mini_encdec <command>`: see mini_encdec/cli.py."""
+"""`python -m mini_encdec <command>`: see mini_encdec/cli/__init__.py."""
 
 import sys
 

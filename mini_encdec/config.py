@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .validate import check_bool, check_int, check_known_fields, check_number, invalid
+
 SLIDING = "sliding_attention"  # layer type name used by transformers
 FULL = "full_attention"
 LAYER_TYPES = (SLIDING, FULL)
@@ -25,21 +27,6 @@ LAYER_TYPES = (SLIDING, FULL)
 def alternating_layer_types(num_layers: int) -> tuple[str, ...]:
     """Gemma 2's pattern: layer i is local (sliding window) when i is even, global when odd."""
     return tuple(SLIDING if i % 2 == 0 else FULL for i in range(num_layers))
-
-
-def _fail(cls: str, name: str, expected: str, actual: Any) -> None:
-    raise ValueError(f"{cls}.{name}: expected {expected}, got {actual!r}")
-
-
-def check_known_fields(cls, d: dict) -> dict:
-    """A copy of `d` after checking that every key is a field of dataclass `cls`
-    (shared by the from_dict of every config class)."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{cls.__name__}: expected a dict of fields, got {type(d).__name__}")
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config fields {unknown}")
-    return dict(d)
 
 
 @dataclass(frozen=True)
@@ -83,43 +70,32 @@ class GemmaConfig:
     def __post_init__(self) -> None:
         name = type(self).__name__
         for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "head_dim", "intermediate_size"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                _fail(name, f, "a positive integer", v)
-        if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) \
-                or self.sliding_window < 1:
-            _fail(name, "sliding_window", "an integer >= 1", self.sliding_window)
+                  "num_key_value_heads", "head_dim", "intermediate_size", "sliding_window"):
+            check_int(getattr(self, f), f"{name}.{f}", low=1)
         if self.num_attention_heads % self.num_key_value_heads:
-            _fail(name, "num_attention_heads",
-                  f"a multiple of num_key_value_heads={self.num_key_value_heads}",
-                  self.num_attention_heads)
+            raise invalid(f"{name}.num_attention_heads",
+                          f"a multiple of num_key_value_heads={self.num_key_value_heads}",
+                          self.num_attention_heads)
         if self.head_dim % 2:
-            _fail(name, "head_dim", "an even number (RoPE rotates two halves)", self.head_dim)
-        for f in ("attn_logit_softcapping", "final_logit_softcapping"):
-            v = getattr(self, f)
-            if v is not None and not (isinstance(v, (int, float)) and v > 0):
-                _fail(name, f, "a positive number or None", v)
-        q = self.query_pre_attn_scalar
-        if q is None:
+            raise invalid(f"{name}.head_dim", "an even number (RoPE rotates two halves)",
+                          self.head_dim)
+        for f in ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar"):
+            check_number(getattr(self, f), f"{name}.{f}", low=0, low_open=True,
+                         allow_none=True)
+        if self.query_pre_attn_scalar is None:
             object.__setattr__(self, "query_pre_attn_scalar", float(self.head_dim))
-        elif not (isinstance(q, (int, float)) and not isinstance(q, bool) and q > 0):
-            _fail(name, "query_pre_attn_scalar", "a positive number or None", q)
-        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
-            _fail(name, "rope_theta", "a positive number", self.rope_theta)
-        if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):
-            _fail(name, "rms_norm_eps", "a positive number", self.rms_norm_eps)
+        for f in ("rope_theta", "rms_norm_eps"):
+            check_number(getattr(self, f), f"{name}.{f}", low=0, low_open=True)
         for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or not 0 <= v < self.vocab_size:
-                _fail(name, f, f"a token id in [0, {self.vocab_size})", v)
+            check_int(getattr(self, f), f"{name}.{f}", low=0, high=self.vocab_size - 1)
         lt = tuple(self.layer_types) if self.layer_types else \
             alternating_layer_types(self.num_hidden_layers)
         if len(lt) != self.num_hidden_layers:
-            _fail(name, "layer_types", f"{self.num_hidden_layers} entries (one per layer)", lt)
+            raise invalid(f"{name}.layer_types",
+                          f"{self.num_hidden_layers} entries (one per layer)", lt)
         for t in lt:
             if t not in LAYER_TYPES:
-                _fail(name, "layer_types", f"entries in {LAYER_TYPES}", t)
+                raise invalid(f"{name}.layer_types", f"entries in {LAYER_TYPES}", t)
         object.__setattr__(self, "layer_types", lt)
 
     # --- derived quantities -------------------------------------------------------------
@@ -177,28 +153,18 @@ class EncDecConfig:
         name = type(self).__name__
         for f in ("encoder", "decoder"):
             if not isinstance(getattr(self, f), GemmaConfig):
-                _fail(name, f, "a GemmaConfig", getattr(self, f))
-        if self.encoder.vocab_size != self.decoder.vocab_size:
-            _fail(name, "decoder.vocab_size",
-                  f"the encoder's vocab_size={self.encoder.vocab_size}", self.decoder.vocab_size)
-        for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
+                raise invalid(f"{name}.{f}", "a GemmaConfig", getattr(self, f))
+        for f in ("vocab_size", "pad_token_id", "eos_token_id", "bos_token_id"):
             if getattr(self.encoder, f) != getattr(self.decoder, f):
-                _fail(name, f"decoder.{f}", f"the encoder's {getattr(self.encoder, f)}",
-                      getattr(self.decoder, f))
+                raise invalid(f"{name}.decoder.{f}", f"the encoder's {f}="
+                              f"{getattr(self.encoder, f)}", getattr(self.decoder, f))
         for f in ("tie_all_embeddings", "merged_attention"):
-            if not isinstance(getattr(self, f), bool):
-                _fail(name, f, "a bool", getattr(self, f))
-        if self.tie_all_embeddings and self.encoder.hidden_size != self.decoder.hidden_size:
-            _fail(name, "tie_all_embeddings",
-                  "False when encoder and decoder widths differ",
-                  f"True (widths {self.encoder.hidden_size} vs {self.decoder.hidden_size})")
-        if self.merged_attention and self.encoder.hidden_size != self.decoder.hidden_size:
-            _fail(name, "merged_attention",
-                  "False when encoder and decoder widths differ",
-                  f"True (widths {self.encoder.hidden_size} vs {self.decoder.hidden_size})")
-        w = self.cross_attn_warmup_steps
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-            _fail(name, "cross_attn_warmup_steps", "an integer >= 0", w)
+            check_bool(getattr(self, f), f"{name}.{f}")
+            if getattr(self, f) and self.encoder.hidden_size != self.decoder.hidden_size:
+                raise invalid(f"{name}.{f}", "False when encoder and decoder widths differ",
+                              f"True (widths {self.encoder.hidden_size} vs "
+                              f"{self.decoder.hidden_size})")
+        check_int(self.cross_attn_warmup_steps, f"{name}.cross_attn_warmup_steps", low=0)
 
     @property
     def vocab_size(self) -> int:
@@ -252,23 +218,21 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         name = type(self).__name__
         if not isinstance(self.backbone, (GemmaConfig, EncDecConfig)):
-            _fail(name, "backbone", "a GemmaConfig or EncDecConfig", self.backbone)
-        n = self.num_labels
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-            _fail(name, "num_labels", "an integer >= 2", n)
+            raise invalid(f"{name}.backbone", "a GemmaConfig or EncDecConfig", self.backbone)
+        n = check_int(self.num_labels, f"{name}.num_labels", low=2)
         allowed = (DECODER_ONLY,) if isinstance(self.backbone, GemmaConfig) \
             else (ENCODER_ONLY, ENCODER_DECODER)
         mode = allowed[0] if self.mode is None else self.mode
         if mode not in allowed:
-            _fail(name, "mode", f"one of {allowed} for a {type(self.backbone).__name__} "
-                  f"backbone", mode)
+            raise invalid(f"{name}.mode", f"one of {allowed} for a "
+                          f"{type(self.backbone).__name__} backbone", mode)
         object.__setattr__(self, "mode", mode)
         labels = tuple(self.label_names) if self.label_names else \
             tuple(f"LABEL_{i}" for i in range(n))
         if len(labels) != n or not all(isinstance(x, str) and x for x in labels) \
                 or len(set(labels)) != n:
-            _fail(name, "label_names", f"{n} distinct non-empty strings (one per class)",
-                  self.label_names)
+            raise invalid(f"{name}.label_names", f"{n} distinct non-empty strings (one per "
+                          f"class)", self.label_names)
         object.__setattr__(self, "label_names", labels)
 
     @property

@@ -1,14 +1,25 @@
-"""Input checks shared by every public function.
+"""Input checks shared by every public function, config class and command.
 
-Each check raises `ValueError` naming the argument, what was expected and what was given,
-so bad input never surfaces as a NaN or a broadcasting error from deep inside NumPy.
+Each check raises `ValueError` naming the argument (or config field), what was expected
+and what was given, so bad input never surfaces as a NaN or a broadcasting error from deep
+inside NumPy:
+
+    arrays     check_array, check_float, check_shape, check_ids, check_mask, ...
+    scalars    check_int, check_number, check_bool, check_choice (config fields and
+               arguments; the command line's argument types build on them too)
+    dicts      check_known_fields (a config's from_dict), with "did you mean"
+
+This module imports nothing from the package but `usage` (did_you_mean).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 import numpy as np
+
+from .usage import did_you_mean
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
@@ -92,23 +103,12 @@ def _is_number(v) -> bool:
 
 def check_positive(value, name: str, *, fn: str = "", allow_none: bool = False):
     """A finite number > 0 (or None when allow_none); returns it as float (or None)."""
-    if value is None and allow_none:
-        return None
-    if not _is_number(value) or not np.isfinite(value) or value <= 0:
-        want = "a positive number or None" if allow_none else "a positive number"
-        raise ValueError(f"{_where(fn, name)}: expected {want}, got {value!r}")
-    return float(value)
+    return check_number(value, _where(fn, name), low=0, low_open=True, allow_none=allow_none)
 
 
 def check_positive_int(value, name: str, *, fn: str = "", allow_none: bool = False):
     """An integer >= 1 (or None when allow_none); returns it as int (or None)."""
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) \
-            or value < 1:
-        want = "an integer >= 1 or None" if allow_none else "an integer >= 1"
-        raise ValueError(f"{_where(fn, name)}: expected {want}, got {value!r}")
-    return int(value)
+    return check_int(value, _where(fn, name), low=1, allow_none=allow_none)
 
 
 def check_int_array(x, name: str, *, ndims: Sequence[int] = (1, 2), fn: str = "") -> np.ndarray:
@@ -138,3 +138,107 @@ def check_broadcast_mask(mask, name: str, shape: Sequence[int], *, fn: str = "")
         want = "(" + ", ".join(f"1|{s}" if s != 1 else "1" for s in shape) + ")"
         raise ValueError(f"{_where(fn, name)}: expected shape {want}, got {mask.shape}")
     return check_mask(mask, name, mask.shape, fn=fn)
+
+
+# --- scalars and config fields: one wording for every config class and command -----------
+# A message starts with a label: "GemmaConfig.head_dim" for a config field, argument(fn,
+# name) for a function argument, "" when the caller adds its own (argparse does).
+
+def argument(fn: str, name: str) -> str:
+    """The label of argument `name` of function `fn`: "fn: argument 'name'"."""
+    return _where(fn, name)
+
+
+def invalid(label: str, expected: str, actual, hint: str = "") -> ValueError:
+    """The error for a bad value, "<label>: expected <expected>, got <actual!r><hint>";
+    raise it: `raise invalid("GemmaConfig.head_dim", "an even number", 31)`."""
+    head = f"{label}: " if label else ""
+    return ValueError(f"{head}expected {expected}, got {actual!r}{hint}")
+
+
+def _bound(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def describe_int(low: Optional[int] = None, high: Optional[int] = None) -> str:
+    """"an integer >= 1", "an integer in [0, 9]", ...: what check_int expects."""
+    if low is not None and high is not None:
+        return f"an integer in [{low}, {high}]"
+    if low is not None:
+        return f"an integer >= {low}"
+    return "an integer" if high is None else f"an integer <= {high}"
+
+
+def describe_number(low=None, high=None, *, low_open: bool = False,
+                    high_open: bool = False) -> str:
+    """"a positive number", "a number in [0, 1)", ...: what check_number expects."""
+    if high is None:
+        if low is None:
+            return "a number"
+        if low == 0 and low_open:
+            return "a positive number"
+        return f"a number {'>' if low_open else '>='} {_bound(low)}"
+    if low is None:
+        return f"a number {'<' if high_open else '<='} {_bound(high)}"
+    return (f"a number in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}"
+            f"{')' if high_open else ']'}")
+
+
+def check_int(value, label: str, *, low: Optional[int] = None, high: Optional[int] = None,
+              allow_none: bool = False) -> Optional[int]:
+    """An integer (Python or NumPy, not bool) in [low, high] (bounds optional), or None
+    when allow_none; returned as int (or None)."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+        and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        raise invalid(label, describe_int(low, high) + (" or None" if allow_none else ""),
+                      value)
+    return int(value)
+
+
+def check_number(value, label: str, *, low=None, high=None, low_open: bool = False,
+                 high_open: bool = False, allow_none: bool = False) -> Optional[float]:
+    """A finite number (int or float, Python or NumPy, not bool) between low and high
+    (each bound optional, closed unless low_open / high_open), or None when allow_none;
+    returned as float (or None)."""
+    if value is None and allow_none:
+        return None
+    ok = _is_number(value) and bool(np.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        want = describe_number(low, high, low_open=low_open, high_open=high_open)
+        raise invalid(label, want + (" or None" if allow_none else ""), value)
+    return float(value)
+
+
+def check_bool(value, label: str) -> bool:
+    """True or False (not 0/1)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise invalid(label, "True or False", value)
+    return bool(value)
+
+
+def check_choice(value, label: str, choices: Sequence):
+    """One of `choices`, with "did you mean" for a near miss."""
+    if value not in choices:
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise invalid(label, f"one of {tuple(choices)}", value, hint)
+    return value
+
+
+def check_known_fields(cls, d) -> dict:
+    """A copy of `d` after checking that every key is a field of dataclass `cls` (the
+    from_dict of every config class), with "did you mean" for a near miss."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__}: expected a dict of fields, got {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config fields {unknown}"
+                         f"{did_you_mean(str(unknown[0]), names)}")
+    return dict(d)

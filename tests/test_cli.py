@@ -13,7 +13,9 @@ import pytest
 
 from mini_encdec.storage import checkpoint as ckpt
 from mini_encdec.backend import use_backend
-from mini_encdec.cli import COMMANDS, RUN_CONFIG, main, parse_overrides
+from mini_encdec.cli import COMMANDS, main
+from mini_encdec.cli.overrides import parse_overrides
+from mini_encdec.cli.runs import RUN_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_DATA = ["batch_size=2", "encoder_length=16", "decoder_length=16", "eval_batches=2",

@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+HELP = "benchmark tokens/s and matmul-peak fraction (and PyTorch when installed)"  # in --help
 PRESETS = ("tiny", "small")
 ARCHS = ("decoder", "encdec")
 ENGINES = ("numpy", "numba", "torch")

@@ -45,6 +45,8 @@ from . import downstream
 from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan, load_average, \
     machine_info
 
+HELP = "the end-to-end demonstration on tiny models"  # in `python -m mini_encdec --help`
+
 # What each scale runs: the study's protocol for one seed. The full demo trains its parent
 # longer (1000 updates instead of the study's 600), so that it writes recognisable verse,
 # and fine-tunes both models three times longer (300 updates for the generation model and

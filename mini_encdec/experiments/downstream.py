@@ -29,11 +29,16 @@ Inference cost, like for like (`inference_cost`): FLOPs and measured latency at 
 the same prompt length and the same forced number of generated tokens (no early stop at
 EOS), split into the prompt cost (the encoder pass, or the decoder-only prefill) and the
 cost per generated token.
+
+The command line's `finetune` and `evaluate --task` score their tasks (reply, and the
+synthetic reverse / sort / addition) with `task_metric`: greedy outputs, ROUGE-L or exact
+match.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -42,7 +47,8 @@ import numpy as np
 
 from ..text.corpus import GENRES
 from ..objectives.example import Example
-from ..text.tasks import (ClassExample, genre_examples, reply_examples, rouge_l, task_prefix)
+from ..text.tasks import (ClassExample, exact_match, genre_examples, reply_examples, rouge_l,
+                          task_prefix)
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -256,6 +262,28 @@ def evaluate_generation(model, arch: str, data: TaskData, *, new_tokens: int,
             "genre_rank_accuracy": acc,
             "predicted_genres": np.bincount(pred, minlength=len(GENRES)).tolist(),
             "replies": [[int(t) for t in o] for o in outs]}
+
+
+def task_metric(model, task: str, examples: list, *, batch_size: int = 16,
+                max_new_tokens: int = 64, progress: bool = False) -> dict:
+    """Greedy outputs of a fine-tuning task (`finetune`, `evaluate --task`) scored: exact
+    match (the synthetic tasks) or ROUGE-L (reply). progress: a tqdm bar over the examples
+    on stderr."""
+    from tqdm import tqdm
+    from ..models.generate import generate
+    preds, refs = [], []
+    with tqdm(total=len(examples), desc=f"{task}: generating", unit="example",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            out = generate(model, [e.inputs for e in chunk], max_new_tokens=max_new_tokens)
+            preds.extend(list(out))
+            refs.extend(e.targets for e in chunk)
+            bar.update(len(chunk))
+    if task == "reply":
+        return {"rouge_l": float(np.mean([rouge_l(p, r) for p, r in zip(preds, refs)])),
+                "examples": len(examples)}
+    return {"exact_match": exact_match(preds, refs), "examples": len(examples)}
 
 
 # --- inference cost ------------------------------------------------------------------------------

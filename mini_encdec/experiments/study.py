@@ -90,8 +90,11 @@ from . import downstream
 from .stats import paired_test, verdict
 from ..usage import UsageError
 
-# --- the plan ------------------------------------------------------------------------------------
+HELP = ("the paper's claims at tiny scale: experiments E1-E6 over several seeds, with a "
+        "claims table")  # its line in `python -m mini_encdec --help`
 
+
+# --- the plan ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class StudyPlan:

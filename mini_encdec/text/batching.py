@@ -32,6 +32,8 @@ seeded with (seed, 0, e)); example c of epoch e is made with its own generator s
 from __future__ import annotations
 
 import abc
+import dataclasses
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -39,9 +41,41 @@ import numpy as np
 from ..objectives.causal_lm import pack_documents
 from ..objectives.example import Example
 from ..objectives.objective import UL2
+from ..validate import argument, check_int, check_number
 
 IGNORE = -100  # label value the loss skips
 ARCHS = ("encdec", "decoder")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the batches of a training run look like (the command line's data.* fields)."""
+
+    # Examples per micro-batch.
+    batch_size: int = 8
+    # S: encoder length (decoder-only runs use sequences of S + T tokens).
+    encoder_length: int = 64
+    # T: decoder (target) length.
+    decoder_length: int = 64
+    # Validation batches evaluated at each evaluation.
+    eval_batches: int = 8
+    # Span corruption: noise density and mean span length.
+    density: float = 0.15
+    mean_span: float = 3.0
+    # Synthetic finetuning tasks: number of training examples.
+    num_examples: int = 2000
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for f in ("batch_size", "encoder_length", "decoder_length", "eval_batches",
+                  "num_examples"):
+            check_int(getattr(self, f), f"{name}.{f}", low=1)
+        check_number(self.density, f"{name}.density", low=0, high=1, low_open=True,
+                     high_open=True)
+        check_number(self.mean_span, f"{name}.mean_span", low=1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 # --- the tokenised corpus ---------------------------------------------------------------------
@@ -134,12 +168,6 @@ def split_teacher(batch: dict) -> tuple:
 
 # --- resumable batch streams -------------------------------------------------------------------
 
-def _check_int(v, name: str, fn: str, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{fn}: argument {name!r}: expected an int >= {lo}, got {v!r}")
-    return int(v)
-
-
 class _Positioned(abc.ABC):
     """Epoch/cursor bookkeeping, collation and state shared by the batchers."""
 
@@ -148,10 +176,10 @@ class _Positioned(abc.ABC):
     def __init__(self, *, batch_size, encoder_length, decoder_length, arch, seed, pad_id,
                  bos_id, with_teacher):
         fn = type(self).__name__
-        self.batch_size = _check_int(batch_size, "batch_size", fn, 1)
-        self.encoder_length = _check_int(encoder_length, "encoder_length", fn, 1)
-        self.decoder_length = _check_int(decoder_length, "decoder_length", fn, 1)
-        self.seed = _check_int(seed, "seed", fn, 0)
+        self.batch_size = check_int(batch_size, argument(fn, "batch_size"), low=1)
+        self.encoder_length = check_int(encoder_length, argument(fn, "encoder_length"), low=1)
+        self.decoder_length = check_int(decoder_length, argument(fn, "decoder_length"), low=1)
+        self.seed = check_int(seed, argument(fn, "seed"), low=0)
         if arch not in ARCHS:
             raise ValueError(f"{fn}: argument 'arch': expected one of {ARCHS}, got {arch!r}")
         if with_teacher and arch != "encdec":
@@ -210,9 +238,9 @@ class _Positioned(abc.ABC):
             if state.get(k) != v:
                 raise ValueError(f"{fn}: state was saved with {k}={state.get(k)!r}, this "
                                  f"batcher has {k}={v!r}")
-        self.seed = _check_int(state.get("seed"), "state['seed']", fn, 0)
-        self.epoch = _check_int(state.get("epoch"), "state['epoch']", fn, 0)
-        self.cursor = _check_int(state.get("cursor"), "state['cursor']", fn, 0)
+        self.seed = check_int(state.get("seed"), argument(fn, "state['seed']"), low=0)
+        self.epoch = check_int(state.get("epoch"), argument(fn, "state['epoch']"), low=0)
+        self.cursor = check_int(state.get("cursor"), argument(fn, "state['cursor']"), low=0)
 
     def _rng(self, *words: int) -> np.random.Generator:
         # distinct leading tags: SeedSequence pads entropy with zeros, so (s, e) and

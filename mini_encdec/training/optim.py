@@ -38,15 +38,7 @@ import numpy as np
 
 from .. import ops
 from .schedules import SCHEDULES, learning_rate
-from ..config import check_known_fields
-
-
-def _fail(name: str, expected: str, actual) -> None:
-    raise ValueError(f"OptimConfig.{name}: expected {expected}, got {actual!r}")
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+from ..validate import check_choice, check_int, check_known_fields, check_number, invalid
 
 
 @dataclass(frozen=True)
@@ -80,39 +72,28 @@ class OptimConfig:
     freeze: tuple = ()
 
     def __post_init__(self) -> None:
+        name = type(self).__name__
         for f in ("lr", "eps"):
-            if not (_number(getattr(self, f)) and getattr(self, f) > 0):
-                _fail(f, "a positive number", getattr(self, f))
+            check_number(getattr(self, f), f"{name}.{f}", low=0, low_open=True)
         for f in ("beta1", "beta2"):
-            if not (_number(getattr(self, f)) and 0 <= getattr(self, f) < 1):
-                _fail(f, "a number in [0, 1)", getattr(self, f))
-        if not (_number(self.weight_decay) and self.weight_decay >= 0):
-            _fail("weight_decay", "a number >= 0", self.weight_decay)
-        if not (_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
-            _fail("min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
-        if self.schedule not in SCHEDULES:
-            _fail("schedule", f"one of {SCHEDULES}", self.schedule)
-        w = self.warmup_steps
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-            _fail("warmup_steps", "an integer >= 0", w)
-        t = self.total_steps
-        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
-            _fail("total_steps", "an integer >= 1 or None", t)
-        c = self.clip_norm
-        if c is not None and not (_number(c) and c > 0):
-            _fail("clip_norm", "a positive number or None", c)
-        a = self.grad_accum
-        if isinstance(a, bool) or not isinstance(a, int) or a < 1:
-            _fail("grad_accum", "an integer >= 1", a)
+            check_number(getattr(self, f), f"{name}.{f}", low=0, high=1, high_open=True)
+        check_number(self.weight_decay, f"{name}.weight_decay", low=0)
+        check_number(self.min_lr_ratio, f"{name}.min_lr_ratio", low=0, high=1)
+        check_choice(self.schedule, f"{name}.schedule", SCHEDULES)
+        check_int(self.warmup_steps, f"{name}.warmup_steps", low=0)
+        check_int(self.total_steps, f"{name}.total_steps", low=1, allow_none=True)
+        check_number(self.clip_norm, f"{name}.clip_norm", low=0, low_open=True, allow_none=True)
+        check_int(self.grad_accum, f"{name}.grad_accum", low=1)
         for f in ("no_decay", "freeze"):
             pats = getattr(self, f)
             if isinstance(pats, str) or not isinstance(pats, (tuple, list)):
-                _fail(f, "a tuple of regular expressions", pats)
+                raise invalid(f"{name}.{f}", "a tuple of regular expressions", pats)
             for p in pats:
                 try:
                     re.compile(p)
                 except (re.error, TypeError) as e:
-                    _fail(f, f"valid regular expressions ({e})", p)
+                    raise invalid(f"{name}.{f}", f"valid regular expressions ({e})", p) \
+                        from None
             object.__setattr__(self, f, tuple(pats))
 
     def lr_at(self, step: int, run_steps: int) -> float:

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import math
 
+from ..validate import argument, check_int
+
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
 
 
 def _check(step: int, warmup: int) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"learning-rate schedule: argument 'step': expected an int >= 0, "
-                         f"got {step!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"learning-rate schedule: argument 'warmup': expected an int >= 0, "
-                         f"got {warmup!r}")
+    check_int(step, argument("learning-rate schedule", "step"), low=0)
+    check_int(warmup, argument("learning-rate schedule", "warmup"), low=0)
 
 
 def warmup_factor(step: int, warmup: int) -> float:

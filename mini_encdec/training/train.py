@@ -42,7 +42,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..storage import checkpoint as ckpt
-from ..config import EncDecConfig, check_known_fields
+from ..config import EncDecConfig
+from ..validate import check_bool, check_int, check_known_fields, check_number
 from .optim import (AdamW, OptimConfig, accumulate, clip_by_global_norm, trainable_names)
 
 IGNORE = -100
@@ -78,32 +79,16 @@ class TrainConfig:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        def bad(name, expected):
-            raise ValueError(f"TrainConfig.{name}: expected {expected}, got "
-                             f"{getattr(self, name)!r}")
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not is_int(self.steps) or self.steps < 1:
-            bad("steps", "an integer >= 1")
+        name = type(self).__name__
+        for f in ("steps", "keep_checkpoints"):
+            check_int(getattr(self, f), f"{name}.{f}", low=1)
         for f in ("eval_every", "checkpoint_every", "seed"):
-            if not is_int(getattr(self, f)) or getattr(self, f) < 0:
-                bad(f, "an integer >= 0")
-        if not is_int(self.keep_checkpoints) or self.keep_checkpoints < 1:
-            bad("keep_checkpoints", "an integer >= 1")
-        tb = self.time_budget
-        if tb is not None and not (isinstance(tb, (int, float)) and not isinstance(tb, bool)
-                                   and tb > 0):
-            bad("time_budget", "a positive number of seconds or None")
-        a = self.kd_alpha
-        if not (isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 1):
-            bad("kd_alpha", "a number in [0, 1]")
-        t = self.kd_temperature
-        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0):
-            bad("kd_temperature", "a positive number")
-        if not isinstance(self.plot, bool):
-            bad("plot", "True or False")
+            check_int(getattr(self, f), f"{name}.{f}", low=0)
+        check_number(self.time_budget, f"{name}.time_budget", low=0, low_open=True,
+                     allow_none=True)  # seconds
+        check_number(self.kd_alpha, f"{name}.kd_alpha", low=0, high=1)
+        check_number(self.kd_temperature, f"{name}.kd_temperature", low=0, low_open=True)
+        check_bool(self.plot, f"{name}.plot")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,219 @@
+"""What several commands share: argument types with the expected range in their message,
+the options every command has, loading the inputs a command names (model, tokenizer,
+corpus, task examples) with errors that name the option, and the checks that need the
+model (memory, trainable parameters, vocabulary).
+
+Every mistake is a UsageError (usage.py) whose message names the option, the value given
+and what was expected; cli.main prints it as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+from ..config import EncDecConfig
+from ..text.batching import DataConfig
+from ..text.tasks import SYNTHETIC_TASKS
+from ..training.optim import OptimConfig
+from ..usage import UsageError
+from ..validate import check_int, check_number, describe_int, describe_number
+
+TASKS = ("reply", *SYNTHETIC_TASKS)
+
+
+# --- argument types: numbers checked by argparse, with the expected range in the message ----------
+
+def int_at_least(low: int, high: Optional[int] = None):
+    """An argparse type: an integer >= low (and <= high when given)."""
+    expected = describe_int(low, high)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        try:
+            return check_int(value, "", low=low, high=high)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = expected
+    return parse
+
+
+def float_in(low: float, high: float = math.inf, *, low_open: bool = True):
+    """An argparse type: a finite number in (low, high] (or [low, high] with
+    low_open=False)."""
+    bounds = dict(low=low, high=high, low_open=low_open, high_open=not math.isfinite(high))
+    expected = describe_number(**bounds)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        try:
+            return check_number(value, "", **bounds)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}") from None
+    parse.__name__ = expected
+    return parse
+
+
+POSITIVE = int_at_least(1)
+SEED = int_at_least(0)
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """--backend and --quiet, which every model command has."""
+    p.add_argument("--backend", choices=("numpy", "numba"), default=None,
+                   help="compute backend (default: $MINI_ENCDEC_BACKEND or numba)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+def first_line(text: str) -> str:
+    """A message as one line (tabs and newlines of wrapped library messages folded)."""
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def without_path(message: str, path) -> str:
+    """`message` without a leading "<path>: " (when the caller names the path already)."""
+    head = f"{path}: "
+    return message[len(head):] if message.startswith(head) else message
+
+
+# --- the inputs a command names -------------------------------------------------------------------
+
+def set_backend(name: Optional[str]) -> None:
+    if name:
+        from ..backend import set_backend as set_global_backend
+        set_global_backend(name)
+
+
+def read_tokenizer(path: Optional[str], what: str = "--tokenizer"):
+    """The SentencePiece model at `path` (None: the shipped one); errors name `what`."""
+    from ..text.tokenizer import DEFAULT_MODEL, load_tokenizer
+    try:
+        return load_tokenizer(path)
+    except ValueError as e:
+        raise UsageError(f"{what} {path if path is not None else DEFAULT_MODEL}: {e}") \
+            from None
+
+
+def read_model(path: str, what: str = "--checkpoint"):
+    """The model in a model directory, checkpoint or run directory; errors name `what`."""
+    from ..storage.checkpoint import load_model
+    try:
+        return load_model(path)
+    except ValueError as e:  # CheckpointError names the file
+        raise UsageError(f"{what} {path}: {without_path(str(e), path)}") from None
+
+
+_STREAMS: dict = {}
+
+
+def corpus_split(split: str, tok):
+    """The tokenised corpus split (memoised per process: tokenising takes a second)."""
+    key = (split, tok.fingerprint())
+    if key not in _STREAMS:
+        from ..text.batching import corpus_stream
+        _STREAMS[key] = corpus_stream(split, tok)
+    return _STREAMS[key]
+
+
+def task_examples(task: str, split: str, data: DataConfig, tok, seed: int) -> list:
+    """The examples of a task's split that fit the data.* lengths (UsageError if not)."""
+    from ..text import tasks
+    if task == "reply":
+        return tasks.reply_examples(split, tok, encoder_length=data.encoder_length,
+                                    decoder_length=data.decoder_length)
+    n = data.num_examples if split == "train" else max(64, data.batch_size * data.eval_batches)
+    offset = {"train": 0, "validation": 1, "test": 2}[split]
+    exs = tasks.synthetic_examples(task, n, seed=seed * 3 + offset)
+    too_long = [e for e in exs if len(e.inputs) > data.encoder_length
+                or len(e.targets) > data.decoder_length]
+    if too_long:
+        raise UsageError(f"task {task}: examples need encoder_length >= "
+                         f"{max(len(e.inputs) for e in exs)} and decoder_length >= "
+                         f"{max(len(e.targets) for e in exs)} (--set data.encoder_length=...)")
+    return exs
+
+
+def arch_of(config) -> str:
+    return "encdec" if isinstance(config, EncDecConfig) else "decoder"
+
+
+def checked(what: str, build):
+    """build(), with a ValueError or TypeError turned into "invalid <what>: ..."."""
+    try:
+        return build()
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"invalid {what}: {e}") from None
+
+
+# --- checks that need the model: memory, trainable parameters, vocabulary -------------------------
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available now (Linux MemAvailable, else physical), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(data: DataConfig, config, arch: str) -> None:
+    """Refuse lengths whose attention cannot fit in memory: masks and scores are
+    (B, H, L, L) arrays, L = encoder_length + decoder_length for a decoder-only model.
+    The estimate (forward + backward) is rough; it only stops the impossible."""
+    stacks = [config] if arch == "decoder" else [config.encoder, config.decoder]
+    heads = max(c.num_attention_heads for c in stacks)
+    S, T = data.encoder_length, data.decoder_length
+    L = S + T if arch == "decoder" else max(S, T)
+    need = 2 * data.batch_size * L * L * (8 + 4 * heads)
+    avail = _available_memory()
+    if avail is not None and need > avail:
+        raise UsageError(f"--set batch_size={data.batch_size} encoder_length={S} "
+                         f"decoder_length={T}: attention over {L} positions needs about "
+                         f"{need / 2**30:.1f} GiB, more than the {avail / 2**30:.1f} GiB "
+                         f"available; expected shorter lengths or a smaller batch_size")
+
+
+def check_trainable(model, optim: OptimConfig) -> None:
+    """Every freeze pattern must match a parameter, and something must still train."""
+    from ..training.optim import trainable_names
+    names = list(model.params)
+    for pattern in optim.freeze:
+        if not any(re.search(pattern, n) for n in names):
+            raise UsageError(f"--set optim.freeze={','.join(optim.freeze)}: pattern "
+                             f"{pattern!r} matches no parameter; expected regular expressions "
+                             f"found in names such as {names[1]!r}")
+    warmup = model.config.cross_attn_warmup_steps if isinstance(model.config, EncDecConfig) \
+        else 0
+    try:
+        trainable_names(names, 0, freeze=optim.freeze, warmup_steps=warmup)
+    except ValueError as e:
+        raise UsageError(f"--set optim.freeze: {e}") from None
+
+
+def check_vocabulary(model, tok, what: str) -> None:
+    """The model must have an id for every token the data uses (tok None: the synthetic
+    tasks' vocabulary)."""
+    from ..text.tasks import SYNTH_VOCAB_SIZE
+    need = tok.vocab_size if tok is not None else SYNTH_VOCAB_SIZE
+    if model.config.vocab_size < need:
+        source = "the tokenizer" if tok is not None else "the synthetic tasks"
+        raise UsageError(f"{what}: the model's vocabulary ({model.config.vocab_size} ids) is "
+                         f"smaller than {source}' ({need}): this model was trained on other "
+                         f"data")
