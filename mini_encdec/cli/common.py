@@ -28,40 +28,34 @@ TASKS = ("reply", *SYNTHETIC_TASKS)
 
 # --- argument types: numbers checked by argparse, with the expected range in the message ----------
 
-def int_at_least(low: int, high: Optional[int] = None):
-    """An argparse type: an integer >= low (and <= high when given)."""
-    expected = describe_int(low, high)
-
-    def parse(text: str) -> int:
+def _number_type(convert, expected: str, check):
+    """An argparse type: `convert(text)` (int or float), then `check(value)`; the error
+    says what was expected and what was given."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         try:
-            return check_int(value, "", low=low, high=high)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+            return check(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}") from None
     parse.__name__ = expected
     return parse
+
+
+def int_at_least(low: int, high: Optional[int] = None):
+    """An argparse type: an integer >= low (and <= high when given)."""
+    return _number_type(int, describe_int(low, high),
+                        lambda v: check_int(v, "", low=low, high=high))
 
 
 def float_in(low: float, high: float = math.inf, *, low_open: bool = True):
     """An argparse type: a finite number in (low, high] (or [low, high] with
     low_open=False)."""
     bounds = dict(low=low, high=high, low_open=low_open, high_open=not math.isfinite(high))
-    expected = describe_number(**bounds)
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        try:
-            return check_number(value, "", **bounds)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}") from None
-    parse.__name__ = expected
-    return parse
+    return _number_type(float, describe_number(**bounds),
+                        lambda v: check_number(v, "", **bounds))
 
 
 POSITIVE = int_at_least(1)
