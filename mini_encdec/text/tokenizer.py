@@ -32,6 +32,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from .corpus import DATA_DIR, load_texts
+from ..validate import argument, check_int
 
 DEFAULT_MODEL = DATA_DIR / "tokenizer.model"
 TRAIN_COMMAND = "python -m mini_encdec.text.tokenizer train"
@@ -165,10 +166,7 @@ def min_vocab_size(num_sentinels: int) -> int:
 def check_training_sizes(vocab_size: int, num_sentinels: int) -> None:
     """ValueError unless a model of `vocab_size` pieces can hold the special, byte and
     user pieces with `num_sentinels` sentinels, and some text."""
-    if not isinstance(num_sentinels, int) or isinstance(num_sentinels, bool) or \
-            num_sentinels < 1:
-        raise ValueError(f"train_tokenizer: argument 'num_sentinels': expected an int >= 1, "
-                         f"got {num_sentinels!r}")
+    check_int(num_sentinels, argument("train_tokenizer", "num_sentinels"), low=1)
     n_user = 1 + len(MODE_TOKENS) + num_sentinels
     if not isinstance(vocab_size, int) or vocab_size < min_vocab_size(num_sentinels):
         raise ValueError(f"train_tokenizer: argument 'vocab_size': expected an int >= "
