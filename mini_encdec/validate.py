@@ -103,12 +103,13 @@ def _is_number(v) -> bool:
 
 def check_positive(value, name: str, *, fn: str = "", allow_none: bool = False):
     """A finite number > 0 (or None when allow_none); returns it as float (or None)."""
-    return check_number(value, _where(fn, name), low=0, low_open=True, allow_none=allow_none)
+    return check_number(value, _where(fn, name), low=0, low_open=True, allow_none=allow_none,
+                        numpy=True)
 
 
 def check_positive_int(value, name: str, *, fn: str = "", allow_none: bool = False):
     """An integer >= 1 (or None when allow_none); returns it as int (or None)."""
-    return check_int(value, _where(fn, name), low=1, allow_none=allow_none)
+    return check_int(value, _where(fn, name), low=1, allow_none=allow_none, numpy=True)
 
 
 def check_int_array(x, name: str, *, ndims: Sequence[int] = (1, 2), fn: str = "") -> np.ndarray:
@@ -185,12 +186,14 @@ def describe_number(low=None, high=None, *, low_open: bool = False,
 
 
 def check_int(value, label: str, *, low: Optional[int] = None, high: Optional[int] = None,
-              allow_none: bool = False) -> Optional[int]:
-    """An integer (Python or NumPy, not bool) in [low, high] (bounds optional), or None
-    when allow_none; returned as int (or None)."""
+              allow_none: bool = False, numpy: bool = False) -> Optional[int]:
+    """An integer (not bool) in [low, high] (bounds optional), or None when allow_none;
+    returned as int (or None). A Python int; numpy=True also accepts NumPy integers (for
+    function arguments; a config field is a plain Python value, it goes to JSON)."""
     if value is None and allow_none:
         return None
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+    kinds = (int, np.integer) if numpy else int
+    ok = isinstance(value, kinds) and not isinstance(value, (bool, np.bool_)) \
         and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
         raise invalid(label, describe_int(low, high) + (" or None" if allow_none else ""),
@@ -199,13 +202,15 @@ def check_int(value, label: str, *, low: Optional[int] = None, high: Optional[in
 
 
 def check_number(value, label: str, *, low=None, high=None, low_open: bool = False,
-                 high_open: bool = False, allow_none: bool = False) -> Optional[float]:
-    """A finite number (int or float, Python or NumPy, not bool) between low and high
-    (each bound optional, closed unless low_open / high_open), or None when allow_none;
-    returned as float (or None)."""
+                 high_open: bool = False, allow_none: bool = False,
+                 numpy: bool = False) -> Optional[float]:
+    """A finite number (int or float, not bool) between low and high (each bound
+    optional, closed unless low_open / high_open), or None when allow_none; returned as
+    float (or None). numpy=True also accepts NumPy scalars, as check_int."""
     if value is None and allow_none:
         return None
-    ok = _is_number(value) and bool(np.isfinite(value))
+    plain = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = (_is_number(value) if numpy else plain) and bool(np.isfinite(value))
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:

@@ -1,5 +1,5 @@
 """What several commands share: argument types with the expected range in their message,
-the options the model commands share, loading the inputs a command names (model, tokenizer,
+the --backend and --quiet options, loading the inputs a command names (model, tokenizer,
 corpus, task examples) with errors that name the option, and the checks that need the
 model (memory, trainable parameters, vocabulary).
 

@@ -168,6 +168,10 @@ def split_teacher(batch: dict) -> tuple:
 
 # --- resumable batch streams -------------------------------------------------------------------
 
+def _check_int(v, name: str, fn: str, lo: int) -> int:
+    return check_int(v, argument(fn, name), low=lo, numpy=True)
+
+
 class _Positioned(abc.ABC):
     """Epoch/cursor bookkeeping, collation and state shared by the batchers."""
 
@@ -176,10 +180,10 @@ class _Positioned(abc.ABC):
     def __init__(self, *, batch_size, encoder_length, decoder_length, arch, seed, pad_id,
                  bos_id, with_teacher):
         fn = type(self).__name__
-        self.batch_size = check_int(batch_size, argument(fn, "batch_size"), low=1)
-        self.encoder_length = check_int(encoder_length, argument(fn, "encoder_length"), low=1)
-        self.decoder_length = check_int(decoder_length, argument(fn, "decoder_length"), low=1)
-        self.seed = check_int(seed, argument(fn, "seed"), low=0)
+        self.batch_size = _check_int(batch_size, "batch_size", fn, 1)
+        self.encoder_length = _check_int(encoder_length, "encoder_length", fn, 1)
+        self.decoder_length = _check_int(decoder_length, "decoder_length", fn, 1)
+        self.seed = _check_int(seed, "seed", fn, 0)
         if arch not in ARCHS:
             raise ValueError(f"{fn}: argument 'arch': expected one of {ARCHS}, got {arch!r}")
         if with_teacher and arch != "encdec":
@@ -238,9 +242,9 @@ class _Positioned(abc.ABC):
             if state.get(k) != v:
                 raise ValueError(f"{fn}: state was saved with {k}={state.get(k)!r}, this "
                                  f"batcher has {k}={v!r}")
-        self.seed = check_int(state.get("seed"), argument(fn, "state['seed']"), low=0)
-        self.epoch = check_int(state.get("epoch"), argument(fn, "state['epoch']"), low=0)
-        self.cursor = check_int(state.get("cursor"), argument(fn, "state['cursor']"), low=0)
+        self.seed = _check_int(state.get("seed"), "state['seed']", fn, 0)
+        self.epoch = _check_int(state.get("epoch"), "state['epoch']", fn, 0)
+        self.cursor = _check_int(state.get("cursor"), "state['cursor']", fn, 0)
 
     def _rng(self, *words: int) -> np.random.Generator:
         # distinct leading tags: SeedSequence pads entropy with zeros, so (s, e) and
