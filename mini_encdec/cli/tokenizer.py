@@ -4,8 +4,7 @@
     python -m mini_encdec tokenizer info [--model PATH]
 
 `train` learns from the corpus training split (or plain-text --input files) and refuses to
-replace an existing --out unless --overwrite. The same as
-`python -m mini_encdec.text.tokenizer train|info`.
+replace an existing --out unless --overwrite.
 """
 
 from __future__ import annotations

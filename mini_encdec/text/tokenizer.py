@@ -19,13 +19,12 @@ Byte fallback is on, so any text round-trips exactly: `decode(encode(s)) == s`.
 
 Retrain (deterministic: one thread, no sampling or shuffling of sentences; --overwrite
 because the shipped model is already there, replaced only once the new one is complete):
-    python -m mini_encdec.text.tokenizer train --overwrite [--vocab-size 8192] [--out data/tokenizer.model]
+    python -m mini_encdec tokenizer train --overwrite [--vocab-size 8192] [--out data/tokenizer.model]
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -35,7 +34,7 @@ from .corpus import DATA_DIR, load_texts
 from ..validate import argument, check_int
 
 DEFAULT_MODEL = DATA_DIR / "tokenizer.model"
-TRAIN_COMMAND = "python -m mini_encdec.text.tokenizer train"
+TRAIN_COMMAND = "python -m mini_encdec tokenizer train"
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 NEWLINE = "\n"
@@ -224,14 +223,3 @@ def summary(tok, path, trained: bool = False) -> str:
     return (f"{head}\npad {tok.pad_id} eos {tok.eos_id} bos {tok.bos_id} unk {tok.unk_id} "
             f"newline {tok.newline_id} modes {tok.mode_ids} sentinels {tok.num_sentinels} "
             f"(<extra_id_0> = {int(tok.sentinel_ids[0])})")
-
-
-def main(argv=None) -> int:
-    """`python -m mini_encdec.text.tokenizer train|info ...`: the same as `python -m mini_encdec
-    tokenizer ...` (one set of options and error messages)."""
-    from ..cli import main as cli_main
-    return cli_main(["tokenizer", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
