@@ -211,3 +211,16 @@ def check_vocabulary(model, tok, what: str) -> None:
         raise UsageError(f"{what}: the model's vocabulary ({model.config.vocab_size} ids) is "
                          f"smaller than {source}' ({need}): this model was trained on other "
                          f"data")
+
+
+def decode_text(data: bytes, what: str, expected: str) -> str:
+    """`data` as strict UTF-8 text without NUL bytes, whatever the locale; otherwise a
+    UsageError naming `what`, the offending byte and its 0-based offset."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what}: not valid UTF-8 text (byte 0x{data[e.start]:02x} at "
+                         f"offset {e.start}); expected {expected}") from None
+    if "\0" in text:
+        raise UsageError(f"{what}: holds a NUL byte (binary input?); expected {expected}")
+    return text

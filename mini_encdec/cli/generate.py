@@ -14,8 +14,8 @@ import numpy as np
 
 from ..config import EncDecConfig
 from ..usage import UsageError
-from .common import (POSITIVE, SEED, add_common_arguments, check_vocabulary, float_in,
-                     int_at_least, read_model, read_tokenizer, set_backend)
+from .common import (POSITIVE, SEED, add_common_arguments, check_vocabulary, decode_text,
+                     float_in, int_at_least, read_model, read_tokenizer, set_backend)
 
 HELP = "generate text from a prompt, or interactively (one prompt per line)"
 MAX_NEW_TOKENS = 65536  # beyond this the KV cache of even a tiny model grows large
@@ -68,17 +68,12 @@ def _stdin_lines(interactive: bool):
         if raw is None:  # a text stream (tests, embedding): already decoded
             line = sys.stdin.readline()
             _utf8(line, f"stdin line {number}")
+            if "\0" in line:
+                raise UsageError(f"stdin line {number}: holds a NUL byte (binary input?); "
+                                 f"expected UTF-8 text, one prompt per line")
         else:
-            data = raw.readline()
-            try:
-                line = data.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise UsageError(f"stdin line {number}: not valid UTF-8 text (byte "
-                                 f"0x{data[e.start]:02x} at position {e.start + 1}); expected "
-                                 f"UTF-8 text, one prompt per line") from None
-        if "\0" in line:
-            raise UsageError(f"stdin line {number}: holds a NUL byte (binary input?); "
-                             f"expected UTF-8 text, one prompt per line")
+            line = decode_text(raw.readline(), f"stdin line {number}",
+                               "UTF-8 text, one prompt per line")
         yield line
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..storage.safe_output import check_output
 from ..usage import UsageError
-from .common import POSITIVE, first_line, read_tokenizer
+from .common import POSITIVE, decode_text, first_line, read_tokenizer
 
 HELP = "train the SentencePiece tokenizer, or show a model's special ids"
 
@@ -44,15 +44,7 @@ def _read_text_file(path: str, what: str) -> str:
         data = p.read_bytes()
     except OSError as e:
         raise UsageError(f"{what} {path}: cannot be read ({e.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{what} {path}: not valid UTF-8 text (byte 0x{data[e.start]:02x} at "
-                         f"offset {e.start}); expected a plain-text file") from None
-    if "\0" in text:
-        raise UsageError(f"{what} {path}: holds NUL bytes (a binary file?); expected a "
-                         f"plain-text file")
-    return text
+    return decode_text(data, f"{what} {path}", "a plain-text file")
 
 
 def run(args) -> int:
