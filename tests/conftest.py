@@ -28,14 +28,26 @@ A run with a given seed is reproducible: a failure prints its example and a
 A failure found this way is fixed at its root (a bug, or an error measure that does not
 fit the quantity, see mini_encdec.nn.gradcheck.rel_error), then pinned with
 `@example(...)` so the default run keeps checking it.
+
+Student copies. A copy made by tutorials/assignments/blank.py leaves out
+mini_encdec/kernels (the Numba twins would be an answer key), so the numba backend cannot
+run there: the tests then run the NumPy reference only (the `backend` fixture skips its
+numba half), and the header says so.
 """
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from mini_encdec.backend import BACKENDS, use_backend
+import mini_encdec
+from mini_encdec.backend import BACKENDS, set_backend, use_backend
+
+# False in a student copy without the Numba twins (see the module docstring).
+KERNELS_SHIPPED = (Path(mini_encdec.__file__).parent / "kernels").is_dir()
+if not KERNELS_SHIPPED:
+    set_backend("numpy")
 
 SEED_ENV = "MINI_ENCDEC_HYPOTHESIS_SEED"
 DEFAULT_EXAMPLES = 25
@@ -76,13 +88,19 @@ def pytest_configure(config):
 def pytest_report_header(config):
     seed = config.getoption("hypothesis_seed")
     if seed is None:
-        return "hypothesis: deterministic (profile 'default', derandomized, no database)"
-    return (f"hypothesis: seed-hunting, seed {seed} (profile "
-            f"{settings.get_current_profile_name()!r})")
+        lines = ["hypothesis: deterministic (profile 'default', derandomized, no database)"]
+    else:
+        lines = [f"hypothesis: seed-hunting, seed {seed} (profile "
+                 f"{settings.get_current_profile_name()!r})"]
+    if not KERNELS_SHIPPED:
+        lines.append("backend: numpy only (this copy has no mini_encdec/kernels)")
+    return lines
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Run the test once per backend (numpy reference and numba kernels)."""
+    if request.param == "numba" and not KERNELS_SHIPPED:
+        pytest.skip("no mini_encdec/kernels in this copy: the numba backend cannot run")
     with use_backend(request.param):
         yield request.param

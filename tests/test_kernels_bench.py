@@ -14,7 +14,7 @@ def _args(*argv):
     return p.parse_args(list(argv))
 
 
-def test_defaults_cover_the_issue_configurations():
+def test_defaults_cover_both_presets_architectures_and_engines():
     a = _args()
     assert a.presets == "tiny,small" and a.archs == "decoder,encdec"
     assert a.engines == "numpy,numba,torch"

@@ -5,6 +5,9 @@ measured by gradcheck.rel_error against the size of the gradient's terms (the lo
 pass it: dloss / n, so a one-class softmax, whose gradient cancels to exactly 0, is not
 judged against rounding noise). The largest error seen per (op, argument) is printed at
 the end of the module.
+
+Markers task1_1 ... task2_4: the classroom assignments (tutorials/assignments/README.md);
+each backward pass grades the task of its function.
 """
 
 import numpy as np
@@ -99,6 +102,7 @@ def test_embedding(backend, seed, B, T, V, D, scale):
                 ops.embedding_backward, arrays, ("E",), rng)
 
 
+@pytest.mark.task1_1
 @fixture_ok
 @given(seed=seeds, lead=st.lists(st.integers(1, 3), max_size=2), D=st.integers(2, 6),
        x_scale=st.sampled_from([0.1, 1.0, 30.0]))
@@ -110,6 +114,7 @@ def test_rmsnorm(backend, seed, lead, D, x_scale):
     check_grads("rmsnorm", ops.rmsnorm_forward, ops.rmsnorm_backward, arrays, ("x", "w"), rng)
 
 
+@pytest.mark.task1_2
 @few
 @given(seed=seeds, B=batch_sizes, N=st.integers(1, 3), T=seq_lens, Dh=head_dims,
        batched=st.booleans())
@@ -121,6 +126,7 @@ def test_rope(seed, B, N, T, Dh, batched):
     check_grads("rope", lambda x: rope_forward(x, cos, sin), rope_backward, arrays, ("x",), rng)
 
 
+@pytest.mark.task1_3
 @few
 @given(seed=seeds, shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
        cap=st.none() | st.sampled_from([0.5, 5.0, 50.0]))
@@ -131,6 +137,7 @@ def test_softcap(seed, shape, cap):
                 rng)
 
 
+@pytest.mark.task2_3
 @fixture_ok
 @given(data=st.data(), seed=seeds, dims=attention_dims(),
        scale=st.sampled_from([0.125, 0.5, 1.0]), softcap=st.none() | st.sampled_from([1.0, 50.0]))
@@ -146,6 +153,7 @@ def test_attention_core(backend, data, seed, dims, scale, softcap):
                 ops.attention_core_backward, arrays, ("q", "k", "v"), rng)
 
 
+@pytest.mark.task2_4
 @few
 @given(data=st.data(), seed=seeds, hk=heads(), B=batch_sizes, Tq=seq_lens, Tk=seq_lens,
        Dh=head_dims, Dq=widths, Dkv=widths, window=st.none() | windows,
@@ -165,6 +173,7 @@ def test_cross_attention(data, seed, hk, B, Tq, Tk, Dh, Dq, Dkv, window, softcap
                 arrays, ("x_q", "x_kv", "Wq", "Wk", "Wv", "Wo"), rng)
 
 
+@pytest.mark.task2_4
 @few
 @given(data=st.data(), seed=seeds, hk=heads(), B=batch_sizes, T=seq_lens, Dh=head_dims,
        D=widths, causal=st.booleans(), window=st.none() | windows,
@@ -193,6 +202,7 @@ def test_self_attention(data, seed, hk, B, T, Dh, D, causal, window, softcap):
     check_grads("attention(self)", forward, backward, arrays, ("x", "Wq", "Wk", "Wv", "Wo"), rng)
 
 
+@pytest.mark.task1_3
 @few
 @given(seed=seeds, shape=st.lists(st.integers(1, 4), min_size=1, max_size=3))
 def test_gelu_tanh(seed, shape):
@@ -201,6 +211,7 @@ def test_gelu_tanh(seed, shape):
     check_grads("gelu_tanh", gelu_tanh_forward, gelu_tanh_backward, arrays, ("u",), rng)
 
 
+@pytest.mark.task1_4
 @fixture_ok
 @given(seed=seeds, shape=st.lists(st.integers(1, 4), min_size=1, max_size=3))
 def test_geglu_act(backend, seed, shape):
@@ -210,6 +221,7 @@ def test_geglu_act(backend, seed, shape):
                 ("gate", "up"), rng)
 
 
+@pytest.mark.task1_4
 @few
 @given(seed=seeds, lead=st.lists(st.integers(1, 3), min_size=1, max_size=2), D=widths, F=widths)
 def test_geglu(seed, lead, D, F):
@@ -247,7 +259,7 @@ def test_cross_entropy(seed, shape, V):
 @fixture_ok
 @given(seed=seeds, shape=st.lists(st.integers(1, 3), min_size=1, max_size=2),
        V=st.integers(1, 6), cap=st.none() | st.sampled_from([2.0, 30.0]))
-@example(seed=9048, shape=[2], V=1, cap=30.0)  # issue 13: failed against a floor of 1e-5
+@example(seed=9048, shape=[2], V=1, cap=30.0)  # one class: its exact 0 failed a floor of 1e-5
 def test_softcap_cross_entropy(backend, seed, shape, V, cap):
     rng = np.random.default_rng(seed)
     labels = _labels(rng, tuple(shape), V)
@@ -283,7 +295,7 @@ def test_rel_error_judges_a_cancelling_gradient_against_its_terms():
     noise = np.array([1.5 * np.finfo(np.float64).eps * 30.0 / 1e-4, 0.0])  # ~1e-10
     zero = np.zeros(2)
     assert rel_error(zero, noise, floor=terms) < 1e-9
-    assert rel_error(zero, noise, floor=1e-5) > TOL  # the issue-13 failure, by construction
+    assert rel_error(zero, noise, floor=1e-5) > TOL  # a floor of 1e-5 fails it, by construction
     wrong = np.array([1e-5 * terms, 0.0])  # a real bug of 1e-5 of the terms is still caught
     assert rel_error(wrong, noise, floor=terms) > TOL
     # when the gradient is as large as its terms (no cancellation), the floor has no effect

@@ -1,10 +1,69 @@
-"""Literal expected mask matrices (rows = queries, columns = keys, 1 = may attend), T = 5,
-W = 2, for both window forms, the global forms, padding, and batched decode positions."""
+"""Attention masks from positions (SPEC 1): the definitions written as loops, checked on
+hypothesis-drawn positions, windows and paddings (and against an off-by-one window, which
+the check must reject); then literal expected matrices (rows = queries, columns = keys,
+1 = may attend), T = 5, W = 2, for both window forms, the global forms, padding, and
+batched decode positions.
+
+Every test here grades classroom task 2.1 (tutorials/assignments/README.md).
+"""
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mini_encdec.nn.masks import attention_mask
+
+from .strategies import batch_sizes, key_paddings, seq_lens, windows
+
+pytestmark = pytest.mark.task2_1
+
+
+def mask_by_the_definition(q_pos, k_pos, causal, window, key_padding):
+    """(B, 1, Tq, Tk) with loops; q_pos/k_pos (B, T), key_padding (B, Tk) or None.
+    Causal: 0 <= q - k (< W if windowed); symmetric: |q - k| < W; padded keys never."""
+    B, Tq, Tk = q_pos.shape[0], q_pos.shape[1], k_pos.shape[1]
+    out = np.zeros((B, 1, Tq, Tk), dtype=bool)
+    for b in range(B):
+        for i in range(Tq):
+            for j in range(Tk):
+                d = int(q_pos[b, i]) - int(k_pos[b, j])
+                if causal:
+                    ok = 0 <= d and (window is None or d < window)
+                else:
+                    ok = window is None or abs(d) < window
+                out[b, 0, i, j] = ok and (key_padding is None or bool(key_padding[b, j]))
+    return out
+
+
+def check_mask(make_mask, q_pos, k_pos, causal, window, key_padding):
+    got = make_mask(q_pos, k_pos, causal=causal, window=window, key_padding=key_padding)
+    want = mask_by_the_definition(q_pos, k_pos, causal, window, key_padding)
+    assert got.dtype == np.bool_ and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@given(data=st.data(), B=batch_sizes, Tq=seq_lens, Tk=seq_lens, causal=st.booleans(),
+       window=st.none() | windows, offset=st.integers(0, 6))
+def test_masks_follow_the_definitions(data, B, Tq, Tk, causal, window, offset):
+    # decoding against a cache: queries sit after `offset` earlier keys
+    q_pos = np.tile(offset + np.arange(Tq), (B, 1))
+    k_pos = np.tile(np.arange(Tk), (B, 1))
+    pad = data.draw(st.none() | key_paddings(B, Tk))
+    check_mask(attention_mask, q_pos, k_pos, causal, window, pad)
+
+
+def test_check_rejects_an_off_by_one_window():
+    p = np.arange(6)[None]
+
+    def window_off_by_one(q_pos, k_pos, *, causal, window=None, key_padding=None):
+        d = q_pos[:, :, None] - k_pos[:, None, :]
+        return ((d >= 0) & (d <= window))[:, None]  # W + 1 keys
+
+    check_mask(attention_mask, p, p, True, 2, None)
+    with pytest.raises(AssertionError):
+        check_mask(window_off_by_one, p, p, True, 2, None)
+
 
 T, W = 5, 2
 POS = np.arange(T)

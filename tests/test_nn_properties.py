@@ -1,6 +1,12 @@
 """Properties of the nn/ layers (SPEC 1-2): causality, window locality, RoPE relativity,
 GQA = MHA with repeated heads, masked keys have no influence, empty rows give zeros,
 soft-cap bounds, RMSNorm scale invariance, float32 agreement with float64, loss identities.
+
+The equations themselves are checked in tests/test_nn_equations.py, the gradients in
+tests/test_nn_gradcheck.py. Markers task1_1 ... task2_4: the classroom assignments
+(tutorials/assignments/README.md); a test carries the task of the function it grades, and
+uses only that task and earlier ones (the attention core's forward properties are task
+2.2, its backward ones task 2.3).
 """
 
 import warnings
@@ -42,6 +48,7 @@ def _self_attn(rng, B, T, D, H, K, Dh):
 
 # --- causality and windows -----------------------------------------------------------------
 
+@pytest.mark.task2_4
 @few
 @given(seed=seeds, hk=heads(), B=batch_sizes, T=st.integers(2, 7), D=widths, Dh=head_dims,
        window=st.none() | windows, data=st.data())
@@ -63,6 +70,7 @@ def test_future_tokens_do_not_change_causal_outputs(seed, hk, B, T, D, Dh, windo
     assert not np.allclose(y2[:, t + 1:], y[:, t + 1:])  # the later outputs do change
 
 
+@pytest.mark.task2_3
 @fixture_ok
 @given(seed=seeds, dims=attention_dims(cross=False), causal=st.booleans(), window=windows)
 def test_keys_outside_the_window_have_no_influence(backend, seed, dims, causal, window):
@@ -90,6 +98,7 @@ def test_keys_outside_the_window_have_no_influence(backend, seed, dims, causal, 
 
 # --- RoPE ------------------------------------------------------------------------------------
 
+@pytest.mark.task1_2
 @few
 @given(seed=seeds, Dh=st.sampled_from([2, 4, 8]), m=st.integers(0, 200), n=st.integers(0, 200),
        shift=st.integers(-200, 500))
@@ -106,6 +115,7 @@ def test_rope_scores_depend_only_on_the_offset(seed, Dh, m, n, shift):
     assert score(m, n) == pytest.approx(score(m + shift, n + shift), rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.task1_2
 def test_rope_tables_literal():
     """inv_freq = theta^(-2i/Dh): for Dh = 4 the frequencies are 1 and 1/100."""
     cos, sin = rope_cos_sin(np.array([0, 1, 2]), 4, dtype=np.float64)
@@ -117,34 +127,40 @@ def test_rope_tables_literal():
     np.testing.assert_allclose(cb[1, 0], np.cos(5 * f), rtol=1e-6)
 
 
-def test_rope_rotates_halves_not_pairs():
-    """rotate-half: x = [x1, x2] -> x cos + [-x2, x1] sin (the 'not interleaved' convention)."""
-    x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 4)
-    cos, sin = rope_cos_sin(np.array([1]), 4, dtype=np.float64)
-    y, _ = rope_forward(x, cos, sin)
-    c, s = np.cos([1.0, 0.01]), np.sin([1.0, 0.01])
-    expect = [1 * c[0] - 3 * s[0], 2 * c[1] - 4 * s[1], 3 * c[0] + 1 * s[0], 4 * c[1] + 2 * s[1]]
-    np.testing.assert_allclose(y.ravel(), expect, rtol=1e-14)
-    # The rotation is orthogonal, so the backward is the inverse rotation.
-    dx = rope_backward(y, _)
-    np.testing.assert_allclose(dx, x, rtol=1e-14)
-
-
 # --- GQA ---------------------------------------------------------------------------------
 
+def _gqa_case(rng, dims, data):
+    """q, k, v, a mask, and k, v with each kv head repeated for the G query heads that read
+    it (query head h reads kv head h // G)."""
+    B, H, K, Tq, Tk, Dh = (dims[k] for k in ("B", "H", "K", "Tq", "Tk", "Dh"))
+    mask = data.draw(attention_masks(B, Tq, Tk))
+    q, k, v = randn(rng, B, H, Tq, Dh), randn(rng, B, K, Tk, Dh), randn(rng, B, K, Tk, Dh)
+    G = H // K
+    return q, k, v, mask, np.repeat(k, G, axis=1), np.repeat(v, G, axis=1)
+
+
+@pytest.mark.task2_2
 @fixture_ok
 @given(seed=seeds, dims=attention_dims(), data=st.data(),
        softcap=st.none() | st.sampled_from([1.0, 50.0]))
 def test_gqa_equals_mha_with_repeated_heads(backend, seed, dims, data, softcap):
-    rng = np.random.default_rng(seed)
-    B, H, K, Tq, Tk, Dh = (dims[k] for k in ("B", "H", "K", "Tq", "Tk", "Dh"))
-    G = H // K
-    mask = data.draw(attention_masks(B, Tq, Tk))
-    q, k, v = randn(rng, B, H, Tq, Dh), randn(rng, B, K, Tk, Dh), randn(rng, B, K, Tk, Dh)
-    k_rep, v_rep = np.repeat(k, G, axis=1), np.repeat(v, G, axis=1)  # head h -> kv head h // G
-    o, c = ops.attention_core_forward(q, k, v, mask, scale=0.3, softcap=softcap)
-    o_mha, c_mha = ops.attention_core_forward(q, k_rep, v_rep, mask, scale=0.3, softcap=softcap)
+    q, k, v, mask, k_rep, v_rep = _gqa_case(np.random.default_rng(seed), dims, data)
+    o, _ = ops.attention_core_forward(q, k, v, mask, scale=0.3, softcap=softcap)
+    o_mha, _ = ops.attention_core_forward(q, k_rep, v_rep, mask, scale=0.3, softcap=softcap)
     np.testing.assert_allclose(o, o_mha, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.task2_3
+@fixture_ok
+@given(seed=seeds, dims=attention_dims(), data=st.data(),
+       softcap=st.none() | st.sampled_from([1.0, 50.0]))
+def test_gqa_kv_gradient_sums_over_its_query_heads(backend, seed, dims, data, softcap):
+    rng = np.random.default_rng(seed)
+    q, k, v, mask, k_rep, v_rep = _gqa_case(rng, dims, data)
+    B, K, Tk, Dh = k.shape
+    G = q.shape[1] // K
+    o, c = ops.attention_core_forward(q, k, v, mask, scale=0.3, softcap=softcap)
+    _, c_mha = ops.attention_core_forward(q, k_rep, v_rep, mask, scale=0.3, softcap=softcap)
     do = randn(rng, *o.shape)
     dq, dk, dv = ops.attention_core_backward(do, c)
     dq_m, dk_m, dv_m = ops.attention_core_backward(do, c_mha)
@@ -156,10 +172,9 @@ def test_gqa_equals_mha_with_repeated_heads(backend, seed, dims, data, softcap):
 
 # --- masks: no influence, empty rows ----------------------------------------------------
 
-@fixture_ok
-@given(seed=seeds, dims=attention_dims(), data=st.data())
-def test_masked_keys_have_no_influence(backend, seed, dims, data):
-    rng = np.random.default_rng(seed)
+def _padded_case(rng, dims, data):
+    """q, k, v, a mask hiding the padded keys (and some more), the padding (B, Tk), and
+    k2, v2: k, v with every padded key and value changed."""
     B, H, K, Tq, Tk, Dh = (dims[k] for k in ("B", "H", "K", "Tq", "Tk", "Dh"))
     pad = data.draw(key_paddings(B, Tk))
     mask = data.draw(bool_masks((B, 1, Tq, Tk))) & pad[:, None, None, :]
@@ -168,9 +183,27 @@ def test_masked_keys_have_no_influence(backend, seed, dims, data):
     padded = ~pad  # (B, Tk): keys no query may see
     k2.transpose(0, 2, 1, 3)[padded] = 100.0  # (B, K, Tk, Dh) viewed (B, Tk, K, Dh)
     v2.transpose(0, 2, 1, 3)[padded] = -7.0
-    o, c = ops.attention_core_forward(q, k, v, mask, scale=0.5, softcap=50.0)
-    o2, c2 = ops.attention_core_forward(q, k2, v2, mask, scale=0.5, softcap=50.0)
+    return q, k, v, mask, padded, k2, v2
+
+
+@pytest.mark.task2_2
+@fixture_ok
+@given(seed=seeds, dims=attention_dims(), data=st.data())
+def test_masked_keys_have_no_influence(backend, seed, dims, data):
+    q, k, v, mask, _, k2, v2 = _padded_case(np.random.default_rng(seed), dims, data)
+    o, _ = ops.attention_core_forward(q, k, v, mask, scale=0.5, softcap=50.0)
+    o2, _ = ops.attention_core_forward(q, k2, v2, mask, scale=0.5, softcap=50.0)
     np.testing.assert_allclose(o2, o, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.task2_3
+@fixture_ok
+@given(seed=seeds, dims=attention_dims(), data=st.data())
+def test_masked_keys_get_no_gradient(backend, seed, dims, data):
+    rng = np.random.default_rng(seed)
+    q, k, v, mask, padded, k2, v2 = _padded_case(rng, dims, data)
+    o, c = ops.attention_core_forward(q, k, v, mask, scale=0.5, softcap=50.0)
+    _, c2 = ops.attention_core_forward(q, k2, v2, mask, scale=0.5, softcap=50.0)
     do = randn(rng, *o.shape)
     g, g2 = ops.attention_core_backward(do, c), ops.attention_core_backward(do, c2)
     for a, b in zip(g, g2):
@@ -179,27 +212,47 @@ def test_masked_keys_have_no_influence(backend, seed, dims, data):
         assert np.all(dkv.transpose(0, 2, 1, 3)[padded] == 0)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_rows_without_allowed_keys_give_zeros_and_zero_gradients(backend, dtype):
+def _empty_rows(dtype):
+    """Inputs (q, k, v, mask) with one query row that sees no key and one fully padded
+    sequence; run `check(q, k, v, mask)` without any floating-point warning."""
     rng = np.random.default_rng(0)
     B, H, K, Tq, Tk, Dh = 2, 4, 2, 3, 4, 4
     mask = np.ones((B, 1, Tq, Tk), dtype=bool)
     mask[0, 0, 1] = False  # one empty row
     mask[1] = False  # a fully padded sequence
     q, k, v = (randn(rng, B, n, t, Dh, dtype=dtype) for n, t in ((H, Tq), (K, Tk), (K, Tk)))
+    return q, k, v, mask
+
+
+@pytest.mark.task2_2
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_without_allowed_keys_give_zeros(backend, dtype):
+    q, k, v, mask = _empty_rows(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no RuntimeWarning from exp/divide either
         with np.errstate(all="raise"):
-            o, cache = ops.attention_core_forward(q, k, v, mask, scale=0.5, softcap=50.0)
-            dq, dk, dv = ops.attention_core_backward(np.ones_like(o), cache)
+            o, _ = ops.attention_core_forward(q, k, v, mask, scale=0.5, softcap=50.0)
     assert o.dtype == dtype and np.all(np.isfinite(o))
     assert np.all(o[0, :, 1] == 0) and np.all(o[1] == 0) and np.any(o[0, :, 0] != 0)
+
+
+@pytest.mark.task2_3
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_without_allowed_keys_give_zero_gradients(backend, dtype):
+    q, k, v, mask = _empty_rows(dtype)
+    o, cache = ops.attention_core_forward(q, k, v, mask, scale=0.5, softcap=50.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="raise"):
+            dq, dk, dv = ops.attention_core_backward(np.ones_like(o), cache)
+    assert all(g.dtype == dtype and np.all(np.isfinite(g)) for g in (dq, dk, dv))
     assert np.all(dq[0, :, 1] == 0) and np.all(dq[1] == 0)
     assert np.all(dk[1] == 0) and np.all(dv[1] == 0)
 
 
 # --- soft-cap --------------------------------------------------------------------------
 
+@pytest.mark.task1_3
 @few
 @given(data=st.data(), dtype=st.sampled_from([np.float32, np.float64]),
        cap=st.floats(0.5, 100.0))
@@ -216,6 +269,7 @@ def test_softcap_stays_strictly_inside(data, dtype, cap):
     assert np.all(np.abs(yb) <= dtype(cap)) and np.all(np.isfinite(softcap_backward(yb, c)))
 
 
+@pytest.mark.task1_3
 def test_softcap_none_is_identity():
     x = np.array([-1e3, 0.5, 7.0])
     y, c = softcap_forward(x, None)
@@ -225,6 +279,7 @@ def test_softcap_none_is_identity():
 
 # --- RMSNorm ---------------------------------------------------------------------------
 
+@pytest.mark.task1_1
 @fixture_ok
 @given(seed=seeds, lead=st.lists(st.integers(1, 3), max_size=2), D=widths,
        a=st.floats(1e-2, 1e3), dtype=st.sampled_from([np.float32, np.float64]))
@@ -237,13 +292,6 @@ def test_rmsnorm_is_invariant_to_positive_scaling(backend, seed, lead, D, a, dty
     ya, _ = ops.rmsnorm_forward(x * dtype(a), w, eps)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(ya, y, rtol=tol, atol=tol)
-
-
-def test_rmsnorm_fresh_weight_zero_is_identity_scale(backend):
-    """(1 + w) with w = 0: a fresh norm divides by the rms and scales by 1, not 0 or 2."""
-    x = np.array([[3.0, 4.0]])
-    y, _ = ops.rmsnorm_forward(x, np.zeros(2), 1e-6)
-    np.testing.assert_allclose(y, x / np.sqrt(12.5 + 1e-6), rtol=1e-15)
 
 
 # --- embedding ---------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Objectives: span corruption rules, length helper, UL2 mixture, PrefixLM, causal LM."""
+"""Objectives: span corruption rules, length helper, UL2 mixture, PrefixLM, causal LM.
+
+Markers task3_1 ... task3_4: the classroom assignments (tutorials/assignments/README.md);
+a test carries the task of the function it grades.
+"""
 
 import math
 
@@ -8,12 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mini_encdec.objectives import (T5GEMMA2, UL2_PAPER, Denoiser, UL2Mixture, causal_lm,
-                                    composition_first_part_pmf, denoise, fitting_raw_length,
-                                    max_spans, noise_counts, noise_mask, pack_documents,
-                                    prefix_lm, random_composition, sequential_denoise,
-                                    sequential_prefix_bounds, span_corruption,
-                                    span_corruption_lengths, teacher_positions, ul2_example,
-                                    ul2_preset, uncorrupt)
+                                    composition_first_part_pmf, corrupted_lengths, denoise,
+                                    fitting_raw_length, max_spans, noise_counts, noise_mask,
+                                    pack_documents, prefix_lm, random_composition,
+                                    sequential_denoise, sequential_prefix_bounds,
+                                    span_corruption, span_corruption_lengths,
+                                    teacher_positions, ul2_example, ul2_preset, uncorrupt)
 
 SENTINELS = np.arange(5000, 5256)   # stand-in sentinel ids, disjoint from the text ids
 EOS = 1
@@ -30,6 +34,7 @@ def _feasible(length, density, mean):
     return n_spans <= length - n_noise
 
 
+@pytest.mark.task3_1
 @given(lengths, densities, means)
 def test_noise_counts_follow_the_float32_half_even_rules(length, density, mean):
     n_noise, n_spans = noise_counts(length, density, mean)
@@ -39,6 +44,7 @@ def test_noise_counts_follow_the_float32_half_even_rules(length, density, mean):
     assert n_spans == max(1, int(np.round(float(np.float32(n_noise) / np.float32(mean)))))
 
 
+@pytest.mark.task3_1
 def test_noise_counts_round_half_to_even():
     # 10 * 0.25 = 2.5 exactly in float32 -> 2 (even); 14 * 0.25 = 3.5 -> 4
     assert noise_counts(10, 0.25, 1.0)[0] == 2
@@ -52,6 +58,7 @@ def test_noise_counts_round_half_to_even():
     assert noise_counts(110, 0.55, 1.0)[0] == 60
 
 
+@pytest.mark.task3_2
 @given(lengths, densities, means, seeds)
 def test_noise_mask_structure(length, density, mean, seed):
     if not _feasible(length, density, mean):
@@ -67,14 +74,13 @@ def test_noise_mask_structure(length, density, mean, seed):
     assert starts.sum() == n_spans             # exactly n_spans disjoint noise runs
 
 
-@given(lengths, densities, means, seeds)
-def test_span_corruption_reconstructs_and_orders_sentinels(length, density, mean, seed):
-    if not _feasible(length, density, mean):
-        return
-    tokens = np.random.default_rng(seed).integers(20, 4000, size=length)
-    ex = span_corruption(tokens, np.random.default_rng(seed), density=density, mean_span=mean,
-                         sentinel_ids=SENTINELS, eos_id=EOS)
-    n_noise, n_spans = noise_counts(length, density, mean)
+def check_span_corruption(corrupt, tokens, density, mean, seed):
+    """corrupt(tokens, rng, density=, mean_span=, sentinel_ids=, eos_id=) -> Example:
+    inputs K1 <s0> K2 <s1> ... EOS and targets <s0> N1 <s1> N2 ... EOS (kept spans K,
+    noise spans N), whose sentinels undo the corruption."""
+    ex = corrupt(tokens, np.random.default_rng(seed), density=density, mean_span=mean,
+                 sentinel_ids=SENTINELS, eos_id=EOS)
+    n_noise, n_spans = noise_counts(len(tokens), density, mean)
     sent_in = ex.inputs[np.isin(ex.inputs, SENTINELS)]
     sent_out = ex.targets[np.isin(ex.targets, SENTINELS)]
     np.testing.assert_array_equal(sent_in, SENTINELS[:n_spans])   # <s0> <s1> ... in order
@@ -82,11 +88,33 @@ def test_span_corruption_reconstructs_and_orders_sentinels(length, density, mean
     assert ex.targets[0] == SENTINELS[0]                 # targets start with <s0>
     assert ex.inputs[-2] == SENTINELS[n_spans - 1]       # inputs end with a sentinel, EOS
     assert ex.inputs[-1] == EOS and ex.targets[-1] == EOS
-    assert len(ex.inputs) == length - n_noise + n_spans + 1
+    assert len(ex.inputs) == len(tokens) - n_noise + n_spans + 1
     assert len(ex.targets) == n_noise + n_spans + 1
     np.testing.assert_array_equal(uncorrupt(ex.inputs, ex.targets, SENTINELS, EOS), tokens)
 
 
+@pytest.mark.task3_3
+@given(lengths, densities, means, seeds)
+def test_span_corruption_reconstructs_and_orders_sentinels(length, density, mean, seed):
+    if not _feasible(length, density, mean):
+        return
+    tokens = np.random.default_rng(seed).integers(20, 4000, size=length)
+    check_span_corruption(span_corruption, tokens, density, mean, seed)
+
+
+@pytest.mark.task3_3
+def test_check_rejects_ordinary_ids_as_sentinels():
+    tokens = np.arange(10, 60)
+
+    def reuses_ids(tokens, rng, *, sentinel_ids, **kw):  # "sentinels" from the vocabulary
+        return span_corruption(tokens, rng, sentinel_ids=np.arange(20, 320), **kw)
+
+    check_span_corruption(span_corruption, tokens, 0.15, 3.0, 0)
+    with pytest.raises(AssertionError):
+        check_span_corruption(reuses_ids, tokens, 0.15, 3.0, 0)
+
+
+@pytest.mark.task3_3
 def test_span_corruption_is_deterministic_for_a_seed():
     tokens = np.arange(100, 300)
     a, b, c = (span_corruption(tokens, np.random.default_rng(s), density=0.3, mean_span=3,
@@ -96,6 +124,7 @@ def test_span_corruption_is_deterministic_for_a_seed():
     assert not np.array_equal(a.inputs, c.inputs)
 
 
+@pytest.mark.task3_3
 def test_more_spans_than_sentinels_raises():
     tokens = np.arange(100, 200)  # density .5, mean 1 -> 50 spans
     with pytest.raises(ValueError, match="sentinel"):
@@ -103,16 +132,20 @@ def test_more_spans_than_sentinels_raises():
                         sentinel_ids=SENTINELS[:49], eos_id=EOS)
 
 
+@pytest.mark.task3_1
 @pytest.mark.parametrize("args, want", [((64, 0.2, 2), (70, 22)), ((64, 0.2, 1), (63, 27)),
                                         ((512, 0.15, 3), (568, 114))])
 def test_length_helper_reproduces_t5_values(args, want):
     assert span_corruption_lengths(*args) == want
 
 
-@given(st.integers(8, 600), densities, means)
+@pytest.mark.task3_1
+@given(st.integers(3, 600), densities, means)
 def test_length_helper_is_the_largest_fitting_length(inputs_length, density, mean):
     raw, targets = span_corruption_lengths(inputs_length, density, mean)
     n_noise, n_spans = noise_counts(raw, density, mean)
+    # inputs: the kept tokens, one sentinel per span, EOS; targets: the noise, the same
+    assert corrupted_lengths(raw, density, mean) == (raw - n_noise + n_spans + 1, targets)
     assert raw - n_noise + n_spans + 1 <= inputs_length
     assert targets == n_noise + n_spans + 1
     n2, s2 = noise_counts(raw + 1, density, mean)
@@ -136,17 +169,31 @@ def test_sentinels_suffice_for_the_densest_denoiser_at_512():
                 assert noise_counts(raw, d.density, d.mean_span)[1] <= 255
 
 
-@pytest.mark.parametrize("n, s", [(12, 3), (20, 5), (9, 1)])
-def test_span_length_matches_uniform_composition_formula(n, s):
+@pytest.mark.task3_2
+@given(n=st.integers(1, 40), data=st.data(), seed=seeds)
+def test_composition_is_positive_and_sums_to_n(n, data, seed):
+    parts = data.draw(st.integers(1, n))
+    c = random_composition(n, parts, np.random.default_rng(seed))
+    assert c.shape == (parts,) and c.sum() == n and np.all(c >= 1)
+
+
+@pytest.mark.task3_2
+@pytest.mark.parametrize("n, parts", [(5, 3), (6, 2), (9, 1)])
+def test_composition_is_uniform(n, parts):
+    """Every composition of n into `parts` positive parts has probability
+    1 / C(n-1, parts-1) (so the first part, a span length, follows
+    composition_first_part_pmf, checked by enumeration below)."""
+    draws = 3000
     rng = np.random.default_rng(0)
-    draws = 6000
-    first = np.array([random_composition(n, s, rng)[0] for _ in range(draws)])
-    pmf = composition_first_part_pmf(n, s)
-    assert abs(pmf.sum() - 1) < 1e-12
-    freq = np.bincount(first, minlength=n + 1) / draws
-    # within 5 standard errors for every length k
-    se = np.sqrt(pmf * (1 - pmf) / draws)
-    assert np.all(np.abs(freq - pmf) <= 5 * se + 1e-9), (freq, pmf)
+    counts = {}
+    for _ in range(draws):
+        key = tuple(random_composition(n, parts, rng))
+        counts[key] = counts.get(key, 0) + 1
+    total = math.comb(n - 1, parts - 1)
+    assert len(counts) == total  # every composition shows up
+    p = 1 / total
+    sd = math.sqrt(p * (1 - p) / draws)
+    assert all(abs(c / draws - p) <= 5 * sd for c in counts.values())
 
 
 def test_composition_formula_by_enumeration():
@@ -171,6 +218,7 @@ def test_ul2_task_frequencies_match_weights():
     assert len(ul2_preset("ul2").denoisers) == 7
 
 
+@pytest.mark.task3_4
 @pytest.mark.parametrize("preset", ["ul2", "t5gemma2"])
 def test_ul2_examples_carry_mode_tokens_and_fit(preset):
     mix = ul2_preset(preset)
@@ -193,23 +241,37 @@ def test_ul2_examples_carry_mode_tokens_and_fit(preset):
     assert seen == set(range(len(mix.denoisers)))
 
 
-@given(st.integers(2, 300), seeds)
-def test_sequential_denoiser_targets_are_a_suffix(length, seed):
+@pytest.mark.task3_4
+@given(st.integers(2, 300), st.sampled_from([0.0, 0.25, 0.5]), seeds)
+def test_sequential_denoiser_targets_are_a_suffix(length, r, seed):
     tokens = np.random.default_rng(seed).integers(20, 4000, size=length)
-    ex = sequential_denoise(tokens, np.random.default_rng(seed))
-    lo, hi = sequential_prefix_bounds(length, 0.25)
-    assert lo == min(max(1, round(0.5 * (length - 1))), length - 1) and hi == length - 1
+    ex = sequential_denoise(tokens, np.random.default_rng(seed), r=r)
+    lo, hi = sequential_prefix_bounds(length, r)
+    assert lo == min(max(1, round((1 - 2 * r) * (length - 1))), length - 1)
+    assert hi == length - 1
     assert lo <= len(ex.inputs) <= hi
     np.testing.assert_array_equal(ex.targets, tokens[len(ex.inputs):])
     np.testing.assert_array_equal(ex.inputs, tokens[:len(ex.inputs)])
-    full = denoise(tokens, np.random.default_rng(seed), Denoiser("[S2S]", kind="sequential"),
-                   mode_id=12, sentinel_ids=SENTINELS, eos_id=EOS)
+    s_denoiser = Denoiser("[S2S]", kind="sequential", r=r)
+    full = denoise(tokens, np.random.default_rng(seed), s_denoiser, mode_id=12,
+                   sentinel_ids=SENTINELS, eos_id=EOS)
     assert full.inputs[0] == 12 and not np.isin(full.targets, SENTINELS).any()
     # like the R and X denoisers (and T5), inputs and targets both end with EOS
     np.testing.assert_array_equal(full.inputs, np.concatenate([[12], ex.inputs, [EOS]]))
     np.testing.assert_array_equal(full.targets, np.concatenate([ex.targets, [EOS]]))
 
 
+@pytest.mark.task3_4
+def test_sequential_prefix_length_is_uniform():
+    L, r = 21, 0.25
+    lo, hi = sequential_prefix_bounds(L, r)  # [10, 20]
+    rng = np.random.default_rng(0)
+    k = [len(sequential_denoise(np.arange(L), rng, r=r).inputs) for _ in range(2200)]
+    freq = np.bincount(k, minlength=hi + 1)[lo:] / len(k)
+    assert (lo, hi) == (10, 20) and np.all(np.abs(freq - 1 / 11) < 0.03)
+
+
+@pytest.mark.task3_4
 def test_single_span_denoiser_covers_three_quarters():
     d = T5GEMMA2[-1]
     ex = denoise(np.arange(100, 180), np.random.default_rng(0), d, mode_id=12,
@@ -219,6 +281,7 @@ def test_single_span_denoiser_covers_three_quarters():
     np.testing.assert_array_equal(ex.targets[1:-1], np.arange(120, 180))
 
 
+@pytest.mark.task3_4
 @given(st.integers(1, 200), seeds)
 def test_prefix_lm_halves_and_teacher_positions(n, seed):
     tokens = np.random.default_rng(seed).integers(0, 8192, size=2 * n)
@@ -230,6 +293,7 @@ def test_prefix_lm_halves_and_teacher_positions(n, seed):
     np.testing.assert_array_equal(tokens[pos + 1], ex.targets)
 
 
+@pytest.mark.task3_4
 def test_prefix_lm_rejects_odd_lengths():
     with pytest.raises(ValueError, match="even"):
         prefix_lm(np.arange(5))

@@ -1,4 +1,4 @@
-"""Parity with Hugging Face `transformers` in float32, through our interop (issue 7).
+"""Parity with Hugging Face `transformers` in float32, through our interop.
 
 Random tiny HF models (eager attention) are saved with `save_pretrained`, loaded with our
 `load_hf`, and compared like llm.c's test_gpt2: logits (1e-4 absolute), loss (1e-5

@@ -39,7 +39,7 @@ def _write(target, **kw):
 
 
 @pytest.mark.parametrize("target,sources,message", [
-    ("runs", {"--from": "runs/A"}, "contains the --from source"),    # the data loss
+    ("runs", {"--from": "runs/A"}, "contains the --from source"),    # would wipe all of runs/
     ("runs/A", {"--from": "runs/A"}, "is the --from source"),
     ("runs/A/sub", {"--from": "runs/A"}, "is inside the --from source"),
     ("runs/B", None, "already exists and is not empty (1 entry)"),

@@ -30,7 +30,7 @@ def test_t_tail_closed_forms(t):
 @example(0.5, 1.0, 4.5069155971023674e-15)
 def test_betainc_symmetry(a, b, x):
     # pass the complement's own complement, x, exactly: 1 - x rounds away x's digits when x
-    # is tiny (x = 4.5e-15 moved I_{1-x}(1, 0.5) by 3e-10, seed-hunting seed 2, issue 13)
+    # is tiny (x = 4.5e-15 moved I_{1-x}(1, 0.5) by 3e-10; found by seed hunting, seed 2)
     assert betainc(a, b, x) == pytest.approx(1 - betainc(b, a, 1 - x, one_minus_x=x), abs=1e-10)
 
 

@@ -6,14 +6,15 @@
 
 The copy keeps every signature and docstring; each blanked body becomes
 `raise NotImplementedError("task1_1: ...")`. Students implement the bodies and grade
-themselves with `python -m pytest -m task1_1` (tests/test_assignments.py). By default the
+themselves with `python -m pytest -m task1_1`: the marker selects the main suite's tests
+of that task's functions (which files: tutorials/assignments/README.md). By default the
 copy leaves out mini_encdec/kernels/ (the Numba twins compute the same math in loops, an
-answer key) and its test file; the numba backend then falls back to the NumPy code.
-`--keep-kernels` keeps them.
+answer key) and the tests of the twins and of the backend switch; the tests in the copy
+then run the NumPy backend only (tests/conftest.py). `--keep-kernels` keeps them.
 
 TASKS below is the authoritative list: task -> (title, [(module, function), ...]).
-tests/test_assignments.py checks that every task has a registered pytest marker, at least
-one test, and that every listed function exists.
+tests/test_assignment_tool.py checks that every task has a registered pytest marker, at
+least one test, and that every listed function exists.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ TASKS = {
         ("mini_encdec.training.adapt", "_origin")]),
 }
 
-# Left out of student copies: caches, runs, and (unless --keep-kernels) the Numba twins.
+# Left out of student copies: caches, runs, and (unless --keep-kernels) the Numba twins
+# with the tests that need them.
 IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis",
                                 "*.egg-info", "runs", "build", "dist", ".venv", "venv")
-KERNEL_PATHS = ("mini_encdec/kernels", "tests/test_kernels.py")
+KERNEL_PATHS = ("mini_encdec/kernels", "tests/test_kernels.py", "tests/test_backend.py")
 
 
 def blank_source(source: str, names, task: str) -> str:
