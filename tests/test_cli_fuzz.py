@@ -340,7 +340,7 @@ def test_the_battery_is_large_enough():
     assert len({c[0] for c in CASES}) == len(CASES)
 
 
-# --- real processes: a real stdin, the C locale, the data-loss command --------------------
+# --- real processes: a real stdin, the C locale, adapt --out over its own source --------------------
 
 def _env(**extra):
     return dict(os.environ, MINI_ENCDEC_BACKEND="numpy", OPENBLAS_NUM_THREADS="1",
@@ -348,7 +348,7 @@ def _env(**extra):
 
 
 SUBPROCESS_CASES = [
-    # the first bug: it used to exit 0 after wiping every other run in runs/
+    # adapt --out a directory holding the source once exited 0 after wiping every other run in it
     ("adapt-out-is-the-runs-dir", ["adapt", "--from", "runs/dec", "--out", "runs"], None,
      "contains the --encoder-from source", {}),
     # undecodable bytes on a real stdin, under a C locale (surrogateescape decoding)

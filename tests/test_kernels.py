@@ -1,6 +1,6 @@
 """The Numba twins agree with the NumPy references in mini_encdec.nn.
 
-Tolerances (issue 8): float32 outputs within 1e-5 relative, float32 gradients within
+Tolerances: float32 outputs within 1e-5 relative, float32 gradients within
 1e-4; float64 within 1e-10. "Relative" is elementwise with an absolute floor of the same
 size times the largest reference magnitude, so entries near zero are judged against the
 array's scale. Shapes, masks and dtypes come from hypothesis; fully masked rows are

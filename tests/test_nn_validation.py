@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from mini_encdec.nn import (attention, embedding, gradcheck, linear, loss, masks, mlp, rmsnorm,
-                            rope, softcap)
+from mini_encdec.nn import (adamw, attention, embedding, gradcheck, linear, loss, masks, mlp,
+                            rmsnorm, rope, softcap)
 
 rng = np.random.default_rng(0)
 f64 = lambda *s: rng.standard_normal(s)  # noqa: E731
@@ -61,8 +61,13 @@ c_ce = cache_of(loss.cross_entropy_forward, logits, labels)
 c_sce = cache_of(loss.softcap_cross_entropy_forward, logits, labels, 30.0)
 c_kd = cache_of(loss.distillation_forward, logits, tp, None)
 
+AD = dict(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, t=1)
+
 CASES = [
     # (id, call, argument named in the message)
+    ("adamw g shape", lambda: adamw.adamw_update(W, f64(5, D + 1), 0 * W, 0 * W, **AD), "g"),
+    ("adamw m dtype", lambda: adamw.adamw_update(W, W, W.astype(np.float32), 0 * W, **AD), "m"),
+    ("adamw t 0", lambda: adamw.adamw_update(W, W, 0 * W, 0 * W, **{**AD, "t": 0}), "t"),
     ("linear x int", lambda: linear.linear_forward(x.astype(int), W), "x"),
     ("linear x list", lambda: linear.linear_forward(x.tolist(), W), "x"),
     ("linear W 1-D", lambda: linear.linear_forward(x, W[0]), "W"),
@@ -194,12 +199,13 @@ def test_bad_input_raises_value_error_naming_the_argument(call, arg):
 def test_every_public_function_has_a_bad_input_case():
     """Guard: a new public function in nn/ needs a row in CASES."""
     import inspect
-    mods = (attention, embedding, gradcheck, linear, loss, masks, mlp, rmsnorm, rope, softcap)
+    mods = (adamw, attention, embedding, gradcheck, linear, loss, masks, mlp, rmsnorm, rope,
+            softcap)
     public = {n for m in mods for n, f in vars(m).items()
               if inspect.isfunction(f) and f.__module__ == m.__name__ and not n.startswith("_")}
     src = inspect.getsource(inspect.getmodule(test_every_public_function_has_a_bad_input_case))
-    # helpers that take no array input of their own
+    # helpers that take no array input of their own, and the pure reshapes of the heads
     exempt = {"rotate_half", "rotate_half_transpose", "embedding_scale",
-              "random_cotangent"}
+              "random_cotangent", "split_heads", "merge_heads"}
     missing = sorted(n for n in public - exempt if f".{n}(" not in src)
     assert not missing, f"no bad-input case for {missing}"

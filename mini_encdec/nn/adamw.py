@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..validate import check_float, check_positive_int, check_same_dtype, check_shape
+
 
 def adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
                  weight_decay: float, t: int) -> None:
@@ -20,6 +22,13 @@ def adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: floa
     parameter without decay. The NumPy reference of the ops entry "adamw_update" (the
     numba backend runs a fused one-pass twin, mini_encdec/kernels/adamw.py); the
     optimizer (training/optim.py AdamW) calls it once per parameter per step."""
+    fn = "adamw_update"
+    check_float(p, "p", fn=fn)
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        check_float(a, name, fn=fn)
+        check_shape(a, name, p.shape, fn=fn)
+    check_same_dtype(fn, p=p, g=g, m=m, v=v)
+    check_positive_int(t, "t", fn=fn)
     f = p.dtype.type
     # m = beta1 * m + (1 - beta1) * g
     m *= f(beta1)

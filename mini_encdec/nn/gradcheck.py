@@ -68,7 +68,7 @@ def rel_error(a: np.ndarray, b: np.ndarray, floor: float = 1e-5) -> float:
     noise of up to about 1.5 eps F / h: 1e-10 with F = 30, h = 1e-4, eps = 2.2e-16.
     Measured against an arbitrary absolute floor that noise is a "relative error" of
     any size: 1.1e-11 against 1e-5 was 1.1e-6, and the check failed or passed by draw
-    (issue 13: the Numba soft-capped CE shifts by the cap, so F = 30 even when the
+    (the Numba soft-capped CE shifts by the cap, so F = 30 even when the
     logits are small). Measured against the terms it cancels, dloss / n, it is at most
     1.5 eps F / (h dloss / n), about 1.4e-10 with dloss = 0.7, n = 1. So callers pass
     the terms' size as `floor` whenever the gradient can cancel (losses: dloss / n; see
