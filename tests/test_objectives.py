@@ -11,13 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mini_encdec.objectives import (T5GEMMA2, UL2_PAPER, Denoiser, UL2Mixture, causal_lm,
-                                    composition_first_part_pmf, corrupted_lengths, denoise,
-                                    fitting_raw_length, max_spans, noise_counts, noise_mask,
-                                    pack_documents, prefix_lm, random_composition,
-                                    sequential_denoise, sequential_prefix_bounds,
-                                    span_corruption, span_corruption_lengths,
-                                    teacher_positions, ul2_example, ul2_preset, uncorrupt)
+from mini_encdec.objectives.causal_lm import causal_lm, pack_documents
+from mini_encdec.objectives.example import teacher_positions
+from mini_encdec.objectives.prefix_lm import prefix_lm
+from mini_encdec.objectives.span_corruption import (composition_first_part_pmf, corrupted_lengths,
+                                                    fitting_raw_length, max_spans, noise_counts,
+                                                    noise_mask, random_composition,
+                                                    span_corruption, span_corruption_lengths,
+                                                    uncorrupt)
+from mini_encdec.objectives.ul2 import (T5GEMMA2, UL2_PAPER, Denoiser, UL2Mixture, denoise,
+                                        sequential_denoise, sequential_prefix_bounds,
+                                        ul2_example, ul2_preset)
 
 SENTINELS = np.arange(5000, 5256)   # stand-in sentinel ids, disjoint from the text ids
 EOS = 1

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mini_encdec.text.corpus import load_texts
-from mini_encdec.objectives import max_spans
+from mini_encdec.objectives.span_corruption import max_spans
 from mini_encdec.text.tokenizer import (DEFAULT_MODEL, MODE_TOKENS, TRAIN_COMMAND, load_tokenizer,
                                    sentinel_piece, train_tokenizer)
 

@@ -29,11 +29,14 @@ import numpy as np
 from _tutorial import pyplot, save
 from mini_encdec.text.batching import collate_decoder, collate_encdec
 from mini_encdec.text.corpus import CORPUS_DIR
-from mini_encdec.objectives import (composition_first_part_pmf, corrupted_lengths,
-                                    make_objective, noise_counts, noise_mask, prefix_lm,
-                                    random_composition, span_corruption,
-                                    span_corruption_lengths, teacher_positions, uncorrupt,
-                                    ul2_example)
+from mini_encdec.objectives import make_objective
+from mini_encdec.objectives.example import teacher_positions
+from mini_encdec.objectives.prefix_lm import prefix_lm
+from mini_encdec.objectives.span_corruption import (composition_first_part_pmf, corrupted_lengths,
+                                                    noise_counts, noise_mask, random_composition,
+                                                    span_corruption, span_corruption_lengths,
+                                                    uncorrupt)
+from mini_encdec.objectives.ul2 import ul2_example
 from mini_encdec.text.tokenizer import load_tokenizer
 
 rng = np.random.default_rng(0)
