@@ -81,7 +81,7 @@ class KVCache:
         self.next_pos = np.zeros(B, np.int64)  # (B,) position of each row's next token
         self.memory_kv: Optional[list] = None  # per layer (k, v) (B, K, S, Dh)
         self.memory_mask: Optional[np.ndarray] = None  # (B|1, 1, 1, S) bool
-        self.fused: Optional[list] = None  # fuse_weights(...), built on the first step
+        self.fused: list = []  # fused_weights(model), looked up once per request
 
     @property
     def batch_size(self) -> int:
@@ -141,17 +141,47 @@ def project_memory(memory: np.ndarray, Wk: np.ndarray, Wv: np.ndarray, K: int):
     return split_heads(_linear(memory, Wk), K), split_heads(_linear(memory, Wv), K)
 
 
-def fuse_weights(P: dict, spec: StackSpec) -> list:
-    """Per layer {"qkv": [Wq ; Wk ; Wv] ((H + 2K)*Dh, D) of the self (or merged)
-    attention, "gate_up": [Wg ; Wu] (2F, D)}: one matmul each instead of three and two.
-    Built once per request (a copy: training may update the weights in place)."""
-    out = []
+def _fused_groups(spec: StackSpec, i: int) -> dict:
+    """The parameter names of layer i that run as one matmul: q, k, v of the self (or
+    merged) attention and gate, up of the MLP."""
+    p = spec.layer(i)
+    return {"qkv": [f"{p}self_attn.{w}_proj.weight" for w in "qkv"],
+            "gate_up": [f"{p}mlp.{w}_proj.weight" for w in ("gate", "up")]}
+
+
+def _is_view_of(W: np.ndarray, fused: np.ndarray, row: int) -> bool:
+    return (W.base is fused and W.shape[1:] == fused.shape[1:]
+            and W.ctypes.data == fused.ctypes.data + row * fused.strides[0])
+
+
+def fused_weights(model) -> list:
+    """Per decoder layer {"qkv": [Wq ; Wk ; Wv] ((H + 2K)*Dh, D), "gate_up": [Wg ; Wu]
+    (2F, D)}: one matmul each instead of three and two. Built once per model: the first
+    call concatenates them and makes the entries of model.params views into the fused
+    arrays (same values, so training, which updates parameters in place, keeps them
+    current). Later calls only check that the entries are still those views (a parameter
+    replaced by a new array makes it rebuild)."""
+    spec, _ = decoder_parts(model)
+    P = model.params
+    fused = getattr(model, "_fused_weights", None)
+    if fused is not None and all(
+            _is_view_of(P[n], layer[g], sum(P[m].shape[0] for m in names[:j]))
+            for i, layer in enumerate(fused) for g, names in _fused_groups(spec, i).items()
+            for j, n in enumerate(names)):
+        return fused
+    fused = []
     for i in range(spec.cfg.num_hidden_layers):
-        p = spec.layer(i)
-        out.append({"qkv": np.concatenate(_weights(P, p + "self_attn")[:3], axis=0),
-                    "gate_up": np.concatenate([P[p + "mlp.gate_proj.weight"],
-                                               P[p + "mlp.up_proj.weight"]], axis=0)})
-    return out
+        layer = {}
+        for group, names in _fused_groups(spec, i).items():
+            layer[group] = np.concatenate([P[n] for n in names], axis=0)  # (sum rows, D)
+            row = 0
+            for n in names:  # the parameter becomes its rows of the fused array
+                rows = P[n].shape[0]
+                P[n] = layer[group][row:row + rows]
+                row += rows
+        fused.append(layer)
+    model._fused_weights = fused
+    return fused
 
 
 def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
@@ -163,6 +193,7 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
     windows = {lt: (cfg.sliding_window - 1 if lt == SLIDING else None)
                for lt in set(cfg.layer_types)}
     cache = KVCache(cfg.num_hidden_layers, B, cfg.layer_types, windows)
+    cache.fused = fused_weights(model)  # built once per model, checked once per request
     if spec.has_memory:
         if encoder_output is None:
             raise ValueError("init_cache: argument 'encoder_output': required for an "
@@ -224,8 +255,6 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
     B, Tn = ids.shape
     if valid is None:
         valid = np.ones((B, Tn), bool)
-    if cache.fused is None:
-        cache.fused = fuse_weights(P, spec)  # once per request
     # positions advance on valid tokens only (as positions_from_mask does)
     q_pos = cache.next_pos[:, None] + np.maximum(np.cumsum(valid, axis=1) - 1, 0)  # (B, Tn)
     E = P[embed_key]
