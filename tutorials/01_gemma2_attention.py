@@ -29,9 +29,10 @@
 # Every section ends with an `assert` that the library does what the prose says; the
 # test suite runs this file, so prose and code cannot drift apart silently.
 #
-# Run it with `python tutorials/01_gemma2_attention.py` (jupytext can open it as a
-# notebook; it is not needed to run it). Figures, when matplotlib is installed, go to a
-# temporary directory (or `$MINI_ENCDEC_TUTORIAL_OUT`), never into the repository.
+# Run it with `python tutorials/01_gemma2_attention.py`, or open it as a notebook
+# (`tutorials/README.md` has the jupytext command). Figures, when matplotlib is installed,
+# show inline in a notebook; a script saves them to a temporary directory (or
+# `$MINI_ENCDEC_TUTORIAL_OUT`), never into the repository.
 
 # %%
 import numpy as np
