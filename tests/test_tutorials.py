@@ -123,3 +123,17 @@ def test_every_tutorial_as_notebook_shows_its_figures_inline(path, tmp_path):
             importlib.util.find_spec(m) is None for m in ("torch", "transformers")):
         pytest.skip("its figures need torch and transformers")
     check_figures_inline(path, run_as_notebook(path, tmp_path))
+
+
+# --- the tutorials' README and the lab -----------------------------------------------------------
+
+def test_tutorials_readme_lists_every_tutorial_and_only_registered_tasks():
+    readme = (TUTORIALS_DIR / "README.md").read_text(encoding="utf-8")
+    main_readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for path in TUTORIALS:
+        assert f"`{path.name}`" in readme, f"tutorials/README.md does not list {path.name}"
+        assert f"`{path.name}`" in main_readme, f"README.md does not list {path.name}"
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    markers = set(re.findall(r'"(task\d+_\d+):', pyproject))
+    named = set(re.findall(r"\btask\d+_\d+\b", readme))
+    assert named and named <= markers, f"unregistered task markers: {sorted(named - markers)}"
