@@ -54,3 +54,94 @@ def test_bad_engine_is_a_clear_error():
 
 def test_matmul_peak_is_a_positive_rate():
     assert bench.matmul_peak(n=64, repeats=1) > 0
+
+
+# --- --contended -----------------------------------------------------------------------------------
+
+def _fake_result(ms, **extra):
+    return dict({"times": [ms / 1e3] * 3, "peak_rss": 100.0, "step_mem": 10.0, "wall": 1.0,
+                 "others_cpu": 0.01}, **extra)
+
+
+def test_contended_runs_each_load_and_one_thread_and_reports_the_ratios(monkeypatch, tmp_path,
+                                                                         capsys):
+    """The orchestration and the table, with the processes faked: numba is measured quiet,
+    beside a busy loop and beside a copy of itself, each also with one thread."""
+    spawned, competitors = [], []
+
+    class FakeCompetitor:
+        def __init__(self, kind, spec=None, env_extra=None, timeout=0):
+            competitors.append((kind, spec, dict(env_extra or {})))
+
+        def cpu_seconds(self):
+            return 0.0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    slow = {"busy": 150, "copy": 180, "busy/1": 170, "copy/1": 175}
+
+    def fake_spawn(spec, timeout, env_extra=None, competitor=None):
+        spawned.append((spec["kind"], competitor is not None, dict(env_extra or {})))
+        if spec["kind"] == "generate":
+            return {"times": [1.0], "new_tokens": 8, "peak_rss": 1.0, "step_mem": 0.0,
+                    "tokens": [[1]]}
+        if competitor is None:
+            return _fake_result(100, threads={"setting": "auto", "cap": 2, "cpus": 2,
+                                              "adaptive": True, "numba": "omp",
+                                              "blas": "openblas", "omp_wait_policy": "PASSIVE"})
+        kind, _, env = competitors[-1]
+        return _fake_result(slow[kind + ("/1" if env else "")])
+
+    monkeypatch.setattr(bench, "_spawn", fake_spawn)
+    monkeypatch.setattr(bench, "Competitor", FakeCompetitor)
+    monkeypatch.setattr(bench, "matmul_peak", lambda: 100e9)
+    out = tmp_path / "bench.md"
+    assert bench.run(_args("--quick", "--engines", "numba", "--contended", "--no-startup",
+                           "--out", str(out))) == 0
+    assert [c[0] for c in competitors] == ["busy", "busy", "copy", "copy"]
+    assert all(c[1]["kind"] == "train" and not c[1]["profile"] for c in competitors)
+    assert [c[2] for c in competitors] == [{}, {"MINI_ENCDEC_THREADS": "1"}] * 2
+    md = out.read_text()
+    assert "busy loop ms (x quiet) | 2nd copy ms (x quiet) |" in md
+    assert "| 150 (1.50x; 1 thread 1.70x) | 180 (1.80x; 1 thread 1.75x) |" in md
+    assert "MINI_ENCDEC_THREADS=auto, cap 2 of 2 CPUs, adapting to the load" in md
+    assert ("no cliff, tiny decoder: beside a busy loop 1.50x, beside a second copy 1.80x the "
+            "quiet median step (<= 2.5x: met); one thread under the same loads 1.70x, 1.75x "
+            "(not slower than one thread: missed beside the copy)") in md
+    assert "Other processes' CPU use during the quiet measurements: mean 0.01" in md
+
+
+def test_contended_columns_only_when_asked():
+    machine = {"cpu": "C", "cores": 2, "memory_gib": 1.0, "python": "3", "numpy": "2",
+               "blas": "b", "numba": "n", "load_average": (0, 0, 0)}
+    train = {("tiny", "decoder", "numba"): dict(_fake_result(100), flops=1e9)}
+    md = bench.render(machine, 1e9, dict(B=8, T=128, steps=3, P=1, N=1), ["tiny"], ["decoder"],
+                      ["numba"], [], train, {}, None, {})
+    assert "busy loop" not in md and "no cliff" not in md
+
+
+def test_busy_competitor_runs_in_its_own_session_until_stopped():
+    import os
+    import time
+    with bench.Competitor("busy") as comp:
+        pid = comp.proc.pid
+        assert os.getsid(pid) == pid != os.getsid(0)  # its own session, like another terminal
+        time.sleep(0.3)
+        assert comp.proc.poll() is None and comp.cpu_seconds() >= 0
+    assert comp.proc.returncode is not None  # killed and reaped
+    with pytest.raises(ValueError, match="expected one of"):
+        bench.Competitor("fork-bomb")
+
+
+@pytest.mark.slow
+def test_quick_contended_run_end_to_end(tmp_path):
+    """A real tiny run: quiet, beside a busy loop and beside a copy (and with one thread)."""
+    out = tmp_path / "bench.md"
+    assert bench.run(_args("--quick", "--engines", "numba", "--contended", "--no-startup",
+                           "--out", str(out))) == 0
+    md = out.read_text()
+    assert "error" not in md and "no cliff, tiny decoder" in md

@@ -14,11 +14,20 @@ In one run, for the presets tiny and small, decoder-only (Gemma 2) and encoder-d
   - peak memory (peak resident set size of the process that ran the measurement, and the
     growth during the measured steps);
   - start-up: a fresh process importing mini_encdec and running one numba training step,
-    with an empty compile cache (cold) and again with the cache on disk (warm).
+    with an empty compile cache (cold) and again with the cache on disk (warm);
+  - with --contended, the training steps again while another CPU-bound program runs: a
+    busy loop, and a second copy of the same training (same engine, config and thread
+    settings), each started in its own session (as from another terminal) and stopped
+    after the measurement; the table shows the median step beside each load and its
+    ratio to the quiet median. For numba the same two loads are also measured with one
+    thread (MINI_ENCDEC_THREADS=1, the copy too), the reference the thread policy
+    (mini_encdec/kernels/threads.py) must not be slower than.
 
 Every measurement runs in its own fresh Python process (so peak memory, thread pools and
 compile caches don't leak between engines) and reports the best of its timed repetitions
-(the median is shown too). The EOS row of the embedding is zeroed so greedy decoding never
+(the median is shown too). The parent also records the CPU time that processes other
+than the measurement (and its competitor) used meanwhile, so a run disturbed by someone
+else's job shows it. The EOS row of the embedding is zeroed so greedy decoding never
 stops early; PyTorch gets the identical weights, and the table says whether both
 generated the same tokens. The markdown table goes to stdout and to
 `runs/bench-<time>/bench.md` (or --out). Shape letters: B batch, T tokens per row.
@@ -29,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +50,9 @@ HELP = "benchmark tokens/s and matmul-peak fraction (and PyTorch when installed)
 PRESETS = ("tiny", "small")
 ARCHS = ("decoder", "encdec")
 ENGINES = ("numpy", "numba", "torch")
+LOADS = ("busy", "copy")  # --contended: a busy-loop process; a second copy of the training
+LOAD_NAMES = {"busy": "busy loop", "copy": "2nd copy"}
+NO_CLIFF = 2.5  # issue 14: a contended step takes at most this many quiet steps
 
 
 def add_arguments(p) -> None:
@@ -69,6 +82,9 @@ def add_arguments(p) -> None:
                    help="write the markdown here (default runs/bench-<time>/bench.md)")
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds allowed for one measurement process (default 1800)")
+    p.add_argument("--contended", action="store_true",
+                   help="also time the training steps beside a busy-loop process and beside a "
+                        "second copy of the same training, and report the slow-down")
 
 
 # --- the measurements, run inside fresh worker processes -----------------------------------------
@@ -142,11 +158,24 @@ def _train_ours(spec: dict) -> dict:
 
     rss0 = _rss_mib()
     step()  # warm-up (and compilation or cache load for numba)
+    if spec.get("loop"):
+        _loop(step)
     times = _timed(step, spec["steps"])
     out = {"times": times, "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0}
+    if spec["engine"] == "numba":
+        from ..kernels import threads
+        out["threads"] = threads.describe()
     if spec.get("profile"):
         out["profile"] = _profile(step)
     return out
+
+
+def _loop(step) -> None:
+    """The competitor of --contended: say it is warm, then train until killed."""
+    sys.stdout.write(_READY + "\n")
+    sys.stdout.flush()
+    while True:
+        step()
 
 
 def _profile(step, top: int = 12) -> list:
@@ -202,6 +231,8 @@ def _train_torch(spec: dict) -> dict:
 
     rss0 = _rss_mib()
     step()
+    if spec.get("loop"):
+        _loop(step)
     times = _timed(step, spec["steps"])
     return {"times": times, "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0,
             "threads": torch.get_num_threads()}
@@ -274,6 +305,9 @@ _WORKERS = {"train": _train_ours, "train_torch": _train_torch, "generate": _gene
             "generate_torch": _generate_torch, "startup": _startup}
 
 
+_READY = "@@READY@@"
+
+
 def _worker_main(argv=None) -> None:
     """Entry point of a measurement process: one JSON spec in, one JSON line out."""
     spec = json.loads((argv or sys.argv)[1])
@@ -281,20 +315,128 @@ def _worker_main(argv=None) -> None:
     sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
 
 
-def _spawn(spec: dict, timeout: float, env_extra: dict = None) -> dict:
+def _busy_cpu_seconds():
+    """CPU seconds all processes used so far (busy time of /proc/stat, steal included), or
+    None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a running process (all its threads), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _worker_command(spec: dict) -> list:
+    code = "from mini_encdec.experiments.bench import _worker_main; _worker_main()"
+    return [sys.executable, "-c", code, json.dumps(spec)]
+
+
+class Competitor:
+    """A CPU-bound process for --contended, in its own session (its own scheduling
+    autogroup on Linux, like a program started from another terminal): `busy` spins a
+    Python loop; `copy` runs the training worker of `spec` until stopped."""
+
+    def __init__(self, kind: str, spec: dict | None = None, env_extra: dict | None = None,
+                 timeout: float = 600.0):
+        if kind not in LOADS:
+            raise ValueError(f"Competitor: expected one of {LOADS}, got {kind!r}")
+        env = dict(os.environ)
+        env.update(env_extra or {})
+        cmd = ([sys.executable, "-c", "while True: pass"] if kind == "busy"
+               else _worker_command(dict(spec, loop=True)))
+        self.kind = kind
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=env, start_new_session=True)
+        if kind == "copy":  # wait until it is warm (compiled, first step done)
+            if not self._wait_ready(timeout):
+                self.stop()
+                raise RuntimeError(f"the {kind} competitor did not start training within "
+                                   f"{timeout:.0f} s")
+        else:
+            time.sleep(0.2)  # let it start spinning
+
+    def _wait_ready(self, timeout: float) -> bool:
+        import selectors
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    line = self.proc.stdout.readline()
+                    if line.strip() == _READY:
+                        return True
+                    if not line:  # it exited
+                        return False
+        return False
+
+    def cpu_seconds(self) -> float:
+        return _process_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        """Kill it (its own process group: the process this object started)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.proc.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _spawn(spec: dict, timeout: float, env_extra: dict = None,
+           competitor: Competitor | None = None) -> dict:
     env = dict(os.environ)
     env.update(env_extra or {})
-    code = "from mini_encdec.experiments.bench import _worker_main; _worker_main()"
+    busy0, comp0 = _busy_cpu_seconds(), competitor.cpu_seconds() if competitor else 0.0
+    ru0 = os.times()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    proc = subprocess.run(_worker_command(spec), capture_output=True, text=True,
+                          timeout=timeout, env=env)
     wall = time.perf_counter() - t0
+    ru1 = os.times()
+    busy1, comp1 = _busy_cpu_seconds(), competitor.cpu_seconds() if competitor else 0.0
     if proc.returncode != 0 or "@@RESULT@@" not in proc.stdout:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"error": " | ".join(tail) or f"exit status {proc.returncode}"}
     result = json.loads(proc.stdout.rsplit("@@RESULT@@", 1)[1])
     result["wall"] = wall
+    if busy0 is not None and busy1 is not None and wall > 0:
+        mine = (ru1.children_user + ru1.children_system) - (ru0.children_user + ru0.children_system)
+        result["others_cpu"] = max(0.0, (busy1 - busy0 - mine - (comp1 - comp0)) / wall)
+        if competitor:
+            result["competitor_cpu"] = (comp1 - comp0) / wall
     return result
+
+
+def _contended(spec: dict, timeout: float, one_thread: bool) -> dict:
+    """`spec` measured beside each competitor (the copy runs the same spec), and for
+    numba also with one thread (the copy too)."""
+    out = {}
+    settings = [("", {})] + ([("/1", {"MINI_ENCDEC_THREADS": "1"})] if one_thread else [])
+    for load in LOADS:
+        for suffix, env in settings:
+            try:
+                with Competitor(load, spec, env, timeout) as comp:
+                    out[load + suffix] = _spawn(spec, timeout, env, comp)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                out[load + suffix] = {"error": str(e)}
+    return out
 
 
 # --- the parent: machine facts, matmul peak, orchestration, the table ----------------------------
@@ -395,6 +537,10 @@ def run(args) -> int:
                 r = _spawn(spec, args.timeout)
                 r["flops"] = flops
                 train[(p, arch, eng)] = r
+                if args.contended and "error" not in r:
+                    log(f"bench: train {p} {arch} {eng} beside a busy loop and a second copy")
+                    r["contended"] = _contended(dict(spec, profile=False), args.timeout,
+                                                one_thread=eng == "numba")
                 if "profile" in r:
                     profiles[(p, arch)] = r["profile"]
                 for b in gen_batches:
@@ -411,7 +557,7 @@ def run(args) -> int:
             startup = [_spawn({"kind": "startup"}, args.timeout, env) for _ in range(2)]
 
     md = render(machine, peak, dict(B=B, T=T, steps=steps, P=P, N=N), presets, archs, engines,
-                gen_batches, train, gen, startup, profiles)
+                gen_batches, train, gen, startup, profiles, contended=args.contended)
     print(md)
     out = Path(args.out) if args.out else \
         Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}" / "bench.md"
@@ -424,6 +570,31 @@ def run(args) -> int:
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
     log(f"bench: wrote {out} (and {out.with_suffix('.json').name})")
     return 0
+
+
+def _ok(r) -> bool:
+    return r is not None and "error" not in r
+
+
+def _slowdown(r: dict, key: str):
+    """Median step beside load `key` (e.g. "busy", "copy/1") over the quiet median."""
+    c = (r.get("contended") or {}).get(key)
+    if not (_ok(r) and _ok(c)):
+        return None
+    return statistics.median(c["times"]) / statistics.median(r["times"])
+
+
+def _contended_cell(r: dict, load: str, engine: str) -> str:
+    c = (r.get("contended") or {}).get(load)
+    if c is None:
+        return ""
+    if "error" in c:
+        return f"error: {c['error'][:60]}"
+    cell = f"{statistics.median(c['times']) * 1e3:.0f} ({_slowdown(r, load):.2f}x"
+    one = _slowdown(r, load + "/1")
+    if engine == "numba" and one is not None:
+        cell += f"; 1 thread {one:.2f}x"
+    return cell + ")"
 
 
 def _targets(presets, archs, gen_batches, train, gen, B, T, peak) -> list:
@@ -453,6 +624,26 @@ def _targets(presets, archs, gen_batches, train, gen, B, T, peak) -> list:
                     (ref["new_tokens"] / min(ref["times"]))
                 lines.append(f"- KV-cached generation >= 5x transformers generate, batch 1, "
                              f"tiny {a}: {x:.1f}x ({'met' if x >= 5 else 'missed'})")
+    for p in presets:
+        for a in archs:
+            r = train.get((p, a, "numba"))
+            if not (_ok(r) and r.get("contended")):
+                continue
+            x = {k: _slowdown(r, k) for k in r["contended"]}
+            if any(x.get(k) is None for k in LOADS):
+                continue
+            cliff = max(x[k] for k in LOADS)
+            ones = [(x[k], x.get(k + "/1")) for k in LOADS]
+            slower = [k for k, (adaptive, one) in zip(LOADS, ones)
+                      if one is not None and adaptive > one]
+            lines.append(
+                f"- no cliff, {p} {a}: beside a busy loop {x['busy']:.2f}x, beside a second "
+                f"copy {x['copy']:.2f}x the quiet median step (<= {NO_CLIFF}x: "
+                f"{'met' if cliff <= NO_CLIFF else 'missed'})"
+                + ("" if any(one is None for _, one in ones) else
+                   f"; one thread under the same loads {ones[0][1]:.2f}x, {ones[1][1]:.2f}x "
+                   f"(not slower than one thread: "
+                   f"{'met' if not slower else 'missed beside the ' + ', '.join(slower)})"))
     lines.append("- attention extra memory O(B*H*T*Dh): by construction (online softmax, "
                  "recomputing backward; tests/test_kernels.py checks the cache holds no "
                  "(Tq, Tk) array)")
@@ -460,7 +651,7 @@ def _targets(presets, archs, gen_batches, train, gen, B, T, peak) -> list:
 
 
 def render(machine, peak, shape, presets, archs, engines, gen_batches, train, gen, startup,
-           profiles) -> str:
+           profiles, contended: bool = False) -> str:
     """The markdown report."""
     B, T = shape["B"], shape["T"]
     L = [f"# mini_encdec benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
@@ -470,17 +661,38 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
          + (f", torch {machine['torch']}, transformers {machine['transformers']}"
             if "torch" in machine else "")
          + f". Load average at start: {', '.join(f'{x:.2f}' for x in machine['load_average'])}.",
-         "",
-         f"float32 matmul peak (best 2048^3 `np.matmul`): **{peak / 1e9:.1f} GFLOP/s**.", "",
-         f"## Training step (forward + backward + AdamW), B={B}, T={T}"
-         + " (encoder-decoder: T encoder + T decoder tokens)", "",
-         "tokens/s counts the T (decoder) target tokens per row; GFLOP/s from the matmul "
-         "FLOPs of mini_encdec.models.flops (masked attention pairs not counted); "
-         f"best of {shape['steps']} steps (median in brackets); memory = peak RSS of the "
-         "measuring process / growth during the steps.", "",
-         "| preset | model | engine | step ms | tokens/s | GFLOP/s | % of peak | vs torch "
-         "| peak RSS MiB | step MiB |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         ""]
+    policy = next((r["threads"] for r in train.values() if _ok(r) and "threads" in r), None)
+    if policy:
+        L += [f"Threads (numba engine, mini_encdec/kernels/threads.py): "
+              f"MINI_ENCDEC_THREADS={policy['setting']}, cap {policy['cap']} of "
+              f"{policy['cpus']} CPUs, "
+              + ("adapting to the load" if policy["adaptive"] else "fixed")
+              + f"; Numba layer {policy['numba']}; BLAS {policy['blas']}; "
+              f"OMP_WAIT_POLICY={policy['omp_wait_policy']}.", ""]
+    others = [r["others_cpu"] for r in list(train.values()) + list(gen.values())
+              if _ok(r) and "others_cpu" in r]
+    if others:
+        L += [f"Other processes' CPU use during the quiet measurements: mean "
+              f"{statistics.mean(others):.2f}, max {max(others):.2f} CPUs (0 = a quiet "
+              f"machine).", ""]
+    L += [f"float32 matmul peak (best 2048^3 `np.matmul`): **{peak / 1e9:.1f} GFLOP/s**.", "",
+          f"## Training step (forward + backward + AdamW), B={B}, T={T}"
+          + " (encoder-decoder: T encoder + T decoder tokens)", "",
+          "tokens/s counts the T (decoder) target tokens per row; GFLOP/s from the matmul "
+          "FLOPs of mini_encdec.models.flops (masked attention pairs not counted); "
+          f"best of {shape['steps']} steps (median in brackets); memory = peak RSS of the "
+          "measuring process / growth during the steps."]
+    extra_cols = ""
+    if contended:
+        L[-1] += (" Contended: the median step while a busy-loop process / a second copy of "
+                  "the same training runs (each in its own session), and its ratio to the "
+                  "quiet median; for numba also the ratio with one thread "
+                  "(MINI_ENCDEC_THREADS=1) under the same load.")
+        extra_cols = " busy loop ms (x quiet) | 2nd copy ms (x quiet) |"
+    L += ["", "| preset | model | engine | step ms | tokens/s | GFLOP/s | % of peak | vs torch "
+          "| peak RSS MiB | step MiB |" + extra_cols,
+          "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (2 if contended else 0)]
     for p in presets:
         for a in archs:
             ref = train.get((p, a, "torch"))
@@ -490,7 +702,8 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
                 if r is None:
                     continue
                 if "error" in r:
-                    L.append(f"| {p} | {a} | {e} | error: {r['error'][:80]} | | | | | | |")
+                    L.append(f"| {p} | {a} | {e} | error: {r['error'][:80]} | | | | | | |"
+                             + " |" * (2 if contended else 0))
                     continue
                 best, med = min(r["times"]), statistics.median(r["times"])
                 tps = B * T / best
@@ -498,7 +711,9 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
                 ratio = f"{tps / ref_tps:.2f}x" if ref_tps and e != "torch" else ""
                 L.append(f"| {p} | {a} | {e} | {best * 1e3:.0f} ({med * 1e3:.0f}) | {tps:.0f} "
                          f"| {gfs:.1f} | {100 * gfs * 1e9 / peak:.0f}% | {ratio} "
-                         f"| {r['peak_rss']:.0f} | {r['step_mem']:.0f} |")
+                         f"| {r['peak_rss']:.0f} | {r['step_mem']:.0f} |"
+                         + "".join(f" {_contended_cell(r, k, e)} |"
+                                   for k in (LOADS if contended else ())))
     L += ["", f"## Generation (greedy, KV cache), {shape['N']} new tokens after a "
               f"{shape['P']}-token prompt", "",
           "tokens/s = batch * new tokens / wall time of the whole `generate` call (prompt "

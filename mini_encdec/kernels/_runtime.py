@@ -12,20 +12,18 @@
   `prange` hands chunks of rows to Numba's thread pool. Waking the pool costs ~10 us on an
   idle machine (much more when the cores are busy), more than a small kernel such as one
   step of KV-cached decoding takes.
-- Thread pool: with the OpenMP layer, idle pool threads spin by default and steal the
-  cores from the BLAS threads of the matmul that follows each kernel (we measured a 2x
-  slower training step). Unless the user chose otherwise, OMP_WAIT_POLICY=PASSIVE is set
-  before the pool starts (it only affects OpenMP runtimes that start after this import).
+- Threads: how many threads the pools use, and when, is `threads.py`'s policy (the CPUs
+  that are actually free, so a busy machine does not make every parallel call wait for
+  a descheduled thread; OMP_WAIT_POLICY=PASSIVE so idle pool threads sleep). Chunk
+  counts come from its fixed cap, never from the current count, so results do not
+  depend on the load.
 """
 
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from . import threads
 
 FASTMATH = {"reassoc", "contract"}
 JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -36,11 +34,15 @@ SERIAL_WORK = 1 << 18
 
 def parallel_chunks(work: int, rows: int, per_thread: int = 2) -> int:
     """0 when the kernel should run serially; else the number of row chunks to hand out
-    (a few per thread, so rows of unequal cost still balance)."""
+    (a few per thread of the cap, so rows of unequal cost still balance). Also the point
+    where the thread policy re-measures the load and sets the pools' counts."""
     if work < SERIAL_WORK or rows < 2:
         return 0
-    threads = numba.get_num_threads()
-    return 0 if threads == 1 else min(rows, per_thread * threads)
+    cap = threads.POLICY.cap
+    if cap == 1:
+        return 0
+    threads.POLICY.current()
+    return min(rows, per_thread * cap)
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))

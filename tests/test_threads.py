@@ -1,0 +1,146 @@
+"""The thread policy of the numba backend (mini_encdec/kernels/threads.py): its settings and
+overrides, the load measurement on a made-up /proc/stat, the hysteresis, and the promise
+that results do not depend on how many threads the load leaves us. No timing here."""
+
+import math
+
+import numba
+import numpy as np
+import pytest
+
+from mini_encdec.kernels import _runtime, threads
+
+
+def test_setting_parses_auto_and_counts():
+    assert threads._parse(None) == threads._parse("") == threads._parse(" Auto ") == "auto"
+    assert threads._parse("3") == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ValueError, match="MINI_ENCDEC_THREADS"):
+            threads._parse(bad)
+
+
+def test_fixed_setting_is_not_adaptive_and_caps_the_chunks():
+    one = threads.Policy(environ={"MINI_ENCDEC_THREADS": "1"})
+    assert one.cap == 1 and not one.adaptive and one._meter is None
+    auto = threads.Policy(environ={})
+    assert auto.setting == "auto"
+    assert auto.cap == min(threads.available_cpus(), numba.config.NUMBA_NUM_THREADS)
+    assert auto.adaptive == (auto.cap > 1)
+
+
+def test_pools_whose_own_variable_is_set_are_left_alone():
+    p = threads.Policy(environ={"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    assert not p.numba_managed and not p.blas_managed
+    p = threads.Policy(environ={"OMP_NUM_THREADS": "2"})
+    assert p.numba_managed and not p.blas_managed
+    # an explicit set_threads() call manages both
+    p = threads.Policy(setting=2, environ={"OPENBLAS_NUM_THREADS": "1"})
+    assert p.numba_managed and p.blas_managed
+
+
+def test_wait_policy_is_passive_unless_the_user_chose():
+    import os
+    assert os.environ.get("OMP_WAIT_POLICY")  # set by the import (or by the user before it)
+    assert threads.describe()["omp_wait_policy"] == os.environ["OMP_WAIT_POLICY"]
+
+
+def _stat(busy0, busy1, idle0=1000, idle1=1000):
+    """A /proc/stat with two CPUs whose user time is busy0, busy1 ticks (1/100 s)."""
+    return (f"cpu  {busy0 + busy1} 0 0 {idle0 + idle1} 0 0 0 0 0 0\n"
+            f"cpu0 {busy0} 0 0 {idle0} 0 0 0 0 0 0\n"
+            f"cpu1 {busy1} 0 0 {idle1} 0 0 0 0 0 0\n"
+            "intr 12345\n")
+
+
+def test_load_meter_subtracts_our_own_cpu_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads.os, "sysconf", lambda name: 100)
+    stat = tmp_path / "stat"
+    own = [0.0]
+    stat.write_text(_stat(0, 0))
+    meter = threads.LoadMeter(cpus={0, 1}, stat_path=str(stat), own_cpu=lambda: own[0])
+    assert meter.works
+    assert meter.sample(now=10.0) is None  # no history yet
+    # 0.5 s later: both CPUs busy the whole time (100 ticks), 0.5 CPU-s of it ours
+    stat.write_text(_stat(50, 50))
+    own[0] = 0.5
+    assert meter.sample(now=10.5) == pytest.approx((1.0 - 0.5) / 0.5)  # one CPU of others
+    # a CPU outside our affinity mask is not counted
+    only0 = threads.LoadMeter(cpus={0}, stat_path=str(stat), own_cpu=lambda: 0.0)
+    stat.write_text(_stat(50, 0))
+    only0.sample(now=0.0)
+    stat.write_text(_stat(50, 90))
+    assert only0.sample(now=1.0) == pytest.approx(0.0)
+
+
+def test_load_meter_without_proc_stat_reports_nothing(tmp_path):
+    meter = threads.LoadMeter(cpus={0, 1}, stat_path=str(tmp_path / "missing"))
+    assert not meter.works and meter.sample() is None
+
+
+def test_thread_count_follows_the_free_cpus_with_hysteresis():
+    choose = threads._choose
+    assert choose(2, cap=2, cpus=2, others=0.0) == 2
+    assert choose(2, cap=2, cpus=2, others=1.0) == 1  # a busy loop
+    assert choose(2, cap=2, cpus=2, others=2.0) == 1  # never below one
+    assert choose(2, cap=2, cpus=2, others=0.5) == 1  # half a CPU taken: drop
+    assert choose(2, cap=2, cpus=2, others=0.2) == 2  # background noise: keep
+    assert choose(1, cap=2, cpus=2, others=0.2) == 1  # ... but do not come back yet
+    assert choose(1, cap=2, cpus=2, others=0.05) == 2
+    assert choose(8, cap=8, cpus=8, others=3.0) == 5
+    assert choose(4, cap=4, cpus=8, others=3.0) == 4  # the cap bounds it
+
+
+def test_chunks_come_from_the_cap_not_the_current_count(monkeypatch):
+    policy = threads.Policy(setting=4)
+    policy._current, policy._next = 1, math.inf  # as if the load left one thread
+    monkeypatch.setattr(threads, "POLICY", policy)
+    big = _runtime.SERIAL_WORK
+    assert _runtime.parallel_chunks(big, 1000) == 2 * policy.cap
+    assert _runtime.parallel_chunks(big - 1, 1000) == 0  # small work stays serial
+
+
+def test_a_count_set_from_outside_is_respected():
+    policy = threads.Policy(setting=2)
+    policy.start()
+    policy._next = 0.0
+    policy.current()  # takes over Numba's count for this thread
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)  # the user's choice
+        policy._apply(numba.config.NUMBA_NUM_THREADS)
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(previous)
+
+
+@pytest.mark.skipif(threads.POLICY.cap < 2, reason="one CPU: nothing to vary")
+def test_gradients_do_not_depend_on_the_current_thread_count(monkeypatch):
+    """The load changes how many threads run, never the bits: same loss and gradients
+    with every thread count up to the cap (Numba and BLAS together)."""
+    from mini_encdec.backend import use_backend
+    from mini_encdec.config import preset
+    from mini_encdec.models import build_model
+
+    model = build_model(preset("tiny"), seed=0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, model.config.vocab_size, (8, 129))  # big enough for the pools
+    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:].copy()}
+    results = []
+    policy = threads.POLICY
+    saved = (policy._current, policy._next)
+    try:
+        with use_backend("numba"):
+            for n in (policy.cap, 1):
+                policy._next = 0.0
+                policy.current()
+                policy._apply(n)
+                policy._next = math.inf  # hold n for the step
+                assert numba.get_num_threads() == n
+                results.append(model.loss_and_grads(batch))
+    finally:
+        policy._apply(saved[0])
+        policy._current, policy._next = saved[0], 0.0
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == loss_b
+    for k in grads_a:
+        np.testing.assert_array_equal(grads_a[k], grads_b[k], err_msg=k)
