@@ -16,6 +16,7 @@ which holds because the backend is fixed for a run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 from .backend import get_backend
@@ -70,6 +71,16 @@ def resolve(name: str, backend: str | None = None):
     if backend == "numpy":
         return REFERENCE[name]
     return twins()[name]
+
+
+def serial():
+    """A context manager running its block single-threaded under the numba backend (the
+    thread policy of kernels/threads.py: BLAS and Numba at one thread); a no-op under
+    numpy. Used by the models for work too small to split (a decoding step)."""
+    if get_backend() == "numba":
+        twins()  # the kernels (and their thread policy) are importable, or a loud error
+        return importlib.import_module("mini_encdec.kernels.threads").serial()
+    return contextlib.nullcontext()
 
 
 def __getattr__(name: str):

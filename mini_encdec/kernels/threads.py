@@ -13,8 +13,8 @@ loop, 6x beside a second training run (single steps up to 23 s), where one threa
 
 - cap: the CPUs this process may run on (`os.sched_getaffinity`, a cgroup CPU quota),
   and no more than Numba's pool (NUMBA_NUM_THREADS). Fixed for the process.
-- current: the cap minus the CPUs that other processes kept busy over the last quarter
-  second (Linux: the busy time of our CPUs in /proc/stat minus this process's own CPU
+- current: 1 until the first measurement, then the cap minus the CPUs that other
+  processes kept busy over the last quarter second (Linux: the busy time of our CPUs in /proc/stat minus this process's own CPU
   time), at least 1. It drops as soon as another process takes more than ~0.3 of a CPU
   and comes back when the others use less than ~0.15 of a CPU (the gap keeps it from
   flapping). Without /proc/stat (macOS, Windows) current is the cap.
@@ -51,6 +51,7 @@ imported; nothing happens with the numpy backend, which does not import the kern
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -229,12 +230,16 @@ class Policy:
             self.cap = max(1, min(self.cpus, pool) if self.numba_managed else pool)
         else:
             self.cap = min(self.setting, pool)
-        self._current = self.cap
         self._meter = LoadMeter() if self.adaptive else None
+        # adaptive: one thread until the first load measurement (0.1 s of history) says
+        # more are free, so work that starts on a busy machine never waits for a
+        # descheduled thread; a quiet machine loses at most that first 0.1 s
+        self._current = 1 if self._meter is not None and self._meter.works else self.cap
         self._blas = None
         self._numba_started = False
         self._applied_numba = self._applied_blas = None
         self._next = 0.0
+        self._serial = False
 
     @property
     def adaptive(self) -> bool:
@@ -244,7 +249,7 @@ class Policy:
         """Set BLAS's count now (the first matmuls may come before any kernel); Numba's is
         set at the first parallel kernel, so importing the kernels does not start its pool."""
         self._blas = _Blas()
-        blas = self.setting if self.setting != "auto" else self.cap
+        blas = self.setting if self.setting != "auto" else self._current
         if self.blas_managed and self._blas.get() is not None:
             self._blas.set(blas)
             self._applied_blas = self._blas.get()
@@ -260,8 +265,24 @@ class Policy:
             self._applied_blas = self._blas.get()
         self._current = n
 
+    @contextlib.contextmanager
+    def serial(self):
+        """Both pools at one thread for the block (for pools the policy manages), then
+        back to the count before it."""
+        before, self._serial = self._current, True
+        if before > 1:
+            self._apply(1)
+        try:
+            yield
+        finally:
+            self._serial = False
+            if before > 1:
+                self._apply(before)
+
     def current(self) -> int:
         """Threads for the work starting now (re-measured at most every INTERVAL)."""
+        if self._serial:
+            return 1
         now = time.monotonic()
         if now < self._next:
             return self._current
@@ -311,6 +332,16 @@ def cap() -> int:
 def current() -> int:
     """The threads to use now (see the module docstring)."""
     return POLICY.current()
+
+
+def serial():
+    """A context manager: the block runs on the calling thread only (BLAS and Numba at one
+    thread, unless the user fixed a pool's count), then the count before it is restored.
+    For work too small to split, such as one KV-cached decoding step: waking a second
+    thread costs more than it saves, and on a busy machine it waits for a descheduled
+    thread at every matmul (batch-1 generation beside a busy loop: 60-90 tokens/s with
+    two threads, ~500-1000 with one)."""
+    return POLICY.serial()
 
 
 def set_threads(setting) -> None:

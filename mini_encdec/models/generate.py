@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .. import ops
 from .gemma import GemmaLM
 from .decoding import decoder_parts, decoder_step, init_cache
 from ..validate import check_ids, check_mask, check_positive, check_positive_int
@@ -97,8 +98,10 @@ class _CachedStepper:
                             last_only=True)[:, -1]
 
     def advance(self, tokens: np.ndarray) -> np.ndarray:
-        # (B, 1) -> (B, 1, V) -> (B, V); tokens come from the model's own vocabulary
-        return decoder_step(self.model, self.cache, tokens[:, None], last_only=True)[:, -1]
+        # (B, 1) -> (B, 1, V) -> (B, V); tokens come from the model's own vocabulary.
+        # One token per row is too little work to split over threads (ops.serial).
+        with ops.serial():
+            return decoder_step(self.model, self.cache, tokens[:, None], last_only=True)[:, -1]
 
     def reorder(self, rows: np.ndarray) -> None:
         self.cache.reorder(rows)
