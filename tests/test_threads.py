@@ -144,3 +144,25 @@ def test_gradients_do_not_depend_on_the_current_thread_count(monkeypatch):
     assert loss_a == loss_b
     for k in grads_a:
         np.testing.assert_array_equal(grads_a[k], grads_b[k], err_msg=k)
+
+
+def test_serial_runs_a_block_on_one_thread_and_restores_the_count(monkeypatch):
+    """ops.serial (a decoding step) puts both managed pools at one thread and restores the
+    count afterwards; the adaptive policy starts at one thread until it has measured."""
+    from mini_encdec import ops
+    from mini_encdec.backend import use_backend
+    policy = threads.Policy(environ={})
+    if policy.cap < 2:
+        pytest.skip("one CPU: nothing to serialise")
+    assert policy._current == (1 if policy._meter.works else policy.cap)
+    policy._current = policy.cap
+    monkeypatch.setattr(threads, "POLICY", policy)
+    applied = []
+    monkeypatch.setattr(policy, "_apply", lambda n: (applied.append(n),
+                                                     setattr(policy, "_current", n)))
+    with use_backend("numba"):
+        with ops.serial():
+            assert policy.current() == 1
+    assert applied == [1, policy.cap] and policy._current == policy.cap
+    with use_backend("numpy"), ops.serial():  # no thread policy without the kernels
+        assert applied == [1, policy.cap]
