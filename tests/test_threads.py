@@ -130,6 +130,11 @@ def test_gradients_do_not_depend_on_the_current_thread_count(monkeypatch):
     saved = (policy._current, policy._next)
     try:
         with use_backend("numba"):
+            policy.current()
+            # other tests may have set the pools from outside; take them over again
+            policy._applied_numba = numba.get_num_threads()
+            if policy._blas is not None and policy._applied_blas is not None:
+                policy._applied_blas = policy._blas.get()
             for n in (policy.cap, 1):
                 policy._next = 0.0
                 policy.current()
