@@ -52,7 +52,7 @@ ARCHS = ("decoder", "encdec")
 ENGINES = ("numpy", "numba", "torch")
 LOADS = ("busy", "copy")  # --contended: a busy-loop process; a second copy of the training
 LOAD_NAMES = {"busy": "busy loop", "copy": "2nd copy"}
-NO_CLIFF = 2.5  # issue 14: a contended step takes at most this many quiet steps
+NO_CLIFF = 2.5  # the target: a contended step takes at most this many quiet steps
 
 
 def add_arguments(p) -> None:
