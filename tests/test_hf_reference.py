@@ -14,8 +14,8 @@ shows up here even when every layer passes its own tests.
 A failure says which quantity differs first (the encoder output, then the logits, the
 loss, the gradients), where, and by how much, e.g.
 
-    t5gemma_gqa: the encoder output differs from transformers': max |diff| 0.71 at
-    [1, 3, 5] (ours 1.2345, transformers 0.5211); ...
+    t5gemma_gqa: the logits, ours != transformers': max |diff| 2.041 at [1, 0, 4]
+    (ours -0.498891, transformers -2.54021; largest |value| 3.155)
 """
 
 import json
@@ -64,7 +64,7 @@ def where_differs(case: str, what: str, ours, theirs, rtol: float = RTOL):
     if diff.max(initial=0.0) <= rtol * scale:
         return None
     at = np.unravel_index(np.argmax(diff), diff.shape)
-    return (f"{case}: {what} differs from transformers': max |diff| {diff.max():.4g} at "
+    return (f"{case}: {what}, ours != transformers': max |diff| {diff.max():.4g} at "
             f"{list(map(int, at))} (ours {ours[at]:.6g}, transformers {theirs[at]:.6g}; "
             f"largest |value| {scale:.4g})")
 

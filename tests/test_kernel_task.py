@@ -19,10 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mini_encdec.kernels import rmsnorm as kernel
 from mini_encdec.nn.gradcheck import numerical_grad, random_cotangent, rel_error
 
 pytestmark = pytest.mark.task7_1
+# A student copy keeps the kernel file only when it blanks task 7.1 (blank.py): the kernel
+# computes RMSNorm, task 1.1's answer.
+kernel = pytest.importorskip("mini_encdec.kernels.rmsnorm", reason="this copy leaves out "
+                             "mini_encdec/kernels/rmsnorm.py (its task 7.1 is not assigned)")
 EPS = 1e-6
 
 

@@ -5,6 +5,9 @@ wiring of the graded layers must make true whatever the sizes.
         encoder positions, with their padding, leaves the decoder's logits unchanged
     a local layer sees exactly its window: in the encoder |q - k| < W, in the decoder
         0 <= q - k < W; a token outside it has no influence, the farthest one inside has
+    the decoder counts its positions from 0, whatever the encoder's length: visible with
+        merged attention, where decoder queries meet unrotated encoder keys (with RoPE
+        alone only position differences matter)
     the gradients are the derivatives of the loss: a directional derivative along a
         random direction of *every* parameter at once equals sum(grad * direction) (one
         check that sees a missing term anywhere, e.g. one use of a tied table)
@@ -91,6 +94,41 @@ def test_a_local_layer_sees_exactly_its_window(config, W, T, seed, data):
             changed, (q - k >= 0) & (q - k < W),
             err_msg=f"decoder, window W={W}: which positions q change when token k={k} does "
                     f"(expected 0 <= q - k < W)")
+
+
+@st.composite
+def merged_configs(draw):
+    """T5Gemma 2 configs: merged attention (one width for both stacks)."""
+    config = draw(encdec_configs())
+    return dataclasses.replace(config, merged_attention=True, decoder=dataclasses.replace(
+        config.decoder, hidden_size=config.encoder.hidden_size))
+
+
+@pytest.mark.task5_1
+@settings(max_examples=15)
+@given(config=merged_configs(), S=st.integers(1, 5), pad=st.integers(1, 3),
+       T=st.integers(1, 4), seed=seeds)
+def test_decoder_positions_restart_at_zero(config, S, pad, T, seed):
+    """Merged attention: the logits equal the one-page reference's (decoder positions
+    0..T-1), and padding the encoder input with `pad` more tokens changes nothing."""
+    from mini_encdec import reference
+    model = randomised(build_model(config, dtype=np.float64), seed)
+    rng = np.random.default_rng(seed)
+    V = config.vocab_size
+    src, dec = rng.integers(0, V, (1, S)), rng.integers(0, V, (1, T))
+    padded = np.concatenate([src, np.zeros((1, pad), np.int64)], axis=1)
+    mask = (np.arange(S + pad) < S).astype(np.int64)[None]
+    with use_backend("numpy"):
+        logits = model.forward({"input_ids": src, "decoder_input_ids": dec})
+        longer = model.forward({"input_ids": padded, "attention_mask": mask,
+                                "decoder_input_ids": dec})
+    want = reference.t5gemma_forward(config, model.params, src, dec)
+    np.testing.assert_allclose(logits, want, rtol=1e-10, atol=1e-10,
+                               err_msg="logits != reference.t5gemma_forward's (decoder "
+                                       "positions 0..T-1)")
+    np.testing.assert_allclose(longer, logits, rtol=1e-10, atol=1e-10,
+                               err_msg=f"padding the encoder input with {pad} tokens changed "
+                                       f"the decoder's logits")
 
 
 @st.composite

@@ -41,8 +41,8 @@ import blank  # noqa: E402
 
 @dataclass(frozen=True)
 class Mutant:
-    """A classic mistake in task `task`: replace `old` by `new` (each exactly once) in the
-    files of `edits`, [(path, old, new), ...]."""
+    """A classic mistake in task `task`: replace `old` by `new` in the files of `edits`,
+    [(path, old, new), ...] (`old` must occur exactly once), or (path, old, new, count)."""
 
     name: str
     task: str
@@ -61,7 +61,7 @@ OBJ = "mini_encdec/objectives/"
 MUTANTS = [
     # --- 1.1 RMSNorm
     M("rms_w", "task1_1", "RMSNorm scaled by `w` instead of `(1 + w)`",
-      (NN + "rmsnorm.py", "y = xhat * (1 + w)", "y = xhat * w")),
+      (NN + "rmsnorm.py", "    y = xhat * (1 + w)\n", "    y = xhat * w\n")),
     M("rms_eps_outside", "task1_1", "RMSNorm's eps added outside the square root",
       (NN + "rmsnorm.py", "np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + x.dtype.type(eps))",
        "(np.sqrt(np.mean(x * x, axis=-1, keepdims=True)) + x.dtype.type(eps))")),
@@ -108,7 +108,7 @@ MUTANTS = [
     M("core_gqa_modulo", "task2_2", "query head h reads key/value head `h % K` instead of "
       "`h // (H/K)`",
       (NN + "attention.py", "qg = q.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)",
-       "qg = q.reshape(B, G, K, Tq, Dh).swapaxes(1, 2)"),
+       "qg = q.reshape(B, G, K, Tq, Dh).swapaxes(1, 2)", 2),
       (NN + "attention.py", "o = og.reshape(B, H, Tq, Dh)  # (B, K, G, Tq, Dh) -> (B, H, Tq, Dh)",
        "o = og.swapaxes(1, 2).reshape(B, H, Tq, Dh)")),
     M("core_head_dim_scale", "task2_2", "scores scaled by `1/sqrt(head_dim)` instead of the "
@@ -309,24 +309,28 @@ class Grade:
     @property
     def summary(self) -> str:
         lines = self.output.strip().splitlines()
-        return lines[-1] if lines else ""
+        return lines[-1].strip("= ") if lines else ""
 
     def first_failure(self) -> str:
-        """The first line of the first failure's message, and its falsifying example
-        (hypothesis) collapsed to one line if there is one."""
-        text = self.output
-        start = text.find("\n___")  # the first failure section
-        section = text[start:] if start >= 0 else text
-        message = next((ln[1:].strip() for ln in section.splitlines()
-                        if ln.startswith("E ") and ln[1:].strip()), "")
-        example = ""
-        m = re.search(r"^E?\s*Falsifying example: (.*?)\n(?:E?\s*\)\n|E?\s*$)", section,
-                      flags=re.M | re.S)
+        """One line for the first failure: its message (with numpy's "Max absolute
+        difference" when it has one) and hypothesis' minimal example, collapsed."""
+        start = self.output.find("\n___")  # the first failure section
+        section = self.output[start:] if start >= 0 else self.output
+        errors = [ln[1:].strip() for ln in section.splitlines() if ln.startswith("E ")]
+        errors = [e for e in errors if e]
+        message = errors[0] if errors else ""
+        if message.endswith(":") and len(errors) > 1:  # "AssertionError:" then the text
+            message = f"{message} {errors[1]}"
+        diff = next((e for e in errors if e.startswith("Max absolute difference")), "")
+        if diff and diff not in message:
+            message = f"{message} ({diff})"
+        m = re.search(r"(?:Falsifying example|Failing test case): (\w+\(.*?\n)E?\s*\)\s*$",
+                      section, flags=re.M | re.S)
         if m:
-            call = re.sub(r"(?m)^E\s+", "", m.group(1))
-            example = " ".join(call.split()) + ")"
-        if example and example not in message:
-            return f"{message} | Falsifying example: {example}" if message else example
+            lines = [re.sub(r"^E?\s+", "", ln) for ln in m.group(1).splitlines()]
+            args = [re.sub(r"\s+#.*$", "", ln) for ln in lines if not ln.lstrip().startswith("#")]
+            example = re.sub(r"\(\s+", "(", " ".join(a for a in args if a)).rstrip(",") + ")"
+            message = f"{message} | {example}"
         return message
 
 
@@ -379,20 +383,25 @@ def answer_copy(out: Path) -> Path:
 
 
 def apply(mutant: Mutant, copy: Path) -> dict:
-    """Patch `copy`; returns {path: original text} to restore."""
+    """Patch `copy`; returns {path: original text} to restore. Raises ValueError, leaving
+    the copy unchanged, if a snippet does not occur the expected number of times (the
+    code changed since the mutant was written)."""
     saved = {}
-    for rel, old, new in mutant.edits:
-        path = copy / rel
-        text = saved.get(path) or path.read_text(encoding="utf-8")
-        saved.setdefault(path, text)
-        current = path.read_text(encoding="utf-8")
-        count = current.count(old)
-        if count != 1:
-            for p, t in saved.items():
-                p.write_text(t, encoding="utf-8")
-            raise ValueError(f"mutant {mutant.name}: expected the snippet once in {rel}, found "
-                             f"it {count} times (has the code changed?): {old!r}")
-        path.write_text(current.replace(old, new), encoding="utf-8")
+    try:
+        for rel, old, new, *count in mutant.edits:
+            path = copy / rel
+            current = path.read_text(encoding="utf-8")
+            saved.setdefault(path, current)
+            want = count[0] if count else 1
+            if current.count(old) != want:
+                raise ValueError(f"mutant {mutant.name}: expected the snippet {want} time(s) in "
+                                 f"{rel}, found it {current.count(old)} times (has the code "
+                                 f"changed?): {old!r}")
+            path.write_text(current.replace(old, new), encoding="utf-8")
+    except ValueError:
+        for path, text in saved.items():
+            path.write_text(text, encoding="utf-8")
+        raise
     return saved
 
 
