@@ -75,6 +75,9 @@ KERNELS_SHIPPED = STUDENT_COPY is None or STUDENT_COPY["kernels"] == "all"
 if not KERNELS_SHIPPED:
     set_backend("numpy")
     os.environ["MINI_ENCDEC_BACKEND"] = "numpy"
+# For tests that call the Numba twins themselves (not through the `backend` fixture).
+requires_twins = pytest.mark.skipif(not KERNELS_SHIPPED, reason="the Numba twins are left "
+                                    "out of this copy: the numba backend cannot run")
 
 SEED_ENV = "MINI_ENCDEC_HYPOTHESIS_SEED"
 DEFAULT_EXAMPLES = 25

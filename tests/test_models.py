@@ -17,6 +17,8 @@ from mini_encdec.models import EncDecLM, GemmaLM, build_model
 from mini_encdec.models.params import init_params, param_shapes
 from mini_encdec.nn.gradcheck import numerical_grad
 
+from .conftest import requires_twins
+
 V = 50
 BASE = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, intermediate_size=24, sliding_window=3)
@@ -112,6 +114,7 @@ def test_encdec_gradcheck(kind, backend_name="numpy"):
         sampled_gradcheck(model, encdec_batch(rng), rng)
 
 
+@requires_twins
 def test_encdec_gradcheck_numba_backend():
     """The same check with the Numba kernels wired in (the other variants run on the
     numpy reference only, to keep the suite fast)."""

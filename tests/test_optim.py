@@ -18,6 +18,8 @@ from mini_encdec import ops
 from mini_encdec.nn.adamw import adamw_update
 from mini_encdec.training.schedules import constant, cosine, inverse_sqrt, learning_rate
 
+from .conftest import requires_twins
+
 
 @pytest.mark.task6_3
 def test_one_adamw_step_equals_hand_computed_values():
@@ -318,6 +320,7 @@ def _adamw_pair(rng, shape, dtype, t, weight_decay, lr=3e-3):
     return out
 
 
+@requires_twins
 @given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple),
        dtype=st.sampled_from([np.float32, np.float64]), t=st.integers(1, 1000),
        weight_decay=st.sampled_from([0.0, 0.01, 0.3]), seed=st.integers(0, 2**31))
@@ -329,6 +332,7 @@ def test_fused_adamw_update_matches_the_numpy_reference(shape, dtype, t, weight_
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.max(np.abs(b)), err_msg=name)
 
 
+@requires_twins
 def test_fused_adamw_update_is_parallel_and_thread_count_independent():
     """A large parameter takes the multi-threaded path; it matches the reference and
     gives bit-identical results with one thread."""
@@ -348,6 +352,7 @@ def test_fused_adamw_update_is_parallel_and_thread_count_independent():
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * np.max(np.abs(r)))
 
 
+@requires_twins
 def test_fused_adamw_update_falls_back_to_the_reference_on_odd_layouts():
     """Non-contiguous gradients (a transposed view) give the reference's exact result."""
     rng = np.random.default_rng(3)

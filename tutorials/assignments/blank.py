@@ -264,8 +264,7 @@ def blank_source(source: str, names, task: str) -> str:
         if not kept:
             while start - 1 >= node.lineno and lines[start - 1].lstrip().startswith("#"):
                 start -= 1
-        short = name.split(".")[-1]
-        stub = (f'{indent}raise NotImplementedError("{task}: implement {short} '
+        stub = (f'{indent}raise NotImplementedError("{task}: implement {name} '
                 f'(see tutorials/assignments/README.md)")\n')
         lines[start:node.end_lineno] = [stub]
     return "".join(lines)

@@ -314,23 +314,30 @@ class Grade:
     def first_failure(self) -> str:
         """One line for the first failure: its message (with numpy's "Max absolute
         difference" when it has one) and hypothesis' minimal example, collapsed."""
-        start = self.output.find("\n___")  # the first failure section
-        section = self.output[start:] if start >= 0 else self.output
+        sections = re.split(r"\n_{3,} \S.* _{3,}\n", self.output)
+        section = sections[1] if len(sections) > 1 else self.output
+        # hypothesis reports several distinct failures as an exception group, "| " lines
+        section = "\n".join(re.sub(r"^\s*\|(?: |$)", "E ", ln) for ln in section.splitlines())
         errors = [ln[1:].strip() for ln in section.splitlines() if ln.startswith("E ")]
         errors = [e for e in errors if e]
+        first = next((i for i, e in enumerate(errors)
+                      if re.match(r"(\w+(Error|Exception)\b(?!.*Traceback)|assert\b|Failed:)", e)
+                      and not e.startswith("ExceptionGroup")), 0)
+        errors = errors[first:]
         message = errors[0] if errors else ""
         if message.endswith(":") and len(errors) > 1:  # "AssertionError:" then the text
             message = f"{message} {errors[1]}"
+        message = re.sub(r"^AssertionError: ", "", message)
         diff = next((e for e in errors if e.startswith("Max absolute difference")), "")
         if diff and diff not in message:
-            message = f"{message} ({diff})"
+            message = f"{message} ({diff.replace(' among violations', '')})"
         m = re.search(r"(?:Falsifying example|Failing test case): (\w+\(.*?\n)E?\s*\)\s*$",
                       section, flags=re.M | re.S)
         if m:
             lines = [re.sub(r"^E?\s+", "", ln) for ln in m.group(1).splitlines()]
             args = [re.sub(r"\s+#.*$", "", ln) for ln in lines if not ln.lstrip().startswith("#")]
             example = re.sub(r"\(\s+", "(", " ".join(a for a in args if a)).rstrip(",") + ")"
-            message = f"{message} | {example}"
+            message = f"{message}; example: {example}"
         return message
 
 
@@ -356,7 +363,7 @@ def check_task(task: str, workdir: Path) -> tuple:
     out = workdir / f"student_{task}"
     done = blank.make_student_copy(out, [task])
     blanked = grade(out, task)
-    names = {name.split(".")[-1] for _, name in done}
+    names = {name for _, name in done}
     problems = []
     if blanked.returncode != 1:
         problems.append(f"blanked: exit code {blanked.returncode} (expected 1, tests failed): "
@@ -405,11 +412,21 @@ def apply(mutant: Mutant, copy: Path) -> dict:
     return saved
 
 
-def check_mutant(mutant: Mutant, copy: Path) -> tuple:
-    """(ok, Grade): with the mistake applied, the task's tests fail (exit code 1)."""
+def test_files(task: str, root: Path = blank.REPO) -> list:
+    """The test files (relative paths) with a test marked `task`."""
+    pattern = re.compile(rf"\bmark\.{task}\b")
+    return [p.relative_to(root).as_posix() for p in sorted((root / "tests").glob("test_*.py"))
+            if pattern.search(p.read_text(encoding="utf-8"))]
+
+
+def check_mutant(mutant: Mutant, copy: Path, quick: bool = False) -> tuple:
+    """(ok, Grade): with the mistake applied, the task's tests fail (exit code 1).
+    quick=True stops at the first failing test and collects only the task's test files
+    (the README's command collects every file and runs every test of the task)."""
     saved = apply(mutant, copy)
     try:
-        result = grade(copy, mutant.task)
+        extra = ["-x", *test_files(mutant.task, copy)] if quick else []
+        result = grade(copy, mutant.task, *extra)
     finally:
         for path, text in saved.items():
             path.write_text(text, encoding="utf-8")
@@ -422,6 +439,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["tasks", "mutants", "list"])
     ap.add_argument("names", nargs="*", help="tasks or mutant names (default: all)")
+    ap.add_argument("--markdown", action="store_true",
+                    help="mutants: end with the README's table of classic mistakes")
     args = ap.parse_args(argv)
     if args.what == "list":
         for m in MUTANTS:
@@ -437,6 +456,7 @@ def main(argv=None) -> int:
                 print(("OK  " if ok else "BAD ") + msg, flush=True)
         else:
             copy = answer_copy(tmp / "answer")
+            rows = []
             for name in args.names or list(BY_NAME):
                 m = BY_NAME[name]
                 ok, r = check_mutant(m, copy)
@@ -447,6 +467,14 @@ def main(argv=None) -> int:
                       f"    first failure: {r.first_failure()[:400]}", flush=True)
                 if not ok:
                     print(r.output[-3000:])
+                first = r.first_failure().replace("|", "\\|").replace("`", "'")
+                first = first if len(first) <= 200 else first[:197] + "..."
+                rows.append(f"| {m.task[4:].replace('_', '.')} | `{m.name}` | {m.mistake} | "
+                            f"{tests.replace(', ', '<br>') or '**not caught**'} | `{first}` |")
+            if args.markdown:
+                print("\n| task | name | mistake | caught by | first failure (shortened) |\n"
+                      "|---|---|---|---|---|")
+                print("\n".join(rows))
     print(f"{bad} problem(s)")
     return 1 if bad else 0
 
