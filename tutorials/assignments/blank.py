@@ -86,14 +86,15 @@ TASKS = {
         ("mini_encdec.objectives.span_corruption", "noise_mask")]),
     "task3_3": ("Span corruption: inputs, targets, sentinels", [
         ("mini_encdec.objectives.span_corruption", "span_corruption")]),
-    "task3_4": ("PrefixLM, its two batch forms (BOS start; loss on the targets), the UL2 "
-                "S-denoiser, mode tokens", [
-                    ("mini_encdec.objectives.prefix_lm", "prefix_lm"),
+    "task3_4": ("PrefixLM and the UL2 S-denoiser, mode tokens", [
+        ("mini_encdec.objectives.prefix_lm", "prefix_lm"),
+        ("mini_encdec.objectives.ul2", "sequential_prefix_bounds"),
+        ("mini_encdec.objectives.ul2", "sequential_denoise"),
+        ("mini_encdec.objectives.ul2", "denoise")]),
+    "task3_5": ("The two batch forms: encoder-decoder (BOS start), decoder-only (loss on the "
+                "targets only)", [
                     ("mini_encdec.text.batching", "collate_encdec"),
-                    ("mini_encdec.text.batching", "collate_decoder"),
-                    ("mini_encdec.objectives.ul2", "sequential_prefix_bounds"),
-                    ("mini_encdec.objectives.ul2", "sequential_denoise"),
-                    ("mini_encdec.objectives.ul2", "denoise")]),
+                    ("mini_encdec.text.batching", "collate_decoder")]),
     "task4_1": ("Adaptation: which source weight initialises each encoder-decoder weight", [
         ("mini_encdec.training.adapt", "_origin")]),
     "task5_1": ("The encoder-decoder forward: blocks, masks, positions, cross-attention, logits", [

@@ -165,13 +165,13 @@ MUTANTS = [
       (OBJ + "span_corruption.py", "if n_spans > len(sentinel_ids):", "if False:"),
       (OBJ + "span_corruption.py", "sentinels = sentinel_ids[:n_spans]",
        "sentinels = sentinel_ids[np.arange(n_spans) % len(sentinel_ids)]")),
-    # --- 3.4 PrefixLM batches
-    M("prefix_in_loss", "task3_4", "PrefixLM's decoder-only form counts the prefix in the loss",
+    # --- 3.5 the batches
+    M("prefix_in_loss", "task3_5", "PrefixLM's decoder-only form counts the prefix in the loss",
       ("mini_encdec/text/batching.py", "first = max(len(ex.inputs) - 1, 0)", "first = 0")),
-    M("decoder_start_pad", "task3_4", "decoder input starts with pad, not BOS",
+    M("decoder_start_pad", "task3_5", "decoder input starts with pad, not BOS",
       ("mini_encdec/text/batching.py", "decoder_input_ids[i, 0] = bos_id",
        "decoder_input_ids[i, 0] = pad_id")),
-    M("decoder_not_shifted", "task3_4", "decoder input not shifted right (it sees its label)",
+    M("decoder_not_shifted", "task3_5", "decoder input not shifted right (it sees its label)",
       ("mini_encdec/text/batching.py", "decoder_input_ids[i, 0] = bos_id                # shifted right with BOS\n"
        "        decoder_input_ids[i, 1:n] = ex.targets[:-1]",
        "decoder_input_ids[i, :n] = ex.targets")),
