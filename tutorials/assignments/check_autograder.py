@@ -165,6 +165,13 @@ MUTANTS = [
       (OBJ + "span_corruption.py", "if n_spans > len(sentinel_ids):", "if False:"),
       (OBJ + "span_corruption.py", "sentinels = sentinel_ids[:n_spans]",
        "sentinels = sentinel_ids[np.arange(n_spans) % len(sentinel_ids)]")),
+    # --- 3.4 PrefixLM, UL2's S-denoiser
+    M("mode_token_missing", "task3_4", "UL2 inputs without their mode token",
+      (OBJ + "ul2.py", "return Example(np.concatenate([[mode_id], ex.inputs]).astype(np.int64), "
+       "ex.targets)", "return Example(ex.inputs, ex.targets)")),
+    M("s_denoiser_short_prefix", "task3_4", "S-denoiser prefix from 1 instead of "
+      "round((1 - 2r)(L - 1))",
+      (OBJ + "ul2.py", "lo = max(1, int(round((1.0 - 2.0 * r) * (length - 1))))", "lo = 1")),
     # --- 3.5 the batches
     M("prefix_in_loss", "task3_5", "PrefixLM's decoder-only form counts the prefix in the loss",
       ("mini_encdec/text/batching.py", "first = max(len(ex.inputs) - 1, 0)", "first = 0")),
