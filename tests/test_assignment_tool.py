@@ -126,15 +126,28 @@ def all_blanked(tmp_path_factory):
     return out
 
 
-def test_every_test_collects_in_a_copy_with_every_task_blanked(all_blanked):
-    """Nothing at import time calls a blanked function: the whole suite collects."""
+def collects(copy):
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                           "-p", "no:cacheprovider"], cwd=all_blanked, capture_output=True,
+                           "-p", "no:cacheprovider"], cwd=copy, capture_output=True,
                           text=True, timeout=600, env=env_without_pythonpath())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "error" not in proc.stdout.splitlines()[-1]
+
+
+def test_every_test_collects_in_a_copy_with_every_task_blanked(all_blanked):
+    """Nothing at import time calls a blanked function: the whole suite collects."""
+    collects(all_blanked)
     kernels = sorted(p.name for p in (all_blanked / "mini_encdec" / "kernels").glob("*.py"))
-    assert kernels == ["__init__.py", "_runtime.py", "_vecmath.py", "rmsnorm.py"]
+    assert kernels == sorted(["__init__.py", "rmsnorm.py", *blank.KERNEL_SUPPORT])
+
+
+def test_every_test_collects_in_a_copy_without_kernel_files(tmp_path):
+    """A copy that does not assign the kernel task has no kernel file but the stub; no
+    test module imports one at collection time."""
+    blank.make_student_copy(tmp_path / "copy", ["task1_1"])
+    assert [p.name for p in (tmp_path / "copy" / "mini_encdec" / "kernels").iterdir()] == \
+        ["__init__.py"]
+    collects(tmp_path / "copy")
 
 
 def test_a_copy_imports_its_own_package_first(all_blanked):
