@@ -29,25 +29,55 @@ A failure found this way is fixed at its root (a bug, or an error measure that d
 fit the quantity, see mini_encdec.nn.gradcheck.rel_error), then pinned with
 `@example(...)` so the default run keeps checking it.
 
-Student copies. A copy made by tutorials/assignments/blank.py leaves out
-mini_encdec/kernels (the Numba twins would be an answer key), so the numba backend cannot
-run there: the tests then run the NumPy reference only (the `backend` fixture skips its
-numba half), and the header says so.
+This checkout's package. The tests import the `mini_encdec` next to this directory,
+never another copy: this file puts the checkout first on sys.path and on PYTHONPATH (for
+the tests' subprocesses) before the first import, and refuses to run if the package still
+comes from elsewhere. (An editable install of another checkout, `pip install -e`, is
+found by an import hook that would otherwise also serve any module missing here.)
+
+Student copies. A copy made by tutorials/assignments/blank.py (it has a STUDENT_COPY.json)
+leaves out the Numba twins (an answer key) unless made with --keep-kernels, so the numba
+backend cannot run there: the tests then run the NumPy reference only (the `backend`
+fixture skips its numba half, MINI_ENCDEC_BACKEND=numpy for subprocesses), and the
+header says so.
 """
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-import mini_encdec
-from mini_encdec.backend import BACKENDS, set_backend, use_backend
+ROOT = Path(__file__).resolve().parent.parent
+if sys.path[0] != str(ROOT):
+    sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
+import mini_encdec  # noqa: E402
+
+if Path(mini_encdec.__file__).resolve().parent != ROOT / "mini_encdec":
+    raise pytest.UsageError(
+        f"the tests in {ROOT / 'tests'} must test the package in {ROOT / 'mini_encdec'}, but "
+        f"`import mini_encdec` gives {Path(mini_encdec.__file__).parent} (imported before "
+        f"this conftest, e.g. by a plugin); run `python -m pytest` from {ROOT}")
+
+from mini_encdec.backend import BACKENDS, set_backend, use_backend  # noqa: E402
+
+# The student-copy marker written by tutorials/assignments/blank.py, or None.
+STUDENT_COPY_FILE = ROOT / "STUDENT_COPY.json"
+STUDENT_COPY = (json.loads(STUDENT_COPY_FILE.read_text(encoding="utf-8"))
+                if STUDENT_COPY_FILE.exists() else None)
 # False in a student copy without the Numba twins (see the module docstring).
-KERNELS_SHIPPED = (Path(mini_encdec.__file__).parent / "kernels").is_dir()
+KERNELS_SHIPPED = STUDENT_COPY is None or STUDENT_COPY["kernels"] == "all"
 if not KERNELS_SHIPPED:
     set_backend("numpy")
+    os.environ["MINI_ENCDEC_BACKEND"] = "numpy"
+# For tests that call the Numba twins themselves (not through the `backend` fixture).
+requires_twins = pytest.mark.skipif(not KERNELS_SHIPPED, reason="the Numba twins are left "
+                                    "out of this copy: the numba backend cannot run")
 
 SEED_ENV = "MINI_ENCDEC_HYPOTHESIS_SEED"
 DEFAULT_EXAMPLES = 25
@@ -92,8 +122,11 @@ def pytest_report_header(config):
     else:
         lines = [f"hypothesis: seed-hunting, seed {seed} (profile "
                  f"{settings.get_current_profile_name()!r})"]
+    if STUDENT_COPY is not None:
+        blanked = ", ".join(STUDENT_COPY["tasks"]) or "none"
+        lines.append(f"student copy (STUDENT_COPY.json), blanked tasks: {blanked}")
     if not KERNELS_SHIPPED:
-        lines.append("backend: numpy only (this copy has no mini_encdec/kernels)")
+        lines.append("backend: numpy only (the Numba twins are left out of this copy)")
     return lines
 
 
@@ -101,6 +134,6 @@ def pytest_report_header(config):
 def backend(request):
     """Run the test once per backend (numpy reference and numba kernels)."""
     if request.param == "numba" and not KERNELS_SHIPPED:
-        pytest.skip("no mini_encdec/kernels in this copy: the numba backend cannot run")
+        pytest.skip("the Numba twins are left out of this copy: the numba backend cannot run")
     with use_backend(request.param):
         yield request.param

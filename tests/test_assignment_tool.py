@@ -1,12 +1,26 @@
-"""The classroom assignment tooling (tutorials/assignments/): the task list, the pytest
-markers and the blanking tool agree, and a student copy grades as the README says.
+"""The classroom assignment tooling (tutorials/assignments/) and the autograder itself.
+
+- The task list, the pytest markers and the blanking tool agree; blanking keeps the
+  signature, the docstring and the input checks.
+- A student copy grades as the README says, `python -m pytest -m <task>`: every test
+  collects when every task is blanked (nothing calls a blanked function at import time),
+  the copy imports its own package even when another checkout comes first on the path
+  (an editable install of the original), and the left-out Numba twins fail loudly.
+- End to end, by default for one task and under `-m slow` for every task: the blanked
+  task fails with NotImplementedError, the restored one passes.
+- The classic mistakes (tutorials/assignments/check_autograder.py MUTANTS): each, applied
+  to a copy, makes its task's tests fail. Every mutant's patch still applies to the code
+  (default); four of them run by default (stopping at the first failing test), all of
+  them under `-m slow` (with the README's command).
 
 The grading tests themselves are the main suite's tests of each function, marked
-task1_1 ... task4_1 (listed per task in tutorials/assignments/README.md).
+task1_1 ... task7_1 (listed per task in tutorials/assignments/README.md).
 """
 
+import ast
 import importlib
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -18,69 +32,203 @@ import pytest
 from mini_encdec.nn import rmsnorm
 
 ROOT = Path(__file__).resolve().parent.parent
-BLANK = ROOT / "tutorials" / "assignments" / "blank.py"
+ASSIGNMENTS = ROOT / "tutorials" / "assignments"
 MARK = re.compile(r"\bmark\.(task\d+_\d+)\b")
 
 
-def load_blank_tool():
-    spec = importlib.util.spec_from_file_location("assignments_blank", BLANK)
+def load(name):
+    """tutorials/assignments/<name>.py as a module (registered: dataclasses need that)."""
+    spec = importlib.util.spec_from_file_location(f"assignments_{name}", ASSIGNMENTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.modules[spec.name] = mod
+    sys.path.insert(0, str(ASSIGNMENTS))  # check_autograder imports blank
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
     return mod
 
 
+blank = load("blank")
+checker = load("check_autograder")
+
+
+def env_without_pythonpath():
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MINI_ENCDEC_BACKEND")}
+
+
+# --- the task list ----------------------------------------------------------------------------
+
 def test_every_task_has_functions_tests_and_a_registered_marker(pytestconfig):
-    tool = load_blank_tool()
     registered = {line.split(":")[0].strip() for line in pytestconfig.getini("markers")}
     used = {}  # marker -> the test files that use it
     for path in sorted((ROOT / "tests").glob("test_*.py")):
         for task in MARK.findall(path.read_text(encoding="utf-8")):
             used.setdefault(task, set()).add(path.name)
-    for task, (title, functions) in tool.TASKS.items():
+    for task, (title, functions) in blank.TASKS.items():
         assert task in registered, f"marker {task} missing from pyproject.toml"
         assert task in used, f"no test carries the marker {task}"
         for module, name in functions:
-            mod = importlib.import_module(module)
-            assert callable(getattr(mod, name)), f"{module}.{name}"
-    assert set(used) <= set(tool.TASKS), f"markers without a task: {set(used) - set(tool.TASKS)}"
-    assert {m for m in registered if m.startswith("task")} == set(tool.TASKS)
+            path = blank.module_path(ROOT, module)
+            node = blank.find_function(ast.parse(path.read_text(encoding="utf-8")), name)
+            assert node is not None, f"{module}.{name} not found"
+            kept, blanked = blank.split_body(node)
+            assert blanked, f"{module}.{name}: nothing to blank after its checks"
+    assert set(used) <= set(blank.TASKS), f"markers without a task: {set(used) - set(blank.TASKS)}"
+    assert {m for m in registered if m.startswith("task")} == set(blank.TASKS)
 
 
-def test_blanking_keeps_signature_and_docstring(tmp_path):
-    tool = load_blank_tool()
+def test_the_readme_lists_every_task_and_every_classic_mistake():
+    readme = (ASSIGNMENTS / "README.md").read_text(encoding="utf-8")
+    for task in blank.TASKS:
+        n = task[4:].replace("_", ".")
+        assert f"| **{n}** |" in readme, f"task {n} has no row in the README's table"
+    for m in checker.MUTANTS:
+        assert f"`{m.name}`" in readme, f"classic mistake {m.name} is not in the README"
+
+
+def test_blanking_keeps_signature_docstring_and_checks(tmp_path):
     src = Path(rmsnorm.__file__).read_text(encoding="utf-8")
-    out = tool.blank_source(src, ["rmsnorm_forward"], "task1_1")
+    out = blank.blank_source(src, ["rmsnorm_forward"], "task1_1")
     path = tmp_path / "student_rmsnorm.py"
     path.write_text(out.replace("from ..validate", "from mini_encdec.validate"), encoding="utf-8")
     spec = importlib.util.spec_from_file_location("student_rmsnorm", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.rmsnorm_forward.__doc__ == rmsnorm.rmsnorm_forward.__doc__
-    with pytest.raises(NotImplementedError, match="task1_1"):
+    assert "np.sqrt" not in out.split("def rmsnorm_forward")[1].split("def ")[0]
+    with pytest.raises(NotImplementedError, match="task1_1: implement rmsnorm_forward"):
         mod.rmsnorm_forward(np.ones((2, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="argument 'w'"):  # the input checks stay
+        mod.rmsnorm_forward(np.ones((2, 3)), np.zeros(4))
     # the other function of the module is untouched
     y, cache = rmsnorm.rmsnorm_forward(np.ones((2, 3)), np.zeros(3))
     np.testing.assert_array_equal(mod.rmsnorm_backward(y, cache)[0],
                                   rmsnorm.rmsnorm_backward(y, cache)[0])
 
 
-def test_student_copy_fails_exactly_the_blanked_task(tmp_path):
-    """End to end, with the README's command: blank task 3.1 in a copy of the repository;
-    `python -m pytest -m task3_1` fails there with NotImplementedError, while another
-    task's grading passes."""
-    tool = load_blank_tool()
-    out = tmp_path / "student"
-    done = tool.make_student_copy(out, ["task3_1"])
-    assert {name for _, name in done} == {n for _, n in tool.TASKS["task3_1"][1]}
-    assert not (out / "mini_encdec" / "kernels").exists()
+def test_blanking_a_method():
+    src = "class A:\n    def f(self, x):\n        \"\"\"Doc.\"\"\"\n        check_x(x)\n" \
+          "        y = x + 1\n        return y\n\n    def g(self):\n        return 2\n"
+    out = blank.blank_source(src, ["A.f"], "task9_9")
+    assert "check_x(x)" in out and "x + 1" not in out and "return 2" in out
+    assert 'raise NotImplementedError("task9_9: implement A.f ' in out
+    ast.parse(out)
 
-    def grade(task):
-        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "-m", task], cwd=out, capture_output=True, text=True, timeout=600)
 
-    blanked = grade("task3_1")
-    assert blanked.returncode == 1, blanked.stdout[-2000:]  # tests failed (not a usage error)
-    assert "NotImplementedError" in blanked.stdout
-    assert " passed" not in blanked.stdout.splitlines()[-1]
-    other = grade("task1_1")
-    assert other.returncode == 0, other.stdout[-2000:]
+# --- a student copy ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def all_blanked(tmp_path_factory):
+    """A default student copy with every task blanked."""
+    out = tmp_path_factory.mktemp("student") / "all"
+    blank.make_student_copy(out, list(blank.TASKS))
+    return out
+
+
+def collects(copy):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider"], cwd=copy, capture_output=True,
+                          text=True, timeout=600, env=env_without_pythonpath())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "error" not in proc.stdout.splitlines()[-1]
+
+
+def test_every_test_collects_in_a_copy_with_every_task_blanked(all_blanked):
+    """Nothing at import time calls a blanked function: the whole suite collects."""
+    collects(all_blanked)
+    kernels = sorted(p.name for p in (all_blanked / "mini_encdec" / "kernels").glob("*.py"))
+    assert kernels == sorted(["__init__.py", "rmsnorm.py", *blank.KERNEL_SUPPORT])
+
+
+def test_every_test_collects_in_a_copy_without_kernel_files(tmp_path):
+    """A copy that does not assign the kernel task has no kernel file but the stub; no
+    test module imports one at collection time."""
+    blank.make_student_copy(tmp_path / "copy", ["task1_1"])
+    assert [p.name for p in (tmp_path / "copy" / "mini_encdec" / "kernels").iterdir()] == \
+        ["__init__.py"]
+    collects(tmp_path / "copy")
+
+
+def test_a_copy_imports_its_own_package_first(all_blanked):
+    """Even with the original repository first on PYTHONPATH (as an editable install of it
+    puts it on the path) and run from the copy's tests/ directory, the copy's tests grade
+    the copy's (blanked) functions, and the header says it is a student copy."""
+    env = dict(env_without_pythonpath(), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "task3_1", "-p",
+                           "no:cacheprovider", "-x"], cwd=all_blanked / "tests",
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "task3_1: implement noise_counts" in proc.stdout
+    assert "student copy (STUDENT_COPY.json)" in proc.stdout
+    assert "backend: numpy only" in proc.stdout
+
+
+def test_the_left_out_twins_fail_loudly_in_a_copy(all_blanked):
+    """ops.twins() in a copy raises KernelImportError: never the original kernels found
+    elsewhere (an editable install's import hook serves modules missing from the copy)."""
+    code = ("from mini_encdec import ops\n"
+            "try:\n    ops.twins()\nexcept ops.KernelImportError as e:\n    print('LOUD', e)\n")
+    env = dict(env_without_pythonpath(), PYTHONPATH=f"{all_blanked}{os.pathsep}{ROOT}")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=all_blanked, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.stdout.startswith("LOUD"), proc.stdout + proc.stderr
+
+
+def test_one_task_grades_end_to_end(tmp_path):
+    """The README's command in a fresh copy: task 6.3 blanked fails with
+    NotImplementedError; with the original code restored it passes."""
+    ok, msg = checker.check_task("task6_3", tmp_path)
+    assert ok, msg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(blank.TASKS))
+def test_every_task_grades_end_to_end(task, tmp_path):
+    ok, msg = checker.check_task(task, tmp_path)
+    assert ok, msg
+
+
+# --- the classic mistakes ---------------------------------------------------------------------
+
+def test_every_mutant_applies_to_the_code(tmp_path):
+    """Each classic mistake's patch finds its snippet in the current code (so a refactor
+    that moves the code is noticed here), and each names a known task."""
+    assert len({m.name for m in checker.MUTANTS}) == len(checker.MUTANTS)
+    for m in checker.MUTANTS:
+        assert m.task in blank.TASKS, m.name
+        for rel, *_ in m.edits:
+            dst = tmp_path / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text((ROOT / rel).read_text(encoding="utf-8"), encoding="utf-8")
+        saved = checker.apply(m, tmp_path)
+        for path, text in saved.items():
+            assert path.read_text(encoding="utf-8") != text, m.name
+            path.write_text(text, encoding="utf-8")
+    tasks_with_mutants = {m.task for m in checker.MUTANTS}
+    assert tasks_with_mutants == set(blank.TASKS), set(blank.TASKS) - tasks_with_mutants
+
+
+@pytest.fixture(scope="module")
+def answer(tmp_path_factory):
+    """A copy laid out like a default student copy, nothing blanked."""
+    return checker.answer_copy(tmp_path_factory.mktemp("answer") / "copy")
+
+
+def check_caught(mutant, copy, quick=False):
+    ok, result = checker.check_mutant(mutant, copy, quick)
+    assert ok, (f"{mutant.name} ({mutant.task}): {mutant.mistake} is not caught: "
+                f"{result.summary}\n{result.output[-2000:]}")
+    assert result.first_failure(), f"{mutant.name}: no readable failure\n{result.output[-2000:]}"
+
+
+@pytest.mark.parametrize("name", checker.FAST)
+def test_a_classic_mistake_fails_its_task(name, answer):
+    """Quick: the task's test files only, stopping at the first failure."""
+    check_caught(checker.BY_NAME[name], answer, quick=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [m.name for m in checker.MUTANTS if m.name not in checker.FAST])
+def test_every_classic_mistake_fails_its_task(name, answer):
+    check_caught(checker.BY_NAME[name], answer)

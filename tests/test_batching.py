@@ -38,6 +38,7 @@ def _examples(spec):
     return out
 
 
+@pytest.mark.task3_5
 @given(examples_st)
 def test_collate_encdec_shifts_and_pads(spec):
     exs = _examples(spec)
@@ -58,6 +59,7 @@ def test_collate_encdec_shifts_and_pads(spec):
         assert (pos[n:] == -1).all()
 
 
+@pytest.mark.task3_5
 @given(examples_st)
 def test_decoder_only_form_predicts_the_same_targets(spec):
     exs = _examples(spec)

@@ -66,6 +66,7 @@ def check_all_gradients(clf, batch, rng, per_key=2):
             assert abs(num - ana) <= 1e-6 * max(1.0, abs(num)), (key, i, num, ana)
 
 
+@pytest.mark.task5_4
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_whole_model_gradcheck(mode, side, backend):
@@ -75,6 +76,7 @@ def test_whole_model_gradcheck(mode, side, backend):
     check_all_gradients(clf, batch, rng)
 
 
+@pytest.mark.task5_4
 @settings(max_examples=6, deadline=None)
 @given(mode=st.sampled_from(MODES), S=st.integers(1, 6),
        data=st.data(), seed=st.integers(0, 2**16))
@@ -87,6 +89,7 @@ def test_gradcheck_drawn_shapes(mode, S, data, seed):
     check_all_gradients(classifier(mode, seed=seed), batch, rng, per_key=1)
 
 
+@pytest.mark.task5_4
 def test_ignored_labels_count_for_nothing():
     rng = np.random.default_rng(0)
     clf = classifier("encoder")
@@ -105,12 +108,14 @@ def test_ignored_labels_count_for_nothing():
 
 # --- semantics and properties ------------------------------------------------------------------
 
+@pytest.mark.task5_4
 def test_last_token_index_and_shift():
     ids = np.array([[5, 6, 0, 0], [0, 0, 7, 8], [9, 9, 9, 9], [0, 0, 0, 0], [4, 0, 5, 0]])
     np.testing.assert_array_equal(last_token_index(ids, 0), [1, 3, 3, 0, 2])
     np.testing.assert_array_equal(shift_right(ids[:1], 2), [[2, 5, 6, 0]])
 
 
+@pytest.mark.task5_4
 @pytest.mark.parametrize("mode", ["decoder", "encoder"])
 def test_head_reads_the_last_real_token(mode):
     """logits = head(h[b, last_b]) with h the backbone's final-normed states."""
@@ -132,6 +137,7 @@ def test_head_reads_the_last_real_token(mode):
     np.testing.assert_allclose(clf.forward(batch), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.task5_4
 def test_encoder_decoder_reads_one_past_the_last_token():
     """The decoder input is the shifted input; the head reads position last + 1 clamped."""
     rng = np.random.default_rng(4)
@@ -150,6 +156,7 @@ def test_encoder_decoder_reads_one_past_the_last_token():
         np.testing.assert_allclose(logits[b], want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.task5_4
 @settings(max_examples=10, deadline=None)
 @given(mode=st.sampled_from(MODES), n=st.integers(1, 5), extra=st.integers(1, 4),
        seed=st.integers(0, 2**16))

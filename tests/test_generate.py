@@ -3,7 +3,7 @@ stopping at EOS, sampling filters, beam search scores, bad arguments."""
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mini_encdec.config import EncDecConfig, GemmaConfig
@@ -42,6 +42,7 @@ ENCDEC = {
 
 # --- cached step-by-step logits == full forward ------------------------------------------------
 
+@pytest.mark.task5_3
 def test_cached_steps_equal_full_forward_decoder_only(backend):
     model = model_of(cfg())
     rng = np.random.default_rng(1)
@@ -56,6 +57,33 @@ def test_cached_steps_equal_full_forward_decoder_only(backend):
     assert cache.kv[1][0].shape == (2, 2, 9, 8)
 
 
+@pytest.mark.task5_3
+@settings(max_examples=15)
+@given(W=st.integers(1, 5), prefill=st.integers(1, 4), steps=st.integers(1, 7),
+       seed=st.integers(0, 2**16))
+def test_local_layers_keep_exactly_the_last_w_minus_1_keys(W, prefill, steps, seed):
+    """After every call, a local layer's cache holds the last min(seen, W - 1) keys (all a
+    later query can reach: 0 <= q - k < W, and the query's own key comes with it), a global
+    layer every key seen; the cached logits equal the full forward's."""
+    config = cfg(num_hidden_layers=2, sliding_window=W)  # layer 0 local, layer 1 global
+    model = model_of(config, seed)
+    n = prefill + steps
+    ids = np.random.default_rng(seed).integers(3, V, (2, n))
+    full = model.forward({"input_ids": ids})
+    cache = init_cache(model, 2)
+    bounds = [(0, prefill)] + [(t, t + 1) for t in range(prefill, n)]
+    for a, b in bounds:
+        got = decoder_step(model, cache, ids[:, a:b])
+        np.testing.assert_allclose(got, full[:, a:b], rtol=1e-10, atol=1e-10,
+                                   err_msg=f"cached logits of tokens {a}..{b - 1}, window {W}")
+        local, glob = (cache.kv[i][0].shape[2] for i in (0, 1))
+        assert local == min(b, W - 1), \
+            f"window {W}, {b} tokens seen: the local layer caches {local} keys, " \
+            f"expected min({b}, W - 1) = {min(b, W - 1)}"
+        assert glob == b, f"{b} tokens seen: the global layer caches {glob} keys"
+
+
+@pytest.mark.task5_3
 def test_cached_left_padded_prompt_equals_full_forward():
     model = model_of(cfg())
     rng = np.random.default_rng(2)
@@ -72,6 +100,7 @@ def test_cached_left_padded_prompt_equals_full_forward():
     np.testing.assert_allclose(got[real], full[real], rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.task5_3
 @pytest.mark.parametrize("kind", sorted(ENCDEC))
 def test_cached_steps_equal_full_forward_encdec(kind):
     model = model_of(ENCDEC[kind]())

@@ -17,6 +17,8 @@ from mini_encdec.models import EncDecLM, GemmaLM, build_model
 from mini_encdec.models.params import init_params, param_shapes
 from mini_encdec.nn.gradcheck import numerical_grad
 
+from .conftest import requires_twins
+
 V = 50
 BASE = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, intermediate_size=24, sliding_window=3)
@@ -93,6 +95,7 @@ def sampled_gradcheck(model, batch, rng, per_group=3):
             assert abs(num - ana) <= 1e-6 * max(1.0, abs(num)), (key, i, num, ana)
 
 
+@pytest.mark.task5_2
 def test_gemma_gradcheck(backend):
     rng = np.random.default_rng(0)
     model = randomised(build_model(gemma_cfg(), dtype=np.float64), rng)
@@ -102,6 +105,7 @@ def test_gemma_gradcheck(backend):
     sampled_gradcheck(model, batch, rng)
 
 
+@pytest.mark.task5_2
 @pytest.mark.parametrize("kind", ["balanced", "unbalanced", "merged", "tie_all"])
 def test_encdec_gradcheck(kind, backend_name="numpy"):
     rng = np.random.default_rng(1)
@@ -110,12 +114,14 @@ def test_encdec_gradcheck(kind, backend_name="numpy"):
         sampled_gradcheck(model, encdec_batch(rng), rng)
 
 
+@requires_twins
 def test_encdec_gradcheck_numba_backend():
     """The same check with the Numba kernels wired in (the other variants run on the
     numpy reference only, to keep the suite fast)."""
     test_encdec_gradcheck("balanced", backend_name="numba")
 
 
+@pytest.mark.task5_2
 def test_tied_embedding_gets_both_uses():
     """dE = (output-matrix gradient) + (input-embedding gradient): a row that is never an
     input id still gets the output part, and the total matches finite differences."""
@@ -252,6 +258,7 @@ def test_batch_equals_examples_one_by_one(backend):
         np.testing.assert_allclose(ed.forward(one), full[b:b + 1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.task5_1
 def test_local_and_global_layers_differ():
     """Layer 0 is local (window 3), layer 1 global: a change at position 0 reaches
     position 6 only through the global layer's attention (or via the causal chain)."""
@@ -270,6 +277,7 @@ def test_local_and_global_layers_differ():
     assert np.abs(a[0, 6] - b[0, 6]).max() > 1e-6
 
 
+@pytest.mark.task5_1
 def test_encoder_is_bidirectional_and_causal_option():
     rng = np.random.default_rng(9)
     cfg = gemma_cfg()
@@ -373,6 +381,7 @@ def test_bad_batches_raise_clear_errors():
         ed.decode(good_ed["decoder_input_ids"], np.zeros((2, 7, 5)))
 
 
+@pytest.mark.task5_1
 @given(st.integers(1, 8), st.integers(0, 4), st.integers(1, 4), st.integers(0, 1000))
 def test_padding_property_encdec(S, pad, window, seed):
     """Any source length, any amount of right padding, any window: the padded batch row

@@ -8,7 +8,8 @@ passes everything grades nothing. The backward passes are graded by the finite
 differences of tests/test_nn_gradcheck.py, the properties the equations imply (RoPE
 offsets, GQA, masked keys, soft-cap bounds) by tests/test_nn_properties.py.
 
-Markers task1_1 ... task2_4: the classroom assignments (tutorials/assignments/README.md).
+Markers task1_1 ... task2_4, task6_2: the classroom assignments
+(tutorials/assignments/README.md).
 """
 
 import math
@@ -19,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mini_encdec.nn import attention as attn
-from mini_encdec.nn import masks, mlp, rmsnorm, rope, softcap
+from mini_encdec.nn import loss, masks, mlp, rmsnorm, rope, softcap
 
 from .strategies import (attention_dims, attention_masks, batch_sizes, float_dtypes,
                          head_dims, heads, seeds, seq_lens, widths, windows)
@@ -242,3 +243,35 @@ def test_attention_layer_is_projections_rope_core_output(hk, B, T, Dh, D, causal
     o = attention_by_the_equation(q, k, v, mask, Dh ** -0.5, 50.0)
     want = o.transpose(0, 2, 1, 3).reshape(B, T, H * Dh) @ Wo.T  # (B, H, T, Dh) -> (B, T, H*Dh)
     np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-10)
+
+
+# --- the distillation loss: soft cross-entropy against the teacher ---------------------------
+
+def distillation_by_the_equation(logits, teacher_probs, mask, T):
+    """mean over positions n with mask[n] of -sum_v tp[n, v] * log softmax(logits[n] / T)[v],
+    with loops; logits, teacher_probs (N, V), mask (N,)."""
+    total, count = 0.0, 0
+    for n in range(logits.shape[0]):
+        if not mask[n]:
+            continue
+        z = logits[n] / T
+        log_q = z - (z.max() + math.log(np.exp(z - z.max()).sum()))
+        total += -sum(teacher_probs[n, v] * log_q[v] for v in range(logits.shape[1]))
+        count += 1
+    return total / count if count else 0.0
+
+
+@pytest.mark.task6_2
+@given(seed=seeds, N=st.integers(1, 6), V=st.integers(1, 6),
+       temperature=st.sampled_from([0.5, 1.0, 3.0]), p_mask=st.sampled_from([0.0, 0.6, 1.0]),
+       spread=st.sampled_from([1.0, 20.0]))
+def test_distillation_is_the_soft_cross_entropy(seed, N, V, temperature, p_mask, spread):
+    rng = np.random.default_rng(seed)
+    logits = spread * rng.standard_normal((N, V))
+    t = rng.standard_normal((N, V))
+    tp = np.exp(t) / np.exp(t).sum(-1, keepdims=True)  # the teacher's probabilities
+    mask = rng.random(N) < p_mask
+    got, _ = loss.distillation_forward(logits, tp, mask, temperature)
+    want = distillation_by_the_equation(logits, tp, mask, temperature)
+    assert got == pytest.approx(want, rel=1e-10, abs=1e-12), \
+        f"distillation loss {got!r}, the equation gives {want!r}"

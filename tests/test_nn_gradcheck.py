@@ -244,6 +244,7 @@ def loss_terms(counted, temperature=1.0):
     return DLOSS / (max(int(np.count_nonzero(counted)), 1) * temperature)
 
 
+@pytest.mark.task6_1
 @few
 @given(seed=seeds, shape=st.lists(st.integers(1, 3), min_size=1, max_size=2),
        V=st.integers(1, 6))
@@ -256,6 +257,7 @@ def test_cross_entropy(seed, shape, V):
                 floor=loss_terms(labels != -100))
 
 
+@pytest.mark.task6_1
 @fixture_ok
 @given(seed=seeds, shape=st.lists(st.integers(1, 3), min_size=1, max_size=2),
        V=st.integers(1, 6), cap=st.none() | st.sampled_from([2.0, 30.0]))
@@ -270,6 +272,7 @@ def test_softcap_cross_entropy(backend, seed, shape, V, cap):
                 floor=loss_terms(labels != -100))
 
 
+@pytest.mark.task6_2
 @few
 @given(seed=seeds, shape=st.lists(st.integers(1, 3), min_size=1, max_size=2),
        V=st.integers(1, 6), temperature=st.sampled_from([0.5, 1.0, 2.0]))

@@ -332,6 +332,7 @@ def test_cross_entropy_value_and_ignore_index():
     np.testing.assert_allclose(d.sum(-1), 0, atol=1e-15)
 
 
+@pytest.mark.task6_1
 def test_cross_entropy_with_nothing_counted_is_zero(backend):
     z = np.ones((2, 3, 5))
     labels = np.full((2, 3), -100)
@@ -344,6 +345,7 @@ def test_cross_entropy_with_nothing_counted_is_zero(backend):
         assert d.shape == z.shape and np.all(d == 0)
 
 
+@pytest.mark.task6_1
 @fixture_ok
 @given(seed=seeds, N=st.integers(1, 6), V=st.integers(1, 7), cap=st.sampled_from([2.0, 30.0]),
        dtype=st.sampled_from([np.float32, np.float64]))
@@ -363,6 +365,7 @@ def test_softcap_cross_entropy_equals_the_composition(backend, seed, N, V, cap, 
     np.testing.assert_allclose(dz, dz_ref, rtol=tol, atol=tol)
 
 
+@pytest.mark.task6_2
 @few
 @given(seed=seeds, N=st.integers(1, 5), V=st.integers(2, 6), T=st.sampled_from([0.5, 1.0, 3.0]))
 def test_distillation_is_kl_plus_teacher_entropy(seed, N, V, T):
@@ -380,6 +383,7 @@ def test_distillation_is_kl_plus_teacher_entropy(seed, N, V, T):
     np.testing.assert_allclose(distillation_backward(1.0, c_eq), 0, atol=1e-14)
 
 
+@pytest.mark.task6_2
 def test_distillation_mask_selects_positions():
     logits = np.array([[0.0, 1.0], [5.0, -5.0]])
     tp = np.array([[0.5, 0.5], [1.0, 0.0]])

@@ -1,4 +1,9 @@
-"""AdamW against hand-computed references, clipping, schedules, freezing patterns."""
+"""AdamW against hand-computed references, clipping, schedules, freezing patterns.
+
+Marker task6_3 (tutorials/assignments/README.md): the AdamW update, nn/adamw.py, against
+its equation written with loops, and two properties that single out the classic mistakes
+(decay passed through the gradient as L2, a missing bias correction).
+"""
 
 import math
 
@@ -10,9 +15,13 @@ from hypothesis import strategies as st
 from mini_encdec.training.optim import (AdamW, OptimConfig, accumulate, clip_by_global_norm,
                                global_norm, trainable_names)
 from mini_encdec import ops
+from mini_encdec.nn.adamw import adamw_update
 from mini_encdec.training.schedules import constant, cosine, inverse_sqrt, learning_rate
 
+from .conftest import requires_twins
 
+
+@pytest.mark.task6_3
 def test_one_adamw_step_equals_hand_computed_values():
     # After one step m_hat = g and v_hat = g^2, so the Adam part is lr * g / (|g| + eps):
     # p = 1.0, g = 0.5:  1.0 * (1 - 0.1 * 0.2) - 0.1 * 0.5 / (0.5 + 1e-8) = 0.98 - 0.1 + 2e-9
@@ -29,6 +38,80 @@ def test_one_adamw_step_equals_hand_computed_values():
     assert opt.t == {"w": 1, "model.norm.weight": 1}
 
 
+# --- the AdamW update itself (nn/adamw.py), task 6.3 -------------------------------------------
+
+def adamw_by_the_equation(p, grads, *, lr, beta1, beta2, eps, weight_decay):
+    """AdamW written out element by element with loops, for len(grads) steps from zero
+    moments: m, v the moments, bias-corrected by 1 - beta^t; the decay multiplies p."""
+    p = np.array(p, dtype=np.float64)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        for i in np.ndindex(p.shape):
+            m[i] = beta1 * m[i] + (1 - beta1) * g[i]
+            v[i] = beta2 * v[i] + (1 - beta2) * g[i] ** 2
+            m_hat, v_hat = m[i] / (1 - beta1 ** t), v[i] / (1 - beta2 ** t)
+            p[i] = p[i] * (1 - lr * weight_decay) - lr * m_hat / (math.sqrt(v_hat) + eps)
+    return p, m, v
+
+
+adamw_hyper = dict(lr=st.sampled_from([1e-3, 0.1]), beta1=st.sampled_from([0.0, 0.8, 0.9]),
+                   beta2=st.sampled_from([0.9, 0.999]), eps=st.sampled_from([1e-8, 1e-3]),
+                   weight_decay=st.sampled_from([0.0, 0.1, 2.0]))
+
+
+@pytest.mark.task6_3
+@given(shape=st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple),
+       steps=st.integers(1, 4), seed=st.integers(0, 2**31), dtype=st.sampled_from(
+           [np.float32, np.float64]), **adamw_hyper)
+def test_adamw_update_is_the_equation(shape, steps, seed, dtype, lr, beta1, beta2, eps,
+                                      weight_decay):
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(shape)
+    grads = [rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 2) for _ in range(steps)]
+    p, m, v = p0.astype(dtype), np.zeros(shape, dtype), np.zeros(shape, dtype)
+    for t, g in enumerate(grads, start=1):
+        assert adamw_update(p, g.astype(dtype), m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                            weight_decay=weight_decay, t=t) is None  # in place
+    want = adamw_by_the_equation(p0.astype(dtype), [g.astype(dtype) for g in grads], lr=lr,
+                                 beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
+    for name, got, w in zip("pmv", (p, m, v), want):
+        assert got.dtype == dtype, name
+        np.testing.assert_allclose(got, w, **tol, err_msg=f"{name} after {steps} steps")
+
+
+@pytest.mark.task6_3
+@given(seed=st.integers(0, 2**31), t=st.integers(1, 50), lr=st.sampled_from([1e-3, 0.1]),
+       weight_decay=st.sampled_from([0.01, 0.5, 2.0]))
+def test_weight_decay_is_decoupled_from_the_gradient(seed, t, lr, weight_decay):
+    """With a zero gradient and zero moments the update is exactly p (1 - lr wd): the decay
+    multiplies the weights, it does not go through the moments as an L2 term (which Adam
+    would normalise into a step of size lr whatever the weight)."""
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(5) * 10.0 ** rng.integers(-2, 3)
+    p, m, v = p0.copy(), np.zeros(5), np.zeros(5)
+    adamw_update(p, np.zeros(5), m, v, lr=lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                 weight_decay=weight_decay, t=t)
+    np.testing.assert_allclose(p, p0 * (1 - lr * weight_decay), rtol=1e-13, atol=0,
+                               err_msg="a zero gradient must leave only the decay")
+    np.testing.assert_array_equal(m, 0, err_msg="the decay must not enter the moments")
+
+
+@pytest.mark.task6_3
+@given(seed=st.integers(0, 2**31), beta1=st.sampled_from([0.5, 0.9, 0.99]),
+       beta2=st.sampled_from([0.9, 0.999, 0.9999]))
+def test_bias_correction_makes_the_first_step_the_size_of_lr(seed, beta1, beta2):
+    """From zero moments, step 1 moves every weight by lr * g / (|g| + eps), about lr
+    (m_hat = g and v_hat = g^2 exactly), whatever beta1 and beta2."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal(6) * 10.0 ** rng.integers(-2, 3, 6)
+    p, m, v = np.zeros(6), np.zeros(6), np.zeros(6)
+    adamw_update(p, g, m, v, lr=0.01, beta1=beta1, beta2=beta2, eps=1e-12, weight_decay=0.0,
+                 t=1)
+    np.testing.assert_allclose(-p, 0.01 * g / (np.abs(g) + 1e-12), rtol=1e-9,
+                               err_msg="step 1 of Adam must be about lr in every coordinate")
+
+
 def _reference_adamw(p, grads, lrs, b1, b2, eps, wd):
     """Plain float64 AdamW, written out once more, for several steps."""
     m = np.zeros_like(p)
@@ -41,6 +124,7 @@ def _reference_adamw(p, grads, lrs, b1, b2, eps, wd):
     return p
 
 
+@pytest.mark.task6_3
 def test_three_adamw_steps_match_the_written_out_formula(backend):
     rng = np.random.default_rng(0)
     p0 = rng.standard_normal((3, 4))
@@ -236,6 +320,7 @@ def _adamw_pair(rng, shape, dtype, t, weight_decay, lr=3e-3):
     return out
 
 
+@requires_twins
 @given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple),
        dtype=st.sampled_from([np.float32, np.float64]), t=st.integers(1, 1000),
        weight_decay=st.sampled_from([0.0, 0.01, 0.3]), seed=st.integers(0, 2**31))
@@ -247,6 +332,7 @@ def test_fused_adamw_update_matches_the_numpy_reference(shape, dtype, t, weight_
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.max(np.abs(b)), err_msg=name)
 
 
+@requires_twins
 def test_fused_adamw_update_is_parallel_and_thread_count_independent():
     """A large parameter takes the multi-threaded path; it matches the reference and
     gives bit-identical results with one thread."""
@@ -266,6 +352,7 @@ def test_fused_adamw_update_is_parallel_and_thread_count_independent():
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * np.max(np.abs(r)))
 
 
+@requires_twins
 def test_fused_adamw_update_falls_back_to_the_reference_on_odd_layouts():
     """Non-contiguous gradients (a transposed view) give the reference's exact result."""
     rng = np.random.default_rng(3)

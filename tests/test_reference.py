@@ -5,6 +5,7 @@ query scalars, merged attention, tied embeddings), padded batches, float32 and f
 import dataclasses
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,7 @@ def padded_ids(draw, V, B, T):
     return np.array(ids, dtype=np.int64), real.astype(np.int64)
 
 
+@pytest.mark.task5_1
 @settings(max_examples=30, deadline=None)
 @given(cfg=gemma_configs(), T=st.integers(1, 7), B=st.integers(1, 3),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16), data=st.data())
@@ -56,6 +58,7 @@ def t5gemma_configs(draw):
     return dataclasses.replace(config, merged_attention=merged, tie_all_embeddings=tied)
 
 
+@pytest.mark.task5_1
 @settings(max_examples=40, deadline=None)
 @given(config=t5gemma_configs(), S=st.integers(1, 7), T=st.integers(1, 6),
        B=st.integers(1, 3), dtype=st.sampled_from([np.float32, np.float64]),

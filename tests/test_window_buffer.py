@@ -1,12 +1,14 @@
 """WindowBuffer (the KV cache's storage) == np.concatenate then keep the last `keep`."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mini_encdec.models.window_buffer import WindowBuffer
 
 
+@pytest.mark.task5_3
 @settings(deadline=None)
 @given(sizes=st.lists(st.integers(0, 70), min_size=1, max_size=12),
        keep=st.one_of(st.none(), st.integers(0, 40)), axis=st.sampled_from([1, 2]),
@@ -32,6 +34,7 @@ def test_appends_equal_concatenate_and_trim(sizes, keep, axis, reorder_at, seed)
         np.testing.assert_array_equal(buf.view(), ref)
 
 
+@pytest.mark.task5_3
 def test_empty_buffer_has_no_view_and_keep_zero_keeps_nothing():
     buf = WindowBuffer(2, keep=0)
     assert buf.view() is None

@@ -27,6 +27,8 @@ from ._vecmath import cst
 
 @njit(**JIT)
 def _forward_rows(n0, n1, x, w, eps, y, rstd):
+    """Rows n0 <= n < n1 of x (N, D): y[n] = x[n] * rstd[n] * (1 + w), rstd[n] =
+    1 / sqrt(mean(x[n]^2) + eps), written into y (N, D) and rstd (N,)."""
     D = x.shape[1]
     for n in range(n0, n1):
         # 1. rstd = 1 / sqrt(mean(x^2) + eps)
@@ -42,6 +44,7 @@ def _forward_rows(n0, n1, x, w, eps, y, rstd):
 
 @njit(parallel=True, **JIT)
 def _forward_parallel(nchunks, x, w, eps, y, rstd):
+    """_forward_rows over all N rows, cut into nchunks chunks run in parallel (prange)."""
     N = x.shape[0]
     for c in prange(nchunks):
         _forward_rows((c * N) // nchunks, ((c + 1) * N) // nchunks, x, w, eps, y, rstd)
@@ -49,7 +52,8 @@ def _forward_parallel(nchunks, x, w, eps, y, rstd):
 
 @njit(**JIT)
 def _backward_rows(n0, n1, dy, x, w, rstd, dx, dw):
-    """Rows n0 <= n < n1; adds their share of dw into dw (one private row per chunk)."""
+    """Rows n0 <= n < n1: dx[n] from dy[n] (recomputing xhat = x * rstd); adds their
+    share of dw into dw (D,) (one private row per chunk)."""
     D = x.shape[1]
     one = cst(rstd, 1.0)
     for n in range(n0, n1):
@@ -69,6 +73,9 @@ def _backward_rows(n0, n1, dy, x, w, rstd, dx, dw):
 
 @njit(parallel=True, **JIT)
 def _backward_parallel(dy, x, w, rstd, dx, dw_part):
+    """_backward_rows over all N rows in dw_part.shape[0] chunks run in parallel (prange);
+    chunk c adds its share of dw into its own row dw_part[c] (no two threads write the
+    same memory)."""
     N = x.shape[0]
     nchunks = dw_part.shape[0]
     for c in prange(nchunks):

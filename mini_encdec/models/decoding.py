@@ -186,8 +186,10 @@ def fused_weights(model) -> list:
 
 def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
                encoder_mask: Optional[np.ndarray] = None) -> KVCache:
-    """An empty cache for B rows; for the encoder-decoder, project the encoder output
-    (B, S, De) into every layer's cross (or merged) keys/values once."""
+    """An empty cache for B rows: per layer type, how many keys its buffers keep (a local
+    layer W - 1, all a later query can reach; a global layer all), the model's fused
+    weights (fused_weights), and for the encoder-decoder the encoder output (B, S, De)
+    projected into every layer's cross (or merged) keys/values once."""
     spec, _ = decoder_parts(model)
     cfg = spec.cfg
     windows = {lt: (cfg.sliding_window - 1 if lt == SLIDING else None)

@@ -121,18 +121,26 @@ def collate_encdec(examples: Sequence[Example], encoder_length: int, decoder_len
     batch = dict(input_ids=input_ids, attention_mask=attention_mask,
                  decoder_input_ids=decoder_input_ids, labels=labels)
     if with_teacher:
-        teacher = collate_decoder(examples, s + t, pad_id=pad_id)
-        positions = np.full((b, t), -1, dtype=np.int64)
-        for i, ex in enumerate(examples):
-            if len(ex.inputs) < 1:
-                raise ValueError(f"collate_encdec: example {i} has no inputs; the teacher "
-                                 f"needs a token before the first target")
-            n = len(ex.targets)
-            positions[i, :n] = len(ex.inputs) - 1 + np.arange(n)  # prefix_length + j - 1
-        batch.update(teacher_input_ids=teacher["input_ids"],
-                     teacher_attention_mask=teacher["attention_mask"],
-                     teacher_positions=positions)
+        batch.update(teacher_fields(examples, s, t, pad_id=pad_id))
     return batch
+
+
+def teacher_fields(examples: Sequence[Example], encoder_length: int, decoder_length: int, *,
+                   pad_id: int = 0) -> dict:
+    """The decoder-only form of encoder-decoder examples, for a distillation teacher:
+    teacher_input_ids and teacher_attention_mask (B, S + T), teacher_positions (B, T)
+    (see the module docstring)."""
+    t = decoder_length
+    teacher = collate_decoder(examples, encoder_length + t, pad_id=pad_id)
+    positions = np.full((len(examples), t), -1, dtype=np.int64)
+    for i, ex in enumerate(examples):
+        if len(ex.inputs) < 1:
+            raise ValueError(f"collate_encdec: example {i} has no inputs; the teacher "
+                             f"needs a token before the first target")
+        n = len(ex.targets)
+        positions[i, :n] = len(ex.inputs) - 1 + np.arange(n)  # prefix_length + j - 1
+    return dict(teacher_input_ids=teacher["input_ids"],
+                teacher_attention_mask=teacher["attention_mask"], teacher_positions=positions)
 
 
 def collate_decoder(examples: Sequence[Example], length: int, *, pad_id: int = 0) -> dict:

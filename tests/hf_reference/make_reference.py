@@ -1,0 +1,226 @@
+"""Regenerate the frozen transformers outputs in this directory (needs torch + transformers).
+
+    python tests/hf_reference/make_reference.py          # from the repository root
+
+For each case below: a random tiny model of ours (float64 weights rounded to float32, so a
+float32 file holds them exactly) goes through `save_hf` into `transformers` (eager
+attention, float64); transformers computes the logits, the loss and every parameter
+gradient on a fixed batch, and `<case>.npz` stores
+
+    config          our config as JSON (mini_encdec.config.config_from_dict reads it)
+    param/<key>     the weights, float32, under our (= Hugging Face) keys
+    batch/<key>     the batch, int64 (our batch dict: input_ids, attention_mask, ...)
+    logits, loss    transformers' soft-capped logits and mean loss
+    encoder_output  transformers' final-normed encoder output (encoder-decoder cases)
+    grad/<key>      transformers' gradient of the loss for every parameter
+
+transformers computes in float64; the outputs are stored rounded to float32 (about 7
+significant digits, plenty to see a wiring mistake, and half the size).
+
+tests/test_hf_reference.py compares the models with these files without torch, so the
+default test suite sees a wiring mistake in the model assembly (a wrong query scalar,
+RoPE in cross-attention, a missing soft-cap, an unwindowed local layer, a missing
+gradient use of a tied table, ...) that only the optional parity tests saw before.
+
+Masks and positions are given to transformers explicitly, from SPEC 1-2 (positions count
+real tokens; the symmetric local window is |q - k| < W, where transformers >= 5 builds
+|q - k| <= W by default), as in tests/test_parity_hf.py and tests/test_classifier_parity.py.
+The cases cover GQA (H/K = 2 and 4), sliding windows shorter than the sequences,
+query_pre_attn_scalar different from the head size, soft-caps small enough to bend the
+scores and logits, an unbalanced encoder-decoder (widths, depths, heads and head sizes
+differ), right- and left-padded encoder inputs, ignored labels, and the classification
+head in its two T5Gemma modes. Generated with torch 2.13 and transformers 5.x; rerun this
+script after an intended change of the models' function, and review the diff of the test.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # this checkout's mini_encdec
+
+from mini_encdec.config import (FULL, SLIDING, ClassifierConfig, EncDecConfig,  # noqa: E402
+                                GemmaConfig)
+from mini_encdec.models import build_model  # noqa: E402
+from mini_encdec.models.classifier import shift_right  # noqa: E402
+from mini_encdec.storage.interop import save_hf  # noqa: E402
+
+V = 32
+# 2 layers (local, global), H/K = 2, window 3, query scalar 6 != head size 4, small caps
+STACK = GemmaConfig(vocab_size=V, hidden_size=8, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=4, intermediate_size=12, sliding_window=3,
+                    query_pre_attn_scalar=6, attn_logit_softcapping=3.0,
+                    final_logit_softcapping=5.0)
+# unbalanced: a wider, deeper encoder (H/K = 2, head size 6, window 2, scalar 10) and a
+# narrower decoder (H/K = 4, window 3, scalar 3); Gemma's default caps 50 and 30
+ENCODER = STACK.replace(hidden_size=12, num_hidden_layers=3, num_attention_heads=2,
+                        num_key_value_heads=1, head_dim=6, intermediate_size=16,
+                        sliding_window=2, query_pre_attn_scalar=10,
+                        attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+DECODER = STACK.replace(num_key_value_heads=1, query_pre_attn_scalar=3,
+                        attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+UNBALANCED = EncDecConfig(encoder=ENCODER, decoder=DECODER)
+CASES = {
+    "t5gemma_gqa": EncDecConfig(encoder=STACK, decoder=STACK),
+    "t5gemma_unbalanced": UNBALANCED,
+    "gemma2": STACK.replace(num_hidden_layers=3, num_key_value_heads=1,
+                            query_pre_attn_scalar=5, attn_logit_softcapping=4.0),
+    "classifier_encoder": ClassifierConfig(UNBALANCED, 3, "encoder"),
+    "classifier_encoder_decoder": ClassifierConfig(UNBALANCED, 3, "encoder_decoder"),
+}
+
+
+def random_model(config, seed: int):
+    """Ours, float64, every weight N(0, 0.3^2) rounded to float32."""
+    model = build_model(config, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    for v in model.params.values():
+        v[...] = (rng.standard_normal(v.shape) * 0.3).astype(np.float32)
+    return model
+
+
+def positions(mask: np.ndarray) -> torch.Tensor:
+    """Positions counting real tokens (models/inputs.py), (B, T)."""
+    return torch.tensor(np.maximum(np.cumsum(mask, axis=1) - 1, 0))
+
+
+def spec_masks(cfg: GemmaConfig, pos, key_padding, *, causal: bool) -> dict:
+    """SPEC 1-2 masks as transformers' additive float64 masks {layer type: (B, 1, T, T)}."""
+    d = pos[:, :, None] - pos[:, None, :]  # (B, Tq, Tk): q - k
+    full = d >= 0 if causal else torch.ones_like(d, dtype=torch.bool)
+    local = full & ((d < cfg.sliding_window) if causal else (d.abs() < cfg.sliding_window))
+    keys = torch.tensor(np.asarray(key_padding, dtype=bool))[:, None, :]  # (B, 1, Tk)
+    neg = torch.tensor(torch.finfo(torch.float64).min, dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    return {name: torch.where((m & keys)[:, None], zero, neg)
+            for name, m in ((FULL, full), (SLIDING, local))}
+
+
+def encdec_batch(rng) -> dict:
+    """B = 3: a full row, a right-padded and a left-padded encoder input; S = 9 and T = 7
+    are longer than every window; some labels ignored."""
+    B, S, T = 3, 9, 7
+    ids = rng.integers(3, V, (B, S))
+    ids[1, 6:] = 0
+    ids[2, :4] = 0
+    labels = rng.integers(3, V, (B, T))
+    labels[0, 5:] = -100
+    labels[2, 3:] = -100
+    dec = np.concatenate([np.full((B, 1), 2), np.where(labels[:, :-1] < 0, 0, labels[:, :-1])],
+                         axis=1)  # [BOS] + labels[:-1], ignored labels as pad
+    return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64),
+            "decoder_input_ids": dec, "labels": labels}
+
+
+def classifier_batch(rng) -> dict:
+    """Rows: full, right-padded, left-padded, one token (ids never 0 = pad)."""
+    ids = rng.integers(3, V, (4, 8))
+    ids[1, 5:] = 0
+    ids[2, :3] = 0
+    ids[3, 1:] = 0
+    return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64),
+            "labels": np.array([0, 2, 1, 2])}
+
+
+def run_encdec(hf, config: EncDecConfig, b: dict):
+    from transformers.modeling_outputs import BaseModelOutput
+    mask = b["attention_mask"]
+    enc = hf.model.encoder(input_ids=torch.tensor(b["input_ids"]), position_ids=positions(mask),
+                           attention_mask=spec_masks(config.encoder, positions(mask), mask,
+                                                     causal=False))
+    T = b["decoder_input_ids"].shape[1]
+    dec_pos = torch.arange(T)[None].expand(len(mask), T)  # the decoder counts from 0
+    dec_masks = spec_masks(config.decoder, dec_pos, np.ones((len(mask), T)), causal=True)
+    out = hf(encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state),
+             attention_mask=torch.tensor(mask), decoder_input_ids=torch.tensor(
+                 b["decoder_input_ids"]), decoder_attention_mask=dec_masks,
+             decoder_position_ids=dec_pos, labels=torch.tensor(b["labels"]))
+    return out, {"encoder_output": enc.last_hidden_state}
+
+
+def run_gemma2(hf, config: GemmaConfig, b: dict):
+    mask = b["attention_mask"]
+    hf_labels = np.where(mask == 1, b["input_ids"], -100)  # transformers shifts inside
+    out = hf(input_ids=torch.tensor(b["input_ids"]), position_ids=positions(mask),
+             attention_mask=spec_masks(config, positions(mask), mask, causal=True),
+             labels=torch.tensor(hf_labels))
+    return out, {}
+
+
+def run_classifier(hf, config: ClassifierConfig, b: dict):
+    from transformers.modeling_outputs import BaseModelOutput
+    ids, mask = b["input_ids"], b["attention_mask"]
+    t_ids, t_labels = torch.tensor(ids), torch.tensor(b["labels"])
+    enc_masks = spec_masks(config.backbone.encoder, positions(mask), mask, causal=False)
+    if config.mode == "encoder":
+        return hf(input_ids=t_ids, attention_mask=enc_masks, position_ids=positions(mask),
+                  labels=t_labels), {}
+    enc = hf.model.encoder(input_ids=t_ids, attention_mask=enc_masks,
+                           position_ids=positions(mask))
+    dec_mask = (shift_right(ids, config.backbone.decoder.bos_token_id) != 0).astype(np.int64)
+    dec_masks = spec_masks(config.backbone.decoder, positions(dec_mask), dec_mask, causal=True)
+    return hf(input_ids=t_ids, attention_mask=torch.tensor(mask),
+              encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state),
+              decoder_attention_mask=dec_masks, decoder_position_ids=positions(dec_mask),
+              labels=t_labels), {"encoder_output": enc.last_hidden_state}
+
+
+def gemma2_batch(rng) -> dict:
+    """B = 2, T = 10 > window; the second row right-padded; labels = next tokens."""
+    ids = rng.integers(3, V, (2, 10))
+    ids[1, 7:] = 0
+    mask = (ids != 0).astype(np.int64)
+    nxt = np.where(mask == 1, ids, -100)
+    labels = np.concatenate([nxt[:, 1:], np.full((2, 1), -100)], axis=1)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_case(name: str, config, seed: int, tmp: Path) -> dict:
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, \
+        AutoModelForSequenceClassification
+    ours = random_model(config, seed)
+    save_hf(ours, tmp / name)
+    rng = np.random.default_rng(seed + 100)
+    if isinstance(config, ClassifierConfig):
+        auto, run, batch = AutoModelForSequenceClassification, run_classifier, classifier_batch(rng)
+    elif isinstance(config, EncDecConfig):
+        auto, run, batch = AutoModelForSeq2SeqLM, run_encdec, encdec_batch(rng)
+    else:
+        auto, run, batch = AutoModelForCausalLM, run_gemma2, gemma2_batch(rng)
+    hf, info = auto.from_pretrained(tmp / name, output_loading_info=True,
+                                    attn_implementation="eager", dtype=torch.float64)
+    assert not any(info.values()), info
+    hf.eval()
+    out, extra = run(hf, config, batch)
+    out.loss.backward()
+    grads = {k: p.grad.numpy() for k, p in hf.named_parameters()}
+    assert set(grads) == set(ours.params), set(grads) ^ set(ours.params)
+    data = {"config": np.array(json.dumps(config.to_dict(), sort_keys=True)),
+            "logits": out.logits.detach().numpy().astype(np.float32),
+            "loss": np.array(out.loss.item())}
+    data.update({k: v.detach().numpy().astype(np.float32) for k, v in extra.items()})
+    data.update({f"param/{k}": v.astype(np.float32) for k, v in ours.params.items()})
+    data.update({f"batch/{k}": v.astype(np.int64) for k, v in batch.items()})
+    data.update({f"grad/{k}": g.astype(np.float32) for k, g in grads.items()})
+    return data
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, (name, config) in enumerate(CASES.items()):
+            data = make_case(name, config, seed, Path(tmp))
+            path = HERE / f"{name}.npz"
+            np.savez_compressed(path, **data)
+            print(f"{path.name}: {path.stat().st_size / 1024:.0f} KiB, loss {float(data['loss']):.6f}")
+
+
+if __name__ == "__main__":
+    main()
