@@ -144,3 +144,11 @@ def test_gradients_do_not_depend_on_the_current_thread_count(monkeypatch):
     assert loss_a == loss_b
     for k in grads_a:
         np.testing.assert_array_equal(grads_a[k], grads_b[k], err_msg=k)
+
+
+def test_available_cpus_is_the_affinity_mask_capped_by_a_cgroup_quota(monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(threads, "_cgroup_cpus", lambda: math.inf)
+    assert threads.available_cpus() == 4
+    monkeypatch.setattr(threads, "_cgroup_cpus", lambda: 1.5)  # cpu.max "150000 100000"
+    assert threads.available_cpus() == 2

@@ -95,7 +95,7 @@ def _cgroup_cpus() -> float:
     paths = {}
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        for c in controllers.split(",") or [""]:
+        for c in controllers.split(","):
             paths[c] = path
     candidates = [(f"/sys/fs/cgroup{paths.get('', '/')}".rstrip("/") + "/cpu.max", None)]
     for root in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
@@ -114,7 +114,10 @@ def _cgroup_cpus() -> float:
             continue
         if quota in ("max", "-1"):
             return math.inf
-        return max(1.0, int(quota) / int(period))
+        try:
+            return max(1.0, int(quota) / int(period))
+        except (ValueError, ZeroDivisionError):
+            return math.inf
     return math.inf
 
 
