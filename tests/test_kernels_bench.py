@@ -82,7 +82,7 @@ def test_contended_runs_each_load_and_one_thread_and_reports_the_ratios(monkeypa
         def __exit__(self, *exc):
             pass
 
-    slow = {"busy": 150, "copy": 180, "busy/1": 170, "copy/1": 175}
+    slow = {"busy": 150, "copy": 180, "busy/1": 170, "copy/1": 160}
 
     def fake_spawn(spec, timeout, env_extra=None, competitor=None):
         spawned.append((spec["kind"], competitor is not None, dict(env_extra or {})))
@@ -107,11 +107,11 @@ def test_contended_runs_each_load_and_one_thread_and_reports_the_ratios(monkeypa
     assert [c[2] for c in competitors] == [{}, {"MINI_ENCDEC_THREADS": "1"}] * 2
     md = out.read_text()
     assert "busy loop ms (x quiet) | 2nd copy ms (x quiet) |" in md
-    assert "| 150 (1.50x; 1 thread 1.70x) | 180 (1.80x; 1 thread 1.75x) |" in md
+    assert "| 150 (1.50x; 1 thread 1.70x) | 180 (1.80x; 1 thread 1.60x) |" in md
     assert "MINI_ENCDEC_THREADS=auto, cap 2 of 2 CPUs, adapting to the load" in md
     assert ("no cliff, tiny decoder: beside a busy loop 1.50x, beside a second copy 1.80x the "
-            "quiet median step (<= 2.5x: met); one thread under the same loads 1.70x, 1.75x "
-            "(not slower than one thread: missed beside the copy)") in md
+            "quiet median step (<= 2.5x: met); one thread under the same loads 1.70x, 1.60x "
+            "(not slower than one thread, within 5%: missed beside the copy)") in md
     assert "Other processes' CPU use during the quiet measurements: mean 0.01" in md
 
 

@@ -171,3 +171,11 @@ def test_serial_runs_a_block_on_one_thread_and_restores_the_count(monkeypatch):
     assert applied == [1, policy.cap] and policy._current == policy.cap
     with use_backend("numpy"), ops.serial():  # no thread policy without the kernels
         assert applied == [1, policy.cap]
+
+
+def test_available_cpus_is_the_affinity_mask_capped_by_a_cgroup_quota(monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(threads, "_cgroup_cpus", lambda: math.inf)
+    assert threads.available_cpus() == 4
+    monkeypatch.setattr(threads, "_cgroup_cpus", lambda: 1.5)  # cpu.max "150000 100000"
+    assert threads.available_cpus() == 2

@@ -53,6 +53,7 @@ ENGINES = ("numpy", "numba", "torch")
 LOADS = ("busy", "copy")  # --contended: a busy-loop process; a second copy of the training
 LOAD_NAMES = {"busy": "busy loop", "copy": "2nd copy"}
 NO_CLIFF = 2.5  # the target: a contended step takes at most this many quiet steps
+NOISE = 0.05  # "not slower than one thread" allows the run-to-run noise of a median step
 
 
 def add_arguments(p) -> None:
@@ -635,14 +636,14 @@ def _targets(presets, archs, gen_batches, train, gen, B, T, peak) -> list:
             cliff = max(x[k] for k in LOADS)
             ones = [(x[k], x.get(k + "/1")) for k in LOADS]
             slower = [k for k, (adaptive, one) in zip(LOADS, ones)
-                      if one is not None and adaptive > one]
+                      if one is not None and adaptive > one * (1 + NOISE)]
             lines.append(
                 f"- no cliff, {p} {a}: beside a busy loop {x['busy']:.2f}x, beside a second "
                 f"copy {x['copy']:.2f}x the quiet median step (<= {NO_CLIFF}x: "
                 f"{'met' if cliff <= NO_CLIFF else 'missed'})"
                 + ("" if any(one is None for _, one in ones) else
                    f"; one thread under the same loads {ones[0][1]:.2f}x, {ones[1][1]:.2f}x "
-                   f"(not slower than one thread: "
+                   f"(not slower than one thread, within {100 * NOISE:.0f}%: "
                    f"{'met' if not slower else 'missed beside the ' + ', '.join(slower)})"))
     lines.append("- attention extra memory O(B*H*T*Dh): by construction (online softmax, "
                  "recomputing backward; tests/test_kernels.py checks the cache holds no "

@@ -3,13 +3,18 @@
 Why a policy. A numba training step alternates between two thread pools: BLAS's (NumPy's
 OpenBLAS, its own pthreads, under every matmul) and Numba's (the kernels' `prange`, the
 OpenMP layer here). Each splits a call into one fixed piece per thread and waits at the
-end for the slowest piece; a step makes a few thousand such calls. On a quiet machine
-that is what makes training fast (2 threads: 650 ms per `small` encoder-decoder step
-against 886 ms on one). When another program keeps a core busy, the piece that shares a
-core with it finishes a scheduler time slice (milliseconds) after the other, at every
-call, while the waiting threads spin: the step took 2.7x its quiet time beside one busy
-loop, 6x beside a second training run (single steps up to 23 s), where one thread took
-1.35-2x. So the number of threads follows the CPUs that are actually free:
+end for the slowest piece; a step makes thousands of such calls (the linear layers and
+the attention's per-head matmuls). On a quiet machine that is what makes training fast
+(2 threads: 100 ms per `tiny` decoder step against 159 ms on one). When another program
+keeps a core busy, the thread that shares its core is a scheduler time slice
+(milliseconds) late at every call, while its partner spins waiting for it. Measured with
+the old fixed two threads (each thread's CPU time and run-queue wait from
+/proc/self/task/*/schedstat): beside a busy loop a `tiny` decoder step took 1.8 s (18x),
+and the 6 steps burnt 5.8 s of CPU in the main thread and 6.0 s in OpenBLAS's worker
+(0.5 s and 0.6 s when quiet), each also waiting 6.3 s in the run queue; Numba's pool
+thread used 0.1 s. Beside a second copy of the training: 9.5x; `small` models 10-17x.
+One thread under the same loads: 1.4-1.8x. So the number of threads follows the CPUs
+that are actually free:
 
 - cap: the CPUs this process may run on (`os.sched_getaffinity`, a cgroup CPU quota),
   and no more than Numba's pool (NUMBA_NUM_THREADS). Fixed for the process.
@@ -20,7 +25,7 @@ loop, 6x beside a second training run (single steps up to 23 s), where one threa
   flapping). Without /proc/stat (macOS, Windows) current is the cap.
 - when: `current()` is asked at every kernel launch that is big enough for the pool
   (`_runtime.parallel_chunks`) and re-measures at most every 50 ms (reading /proc/stat:
-  ~20 us); a change is applied to both pools at once: `numba.set_num_threads` (for the
+  ~30 us); a change is applied to both pools at once: `numba.set_num_threads` (for the
   calling thread) and BLAS's own setter (through threadpoolctl). At one thread the
   kernels' parallel loops run on the calling thread and nothing waits for anyone.
 - results never depend on the load: the kernels cut their work into chunks counted from
@@ -96,7 +101,7 @@ def _cgroup_cpus() -> float:
     paths = {}
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        for c in controllers.split(",") or [""]:
+        for c in controllers.split(","):
             paths[c] = path
     candidates = [(f"/sys/fs/cgroup{paths.get('', '/')}".rstrip("/") + "/cpu.max", None)]
     for root in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
@@ -115,7 +120,10 @@ def _cgroup_cpus() -> float:
             continue
         if quota in ("max", "-1"):
             return math.inf
-        return max(1.0, int(quota) / int(period))
+        try:
+            return max(1.0, int(quota) / int(period))
+        except (ValueError, ZeroDivisionError):
+            return math.inf
     return math.inf
 
 
