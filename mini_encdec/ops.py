@@ -73,13 +73,20 @@ def resolve(name: str, backend: str | None = None):
     return twins()[name]
 
 
-def serial():
-    """A context manager running its block single-threaded under the numba backend (the
-    thread policy of kernels/threads.py: BLAS and Numba at one thread); a no-op under
-    numpy. Used by the models for work too small to split (a decoding step)."""
+SERIAL_ROWS = 4  # a decoding step with fewer rows than this runs on one thread
+
+
+def serial(rows: int = 1):
+    """A context manager for a decoding step of `rows` rows under the numba backend: with
+    fewer than SERIAL_ROWS rows the block runs single-threaded (kernels/threads.py: BLAS
+    and Numba at one thread; too little work to split); with more, the thread policy
+    re-measures the load first (the step's small kernels would not). A no-op under numpy."""
     if get_backend() == "numba":
         twins()  # the kernels (and their thread policy) are importable, or a loud error
-        return importlib.import_module("mini_encdec.kernels.threads").serial()
+        threads = importlib.import_module("mini_encdec.kernels.threads")
+        if rows < SERIAL_ROWS:
+            return threads.serial()
+        threads.current()
     return contextlib.nullcontext()
 
 

@@ -99,8 +99,9 @@ class _CachedStepper:
 
     def advance(self, tokens: np.ndarray) -> np.ndarray:
         # (B, 1) -> (B, 1, V) -> (B, V); tokens come from the model's own vocabulary.
-        # One token per row is too little work to split over threads (ops.serial).
-        with ops.serial():
+        # One token per row: a small batch is too little work to split over threads
+        # (ops.serial); a bigger one uses the threads the load leaves free.
+        with ops.serial(rows=len(tokens)):
             return decoder_step(self.model, self.cache, tokens[:, None], last_only=True)[:, -1]
 
     def reorder(self, rows: np.ndarray) -> None:
