@@ -41,7 +41,6 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
