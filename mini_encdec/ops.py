@@ -20,10 +20,11 @@ import contextlib
 import importlib
 
 from .backend import get_backend
-from .nn import adamw, attention, embedding, loss, mlp, rmsnorm
+from .nn import adamw, attention, embedding, linear, loss, mlp, rmsnorm
 
 # op name -> the NumPy reference; the twin is `mini_encdec.kernels.<op name>`.
 REFERENCE = {
+    "linear_forward": linear.linear_forward,
     "attention_core_forward": attention.attention_core_forward,
     "attention_core_backward": attention.attention_core_backward,
     "rmsnorm_forward": rmsnorm.rmsnorm_forward,

@@ -13,9 +13,10 @@ Files, each starting with a checklist (what is fused, what runs in parallel, mem
     loss.py        soft-capped cross-entropy forward/backward
     embedding.py   the embedding-gradient scatter
     adamw.py       one fused AdamW parameter update (optim.AdamW.step's inner loop)
+    linear.py      y = x W^T for a few rows (KV-cached decoding; many rows stay on BLAS)
     _vecmath.py    vectorisable float32 exp/tanh and the shared jit options
 
-Matmuls are not here: they stay on BLAS through `numpy.matmul`.
+Matmuls of many rows are not here: they stay on BLAS through `numpy.matmul`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from __future__ import annotations
 from .adamw import adamw_update
 from .attention import attention_core_backward, attention_core_forward
 from .embedding import embedding_backward
+from .linear import linear_forward
 from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
 from .mlp import geglu_act_backward, geglu_act_forward
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward
 
 __all__ = ["adamw_update", "attention_core_backward", "attention_core_forward", "embedding_backward",
-           "geglu_act_backward", "geglu_act_forward", "rmsnorm_backward", "rmsnorm_forward",
+           "geglu_act_backward", "geglu_act_forward", "linear_forward", "rmsnorm_backward", "rmsnorm_forward",
            "softcap_cross_entropy_backward", "softcap_cross_entropy_forward"]

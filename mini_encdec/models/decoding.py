@@ -3,9 +3,11 @@
 Inference only, and kept apart from the training path (blocks.py, stack.py) so that one
 reads like the paper and this one can be fast. It computes the same function as the
 model's forward, block for block (the tests check the logits agree to rounding), with
-three differences: no backward caches; the unchecked `nn` helpers (`_linear`,
-`_apply_rope`, `_geglu`), since `generate` validates its inputs once per request; and
-fused weights, so q, k, v come from one matmul and so do gate and up.
+four differences: no backward caches; the unchecked `nn` helpers (`_apply_rope`,
+`_geglu`, ...), since `generate` validates its inputs once per request; fused weights,
+so q, k, v come from one matmul and so do gate and up; and the matmuls go through
+`ops.linear_forward`, whose Numba twin multiplies the few rows of a decoding step
+without BLAS's packing of the whole weight matrix (kernels/linear.py).
 
 What is cached, per decoder layer:
     self-attention   the post-RoPE keys and values of every token seen so far,
@@ -42,7 +44,6 @@ from .. import ops
 from ..config import SLIDING
 from ..nn.attention import merge_heads, split_heads
 from ..nn.embedding import _embed, embedding_scale
-from ..nn.linear import _linear
 from ..nn.mlp import _geglu
 from ..nn.rope import _apply_rope
 from ..nn.softcap import _softcap
@@ -134,6 +135,11 @@ class KVCache:
 def _weights(P: dict, name: str) -> tuple:
     """(Wq, Wk, Wv, Wo) of the attention whose keys start with `name`."""
     return tuple(P[f"{name}.{w}_proj.weight"] for w in "qkvo")
+
+
+def _linear(x: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """y = x W^T (..., In) @ (In, Out) -> (..., Out), through the ops dispatch."""
+    return ops.linear_forward(x, W)[0]
 
 
 def project_memory(memory: np.ndarray, Wk: np.ndarray, Wv: np.ndarray, K: int):
@@ -285,7 +291,7 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
         # x = x + post_ffw_norm( mlp( pre_ffw_norm(x) ) )
         n = _norm(x, P, p + FFW_NORMS[0] + ".weight", eps)
         f = _geglu(n, cache.fused[i]["gate_up"], P[p + "mlp.down_proj.weight"],
-                   act=ops.geglu_act_forward)
+                   act=ops.geglu_act_forward, linear=_linear)
         x = x + _norm(f, P, p + FFW_NORMS[1] + ".weight", eps)
     h = _norm(x[:, -1:] if last_only else x, P, spec.norm_key, eps)  # final norm
     # logits = softcap(h E^T): (B, Tn|1, D) @ (D, V) -> (B, Tn|1, V)

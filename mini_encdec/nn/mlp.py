@@ -74,14 +74,18 @@ def geglu_act_backward(da: np.ndarray, cache: dict):
     return dgate, dup
 
 
-def _geglu(x: np.ndarray, W_gate_up: np.ndarray, Wd: np.ndarray, act=None) -> np.ndarray:
+def _geglu(x: np.ndarray, W_gate_up: np.ndarray, Wd: np.ndarray, act=None,
+           linear=None) -> np.ndarray:
     """y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T without checks or cache: the inference fast
     path (KV-cached decoding) for callers that validated the inputs once. W_gate_up is
-    [Wg ; Wu] (2F, D), concatenated once by the caller: one matmul for both."""
+    [Wg ; Wu] (2F, D), concatenated once by the caller: one matmul for both. `act` and
+    `linear` (x, W) -> x W^T replace the activation and the matmul (the models pass the
+    ops twins)."""
     F = Wd.shape[1]
-    gate_up = _linear(x, W_gate_up)  # (..., D) @ (D, 2F) -> (..., 2F)
+    linear = linear or _linear
+    gate_up = linear(x, W_gate_up)  # (..., D) @ (D, 2F) -> (..., 2F)
     a, _ = (act or geglu_act_forward)(gate_up[..., :F], gate_up[..., F:])  # (..., F)
-    return _linear(a, Wd)  # (..., F) @ (F, D) -> (..., D)
+    return linear(a, Wd)  # (..., F) @ (F, D) -> (..., D)
 
 
 def geglu_forward(x: np.ndarray, Wg: np.ndarray, Wu: np.ndarray, Wd: np.ndarray,

@@ -1,0 +1,116 @@
+"""Numba twin of the linear layer's forward (`mini_encdec.nn.linear.linear_forward`):
+y = x W^T, for the few-row products of KV-cached decoding.
+
+Why a kernel for a matmul: one decoding step multiplies B rows (B = the batch, 1 to a
+few dozen) by every weight matrix. BLAS's gemm packs the whole weight matrix into its
+own layout before multiplying, which pays off for hundreds of rows but dominates with a
+handful: measured on the 2-core machine, one thread, (8, 256) @ (256, 8192) (the small
+preset's logits for a batch of 8) takes 1.45-1.8 ms through `numpy.matmul` and 0.45 ms
+here; (4, 256) @ (256, 2048) 0.30 ms vs 0.054 ms. From about 64 rows on BLAS is as fast
+or faster, and a single row is a gemv, which BLAS does without packing: both stay on
+`numpy.matmul` (SMALL_ROWS below).
+
+Checklist
+- Reads W once, in its stored (Out, In) layout: no packing, no transpose, no copy.
+- Register blocking: each pass of the inner loop over In takes 2 rows of W and 4 rows
+  of x and keeps 8 running sums (6 loads per 8 multiply-adds; LLVM vectorises the sums
+  over In with `reassoc`, as BLAS reorders its sums too). Tails (odd Out, M not a
+  multiple of 4) use the same loop with fewer sums.
+- Parallel: output features (rows of W) in chunks (prange); each chunk writes its own
+  columns of y. Chunk counts come from the thread policy's cap (kernels/threads.py), so
+  results never depend on the load.
+- Memory: y only.
+- dtypes: float32 and float64; other layouts (W not C-contiguous) and row counts go to
+  `numpy.matmul` (the reference), so every input gives the reference's result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..nn.linear import _linear
+from ..validate import check_float, check_same_dtype, check_shape
+from ._runtime import JIT, parallel_chunks, same_float_arrays
+from ._vecmath import cst
+
+SMALL_ROWS = (2, 32)  # row counts (product of x's leading axes) this kernel takes
+# Multiply-adds below which the kernel runs on the calling thread: waking Numba's pool
+# costs ~30 us on this machine, more than a smaller product takes (measured: (8, 256) @
+# (256, 512) 28 us serial, 50 us on 2 threads).
+PARALLEL_MACS = 1 << 22
+
+
+@njit(**JIT)
+def _forward_features(n0, n1, x, W, y):
+    """y[:, n0:n1] = x @ W[n0:n1].T for x (M, In), W (Out, In), y (M, Out)."""
+    M, D = x.shape
+    z = cst(x, 0.0)
+    n = n0
+    while n + 1 < n1:  # two features (rows of W) at a time
+        m = 0
+        while m + 3 < M:  # four rows of x at a time: 8 sums
+            a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = z
+            for d in range(D):
+                w0, w1 = W[n, d], W[n + 1, d]
+                x0, x1, x2, x3 = x[m, d], x[m + 1, d], x[m + 2, d], x[m + 3, d]
+                a00 += x0 * w0
+                a01 += x0 * w1
+                a10 += x1 * w0
+                a11 += x1 * w1
+                a20 += x2 * w0
+                a21 += x2 * w1
+                a30 += x3 * w0
+                a31 += x3 * w1
+            y[m, n], y[m, n + 1] = a00, a01
+            y[m + 1, n], y[m + 1, n + 1] = a10, a11
+            y[m + 2, n], y[m + 2, n + 1] = a20, a21
+            y[m + 3, n], y[m + 3, n + 1] = a30, a31
+            m += 4
+        while m < M:  # remaining rows of x, one at a time
+            a0 = a1 = z
+            for d in range(D):
+                a0 += x[m, d] * W[n, d]
+                a1 += x[m, d] * W[n + 1, d]
+            y[m, n], y[m, n + 1] = a0, a1
+            m += 1
+        n += 2
+    if n < n1:  # an odd last feature
+        for m in range(M):
+            a0 = z
+            for d in range(D):
+                a0 += x[m, d] * W[n, d]
+            y[m, n] = a0
+
+
+@njit(parallel=True, **JIT)
+def _forward_parallel(nchunks, x, W, y):
+    N = W.shape[0]
+    for c in prange(nchunks):
+        _forward_features((c * N) // nchunks, ((c + 1) * N) // nchunks, x, W, y)
+
+
+def linear_forward(x, W):
+    """Twin of nn.linear.linear_forward: y = x W^T -> (y, cache)."""
+    fn = "linear_forward"
+    if not (same_float_arrays(x, W) and W.ndim == 2 and x.ndim >= 1
+            and x.shape[-1] == W.shape[1]):
+        check_float(x, "x", fn=fn)  # the reference's checks, in its order
+        check_float(W, "W", ndim=2, fn=fn)
+        if x.ndim < 1:
+            raise ValueError(f"{fn}: argument 'x': expected at least 1 dimension, got "
+                             f"shape {x.shape}")
+        check_shape(x, "x", (None,) * (x.ndim - 1) + (W.shape[1],), fn=fn)
+        check_same_dtype(fn, x=x, W=W)
+    N, D = W.shape
+    M = x.size // D if D else 0
+    if not (SMALL_ROWS[0] <= M <= SMALL_ROWS[1] and D and W.flags.c_contiguous):
+        return _linear(x, W), {"x": x, "W": W}  # many rows, one row, odd layouts: BLAS
+    x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
+    y = np.empty((M, N), dtype=x.dtype)
+    nchunks = parallel_chunks(M * N * D, N) if M * N * D >= PARALLEL_MACS else 0
+    if nchunks:
+        _forward_parallel(nchunks, x2, W, y)
+    else:
+        _forward_features(0, N, x2, W, y)
+    return y.reshape(x.shape[:-1] + (N,)), {"x": x, "W": W}  # (M, Out) -> (..., Out)
