@@ -31,12 +31,15 @@ def test_render_shows_ratios_peak_fractions_and_targets():
                                              "peak_rss": 600.0, "step_mem": 80.0},
              ("small", "decoder", "numpy"): {"error": "boom"}}
     gen = {("small", "decoder", "numba", 1): {"times": [1.0], "new_tokens": 64,
-                                              "peak_rss": 1.0, "tokens": [[5, 6]]},
+                                              "peak_rss": 1.0, "tokens": [[5, 6]],
+                                              "prefill": 0.01, "decode_step": 0.002,
+                                              "step_bytes": 20e6},
            ("small", "decoder", "torch", 1): {"times": [4.0], "new_tokens": 64,
                                               "peak_rss": 1.0, "tokens": [[5, 6]]}}
     startup = [{"wall": 20.0, "in_process": 19.0}, {"wall": 2.0, "in_process": 1.0}]
     md = bench.render(machine, peak, dict(B=8, T=128, steps=2, P=128, N=64), ["small"],
-                      ["decoder"], ["numpy", "numba", "torch"], [1], train, gen, startup, {})
+                      ["decoder"], ["numpy", "numba", "torch"], [1], train, gen, startup, {},
+                      bandwidth={"one": 20e9, "all": 40e9, "threads": 2})
     assert "Test CPU" in md and "100.0 GFLOP/s" in md
     # 8 * 128 tokens in 0.2 s; 12 GFLOP in 0.2 s = 60 GFLOP/s = 60% of the peak; 2x torch
     assert "| small | decoder | numba | 200 (250) | 5120 | 60.0 | 60% | 2.00x |" in md
@@ -46,6 +49,8 @@ def test_render_shows_ratios_peak_fractions_and_targets():
     assert ">= 70% of the matmul peak on small decoder: 60% (missed)" in md
     assert "generation >= 5x transformers generate, batch 1, small decoder: 4.0x (missed)" in md
     assert "cold (empty compile cache) | 20.0" in md
+    # 20 MB per step at 20 GB/s (one thread) = 1 ms, at 40 GB/s 0.5 ms; the step takes 2 ms
+    assert "| small | decoder | 1 | 10.0 | 2.00 | 20.0 | 1.00 / 0.50 | 50% |" in md
 
 
 def test_bad_engine_is_a_clear_error():

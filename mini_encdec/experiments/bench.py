@@ -263,8 +263,41 @@ def _generate_ours(spec: dict) -> dict:
                                                       max_new_tokens=spec["N"])),
                    spec["repeats"])
     tokens = out["tokens"]
-    return {"times": times, "new_tokens": int(tokens.shape[1]), "peak_rss": _peak_rss_mib(),
-            "step_mem": _peak_rss_mib() - rss0, "tokens": tokens[:, :16].tolist()}
+    return dict({"times": times, "new_tokens": int(tokens.shape[1]),
+                 "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0,
+                 "tokens": tokens[:, :16].tolist()},
+                **_decode_steps(model, prompts, spec["N"]))
+
+
+def _decode_steps(model, prompts, N: int) -> dict:
+    """What one KV-cached decoding step costs and reads: the prompt's prefill time, the
+    median time of the N - 1 one-token steps after it, and the bytes a step must read
+    (the decoder's weights, the output table, the cached keys and values at the middle
+    step), so the report can set the step beside the memory-bandwidth floor."""
+    import numpy as np
+    from ..models.decoding import decoder_parts
+    from ..models.generate import _as_sequences, _stepper
+    spec, embed_key = decoder_parts(model)
+    prefixes = tuple(spec.layer(i) for i in range(spec.cfg.num_hidden_layers))
+    unread = ("cross_attn.k_proj", "cross_attn.v_proj")  # projected once per request
+    weights = sum(w.nbytes for k, w in model.params.items()
+                  if k in (embed_key, spec.norm_key)
+                  or (k.startswith(prefixes) and not any(u in k for u in unread)))
+    t0 = time.perf_counter()
+    stepper = _stepper(model, _as_sequences(prompts, None, spec.cfg.vocab_size, "bench"), True)
+    logits = stepper.first()
+    prefill = time.perf_counter() - t0
+    steps, cache_bytes = [], 0
+    for t in range(N - 1):
+        tokens = np.argmax(logits, axis=-1)
+        t0 = time.perf_counter()
+        logits = stepper.advance(tokens)
+        steps.append(time.perf_counter() - t0)
+        if t == N // 2:
+            kv = stepper.cache.kv + (stepper.cache.memory_kv or [])
+            cache_bytes = sum(a.nbytes for pair in kv if pair is not None for a in pair)
+    return {"prefill": prefill, "decode_step": statistics.median(steps) if steps else None,
+            "step_bytes": weights + cache_bytes}
 
 
 def _generate_torch(spec: dict) -> dict:
@@ -305,8 +338,23 @@ def _startup(spec: dict) -> dict:
     return {"in_process": time.perf_counter() - t0}
 
 
+def _bandwidth(spec: dict) -> dict:
+    """Bytes/s that a matrix-vector product streams from memory: a float32 matrix of 256
+    MiB, far larger than any cache (what a decoding step does with weights that do not
+    stay cached); best of 5, on one thread and on the thread policy's cap."""
+    import numpy as np
+    from ..kernels import threads
+    A = np.ones((2 ** 28 // (4 * 4096), 4096), dtype=np.float32)
+    x = np.ones(4096, dtype=np.float32)
+    with threads.serial():
+        one = A.nbytes / min(_timed(lambda: A @ x, 5))
+    threads.set_threads(threads.cap())
+    return {"one": one, "all": A.nbytes / min(_timed(lambda: A @ x, 5)),
+            "threads": threads.cap()}
+
+
 _WORKERS = {"train": _train_ours, "train_torch": _train_torch, "generate": _generate_ours,
-            "generate_torch": _generate_torch, "startup": _startup}
+            "generate_torch": _generate_torch, "startup": _startup, "bandwidth": _bandwidth}
 
 
 _READY = "@@READY@@"
@@ -528,6 +576,7 @@ def run(args) -> int:
     machine = machine_description()
     log(f"bench: {machine['cpu']}, {machine['cores']} cores; measuring the matmul peak")
     peak = matmul_peak()
+    bandwidth = _spawn({"kind": "bandwidth"}, args.timeout)
     train, gen, profiles = {}, {}, {}
     for p in presets:
         for arch in archs:
@@ -561,13 +610,14 @@ def run(args) -> int:
             startup = [_spawn({"kind": "startup"}, args.timeout, env) for _ in range(2)]
 
     md = render(machine, peak, dict(B=B, T=T, steps=steps, P=P, N=N), presets, archs, engines,
-                gen_batches, train, gen, startup, profiles, contended=args.contended)
+                gen_batches, train, gen, startup, profiles, contended=args.contended,
+                bandwidth=bandwidth)
     print(md)
     out = Path(args.out) if args.out else \
         Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}" / "bench.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(md)
-    raw = {"machine": machine, "matmul_peak": peak,
+    raw = {"machine": machine, "matmul_peak": peak, "bandwidth": bandwidth,
            "train": {"/".join(k): v for k, v in train.items()},
            "generate": {"/".join(map(str, k)): v for k, v in gen.items()},
            "startup": startup}
@@ -599,6 +649,33 @@ def _contended_cell(r: dict, load: str, engine: str) -> str:
     if engine == "numba" and one is not None:
         cell += f"; 1 thread {one:.2f}x"
     return cell + ")"
+
+
+def _decode_limits(presets, archs, gen_batches, gen, bandwidth) -> list:
+    """The numba decoding step beside the memory-bandwidth floor: the bytes it must read
+    (weights, output table, KV cache) over the bandwidth this machine streams them at."""
+    rows = [(p, a, b, gen.get((p, a, "numba", b))) for p in presets for a in archs
+            for b in gen_batches]
+    rows = [(p, a, b, r) for p, a, b, r in rows if _ok(r) and r.get("decode_step")]
+    if not rows or not _ok(bandwidth):
+        return []
+    one, many, n = bandwidth["one"], bandwidth["all"], bandwidth["threads"]
+    L = ["", "### What limits a decoding step (numba)", "",
+         f"Memory bandwidth (a 256 MiB float32 matrix-vector product): {one / 1e9:.1f} GB/s "
+         f"on one thread, {many / 1e9:.1f} GB/s on {n}. A step must read the decoder's "
+         "weights, the output table and the KV cache; when they do not fit in the cache "
+         "together (L3 here: see lscpu) every step streams them from memory, and "
+         "bytes / bandwidth is a floor no kernel can beat at float32. 'share of floor' = "
+         "floor (one thread) / measured step: near 100% means bandwidth-bound.", "",
+         "| preset | model | batch | prefill ms | decode step ms | MB read per step "
+         "| floor ms (1 thread / all) | share of floor |",
+         "|---|---|---|---|---|---|---|---|"]
+    for p, a, b, r in rows:
+        mb, step = r["step_bytes"] / 1e6, r["decode_step"]
+        f1, fa = r["step_bytes"] / one, r["step_bytes"] / many
+        L.append(f"| {p} | {a} | {b} | {1e3 * r['prefill']:.1f} | {1e3 * step:.2f} "
+                 f"| {mb:.1f} | {1e3 * f1:.2f} / {1e3 * fa:.2f} | {100 * f1 / step:.0f}% |")
+    return L
 
 
 def _targets(presets, archs, gen_batches, train, gen, B, T, peak) -> list:
@@ -661,7 +738,7 @@ def _targets(presets, archs, gen_batches, train, gen, B, T, peak) -> list:
 
 
 def render(machine, peak, shape, presets, archs, engines, gen_batches, train, gen, startup,
-           profiles, contended: bool = False) -> str:
+           profiles, contended: bool = False, bandwidth: dict | None = None) -> str:
     """The markdown report."""
     B, T = shape["B"], shape["T"]
     L = [f"# mini_encdec benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
@@ -752,6 +829,7 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
                         same = "yes" if r["tokens"] == ref["tokens"] else "no"
                     L.append(f"| {p} | {a} | {e} | {b} | {tps:.0f} | {ratio} | {same} "
                              f"| {r['peak_rss']:.0f} |")
+    L += _decode_limits(presets, archs, gen_batches, gen, bandwidth)
     L += _targets(presets, archs, gen_batches, train, gen, B, T, peak)
     if startup:
         L += ["", "## Start-up (fresh process: import + build tiny + one numba training step)",
