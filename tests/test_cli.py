@@ -267,3 +267,19 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(tmp_path):
     for k in a.optimizer_arrays:
         assert a.optimizer_arrays[k].tobytes() == b.optimizer_arrays[k].tobytes(), k
     assert "resumed from" in (killed / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("var, value", [("MINI_ENCDEC_MALLOC", "often"),
+                                        ("MINI_ENCDEC_THREADS", "zero")])
+def test_bad_speed_setting_is_one_line_before_any_work(tmp_path, var, value):
+    """The numba backend's settings (kernels/threads.py, kernels/allocator.py) are read
+    when a command starts: a bad value is one error line, exit status 2, nothing written."""
+    env = {k: v for k, v in _env().items() if k != "MINI_ENCDEC_BACKEND"}
+    out = subprocess.run([sys.executable, "-m", "mini_encdec", "pretrain", "--run-dir",
+                          str(tmp_path / "run"), "--set", "steps=1"],
+                         capture_output=True, text=True, env=dict(env, **{var: value}),
+                         timeout=300)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and var in lines[0] and "error:" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -85,9 +85,18 @@ def without_path(message: str, path) -> str:
 # --- the inputs a command names -------------------------------------------------------------------
 
 def set_backend(name: Optional[str]) -> None:
+    """Select the backend (None: $MINI_ENCDEC_BACKEND or numba). For numba the kernels are
+    imported now, so a missing Numba or a bad MINI_ENCDEC_THREADS / MINI_ENCDEC_MALLOC is
+    a one-line error before any work starts."""
+    from .. import ops
+    from ..backend import get_backend, set_backend as set_global_backend
     if name:
-        from ..backend import set_backend as set_global_backend
         set_global_backend(name)
+    if get_backend() == "numba":
+        try:
+            ops.twins()
+        except (ImportError, ValueError) as e:
+            raise UsageError(str(e)) from None
 
 
 def read_tokenizer(path: Optional[str], what: str = "--tokenizer"):

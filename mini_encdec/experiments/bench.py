@@ -167,8 +167,8 @@ def _train_ours(spec: dict) -> dict:
     times = _timed(step, spec["steps"])
     out = {"times": times, "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0}
     if spec["engine"] == "numba":
-        from ..kernels import threads
-        out["threads"] = threads.describe()
+        from ..kernels import allocator, threads
+        out["threads"] = dict(threads.describe(), allocator=allocator.describe()["reason"])
     if spec.get("profile"):
         out["profile"] = _profile(step)
     return out
@@ -756,7 +756,9 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
               f"{policy['cpus']} CPUs, "
               + ("adapting to the load" if policy["adaptive"] else "fixed")
               + f"; Numba layer {policy['numba']}; BLAS {policy['blas']}; "
-              f"OMP_WAIT_POLICY={policy['omp_wait_policy']}.", ""]
+              f"OMP_WAIT_POLICY={policy['omp_wait_policy']}"
+              + (f". Allocator (kernels/allocator.py, MINI_ENCDEC_MALLOC): "
+                 f"{policy['allocator']}" if "allocator" in policy else "") + ".", ""]
     others = [r["others_cpu"] for r in list(train.values()) + list(gen.values())
               if _ok(r) and "others_cpu" in r]
     if others:

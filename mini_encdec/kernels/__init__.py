@@ -15,12 +15,15 @@ Files, each starting with a checklist (what is fused, what runs in parallel, mem
     adamw.py       one fused AdamW parameter update (optim.AdamW.step's inner loop)
     linear.py      y = x W^T for a few rows (KV-cached decoding; many rows stay on BLAS)
     _vecmath.py    vectorisable float32 exp/tanh and the shared jit options
+    threads.py     how many threads BLAS and Numba use, and when (MINI_ENCDEC_THREADS)
+    allocator.py   glibc keeps freed memory for the next step (MINI_ENCDEC_MALLOC)
 
 Matmuls of many rows are not here: they stay on BLAS through `numpy.matmul`.
 """
 
 from __future__ import annotations
 
+from . import allocator
 from .adamw import adamw_update
 from .attention import attention_core_backward, attention_core_forward
 from .embedding import embedding_backward
@@ -28,6 +31,8 @@ from .linear import linear_forward
 from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
 from .mlp import geglu_act_backward, geglu_act_forward
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward
+
+allocator.apply()  # keep freed memory for the next step (allocator.py; MINI_ENCDEC_MALLOC)
 
 __all__ = ["adamw_update", "attention_core_backward", "attention_core_forward", "embedding_backward",
            "geglu_act_backward", "geglu_act_forward", "linear_forward", "rmsnorm_backward", "rmsnorm_forward",
