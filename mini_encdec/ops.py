@@ -20,13 +20,15 @@ import contextlib
 import importlib
 
 from .backend import get_backend
-from .nn import adamw, attention, embedding, linear, loss, mlp, rmsnorm
+from .nn import adamw, attention, embedding, linear, loss, mlp, rmsnorm, rope
 
 # op name -> the NumPy reference; the twin is `mini_encdec.kernels.<op name>`.
 REFERENCE = {
     "linear_forward": linear.linear_forward,
     "attention_core_forward": attention.attention_core_forward,
     "attention_core_backward": attention.attention_core_backward,
+    "rope_forward": rope.rope_forward,
+    "rope_backward": rope.rope_backward,
     "rmsnorm_forward": rmsnorm.rmsnorm_forward,
     "rmsnorm_backward": rmsnorm.rmsnorm_backward,
     "geglu_act_forward": mlp.geglu_act_forward,

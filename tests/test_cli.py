@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import requires_twins
 from mini_encdec.storage import checkpoint as ckpt
 from mini_encdec.backend import use_backend
 from mini_encdec.cli import COMMANDS, main
@@ -269,6 +270,7 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(tmp_path):
     assert "resumed from" in (killed / "log.txt").read_text()
 
 
+@requires_twins
 @pytest.mark.parametrize("var, value", [("MINI_ENCDEC_MALLOC", "often"),
                                         ("MINI_ENCDEC_THREADS", "zero")])
 def test_bad_speed_setting_is_one_line_before_any_work(tmp_path, var, value):

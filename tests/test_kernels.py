@@ -20,7 +20,9 @@ from mini_encdec.kernels import _runtime as kruntime
 from mini_encdec.kernels import attention as katt
 from mini_encdec.kernels import linear as klin
 from mini_encdec.kernels._vecmath import exp_array, tanh_array
+from mini_encdec.nn.attention import merge_heads, split_heads
 from mini_encdec.nn.embedding import embedding_forward
+from mini_encdec.nn.rope import rope_cos_sin
 from mini_encdec.nn.masks import attention_mask
 
 from .strategies import attention_dims, attention_masks, float_dtypes, rngs
@@ -379,6 +381,52 @@ def test_linear_kernel_row_counts_and_parallel_path(monkeypatch, M):
             numba.set_num_threads(previous)
     np.testing.assert_array_equal(results[0], results[1])
     assert_close(results[0], serial, 1e-6, scale=float(np.max(np.abs(serial))))
+
+
+# --- RoPE ------------------------------------------------------------------------------------------
+
+@given(B=st.integers(1, 3), N=st.integers(1, 4), T=st.integers(1, 9),
+       half=st.integers(1, 6), dtype=float_dtypes, rng=rngs, per_row=st.booleans(),
+       view=st.booleans())
+def test_rope_matches_reference(B, N, T, half, dtype, rng, per_row, view):
+    """Forward and backward, tables shared (T, Dh) or per row (B, T, Dh), x contiguous or
+    the strided view split_heads makes of a projection; merge_heads of the backward's
+    result (which the twin lays out for it) gives the reference's values."""
+    Dh = 2 * half
+    positions = rng.integers(0, 50, (B, T) if per_row else (T,))
+    cos, sin = rope_cos_sin(positions, Dh, 100.0, dtype)
+    x = (rng.standard_normal((B, T, N * Dh)) * 2).astype(dtype)
+    x = split_heads(x, N) if view else np.ascontiguousarray(split_heads(x, N))
+    y_ref, c_ref = ref("rope_forward")(x, cos, sin)
+    y, c = TWINS["rope_forward"](x, cos, sin)
+    assert_close(y, y_ref, OUT_TOL[dtype], "y", scale=2 * float(np.max(np.abs(x))))
+    assert y.flags.c_contiguous
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dx_ref = ref("rope_backward")(dy, c_ref)
+    dx = TWINS["rope_backward"](dy, c)
+    assert_close(dx, dx_ref, GRAD_TOL[dtype], "dx", scale=2 * float(np.max(np.abs(dy))))
+    assert_close(merge_heads(dx), merge_heads(dx_ref), GRAD_TOL[dtype], "merged",
+                 scale=2 * float(np.max(np.abs(dy))))
+
+
+def test_rope_parallel_path_and_bad_input(monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 40, 8)).astype(np.float32)
+    cos, sin = rope_cos_sin(np.arange(40), 8)
+    serial = TWINS["rope_forward"](x, cos, sin)[0]
+    monkeypatch.setattr(kruntime, "SERIAL_WORK", 0)
+    np.testing.assert_array_equal(TWINS["rope_forward"](x, cos, sin)[0], serial)
+    with pytest.raises(ValueError, match="cos"):
+        TWINS["rope_forward"](x, cos[:5], sin)
+    with pytest.raises(ValueError, match="even head size"):
+        TWINS["rope_forward"](x[..., :7], cos[:, :7], sin[:, :7])
+    _, c = TWINS["rope_forward"](x, cos, sin)
+    with pytest.raises(ValueError, match="dy"):
+        TWINS["rope_backward"](x[:1], c)
+    # a float64 gradient through float32 tables: the reference's promotion
+    dy = rng.standard_normal(x.shape)
+    np.testing.assert_allclose(TWINS["rope_backward"](dy, c),
+                               ref("rope_backward")(dy, ref("rope_forward")(x, cos, sin)[1]))
 
 
 @pytest.mark.parametrize("name, args", [

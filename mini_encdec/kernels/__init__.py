@@ -9,6 +9,7 @@ kernel compiles on its first call for a dtype (float32 or float64) and is cached
 Files, each starting with a checklist (what is fused, what runs in parallel, memory):
     attention.py   attention core forward/backward (online softmax, recomputing backward)
     rmsnorm.py     RMSNorm forward/backward
+    rope.py        rotary position embedding forward/backward (one pass, no copies)
     mlp.py         the GeGLU activation forward/backward
     loss.py        soft-capped cross-entropy forward/backward
     embedding.py   the embedding-gradient scatter
@@ -31,9 +32,11 @@ from .linear import linear_forward
 from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
 from .mlp import geglu_act_backward, geglu_act_forward
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward
+from .rope import rope_backward, rope_forward
 
 allocator.apply()  # keep freed memory for the next step (allocator.py; MINI_ENCDEC_MALLOC)
 
-__all__ = ["adamw_update", "attention_core_backward", "attention_core_forward", "embedding_backward",
-           "geglu_act_backward", "geglu_act_forward", "linear_forward", "rmsnorm_backward", "rmsnorm_forward",
+__all__ = ["adamw_update", "attention_core_backward", "attention_core_forward",
+           "embedding_backward", "geglu_act_backward", "geglu_act_forward", "linear_forward",
+           "rmsnorm_backward", "rmsnorm_forward", "rope_backward", "rope_forward",
            "softcap_cross_entropy_backward", "softcap_cross_entropy_forward"]

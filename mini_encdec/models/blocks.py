@@ -65,13 +65,14 @@ def sandwich_backward(dx, c: dict, grads: dict, p: str, norms: tuple, f_backward
 
 def _attention(cfg: GemmaConfig, P: dict, name: str, x_q, x_kv, mask, rope_q, rope_k):
     """The nn attention layer with the weights `name`.{q,k,v,o}_proj and cfg's heads,
-    query scalar and soft-cap, its core dispatched by ops."""
+    query scalar and soft-cap, its core and RoPE dispatched by ops."""
     return attention_forward(
         x_q, x_kv, *(P[f"{name}.{w}_proj.weight"] for w in "qkvo"),
         num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads,
         head_dim=cfg.head_dim, scale=float(cfg.query_pre_attn_scalar) ** -0.5,
         softcap=cfg.attn_logit_softcapping, mask=mask, rope_q=rope_q, rope_k=rope_k,
-        core=(ops.attention_core_forward, ops.attention_core_backward))
+        core=(ops.attention_core_forward, ops.attention_core_backward),
+        rope=(ops.rope_forward, ops.rope_backward))
 
 
 def _attention_grads(dy, c: dict, grads: dict, name: str):

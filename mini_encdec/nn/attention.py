@@ -156,13 +156,15 @@ def _check_rope(rope, name, B, T, Dh, dtype, fn):
 
 
 def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, head_dim,
-                      scale, softcap, mask, rope_q=None, rope_k=None, core=None):
+                      scale, softcap, mask, rope_q=None, rope_k=None, core=None,
+                      rope=None):
     """y = attention(x_q attends to x_kv) Wo^T. Returns (y, cache).
 
     x_q (B, Tq, Dq), x_kv (B, Tk, Dkv); Wq (H*Dh, Dq), Wk/Wv (K*Dh, Dkv), Wo (Dq, H*Dh);
     mask (B|1, 1, Tq, Tk) or None; rope_q/rope_k (cos, sin) pairs or None.
     core: the (forward, backward) pair of the attention core; default this file's
-    attention_core_forward / attention_core_backward.
+    attention_core_forward / attention_core_backward. rope: likewise the pair of RoPE
+    (default nn.rope's rope_forward / rope_backward). The models pass the ops pairs.
     """
     fn = "attention_forward"
     H = check_positive_int(num_heads, "num_heads", fn=fn)
@@ -194,15 +196,17 @@ def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, hea
     k = split_heads(k2, K)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
     v = split_heads(v2, K)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
     c_rq = c_rk = None
+    rotate, rotate_backward = rope or (rope_forward, rope_backward)
     if rope_q is not None:
-        q, c_rq = rope_forward(q, *rope_q)
+        q, c_rq = rotate(q, *rope_q)
     if rope_k is not None:
-        k, c_rk = rope_forward(k, *rope_k)
+        k, c_rk = rotate(k, *rope_k)
     core_forward, core_backward = core or (attention_core_forward, attention_core_backward)
     o, c_core = core_forward(q, k, v, mask, scale=scale, softcap=softcap)  # (B, H, Tq, Dh)
     y, c_o = linear_forward(merge_heads(o), Wo)  # (B, Tq, H*Dh) -> (B, Tq, Dq)
     cache = {"q": c_q, "k": c_k, "v": c_v, "rope_q": c_rq, "rope_k": c_rk, "core": c_core,
-             "core_backward": core_backward, "o": c_o, "dims": (B, Tq, Tk, H, K, Dh)}
+             "core_backward": core_backward, "rope_backward": rotate_backward, "o": c_o,
+             "dims": (B, Tq, Tk, H, K, Dh)}
     return y, cache
 
 
@@ -218,9 +222,9 @@ def attention_backward(dy, cache):
     dq, dk, dv = cache["core_backward"](do, cache["core"])
     # q = rope(q), k = rope(k)
     if cache["rope_q"] is not None:
-        dq = rope_backward(dq, cache["rope_q"])
+        dq = cache["rope_backward"](dq, cache["rope_q"])
     if cache["rope_k"] is not None:
-        dk = rope_backward(dk, cache["rope_k"])
+        dk = cache["rope_backward"](dk, cache["rope_k"])
     dq2 = merge_heads(dq)  # (B, H, Tq, Dh) -> (B, Tq, H*Dh)
     dk2 = merge_heads(dk)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
     dv2 = merge_heads(dv)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)

@@ -21,8 +21,8 @@ default the copy keeps only the kernel files of the kernel tasks it blanks (task
 kernels/rmsnorm.py, blanked, with its shared helpers) and replaces kernels/__init__.py by
 a stub that exports no twin, so the numba backend fails loudly (ops.KernelImportError)
 instead of finding the original kernels elsewhere (e.g. through an editable install of
-the original repository). The tests of the twins, of the backend switch and of the thread
-policy are left out; the tests in the copy run the NumPy backend only. `--keep-kernels` keeps everything.
+the original repository). The tests of the twins, of the backend switch, of the thread
+policy and of the allocator setting are left out; the tests in the copy run the NumPy backend only. `--keep-kernels` keeps everything.
 
 Every copy has a STUDENT_COPY.json at its root (the tasks blanked, what was left out);
 tests/conftest.py reads it, makes sure the copy's own package is the one imported, and
@@ -142,8 +142,10 @@ KERNELS = "mini_encdec/kernels"
 # The kernel files a kernel task needs besides its own (compile options and launching,
 # shared math, the thread policy).
 KERNEL_SUPPORT = ("_runtime.py", "_vecmath.py", "threads.py")
-# Tests of the twins, of the backend switch and of the thread policy: they need every twin.
-KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_backend.py", "tests/test_threads.py")
+# Tests of the twins, of the backend switch, of the thread policy and of the allocator
+# setting: they need every twin.
+KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_backend.py", "tests/test_threads.py",
+                "tests/test_allocator.py")
 MARKER = "STUDENT_COPY.json"
 KERNELS_STUB = '''"""Student copy: the Numba twins are left out (they would be an answer key), so this
 package exports no twin and the numba backend fails loudly (mini_encdec.ops raises

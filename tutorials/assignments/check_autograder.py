@@ -127,10 +127,10 @@ MUTANTS = [
        "dk = (ds.swapaxes(-1, -2) @ qg)[:, :, 0]")),
     # --- 2.4 attention layer
     M("layer_rope_values", "task2_4", "RoPE applied to the values too",
-      (NN + "attention.py", "        k, c_rk = rope_forward(k, *rope_k)\n",
-       "        k, c_rk = rope_forward(k, *rope_k)\n        v, _ = rope_forward(v, *rope_k)\n")),
+      (NN + "attention.py", "        k, c_rk = rotate(k, *rope_k)\n",
+       "        k, c_rk = rotate(k, *rope_k)\n        v, _ = rotate(v, *rope_k)\n")),
     M("layer_rope_q_only", "task2_4", "RoPE on the queries only, not on the keys",
-      (NN + "attention.py", "        k, c_rk = rope_forward(k, *rope_k)\n",
+      (NN + "attention.py", "        k, c_rk = rotate(k, *rope_k)\n",
        "        c_rk = None\n")),
     # --- 3.1 counts
     M("noise_floor", "task3_1", "noise count truncated (`int`) instead of rounded half to even",
