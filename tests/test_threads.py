@@ -169,6 +169,16 @@ def test_serial_runs_a_block_on_one_thread_and_restores_the_count(monkeypatch):
         with ops.serial():
             assert policy.current() == 1
     assert applied == [1, policy.cap] and policy._current == policy.cap
+    # a step of many rows, or one reading weights too big for the cache, keeps the
+    # threads the policy allows (measured: more bandwidth for the `small` decoder)
+    # threads the policy allows after measuring the load (measured: more bandwidth for the
+    # `small` decoder); the measurement is faked so the test does not depend on the load
+    asked = []
+    monkeypatch.setattr(policy, "current", lambda: asked.append(1) or policy._current)
+    for big in (dict(rows=ops.SERIAL_ROWS), dict(rows=1, weight_bytes=ops.SERIAL_BYTES)):
+        with use_backend("numba"), ops.serial(**big):
+            assert policy._current == policy.cap
+    assert applied == [1, policy.cap] and len(asked) == 2
     with use_backend("numpy"), ops.serial():  # no thread policy without the kernels
         assert applied == [1, policy.cap]
 

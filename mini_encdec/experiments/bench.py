@@ -275,14 +275,10 @@ def _decode_steps(model, prompts, N: int) -> dict:
     (the decoder's weights, the output table, the cached keys and values at the middle
     step), so the report can set the step beside the memory-bandwidth floor."""
     import numpy as np
-    from ..models.decoding import decoder_parts
+    from ..models.decoding import decoder_parts, step_weight_bytes
     from ..models.generate import _as_sequences, _stepper
-    spec, embed_key = decoder_parts(model)
-    prefixes = tuple(spec.layer(i) for i in range(spec.cfg.num_hidden_layers))
-    unread = ("cross_attn.k_proj", "cross_attn.v_proj")  # projected once per request
-    weights = sum(w.nbytes for k, w in model.params.items()
-                  if k in (embed_key, spec.norm_key)
-                  or (k.startswith(prefixes) and not any(u in k for u in unread)))
+    spec, _ = decoder_parts(model)
+    weights = step_weight_bytes(model)
     t0 = time.perf_counter()
     stepper = _stepper(model, _as_sequences(prompts, None, spec.cfg.vocab_size, "bench"), True)
     logits = stepper.first()

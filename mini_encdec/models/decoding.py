@@ -190,6 +190,18 @@ def fused_weights(model) -> list:
     return fused
 
 
+def step_weight_bytes(model) -> int:
+    """Bytes of weights one decoding step reads: the decoder's layers (not the
+    cross-attention keys/values, projected once per request), its final norm and the
+    embedding/output table."""
+    spec, embed_key = decoder_parts(model)
+    prefixes = tuple(spec.layer(i) for i in range(spec.cfg.num_hidden_layers))
+    once = ("cross_attn.k_proj", "cross_attn.v_proj")
+    return sum(w.nbytes for k, w in model.params.items()
+               if k in (embed_key, spec.norm_key)
+               or (k.startswith(prefixes) and not any(o in k for o in once)))
+
+
 def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
                encoder_mask: Optional[np.ndarray] = None) -> KVCache:
     """An empty cache for B rows: per layer type, how many keys its buffers keep (a local

@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import ops
 from .gemma import GemmaLM
-from .decoding import decoder_parts, decoder_step, init_cache
+from .decoding import decoder_parts, decoder_step, init_cache, step_weight_bytes
 from ..validate import check_ids, check_mask, check_positive, check_positive_int
 
 METHODS = ("greedy", "sample", "beam")
@@ -90,6 +90,7 @@ class _CachedStepper:
     def __init__(self, model, ids, mask, enc=None, enc_mask=None):
         self.model = model
         self.cache = init_cache(model, ids.shape[0], enc, enc_mask)
+        self.weight_bytes = step_weight_bytes(model)
         self.first_ids, self.first_mask = ids, mask
 
     def first(self) -> np.ndarray:
@@ -99,9 +100,10 @@ class _CachedStepper:
 
     def advance(self, tokens: np.ndarray) -> np.ndarray:
         # (B, 1) -> (B, 1, V) -> (B, V); tokens come from the model's own vocabulary.
-        # One token per row: a small batch is too little work to split over threads
-        # (ops.serial); a bigger one uses the threads the load leaves free.
-        with ops.serial(rows=len(tokens)):
+        # One token per row: a few rows of a model whose weights stay in the cache are too
+        # little work to split over threads (ops.serial); a bigger step uses the threads
+        # the load leaves free.
+        with ops.serial(rows=len(tokens), weight_bytes=self.weight_bytes):
             return decoder_step(self.model, self.cache, tokens[:, None], last_only=True)[:, -1]
 
     def reorder(self, rows: np.ndarray) -> None:
