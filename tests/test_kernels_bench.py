@@ -151,3 +151,21 @@ def test_quick_contended_run_end_to_end(tmp_path):
                            "--out", str(out))) == 0
     md = out.read_text()
     assert "error" not in md and "no cliff, tiny decoder" in md
+
+
+def test_decode_steps_reports_prefill_steps_and_the_bytes_a_step_reads():
+    """The worker's measurement of one decoding step (what the 'What limits a decoding
+    step' table is made of), on a tiny model: the bytes are the decoder's weights read per
+    step (not the encoder's, not the cross-attention keys/values projected once) plus the
+    KV cache."""
+    from mini_encdec.models.decoding import step_weight_bytes
+    model = bench._model("tiny", "encdec")
+    prompts = bench._prompts(model.config, "encdec", 2, 5)
+    r = bench._decode_steps(model, prompts, 4)
+    assert r["prefill"] > 0 and r["decode_step"] > 0
+    weights = step_weight_bytes(model)
+    decoder = sum(w.nbytes for k, w in model.params.items() if "decoder" in k)
+    cross_kv = sum(w.nbytes for k, w in model.params.items()
+                   if "cross_attn.k_proj" in k or "cross_attn.v_proj" in k)
+    assert weights == decoder - cross_kv
+    assert r["step_bytes"] > weights  # + the cached keys and values
