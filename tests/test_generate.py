@@ -354,3 +354,37 @@ def test_fused_weights_are_built_once_per_model_and_follow_in_place_training():
     model.params[key] = model.params[key] * 0.5  # a new array: the next request rebuilds
     cached_equals_full()
     assert fused_weights(model) is not fused
+
+
+@pytest.mark.parametrize("kind", ["decoder", "merged", "balanced"])
+def test_decoding_steps_read_every_cached_key_in_place(kind, monkeypatch):
+    """The keys and values a decoding step attends over are views of the cache's buffers
+    (merged attention included: [encoder ; decoder keys] in one buffer), never copies."""
+    import mini_encdec.models.decoding as decoding
+    model = model_of(cfg() if kind == "decoder" else ENCDEC[kind]())
+    rng = np.random.default_rng(4)
+    if kind == "decoder":
+        cache = init_cache(model, 2)
+    else:
+        src = rng.integers(3, V, (2, 5))
+        cache = init_cache(model, 2, model.encode(src, np.ones((2, 5), np.int64)),
+                           np.ones((2, 5), bool))
+    seen = []
+    core = decoding.ops.attention_core_forward
+
+    def spy(q, k, v, mask, **kw):
+        seen.append((k, v, mask))
+        return core(q, k, v, mask, **kw)
+
+    monkeypatch.setattr(decoding.ops, "attention_core_forward", spy)
+    for t in range(4):
+        decoder_step(model, cache, rng.integers(3, V, (2, 1)))
+    buffers = [b.buf for b in cache._k + cache._v]
+    cross = [id(kv[0]) for kv in cache.memory_kv or []]  # the cross-attention's own keys
+    self_attn = [s for s in seen if id(s[0]) not in cross]
+    layers = (model.config if kind == "decoder" else model.config.decoder).num_hidden_layers
+    assert len(self_attn) == 4 * layers
+    for k, v, mask in self_attn:
+        assert any(np.shares_memory(k, b) for b in buffers)
+        assert any(np.shares_memory(v, b) for b in buffers)
+        assert mask.shape[-1] == k.shape[2]

@@ -14,14 +14,18 @@ What is cached, per decoder layer:
                      (B, K, Tc, Dh); a local (sliding-window) layer keeps only the last
                      W - 1 of them, all a future query can reach (0 <= q - k < W)
     cross-attention  the encoder output's keys and values (B, K, S, Dh), projected ONCE
-                     per request by `init_cache` (merged attention: with the self_attn
-                     projections, appended after the decoder keys)
+                     per request by `init_cache`
+    merged attention the encoder output's keys and values, projected once with the
+                     self_attn weights, stored FIRST in the layer's self-attention
+                     buffers: [encoder ; decoder keys], so one view holds every key a
+                     query sees; these layers keep all their decoder keys (a local
+                     layer's window is then applied by its mask, as in the full forward)
 Plus, per layer type, the positions and validity (not padding) of the cached keys, and
 each row's next position.
 Everything is stored in WindowBuffers (window_buffer.py): appending a token copies only
 that token's entries, and the step appends the new keys first and then attends over the
-buffer's view of [cached ; new], so the cached keys are read in place, never copied
-(merged attention still concatenates the encoder keys).
+buffer's view of [cached ; new] (merged: [encoder ; cached ; new]), so the cached keys
+are read in place, never copied.
 
 `decoder_step(model, cache, ids, valid)` runs the decoder on new tokens ids (B, Tn) (a
 whole left-padded prompt, or one token per row) against the cache, appends their keys and
@@ -80,7 +84,9 @@ class KVCache:
         self._valid = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), bool))
                        for lt in set(layer_types)}
         self.next_pos = np.zeros(B, np.int64)  # (B,) position of each row's next token
-        self.memory_kv: Optional[list] = None  # per layer (k, v) (B, K, S, Dh)
+        # per layer the cross-attention's (k, v) (B, K, S, Dh) (merged attention: None,
+        # the encoder keys open the self-attention buffers)
+        self.memory_kv: Optional[list] = None
         self.memory_mask: Optional[np.ndarray] = None  # (B|1, 1, 1, S) bool
         self.fused: list = []  # fused_weights(model), looked up once per request
 
@@ -212,6 +218,8 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
     cfg = spec.cfg
     windows = {lt: (cfg.sliding_window - 1 if lt == SLIDING else None)
                for lt in set(cfg.layer_types)}
+    if spec.merged:  # the encoder keys sit before the decoder keys: keep them all
+        windows = {lt: None for lt in windows}
     cache = KVCache(cfg.num_hidden_layers, B, cfg.layer_types, windows)
     cache.fused = fused_weights(model)  # built once per model, checked once per request
     if spec.has_memory:
@@ -219,11 +227,16 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
             raise ValueError("init_cache: argument 'encoder_output': required for an "
                              "encoder-decoder model")
         name = "cross_attn" if spec.cross else "self_attn"
-        cache.memory_kv = []
+        memory_kv = []
         for i in range(cfg.num_hidden_layers):
             _, Wk, Wv, _ = _weights(model.params, spec.layer(i) + name)
-            cache.memory_kv.append(project_memory(encoder_output, Wk, Wv,
-                                                  cfg.num_key_value_heads))  # (B, K, S, Dh)
+            memory_kv.append(project_memory(encoder_output, Wk, Wv,
+                                            cfg.num_key_value_heads))  # (B, K, S, Dh)
+        if spec.merged:  # first in the self-attention buffers: [encoder ; decoder keys]
+            for i, (k, v) in enumerate(memory_kv):
+                cache.add_kv(i, k, v)
+        else:
+            cache.memory_kv = memory_kv
         cache.memory_mask = memory_mask(encoder_mask, encoder_output.shape[1])
     return cache
 
@@ -243,10 +256,8 @@ def _self_attention(spec: StackSpec, P: dict, i: int, n, fused: dict, cache: KVC
     k = split_heads(qkv[..., H * Dh:(H + K) * Dh], K)  # -> (B, K, Tn, Dh)
     v = split_heads(qkv[..., (H + K) * Dh:], K)  # -> (B, K, Tn, Dh)
     q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
-    keys, values = cache.add_kv(i, k, v)  # (B, K, Tc + Tn, Dh) views of the cache
-    if spec.merged:  # [cached ; new ; encoder]: (B, K, Tc + Tn + S, Dh)
-        keys = np.concatenate([keys, cache.memory_kv[i][0]], axis=2)
-        values = np.concatenate([values, cache.memory_kv[i][1]], axis=2)
+    # (B, K, Tc + Tn, Dh) views of the cache (merged: [encoder ; cached ; new])
+    keys, values = cache.add_kv(i, k, v)
     o, _ = ops.attention_core_forward(q, keys, values, mask,
                                       scale=float(cfg.query_pre_attn_scalar) ** -0.5,
                                       softcap=cfg.attn_logit_softcapping)  # (B, H, Tn, Dh)
@@ -283,8 +294,8 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
     masks = {lt: layer_type_mask(cfg, lt, q_pos, k_pos[lt], causal=True,
                                  key_padding=k_valid[lt], fast=True)  # (B, 1, Tn, Tc + Tn)
              for lt in k_pos}
-    if spec.merged:
-        masks = merge_masks(masks, cache.memory_mask, B)  # (B, 1, Tn, Tc + Tn + S)
+    if spec.merged:  # the cache's order: (B, 1, Tn, S + Tc + Tn)
+        masks = merge_masks(masks, cache.memory_mask, B, memory_first=True)
     rope = rope_for(cfg, q_pos, x.dtype, fast=True)  # (B, Tn, Dh) each
     rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, Tn, Dh): shared by the heads
     memory_kv = cache.memory_kv or [None] * cfg.num_hidden_layers

@@ -117,12 +117,14 @@ def memory_mask(memory_padding: Optional[np.ndarray], S: int) -> np.ndarray:
                           causal=False, key_padding=memory_padding)
 
 
-def merge_masks(self_masks: dict, mem_mask: np.ndarray, B: int) -> dict:
-    """Merged attention: [self keys ; encoder keys] -> (B, 1, Tq, Tk + S) per layer type."""
+def merge_masks(self_masks: dict, mem_mask: np.ndarray, B: int,
+                memory_first: bool = False) -> dict:
+    """Merged attention: [self keys ; encoder keys] -> (B, 1, Tq, Tk + S) per layer type
+    (memory_first: [encoder keys ; self keys], the order of the decoding cache)."""
     out = {}
     for lt, m in self_masks.items():
         Tq = m.shape[2]
         a = np.broadcast_to(m, (B, 1, Tq, m.shape[3]))  # (B|1,1,Tq,Tk) -> (B,1,Tq,Tk)
         b = np.broadcast_to(mem_mask, (B, 1, Tq, mem_mask.shape[3]))  # -> (B,1,Tq,S)
-        out[lt] = np.concatenate([a, b], axis=3)  # (B, 1, Tq, Tk + S)
+        out[lt] = np.concatenate([b, a] if memory_first else [a, b], axis=3)
     return out
