@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mini_encdec.config import EncDecConfig, GemmaConfig
+from mini_encdec.config import SLIDING, EncDecConfig, GemmaConfig
 from mini_encdec.models import build_model
 from mini_encdec.models.generate import (beam_search, generate, log_softmax, sample_tokens,
                                          sampling_probs)
@@ -358,17 +358,21 @@ def test_fused_weights_are_built_once_per_model_and_follow_in_place_training():
 
 @pytest.mark.parametrize("kind", ["decoder", "merged", "balanced"])
 def test_decoding_steps_read_every_cached_key_in_place(kind, monkeypatch):
-    """The keys and values a decoding step attends over are views of the cache's buffers
-    (merged attention included: [encoder ; decoder keys] in one buffer), never copies."""
+    """The keys and values a decoding step attends over are views of the cache's buffers,
+    never copies; merged attention's global layers hold [encoder ; decoder keys] in one
+    buffer, its local layers copy a bounded S + W keys (the encoder's and the window)."""
     import mini_encdec.models.decoding as decoding
-    model = model_of(cfg() if kind == "decoder" else ENCDEC[kind]())
+    config = cfg() if kind == "decoder" else ENCDEC[kind]()
+    model = model_of(config)
+    dec = config if kind == "decoder" else config.decoder
     rng = np.random.default_rng(4)
+    S = 5
     if kind == "decoder":
         cache = init_cache(model, 2)
     else:
-        src = rng.integers(3, V, (2, 5))
-        cache = init_cache(model, 2, model.encode(src, np.ones((2, 5), np.int64)),
-                           np.ones((2, 5), bool))
+        src = rng.integers(3, V, (2, S))
+        cache = init_cache(model, 2, model.encode(src, np.ones((2, S), np.int64)),
+                           np.ones((2, S), bool))
     seen = []
     core = decoding.ops.attention_core_forward
 
@@ -377,14 +381,19 @@ def test_decoding_steps_read_every_cached_key_in_place(kind, monkeypatch):
         return core(q, k, v, mask, **kw)
 
     monkeypatch.setattr(decoding.ops, "attention_core_forward", spy)
-    for t in range(4):
+    steps = 6  # more than the window (3)
+    for t in range(steps):
         decoder_step(model, cache, rng.integers(3, V, (2, 1)))
     buffers = [b.buf for b in cache._k + cache._v]
-    cross = [id(kv[0]) for kv in cache.memory_kv or []]  # the cross-attention's own keys
+    cross = [id(kv[0]) for kv in cache.memory_kv or [] if kv is not None and not
+             (kind == "merged")]  # the cross-attention's own keys
     self_attn = [s for s in seen if id(s[0]) not in cross]
-    layers = (model.config if kind == "decoder" else model.config.decoder).num_hidden_layers
-    assert len(self_attn) == 4 * layers
-    for k, v, mask in self_attn:
+    assert len(self_attn) == steps * dec.num_hidden_layers
+    for j, (k, v, mask) in enumerate(self_attn):
+        assert mask.shape[-1] == k.shape[2]
+        local = dec.layer_types[j % dec.num_hidden_layers] == SLIDING
+        if kind == "merged" and local:
+            assert k.shape[2] <= S + dec.sliding_window  # W - 1 kept + the new key
+            continue
         assert any(np.shares_memory(k, b) for b in buffers)
         assert any(np.shares_memory(v, b) for b in buffers)
-        assert mask.shape[-1] == k.shape[2]

@@ -16,16 +16,18 @@ What is cached, per decoder layer:
     cross-attention  the encoder output's keys and values (B, K, S, Dh), projected ONCE
                      per request by `init_cache`
     merged attention the encoder output's keys and values, projected once with the
-                     self_attn weights, stored FIRST in the layer's self-attention
-                     buffers: [encoder ; decoder keys], so one view holds every key a
-                     query sees; these layers keep all their decoder keys (a local
-                     layer's window is then applied by its mask, as in the full forward)
+                     self_attn weights. A global layer stores them FIRST in its
+                     self-attention buffers, [encoder ; decoder keys], so one view holds
+                     every key a query sees; a local layer keeps them apart and puts
+                     them in front of its last W - 1 decoder keys and the new one at each
+                     step (a copy of S + W keys, bounded; only the allowed pairs are
+                     computed)
 Plus, per layer type, the positions and validity (not padding) of the cached keys, and
 each row's next position.
 Everything is stored in WindowBuffers (window_buffer.py): appending a token copies only
 that token's entries, and the step appends the new keys first and then attends over the
 buffer's view of [cached ; new] (merged: [encoder ; cached ; new]), so the cached keys
-are read in place, never copied.
+are read in place, never copied (except a merged local layer's bounded S + W).
 
 `decoder_step(model, cache, ids, valid)` runs the decoder on new tokens ids (B, Tn) (a
 whole left-padded prompt, or one token per row) against the cache, appends their keys and
@@ -84,8 +86,8 @@ class KVCache:
         self._valid = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), bool))
                        for lt in set(layer_types)}
         self.next_pos = np.zeros(B, np.int64)  # (B,) position of each row's next token
-        # per layer the cross-attention's (k, v) (B, K, S, Dh) (merged attention: None,
-        # the encoder keys open the self-attention buffers)
+        # per layer the encoder output's (k, v) (B, K, S, Dh) for the cross-attention
+        # (merged attention: for local layers; None where they open the buffers)
         self.memory_kv: Optional[list] = None
         self.memory_mask: Optional[np.ndarray] = None  # (B|1, 1, 1, S) bool
         self.fused: list = []  # fused_weights(model), looked up once per request
@@ -132,7 +134,8 @@ class KVCache:
             b.take_rows(rows)
         self.next_pos = self.next_pos[rows]
         if self.memory_kv is not None:
-            self.memory_kv = [(k[rows], v[rows]) for k, v in self.memory_kv]
+            self.memory_kv = [None if kv is None else (kv[0][rows], kv[1][rows])
+                              for kv in self.memory_kv]
         if self.memory_mask is not None and self.memory_mask.shape[0] > 1:
             self.memory_mask = self.memory_mask[rows]
 
@@ -218,8 +221,6 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
     cfg = spec.cfg
     windows = {lt: (cfg.sliding_window - 1 if lt == SLIDING else None)
                for lt in set(cfg.layer_types)}
-    if spec.merged:  # the encoder keys sit before the decoder keys: keep them all
-        windows = {lt: None for lt in windows}
     cache = KVCache(cfg.num_hidden_layers, B, cfg.layer_types, windows)
     cache.fused = fused_weights(model)  # built once per model, checked once per request
     if spec.has_memory:
@@ -232,11 +233,12 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
             _, Wk, Wv, _ = _weights(model.params, spec.layer(i) + name)
             memory_kv.append(project_memory(encoder_output, Wk, Wv,
                                             cfg.num_key_value_heads))  # (B, K, S, Dh)
-        if spec.merged:  # first in the self-attention buffers: [encoder ; decoder keys]
-            for i, (k, v) in enumerate(memory_kv):
-                cache.add_kv(i, k, v)
-        else:
-            cache.memory_kv = memory_kv
+        if spec.merged:  # a global layer: first in its buffers, [encoder ; decoder keys]
+            for i, kv in enumerate(memory_kv):
+                if windows[cfg.layer_types[i]] is None:
+                    cache.add_kv(i, *kv)
+                    memory_kv[i] = None
+        cache.memory_kv = memory_kv
         cache.memory_mask = memory_mask(encoder_mask, encoder_output.shape[1])
     return cache
 
@@ -256,8 +258,11 @@ def _self_attention(spec: StackSpec, P: dict, i: int, n, fused: dict, cache: KVC
     k = split_heads(qkv[..., H * Dh:(H + K) * Dh], K)  # -> (B, K, Tn, Dh)
     v = split_heads(qkv[..., (H + K) * Dh:], K)  # -> (B, K, Tn, Dh)
     q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
-    # (B, K, Tc + Tn, Dh) views of the cache (merged: [encoder ; cached ; new])
+    # (B, K, Tc + Tn, Dh) views of the cache (merged global layer: [encoder ; cached ; new])
     keys, values = cache.add_kv(i, k, v)
+    if spec.merged and cache.memory_kv[i] is not None:  # a merged local layer
+        keys = np.concatenate([cache.memory_kv[i][0], keys], axis=2)  # [encoder ; window]
+        values = np.concatenate([cache.memory_kv[i][1], values], axis=2)
     o, _ = ops.attention_core_forward(q, keys, values, mask,
                                       scale=float(cfg.query_pre_attn_scalar) ** -0.5,
                                       softcap=cfg.attn_logit_softcapping)  # (B, H, Tn, Dh)
