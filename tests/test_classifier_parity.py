@@ -14,16 +14,17 @@ prints the largest differences per quantity.
 import numpy as np
 import pytest
 
-from mini_encdec.config import FULL, SLIDING, ClassifierConfig, EncDecConfig, GemmaConfig
+from mini_encdec.config import ClassifierConfig, EncDecConfig, GemmaConfig
 from mini_encdec.storage.interop import load_hf, save_hf
 from mini_encdec.models import build_model
-from mini_encdec.models.classifier import shift_right
 
 torch = pytest.importorskip("torch", reason="parity tests need torch (pip install .[parity])")
 transformers = pytest.importorskip("transformers",
                                    reason="parity tests need transformers (pip install .[parity])")
 
 pytestmark = pytest.mark.parity
+
+from .hf_reference.hf_inputs import classifier_forward, random_model  # noqa: E402
 
 V, C = 64, 3
 STACK = GemmaConfig(vocab_size=V, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
@@ -40,16 +41,6 @@ CASES = {
     "t5gemma_encoder_decoder": ClassifierConfig(EncDecConfig(encoder=STACK, decoder=DECODER),
                                                 C, "encoder_decoder"),
 }
-
-
-def random_classifier(config, seed):
-    """float64, every parameter N(0, 0.3^2) rounded to float32 (so that a float32 file
-    holds exactly the same weights)."""
-    clf = build_model(config, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    for v in clf.params.values():
-        v[...] = (rng.standard_normal(v.shape) * 0.3).astype(np.float32)
-    return clf
 
 
 def hf_from_ours(ours, tmp_path, dtype=torch.float64):
@@ -72,54 +63,13 @@ def mixed_batch(rng, S=8):
             "labels": np.array([0, 2, 1, 2])}
 
 
-def positions(mask):
-    """Positions counting real tokens (models/inputs.py), as a torch tensor (B, S)."""
-    return torch.tensor(np.maximum(np.cumsum(mask, axis=1) - 1, 0))
-
-
-def hf_masks(cfg, pos, key_padding, *, causal):
-    """SPEC 1-2 masks on positions, as transformers' additive masks {layer type: (B,1,S,S)}."""
-    d = pos[:, :, None] - pos[:, None, :]  # (B, Tq, Tk): q - k
-    full = d >= 0 if causal else torch.ones_like(d, dtype=torch.bool)
-    local = full & ((d < cfg.sliding_window) if causal else (d.abs() < cfg.sliding_window))
-    keys = torch.tensor(key_padding, dtype=torch.bool)[:, None, :]  # (B, 1, Tk)
-    zero = torch.zeros((), dtype=torch.float64)
-    neg = torch.tensor(torch.finfo(torch.float64).min, dtype=torch.float64)
-    return {name: torch.where((m & keys)[:, None], zero, neg)
-            for name, m in ((FULL, full), (SLIDING, local))}
-
-
-def hf_forward(hf, config, batch):
-    """transformers' logits and loss with our masks and positions."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    t_ids, t_labels = torch.tensor(ids), torch.tensor(batch["labels"])
-    if config.mode == "decoder":
-        masks = hf_masks(config.backbone, positions(mask), mask, causal=True)
-        return hf(input_ids=t_ids, attention_mask=masks, position_ids=positions(mask),
-                  labels=t_labels)
-    enc_cfg = config.backbone.encoder
-    enc_masks = hf_masks(enc_cfg, positions(mask), mask, causal=False)
-    if config.mode == "encoder":
-        return hf(input_ids=t_ids, attention_mask=enc_masks, position_ids=positions(mask),
-                  labels=t_labels)
-    from transformers.modeling_outputs import BaseModelOutput
-    enc = hf.model.encoder(input_ids=t_ids, attention_mask=enc_masks,
-                           position_ids=positions(mask))
-    dec_mask = (shift_right(ids, config.backbone.decoder.bos_token_id) != 0).astype(np.int64)
-    dec_masks = hf_masks(config.backbone.decoder, positions(dec_mask), dec_mask, causal=True)
-    return hf(input_ids=t_ids, attention_mask=torch.tensor(mask),
-              encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state),
-              decoder_attention_mask=dec_masks, decoder_position_ids=positions(dec_mask),
-              labels=t_labels)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_logits_loss_and_every_gradient(case, tmp_path, backend):
     config = CASES[case]
-    ours = random_classifier(config, seed=1)
+    ours = random_model(config, seed=1)
     hf = hf_from_ours(ours, tmp_path)
     batch = mixed_batch(np.random.default_rng(2))
-    out = hf_forward(hf, config, batch)
+    out = classifier_forward(hf, config, batch)[0]
     out.loss.backward()
     logits = ours.forward(batch)
     loss, grads = ours.loss_and_grads(batch)
@@ -150,7 +100,7 @@ def test_save_hf_loads_in_transformers_with_the_same_logits(case, tmp_path):
     backbone = b.replace(**wide) if isinstance(b, GemmaConfig) else \
         b.replace(encoder=b.encoder.replace(**wide), decoder=b.decoder.replace(**wide))
     config = config.replace(backbone=backbone)
-    ours = random_classifier(config, seed=3)
+    ours = random_model(config, seed=3)
     ours = build_model(config, {k: v.astype(np.float32) for k, v in ours.params.items()})
     hf = hf_from_ours(ours, tmp_path, dtype=torch.float32)
     assert type(hf).__name__ == ("Gemma2ForSequenceClassification" if case == "gemma2"

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from mini_encdec import ops
 from mini_encdec.kernels import _runtime as kruntime
 from mini_encdec.kernels import attention as katt
-from mini_encdec.kernels import linear as klin
 from mini_encdec.kernels._vecmath import exp_array, tanh_array
 from mini_encdec.nn.attention import merge_heads, split_heads
 from mini_encdec.nn.embedding import embedding_forward
@@ -369,7 +368,6 @@ def test_linear_kernel_row_counts_and_parallel_path(monkeypatch, M):
     x = rng.standard_normal((M, 1, 37)).astype(np.float32)
     W = rng.standard_normal((51, 37)).astype(np.float32)
     serial = _check_linear(x, W)
-    monkeypatch.setattr(klin, "PARALLEL_MACS", 0)
     monkeypatch.setattr(kruntime, "SERIAL_WORK", 0)
     results = []
     for threads in (1, numba.config.NUMBA_NUM_THREADS):

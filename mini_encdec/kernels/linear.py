@@ -35,10 +35,11 @@ from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst
 
 SMALL_ROWS = (2, 32)  # row counts (product of x's leading axes) this kernel takes
-# Multiply-adds below which the kernel runs on the calling thread: waking Numba's pool
-# costs ~30 us on this machine, more than a smaller product takes (measured: (8, 256) @
+# Multiply-adds per unit of parallel_chunks' work (SERIAL_WORK units run serially): 16, so
+# products below 4M multiply-adds stay on the calling thread. Waking Numba's pool costs
+# ~30 us on this machine, more than a smaller product takes (measured: (8, 256) @
 # (256, 512) 28 us serial, 50 us on 2 threads).
-PARALLEL_MACS = 1 << 22
+MACS_PER_UNIT = 16
 
 
 @njit(**JIT)
@@ -108,7 +109,7 @@ def linear_forward(x, W):
         return _linear(x, W), {"x": x, "W": W}  # many rows, one row, odd layouts: BLAS
     x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
     y = np.empty((M, N), dtype=x.dtype)
-    nchunks = parallel_chunks(M * N * D, N) if M * N * D >= PARALLEL_MACS else 0
+    nchunks = parallel_chunks(M * N * D // MACS_PER_UNIT, N)
     if nchunks:
         _forward_parallel(nchunks, x2, W, y)
     else:

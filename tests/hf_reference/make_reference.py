@@ -46,11 +46,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # this checkout's mini_encdec
 
-from mini_encdec.config import (FULL, SLIDING, ClassifierConfig, EncDecConfig,  # noqa: E402
-                                GemmaConfig)
-from mini_encdec.models import build_model  # noqa: E402
-from mini_encdec.models.classifier import shift_right  # noqa: E402
+from mini_encdec.config import ClassifierConfig, EncDecConfig, GemmaConfig  # noqa: E402
 from mini_encdec.storage.interop import save_hf  # noqa: E402
+
+from hf_inputs import classifier_forward, positions, random_model, spec_masks  # noqa: E402
 
 V = 32
 # 2 layers (local, global), H/K = 2, window 3, query scalar 6 != head size 4, small caps
@@ -75,32 +74,6 @@ CASES = {
     "classifier_encoder": ClassifierConfig(UNBALANCED, 3, "encoder"),
     "classifier_encoder_decoder": ClassifierConfig(UNBALANCED, 3, "encoder_decoder"),
 }
-
-
-def random_model(config, seed: int):
-    """Ours, float64, every weight N(0, 0.3^2) rounded to float32."""
-    model = build_model(config, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    for v in model.params.values():
-        v[...] = (rng.standard_normal(v.shape) * 0.3).astype(np.float32)
-    return model
-
-
-def positions(mask: np.ndarray) -> torch.Tensor:
-    """Positions counting real tokens (models/inputs.py), (B, T)."""
-    return torch.tensor(np.maximum(np.cumsum(mask, axis=1) - 1, 0))
-
-
-def spec_masks(cfg: GemmaConfig, pos, key_padding, *, causal: bool) -> dict:
-    """SPEC 1-2 masks as transformers' additive float64 masks {layer type: (B, 1, T, T)}."""
-    d = pos[:, :, None] - pos[:, None, :]  # (B, Tq, Tk): q - k
-    full = d >= 0 if causal else torch.ones_like(d, dtype=torch.bool)
-    local = full & ((d < cfg.sliding_window) if causal else (d.abs() < cfg.sliding_window))
-    keys = torch.tensor(np.asarray(key_padding, dtype=bool))[:, None, :]  # (B, 1, Tk)
-    neg = torch.tensor(torch.finfo(torch.float64).min, dtype=torch.float64)
-    zero = torch.zeros((), dtype=torch.float64)
-    return {name: torch.where((m & keys)[:, None], zero, neg)
-            for name, m in ((FULL, full), (SLIDING, local))}
 
 
 def encdec_batch(rng) -> dict:
@@ -155,21 +128,8 @@ def run_gemma2(hf, config: GemmaConfig, b: dict):
 
 
 def run_classifier(hf, config: ClassifierConfig, b: dict):
-    from transformers.modeling_outputs import BaseModelOutput
-    ids, mask = b["input_ids"], b["attention_mask"]
-    t_ids, t_labels = torch.tensor(ids), torch.tensor(b["labels"])
-    enc_masks = spec_masks(config.backbone.encoder, positions(mask), mask, causal=False)
-    if config.mode == "encoder":
-        return hf(input_ids=t_ids, attention_mask=enc_masks, position_ids=positions(mask),
-                  labels=t_labels), {}
-    enc = hf.model.encoder(input_ids=t_ids, attention_mask=enc_masks,
-                           position_ids=positions(mask))
-    dec_mask = (shift_right(ids, config.backbone.decoder.bos_token_id) != 0).astype(np.int64)
-    dec_masks = spec_masks(config.backbone.decoder, positions(dec_mask), dec_mask, causal=True)
-    return hf(input_ids=t_ids, attention_mask=torch.tensor(mask),
-              encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state),
-              decoder_attention_mask=dec_masks, decoder_position_ids=positions(dec_mask),
-              labels=t_labels), {"encoder_output": enc.last_hidden_state}
+    out, enc = classifier_forward(hf, config, b)
+    return out, ({} if enc is None else {"encoder_output": enc})
 
 
 def gemma2_batch(rng) -> dict:
