@@ -3,6 +3,10 @@ overrides, the load measurement on a made-up /proc/stat, the hysteresis, and the
 that results do not depend on how many threads the load leaves us. No timing here."""
 
 import math
+import os
+import platform
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -149,6 +153,62 @@ def test_gradients_do_not_depend_on_the_current_thread_count(monkeypatch):
     assert loss_a == loss_b
     for k in grads_a:
         np.testing.assert_array_equal(grads_a[k], grads_b[k], err_msg=k)
+
+
+class _FakeBlas:
+    """A BLAS whose float32 products round differently on more than one thread."""
+
+    def __init__(self, varies):
+        self.n, self.varies = 2, varies
+
+    def get(self):
+        return self.n
+
+    def set(self, n):
+        self.n = n
+
+    def describe(self):
+        return "fake"
+
+
+def test_blas_probe_restores_the_count_it_found():
+    blas = threads._Blas()
+    if blas.get() is None:
+        pytest.skip("no BLAS that threadpoolctl can set")
+    before = blas.get()
+    threads.blas_varies(blas, [1, 2], np.float32)
+    assert blas.get() == before
+
+
+def test_a_count_dependent_blas_is_fixed_at_one_thread(monkeypatch):
+    monkeypatch.setattr(threads, "_Blas", lambda: _FakeBlas(varies=True))
+    monkeypatch.setattr(threads, "blas_varies", lambda blas, counts, dtype: blas.varies)
+    policy = threads.Policy(setting="auto", environ={})
+    if not policy.adaptive:
+        pytest.skip("one CPU: nothing adapts")
+    policy.start()
+    assert policy.blas_fixed == 1 and policy._blas.n == 1
+    policy._apply(2)  # the load leaves two CPUs: Numba follows, BLAS does not
+    assert policy._blas.n == 1
+    assert "fixed at 1 thread" in policy.describe()["blas"]
+    fixed = threads.Policy(setting=2, environ={})  # a fixed count: nothing to probe
+    fixed.start()
+    assert fixed.blas_fixed is None and fixed._blas.n == 2
+
+
+@pytest.mark.skipif(threads.POLICY.cap < 2 or platform.machine() != "x86_64"
+                    or "openblas" not in threads.describe()["blas"],
+                    reason="needs OpenBLAS on an x86_64 machine with 2 CPUs")
+@pytest.mark.parametrize("coretype", ["Haswell", "Zen"])
+def test_thread_count_independence_holds_under_other_openblas_kernels(coretype):
+    """OpenBLAS's Haswell and Zen kernels (AMD EPYC, older Intel CPUs) round float32
+    products by thread share: the policy must notice and hold BLAS still there too."""
+    env = dict(os.environ, OPENBLAS_CORETYPE=coretype)
+    test = f"{__file__}::test_gradients_do_not_depend_on_the_current_thread_count"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           test], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "1 passed" in done.stdout
 
 
 def test_serial_runs_a_block_on_one_thread_and_restores_the_count(monkeypatch):

@@ -30,9 +30,20 @@ that are actually free:
   kernels' parallel loops run on the calling thread and nothing waits for anyone.
 - results never depend on the load: the kernels cut their work into chunks counted from
   the cap, not from the current count, and every chunk is computed the same way whichever
-  thread runs it (BLAS's matmuls give the same bits on 1 or 2 threads; checked by
-  tests/test_threads.py). Only the cap (the machine, or MINI_ENCDEC_THREADS) can change
-  the rounding of a sum, as before.
+  thread runs it. BLAS is another matter: some of OpenBLAS's kernels (its Haswell and Zen
+  kernels, used on AMD EPYC and older Intel CPUs) round a row of a float32 product
+  differently depending on where the thread's share of the rows starts, so the same matmul
+  gives other bits on 1 and 2 threads. `start()` checks this once (`blas_varies`: a few
+  float32 products on 1, 2 and cap threads, a few ms); where the bits differ, BLAS stays at one
+  thread for the whole process (`blas_fixed`) and only Numba's pool follows the load. That
+  costs a quiet machine about 1.4x on a `tiny` step with those kernels, and buys results
+  that are the same on any load (tests/test_threads.py runs the check under OpenBLAS's
+  Haswell kernels too). MINI_ENCDEC_THREADS=N fixes both pools at N instead (results then
+  are those of N threads). Only the cap (the machine, or MINI_ENCDEC_THREADS) and the
+  BLAS kernels can change the rounding of a sum. Float64 (used through the Python API for
+  gradient checks, never by the command line) is checked and reported by `describe()`, not
+  fixed: OpenBLAS's float64 kernels vary with the count on most CPUs, and pinning BLAS for
+  them would slow every float32 run.
 - waiting: idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, set
   before Numba's pool starts; with the default they spun and stole the cores from the
   BLAS threads of the next matmul: a 2x slower step, measured). OpenBLAS's threads spin
@@ -62,6 +73,7 @@ import os
 import time
 
 import numba
+import numpy as np
 
 # libgomp reads it when it loads, at Numba's first parallel launch (after this import)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -223,6 +235,27 @@ class _Blas:
                          for lib in self._libs) or "not found"
 
 
+def blas_varies(blas: "_Blas", counts, dtype=np.float32) -> bool:
+    """Whether this BLAS gives different bits for the same product of `dtype` on different
+    thread counts (a few products of uneven shapes, each big enough to be split, on every
+    count in `counts`); BLAS's count is restored afterwards."""
+    before = blas.get()
+    if before is None:
+        return False
+    rng = np.random.default_rng(0)
+    cases = [(rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype))
+             for m, k, n in ((515, 96, 260), (1000, 128, 500), (777, 64, 333))]
+    try:
+        results = []
+        for n in counts:
+            blas.set(n)
+            results.append([a @ b for a, b in cases] + [b.T @ a.T for a, b in cases])
+    finally:
+        blas.set(before)
+    return any(not np.array_equal(x, y) for other in results[1:]
+               for x, y in zip(results[0], other))
+
+
 class Policy:
     """The thread policy of this process (one instance, `POLICY`)."""
 
@@ -244,6 +277,8 @@ class Policy:
         # descheduled thread; a quiet machine loses at most that first 0.1 s
         self._current = 1 if self._meter is not None and self._meter.works else self.cap
         self._blas = None
+        self.blas_fixed = None  # BLAS's count for the whole process, if it must not move
+        self.float64_varies = False  # float64 products change with BLAS's count (reported)
         self._numba_started = False
         self._applied_numba = self._applied_blas = None
         self._next = 0.0
@@ -259,6 +294,12 @@ class Policy:
         self._blas = _Blas()
         blas = self.setting if self.setting != "auto" else self._current
         if self.blas_managed and self._blas.get() is not None:
+            if self.adaptive:
+                counts = sorted({1, 2, self.cap})
+                # float32: every run of the command line; float64 is reported only
+                if blas_varies(self._blas, counts, np.float32):
+                    self.blas_fixed = blas = 1  # results must not follow the load
+                self.float64_varies = blas_varies(self._blas, counts, np.float64)
             self._blas.set(blas)
             self._applied_blas = self._blas.get()
 
@@ -267,7 +308,7 @@ class Policy:
         if self.numba_managed and numba.get_num_threads() == self._applied_numba:
             numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
             self._applied_numba = numba.get_num_threads()
-        if self.blas_managed and self._applied_blas is not None \
+        if self.blas_managed and self.blas_fixed is None and self._applied_blas is not None \
                 and self._blas.get() == self._applied_blas:
             self._blas.set(n)
             self._applied_blas = self._blas.get()
@@ -316,7 +357,11 @@ class Policy:
                 "numba": (f"{numba.threading_layer() if _layer_started() else 'not started'}"
                           + ("" if self.numba_managed else f", {NUMBA_ENV} set by the user")),
                 "blas": (self._blas.describe() if self._blas else "?")
-                + ("" if self.blas_managed else ", thread count set by the user"),
+                + ("" if self.blas_managed else ", thread count set by the user")
+                + ("" if self.blas_fixed is None else
+                   f", fixed at {self.blas_fixed} thread (its bits depend on the count)"),
+                "blas_fixed": self.blas_fixed,
+                "float64_follows_blas_threads": self.float64_varies and self.blas_fixed is None,
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
