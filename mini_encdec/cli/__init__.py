@@ -43,6 +43,7 @@ docstring (its --help description), add_arguments(parser) and run(args) -> exit 
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import re
 import sys
@@ -123,7 +124,9 @@ def main(argv=None) -> int:
     if extras:
         _fail(sub.prog, _unknown_options(sub, extras))
     try:
-        status = args.func(args)
+        with contextlib.ExitStack() as locks:  # the outputs a command locks (hold_output)
+            args.locks = locks
+            status = args.func(args)
     except UsageError as e:
         _fail(sub.prog, str(e))
     except OSError as e:  # the file system said no: disk full, permission denied, ...

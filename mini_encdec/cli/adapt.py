@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ..usage import UsageError
-from .common import SEED, int_at_least, without_path
+from .common import SEED, hold_output, int_at_least, without_path
 
 HELP = "adapt decoder-only checkpoint(s) into an encoder-decoder (SPEC 3)"
 
@@ -49,6 +49,7 @@ def run(args) -> int:
     for opt, path in sources.items():
         if path is not None and not Path(path).exists():
             raise UsageError(f"{opt} {path}: no such model, checkpoint or run directory")
+    hold_output(args, args.out, "--out")
     if args.dtype is not None:
         try:
             dtype_code(args.dtype)

@@ -82,6 +82,20 @@ def without_path(message: str, path) -> str:
     return message[len(head):] if message.startswith(head) else message
 
 
+# --- the outputs a command writes ----------------------------------------------------------------
+
+def hold_output(args, path, what: str, kind: str = "directory") -> None:
+    """Lock a command's output now, for the rest of the command (storage.lock): a second
+    writer of the same path, or a --resume of a run still going, is refused at once. A path
+    that cannot be written at all is refused first, with safe_output's message."""
+    from ..storage.lock import hold
+    from ..storage.safe_output import check_output
+    locks = getattr(args, "locks", None)
+    if locks is not None and path is not None:
+        check_output(path, overwrite=True, what=what, kind=kind)
+        locks.enter_context(hold(path, what))
+
+
 # --- the inputs a command names -------------------------------------------------------------------
 
 def set_backend(name: Optional[str]) -> None:
@@ -162,7 +176,7 @@ def checked(what: str, build):
 
 # --- checks that need the model: memory, trainable parameters, vocabulary -------------------------
 
-def _available_memory() -> Optional[int]:
+def available_memory() -> Optional[int]:
     """Bytes of memory available now (Linux MemAvailable, else physical), None if unknown."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -185,7 +199,7 @@ def check_memory(data: DataConfig, config, arch: str) -> None:
     S, T = data.encoder_length, data.decoder_length
     L = S + T if arch == "decoder" else max(S, T)
     need = 2 * data.batch_size * L * L * (8 + 4 * heads)
-    avail = _available_memory()
+    avail = available_memory()
     if avail is not None and need > avail:
         raise UsageError(f"--set batch_size={data.batch_size} encoder_length={S} "
                          f"decoder_length={T}: attention over {L} positions needs about "

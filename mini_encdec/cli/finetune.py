@@ -46,7 +46,7 @@ def run(args) -> int:
     data = DataConfig(**run_config["data"])
     tok = read_tokenizer(run_config.get("tokenizer")) if task == "reply" else None
     vocab = tok.vocab_size if tok is not None else SYNTH_VOCAB_SIZE
-    model, arch = model_for_run(run_config, data, vocab_default=vocab)
+    model, arch = model_for_run(run_config, data, vocab_default=vocab, run_dir=run_dir)
     run_config["arch"] = arch
     if model.config.vocab_size < vocab:
         raise UsageError(f"model.vocab_size={model.config.vocab_size} is smaller than the "

@@ -1,24 +1,33 @@
-"""Generate text from a prompt, or interactively (one prompt per line).
+"""Generate text from a prompt, or for every line of stdin.
 
 Greedy decoding by default, or sampling (temperature, top-k, top-p) or beam search. Without
---prompt, prompts are read from stdin as UTF-8, one per line, until EOF or an empty line;
-each reply is printed on its own line. A model fine-tuned on a synthetic task (its 41-id
-vocabulary) reads and writes that task's characters.
+--prompt, prompts are read from stdin as UTF-8, one per line, until EOF (at a terminal, an
+empty line also ends the session); every input line gets exactly one output line, in
+order: the reply, with a newline inside it written as the two characters \\n (and a
+backslash as \\\\). A prompt that cannot be answered (an empty line, a prompt too long for
+the memory) gets an empty output line and one error line on stderr, the rest still run,
+and the exit status is 2. With --jsonl, each input line is a JSON object {"prompt": ...}
+(or a JSON string) and each output line a JSON object {"prompt", "reply"} or {"prompt",
+"error"}, for prompts and replies that hold newlines. A model fine-tuned on a synthetic
+task (its 41-id vocabulary) reads and writes that task's characters.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
 
 from ..config import EncDecConfig
 from ..usage import UsageError
-from .common import (POSITIVE, SEED, add_common_arguments, check_vocabulary, decode_text,
-                     float_in, int_at_least, read_model, read_tokenizer, set_backend)
+from .common import (POSITIVE, SEED, add_common_arguments, available_memory,
+                     check_vocabulary, decode_text, float_in, int_at_least, read_model,
+                     read_tokenizer, set_backend)
 
-HELP = "generate text from a prompt, or interactively (one prompt per line)"
+HELP = "generate text from a prompt, or for every line of stdin (one reply per line)"
 MAX_NEW_TOKENS = 65536  # beyond this the KV cache of even a tiny model grows large
+MAX_PROMPT_TOKENS = 65536  # RoPE sets no context limit; memory and time do
 EMPTY_REPLY_HINT = ("(the model ended its reply at once: its first token was EOS. Try "
                     "--method sample, a longer-trained model, or --eos if it was fine-tuned "
                     "on prompts that end with EOS)")
@@ -41,6 +50,9 @@ def add_arguments(p) -> None:
                    help="append EOS to the prompt (models fine-tuned on tasks expect it; "
                         "automatic for the synthetic vocabulary)")
     p.add_argument("--tokenizer", default=None, metavar="PATH")
+    p.add_argument("--jsonl", action="store_true",
+                   help="stdin lines are JSON ({\"prompt\": ...} or a string), stdout lines "
+                        "JSON objects {prompt, reply} or {prompt, error}")
     add_common_arguments(p)
 
 
@@ -77,6 +89,35 @@ def _stdin_lines(interactive: bool):
         yield line
 
 
+def one_line(reply: str) -> str:
+    """A reply as one output line: backslash, newline and carriage return escaped."""
+    return reply.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _jsonl_prompt(line: str, what: str) -> str:
+    """The prompt of one --jsonl input line."""
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        raise UsageError(f"{what}: not valid JSON; expected {{\"prompt\": \"...\"}} or a "
+                         f"JSON string") from None
+    if isinstance(obj, dict):
+        obj = obj.get("prompt")
+    if not isinstance(obj, str):
+        raise UsageError(f"{what}: expected {{\"prompt\": \"...\"}} or a JSON string")
+    return _utf8(obj, what)
+
+
+def prompt_memory(config, length: int) -> int:
+    """Bytes the prefill of a `length`-token prompt needs, roughly: the (L, L) mask and,
+    per head, scores and probabilities (float32) with a copy, plus the KV cache."""
+    stacks = [config.encoder, config.decoder] if isinstance(config, EncDecConfig) else [config]
+    heads = max(c.num_attention_heads for c in stacks)
+    layers = sum(c.num_hidden_layers for c in stacks)
+    kv = max(c.num_key_value_heads * c.head_dim for c in stacks)
+    return length * length * (8 + 12 * heads) + length * layers * kv * 2 * 4
+
+
 def run(args) -> int:
     from ..models.generate import generate
     from ..text.tasks import SYNTH_VOCAB_SIZE, synth_decode, synth_encode
@@ -104,6 +145,16 @@ def run(args) -> int:
         # both architectures need at least one prompt token (EOS alone is no prompt)
         if len(ids) == 0:
             raise UsageError(f"{what}: empty prompt; expected at least one token of text")
+        if len(ids) > MAX_PROMPT_TOKENS:
+            raise UsageError(f"{what}: {len(ids)} tokens; expected at most "
+                             f"{MAX_PROMPT_TOKENS}")
+        need = prompt_memory(model.config, len(ids) + args.max_new_tokens)
+        avail = available_memory()
+        if avail is not None and need > avail:
+            raise UsageError(f"{what}: {len(ids)} tokens (+ --max-new-tokens "
+                             f"{args.max_new_tokens}) need about {need / 2**30:.1f} GiB, more "
+                             f"than the {avail / 2**30:.1f} GiB available; expected a "
+                             f"shorter prompt")
         return np.append(ids, eos) if (synthetic or args.eos) else ids
 
     def respond(text: str, what: str) -> str:
@@ -123,10 +174,36 @@ def run(args) -> int:
 
     if args.prompt:
         for i, text in enumerate(args.prompt, 1):
-            print(respond(text, f"--prompt #{i}" if len(args.prompt) > 1 else "--prompt"))
+            reply = respond(text, f"--prompt #{i}" if len(args.prompt) > 1 else "--prompt")
+            print(json.dumps({"prompt": text, "reply": reply}, ensure_ascii=False)
+                  if args.jsonl else reply)
         return 0
-    for number, line in enumerate(_stdin_lines(sys.stdin.isatty()), 1):
-        if not line or not line.strip():
+    interactive = sys.stdin.isatty()
+    refused = total = 0
+    for number, line in enumerate(_stdin_lines(interactive), 1):
+        if not line:  # EOF
             break
-        print(respond(line.rstrip("\r\n"), f"stdin line {number}"), flush=True)
+        text = line.rstrip("\r\n")
+        if interactive and not text.strip():
+            break
+        what = f"stdin line {number}"
+        total += 1
+        try:
+            prompt = _jsonl_prompt(text, what) if args.jsonl else text
+            reply, error = respond(prompt, what), None
+        except UsageError as e:
+            prompt = text if not args.jsonl else None
+            reply, error = "", str(e)
+            refused += 1
+            print(f"generate: error: {error}", file=sys.stderr, flush=True)
+        if args.jsonl:
+            out = {"prompt": prompt, "error": error} if error else {"prompt": prompt,
+                                                                    "reply": reply}
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+        else:
+            print(one_line(reply), flush=True)
+    if refused:
+        print(f"generate: error: {refused} of {total} prompts could not be answered (their "
+              f"output lines are empty)", file=sys.stderr)
+        return 2
     return 0

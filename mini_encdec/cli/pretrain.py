@@ -39,7 +39,7 @@ def run(args) -> int:
     tok = read_tokenizer(run_config.get("tokenizer"))
     data = DataConfig(**run_config["data"])
     # the architecture: --arch, else that of the --init model, else encoder-decoder
-    model, arch = model_for_run(run_config, data)
+    model, arch = model_for_run(run_config, data, run_dir=run_dir)
     objective_name = run_config["objective"] or ("causal_lm" if arch == "decoder"
                                                  else "prefix_lm")
     run_config.update(arch=arch, objective=objective_name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..training.optim import OptimConfig
 from ..training.train import TrainConfig
 from ..usage import UsageError, did_you_mean
 from .common import (add_common_arguments, arch_of, check_memory, check_trainable, checked,
-                     read_model)
+                     hold_output, read_model)
 from .overrides import build_model_config, build_section, parse_overrides, section
 
 RUN_CONFIG = "run_config.json"  # in a run directory (config.json would look like a model)
@@ -135,6 +136,8 @@ def _resumed_run(args, command: str, overrides: dict) -> tuple:
         raise UsageError("--resume needs --run-dir (the run to continue)")
     run_dir = Path(args.run_dir)
     cfg_path = run_dir / RUN_CONFIG
+    if run_dir.is_dir():
+        hold_output(args, run_dir, "--run-dir")  # refused while the run is still going
     if not _holds_run(run_dir):
         raise UsageError(f"--resume: {cfg_path} not found (--run-dir {run_dir} is not a "
                          f"run directory)")
@@ -151,12 +154,73 @@ def _resumed_run(args, command: str, overrides: dict) -> tuple:
     other = sorted(k for k in overrides if not k.startswith("train."))
     if other:
         raise UsageError(f"--set {other[0]}: only train.* fields may change when resuming")
+    _check_sections(run, cfg_path)
     _check_distillation(overrides, run.get("teacher"), command)
+    before = run["train"]
     run["train"] = dataclasses.asdict(checked(
         "train config", lambda: TrainConfig.from_dict(run["train"]).replace(
             **section(overrides, "train"))))
     _check_resumable(run_dir, args.resume_from_good)
+    _check_against_checkpoint(run_dir, run, cfg_path)
+    for key in sorted(run["train"]):
+        if before.get(key) != run["train"][key] and not args.quiet:
+            print(f"--set train.{key}: {before.get(key)!r} -> {run['train'][key]!r}, in "
+                  f"effect from the resumed step on", file=sys.stderr)
     return run_dir, run
+
+
+def _check_sections(run: dict, cfg_path: Path) -> None:
+    """Every section of run_config.json that decides the run must still be valid (an edit
+    by hand is named, not a traceback)."""
+    for name, cls in (("optim", OptimConfig), ("train", TrainConfig), ("data", DataConfig)):
+        if not isinstance(run.get(name), dict):
+            raise UsageError(f"--resume: {cfg_path}: '{name}' must be a JSON object, got "
+                             f"{json.dumps(run.get(name))[:40]}")
+        checked(f"'{name}' in {cfg_path}", lambda: cls.from_dict(run[name]) if hasattr(
+            cls, "from_dict") else cls(**run[name]))
+    if run.get("model") is not None:
+        checked(f"'model' in {cfg_path}", lambda: config_from_dict(run["model"]))
+    for key in ("init", "teacher", "tokenizer"):
+        if run.get(key) is not None and not isinstance(run[key], str):
+            raise UsageError(f"--resume: {cfg_path}: '{key}' must be a path or null")
+
+
+# what a resumed run must share with its checkpoint: anything else changes the experiment
+_FIXED = ("command", "arch", "objective", "preset", "task", "init", "teacher", "tokenizer",
+          "model", "data", "optim", "model_overrides")
+
+
+def _check_against_checkpoint(run_dir: Path, run: dict, cfg_path: Path) -> None:
+    """run_config.json must still describe the run its latest checkpoint belongs to: the
+    checkpoint stores the run configuration it was trained with (runs before it did: the
+    model config only)."""
+    from ..storage.checkpoint import CHECKPOINTS_DIR, latest_checkpoint, load_checkpoint
+    latest = latest_checkpoint(run_dir / CHECKPOINTS_DIR)
+    if latest is None:
+        return
+    ck = load_checkpoint(latest)
+    saved = (ck.state.get("run") or {}).get("run_config")
+    if run.get("model") is not None and config_from_dict(run["model"]) != ck.config:
+        raise UsageError(f"--resume: {cfg_path}: 'model' differs from the model of the "
+                         f"checkpoint {latest}; expected the run's own model config")
+    if not isinstance(saved, dict):
+        return
+    for key in _FIXED:
+        if key in saved and key != "model" and run.get(key) != saved[key]:
+            field = key
+            if isinstance(saved[key], dict) and isinstance(run.get(key), dict):
+                field += "." + next(k for k in sorted(set(saved[key]) | set(run[key]))
+                                    if saved[key].get(k) != run[key].get(k))
+            raise UsageError(f"--resume: {cfg_path}: '{field}' differs from the checkpoint "
+                             f"{latest} (trained with {json.dumps(_get(saved, field))[:60]}, now "
+                             f"{json.dumps(_get(run, field))[:60]}); only train.* may change "
+                             f"when resuming")
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
 
 
 def setup_run(args, command: str, defaults: dict) -> tuple:
@@ -174,6 +238,7 @@ def setup_run(args, command: str, defaults: dict) -> tuple:
         Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.run_dir == "":
         raise UsageError("--run-dir '': expected a directory path")
+    hold_output(args, run_dir, "--run-dir")
     if _holds_run(run_dir) and not args.overwrite:
         from ..storage.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
         holds = "checkpoints" if latest_checkpoint(run_dir / CHECKPOINTS_DIR) else "a run"
@@ -184,16 +249,25 @@ def setup_run(args, command: str, defaults: dict) -> tuple:
                  what="--run-dir")
     configs = {name: build_section(overrides, name).to_dict()
                for name in ("optim", "train", "data")}
-    run = dict(defaults, command=command, **configs, init=args.init,
-               tokenizer=args.tokenizer, model_overrides=section(overrides, "model"))
+    run = dict(defaults, command=command, **configs, init=_absolute(args.init),
+               tokenizer=_absolute(args.tokenizer), model_overrides=section(overrides, "model"))
+    if run.get("teacher"):
+        run["teacher"] = _absolute(run["teacher"])
     return run_dir, run, False
 
 
-def model_for_run(run: dict, data: DataConfig, vocab_default: Optional[int] = None) -> tuple:
+def _absolute(path: Optional[str]) -> Optional[str]:
+    """A path as run_config.json stores it: absolute, so --resume works from anywhere."""
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
+def model_for_run(run: dict, data: DataConfig, vocab_default: Optional[int] = None,
+                  run_dir: Optional[Path] = None) -> tuple:
     """(model, arch) of a run: built (or loaded with --init; resumed: the run's exact
     config); fills run["model"]. Checks it against --arch, the memory the data.* lengths
     need and the freeze patterns."""
-    model = _build_run_model(run, run["arch"] or "encdec", run["preset"], vocab_default)
+    model = _build_run_model(run, run["arch"] or "encdec", run["preset"], vocab_default,
+                             run_dir)
     arch = arch_of(model.config)
     if run["arch"] not in (None, arch):
         raise UsageError(f"--arch {run['arch']}: the --init model is {arch}")
@@ -202,12 +276,17 @@ def model_for_run(run: dict, data: DataConfig, vocab_default: Optional[int] = No
     return model, arch
 
 
-def _build_run_model(run: dict, arch: str, preset_name: str, vocab_default: Optional[int]):
+def _build_run_model(run: dict, arch: str, preset_name: str, vocab_default: Optional[int],
+                     run_dir: Optional[Path] = None):
     from ..models import build_model
+    from ..storage.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
     overrides = dict(run.get("model_overrides") or {})
     if run.get("model") is not None:  # resumed: the exact config of the run
         config = config_from_dict(run["model"])
-        init_model = read_model(run["init"], "--init") if run.get("init") else None
+        # the weights come from the checkpoint; --init only if none was written yet
+        restored = run_dir is not None and latest_checkpoint(run_dir / CHECKPOINTS_DIR)
+        init_model = read_model(run["init"], "--init") if run.get("init") and not restored \
+            else None
         params = init_model.params if init_model is not None else None
         return build_model(config, params=params, seed=run["train"]["seed"])
     if run.get("init"):
@@ -250,7 +329,9 @@ def train_run(args, rd, run: dict, resumed: bool, model, batches, eval_batches,
         history = train(model, batches, optim=OptimConfig.from_dict(run["optim"]),
                         config=TrainConfig.from_dict(run["train"]), run_dir=run_dir,
                         teacher=teacher, eval_batches=eval_batches, resume=resumed,
-                        progress=not args.quiet, run_info={"command": run["command"]})
+                        progress=not args.quiet,
+                        run_info={"command": run["command"],
+                                  "run_config": {k: v for k, v in run.items() if k != "train"}})
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..storage.safe_output import check_output
 from ..usage import UsageError
-from .common import POSITIVE, decode_text, first_line, read_tokenizer
+from .common import POSITIVE, decode_text, first_line, hold_output, read_tokenizer
 
 HELP = "train the SentencePiece tokenizer, or show a model's special ids"
 
@@ -58,6 +58,7 @@ def run(args) -> int:
         sources = [("--input", f) for f in args.input or ()]
         check_output(args.out, overwrite=args.overwrite, sources=sources, what="--out",
                      kind="file")
+        hold_output(args, args.out, "--out", kind="file")
         texts = None
         if args.input:
             texts = [_read_text_file(f, "--input") for f in args.input]

@@ -265,6 +265,7 @@ def run(args) -> int:
     renamed to --out once everything is written (safe_output: a non-empty --out is refused
     unless --overwrite, and nothing else is touched, even if the run fails)."""
     from ..config import PRESETS
+    from ..storage.checkpoint import atomic_write_json
     from ..storage.safe_output import new_output_dir
     from ..usage import UsageError, did_you_mean
     try:
@@ -279,11 +280,31 @@ def run(args) -> int:
     if args.out == "":
         raise UsageError("--out '': expected a directory path")
     target = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    identity = _identity(args)
+
+    def same_demo(left: Path) -> bool:  # a killed demo of the same settings: continue it
+        try:
+            return json.loads((left / DEMO_ARGS).read_text()) == identity
+        except (OSError, ValueError):
+            return False
+
     with new_output_dir(target, overwrite=getattr(args, "overwrite", False),
-                        what="--out") as out:
+                        what="--out", resumable=same_demo) as out:
+        atomic_write_json(out / DEMO_ARGS, identity)
         status = _run_stages(args, out)
     print(f"run directory: {target}")
     return status
+
+
+DEMO_ARGS = "demo_args.json"  # the settings of a run, so a killed one can be continued
+
+
+def _identity(args) -> dict:
+    """What decides a demo's results: a killed run continues only with the same."""
+    from .. import backend
+    return {"plan": dataclasses.asdict(plan_from_args(args)), "objective": args.objective,
+            "preset": args.preset.lower(), "seed": args.seed,
+            "backend": getattr(args, "backend", None) or backend.get_backend()}
 
 
 def _run_stages(args, out: Path) -> int:

@@ -59,14 +59,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Union
 
 from ..usage import UsageError
+from .lock import OutputError, hold, leftovers
 
 PathLike = Union[str, Path]
 # {label: path}, or paths and (label, path) pairs; the label names the option in messages
 Sources = Union[Mapping[str, Optional[PathLike]], Iterable, None]
-
-
-class OutputError(UsageError):
-    """An output path that cannot be written without losing something, or at all."""
 
 
 # --- the checks ----------------------------------------------------------------------------------
@@ -222,13 +219,21 @@ def _remove(path: Path) -> None:
             pass
 
 
-def _place(new: Path, target: Path) -> None:
+def _place(new: Path, target: Path, overwrite: bool = True, shown: str = "") -> None:
     """Put `new` at `target`. An empty directory or nothing at `target`: one rename. Anything
-    else is renamed aside first and deleted only after `new` is in place."""
+    else is renamed aside first and deleted only after `new` is in place. Without
+    `overwrite`, something that appeared at `target` while this process worked (a program
+    that does not take the lock) is left alone: `new` is kept beside it, visibly named,
+    and OutputError says where."""
     old = None
     if os.path.lexists(target):
         if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
             os.rmdir(target)  # empty: nothing to keep
+        elif not overwrite:
+            kept = target.with_name(f"{target.name}.new-{os.getpid()}")
+            os.rename(new, kept)
+            raise OutputError(f"{shown or target}: was created by another program while this "
+                              f"one worked; left as it is, the new output is in {kept}")
         else:
             old = _beside(target, "old")
             os.rename(target, old)
@@ -240,30 +245,46 @@ def _place(new: Path, target: Path) -> None:
 
 @contextmanager
 def new_output_dir(target: PathLike, *, overwrite: bool = False, sources: Sources = None,
-                   what: str = "--out", overwrite_hint: Optional[str] = None) -> Iterator[Path]:
+                   what: str = "--out", overwrite_hint: Optional[str] = None,
+                   resumable=None) -> Iterator[Path]:
     """Check `target` (check_output), yield a new empty temporary directory beside it and,
     when the block completes, move it into place (replacing an existing target only if
     `overwrite`). If the block raises, only the temporary directory (and parents this
-    call created) is removed and the exception propagates."""
-    path = check_output(target, overwrite=overwrite, sources=sources, what=what,
-                        kind="directory", overwrite_hint=overwrite_hint)
+    call created) is removed and the exception propagates.
+
+    resumable(p) -> True: a temporary directory that a killed writer of `target` left and
+    that this one can continue (the demo's finished stages); the newest such directory is
+    yielded (renamed to this process's name) instead of an empty one, with one line."""
+    kw = dict(overwrite=overwrite, sources=sources, what=what, kind="directory",
+              overwrite_hint=overwrite_hint)
+    path = check_output(target, **kw)
     shown = f"{what} {shown_path(target)}"
-    created = _make_parents(path, shown)
-    tmp = _beside(path, "tmp")
-    try:
-        os.mkdir(tmp)
-    except OSError as e:
-        _remove_empty(created)
-        raise OutputError(f"{shown}: cannot create a directory in {path.parent} "
-                          f"({e.strerror})") from None
-    try:
-        yield tmp
-        fsync_dir(tmp)
-        _place(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        _remove_empty(created)
-        raise
+    with hold(path, what, keep=resumable):
+        check_output(target, **kw)  # again: a writer before us may just have finished
+        created = _make_parents(path, shown)
+        tmp = _beside(path, "tmp")
+        left = sorted((p for kind, _, p in leftovers(path) if kind == "tmp"
+                       and resumable is not None and resumable(p)),
+                      key=lambda p: p.stat().st_mtime)
+        try:
+            if left:
+                os.rename(left[-1], tmp)
+                print(f"{shown}: continuing the unfinished run left in {left[-1].name} (its "
+                      f"finished stages are kept)", file=sys.stderr)
+            else:
+                os.mkdir(tmp)
+        except OSError as e:
+            _remove_empty(created)
+            raise OutputError(f"{shown}: cannot create a directory in {path.parent} "
+                              f"({e.strerror})") from None
+        try:
+            yield tmp
+            fsync_dir(tmp)
+            _place(tmp, path, overwrite, shown)
+        except BaseException:
+            _remove(tmp)
+            _remove_empty(created)
+            raise
 
 
 @contextmanager
@@ -272,28 +293,33 @@ def new_output_file(target: PathLike, *, overwrite: bool = False, sources: Sourc
     """Check `target` as a file path, yield a temporary file path beside it (not yet
     created) and, when the block completes, `os.replace` it into place. If the block raises,
     the temporary file (and parents this call created) is removed."""
-    path = check_output(target, overwrite=overwrite, sources=sources, what=what, kind="file",
-                        overwrite_hint=overwrite_hint)
+    kw = dict(overwrite=overwrite, sources=sources, what=what, kind="file",
+              overwrite_hint=overwrite_hint)
+    path = check_output(target, **kw)
     shown = f"{what} {shown_path(target)}"
-    created = _make_parents(path, shown)
-    tmp = _beside(path, "tmp")
-    try:  # probe now, so an unwritable place fails before the real work
-        with open(tmp, "xb"):
-            pass
-    except OSError as e:
-        _remove_empty(created)
-        raise OutputError(f"{shown}: cannot create a file in {path.parent} "
-                          f"({e.strerror})") from None
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        _remove(tmp)
-        _remove_empty(created)
-        raise
+    with hold(path, what):
+        check_output(target, **kw)  # again: a writer before us may just have finished
+        created = _make_parents(path, shown)
+        tmp = _beside(path, "tmp")
+        try:  # probe now, so an unwritable place fails before the real work
+            with open(tmp, "xb"):
+                pass
+        except OSError as e:
+            _remove_empty(created)
+            raise OutputError(f"{shown}: cannot create a file in {path.parent} "
+                              f"({e.strerror})") from None
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            if not overwrite and os.path.lexists(path):
+                _place(tmp, path, overwrite, shown)  # refuses, keeps ours beside it
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            _remove(tmp)
+            _remove_empty(created)
+            raise
 
 
 # --- training run directories --------------------------------------------------------------------
@@ -329,10 +355,21 @@ def run_directory(target: PathLike, *, overwrite: bool = False, resume: bool = F
         path = Path(os.path.abspath(os.path.expanduser(str(target))))
         if not path.is_dir():
             raise OutputError(f"{shown}: expected an existing run directory to resume")
-        yield RunDirectory(path, path, [], False)
+        with hold(path, what):
+            yield RunDirectory(path, path, [], False)
         return
     path = check_output(target, overwrite=overwrite, sources=sources, what=what,
                         kind="directory")
+    with hold(path, what):
+        check_output(target, overwrite=overwrite, sources=sources, what=what,
+                     kind="directory")
+        with _new_run_directory(target, path, overwrite, what, shown) as run:
+            yield run
+
+
+@contextmanager
+def _new_run_directory(target, path: Path, overwrite: bool, what: str,
+                       shown: str) -> Iterator[RunDirectory]:
     in_place = not os.path.lexists(path) or (
         path.is_dir() and not path.is_symlink() and not any(path.iterdir()))
     created = _make_parents(path, shown)
@@ -363,4 +400,4 @@ def run_directory(target: PathLike, *, overwrite: bool = False, resume: bool = F
                   f"--run-dir {work}); {target} is unchanged", file=sys.stderr)
         raise
     if run.replaces:
-        _place(work, path)
+        _place(work, path, overwrite, shown)

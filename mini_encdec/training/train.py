@@ -48,6 +48,7 @@ from .optim import (AdamW, OptimConfig, accumulate, clip_by_global_norm, trainab
 
 IGNORE = -100
 METRICS_FILE = "metrics.jsonl"
+DAMAGED_FILE = "metrics.damaged.jsonl"  # lines of metrics.jsonl that did not parse, kept
 LOG_FILE = "log.txt"
 PLOT_FILE = "loss.png"
 
@@ -184,21 +185,40 @@ class _RunLog:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
 
-    def records(self) -> list:
+    def records(self) -> tuple:
+        """(records, damaged): the JSON objects of metrics.jsonl with an integer "step",
+        and [(line number, text)] of every other line (a line cut short by a kill, an
+        edit); a damaged line hides nothing after it."""
         if self.dir is None or not (self.dir / METRICS_FILE).exists():
-            return []
-        out = []
-        for line in (self.dir / METRICS_FILE).read_text().splitlines():
+            return [], []
+        out, damaged = [], []
+        text = (self.dir / METRICS_FILE).read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill
-                break
-        return out
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+                out.append(record)
+            else:
+                damaged.append((number, line))
+        return out, damaged
 
     def truncate_after(self, step: int) -> list:
-        """Keep only records up to `step` (a resumed run re-creates the rest)."""
-        keep = [r for r in self.records() if r.get("step", 0) <= step]
+        """Keep only records up to `step` (a resumed run re-creates the rest). Damaged
+        lines go to metrics.damaged.jsonl beside it (appended, with their line number),
+        with one message."""
+        records, damaged = self.records()
+        keep = [r for r in records if r.get("step", 0) <= step]
         if self.dir is not None:
+            if damaged:
+                with open(self.dir / DAMAGED_FILE, "a") as f:
+                    for number, line in damaged:
+                        f.write(json.dumps({"line": number, "text": line}) + "\n")
+                self.message(f"{METRICS_FILE}: {len(damaged)} damaged line(s) "
+                             f"({', '.join(str(n) for n, _ in damaged[:5])}"
+                             f"{', ...' if len(damaged) > 5 else ''}) moved to {DAMAGED_FILE}; "
+                             f"the {len(keep)} records up to step {step} are kept")
             ckpt.atomic_write_bytes(self.dir / METRICS_FILE,
                                     "".join(json.dumps(r) + "\n" for r in keep).encode())
         return keep
