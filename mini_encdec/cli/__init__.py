@@ -133,7 +133,10 @@ def main(argv=None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         _fail(sub.prog, f"{where}{e.strerror or e}")
     except MemoryError:
-        _fail(sub.prog, "out of memory; expected a smaller model, batch_size or lengths")
+        hint = ("a shorter prompt or fewer --max-new-tokens"
+                if getattr(args, "command", None) == "generate"
+                else "a smaller model, batch_size or lengths")
+        _fail(sub.prog, f"out of memory; expected {hint}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -190,19 +190,56 @@ def available_memory() -> Optional[int]:
         return None
 
 
+# bytes of a training step's working set per unit of each term, fitted to the peak resident
+# memory of one step (tests/test_faults.py checks the estimate within 1.5x of it)
+_WORKING_SET = {
+    # logits (the soft-capped loss keeps about 5 logits-sized arrays), cached activations
+    # and their gradients, and every layer's attention scores and probabilities
+    "numpy": dict(logits=5.5, activations=2.0, attention=0.75, fixed=0),
+    # the fused loss and attention kernels keep far less; Numba's compiler adds ~130 MB
+    "numba": dict(logits=2.0, activations=1.0, attention=0.05, fixed=130 * 2**20),
+}
+
+
+def training_memory(config, arch: str, batch_size: int, encoder_length: int,
+                    decoder_length: int, backend: str = "numba") -> int:
+    """Bytes one training step needs beyond the model, roughly (see _WORKING_SET): the
+    (B, T, V) logits, the cached activations of every layer, the (B, H, L, L) attention
+    arrays and masks, and the parameters with their gradients and AdamW moments."""
+    B, S, T = batch_size, encoder_length, decoder_length
+    f = 4  # float32
+    if arch == "decoder":
+        parts = [(config, S + T, 12, False)]
+        targets, vocab = S + T, config.vocab_size
+    else:
+        parts = [(config.encoder, S, 12, False), (config.decoder, T, 16, True)]
+        targets, vocab = T, config.decoder.vocab_size
+    logits = B * targets * vocab * f
+    activations = attention = params = 0
+    for c, L, widths, cross in parts:
+        per_layer = B * L * (widths * c.hidden_size + 4 * c.intermediate_size) * f
+        activations += c.num_hidden_layers * per_layer
+        keys = L + (S if cross else 0)
+        attention += c.num_hidden_layers * (B * c.num_attention_heads * L * keys * f * 2
+                                            + B * L * keys * 8)
+        params += c.num_hidden_layers * (4 * c.hidden_size * c.num_attention_heads * c.head_dim
+                                         + 3 * c.hidden_size * c.intermediate_size)
+    params += vocab * parts[0][0].hidden_size
+    k = _WORKING_SET.get(backend, _WORKING_SET["numpy"])
+    return int(k["logits"] * logits + k["activations"] * activations
+               + k["attention"] * attention + 4 * params * f + k["fixed"])
+
+
 def check_memory(data: DataConfig, config, arch: str) -> None:
-    """Refuse lengths whose attention cannot fit in memory: masks and scores are
-    (B, H, L, L) arrays, L = encoder_length + decoder_length for a decoder-only model.
-    The estimate (forward + backward) is rough; it only stops the impossible."""
-    stacks = [config] if arch == "decoder" else [config.encoder, config.decoder]
-    heads = max(c.num_attention_heads for c in stacks)
+    """Refuse a batch and lengths whose training step cannot fit in the memory available
+    now (training_memory's estimate, which follows the backend in use)."""
+    from ..backend import get_backend
     S, T = data.encoder_length, data.decoder_length
-    L = S + T if arch == "decoder" else max(S, T)
-    need = 2 * data.batch_size * L * L * (8 + 4 * heads)
+    need = training_memory(config, arch, data.batch_size, S, T, get_backend())
     avail = available_memory()
     if avail is not None and need > avail:
         raise UsageError(f"--set batch_size={data.batch_size} encoder_length={S} "
-                         f"decoder_length={T}: attention over {L} positions needs about "
+                         f"decoder_length={T}: a training step needs about "
                          f"{need / 2**30:.1f} GiB, more than the {avail / 2**30:.1f} GiB "
                          f"available; expected shorter lengths or a smaller batch_size")
 
@@ -224,16 +261,19 @@ def check_trainable(model, optim: OptimConfig) -> None:
         raise UsageError(f"--set optim.freeze: {e}") from None
 
 
-def check_vocabulary(model, tok, what: str) -> None:
-    """The model must have an id for every token the data uses (tok None: the synthetic
-    tasks' vocabulary)."""
+def check_vocabulary(model, tok, what: str, exact: bool = True) -> None:
+    """The model's vocabulary must be the data's (tok None: the synthetic tasks'): a
+    trained model with more ids than the tokenizer writes ids it cannot decode, one with
+    fewer cannot read the data. exact=False (a fresh model): only too few is refused."""
     from ..text.tasks import SYNTH_VOCAB_SIZE
     need = tok.vocab_size if tok is not None else SYNTH_VOCAB_SIZE
-    if model.config.vocab_size < need:
+    have = model.config.vocab_size
+    if have < need or (exact and have != need):
         source = "the tokenizer" if tok is not None else "the synthetic tasks"
-        raise UsageError(f"{what}: the model's vocabulary ({model.config.vocab_size} ids) is "
-                         f"smaller than {source}' ({need}): this model was trained on other "
-                         f"data")
+        size = "smaller than" if have < need else "larger than"
+        raise UsageError(f"{what}: the model's vocabulary ({have} ids) is {size} "
+                         f"{source}' ({need}): this model was trained with another "
+                         f"tokenizer; expected the one it was trained with")
 
 
 def decode_text(data: bytes, what: str, expected: str) -> str:

@@ -10,6 +10,7 @@ examples and its metric (ROUGE-L or exact match). Prints one JSON object.
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from ..usage import UsageError
@@ -100,5 +101,10 @@ def run(args) -> int:
             corpus_split(args.split, tok), objective, max_batches=args.batches,
             seed=args.seed, pad_id=tok.pad_id, bos_id=tok.bos_id, **kw))
         result = {"objective": name, "split": args.split, **lengths, **scored(batches)}
-    print(json.dumps(result))
+    bad = sorted(k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v))
+    if bad:  # JSON has no NaN or inf: null, and a line saying why
+        print(f"evaluate: {', '.join(bad)} not finite (the model's outputs overflow or are "
+              f"NaN); written as null", file=sys.stderr)
+        result = {k: (None if k in bad else v) for k, v in result.items()}
+    print(json.dumps(result, allow_nan=False))
     return 0

@@ -13,7 +13,8 @@ import json
 
 from ..text.batching import ARCHS, DataConfig
 from ..usage import UsageError
-from .common import TASKS, checked, read_tokenizer, set_backend, task_examples
+from .common import (TASKS, check_vocabulary, checked, read_tokenizer, set_backend,
+                     task_examples)
 from .runs import add_run_arguments, model_for_run, open_run, setup_run, train_run
 
 HELP = "fine-tune on a downstream task (reply, reverse, sort, addition)"
@@ -51,6 +52,8 @@ def run(args) -> int:
     if model.config.vocab_size < vocab:
         raise UsageError(f"model.vocab_size={model.config.vocab_size} is smaller than the "
                          f"task's vocabulary of {vocab}")
+    if run_config.get("init") and not resumed and tok is not None:  # trained weights
+        check_vocabulary(model, tok, f"--init {run_config['init']}")
     seed = run_config["train"]["seed"]
     train_ex = task_examples(task, "train", data, tok, seed)
     val_ex = task_examples(task, "validation", data, tok, seed)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..text.batching import ARCHS, DataConfig
 from ..usage import UsageError
-from .common import arch_of, checked, corpus_split, read_model, read_tokenizer, set_backend
+from .common import (arch_of, check_vocabulary, checked, corpus_split, read_model,
+                     read_tokenizer, set_backend)
 from .runs import add_run_arguments, model_for_run, open_run, setup_run, train_run
 
 HELP = "pre-train a decoder-only LM or an encoder-decoder on the corpus"
@@ -52,6 +53,8 @@ def run(args) -> int:
     if model.config.vocab_size < tok.vocab_size:
         raise UsageError(f"model.vocab_size={model.config.vocab_size} is smaller than the "
                          f"tokenizer's {tok.vocab_size}")
+    if run_config.get("init") and not resumed:  # trained weights: the tokenizer must match
+        check_vocabulary(model, tok, f"--init {run_config['init']}")
     teacher = read_model(teacher_path, "--teacher") if teacher_path else None
     if teacher is not None and arch_of(teacher.config) != "decoder":
         raise UsageError(f"--teacher {teacher_path}: expected a decoder-only model")

@@ -145,6 +145,8 @@ def _resumed_run(args, command: str, overrides: dict) -> tuple:
         run = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"--resume: {cfg_path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise UsageError(f"--resume: {cfg_path}: JSON nested too deeply") from None
     if not isinstance(run, dict) or not isinstance(run.get("train"), dict):
         raise UsageError(f"--resume: {cfg_path} is not a run configuration (no 'train' "
                          f"section)")

@@ -66,7 +66,7 @@ def run(args) -> int:
                 raise UsageError(f"--input {' '.join(args.input)}: no text to train on")
         try:
             tok = train_tokenizer(args.out, args.vocab_size, num_sentinels=args.num_sentinels,
-                                  texts=texts, overwrite=args.overwrite)
+                                  texts=texts, overwrite=args.overwrite, what="--out")
         except RuntimeError as e:  # sentencepiece's own complaints (e.g. too little text)
             raise UsageError(f"tokenizer train: {first_line(str(e))}") from None
         print(tokenizer_summary(tok, args.out, trained=True))

@@ -38,6 +38,7 @@ library use.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -119,9 +120,19 @@ def _write_dir_atomically(target: Path, files: dict) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    for name, data in files.items():
-        _write_synced(tmp / name, data)
-    fsync_dir(tmp)
+    try:
+        for name, data in files.items():
+            _write_synced(tmp / name, data)
+        fsync_dir(tmp)
+    except OSError as e:  # the partial directory goes: a full disk stays usable for resume
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            need = sum(len(d) for d in files.values())
+            free = shutil.disk_usage(parent).free
+            raise OSError(errno.ENOSPC, f"No space left on device: writing {target.name} "
+                          f"needs {need / 2**20:.1f} MB, {free / 2**20:.1f} MB are free",
+                          str(parent)) from None
+        raise
     old = None
     if target.exists():
         old = parent / f".old-{target.name}-{os.getpid()}"
@@ -255,12 +266,24 @@ def _read_json(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON, the file is truncated or corrupt "
                               f"({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a config") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
 def _read_safetensors(path: Path, expected: Optional[dict] = None) -> dict:
+    if path.is_file():  # the header first: a file that is not safetensors is not read whole
+        from .safetensors_io import SafetensorsError, SafetensorsFile
+        try:
+            SafetensorsFile(path)
+        except SafetensorsError as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file, it is truncated "
+                                  f"or corrupt ({str(e).removeprefix(f'{path}: ')})") from None
+        if expected is not None and path.stat().st_size != expected.get("bytes"):
+            raise CheckpointError(f"{path}: truncated or corrupt: expected "
+                                  f"{expected.get('bytes')} bytes, got {path.stat().st_size}")
     data = _read(path)
     if expected is not None:
         if len(data) != expected.get("bytes") or _sha256(data) != expected.get("sha256"):
@@ -308,6 +331,11 @@ def _check_params(config, params: dict, path: Path, dtype=None) -> dict:
         check_params(config, params)
     except ValueError as e:
         raise CheckpointError(f"{path}: the weights do not match the config ({e})") from None
+    bad = next((k for k, v in params.items() if not np.isfinite(v).all()), None)
+    if bad is not None:
+        n = int(np.size(params[bad]) - np.isfinite(params[bad]).sum())
+        raise CheckpointError(f"{path}: tensor {bad!r} holds {n} non-finite value(s) (NaN or "
+                              f"inf); the model diverged or the file was altered")
     if dtype is not None:
         params = {k: v.astype(dtype, copy=False) for k, v in params.items()}
     return params

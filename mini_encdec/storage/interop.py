@@ -329,6 +329,8 @@ def read_json(path: Path) -> dict:
         d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InteropError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise InteropError(f"{path}: JSON nested too deeply to be a config") from None
     if not isinstance(d, dict):
         raise InteropError(f"{path}: expected a JSON object")
     return d
@@ -340,9 +342,10 @@ def is_hf_dir(path: PathLike) -> bool:
     if not p.is_file():
         return False
     try:
-        return "model_type" in json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return False
+    return isinstance(d, dict) and "model_type" in d
 
 
 class HFWeights:

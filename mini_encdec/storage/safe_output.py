@@ -157,6 +157,8 @@ def check_output(target: PathLike, *, overwrite: bool = False, sources: Sources 
                                   f"replace it once the new output is complete")
         elif not overwrite:
             what_is = "a file" if kind == "directory" else "an existing file"
+            if path.is_symlink():
+                what_is = "a symbolic link"
             raise OutputError(f"{shown}: is {what_is}; choose a new "
                               f"{'directory' if kind == 'directory' else 'path'}, or add "
                               f"{hint} to replace it once the new output is complete")

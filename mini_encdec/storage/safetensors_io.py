@@ -139,6 +139,8 @@ class SafetensorsFile:
                 header = json.loads(f.read(n).decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise SafetensorsError(f"{self.path}: unreadable header ({e})") from None
+            except RecursionError:
+                raise SafetensorsError(f"{self.path}: header JSON nested too deeply") from None
         if not isinstance(header, dict):
             raise SafetensorsError(f"{self.path}: header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}

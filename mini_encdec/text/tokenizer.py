@@ -175,7 +175,8 @@ def check_training_sizes(vocab_size: int, num_sentinels: int) -> None:
 
 def train_tokenizer(out_path: Union[str, Path, None] = None, vocab_size: int = 8192, *,
                     num_sentinels: int = NUM_SENTINELS, texts: Optional[Iterable[str]] = None,
-                    model_type: str = "bpe", overwrite: bool = False) -> Tokenizer:
+                    model_type: str = "bpe", overwrite: bool = False,
+                    what: Optional[str] = None) -> Tokenizer:
     """Train the SentencePiece model on the training split (or `texts`), write it to
     out_path (default data/tokenizer.model) and return it. Deterministic: the same
     texts and settings give the same model file byte for byte.
@@ -191,7 +192,7 @@ def train_tokenizer(out_path: Union[str, Path, None] = None, vocab_size: int = 8
 
     check_training_sizes(vocab_size, num_sentinels)
     out_path = Path(DEFAULT_MODEL if out_path is None else out_path)
-    what = "train_tokenizer: argument 'out_path'"
+    what = what or "train_tokenizer: argument 'out_path'"  # the CLI names its --out
     check_output(out_path, overwrite=overwrite, what=what, kind="file")  # before training
     sentences = training_sentences(load_texts("train") if texts is None else texts)
     user = [NEWLINE, *MODE_TOKENS, *(sentinel_piece(i) for i in range(num_sentinels))]
