@@ -188,11 +188,13 @@ def run(args) -> int:
             break
         what = f"stdin line {number}"
         total += 1
+        prompt = text
         try:
-            prompt = _jsonl_prompt(text, what) if args.jsonl else text
+            if args.jsonl:
+                prompt = None
+                prompt = _jsonl_prompt(text, what)
             reply, error = respond(prompt, what), None
         except UsageError as e:
-            prompt = text if not args.jsonl else None
             reply, error = "", str(e)
             refused += 1
             print(f"generate: error: {error}", file=sys.stderr, flush=True)
