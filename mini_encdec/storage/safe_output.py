@@ -24,6 +24,10 @@ rule is one OutputError line (a UsageError, so the command line prints it and ex
 What the file system itself refuses (/proc/x, a read-only disk, no permission) becomes
 one OutputError line when the temporary directory is created, before any real work.
 
+One writer at a time: each context below holds the target's lock (storage/lock.py) for
+its block, checks the target again once it has it, and tidies what a killed writer left
+beside the target (its temporary copy removed, an interrupted swap restored).
+
 How it writes:
 
   - a new temporary directory `.<name>.tmp-<pid>-<random>` is created beside the target
@@ -58,7 +62,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Union
 
-from ..usage import UsageError
 from .lock import OutputError, hold, leftovers
 
 PathLike = Union[str, Path]
