@@ -70,10 +70,15 @@ class CheckpointError(ValueError):
 # --- atomic file writing -------------------------------------------------------------------------
 
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # write() and fsync() name no file: say which one
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
@@ -104,9 +109,13 @@ def _sha256(data: bytes) -> str:
 
 
 def _safetensors_bytes(arrays: dict, what: str) -> bytes:
+    """The safetensors bytes of `arrays` (`what`, "model" or "optimizer", names the file
+    in messages only). One metadata key: the safetensors library writes metadata in hash
+    order, which changes between processes, so two keys would make the same weights give
+    other bytes (and other sha256) in every run."""
     from safetensors.numpy import save
     return save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
-                metadata={"format": "np", "mini_encdec": what})
+                metadata={"format": "np"})
 
 
 # --- directory-level atomic writes ----------------------------------------------------------------

@@ -225,8 +225,12 @@ class _RunLog:
 
     def write(self, record: dict) -> None:
         if self.dir is not None:
-            with open(self.dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            path = self.dir / METRICS_FILE
+            try:
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:  # a full disk: name the file
+                raise OSError(e.errno, e.strerror, str(path)) from None
 
     def message(self, text: str, pbar=None) -> None:
         if self.dir is not None:
