@@ -153,10 +153,11 @@ def test_plugin_commands_show_their_own_options(command, capsys):
     ("lr=fast", "--set optim.lr=fast: expected a number"),
     ("steps=1.5", "--set train.steps=1.5: expected an integer"),
     ("plot=maybe", "expected true or false"),
-    ("head_dim=3", "invalid model config: GemmaConfig.head_dim"),
+    ("head_dim=3", "--set model.head_dim=3: expected an even number"),
     ("model.encoder.vocab_size=100", "invalid model config: EncDecConfig.decoder.vocab_size"),
-    ("schedule=linear", "invalid optim config: OptimConfig.schedule"),
-    ("batch_size=0", "invalid data config: DataConfig.batch_size"),
+    ("schedule=linear", "--set optim.schedule=linear: expected one of"),
+    ("batch_size=0", "--set data.batch_size=0: expected an integer >= 1"),
+    ("lr=-1", "--set optim.lr=-1.0: expected a positive number"),
     ("lr", "expected key=value"),
 ])
 def test_bad_set_values_give_clear_errors(setting, message, tmp_path, capsys):

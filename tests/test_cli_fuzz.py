@@ -148,11 +148,11 @@ CASES = [
      "contains the --teacher source"),
     # paths: adapt outputs (the data-loss bugs)
     ("adapt-out-contains-source", ["adapt", "--from", "{dec}", "--out", "{root}/runs"],
-     "contains the --encoder-from source"),
+     "contains the --from source"),
     ("adapt-out-is-source", ["adapt", "--from", "{dec}", "--out", "{dec}"],
-     "is the --encoder-from source"),
+     "is the --from source"),
     ("adapt-out-inside-source", ["adapt", "--from", "{dec}", "--out", "{dec}/checkpoints/x"],
-     "is inside the --encoder-from source"),
+     "is inside the --from source"),
     ("adapt-out-is-a-file", ["adapt", "--from", "{dec}", "--out", "{root}/files/plain.txt"],
      "is a file"),
     ("adapt-out-empty-string", ["adapt", "--from", "{dec}", "--out", ""],
@@ -164,7 +164,7 @@ CASES = [
     ("adapt-out-in-proc", ["adapt", "--from", "{dec}", "--out", "/proc/x", "--quiet"],
      "--out /proc/x: cannot create"),
     ("adapt-missing-source", ["adapt", "--from", "{root}/nothing", "--out", "{root}/new"],
-     "--encoder-from"),
+     "error: --from "),
     ("adapt-encdec-source", ["adapt", "--from", "{ed}", "--out", "{root}/new"],
      "must be a decoder-only model"),
     ("adapt-garbage-source", ["adapt", "--from", "{root}/garbage_model", "--out",
@@ -220,7 +220,7 @@ CASES = [
      "did you mean 'train.steps'"),
     ("set-not-a-number", ["pretrain", "--set", "lr=fast"], "expected a number"),
     ("set-no-equals", ["pretrain", "--set", "lr"], "expected key=value"),
-    ("set-zero-batch", ["pretrain", "--set", "batch_size=0"], "DataConfig.batch_size"),
+    ("set-zero-batch", ["pretrain", "--set", "batch_size=0"], "--set data.batch_size=0"),
     ("preset-near-name", ["pretrain", "--preset", "tinyy"], "did you mean 'tiny'"),
     ("lengths-beyond-memory", ["pretrain", "--run-dir", "{root}/new", *P,
                                "encoder_length=1000000000"], "more than the"),
@@ -350,7 +350,7 @@ def _env(**extra):
 SUBPROCESS_CASES = [
     # adapt --out a directory holding the source once exited 0 after wiping every other run in it
     ("adapt-out-is-the-runs-dir", ["adapt", "--from", "runs/dec", "--out", "runs"], None,
-     "contains the --encoder-from source", {}),
+     "contains the --from source", {}),
     # undecodable bytes on a real stdin, under a C locale (surrogateescape decoding)
     ("generate-stdin-latin1-c-locale", ["generate", "--checkpoint", "runs/dec"],
      "Café\n".encode("latin-1"), "not valid UTF-8", {"LC_ALL": "C", "LANG": "C"}),

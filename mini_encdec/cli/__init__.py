@@ -114,6 +114,21 @@ def _unknown_options(sub: argparse.ArgumentParser, extras: list) -> str:
     return f"unrecognized arguments: {' '.join(extras)}{hint} (see --help)"
 
 
+def _how_to_continue(args) -> str:
+    """What to type to continue an interrupted command, if it can be continued."""
+    command = getattr(args, "command", None)
+    if command in ("pretrain", "finetune") and getattr(args, "run_dir", None):
+        return (f"; continue with: python -m mini_encdec {command} --resume --run-dir "
+                f"{args.run_dir} (from its latest checkpoint)")
+    if command in ("pretrain", "finetune"):
+        return "; continue with --resume --run-dir runs/<the run directory printed above>"
+    if command == "demo":
+        return "; run the same command again to continue from its finished stages"
+    if command == "study":
+        return "; continue with the same command and --resume"
+    return ""
+
+
 def main(argv=None) -> int:
     """Run one command; its exit status. Every mistake (a UsageError, an argparse error, a
     file system refusal) ends as one `error:` line on stderr with exit status 2."""
@@ -125,7 +140,7 @@ def main(argv=None) -> int:
         _fail(sub.prog, _unknown_options(sub, extras))
     try:
         with contextlib.ExitStack() as locks:  # the outputs a command locks (hold_output)
-            args.locks = locks
+            args.locks, args.argv = locks, argv
             status = args.func(args)
     except UsageError as e:
         _fail(sub.prog, str(e))
@@ -138,6 +153,6 @@ def main(argv=None) -> int:
                 else "a smaller model, batch_size or lengths")
         _fail(sub.prog, f"out of memory; expected {hint}")
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted{_how_to_continue(args)}", file=sys.stderr)
         return 130
     return int(status or 0)

@@ -45,7 +45,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..storage.safetensors_io import dtype_code
     from ..training.adapt import adapt_command
-    sources = {"--encoder-from": args.encoder_from, "--decoder-from": args.decoder_from}
+    typed = getattr(args, "argv", None) or []
+    alias = "--from" if any(a == "--from" or a.startswith("--from=") for a in typed) \
+        else "--encoder-from"  # the flag the user typed
+    sources = {alias: args.encoder_from, "--decoder-from": args.decoder_from}
     for opt, path in sources.items():
         if path is not None and not Path(path).exists():
             raise UsageError(f"{opt} {path}: no such model, checkpoint or run directory")
@@ -61,7 +64,7 @@ def run(args) -> int:
                       warmup_steps=args.warmup_steps, seed=args.seed,
                       out_format=args.out_format, dtype=args.dtype,
                       print_fn=None if args.quiet else print, progress=not args.quiet,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, encoder_label=alias)
     except UsageError:
         raise
     except ValueError as e:  # a source that cannot be read: name its option

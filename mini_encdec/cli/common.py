@@ -10,9 +10,11 @@ and what was expected; cli.main prints it as one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -127,9 +129,26 @@ def read_model(path: str, what: str = "--checkpoint"):
     """The model in a model directory, checkpoint or run directory; errors name `what`."""
     from ..storage.checkpoint import load_model
     try:
-        return load_model(path)
+        model = load_model(path)
     except ValueError as e:  # CheckpointError names the file
         raise UsageError(f"{what} {path}: {without_path(str(e), path)}") from None
+    _note_unfinished_run(Path(path), what)
+    return model
+
+
+def _note_unfinished_run(path: Path, what: str) -> None:
+    """One line when `path` is a run directory whose latest checkpoint is not its last step
+    (a run still training, or interrupted): which checkpoint was read, and its step."""
+    from ..storage.checkpoint import resolve_checkpoint
+    try:
+        used = resolve_checkpoint(path)
+        planned = json.loads((path / "run_config.json").read_text())["train"]["steps"]
+        step = int(used.name.split("_")[-1])
+    except (ValueError, OSError, KeyError, TypeError, RecursionError):
+        return
+    if used != path and isinstance(planned, int) and step < planned:
+        print(f"{what} {path}: the run is at step {step} of {planned} (still training, or "
+              f"interrupted); using its checkpoint {used.name}", file=sys.stderr)
 
 
 _STREAMS: dict = {}

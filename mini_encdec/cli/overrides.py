@@ -20,6 +20,8 @@ themselves check the values (validate.py), reported as "invalid <section> config
 
 from __future__ import annotations
 
+import re
+
 import typing
 
 from ..config import EncDecConfig, GemmaConfig, encdec_preset, preset
@@ -130,9 +132,27 @@ def section(overrides: dict, name: str) -> dict:
     return {k[len(p):]: v for k, v in overrides.items() if k.startswith(p)}
 
 
+def checked_set(what: str, overrides: dict, prefix: str, build):
+    """build(), with a config's complaint about a field ("OptimConfig.lr: expected ...")
+    told as the --set key the user wrote ("--set optim.lr=-1: expected ..."); other
+    complaints as checked() tells them."""
+    try:
+        return build()
+    except (ValueError, TypeError) as e:
+        m = re.match(r"^\w+Config\.(\w+): (.*)$", str(e), re.S)
+        if m:
+            keys = [k for k in overrides if k.startswith(prefix) and k.rpartition(".")[2]
+                    == m.group(1)]
+            if keys:
+                raise UsageError(f"--set {keys[0]}={overrides[keys[0]]}: {m.group(2)}") \
+                    from None
+        raise UsageError(f"invalid {what}: {e}") from None
+
+
 def build_section(overrides: dict, name: str):
     """The config of section `name` (optim, train, data) from its defaults and overrides."""
-    return checked(f"{name} config", lambda: SECTIONS[name](**section(overrides, name)))
+    return checked_set(f"{name} config", overrides, name + ".",
+                       lambda: SECTIONS[name](**section(overrides, name)))
 
 
 def build_model_config(arch: str, preset_name: str, model_overrides: dict, base=None):
@@ -142,7 +162,11 @@ def build_model_config(arch: str, preset_name: str, model_overrides: dict, base=
     top = {k: v for k, v in model_overrides.items() if k in _ENCDEC_TOP}
     enc = {k.split(".", 1)[1]: v for k, v in model_overrides.items() if k.startswith("encoder.")}
     dec = {k.split(".", 1)[1]: v for k, v in model_overrides.items() if k.startswith("decoder.")}
+    keyed = {f"model.{k}": v for k, v in model_overrides.items()}
     if arch == "decoder":
+        if base is None and "-" in preset_name:
+            raise UsageError(f"--preset {preset_name}: ENC-DEC names an encoder-decoder; add "
+                             f"--arch encdec, or give one preset for a decoder-only model")
         if top or enc or dec:
             bad = sorted(list(top) + [f"encoder.{k}" for k in enc] + [f"decoder.{k}" for k in dec])
             raise UsageError(f"--set model.{bad[0]}: only for encoder-decoder models "
@@ -151,7 +175,7 @@ def build_model_config(arch: str, preset_name: str, model_overrides: dict, base=
         def build():
             cfg = base if base is not None else preset(preset_name)
             return cfg.replace(**both) if both else cfg
-        return checked("model config", build)
+        return checked_set("model config", keyed, "model.", build)
 
     def build():
         if base is not None:
@@ -161,4 +185,4 @@ def build_model_config(arch: str, preset_name: str, model_overrides: dict, base=
         e = cfg.encoder.replace(**{**both, **enc}) if (both or enc) else cfg.encoder
         d = cfg.decoder.replace(**{**both, **dec}) if (both or dec) else cfg.decoder
         return cfg.replace(encoder=e, decoder=d, **top)
-    return checked("model config", build)
+    return checked_set("model config", keyed, "model.", build)

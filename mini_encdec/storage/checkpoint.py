@@ -307,6 +307,12 @@ def _read_safetensors(path: Path, expected: Optional[dict] = None) -> dict:
                               f"corrupt ({type(e).__name__}: {e})") from None
 
 
+def resolve_checkpoint(path: PathLike) -> Path:
+    """The model or checkpoint directory that loading `path` reads (the latest checkpoint
+    of a run directory)."""
+    return _resolve(path)
+
+
 def _resolve(path: PathLike) -> Path:
     """A model/checkpoint directory from a run directory, a checkpoints/ directory or the
     directory itself."""

@@ -409,8 +409,9 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
                   warmup_steps: Optional[int] = None, seed: int = 0,
                   out_format: Optional[str] = None, dtype: Optional[str] = None,
                   print_fn: Optional[Callable] = print, progress: bool = True,
-                  overwrite: bool = False) -> Path:
-    """`python -m mini_encdec adapt --encoder-from A [--decoder-from B] --out C`.
+                  overwrite: bool = False, encoder_label: str = "--encoder-from") -> Path:
+    """`python -m mini_encdec adapt --encoder-from A [--decoder-from B] --out C`
+    (encoder_label: the spelling messages use for A, the flag the user typed).
 
     Writes C and prints which source tensor initialised every parameter (progress: a
     tqdm bar over the tensors while writing a Hugging Face directory). out_format:
@@ -424,12 +425,12 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
     unless overwrite=True, and then replaced only once the new output is complete.
     """
     from ..storage.safe_output import check_output, new_output_dir
-    given = {"--encoder-from": encoder_from, "--decoder-from": decoder_from}
+    given = {encoder_label: encoder_from, "--decoder-from": decoder_from}
     paths = {k: v for k, v in given.items() if isinstance(v, (str, Path))}
     check_output(out, overwrite=overwrite, sources=paths, what="--out")  # before any work
     ad = prepare(encoder_from, decoder_from, warmup_steps)
     # the directories actually read (e.g. a run's latest checkpoint) count as sources too
-    option = {"A": "--encoder-from", "B": "--decoder-from"}
+    option = {"A": encoder_label, "B": "--decoder-from"}
     sources = list(paths.items()) + [(option.get(name, name), src.directory)
                                      for name, src in ad.sources.items()
                                      if src.directory is not None]
