@@ -431,3 +431,41 @@ def test_a_symlink_is_called_a_symlink(tmp_path, capsys):
     assert run("tokenizer", "train", "--out", tmp_path / "link", "--vocab-size", "600") == 2
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "symbolic link" in lines[0] and "--out" in lines[0]
+
+
+# --- command-line gaps --------------------------------------------------------------------------
+
+def test_an_unfinished_run_says_which_checkpoint_it_read(models, tmp_path, capsys):
+    import shutil
+    work = tmp_path / "R"
+    shutil.copytree(models / "A", work)
+    cfg = json.loads((work / "run_config.json").read_text())
+    cfg["train"]["steps"] = 10  # as if still training
+    (work / "run_config.json").write_text(json.dumps(cfg))
+    assert run("generate", "--checkpoint", work, "--prompt", "to be",
+               "--max-new-tokens", "2") == 0
+    assert "the run is at step 2 of 10" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_continue(tmp_path):
+    p = subprocess.Popen([*M, "pretrain", "--arch", "decoder", "--run-dir", tmp_path / "R",
+                          "--set", "steps=100000", *SMALL], env=env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "R" / "checkpoints").is_dir() and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130
+    assert f"continue with: python -m mini_encdec pretrain --resume --run-dir {tmp_path / 'R'}" \
+        in err
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["pretrain", "--arch", "decoder", "--preset", "9b-2b"], "add --arch encdec"),
+    (["pretrain", "--set", "lr=-1"], "--set optim.lr=-1.0: expected a positive number"),
+])
+def test_command_line_hints(argv, fragment, tmp_path, capsys):
+    assert run(*argv, "--run-dir", tmp_path / "R") == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and fragment in lines[0], lines
