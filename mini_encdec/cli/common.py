@@ -125,6 +125,12 @@ def read_tokenizer(path: Optional[str], what: str = "--tokenizer"):
             from None
 
 
+def tok_default() -> str:
+    """The shipped tokenizer's path, as messages name it."""
+    from ..text.tokenizer import DEFAULT_MODEL
+    return str(DEFAULT_MODEL)
+
+
 def read_model(path: str, what: str = "--checkpoint"):
     """The model in a model directory, checkpoint or run directory; errors name `what`."""
     from ..storage.checkpoint import load_model
@@ -288,10 +294,10 @@ def check_vocabulary(model, tok, what: str, exact: bool = True) -> None:
     need = tok.vocab_size if tok is not None else SYNTH_VOCAB_SIZE
     have = model.config.vocab_size
     if have < need or (exact and have != need):
-        source = "the tokenizer" if tok is not None else "the synthetic tasks"
+        source = "the tokenizer's" if tok is not None else "the synthetic tasks'"
         size = "smaller than" if have < need else "larger than"
         raise UsageError(f"{what}: the model's vocabulary ({have} ids) is {size} "
-                         f"{source}' ({need}): this model was trained with another "
+                         f"{source} ({need}): this model was trained with another "
                          f"tokenizer; expected the one it was trained with")
 
 

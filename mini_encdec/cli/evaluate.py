@@ -16,7 +16,7 @@ import sys
 from ..usage import UsageError
 from .common import (POSITIVE, SEED, TASKS, add_common_arguments, arch_of, check_memory,
                      check_vocabulary, checked, corpus_split, read_model, read_tokenizer,
-                     set_backend, task_examples)
+                     set_backend, task_examples, tok_default)
 from .overrides import build_section, parse_overrides
 
 HELP = "evaluate a checkpoint: loss on a corpus split, or a task metric"
@@ -84,7 +84,7 @@ def run(args) -> int:
                                   progress=not args.quiet))
     else:
         tok = read_tokenizer(args.tokenizer)
-        check_vocabulary(model, tok, "--tokenizer")
+        check_vocabulary(model, tok, f"--tokenizer {args.tokenizer or tok_default()}")
         name = args.objective or "prefix_lm"
         if name == "causal_lm" and arch != "decoder":
             raise UsageError("--objective causal_lm: decoder-only; an encoder-decoder model "

@@ -23,7 +23,7 @@ from ..config import EncDecConfig
 from ..usage import UsageError
 from .common import (POSITIVE, SEED, add_common_arguments, available_memory,
                      check_vocabulary, decode_text, float_in, int_at_least, read_model,
-                     read_tokenizer, set_backend)
+                     read_tokenizer, set_backend, tok_default)
 
 HELP = "generate text from a prompt, or for every line of stdin (one reply per line)"
 MAX_NEW_TOKENS = 65536  # beyond this the KV cache of even a tiny model grows large
@@ -129,7 +129,7 @@ def run(args) -> int:
     synthetic = model.config.vocab_size == SYNTH_VOCAB_SIZE
     tok = None if synthetic else read_tokenizer(args.tokenizer)
     if tok is not None:
-        check_vocabulary(model, tok, "--tokenizer")
+        check_vocabulary(model, tok, f"--tokenizer {args.tokenizer or tok_default()}")
     eos = model.config.decoder.eos_token_id if isinstance(model.config, EncDecConfig) \
         else model.config.eos_token_id
     rng = np.random.default_rng(args.seed)

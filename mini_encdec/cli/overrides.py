@@ -29,7 +29,6 @@ from ..text.batching import DataConfig
 from ..training.optim import OptimConfig
 from ..training.train import TrainConfig
 from ..usage import UsageError, did_you_mean
-from .common import checked
 
 SECTIONS = {"optim": OptimConfig, "train": TrainConfig, "data": DataConfig}
 _ENCDEC_TOP = ("tie_all_embeddings", "merged_attention", "cross_attn_warmup_steps")
