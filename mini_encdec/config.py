@@ -148,6 +148,10 @@ class EncDecConfig:
     # Steps at the start of training in which only cross-attention trains (the paper's
     # warmup for unbalanced adaptation, K = 1000 at 9B-2B); 0 disables it.
     cross_attn_warmup_steps: int = 0
+    # The paper's causal-encoder ablation: the encoder runs with decoder-style causal masks
+    # (k <= q; local layers 0 <= q - k < W) everywhere (training, generation, a probe built
+    # on it). No released checkpoint has it, and transformers' T5Gemma cannot express it.
+    causal_encoder: bool = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -165,6 +169,7 @@ class EncDecConfig:
                               f"True (widths {self.encoder.hidden_size} vs "
                               f"{self.decoder.hidden_size})")
         check_int(self.cross_attn_warmup_steps, f"{name}.cross_attn_warmup_steps", low=0)
+        check_bool(self.causal_encoder, f"{name}.causal_encoder")
 
     @property
     def vocab_size(self) -> int:
@@ -181,7 +186,8 @@ class EncDecConfig:
         return {"encoder": self.encoder.to_dict(), "decoder": self.decoder.to_dict(),
                 "tie_all_embeddings": self.tie_all_embeddings,
                 "merged_attention": self.merged_attention,
-                "cross_attn_warmup_steps": self.cross_attn_warmup_steps}
+                "cross_attn_warmup_steps": self.cross_attn_warmup_steps,
+                "causal_encoder": self.causal_encoder}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncDecConfig":

@@ -13,8 +13,9 @@ glibc's defaults, 489-496 ms with the settings below; system CPU time of a short
 0.82 s -> 0.47 s. (With the trim threshold set alone, which freezes the mmap threshold at
 128 KiB, the step took 932-973 ms: the cost of page faults, isolated.)
 
-What is set (glibc only, once, when `mini_encdec.kernels` is first imported, i.e. when
-the numba backend is used):
+What is set (glibc only, once, when the process opted in with
+`mini_encdec.ops.tune_process()`, as the command line does, and the kernels are
+imported, i.e. the numba backend is used; a library user's process is left alone):
 - M_MMAP_THRESHOLD = 1 GiB: arrays below 1 GiB come from malloc's heap, not from mmap;
 - M_TRIM_THRESHOLD = 2 GiB: freed memory stays in the heap for reuse instead of being
   returned to the kernel at once.

@@ -44,15 +44,23 @@ that are actually free:
   gradient checks, never by the command line) is checked and reported by `describe()`, not
   fixed: OpenBLAS's float64 kernels vary with the count on most CPUs, and pinning BLAS for
   them would slow every float32 run.
-- waiting: idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, set
-  before Numba's pool starts; with the default they spun and stole the cores from the
-  BLAS threads of the next matmul: a 2x slower step, measured). OpenBLAS's threads spin
-  a while after each call whatever we do; at one thread they have nothing to wait for.
+- waiting: with OMP_WAIT_POLICY=PASSIVE idle OpenMP threads sleep instead of spinning
+  (spinning, they steal the cores from the BLAS threads of the next matmul). It is an
+  environment variable, inherited by child processes, so the library never sets it on its
+  own: `set_wait_policy()` does, when the process opts in (`mini_encdec.ops.
+  tune_process()`, which the command line calls first). OpenBLAS's threads spin a while
+  after each call whatever we do; at one thread they have nothing to wait for.
+- decoding steps: `step_threads(rows, weight_bytes)` runs a small KV-cached step
+  (fewer than SERIAL_ROWS rows, weights that stay in the CPU's cache) on one thread:
+  too little work to split, and on a busy machine a second thread makes every matmul
+  wait for it. A bigger step re-measures the load first and uses the threads allowed:
+  more rows are more arithmetic, and weights that do not fit in the cache stream from
+  memory, where a second thread adds bandwidth.
 
 What the package sets, and how to override it (read when `mini_encdec.kernels` is first
 imported; nothing happens with the numpy backend, which does not import the kernels):
 
-- OMP_WAIT_POLICY=PASSIVE in os.environ, unless already set (child processes inherit it).
+- OMP_WAIT_POLICY=PASSIVE, unless already set, only after `tune_process()` (see above).
 - MINI_ENCDEC_THREADS: `auto` (default) the adaptive count above; a number N: exactly N
   threads for both pools, never adapted (MINI_ENCDEC_THREADS=1 is the old single-thread
   setting); `set_threads(n or "auto")` changes it at run time.
@@ -71,12 +79,10 @@ import contextlib
 import math
 import os
 import time
+import sys
 
 import numba
 import numpy as np
-
-# libgomp reads it when it loads, at Numba's first parallel launch (after this import)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ENV = "MINI_ENCDEC_THREADS"
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -87,6 +93,9 @@ INTERVAL = 0.05  # seconds between two load measurements
 WINDOW = 0.25  # seconds of history one measurement covers
 DOWN = 0.3  # drop a thread when the free CPUs fall below current - 1 + (1 - DOWN)
 UP = 0.15  # add one when the others use less than this many CPUs beyond current's room
+SERIAL_ROWS = 4  # a decoding step with fewer rows than this may run on one thread...
+SERIAL_BYTES = 16 << 20  # ...when the weights it reads are fewer bytes than this
+WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")  # set by set_wait_policy(), on opt-in only
 
 
 def _parse(value: str | None):
@@ -213,12 +222,24 @@ def _choose(current: int, cap: int, cpus: int, others: float) -> int:
     return up if up > current else current
 
 
+def _import_threadpoolctl():
+    """threadpoolctl, imported without the one change its import makes to the process
+    environment (it sets KMP_DUPLICATE_LIB_OK, which only Intel's OpenMP reads): the
+    library leaves its host's environment alone. A variable set before stays as it was."""
+    first = "threadpoolctl" not in sys.modules
+    before = os.environ.get("KMP_DUPLICATE_LIB_OK")
+    import threadpoolctl
+    if first and before is None:
+        os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
+    return threadpoolctl
+
+
 class _Blas:
     """BLAS's thread count, through threadpoolctl (OpenBLAS, MKL, BLIS, ...)."""
 
     def __init__(self):
         try:
-            import threadpoolctl
+            threadpoolctl = _import_threadpoolctl()
             self._libs = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
         except Exception:  # noqa: BLE001 (threadpoolctl missing or unable: BLAS is left alone)
             self._libs = []
@@ -395,6 +416,24 @@ def serial():
     thread at every matmul (batch-1 generation beside a busy loop: 60-90 tokens/s with
     two threads, ~500-1000 with one)."""
     return POLICY.serial()
+
+
+def step_threads(rows: int, weight_bytes: int):
+    """A context manager for one KV-cached decoding step of `rows` rows reading
+    `weight_bytes` of weights: `serial()` for a small step (fewer than SERIAL_ROWS rows
+    and weights under SERIAL_BYTES), else the threads the load allows now (re-measured:
+    the step's small kernels would not measure it)."""
+    if rows < SERIAL_ROWS and weight_bytes < SERIAL_BYTES:
+        return serial()
+    current()
+    return contextlib.nullcontext()
+
+
+def set_wait_policy() -> None:
+    """OMP_WAIT_POLICY=PASSIVE in os.environ unless the user set it (idle OpenMP threads
+    then sleep). libgomp reads it when it loads, at Numba's first parallel launch, so this
+    must run before that. Called by `mini_encdec.ops.tune_process()` only."""
+    os.environ.setdefault(*WAIT_POLICY)
 
 
 def set_threads(setting) -> None:
