@@ -326,34 +326,33 @@ def test_forced_length_generates_past_eos():
         generate(model, prompts, method="beam", stop_at_eos=False)
 
 
-def test_fused_weights_are_built_once_per_model_and_follow_in_place_training():
-    """The fused q/k/v and gate/up matrices are made once per model; the parameters become
-    views into them, so an in-place update (what AdamW does) reaches generation, and a
-    parameter replaced by a new array makes the next request rebuild."""
-    from mini_encdec.models.decoding import fused_weights
+def test_the_cache_owns_its_fused_weights_and_leaves_the_parameters_alone():
+    """The fused q/k/v and gate/up matrices belong to one request's cache: model.params
+    keeps its own arrays (not views), and a parameter update between two requests, in
+    place or by assignment, reaches the next request."""
     model = model_of(cfg())
     ids = np.array([[BOS, 5, 6, 7, 8]])
+    before_params = {k: v for k, v in model.params.items()}
 
     def cached_equals_full():  # a new request's prefill logits == the full forward
-        got = decoder_step(model, init_cache(model, 1), ids)
+        cache = init_cache(model, 1)
+        got = decoder_step(model, cache, ids)
         np.testing.assert_allclose(got, model.forward({"input_ids": ids}), rtol=1e-11,
                                    atol=1e-11)
-        return got
+        return got, cache
 
-    before = cached_equals_full()
-    fused = fused_weights(model)
-    assert fused_weights(model) is fused  # not rebuilt by a second request
+    before, cache = cached_equals_full()
     key = "model.layers.0.self_attn.k_proj.weight"
-    assert np.shares_memory(model.params[key], fused[0]["qkv"])
+    assert all(model.params[k] is v for k, v in before_params.items())  # not replaced
+    assert not np.shares_memory(model.params[key], cache.fused[0]["qkv"])
     for name in ("q", "k", "v"):  # in place, as the optimizer updates parameters
         model.params[f"model.layers.0.self_attn.{name}_proj.weight"] *= 3.0
     model.params["model.layers.1.mlp.up_proj.weight"] += 0.5
-    after = cached_equals_full()
-    assert fused_weights(model) is fused
+    after, _ = cached_equals_full()
     assert not np.allclose(after, before)
-    model.params[key] = model.params[key] * 0.5  # a new array: the next request rebuilds
-    cached_equals_full()
-    assert fused_weights(model) is not fused
+    model.params[key] = model.params[key] * 0.5  # a new array
+    again, _ = cached_equals_full()
+    assert not np.allclose(again, after)
 
 
 @pytest.mark.parametrize("kind", ["decoder", "merged", "balanced"])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..nn.linear import _linear
+from ..nn.linear import linear_unchecked
 from ..validate import check_float, check_same_dtype, check_shape
 from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst
@@ -106,7 +106,7 @@ def linear_forward(x, W):
     N, D = W.shape
     M = x.size // D if D else 0
     if not (SMALL_ROWS[0] <= M <= SMALL_ROWS[1] and D and W.flags.c_contiguous):
-        return _linear(x, W), {"x": x, "W": W}  # many rows, one row, odd layouts: BLAS
+        return linear_unchecked(x, W), {"x": x, "W": W}  # many rows, one row, odd layouts: BLAS
     x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
     y = np.empty((M, N), dtype=x.dtype)
     nchunks = parallel_chunks(M * N * D // MACS_PER_UNIT, N)

@@ -34,6 +34,7 @@ from ..validate import (check_broadcast_mask, check_float, check_positive, check
                         check_same_dtype, check_shape)
 from .linear import linear_backward, linear_forward
 from .rope import rope_backward, rope_forward
+from .softcap import softcap_backward, softcap_forward
 
 
 def split_heads(y: np.ndarray, n: int) -> np.ndarray:
@@ -71,7 +72,7 @@ def _check_core(q, k, v, mask, scale, softcap, fn):
 def attention_core_forward(q, k, v, mask, *, scale, softcap):
     """q (B, H, Tq, Dh), k/v (B, K, Tk, Dh), mask (B|1, 1, Tq, Tk) bool or None (all keys)
     -> o (B, H, Tq, Dh). Returns (o, cache); the cache keeps q, k, v, the probabilities p
-    and tanh(s0 / softcap)."""
+    and the soft-cap's cache (tanh(s0 / softcap))."""
     fn = "attention_core_forward"
     mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap, fn)
     B, H, Tq, Dh = q.shape
@@ -82,12 +83,8 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     kt = k[:, :, None].swapaxes(-1, -2)  # (B, K, Tk, Dh) -> (B, K, 1, Dh, Tk)
     # 1. s0 = (q . k) * scale
     s0 = (qg @ kt) * dt(scale)  # (B, K, G, Tq, Dh) @ (B, K, 1, Dh, Tk) -> (B, K, G, Tq, Tk)
-    # 2. s1 = softcap * tanh(s0 / softcap)
-    if softcap is not None:
-        t = np.tanh(s0 / dt(softcap))
-        s1 = dt(softcap) * t
-    else:
-        t, s1 = None, s0
+    # 2. s1 = softcap * tanh(s0 / softcap)      (nn/softcap.py; skipped when softcap is None)
+    s1, c_cap = softcap_forward(s0, softcap) if softcap is not None else (s0, None)
     # 3. s2 = s1 where mask, else -inf
     if mask is not None:
         m5 = mask[:, :, None]  # (B|1, 1, Tq, Tk) -> (B|1, 1, 1, Tq, Tk)
@@ -103,13 +100,13 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     # 5. o = p v
     og = p @ v[:, :, None]  # (B, K, G, Tq, Tk) @ (B, K, 1, Tk, Dh) -> (B, K, G, Tq, Dh)
     o = og.reshape(B, H, Tq, Dh)  # (B, K, G, Tq, Dh) -> (B, H, Tq, Dh)
-    cache = {"q": q, "k": k, "v": v, "p": p, "t": t, "scale": scale, "softcap": softcap}
+    cache = {"q": q, "k": k, "v": v, "p": p, "cap": c_cap, "scale": scale, "softcap": softcap}
     return o, cache
 
 
 def attention_core_backward(do, cache):
     """Returns (dq, dk, dv). Masked keys and empty rows get exactly zero gradient."""
-    q, k, v, p, t = cache["q"], cache["k"], cache["v"], cache["p"], cache["t"]
+    q, k, v, p = cache["q"], cache["k"], cache["v"], cache["p"]
     check_float(do, "do", fn="attention_core_backward")
     check_shape(do, "do", q.shape, fn="attention_core_backward")
     B, H, Tq, Dh = q.shape
@@ -125,8 +122,8 @@ def attention_core_backward(do, cache):
     ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True))
     # 3. s2 = s1 where mask: the gradient passes where allowed (elsewhere p = 0 made it 0)
     # 2. s1 = softcap * tanh(s0 / softcap)
-    if t is not None:
-        ds = ds * (1 - t * t)
+    if cache["cap"] is not None:
+        ds = softcap_backward(ds, cache["cap"])
     # 1. s0 = (q . k) * scale
     ds = ds * dt(cache["scale"])
     dqg = ds @ k[:, :, None]  # (B,K,G,Tq,Tk) @ (B,K,1,Tk,Dh) -> (B,K,G,Tq,Dh)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..validate import check_float, check_ids, check_mask, check_positive, check_shape
+from .softcap import softcap_backward_unchecked, softcap_unchecked, tanh_ratio
 
 
 def _log_softmax(z2):
@@ -93,7 +94,7 @@ def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
     z2 = z.reshape(-1, V)  # (..., V) -> (N, V)
     labels1 = labels.reshape(-1)  # (...) -> (N,)
     # 1. y = cap * tanh(z / cap)
-    y2 = z2.dtype.type(cap) * np.tanh(z2 / z2.dtype.type(cap)) if cap is not None else z2
+    y2 = softcap_unchecked(z2, cap) if cap is not None else z2  # nn/softcap.py
     # 2. loss = mean cross-entropy(y, labels)
     loss, p, counted, n = _ce_from_z(y2, labels1, ignore_index)
     return loss, {"z": z, "cap": cap, "p": p, "labels": labels1, "counted": counted, "n": n}
@@ -105,10 +106,10 @@ def softcap_cross_entropy_backward(dloss, cache):
     z, cap = cache["z"], cache["cap"]
     # 2. loss = mean cross-entropy(y, labels)
     dy = _ce_grad(dloss, cache["p"], cache["labels"], cache["counted"], cache["n"])  # (N, V)
-    # 1. y = cap * tanh(z / cap)  ->  dz = dy * (1 - tanh(z / cap)^2)
+    # 1. y = cap * tanh(z / cap)  ->  dz = dy * (1 - tanh(z / cap)^2)   (nn/softcap.py)
     if cap is not None:
-        t = np.tanh(z.reshape(dy.shape) / z.dtype.type(cap))
-        dy *= 1 - t * t
+        t = tanh_ratio(z.reshape(dy.shape), z.dtype.type(cap))  # recomputed, not cached
+        dy = softcap_backward_unchecked(dy, t)
     return dy.reshape(z.shape)  # (N, V) -> (..., V)
 
 
