@@ -49,8 +49,6 @@ class StackSpec:
     cfg: GemmaConfig
     # Key prefix: "model.", "model.encoder." or "model.decoder.".
     prefix: str
-    # Self-attention is causal (decoders) or bidirectional (encoder).
-    causal: bool
     # Names of the pre/post norms around self-attention.
     attn_norms: tuple
     # Each block has a separate cross-attention sublayer over the encoder output.
@@ -85,16 +83,16 @@ FFW_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
 
 def gemma_spec(cfg: GemmaConfig) -> StackSpec:
     """The decoder-only Gemma 2 stack."""
-    return StackSpec(cfg=cfg, prefix="model.", causal=True, attn_norms=GEMMA_NORMS)
+    return StackSpec(cfg=cfg, prefix="model.", attn_norms=GEMMA_NORMS)
 
 
 def encoder_spec(config: EncDecConfig) -> StackSpec:
-    return StackSpec(cfg=config.encoder, prefix="model.encoder.", causal=False,
+    return StackSpec(cfg=config.encoder, prefix="model.encoder.",
                      attn_norms=T5GEMMA_NORMS)
 
 
 def decoder_spec(config: EncDecConfig) -> StackSpec:
-    return StackSpec(cfg=config.decoder, prefix="model.decoder.", causal=True,
+    return StackSpec(cfg=config.decoder, prefix="model.decoder.",
                      attn_norms=T5GEMMA_NORMS, cross=not config.merged_attention,
                      merged=config.merged_attention,
                      memory_width=config.encoder.hidden_size)
