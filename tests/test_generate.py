@@ -396,3 +396,61 @@ def test_decoding_steps_read_every_cached_key_in_place(kind, monkeypatch):
             continue
         assert any(np.shares_memory(k, b) for b in buffers)
         assert any(np.shares_memory(v, b) for b in buffers)
+
+
+@pytest.mark.parametrize("kind", ["decoder", "balanced", "unbalanced", "merged"])
+def test_every_cached_layer_equals_its_training_block(kind, monkeypatch, backend):
+    """The fused decoding path is the training blocks' equations: every layer's output in
+    a cached prefill and in the cached steps after it equals models/blocks.py's block
+    (encoder / decoder / merged) run on that layer's inputs for the whole sequence."""
+    import mini_encdec.models.decoding as decoding
+    from mini_encdec.models import blocks
+    from mini_encdec.models.decoding import decoder_parts
+    from mini_encdec.models.inputs import (memory_mask, merge_masks, positions_from_mask,
+                                           rope_for, self_attention_masks)
+    config = cfg() if kind == "decoder" else ENCDEC[kind]()
+    model = model_of(config)
+    spec, _ = decoder_parts(model)
+    dec = spec.cfg
+    rng = np.random.default_rng(7)
+    B, T, S = 2, 6, 5
+    ids = rng.integers(3, V, (B, T))
+    memory = mem_mask = None
+    if kind == "decoder":
+        cache = init_cache(model, B)
+    else:
+        src, src_mask = rng.integers(3, V, (B, S)), np.ones((B, S), np.int64)
+        src_mask[1, -2:] = 0  # padding in the encoder input
+        memory = model.encode(src, src_mask)
+        cache = init_cache(model, B, memory, src_mask.astype(bool))
+        mem_mask = memory_mask(src_mask.astype(bool), S)
+    seen = {i: [] for i in range(dec.num_hidden_layers)}
+    cached = decoding.cached_block_forward
+
+    def record(spec_, P, i, x, cache_, mask, rope):
+        out = cached(spec_, P, i, x, cache_, mask, rope)
+        seen[i].append((x, out))
+        return out
+    monkeypatch.setattr(decoding, "cached_block_forward", record)
+    decoder_step(model, cache, ids[:, :4])  # a prefill of 4, then one token at a time
+    for t in range(4, T):
+        decoder_step(model, cache, ids[:, t:t + 1])
+    pos = positions_from_mask(None, T)
+    masks = self_attention_masks(dec, pos, pos, causal=True)
+    if spec.merged:
+        masks = merge_masks(masks, mem_mask, B)
+    rope = rope_for(dec, pos, np.float64)
+    for i, calls in seen.items():
+        x_in = np.concatenate([c[0] for c in calls], axis=1)  # (B, T, D), as the cache saw it
+        x_out = np.concatenate([c[1] for c in calls], axis=1)
+        p, mask = spec.layer(i), masks[dec.layer_types[i]]
+        if spec.cross:
+            want, _ = blocks.decoder_block_forward(dec, model.params, p, spec.attn_norms, x_in,
+                                                   mask, rope, memory, mem_mask)
+        elif spec.merged:
+            want, _ = blocks.merged_block_forward(dec, model.params, p, spec.attn_norms, x_in,
+                                                  mask, rope, memory)
+        else:
+            want, _ = blocks.encoder_block_forward(dec, model.params, p, spec.attn_norms, x_in,
+                                                   mask, rope)
+        np.testing.assert_allclose(x_out, want, rtol=1e-11, atol=1e-11, err_msg=f"layer {i}")

@@ -56,6 +56,7 @@ from ..nn.softcap import softcap_unchecked
 from .encdec import EncDecLM
 from .gemma import GemmaLM
 from .inputs import layer_type_mask, memory_mask, merge_masks, positions_from_mask, rope_for
+from .blocks import norm_keys
 from .params import CROSS_NORMS, FFW_NORMS, StackSpec
 from .window_buffer import WindowBuffer
 
@@ -255,6 +256,31 @@ def _cross_attention(spec: StackSpec, P: dict, i: int, n, memory_kv, memory_mask
     return _linear(merge_heads(o), Wo)  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
 
 
+def cached_block_forward(spec: StackSpec, P: dict, i: int, x, cache: KVCache, mask, rope):
+    """Decoder layer i on the new tokens x (B, Tn, D) against the cache -> (B, Tn, D): the
+    equations of blocks.py's encoder block (decoder-only Gemma 2), decoder block (T5Gemma)
+    or merged block (T5Gemma 2), line for line; tests/test_generate.py checks every layer's
+    output against those functions. mask: this layer type's (B, 1, Tn, keys)."""
+    p, eps = spec.layer(i), spec.cfg.rms_norm_eps
+    pre_attn, post_attn = norm_keys(p, spec.attn_norms)
+    pre_cross, post_cross = norm_keys(p, CROSS_NORMS)
+    pre_ffw, post_ffw = norm_keys(p, FFW_NORMS)
+    # x = x + post_self_attn_norm( self_attn( pre_self_attn_norm(x) ) )   (merged: over [enc ; x])
+    n_attn = _norm(x, P, pre_attn, eps)
+    attn = _self_attention(spec, P, i, n_attn, cache.fused[i], cache, mask, rope)
+    x = x + _norm(attn, P, post_attn, eps)
+    if spec.cross:
+        # x = x + post_cross_attn_norm( cross_attn( pre_cross_attn_norm(x), enc ) )
+        n_cross = _norm(x, P, pre_cross, eps)
+        cross = _cross_attention(spec, P, i, n_cross, cache.memory_kv[i], cache.memory_mask)
+        x = x + _norm(cross, P, post_cross, eps)
+    # x = x + post_ffw_norm( mlp( pre_ffw_norm(x) ) )
+    n_ffw = _norm(x, P, pre_ffw, eps)
+    ffw = geglu_unchecked(n_ffw, cache.fused[i]["gate_up"], P[p + "mlp.down_proj.weight"],
+                          act=ops.geglu_act_forward, linear=_linear)
+    return x + _norm(ffw, P, post_ffw, eps)
+
+
 def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndarray] = None,
                  *, last_only: bool = False):
     """Soft-capped logits (B, Tn, V) of new tokens ids (B, Tn) (last_only: (B, 1, V));
@@ -277,24 +303,8 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
         masks = merge_masks(masks, cache.memory_mask, B, memory_first=True)
     rope = rope_for(cfg, q_pos, x.dtype, fast=True)  # (B, Tn, Dh) each
     rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, Tn, Dh): shared by the heads
-    memory_kv = cache.memory_kv or [None] * cfg.num_hidden_layers
     for i in range(cfg.num_hidden_layers):
-        p = spec.layer(i)
-        pre, post = (p + name + ".weight" for name in spec.attn_norms)
-        # x = x + post_self_attn_norm( self_attn( pre_self_attn_norm(x) ) )
-        a = _self_attention(spec, P, i, _norm(x, P, pre, eps), cache.fused[i], cache,
-                            masks[cfg.layer_types[i]], rope)
-        x = x + _norm(a, P, post, eps)
-        if spec.cross:
-            # x = x + post_cross_attn_norm( cross_attn( pre_cross_attn_norm(x), enc ) )
-            n = _norm(x, P, p + CROSS_NORMS[0] + ".weight", eps)
-            a = _cross_attention(spec, P, i, n, memory_kv[i], cache.memory_mask)
-            x = x + _norm(a, P, p + CROSS_NORMS[1] + ".weight", eps)
-        # x = x + post_ffw_norm( mlp( pre_ffw_norm(x) ) )
-        n = _norm(x, P, p + FFW_NORMS[0] + ".weight", eps)
-        f = geglu_unchecked(n, cache.fused[i]["gate_up"], P[p + "mlp.down_proj.weight"],
-                   act=ops.geglu_act_forward, linear=_linear)
-        x = x + _norm(f, P, p + FFW_NORMS[1] + ".weight", eps)
+        x = cached_block_forward(spec, P, i, x, cache, masks[cfg.layer_types[i]], rope)
     h = _norm(x[:, -1:] if last_only else x, P, spec.norm_key, eps)  # final norm
     # logits = softcap(h E^T): (B, Tn|1, D) @ (D, V) -> (B, Tn|1, V)
     return softcap_unchecked(_linear(h, E), cfg.final_logit_softcapping)
