@@ -1,13 +1,13 @@
 """Model configurations: one Gemma 2 stack, and an encoder-decoder made of two stacks.
 
 Field names follow the Hugging Face `Gemma2Config` so that `config.json` files map one to
-one (SPEC section 5). Every config is a frozen dataclass validated on construction: a bad
+one (SPEC.md section 5). Every config is a frozen dataclass validated on construction: a bad
 value raises `ValueError` naming the field, the expected and the actual value.
 
 Presets by name (`preset("tiny")`, `encdec_preset("9b-2b")`):
   tiny, small         our own sizes for training on a 2-core CPU (vocabulary of the
                       shipped SentencePiece model, 8192)
-  S, B, L, XL         the paper's mT5-shaped suite (SPEC section 6), vocabulary 256,000
+  S, B, L, XL         the paper's mT5-shaped suite (SPEC.md section 6), vocabulary 256,000
   2b, 9b              Gemma 2 2B and 9B shapes, vocabulary 256,000
 """
 
@@ -199,7 +199,7 @@ class EncDecConfig:
         return cls(**d)
 
 
-# Classifier modes (SPEC 7): which hidden state the head reads.
+# Classifier modes (SPEC.md section 7): which hidden state the head reads.
 DECODER_ONLY = "decoder"            # Gemma2ForSequenceClassification: last real token
 ENCODER_ONLY = "encoder"            # T5GemmaForSequenceClassification, is_encoder_decoder=False
 ENCODER_DECODER = "encoder_decoder"  # T5GemmaForSequenceClassification, is_encoder_decoder=True
@@ -209,7 +209,7 @@ CLASSIFIER_MODES = (DECODER_ONLY, ENCODER_ONLY, ENCODER_DECODER)
 @dataclass(frozen=True)
 class ClassifierConfig:
     """A sequence classifier: a backbone plus a linear head on one token's hidden state
-    (`mini_encdec.models.classifier`, SPEC 7)."""
+    (`mini_encdec.models.classifier`, SPEC.md section 7)."""
 
     # The backbone: a GemmaConfig (decoder-only) or an EncDecConfig (T5Gemma).
     backbone: Any = field(default_factory=GemmaConfig)

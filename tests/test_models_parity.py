@@ -2,7 +2,7 @@
 logits, loss and every gradient, through a name-identical parameter dict.
 
 Known difference: `transformers` 5.x builds T5Gemma's bidirectional local mask as
-|q - k| <= sliding_window, SPEC 2 says |q - k| < W; when the installed version does that,
+|q - k| <= sliding_window, SPEC.md section 2 says |q - k| < W; when the installed version does that,
 the HF encoder config gets sliding_window = W - 1 here (probed, not assumed). HF computes RoPE angles in float32,
 hence tolerances of ~1e-5 even in float64.
 """

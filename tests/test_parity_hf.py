@@ -7,9 +7,9 @@ relative), every parameter gradient (1e-4 relative Frobenius error, printed per 
 unexpected keys) -> save_pretrained -> load_hf must give back identical weights, and
 greedy generation must give transformers' `generate` tokens for 20 steps.
 
-Masks are given to transformers explicitly, built from SPEC 1-2 (see `spec_masks`):
+Masks are given to transformers explicitly, built from SPEC.md sections 1 and 2 (see `spec_masks`):
 transformers >= 5 builds T5Gemma's bidirectional local mask as |q - k| <= W, whereas
-SPEC 2 (and transformers 4.53) use |q - k| < W, so its default encoder mask would differ
+SPEC.md section 2 (and transformers 4.53) use |q - k| < W, so its default encoder mask would differ
 whenever the input is longer than W. Everything else (causal local 0 <= q - k < W, the
 soft-caps, the query scalar, GQA, padding) is compared against transformers' own code.
 
@@ -87,7 +87,7 @@ def ours_from(hf, tmp_path):
 
 
 def spec_masks(layer_types, q_len, k_len, window, *, causal, key_padding=None):
-    """SPEC's masks as transformers' additive 4D masks, {layer type: (B|1, 1, Tq, Tk)}."""
+    """The masks of SPEC.md sections 1, 2 and 8 as transformers' additive 4D masks, {layer type: (B|1, 1, Tq, Tk)}."""
     q = torch.arange(q_len)[:, None]
     k = torch.arange(k_len)[None, :]
     full = (k <= q) if causal else torch.ones(q_len, k_len, dtype=torch.bool)

@@ -1,5 +1,5 @@
 """Fine-tuning and evaluation on the downstream tasks, with baselines and like-for-like
-inference costs (SPEC section 7). The demo and the study both use it, so the two
+inference costs (SPEC.md section 7). The demo and the study both use it, so the two
 architectures are always fine-tuned and measured by the same code.
 
 Tasks (from the plays; training examples from the training plays, evaluation examples

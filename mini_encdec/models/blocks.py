@@ -1,5 +1,5 @@
 """The Gemma 2 / T5Gemma blocks and the stacks built from them, forward and backward
-(SPEC.md, sections 2 and 3).
+(SPEC.md sections 1 and 2).
 
 Gemma 2 wraps every sublayer f in two RMSNorms before the residual add,
 `x = x + post_norm( f( pre_norm(x) ) )`. Each block below is that line written out once

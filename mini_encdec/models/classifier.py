@@ -1,4 +1,4 @@
-"""The sequence-classification probe (SPEC 7): a linear head on one token's hidden state.
+"""The sequence-classification probe (SPEC.md section 7): a linear head on one token's hidden state.
 
 Same parameters and semantics as `transformers`' heads, so checkpoints move both ways:
 

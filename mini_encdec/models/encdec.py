@@ -1,4 +1,4 @@
-"""The encoder-decoder language model, T5Gemma (SPEC section 2).
+"""The encoder-decoder language model, T5Gemma (SPEC.md section 2).
 
     enc    = enc_final_norm( encoder_blocks( Ee[input_ids] * sqrt(De) ) )     (B, S, De)
              bidirectional self-attention; local layers see |q - k| < W
@@ -93,7 +93,7 @@ class EncDecLM:
 
         causal=True runs the encoder with the decoder-style masks (k <= q; local layers
         0 <= q - k < W) instead of bidirectional ones: an encoder adapted from a
-        decoder-only model then reproduces that model's final hidden states (SPEC 3).
+        decoder-only model then reproduces that model's final hidden states (SPEC.md section 3).
         """
         b = check_batch({"input_ids": input_ids, "attention_mask": attention_mask},
                         required=("input_ids",), optional=("attention_mask",),

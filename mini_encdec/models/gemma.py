@@ -1,4 +1,4 @@
-"""The decoder-only Gemma 2 language model (SPEC section 1).
+"""The decoder-only Gemma 2 language model (SPEC.md section 1).
 
     x      = E[input_ids] * sqrt(D)                        (B, T, D)
     h      = final_norm( blocks(x) )                       causal, local/global alternating

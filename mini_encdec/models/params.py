@@ -1,4 +1,4 @@
-"""Parameter names, shapes and fresh initialisation (SPEC sections 1, 2 and 5).
+"""Parameter names, shapes and fresh initialisation (SPEC.md sections 1, 2 and 5).
 
 Parameters are one flat `dict[str, np.ndarray]` keyed by the Hugging Face names, weights
 stored `[out, in]` (`y = x W^T`). A stack (the decoder-only model, the encoder, or the
@@ -36,7 +36,7 @@ from ..config import DECODER_ONLY, ENCODER_ONLY, ClassifierConfig, EncDecConfig,
 
 INIT_STD = 0.02  # standard deviation of fresh linear and embedding weights
 
-# Classification heads (SPEC 7), named as transformers names them.
+# Classification heads (SPEC.md section 7), named as transformers names them.
 GEMMA2_SCORE = "score.weight"              # Gemma2ForSequenceClassification, (C, D), no bias
 T5GEMMA_SCORE = "score.out_proj.weight"    # T5GemmaForSequenceClassification, (C, D)
 T5GEMMA_SCORE_BIAS = "score.out_proj.bias"  # (C,)

@@ -1,12 +1,12 @@
 """The reference NumPy layers: one concept per file, each a forward/backward pair.
 
-Conventions (DESIGN.md): `forward(...) -> (out, cache)`, `backward(dout, cache) -> grads`,
+Conventions (SPEC.md section 10): `forward(...) -> (out, cache)`, `backward(dout, cache) -> grads`,
 fresh arrays out, float32 and float64 both supported (the dtype of the inputs is kept;
 softmaxes run in at least float32). Weights are `[out, in]`, `y = x W^T`.
 Every public function validates its inputs (`mini_encdec.validate`) and raises
 `ValueError` naming the argument, the expected and the actual value.
 
-The API every other module codes against (shape letters from SPEC.md):
+The API every other module codes against (shape letters from SPEC.md, its opening):
 
 linear.py
     linear_forward(x, W) -> (y, cache)                x (..., In), W (Out, In) -> y (..., Out)

@@ -10,7 +10,7 @@ The core, as numbered steps (the backward undoes them in reverse order):
     2. s1 = softcap * tanh(s0 / softcap)           (skipped when softcap is None)
     3. s2 = s1 where mask, else -inf
     4. p  = softmax(s2) over keys, in the input dtype (float32 or float64); a row with no
-            allowed key gets p = 0 (our choice, SPEC 1: zeros, never NaN)
+            allowed key gets p = 0 (our choice, SPEC.md section 1: zeros, never NaN)
     5. o  = p v
 
 Self-attention passes the same activations as x_q and x_kv; cross-attention passes the

@@ -22,7 +22,7 @@ default test suite sees a wiring mistake in the model assembly (a wrong query sc
 RoPE in cross-attention, a missing soft-cap, an unwindowed local layer, a missing
 gradient use of a tied table, ...) that only the optional parity tests saw before.
 
-Masks and positions are given to transformers explicitly, from SPEC 1-2 (positions count
+Masks and positions are given to transformers explicitly, from SPEC.md sections 1 and 2 (positions count
 real tokens; the symmetric local window is |q - k| < W, where transformers >= 5 builds
 |q - k| <= W by default), as in tests/test_parity_hf.py and tests/test_classifier_parity.py.
 The cases cover GQA (H/K = 2 and 4), sliding windows shorter than the sequences,
