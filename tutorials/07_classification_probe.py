@@ -41,7 +41,6 @@
 # (`mini_encdec/experiments/downstream.py: finetune_probe`) on the genre task.
 
 # %%
-import dataclasses
 
 import numpy as np
 

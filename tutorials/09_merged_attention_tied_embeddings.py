@@ -42,7 +42,6 @@
 # merged_block_forward`, and the one-page forward in `mini_encdec/reference.py`.)
 
 # %%
-import copy
 
 import numpy as np
 

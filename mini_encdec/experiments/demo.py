@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from . import downstream
 from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan, load_average, \

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..text.corpus import GENRES
 from ..objectives.example import Example
-from ..text.tasks import (ClassExample, exact_match, genre_examples, reply_examples, rouge_l,
+from ..text.tasks import (exact_match, genre_examples, reply_examples, rouge_l,
                           task_prefix)
 
 

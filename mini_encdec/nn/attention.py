@@ -76,7 +76,7 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     fn = "attention_core_forward"
     mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap, fn)
     B, H, Tq, Dh = q.shape
-    K, Tk = k.shape[1], k.shape[2]
+    K = k.shape[1]  # k (B, K, Tk, Dh)
     G = H // K
     dt = q.dtype.type
     qg = q.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)
@@ -110,7 +110,7 @@ def attention_core_backward(do, cache):
     check_float(do, "do", fn="attention_core_backward")
     check_shape(do, "do", q.shape, fn="attention_core_backward")
     B, H, Tq, Dh = q.shape
-    K, Tk = k.shape[1], k.shape[2]
+    K = k.shape[1]  # k (B, K, Tk, Dh)
     G = H // K
     dt = q.dtype.type
     dog = do.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)
