@@ -4,11 +4,9 @@ y = x W^T, for the few-row products of KV-cached decoding.
 Why a kernel for a matmul: one decoding step multiplies B rows (B = the batch, 1 to a
 few dozen) by every weight matrix. BLAS's gemm packs the whole weight matrix into its
 own layout before multiplying, which pays off for hundreds of rows but dominates with a
-handful: measured on the 2-core machine, one thread, (8, 256) @ (256, 8192) (the small
-preset's logits for a batch of 8) takes 1.45-1.8 ms through `numpy.matmul` and 0.45 ms
-here; (4, 256) @ (256, 2048) 0.30 ms vs 0.054 ms. From about 64 rows on BLAS is as fast
-or faster, and a single row is a gemv, which BLAS does without packing: both stay on
-`numpy.matmul` (SMALL_ROWS below).
+handful: for a few rows this kernel is several times faster (MEASUREMENTS.md). From
+about 64 rows on BLAS is as fast or faster, and a single row is a gemv, which BLAS does
+without packing: both stay on `numpy.matmul` (SMALL_ROWS below).
 
 Checklist
 - Reads W once, in its stored (Out, In) layout: no packing, no transpose, no copy.
@@ -36,9 +34,8 @@ from ._vecmath import cst
 
 SMALL_ROWS = (2, 32)  # row counts (product of x's leading axes) this kernel takes
 # Multiply-adds per unit of parallel_chunks' work (SERIAL_WORK units run serially): 16, so
-# products below 4M multiply-adds stay on the calling thread. Waking Numba's pool costs
-# ~30 us on this machine, more than a smaller product takes (measured: (8, 256) @
-# (256, 512) 28 us serial, 50 us on 2 threads).
+# products below 4M multiply-adds stay on the calling thread: waking Numba's pool costs
+# more than a smaller product takes (MEASUREMENTS.md).
 MACS_PER_UNIT = 16
 
 

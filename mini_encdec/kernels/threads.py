@@ -4,17 +4,12 @@ Why a policy. A numba training step alternates between two thread pools: BLAS's 
 OpenBLAS, its own pthreads, under every matmul) and Numba's (the kernels' `prange`, the
 OpenMP layer here). Each splits a call into one fixed piece per thread and waits at the
 end for the slowest piece; a step makes thousands of such calls (the linear layers and
-the attention's per-head matmuls). On a quiet machine that is what makes training fast
-(2 threads: 100 ms per `tiny` decoder step against 159 ms on one). When another program
-keeps a core busy, the thread that shares its core is a scheduler time slice
-(milliseconds) late at every call, while its partner spins waiting for it. Measured with
-the old fixed two threads (each thread's CPU time and run-queue wait from
-/proc/self/task/*/schedstat): beside a busy loop a `tiny` decoder step took 1.8 s (18x),
-and the 6 steps burnt 5.8 s of CPU in the main thread and 6.0 s in OpenBLAS's worker
-(0.5 s and 0.6 s when quiet), each also waiting 6.3 s in the run queue; Numba's pool
-thread used 0.1 s. Beside a second copy of the training: 9.5x; `small` models 10-17x.
-One thread under the same loads: 1.4-1.8x. So the number of threads follows the CPUs
-that are actually free:
+the attention's per-head matmuls). On a quiet machine that is what makes training fast.
+When another program keeps a core busy, the thread that shares its core is a scheduler
+time slice (milliseconds) late at every call, while its partner spins waiting for it:
+a fixed two threads made a step many times slower beside a busy loop, one thread only a
+little (the numbers: MEASUREMENTS.md beside this file). So the number of threads follows
+the CPUs that are actually free:
 
 - cap: the CPUs this process may run on (`os.sched_getaffinity`, a cgroup CPU quota),
   and no more than Numba's pool (NUMBA_NUM_THREADS). Fixed for the process.
@@ -36,7 +31,7 @@ that are actually free:
   gives other bits on 1 and 2 threads. `start()` checks this once (`blas_varies`: a few
   float32 products on 1, 2 and cap threads, a few ms); where the bits differ, BLAS stays at one
   thread for the whole process (`blas_fixed`) and only Numba's pool follows the load. That
-  costs a quiet machine about 1.4x on a `tiny` step with those kernels, and buys results
+  costs a quiet machine some speed with those kernels (MEASUREMENTS.md), and buys results
   that are the same on any load (tests/test_threads.py runs the check under OpenBLAS's
   Haswell kernels too). MINI_ENCDEC_THREADS=N fixes both pools at N instead (results then
   are those of N threads). Only the cap (the machine, or MINI_ENCDEC_THREADS) and the
@@ -413,8 +408,7 @@ def serial():
     thread, unless the user fixed a pool's count), then the count before it is restored.
     For work too small to split, such as one KV-cached decoding step: waking a second
     thread costs more than it saves, and on a busy machine it waits for a descheduled
-    thread at every matmul (batch-1 generation beside a busy loop: 60-90 tokens/s with
-    two threads, ~500-1000 with one)."""
+    thread at every matmul."""
     return POLICY.serial()
 
 
