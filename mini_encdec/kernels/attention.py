@@ -52,7 +52,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..nn.attention import _check_core
+from ..nn.attention import check_core_inputs
 from ..validate import check_float, check_shape
 from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst, row_max, vexp, vtanh
@@ -323,7 +323,7 @@ def _positive(x) -> bool:
 
 
 def _fast_check(q, k, v, mask, scale, softcap) -> bool:
-    """True when the arguments surely pass the reference's checks (_check_core), which
+    """True when the arguments surely pass the reference's checks (check_core_inputs), which
     then run only to explain a failure."""
     if not (same_float_arrays(q, k, v) and q.ndim == 4 and k.ndim == 4
             and v.shape == k.shape and k.shape[0] == q.shape[0] and k.shape[3] == q.shape[3]
@@ -369,7 +369,7 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     """Twin of nn.attention.attention_core_forward: q (B, H, Tq, Dh), k/v (B, K, Tk, Dh),
     mask bool broadcastable to (B, 1, Tq, Tk) or None -> (o (B, H, Tq, Dh), cache)."""
     if not _fast_check(q, k, v, mask, scale, softcap):
-        mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap,
+        mask, scale, softcap = check_core_inputs(q, k, v, mask, scale, softcap,
                                            "attention_core_forward")
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]

@@ -50,7 +50,7 @@ def merge_heads(o: np.ndarray) -> np.ndarray:
     return o.transpose(0, 2, 1, 3).reshape(B, T, N * Dh)  # (B,N,T,Dh) -> (B,T,N,Dh) -> (B,T,N*Dh)
 
 
-def _check_core(q, k, v, mask, scale, softcap, fn):
+def check_core_inputs(q, k, v, mask, scale, softcap, fn):
     check_float(q, "q", ndim=4, fn=fn)
     B, H, Tq, Dh = q.shape
     check_float(k, "k", ndim=4, fn=fn)
@@ -74,7 +74,7 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     -> o (B, H, Tq, Dh). Returns (o, cache); the cache keeps q, k, v, the probabilities p
     and the soft-cap's cache (tanh(s0 / softcap))."""
     fn = "attention_core_forward"
-    mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap, fn)
+    mask, scale, softcap = check_core_inputs(q, k, v, mask, scale, softcap, fn)
     B, H, Tq, Dh = q.shape
     K = k.shape[1]  # k (B, K, Tk, Dh)
     G = H // K

@@ -53,7 +53,7 @@ def rope_tables_unchecked(positions: np.ndarray, head_dim: int, theta: float, dt
     return np.cos(angle).astype(dtype), np.sin(angle).astype(dtype)
 
 
-def _check_table(x, c, name, fn):
+def check_rope_table(x, c, name, fn):
     B, N, T, Dh = x.shape
     check_float(c, name, fn=fn)
     if c.ndim == 2:
@@ -77,8 +77,8 @@ def rope_forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
     if x.shape[-1] % 2:
         raise ValueError(f"{fn}: argument 'x': expected an even head size (last axis), "
                          f"got shape {x.shape}")
-    c = _check_table(x, cos, "cos", fn)
-    s = _check_table(x, sin, "sin", fn)
+    c = check_rope_table(x, cos, "cos", fn)
+    s = check_rope_table(x, sin, "sin", fn)
     y = apply_rope_unchecked(x, c, s)  # (B, N, T, Dh) * (T, Dh) or (B, 1, T, Dh)
     return y, {"cos": c, "sin": s, "shape": x.shape}
 
