@@ -25,6 +25,9 @@ Beyond that core:
     EncDecLM.encode(input_ids, attention_mask=None, causal=True)
                                                  the encoder with decoder-style causal
                                                  masks (adaptation checks, SPEC.md section 3)
+    EncDecConfig(causal_encoder=True)            the paper's causal-encoder ablation
+                                                 everywhere (saved with the config;
+                                                 EncDecLM.causal_encoder reads and sets it)
     EncDecLM.decode(decoder_input_ids, encoder_output, attention_mask=None) -> logits
     EncDecLM.encoder_embed_key / decoder_embed_key   (with tie_all_embeddings both are
                                                  "model.encoder.embed_tokens.weight")
