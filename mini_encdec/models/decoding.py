@@ -1,11 +1,13 @@
 """KV-cached decoding, for both models: the cache and the incremental decoder step.
 
 Inference only, and kept apart from the training path (blocks.py) so that one
-reads like the paper and this one can be fast. It computes the same function as the
-model's forward, block for block (the tests check the logits agree to rounding), with
-four differences: no backward caches; the unchecked `nn` helpers (`apply_rope_unchecked`,
-`geglu_unchecked`, ...), since `generate` validates its inputs once per request; fused weights,
-so q, k, v come from one matmul and so do gate and up; and the matmuls go through
+reads like the paper and this one can be fast. `cached_block_forward` writes each decoder
+layer's equations line for line as blocks.py does, and the tests check every layer's
+output against blocks.py's block functions (and the logits against the full forward),
+with four differences: no backward caches; the unchecked `nn` helpers
+(`apply_rope_unchecked`, `geglu_unchecked`, ...), since `generate` validates its inputs
+once per request; fused weights (the cache's own copies), so q, k, v come from one
+matmul and so do gate and up; and the matmuls go through
 `ops.linear_forward`, whose Numba twin multiplies the few rows of a decoding step
 without BLAS's packing of the whole weight matrix (kernels/linear.py).
 
