@@ -11,8 +11,9 @@ the numba backend (the default, see `backend.py`) it runs the twin of the same n
 The table is static and complete: every op has both halves. If the kernels cannot be
 imported (Numba missing, a renamed helper), the numba backend fails loudly with the
 reason and how to select the numpy backend; it never falls back to NumPy on its own.
-Importing or running the kernels changes nothing outside the library; `tune_process()`
-is the command line's opt-in to the process-wide settings.
+Importing or running the kernels changes no environment variable and no allocator setting
+(their thread policy does size BLAS's and Numba's pools, `kernels/threads.py`);
+`tune_process()` is the command line's opt-in to those process-wide settings.
 A forward and its backward must run under the same backend (the cache formats differ),
 which holds because the backend is fixed for a run.
 """
