@@ -1,5 +1,5 @@
-"""Adaptation (SPEC.md section 3): the mapping, the exact checks, unbalanced fresh cross-attention and
-its warmup, directories (ours and Hugging Face, streamed), and clear errors.
+"""Adaptation (SPEC.md section 3): the mapping, the exact checks, unbalanced fresh
+cross-attention and its warmup, directories (ours and Hugging Face, streamed), and clear errors.
 
 Marker task4_1: the classroom assignment on `_origin` (tutorials/assignments/README.md)
 is graded by the mapping and the exact checks.

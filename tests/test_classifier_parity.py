@@ -1,6 +1,6 @@
-"""Parity of the classification probe with `transformers` (SPEC.md section 7): logits, loss and every
-gradient of Gemma2ForSequenceClassification and T5GemmaForSequenceClassification (encoder-
-only and encoder-decoder) in float64, eager attention, on random tiny models; and
+"""Parity of the classification probe with `transformers` (SPEC.md section 7): logits, loss
+and every gradient of Gemma2ForSequenceClassification and T5GemmaForSequenceClassification
+(encoder-only and encoder-decoder) in float64, eager attention, on random tiny models; and
 save_hf -> from_pretrained / save_pretrained -> load_hf giving the same logits.
 
 The batch mixes a full row, right- and left-padded rows and a one-token row, with

@@ -1,6 +1,7 @@
-"""Properties of the nn/ layers (SPEC.md sections 1 and 2): causality, window locality, RoPE relativity,
-GQA = MHA with repeated heads, masked keys have no influence, empty rows give zeros,
-soft-cap bounds, RMSNorm scale invariance, float32 agreement with float64, loss identities.
+"""Properties of the nn/ layers (SPEC.md sections 1 and 2): causality, window locality, RoPE
+relativity, GQA = MHA with repeated heads, masked keys have no influence, empty rows give
+zeros, soft-cap bounds, RMSNorm scale invariance, float32 agreement with float64, loss
+identities.
 
 The equations themselves are checked in tests/test_nn_equations.py, the gradients in
 tests/test_nn_gradcheck.py. Markers task1_1 ... task2_4: the classroom assignments

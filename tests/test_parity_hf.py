@@ -2,18 +2,20 @@
 for the language models (the classification heads: test_classifier_parity.py; frozen
 transformers outputs without torch: test_hf_reference.py). Two parts:
 
-1. float32, through our interop. Random tiny HF models (eager attention) are saved with `save_pretrained`, loaded with our
-`load_hf`, and compared like llm.c's test_gpt2: logits (1e-4 absolute), loss (1e-5
-relative), every parameter gradient (1e-4 relative Frobenius error, printed per tensor;
-`pytest -s` shows the table). Then save_hf -> transformers from_pretrained (no missing or
-unexpected keys) -> save_pretrained -> load_hf must give back identical weights, and
-greedy generation must give transformers' `generate` tokens for 20 steps.
+1. float32, through our interop. Random tiny HF models (eager attention) are saved with
+`save_pretrained`, loaded with our `load_hf`, and compared like llm.c's test_gpt2: logits
+(1e-4 absolute), loss (1e-5 relative), every parameter gradient (1e-4 relative Frobenius
+error, printed per tensor; `pytest -s` shows the table). Then save_hf -> transformers
+from_pretrained (no missing or unexpected keys) -> save_pretrained -> load_hf must give back
+identical weights, and greedy generation must give transformers' `generate` tokens for 20
+steps.
 
-Masks are given to transformers explicitly, built from SPEC.md sections 1 and 2 (see `spec_masks`):
-transformers >= 5 builds T5Gemma's bidirectional local mask as |q - k| <= W, whereas
-SPEC.md section 2 (and transformers 4.53) use |q - k| < W, so its default encoder mask would differ
-whenever the input is longer than W. Everything else (causal local 0 <= q - k < W, the
-soft-caps, the query scalar, GQA, padding) is compared against transformers' own code.
+Masks are given to transformers explicitly, built from SPEC.md sections 1 and 2 (see
+`spec_masks`): transformers >= 5 builds T5Gemma's bidirectional local mask as
+|q - k| <= W, whereas SPEC.md section 2 (and transformers 4.53) use |q - k| < W, so its
+default encoder mask would differ whenever the input is longer than W. Everything else
+(causal local 0 <= q - k < W, the soft-caps, the query scalar, GQA, padding) is compared
+against transformers' own code.
 
 The logits/loss/gradient tests run on both backends (numpy reference, numba kernels).
 Covered: GQA with H/K = 2 and 4, sliding windows smaller than the sequences,
@@ -96,7 +98,8 @@ def ours_from(hf, tmp_path):
 
 
 def spec_masks(layer_types, q_len, k_len, window, *, causal, key_padding=None):
-    """The masks of SPEC.md sections 1, 2 and 8 as transformers' additive 4D masks, {layer type: (B|1, 1, Tq, Tk)}."""
+    """The masks of SPEC.md sections 1, 2 and 8 as transformers' additive 4D masks,
+    {layer type: (B|1, 1, Tq, Tk)}."""
     q = torch.arange(q_len)[:, None]
     k = torch.arange(k_len)[None, :]
     full = (k <= q) if causal else torch.ones(q_len, k_len, dtype=torch.bool)

@@ -46,7 +46,8 @@ def apply_process_tuning() -> None:
     threads.set_wait_policy()
     allocator.apply()
 
-__all__ = ["apply_process_tuning", "adamw_update", "attention_core_backward", "attention_core_forward",
-           "embedding_backward", "geglu_act_backward", "geglu_act_forward", "linear_forward",
+__all__ = ["apply_process_tuning", "adamw_update", "attention_core_backward",
+           "attention_core_forward", "embedding_backward", "geglu_act_backward",
+           "geglu_act_forward", "linear_forward",
            "rmsnorm_backward", "rmsnorm_forward", "rope_backward", "rope_forward",
            "softcap_cross_entropy_backward", "softcap_cross_entropy_forward"]

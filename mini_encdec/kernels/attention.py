@@ -8,8 +8,8 @@ Checklist
   running sum l and output accumulator are rescaled when a new block raises the max
   (flash attention's recurrence). Many rows (training, prompt processing): tiled like
   the backward below: s = q k^T (BLAS), one fused Numba pass per row (scale, soft-cap,
-  mask, max, exp, sum, normalise), o = p v (BLAS). Either way only the row's log-sum-exp L = m + log l is
-  kept for the backward.
+  mask, max, exp, sum, normalise), o = p v (BLAS). Either way only the row's
+  log-sum-exp L = m + log l is kept for the backward.
 - Backward: tiled and handed to BLAS. Per tile of n key/value heads x M of their G*Tq
   query rows (G query heads share one kv head, so a tile is a plain (M, Dh) @ (Dh, Tk)
   batched matmul, no head repeated): s = q k^T and dp = do v^T (np.matmul), then one

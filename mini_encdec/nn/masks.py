@@ -35,7 +35,8 @@ def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window
         desc = ", ".join(f"{n}={b}" for n, b in batch.items())
         raise ValueError(f"{fn}: expected one batch size (axis 0) for q_pos, k_pos and "
                          f"key_padding, got {desc}")
-    return allowed_mask_unchecked(q_pos, k_pos, causal=causal, window=window, key_padding=key_padding)
+    return allowed_mask_unchecked(q_pos, k_pos, causal=causal, window=window,
+                                  key_padding=key_padding)
 
 
 def allowed_mask_unchecked(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window=None,
