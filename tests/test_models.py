@@ -420,3 +420,35 @@ def test_padding_property_encdec(S, pad, window, seed):
     mask = (np.arange(S + pad) < S).astype(np.int64)[None]
     out = model.forward({"input_ids": padded, "attention_mask": mask, "decoder_input_ids": dec})
     np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)
+
+
+def test_the_call_chain_from_forward_to_the_attention_core_crosses_at_most_four_files(
+        monkeypatch):
+    """A reader going from EncDecLM.forward to the attention core (NumPy backend) passes
+    through at most four files: encdec.py, blocks.py, nn/attention.py and ops.py."""
+    import inspect
+    from pathlib import Path
+
+    import mini_encdec
+    from mini_encdec import ops
+    from mini_encdec.nn.attention import attention_core_forward
+    package = Path(mini_encdec.__file__).parent
+    chains = []
+
+    def core(*args, **kwargs):
+        frames = inspect.stack()[1:]  # the callers, innermost first
+        start = next(i for i, f in enumerate(frames)
+                     if f.function == "forward" and f.filename.endswith("encdec.py"))
+        chains.append([(Path(f.filename), f.function) for f in reversed(frames[:start + 1])])
+        return attention_core_forward(*args, **kwargs)
+    monkeypatch.setitem(ops.REFERENCE, "attention_core_forward", core)
+    cfg = gemma_cfg()
+    model = build_model(EncDecConfig(encoder=cfg, decoder=cfg), dtype=np.float64)
+    with use_backend("numpy"):
+        model.forward({"input_ids": np.full((1, 4), 5), "decoder_input_ids": np.full((1, 3), 5)})
+    assert chains
+    for chain in chains:
+        files = {path.relative_to(package).as_posix() for path, _ in chain}
+        files.add("nn/attention.py")  # where the core itself is
+        assert files <= {"models/encdec.py", "models/blocks.py", "nn/attention.py", "ops.py"}, \
+            chain
