@@ -2,7 +2,16 @@
 
 import sys
 
-from .cli import main
+from .ops import tune_process
+from .cli import main as run_command
+
+
+def main(argv=None) -> int:
+    """The command line: opts the process in to the numba backend's process-wide settings
+    (`ops.tune_process`: OpenMP wait policy, allocator), then runs the command."""
+    tune_process()
+    return run_command(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,13 @@
 """Model configurations: one Gemma 2 stack, and an encoder-decoder made of two stacks.
 
 Field names follow the Hugging Face `Gemma2Config` so that `config.json` files map one to
-one (SPEC section 5). Every config is a frozen dataclass validated on construction: a bad
+one (SPEC.md section 5). Every config is a frozen dataclass validated on construction: a bad
 value raises `ValueError` naming the field, the expected and the actual value.
 
 Presets by name (`preset("tiny")`, `encdec_preset("9b-2b")`):
   tiny, small         our own sizes for training on a 2-core CPU (vocabulary of the
                       shipped SentencePiece model, 8192)
-  S, B, L, XL         the paper's mT5-shaped suite (SPEC section 6), vocabulary 256,000
+  S, B, L, XL         the paper's mT5-shaped suite (SPEC.md section 6), vocabulary 256,000
   2b, 9b              Gemma 2 2B and 9B shapes, vocabulary 256,000
 """
 
@@ -148,6 +148,10 @@ class EncDecConfig:
     # Steps at the start of training in which only cross-attention trains (the paper's
     # warmup for unbalanced adaptation, K = 1000 at 9B-2B); 0 disables it.
     cross_attn_warmup_steps: int = 0
+    # The paper's causal-encoder ablation: the encoder runs with decoder-style causal masks
+    # (k <= q; local layers 0 <= q - k < W) everywhere (training, generation, a probe built
+    # on it). No released checkpoint has it, and transformers' T5Gemma cannot express it.
+    causal_encoder: bool = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -165,6 +169,7 @@ class EncDecConfig:
                               f"True (widths {self.encoder.hidden_size} vs "
                               f"{self.decoder.hidden_size})")
         check_int(self.cross_attn_warmup_steps, f"{name}.cross_attn_warmup_steps", low=0)
+        check_bool(self.causal_encoder, f"{name}.causal_encoder")
 
     @property
     def vocab_size(self) -> int:
@@ -181,7 +186,8 @@ class EncDecConfig:
         return {"encoder": self.encoder.to_dict(), "decoder": self.decoder.to_dict(),
                 "tie_all_embeddings": self.tie_all_embeddings,
                 "merged_attention": self.merged_attention,
-                "cross_attn_warmup_steps": self.cross_attn_warmup_steps}
+                "cross_attn_warmup_steps": self.cross_attn_warmup_steps,
+                "causal_encoder": self.causal_encoder}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncDecConfig":
@@ -193,7 +199,7 @@ class EncDecConfig:
         return cls(**d)
 
 
-# Classifier modes (SPEC 7): which hidden state the head reads.
+# Classifier modes (SPEC.md section 7): which hidden state the head reads.
 DECODER_ONLY = "decoder"            # Gemma2ForSequenceClassification: last real token
 ENCODER_ONLY = "encoder"            # T5GemmaForSequenceClassification, is_encoder_decoder=False
 ENCODER_DECODER = "encoder_decoder"  # T5GemmaForSequenceClassification, is_encoder_decoder=True
@@ -203,7 +209,7 @@ CLASSIFIER_MODES = (DECODER_ONLY, ENCODER_ONLY, ENCODER_DECODER)
 @dataclass(frozen=True)
 class ClassifierConfig:
     """A sequence classifier: a backbone plus a linear head on one token's hidden state
-    (`mini_encdec.models.classifier`, SPEC 7)."""
+    (`mini_encdec.models.classifier`, SPEC.md section 7)."""
 
     # The backbone: a GemmaConfig (decoder-only) or an EncDecConfig (T5Gemma).
     backbone: Any = field(default_factory=GemmaConfig)

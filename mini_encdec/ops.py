@@ -1,7 +1,8 @@
 """The one dispatch point for the hot ops: name -> (NumPy reference, Numba twin).
 
 The models and the optimizer call the hot functions through this module, e.g.
-`ops.attention_core_forward(q, k, v, mask, scale=..., softcap=...)` or
+`ops.attention_core_forward(q, k, v, mask, scale=..., softcap=...)` (each op is a plain
+function at the end of this file that calls `resolve(name)`) or
 `ops.resolve("adamw_update")`; nothing else dispatches. With the numpy backend every name
 runs the reference in `mini_encdec.nn` (what students read, edit and are graded on); with
 the numba backend (the default, see `backend.py`) it runs the twin of the same name in
@@ -10,6 +11,9 @@ the numba backend (the default, see `backend.py`) it runs the twin of the same n
 The table is static and complete: every op has both halves. If the kernels cannot be
 imported (Numba missing, a renamed helper), the numba backend fails loudly with the
 reason and how to select the numpy backend; it never falls back to NumPy on its own.
+Importing or running the kernels changes no environment variable and no allocator setting
+(their thread policy does size BLAS's and Numba's pools, `kernels/threads.py`);
+`tune_process()` is the command line's opt-in to those process-wide settings.
 A forward and its backward must run under the same backend (the cache formats differ),
 which holds because the backend is fixed for a run.
 """
@@ -62,8 +66,28 @@ def twins() -> dict:
     if missing:
         raise KernelImportError(f"mini_encdec.kernels has no twin for {missing}; every op in "
                                 f"ops.REFERENCE needs one (or run with MINI_ENCDEC_BACKEND=numpy)")
+    if _tuning["requested"]:
+        kernels.apply_process_tuning()  # may raise ValueError (a bad MINI_ENCDEC_MALLOC)
     _twins.update((name, getattr(kernels, name)) for name in REFERENCE)
     return _twins
+
+
+_tuning = {"requested": False}
+
+
+def tune_process() -> None:
+    """Opt this process in to the numba backend's process-wide settings: idle OpenMP threads
+    sleep (OMP_WAIT_POLICY=PASSIVE in os.environ unless set, `kernels/threads.py`) and glibc
+    keeps freed memory for the next step (`kernels/allocator.py`, MINI_ENCDEC_MALLOC).
+    Both reach beyond the library (child processes inherit the variable; the allocator
+    serves everything in the process), so importing the package or using its Python API
+    never does this: the command line calls it first thing (`mini_encdec/__main__.py`), and
+    a program that owns its process may call it too. Applied when the kernels are first
+    looked up (`twins()`), at once if they already were; a bad MINI_ENCDEC_MALLOC then
+    raises ValueError."""
+    _tuning["requested"] = True
+    if _twins:
+        importlib.import_module("mini_encdec.kernels").apply_process_tuning()
 
 
 def resolve(name: str, backend: str | None = None):
@@ -76,30 +100,80 @@ def resolve(name: str, backend: str | None = None):
     return twins()[name]
 
 
-SERIAL_ROWS = 4  # a decoding step with fewer rows than this may run on one thread...
-SERIAL_BYTES = 16 << 20  # ...when the weights it reads are fewer bytes than this
-
-
 def serial(rows: int = 1, weight_bytes: int = 0):
-    """A context manager for a decoding step of `rows` rows that reads `weight_bytes` of
-    weights, under the numba backend. A small step (fewer than SERIAL_ROWS rows, weights
-    that stay in the CPU's cache) runs single-threaded (kernels/threads.py: BLAS and Numba
-    at one thread; too little work to split, and on a busy machine a second thread would
-    make every matmul wait for it). Otherwise the thread policy re-measures the load first
-    (the step's small kernels would not) and the step uses the threads it allows: more
-    rows are more arithmetic, and weights that do not fit in the cache stream from memory,
-    where a second thread adds bandwidth (measured: the `small` decoder's 25 MB per step,
-    batch 1, 277-322 tokens/s on one thread, 393-480 on two). A no-op under numpy."""
+    """A context manager for a KV-cached decoding step of `rows` rows that reads
+    `weight_bytes` of weights: under the numba backend the thread policy decides whether it
+    runs on one thread (`kernels/threads.py`, `step_threads`); a no-op under numpy."""
     if get_backend() == "numba":
         twins()  # the kernels (and their thread policy) are importable, or a loud error
         threads = importlib.import_module("mini_encdec.kernels.threads")
-        if rows < SERIAL_ROWS and weight_bytes < SERIAL_BYTES:
-            return threads.serial()
-        threads.current()
+        return threads.step_threads(rows, weight_bytes)
     return contextlib.nullcontext()
 
 
-def __getattr__(name: str):
-    if name in REFERENCE:
-        return lambda *a, **k: resolve(name)(*a, **k)
-    raise AttributeError(name)
+# --- the ops: each runs the function of its name under the current backend --------------------
+
+def linear_forward(x, W):
+    """y = x W^T (..., In) @ (In, Out) -> (y, cache) (nn/linear.py)."""
+    return resolve("linear_forward")(x, W)
+
+
+def attention_core_forward(q, k, v, mask, *, scale, softcap):
+    """q (B, H, Tq, Dh), k/v (B, K, Tk, Dh) -> (o (B, H, Tq, Dh), cache) (nn/attention.py)."""
+    return resolve("attention_core_forward")(q, k, v, mask, scale=scale, softcap=softcap)
+
+
+def attention_core_backward(do, cache):
+    """(dq, dk, dv) of attention_core_forward (nn/attention.py)."""
+    return resolve("attention_core_backward")(do, cache)
+
+
+def rope_forward(x, cos, sin):
+    """x (B, N, T, Dh) rotated by the (cos, sin) tables -> (y, cache) (nn/rope.py)."""
+    return resolve("rope_forward")(x, cos, sin)
+
+
+def rope_backward(dy, cache):
+    """dx of rope_forward (nn/rope.py)."""
+    return resolve("rope_backward")(dy, cache)
+
+
+def rmsnorm_forward(x, w, eps=1e-6):
+    """y = x / rms(x) * (1 + w) over the last axis -> (y, cache) (nn/rmsnorm.py)."""
+    return resolve("rmsnorm_forward")(x, w, eps)
+
+
+def rmsnorm_backward(dy, cache):
+    """(dx, dw) of rmsnorm_forward (nn/rmsnorm.py)."""
+    return resolve("rmsnorm_backward")(dy, cache)
+
+
+def geglu_act_forward(gate, up):
+    """a = gelu_tanh(gate) * up -> (a, cache) (nn/mlp.py)."""
+    return resolve("geglu_act_forward")(gate, up)
+
+
+def geglu_act_backward(da, cache):
+    """(dgate, dup) of geglu_act_forward (nn/mlp.py)."""
+    return resolve("geglu_act_backward")(da, cache)
+
+
+def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
+    """Mean cross-entropy of cap * tanh(z / cap) -> (loss, cache) (nn/loss.py)."""
+    return resolve("softcap_cross_entropy_forward")(z, labels, cap, ignore_index)
+
+
+def softcap_cross_entropy_backward(dloss, cache):
+    """dz of softcap_cross_entropy_forward (nn/loss.py)."""
+    return resolve("softcap_cross_entropy_backward")(dloss, cache)
+
+
+def embedding_backward(dx, cache):
+    """dE (V, D) of embedding_forward (nn/embedding.py)."""
+    return resolve("embedding_backward")(dx, cache)
+
+
+def adamw_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, t):
+    """One AdamW update of p, m, v in place (nn/adamw.py)."""
+    return resolve("adamw_update")(p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                   weight_decay=weight_decay, t=t)

@@ -1,6 +1,6 @@
 """The whole model on one page: Gemma 2 and T5Gemma forward passes in plain NumPy.
 
-Start here. This file is the math of SPEC sections 1 and 2 and nothing else: no
+Start here. This file is the math of SPEC.md sections 1 and 2 and nothing else: no
 validation, no backward, no caches, no dispatch. Parameters are the flat dict of Hugging
 Face keys that `build_model`, `load_hf` and the checkpoints use, and the logits are
 `build_model(config, params).forward(batch)`'s (tests/test_reference.py checks it). The

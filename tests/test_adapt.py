@@ -1,5 +1,5 @@
-"""Adaptation (SPEC 3): the mapping, the exact checks, unbalanced fresh cross-attention and
-its warmup, directories (ours and Hugging Face, streamed), and clear errors.
+"""Adaptation (SPEC.md section 3): the mapping, the exact checks, unbalanced fresh
+cross-attention and its warmup, directories (ours and Hugging Face, streamed), and clear errors.
 
 Marker task4_1: the classroom assignment on `_origin` (tutorials/assignments/README.md)
 is graded by the mapping and the exact checks.
@@ -74,7 +74,7 @@ def test_mapping_literal_one_layer_balanced():
 
 
 def _check_exact(model, enc_src, dec_src, rng):
-    """SPEC 3's two exact checks on an adapted model."""
+    """SPEC.md section 3's two exact checks on an adapted model."""
     ids, mask = batch(rng)
     # 1. the encoder with causal masks reproduces the encoder source's final hidden states
     h_src = enc_src.hidden_states({"input_ids": ids, "attention_mask": mask})

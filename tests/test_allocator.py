@@ -1,6 +1,8 @@
-"""kernels/allocator.py: with the numba backend, freed memory is kept for the next step
-(no fresh zero-filled pages for arrays of the same size); MINI_ENCDEC_MALLOC=system and
-glibc's own variables leave the allocator alone; a bad value is a clear error."""
+"""kernels/allocator.py: with the numba backend and the process's opt-in
+(ops.tune_process, which the command line calls), freed memory is kept for the next step
+(no fresh zero-filled pages for arrays of the same size); without the opt-in, and with
+MINI_ENCDEC_MALLOC=system or glibc's own variables, the allocator is left alone; a bad
+value is a clear error."""
 
 import os
 import subprocess
@@ -13,9 +15,12 @@ from mini_encdec.kernels import allocator
 # Three "steps", each allocating two 4 MiB arrays and freeing them; prints the minor page
 # faults of the last step (a fresh page costs one, on its first touch) and describe().
 PROBE = """
-import resource
+import resource, sys
 import numpy as np
-import mini_encdec.kernels
+from mini_encdec import ops
+if sys.argv[1] == "opt-in":
+    ops.tune_process()
+ops.twins()
 from mini_encdec.kernels import allocator
 for step in range(3):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -27,10 +32,11 @@ print(allocator.describe())
 """
 
 
-def _probe(**env):
+def _probe(opt_in=True, **env):
     environ = {k: v for k, v in os.environ.items()
                if k != allocator.ENV and k not in allocator.GLIBC_ENV}
-    out = subprocess.run([sys.executable, "-c", PROBE], env=dict(environ, **env),
+    out = subprocess.run([sys.executable, "-c", PROBE, "opt-in" if opt_in else "library"],
+                         env=dict(environ, **env),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     faults, state = out.stdout.splitlines()
@@ -45,6 +51,14 @@ def test_freed_memory_is_reused_without_page_faults():
     faults, state = _probe()
     assert "'applied': True" in state
     assert faults < 50  # the memory of the step before, reused
+
+
+@glibc
+def test_the_library_alone_leaves_the_allocator_alone():
+    """Without the opt-in (a program using the Python API) nothing is set."""
+    faults, state = _probe(opt_in=False)
+    assert "'applied': False" in state and "not yet applied" in state
+    assert faults > 0
 
 
 @glibc

@@ -1,5 +1,5 @@
-"""The sequence-classification probe (SPEC 7): gradients, properties, bad inputs, training
-and checkpoints. Tiny float64 configs (D = 16, 2 layers, V = 50, window 3 < S)."""
+"""The sequence-classification probe (SPEC.md section 7): gradients, properties, bad
+inputs, training and checkpoints. Tiny float64 configs (D = 16, 2 layers, V = 50, window 3 < S)."""
 
 import numpy as np
 import pytest

@@ -1,13 +1,13 @@
-"""Parity of the classification probe with `transformers` (SPEC 7): logits, loss and every
-gradient of Gemma2ForSequenceClassification and T5GemmaForSequenceClassification (encoder-
-only and encoder-decoder) in float64, eager attention, on random tiny models; and
+"""Parity of the classification probe with `transformers` (SPEC.md section 7): logits, loss
+and every gradient of Gemma2ForSequenceClassification and T5GemmaForSequenceClassification
+(encoder-only and encoder-decoder) in float64, eager attention, on random tiny models; and
 save_hf -> from_pretrained / save_pretrained -> load_hf giving the same logits.
 
 The batch mixes a full row, right- and left-padded rows and a one-token row, with
 sequences longer than the sliding windows. Masks and positions are given to transformers
 explicitly, built from positions that count real tokens (our convention; transformers'
 defaults are positions 0..S-1 and, since 5.x, an encoder window |q - k| <= W instead of
-SPEC 2's < W), so every padding layout is compared on the same function. `pytest -s`
+SPEC.md section 2's < W), so every padding layout is compared on the same function. `pytest -s`
 prints the largest differences per quantity.
 """
 

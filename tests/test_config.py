@@ -7,7 +7,7 @@ import pytest
 from mini_encdec.config import (EncDecConfig, GemmaConfig, PRESETS, config_from_dict,
                                 count_parameters, encdec_preset, preset)
 
-# SPEC / paper: totals with vocabulary 256,000, in millions (one decimal).
+# SPEC.md section 6 / paper: totals with vocabulary 256,000, in millions (one decimal).
 ENCDEC_COUNTS = {"S": 312.5, "B": 591.5, "L": 1241.8, "XL": 3767.0, "2b": 5596.9,
                  "9b-2b": 12292.4, "9b": 20333.4}
 DECODER_COUNTS = {"2b": 2614.3, "9b": 9241.7}

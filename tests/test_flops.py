@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import mini_encdec.models.decoding as decoding_mod
-import mini_encdec.models.head as head_mod
+import mini_encdec.models.encdec as encdec_mod
+import mini_encdec.models.gemma as gemma_mod
 import mini_encdec.nn.attention as attention_mod
 import mini_encdec.nn.mlp as mlp_mod
 from mini_encdec import ops
@@ -48,10 +49,10 @@ def counter(monkeypatch):
     def counted_plain(x, W):  # the decoding path's unchecked matmul
         return counted_linear(x, W)[0]
 
-    for mod in (attention_mod, head_mod, mlp_mod):
+    for mod in (attention_mod, gemma_mod, encdec_mod, mlp_mod):
         monkeypatch.setattr(mod, "linear_forward", counted_linear)
-    for mod in (decoding_mod, mlp_mod):
-        monkeypatch.setattr(mod, "_linear", counted_plain)
+    monkeypatch.setattr(decoding_mod, "_linear", counted_plain)
+    monkeypatch.setattr(mlp_mod, "linear_unchecked", counted_plain)
     monkeypatch.setattr(ops, "attention_core_forward", counted_core, raising=False)
     return count
 

@@ -326,34 +326,33 @@ def test_forced_length_generates_past_eos():
         generate(model, prompts, method="beam", stop_at_eos=False)
 
 
-def test_fused_weights_are_built_once_per_model_and_follow_in_place_training():
-    """The fused q/k/v and gate/up matrices are made once per model; the parameters become
-    views into them, so an in-place update (what AdamW does) reaches generation, and a
-    parameter replaced by a new array makes the next request rebuild."""
-    from mini_encdec.models.decoding import fused_weights
+def test_the_cache_owns_its_fused_weights_and_leaves_the_parameters_alone():
+    """The fused q/k/v and gate/up matrices belong to one request's cache: model.params
+    keeps its own arrays (not views), and a parameter update between two requests, in
+    place or by assignment, reaches the next request."""
     model = model_of(cfg())
     ids = np.array([[BOS, 5, 6, 7, 8]])
+    before_params = {k: v for k, v in model.params.items()}
 
     def cached_equals_full():  # a new request's prefill logits == the full forward
-        got = decoder_step(model, init_cache(model, 1), ids)
+        cache = init_cache(model, 1)
+        got = decoder_step(model, cache, ids)
         np.testing.assert_allclose(got, model.forward({"input_ids": ids}), rtol=1e-11,
                                    atol=1e-11)
-        return got
+        return got, cache
 
-    before = cached_equals_full()
-    fused = fused_weights(model)
-    assert fused_weights(model) is fused  # not rebuilt by a second request
+    before, cache = cached_equals_full()
     key = "model.layers.0.self_attn.k_proj.weight"
-    assert np.shares_memory(model.params[key], fused[0]["qkv"])
+    assert all(model.params[k] is v for k, v in before_params.items())  # not replaced
+    assert not np.shares_memory(model.params[key], cache.fused[0]["qkv"])
     for name in ("q", "k", "v"):  # in place, as the optimizer updates parameters
         model.params[f"model.layers.0.self_attn.{name}_proj.weight"] *= 3.0
     model.params["model.layers.1.mlp.up_proj.weight"] += 0.5
-    after = cached_equals_full()
-    assert fused_weights(model) is fused
+    after, _ = cached_equals_full()
     assert not np.allclose(after, before)
-    model.params[key] = model.params[key] * 0.5  # a new array: the next request rebuilds
-    cached_equals_full()
-    assert fused_weights(model) is not fused
+    model.params[key] = model.params[key] * 0.5  # a new array
+    again, _ = cached_equals_full()
+    assert not np.allclose(again, after)
 
 
 @pytest.mark.parametrize("kind", ["decoder", "merged", "balanced"])
@@ -397,3 +396,61 @@ def test_decoding_steps_read_every_cached_key_in_place(kind, monkeypatch):
             continue
         assert any(np.shares_memory(k, b) for b in buffers)
         assert any(np.shares_memory(v, b) for b in buffers)
+
+
+@pytest.mark.parametrize("kind", ["decoder", "balanced", "unbalanced", "merged"])
+def test_every_cached_layer_equals_its_training_block(kind, monkeypatch, backend):
+    """The fused decoding path is the training blocks' equations: every layer's output in
+    a cached prefill and in the cached steps after it equals models/blocks.py's block
+    (encoder / decoder / merged) run on that layer's inputs for the whole sequence."""
+    import mini_encdec.models.decoding as decoding
+    from mini_encdec.models import blocks
+    from mini_encdec.models.decoding import decoder_parts
+    from mini_encdec.models.inputs import (memory_mask, merge_masks, positions_from_mask,
+                                           rope_for, self_attention_masks)
+    config = cfg() if kind == "decoder" else ENCDEC[kind]()
+    model = model_of(config)
+    spec, _ = decoder_parts(model)
+    dec = spec.cfg
+    rng = np.random.default_rng(7)
+    B, T, S = 2, 6, 5
+    ids = rng.integers(3, V, (B, T))
+    memory = mem_mask = None
+    if kind == "decoder":
+        cache = init_cache(model, B)
+    else:
+        src, src_mask = rng.integers(3, V, (B, S)), np.ones((B, S), np.int64)
+        src_mask[1, -2:] = 0  # padding in the encoder input
+        memory = model.encode(src, src_mask)
+        cache = init_cache(model, B, memory, src_mask.astype(bool))
+        mem_mask = memory_mask(src_mask.astype(bool), S)
+    seen = {i: [] for i in range(dec.num_hidden_layers)}
+    cached = decoding.cached_block_forward
+
+    def record(spec_, P, i, x, cache_, mask, rope):
+        out = cached(spec_, P, i, x, cache_, mask, rope)
+        seen[i].append((x, out))
+        return out
+    monkeypatch.setattr(decoding, "cached_block_forward", record)
+    decoder_step(model, cache, ids[:, :4])  # a prefill of 4, then one token at a time
+    for t in range(4, T):
+        decoder_step(model, cache, ids[:, t:t + 1])
+    pos = positions_from_mask(None, T)
+    masks = self_attention_masks(dec, pos, pos, causal=True)
+    if spec.merged:
+        masks = merge_masks(masks, mem_mask, B)
+    rope = rope_for(dec, pos, np.float64)
+    for i, calls in seen.items():
+        x_in = np.concatenate([c[0] for c in calls], axis=1)  # (B, T, D), as the cache saw it
+        x_out = np.concatenate([c[1] for c in calls], axis=1)
+        p, mask = spec.layer(i), masks[dec.layer_types[i]]
+        if spec.cross:
+            want, _ = blocks.decoder_block_forward(dec, model.params, p, spec.attn_norms, x_in,
+                                                   mask, rope, memory, mem_mask)
+        elif spec.merged:
+            want, _ = blocks.merged_block_forward(dec, model.params, p, spec.attn_norms, x_in,
+                                                  mask, rope, memory)
+        else:
+            want, _ = blocks.encoder_block_forward(dec, model.params, p, spec.attn_norms, x_in,
+                                                   mask, rope)
+        np.testing.assert_allclose(x_out, want, rtol=1e-11, atol=1e-11, err_msg=f"layer {i}")

@@ -161,3 +161,23 @@ def test_a_wiring_mistake_is_seen():
     with use_backend("numpy"):
         logits = build_model(wrong, model.params).forward(batch)
     assert where_differs("t5gemma_gqa", "the logits", logits, want["logits"]) is not None
+
+
+@pytest.mark.parametrize("case", ENCDEC + ["gemma2"])
+def test_the_one_page_reference_equals_transformers(case):
+    """mini_encdec/reference.py, checked directly against transformers' frozen logits (not
+    only against the package): the one-page statement of SPEC.md sections 1 and 2 is right
+    on its own."""
+    from mini_encdec import reference
+    model, batch, want = load(case)
+    mask = batch.get("attention_mask")
+    if "decoder_input_ids" in batch:
+        logits = reference.t5gemma_forward(model.config, model.params, batch["input_ids"],
+                                           batch["decoder_input_ids"], mask)
+        msg = where_differs(case, "reference.py's logits", logits, want["logits"])
+    else:
+        logits = reference.gemma2_forward(model.config, model.params, batch["input_ids"], mask)
+        real = mask.astype(bool) if mask is not None else np.ones(logits.shape[:2], bool)
+        msg = where_differs(case, "reference.py's logits (real tokens)", logits[real],
+                            want["logits"][real])
+    assert msg is None, msg

@@ -1,5 +1,5 @@
-"""Properties of the model assembly (SPEC 1-2) on hypothesis-drawn tiny models: what the
-wiring of the graded layers must make true whatever the sizes.
+"""Properties of the model assembly (SPEC.md sections 1 and 2) on hypothesis-drawn tiny
+models: what the wiring of the graded layers must make true whatever the sizes.
 
     cross-attention reads the encoder output as a set (no RoPE, no window): permuting the
         encoder positions, with their padding, leaves the decoder's logits unchanged

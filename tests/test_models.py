@@ -290,6 +290,30 @@ def test_encoder_is_bidirectional_and_causal_option():
                                   model.encode(other, causal=True)[0, :5])
 
 
+def test_causal_encoder_is_a_config_field_saved_with_the_model(tmp_path):
+    """The causal-encoder ablation lives in EncDecConfig (no class attribute): it changes
+    the encoder's masks, round-trips through config dicts and saved models, and setting
+    the model's switch replaces its config (the study's causal_encoder(model))."""
+    from mini_encdec.config import config_from_dict
+    from mini_encdec.storage.checkpoint import load_model, save_model
+    cfg = gemma_cfg()
+    config = EncDecConfig(encoder=cfg, decoder=cfg)
+    assert isinstance(EncDecLM.__dict__["causal_encoder"], property)  # reads the config
+    model = build_model(config, seed=1, dtype=np.float64)
+    causal = build_model(config.replace(causal_encoder=True), params=model.params)
+    ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (1, 6))
+    np.testing.assert_array_equal(causal.encode(ids), model.encode(ids, causal=True))
+    assert not np.allclose(causal.encode(ids), model.encode(ids))
+    assert config_from_dict(causal.config.to_dict()) == causal.config
+    loaded = load_model(save_model(tmp_path / "m", causal.config, causal.params))
+    assert loaded.config.causal_encoder and loaded.causal_encoder
+    np.testing.assert_array_equal(loaded.encode(ids), causal.encode(ids))
+    model.causal_encoder = True  # the switch is the config's field
+    assert model.config == causal.config and not config.causal_encoder
+    with pytest.raises(ValueError, match="causal_encoder"):
+        config.replace(causal_encoder="yes")
+
+
 def test_causal_encoder_reproduces_decoder_only_hidden_states():
     """An encoder given the decoder-only model's weights (renamed keys) and run with the
     causal masks reproduces the decoder-only model's final hidden states."""
@@ -396,3 +420,35 @@ def test_padding_property_encdec(S, pad, window, seed):
     mask = (np.arange(S + pad) < S).astype(np.int64)[None]
     out = model.forward({"input_ids": padded, "attention_mask": mask, "decoder_input_ids": dec})
     np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)
+
+
+def test_the_call_chain_from_forward_to_the_attention_core_crosses_at_most_four_files(
+        monkeypatch):
+    """A reader going from EncDecLM.forward to the attention core (NumPy backend) passes
+    through at most four files: encdec.py, blocks.py, nn/attention.py and ops.py."""
+    import inspect
+    from pathlib import Path
+
+    import mini_encdec
+    from mini_encdec import ops
+    from mini_encdec.nn.attention import attention_core_forward
+    package = Path(mini_encdec.__file__).parent
+    chains = []
+
+    def core(*args, **kwargs):
+        frames = inspect.stack()[1:]  # the callers, innermost first
+        start = next(i for i, f in enumerate(frames)
+                     if f.function == "forward" and f.filename.endswith("encdec.py"))
+        chains.append([(Path(f.filename), f.function) for f in reversed(frames[:start + 1])])
+        return attention_core_forward(*args, **kwargs)
+    monkeypatch.setitem(ops.REFERENCE, "attention_core_forward", core)
+    cfg = gemma_cfg()
+    model = build_model(EncDecConfig(encoder=cfg, decoder=cfg), dtype=np.float64)
+    with use_backend("numpy"):
+        model.forward({"input_ids": np.full((1, 4), 5), "decoder_input_ids": np.full((1, 3), 5)})
+    assert chains
+    for chain in chains:
+        files = {path.relative_to(package).as_posix() for path, _ in chain}
+        files.add("nn/attention.py")  # where the core itself is
+        assert files <= {"models/encdec.py", "models/blocks.py", "nn/attention.py", "ops.py"}, \
+            chain

@@ -1,4 +1,4 @@
-"""Each nn/ layer equals its equation (SPEC 1), written plainly here: loops, no tricks.
+"""Each nn/ layer equals its equation (SPEC.md section 1), written plainly here: loops, no tricks.
 
 The nn functions run as written (called directly, not through the backend dispatcher),
 on inputs drawn by hypothesis, and must match the equation. Each `check_*` helper is

@@ -1,4 +1,4 @@
-"""Attention masks from positions (SPEC 1): the definitions written as loops, checked on
+"""Attention masks from positions (SPEC.md section 1): the definitions written as loops, checked on
 hypothesis-drawn positions, windows and paddings (and against an off-by-one window, which
 the check must reject); then literal expected matrices (rows = queries, columns = keys,
 1 = may attend), T = 5, W = 2, for both window forms, the global forms, padding, and

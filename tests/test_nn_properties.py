@@ -1,6 +1,7 @@
-"""Properties of the nn/ layers (SPEC 1-2): causality, window locality, RoPE relativity,
-GQA = MHA with repeated heads, masked keys have no influence, empty rows give zeros,
-soft-cap bounds, RMSNorm scale invariance, float32 agreement with float64, loss identities.
+"""Properties of the nn/ layers (SPEC.md sections 1 and 2): causality, window locality, RoPE
+relativity, GQA = MHA with repeated heads, masked keys have no influence, empty rows give
+zeros, soft-cap bounds, RMSNorm scale invariance, float32 agreement with float64, loss
+identities.
 
 The equations themselves are checked in tests/test_nn_equations.py, the gradients in
 tests/test_nn_gradcheck.py. Markers task1_1 ... task2_4: the classroom assignments
@@ -84,7 +85,7 @@ def test_keys_outside_the_window_have_no_influence(backend, seed, dims, causal, 
     o, _ = ops.attention_core_forward(q, k, v, mask, scale=0.5, softcap=50.0)
     for i in range(T):
         far = (np.abs(pos - i) >= window) | ((pos > i) if causal else False)
-        np.testing.assert_array_equal(~mask[0, 0, i], far)  # the window as written in SPEC
+        np.testing.assert_array_equal(~mask[0, 0, i], far)  # the window of SPEC.md section 8
         k2, v2 = k.copy(), v.copy()
         k2[:, :, far] = randn(rng, B, K, int(far.sum()), Dh, scale=5.0)
         v2[:, :, far] = randn(rng, B, K, int(far.sum()), Dh, scale=5.0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mini_encdec.text.corpus import GENRES, load_plays, speeches
-from mini_encdec.text.tasks import (SYNTH_VOCAB_SIZE, ChoiceExample, choice_pairs,
+from mini_encdec.text.tasks import (SYNTH_VOCAB_SIZE, choice_pairs,
                                collate_classification, exact_match, genre_examples,
                                genre_pairs, lcs_length, next_line_examples, reply_examples,
                                reply_pairs, rouge_l, synth_decode, synth_encode,

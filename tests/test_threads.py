@@ -42,10 +42,19 @@ def test_pools_whose_own_variable_is_set_are_left_alone():
     assert p.numba_managed and p.blas_managed
 
 
-def test_wait_policy_is_passive_unless_the_user_chose():
+def test_wait_policy_is_set_only_on_opt_in_and_never_over_the_users():
+    """OMP_WAIT_POLICY is the host's variable: set_wait_policy (the opt-in's, called by
+    ops.tune_process) sets PASSIVE only where the user did not choose."""
     import os
-    assert os.environ.get("OMP_WAIT_POLICY")  # set by the import (or by the user before it)
-    assert threads.describe()["omp_wait_policy"] == os.environ["OMP_WAIT_POLICY"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = ("import os, mini_encdec.kernels as k; before = os.environ.get('OMP_WAIT_POLICY'); "
+            "k.threads.set_wait_policy(); print(before, os.environ.get('OMP_WAIT_POLICY'))")
+    run = [sys.executable, "-c", code]
+    out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["None", "PASSIVE"], out.stderr
+    out = subprocess.run(run, env=dict(env, OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
+                         text=True, timeout=300)
+    assert out.stdout.split() == ["ACTIVE", "ACTIVE"], out.stderr
 
 
 def _stat(busy0, busy1, idle0=1000, idle1=1000):
@@ -235,7 +244,7 @@ def test_serial_runs_a_block_on_one_thread_and_restores_the_count(monkeypatch):
     # `small` decoder); the measurement is faked so the test does not depend on the load
     asked = []
     monkeypatch.setattr(policy, "current", lambda: asked.append(1) or policy._current)
-    for big in (dict(rows=ops.SERIAL_ROWS), dict(rows=1, weight_bytes=ops.SERIAL_BYTES)):
+    for big in (dict(rows=threads.SERIAL_ROWS), dict(rows=1, weight_bytes=threads.SERIAL_BYTES)):
         with use_backend("numba"), ops.serial(**big):
             assert policy._current == policy.cap
     assert applied == [1, policy.cap] and len(asked) == 2

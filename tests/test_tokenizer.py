@@ -77,7 +77,7 @@ def test_training_is_deterministic(tmp_path):
     a = train_tokenizer(tmp_path / "a.model", 1000, num_sentinels=16, texts=texts)
     b = train_tokenizer(tmp_path / "b.model", 1000, num_sentinels=16, texts=texts)
     assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
-    assert a.vocab_size == 1000 and a.num_sentinels == 16
+    assert a.vocab_size == b.vocab_size == 1000 and a.num_sentinels == 16
 
 
 def test_retraining_reproduces_the_shipped_model(tmp_path):

@@ -259,7 +259,7 @@ assert not m[1, 0][:, 3:].any() and np.array_equal(m[0, 0], masks["symmetric-loc
 #
 # A padded *query* row whose keys are all padding has nothing to attend to. The softmax of
 # an all `-inf` row is `0/0 = NaN`; Hugging Face's eager path adds a large negative number
-# instead, which gives a uniform average over the forbidden keys. *Our choice* (SPEC 1):
+# instead, which gives a uniform average over the forbidden keys. *Our choice* (SPEC.md section 1):
 # such a row outputs exactly zeros and gets exactly zero gradient. The loss never reads
 # padded positions, so this changes no real result; it only keeps NaNs out.
 

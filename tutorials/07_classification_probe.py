@@ -25,7 +25,7 @@
 #
 # `h_enc` is the final-normed encoder output, `W` is `(C, D_e)` and `c` a bias; the loss
 # is the mean cross-entropy over classes. This is `transformers`'
-# `T5GemmaForSequenceClassification` in encoder-only mode (SPEC section 7), parameter
+# `T5GemmaForSequenceClassification` in encoder-only mode (SPEC.md section 7), parameter
 # for parameter; the decoder-only parent gets `Gemma2ForSequenceClassification`'s head
 # (the same on its final-normed hidden states, no bias). `mini_encdec/models/classifier.py`
 # implements three modes:
@@ -41,7 +41,6 @@
 # (`mini_encdec/experiments/downstream.py: finetune_probe`) on the genre task.
 
 # %%
-import dataclasses
 
 import numpy as np
 

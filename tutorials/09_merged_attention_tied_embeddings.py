@@ -38,11 +38,10 @@
 # RoPE and the causal (or causal local) mask apply to the decoder part; the encoder part
 # is unrotated and fully visible except padding. It needs equal encoder and decoder
 # widths (one `k_proj` reads both). The block loses a sublayer (two norms, four matrices)
-# and each decoding step one attention. (SPEC section 2; `mini_encdec/models/blocks.py:
+# and each decoding step one attention. (SPEC.md section 2; `mini_encdec/models/blocks.py:
 # merged_block_forward`, and the one-page forward in `mini_encdec/reference.py`.)
 
 # %%
-import copy
 
 import numpy as np
 

@@ -15,7 +15,7 @@
 # # 10. Hugging Face interop: to `transformers` and back
 #
 # A model here is a config plus one flat dict of NumPy arrays whose keys are the Hugging
-# Face parameter names, weights stored `[out, in]` (DESIGN.md, SPEC section 5):
+# Face parameter names, weights stored `[out, in]` (SPEC.md section 5):
 #
 #     model.encoder.layers.0.self_attn.q_proj.weight      (H*Dh, De)
 #     model.decoder.layers.0.cross_attn.k_proj.weight     (K*Dh, De)
@@ -35,7 +35,7 @@
 # itself, comparing logits; without them those cells say so and skip.
 #
 # Known differences, said here because a user will meet them: transformers >= 5 lets
-# T5Gemma's encoder local layers see `|q - k| <= W` where SPEC 2 (and transformers 4.5x)
+# T5Gemma's encoder local layers see `|q - k| <= W` where SPEC.md section 2 (and transformers 4.5x)
 # use `< W`, so outputs differ for encoder inputs longer than the window (our examples
 # stay within it); transformers' "sdpa" attention ignores the attention soft-cap, so
 # comparisons use `attn_implementation="eager"`. T5Gemma 2's options (tutorial 9) have no

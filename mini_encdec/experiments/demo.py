@@ -9,7 +9,7 @@ checkpoint under runs/seed<S>/ in the demo's directory):
 
   1. pre-train a decoder-only Gemma 2 (causal LM)                  -> the parent "M";
      samples of its text go into results.md
-  2. adapt M into a balanced encoder-decoder (SPEC section 3)       -> "M-M";
+  2. adapt M into a balanced encoder-decoder (SPEC.md section 3)       -> "M-M";
      its PrefixLM loss right after adaptation, beside M's
   3. the same extra pre-training budget for both (the same updates of windows of the same
      plays):
@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from . import downstream
 from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan, load_average, \

@@ -1,5 +1,5 @@
 """Fine-tuning and evaluation on the downstream tasks, with baselines and like-for-like
-inference costs (SPEC section 7). The demo and the study both use it, so the two
+inference costs (SPEC.md section 7). The demo and the study both use it, so the two
 architectures are always fine-tuned and measured by the same code.
 
 Tasks (from the plays; training examples from the training plays, evaluation examples
@@ -46,7 +46,7 @@ import numpy as np
 
 from ..text.corpus import GENRES
 from ..objectives.example import Example
-from ..text.tasks import (ClassExample, exact_match, genre_examples, reply_examples, rouge_l,
+from ..text.tasks import (exact_match, genre_examples, reply_examples, rouge_l,
                           task_prefix)
 
 

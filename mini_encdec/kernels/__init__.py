@@ -19,12 +19,16 @@ Files, each starting with a checklist (what is fused, what runs in parallel, mem
     threads.py     how many threads BLAS and Numba use, and when (MINI_ENCDEC_THREADS)
     allocator.py   glibc keeps freed memory for the next step (MINI_ENCDEC_MALLOC)
 
+Importing the kernels changes no environment variable and no allocator setting; the
+process-wide settings (threads.set_wait_policy, allocator.apply) apply only after the
+opt-in `mini_encdec.ops.tune_process()`, which the command line calls.
+
 Matmuls of many rows are not here: they stay on BLAS through `numpy.matmul`.
 """
 
 from __future__ import annotations
 
-from . import allocator
+from . import allocator, threads
 from .adamw import adamw_update
 from .attention import attention_core_backward, attention_core_forward
 from .embedding import embedding_backward
@@ -34,9 +38,16 @@ from .mlp import geglu_act_backward, geglu_act_forward
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward
 from .rope import rope_backward, rope_forward
 
-allocator.apply()  # keep freed memory for the next step (allocator.py; MINI_ENCDEC_MALLOC)
 
-__all__ = ["adamw_update", "attention_core_backward", "attention_core_forward",
-           "embedding_backward", "geglu_act_backward", "geglu_act_forward", "linear_forward",
+
+def apply_process_tuning() -> None:
+    """The settings `mini_encdec.ops.tune_process()` opts in to: OMP_WAIT_POLICY=PASSIVE
+    (threads.set_wait_policy) and glibc keeping freed memory (allocator.apply)."""
+    threads.set_wait_policy()
+    allocator.apply()
+
+__all__ = ["apply_process_tuning", "adamw_update", "attention_core_backward",
+           "attention_core_forward", "embedding_backward", "geglu_act_backward",
+           "geglu_act_forward", "linear_forward",
            "rmsnorm_backward", "rmsnorm_forward", "rope_backward", "rope_forward",
            "softcap_cross_entropy_backward", "softcap_cross_entropy_forward"]

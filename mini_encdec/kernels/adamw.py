@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..nn.adamw import adamw_update as reference_adamw_update
 from ._runtime import JIT, parallel_chunks
 from ._vecmath import cst
 
@@ -61,9 +62,8 @@ def adamw_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, t):
     if not (all(isinstance(a, np.ndarray) and a.dtype == p.dtype and a.shape == p.shape
                 and a.flags.c_contiguous for a in arrays)
             and p.dtype in (np.float32, np.float64) and p.flags.writeable):
-        from ..nn.adamw import adamw_update as reference
-        return reference(p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                         weight_decay=weight_decay, t=t)
+        return reference_adamw_update(p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                      weight_decay=weight_decay, t=t)
     f = p.dtype.type
     shrink = f(1 - lr * weight_decay) if weight_decay else f(1)
     args = (p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(lr), f(beta1),

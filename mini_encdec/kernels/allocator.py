@@ -7,14 +7,12 @@ at first, raised automatically up to 32 MiB) to the kernel with mmap and gives t
 with munmap when freed, and it trims the top of its heap whenever more than the trim
 threshold is free there. Either way the next step's arrays land on fresh pages, and the
 kernel zero-fills every 4 KiB page on its first touch (a page fault each): CPU time that
-is neither arithmetic nor memory traffic. Measured on the 2-core machine, `small`
-encoder-decoder training step (B=8, 128 + 128 tokens), alternating runs: 518-534 ms with
-glibc's defaults, 489-496 ms with the settings below; system CPU time of a short run
-0.82 s -> 0.47 s. (With the trim threshold set alone, which freezes the mmap threshold at
-128 KiB, the step took 932-973 ms: the cost of page faults, isolated.)
+is neither arithmetic nor memory traffic. Keeping the memory makes a training step
+faster and halves the system CPU time (the numbers: MEASUREMENTS.md beside this file).
 
-What is set (glibc only, once, when `mini_encdec.kernels` is first imported, i.e. when
-the numba backend is used):
+What is set (glibc only, once, when the process opted in with
+`mini_encdec.ops.tune_process()`, as the command line does, and the kernels are
+imported, i.e. the numba backend is used; a library user's process is left alone):
 - M_MMAP_THRESHOLD = 1 GiB: arrays below 1 GiB come from malloc's heap, not from mmap;
 - M_TRIM_THRESHOLD = 2 GiB: freed memory stays in the heap for reuse instead of being
   returned to the kernel at once.

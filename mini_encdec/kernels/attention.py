@@ -8,18 +8,16 @@ Checklist
   running sum l and output accumulator are rescaled when a new block raises the max
   (flash attention's recurrence). Many rows (training, prompt processing): tiled like
   the backward below: s = q k^T (BLAS), one fused Numba pass per row (scale, soft-cap,
-  mask, max, exp, sum, normalise; measured 66 -> 39 ms per small encoder-decoder step on
-  one thread), o = p v (BLAS). Either way only the row's log-sum-exp L = m + log l is
-  kept for the backward.
+  mask, max, exp, sum, normalise), o = p v (BLAS). Either way only the row's
+  log-sum-exp L = m + log l is kept for the backward.
 - Backward: tiled and handed to BLAS. Per tile of n key/value heads x M of their G*Tq
   query rows (G query heads share one kv head, so a tile is a plain (M, Dh) @ (Dh, Tk)
   batched matmul, no head repeated): s = q k^T and dp = do v^T (np.matmul), then one
   fused Numba pass per row recomputes the soft-cap and p = exp(s1 - L) from the saved
   log-sum-exp and turns dp into ds = p (dp - D) (1 - tanh^2) scale, D = do.o, in place;
-  then dq = ds k, dk += ds^T q, dv += p^T do (np.matmul). The first version looped over
-  (q, k) pairs and re-read and re-wrote the dk, dv rows for every pair (~10% of the
-  matmul peak); the five matmuls run near BLAS speed (measured 154 -> 83 ms per small
-  encoder-decoder step on one thread). Cost: masked keys inside a tile are computed and
+  then dq = ds k, dk += ds^T q, dv += p^T do (np.matmul): the five matmuls run near BLAS
+  speed, where a loop over (q, k) pairs re-reads and re-writes the dk, dv rows for every
+  pair (MEASUREMENTS.md has the numbers). Cost: masked keys inside a tile are computed and
   zeroed (a causal mask wastes up to half the matmul work; still faster).
 - Masks: any bool mask broadcastable to (B, 1, Tq, Tk). The online forward visits only
   the keys between a row's first and last allowed key, so a causal row costs O(i) and a
@@ -54,7 +52,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..nn.attention import _check_core
+from ..nn.attention import check_core_inputs
 from ..validate import check_float, check_shape
 from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst, row_max, vexp, vtanh
@@ -325,7 +323,7 @@ def _positive(x) -> bool:
 
 
 def _fast_check(q, k, v, mask, scale, softcap) -> bool:
-    """True when the arguments surely pass the reference's checks (_check_core), which
+    """True when the arguments surely pass the reference's checks (check_core_inputs), which
     then run only to explain a failure."""
     if not (same_float_arrays(q, k, v) and q.ndim == 4 and k.ndim == 4
             and v.shape == k.shape and k.shape[0] == q.shape[0] and k.shape[3] == q.shape[3]
@@ -371,7 +369,7 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     """Twin of nn.attention.attention_core_forward: q (B, H, Tq, Dh), k/v (B, K, Tk, Dh),
     mask bool broadcastable to (B, 1, Tq, Tk) or None -> (o (B, H, Tq, Dh), cache)."""
     if not _fast_check(q, k, v, mask, scale, softcap):
-        mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap,
+        mask, scale, softcap = check_core_inputs(q, k, v, mask, scale, softcap,
                                            "attention_core_forward")
     B, H, Tq, Dh = q.shape
     Tk = k.shape[2]

@@ -4,11 +4,9 @@ y = x W^T, for the few-row products of KV-cached decoding.
 Why a kernel for a matmul: one decoding step multiplies B rows (B = the batch, 1 to a
 few dozen) by every weight matrix. BLAS's gemm packs the whole weight matrix into its
 own layout before multiplying, which pays off for hundreds of rows but dominates with a
-handful: measured on the 2-core machine, one thread, (8, 256) @ (256, 8192) (the small
-preset's logits for a batch of 8) takes 1.45-1.8 ms through `numpy.matmul` and 0.45 ms
-here; (4, 256) @ (256, 2048) 0.30 ms vs 0.054 ms. From about 64 rows on BLAS is as fast
-or faster, and a single row is a gemv, which BLAS does without packing: both stay on
-`numpy.matmul` (SMALL_ROWS below).
+handful: for a few rows this kernel is several times faster (MEASUREMENTS.md). From
+about 64 rows on BLAS is as fast or faster, and a single row is a gemv, which BLAS does
+without packing: both stay on `numpy.matmul` (SMALL_ROWS below).
 
 Checklist
 - Reads W once, in its stored (Out, In) layout: no packing, no transpose, no copy.
@@ -29,16 +27,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..nn.linear import _linear
+from ..nn.linear import linear_unchecked
 from ..validate import check_float, check_same_dtype, check_shape
 from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst
 
 SMALL_ROWS = (2, 32)  # row counts (product of x's leading axes) this kernel takes
 # Multiply-adds per unit of parallel_chunks' work (SERIAL_WORK units run serially): 16, so
-# products below 4M multiply-adds stay on the calling thread. Waking Numba's pool costs
-# ~30 us on this machine, more than a smaller product takes (measured: (8, 256) @
-# (256, 512) 28 us serial, 50 us on 2 threads).
+# products below 4M multiply-adds stay on the calling thread: waking Numba's pool costs
+# more than a smaller product takes (MEASUREMENTS.md).
 MACS_PER_UNIT = 16
 
 
@@ -106,7 +103,7 @@ def linear_forward(x, W):
     N, D = W.shape
     M = x.size // D if D else 0
     if not (SMALL_ROWS[0] <= M <= SMALL_ROWS[1] and D and W.flags.c_contiguous):
-        return _linear(x, W), {"x": x, "W": W}  # many rows, one row, odd layouts: BLAS
+        return linear_unchecked(x, W), {"x": x, "W": W}  # many rows, one row, odd layouts: BLAS
     x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
     y = np.empty((M, N), dtype=x.dtype)
     nchunks = parallel_chunks(M * N * D // MACS_PER_UNIT, N)

@@ -26,7 +26,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..nn.loss import _check_dloss, _check_logits_labels
+from ..nn.loss import check_dloss, check_logits_labels
 from ..validate import check_positive
 from ._runtime import JIT, parallel_chunks
 from ._vecmath import cst, row_max, vexp, vtanh
@@ -118,7 +118,7 @@ def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
     """Twin of nn.loss.softcap_cross_entropy_forward: z (..., V), labels (...) ->
     (loss: float, cache)."""
     fn = "softcap_cross_entropy_forward"
-    V = _check_logits_labels(z, labels, ignore_index, fn, logits_name="z")
+    V = check_logits_labels(z, labels, ignore_index, fn, logits_name="z")
     cap = check_positive(cap, "cap", fn=fn, allow_none=True)
     z2 = np.ascontiguousarray(z).reshape(-1, V)  # (..., V) -> (N, V)
     labels1 = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)  # (...) -> (N,)
@@ -142,7 +142,7 @@ def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
 
 def softcap_cross_entropy_backward(dloss, cache):
     """Twin of nn.loss.softcap_cross_entropy_backward: returns dz (..., V)."""
-    dloss = _check_dloss(dloss, "softcap_cross_entropy_backward")
+    dloss = check_dloss(dloss, "softcap_cross_entropy_backward")
     z2, n = cache["z"], cache["n"]
     if not n:
         return np.zeros(cache["shape"], dtype=z2.dtype)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..nn.rope import _check_table
+from ..nn.rope import check_rope_table
 from ..nn.rope import rope_backward as _reference_backward
 from ..validate import check_float, check_shape
 from ._runtime import JIT, parallel_chunks, same_float_arrays
@@ -80,14 +80,14 @@ def rope_forward(x, cos, sin):
     fast = (same_float_arrays(x, cos, sin) and x.ndim == 4 and x.shape[-1] % 2 == 0
             and cos.shape == sin.shape
             and cos.shape in (x.shape[2:], (x.shape[0],) + x.shape[2:]))
-    if fast:  # (T, Dh) or (B, T, Dh) -> (T, Dh) or (B, 1, T, Dh), as _check_table does
+    if fast:  # (T, Dh) or (B, T, Dh) -> (T, Dh) or (B, 1, T, Dh), as check_rope_table does
         c, s = (t if t.ndim == 2 else t[:, None] for t in (cos, sin))
     else:  # the reference's checks, in its order
         check_float(x, "x", ndim=4, fn=fn)
         if x.shape[-1] % 2:
             raise ValueError(f"{fn}: argument 'x': expected an even head size (last axis), "
                              f"got shape {x.shape}")
-        c, s = _check_table(x, cos, "cos", fn), _check_table(x, sin, "sin", fn)
+        c, s = check_rope_table(x, cos, "cos", fn), check_rope_table(x, sin, "sin", fn)
     y = _rotate(x, c, s, np.empty(x.shape, dtype=x.dtype), 1)  # (B, N, T, Dh)
     return y, {"cos": c, "sin": s, "shape": x.shape}
 

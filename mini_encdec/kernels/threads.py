@@ -4,17 +4,12 @@ Why a policy. A numba training step alternates between two thread pools: BLAS's 
 OpenBLAS, its own pthreads, under every matmul) and Numba's (the kernels' `prange`, the
 OpenMP layer here). Each splits a call into one fixed piece per thread and waits at the
 end for the slowest piece; a step makes thousands of such calls (the linear layers and
-the attention's per-head matmuls). On a quiet machine that is what makes training fast
-(2 threads: 100 ms per `tiny` decoder step against 159 ms on one). When another program
-keeps a core busy, the thread that shares its core is a scheduler time slice
-(milliseconds) late at every call, while its partner spins waiting for it. Measured with
-the old fixed two threads (each thread's CPU time and run-queue wait from
-/proc/self/task/*/schedstat): beside a busy loop a `tiny` decoder step took 1.8 s (18x),
-and the 6 steps burnt 5.8 s of CPU in the main thread and 6.0 s in OpenBLAS's worker
-(0.5 s and 0.6 s when quiet), each also waiting 6.3 s in the run queue; Numba's pool
-thread used 0.1 s. Beside a second copy of the training: 9.5x; `small` models 10-17x.
-One thread under the same loads: 1.4-1.8x. So the number of threads follows the CPUs
-that are actually free:
+the attention's per-head matmuls). On a quiet machine that is what makes training fast.
+When another program keeps a core busy, the thread that shares its core is a scheduler
+time slice (milliseconds) late at every call, while its partner spins waiting for it:
+a fixed two threads made a step many times slower beside a busy loop, one thread only a
+little (the numbers: MEASUREMENTS.md beside this file). So the number of threads follows
+the CPUs that are actually free:
 
 - cap: the CPUs this process may run on (`os.sched_getaffinity`, a cgroup CPU quota),
   and no more than Numba's pool (NUMBA_NUM_THREADS). Fixed for the process.
@@ -36,7 +31,7 @@ that are actually free:
   gives other bits on 1 and 2 threads. `start()` checks this once (`blas_varies`: a few
   float32 products on 1, 2 and cap threads, a few ms); where the bits differ, BLAS stays at one
   thread for the whole process (`blas_fixed`) and only Numba's pool follows the load. That
-  costs a quiet machine about 1.4x on a `tiny` step with those kernels, and buys results
+  costs a quiet machine some speed with those kernels (MEASUREMENTS.md), and buys results
   that are the same on any load (tests/test_threads.py runs the check under OpenBLAS's
   Haswell kernels too). MINI_ENCDEC_THREADS=N fixes both pools at N instead (results then
   are those of N threads). Only the cap (the machine, or MINI_ENCDEC_THREADS) and the
@@ -44,15 +39,23 @@ that are actually free:
   gradient checks, never by the command line) is checked and reported by `describe()`, not
   fixed: OpenBLAS's float64 kernels vary with the count on most CPUs, and pinning BLAS for
   them would slow every float32 run.
-- waiting: idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, set
-  before Numba's pool starts; with the default they spun and stole the cores from the
-  BLAS threads of the next matmul: a 2x slower step, measured). OpenBLAS's threads spin
-  a while after each call whatever we do; at one thread they have nothing to wait for.
+- waiting: with OMP_WAIT_POLICY=PASSIVE idle OpenMP threads sleep instead of spinning
+  (spinning, they steal the cores from the BLAS threads of the next matmul). It is an
+  environment variable, inherited by child processes, so the library never sets it on its
+  own: `set_wait_policy()` does, when the process opts in (`mini_encdec.ops.
+  tune_process()`, which the command line calls first). OpenBLAS's threads spin a while
+  after each call whatever we do; at one thread they have nothing to wait for.
+- decoding steps: `step_threads(rows, weight_bytes)` runs a small KV-cached step
+  (fewer than SERIAL_ROWS rows, weights that stay in the CPU's cache) on one thread:
+  too little work to split, and on a busy machine a second thread makes every matmul
+  wait for it. A bigger step re-measures the load first and uses the threads allowed:
+  more rows are more arithmetic, and weights that do not fit in the cache stream from
+  memory, where a second thread adds bandwidth.
 
 What the package sets, and how to override it (read when `mini_encdec.kernels` is first
 imported; nothing happens with the numpy backend, which does not import the kernels):
 
-- OMP_WAIT_POLICY=PASSIVE in os.environ, unless already set (child processes inherit it).
+- OMP_WAIT_POLICY=PASSIVE, unless already set, only after `tune_process()` (see above).
 - MINI_ENCDEC_THREADS: `auto` (default) the adaptive count above; a number N: exactly N
   threads for both pools, never adapted (MINI_ENCDEC_THREADS=1 is the old single-thread
   setting); `set_threads(n or "auto")` changes it at run time.
@@ -71,12 +74,10 @@ import contextlib
 import math
 import os
 import time
+import sys
 
 import numba
 import numpy as np
-
-# libgomp reads it when it loads, at Numba's first parallel launch (after this import)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ENV = "MINI_ENCDEC_THREADS"
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -87,6 +88,9 @@ INTERVAL = 0.05  # seconds between two load measurements
 WINDOW = 0.25  # seconds of history one measurement covers
 DOWN = 0.3  # drop a thread when the free CPUs fall below current - 1 + (1 - DOWN)
 UP = 0.15  # add one when the others use less than this many CPUs beyond current's room
+SERIAL_ROWS = 4  # a decoding step with fewer rows than this may run on one thread...
+SERIAL_BYTES = 16 << 20  # ...when the weights it reads are fewer bytes than this
+WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")  # set by set_wait_policy(), on opt-in only
 
 
 def _parse(value: str | None):
@@ -213,12 +217,24 @@ def _choose(current: int, cap: int, cpus: int, others: float) -> int:
     return up if up > current else current
 
 
+def _import_threadpoolctl():
+    """threadpoolctl, imported without the one change its import makes to the process
+    environment (it sets KMP_DUPLICATE_LIB_OK, which only Intel's OpenMP reads): the
+    library leaves its host's environment alone. A variable set before stays as it was."""
+    first = "threadpoolctl" not in sys.modules
+    before = os.environ.get("KMP_DUPLICATE_LIB_OK")
+    import threadpoolctl
+    if first and before is None:
+        os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
+    return threadpoolctl
+
+
 class _Blas:
     """BLAS's thread count, through threadpoolctl (OpenBLAS, MKL, BLIS, ...)."""
 
     def __init__(self):
         try:
-            import threadpoolctl
+            threadpoolctl = _import_threadpoolctl()
             self._libs = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
         except Exception:  # noqa: BLE001 (threadpoolctl missing or unable: BLAS is left alone)
             self._libs = []
@@ -392,9 +408,26 @@ def serial():
     thread, unless the user fixed a pool's count), then the count before it is restored.
     For work too small to split, such as one KV-cached decoding step: waking a second
     thread costs more than it saves, and on a busy machine it waits for a descheduled
-    thread at every matmul (batch-1 generation beside a busy loop: 60-90 tokens/s with
-    two threads, ~500-1000 with one)."""
+    thread at every matmul."""
     return POLICY.serial()
+
+
+def step_threads(rows: int, weight_bytes: int):
+    """A context manager for one KV-cached decoding step of `rows` rows reading
+    `weight_bytes` of weights: `serial()` for a small step (fewer than SERIAL_ROWS rows
+    and weights under SERIAL_BYTES), else the threads the load allows now (re-measured:
+    the step's small kernels would not measure it)."""
+    if rows < SERIAL_ROWS and weight_bytes < SERIAL_BYTES:
+        return serial()
+    current()
+    return contextlib.nullcontext()
+
+
+def set_wait_policy() -> None:
+    """OMP_WAIT_POLICY=PASSIVE in os.environ unless the user set it (idle OpenMP threads
+    then sleep). libgomp reads it when it loads, at Numba's first parallel launch, so this
+    must run before that. Called by `mini_encdec.ops.tune_process()` only."""
+    os.environ.setdefault(*WAIT_POLICY)
 
 
 def set_threads(setting) -> None:

@@ -4,7 +4,7 @@ The API everything after the models codes against:
 
     model = build_model(config, params=None, seed=0, dtype=np.float32)
         GemmaLM for a GemmaConfig, EncDecLM for an EncDecConfig. params: flat dict with
-        Hugging Face keys (SPEC section 5); None initialises freshly from the seed.
+        Hugging Face keys (SPEC.md section 5); None initialises freshly from the seed.
     model.config, model.params
     model.forward(batch) -> logits (B, T, V), soft-capped
     model.loss_and_grads(batch) -> (loss: float, grads: dict with the keys of params)
@@ -24,7 +24,10 @@ Beyond that core:
     GemmaLM.hidden_states(batch) -> (B, T, D)    final-normed hidden states
     EncDecLM.encode(input_ids, attention_mask=None, causal=True)
                                                  the encoder with decoder-style causal
-                                                 masks (adaptation checks, SPEC 3)
+                                                 masks (adaptation checks, SPEC.md section 3)
+    EncDecConfig(causal_encoder=True)            the paper's causal-encoder ablation
+                                                 everywhere (saved with the config;
+                                                 EncDecLM.causal_encoder reads and sets it)
     EncDecLM.decode(decoder_input_ids, encoder_output, attention_mask=None) -> logits
     EncDecLM.encoder_embed_key / decoder_embed_key   (with tie_all_embeddings both are
                                                  "model.encoder.embed_tokens.weight")
@@ -35,7 +38,7 @@ tokens only, so left and right padding both leave real tokens' results unchanged
 Batch errors (missing key, wrong shape, id out of range, non-0/1 mask) raise ValueError
 naming the key. Generation: `mini_encdec.models.generate`; FLOPs: `mini_encdec.models.flops`.
 
-Classification (SPEC 7): `build_model(ClassifierConfig(...))` or
+Classification (SPEC.md section 7): `build_model(ClassifierConfig(...))` or
 `SequenceClassifier.from_backbone(model, num_labels, mode)` -> a SequenceClassifier with
 forward(batch) -> (B, C) logits, loss, loss_and_grads, predict; batch labels are (B,)
 class ids (`mini_encdec.models.classifier`).

@@ -1,4 +1,4 @@
-"""The sequence-classification probe (SPEC 7): a linear head on one token's hidden state.
+"""The sequence-classification probe (SPEC.md section 7): a linear head on one token's hidden state.
 
 Same parameters and semantics as `transformers`' heads, so checkpoints move both ways:
 
@@ -62,13 +62,13 @@ import numpy as np
 from ..config import DECODER_ONLY, ENCODER_DECODER, ClassifierConfig
 from ..nn.linear import linear_backward, linear_forward
 from ..nn.loss import cross_entropy_backward, cross_entropy_forward
+from .blocks import trunk_backward, trunk_forward
 from .encdec import EncDecLM
 from .gemma import GemmaLM
 from .inputs import IGNORE_INDEX, check_batch
 from .params import (GEMMA2_SCORE, T5GEMMA_SCORE, T5GEMMA_SCORE_BIAS, backbone_shapes,
                      check_params, encoder_spec, gemma_spec, head_shapes, init_tensor,
                      param_shapes)
-from .trunk import trunk_backward, trunk_forward
 
 __all__ = ["SequenceClassifier", "last_token_index", "shift_right"]
 
@@ -91,9 +91,6 @@ def shift_right(input_ids: np.ndarray, bos_token_id: int) -> np.ndarray:
 
 class SequenceClassifier:
     """A Gemma 2 or T5Gemma backbone with a classification head (see the module doc)."""
-
-    # The causal-encoder ablation (EncDecLM.causal_encoder), inherited by from_backbone.
-    causal_encoder: bool = False
 
     def __init__(self, config: ClassifierConfig, params: dict):
         if not isinstance(config, ClassifierConfig):
@@ -131,11 +128,13 @@ class SequenceClassifier:
         rng = np.random.default_rng(seed)
         for key, shape in head_shapes(config).items():
             params[key] = init_tensor(key, shape, rng, model.dtype)
-        clf = cls(config, params)
-        clf.causal_encoder = bool(getattr(model, "causal_encoder", False))
-        if clf._encdec is not None:
-            clf._encdec.causal_encoder = clf.causal_encoder
-        return clf
+        return cls(config, params)
+
+    @property
+    def causal_encoder(self) -> bool:
+        """The causal-encoder ablation of an encoder-decoder backbone (its config's
+        `causal_encoder`, inherited by from_backbone, saved with the config)."""
+        return getattr(self.config.backbone, "causal_encoder", False)
 
     # --- batch handling -------------------------------------------------------------------
     def _check(self, batch, *, labels: bool, fn: str):

@@ -1,11 +1,13 @@
 """KV-cached decoding, for both models: the cache and the incremental decoder step.
 
-Inference only, and kept apart from the training path (blocks.py, stack.py) so that one
-reads like the paper and this one can be fast. It computes the same function as the
-model's forward, block for block (the tests check the logits agree to rounding), with
-four differences: no backward caches; the unchecked `nn` helpers (`_apply_rope`,
-`_geglu`, ...), since `generate` validates its inputs once per request; fused weights,
-so q, k, v come from one matmul and so do gate and up; and the matmuls go through
+Inference only, and kept apart from the training path (blocks.py) so that one
+reads like the paper and this one can be fast. `cached_block_forward` writes each decoder
+layer's equations line for line as blocks.py does, and the tests check every layer's
+output against blocks.py's block functions (and the logits against the full forward),
+with four differences: no backward caches; the unchecked `nn` helpers
+(`apply_rope_unchecked`, `geglu_unchecked`, ...), since `generate` validates its inputs
+once per request; fused weights (the cache's own copies), so q, k, v come from one
+matmul and so do gate and up; and the matmuls go through
 `ops.linear_forward`, whose Numba twin multiplies the few rows of a decoding step
 without BLAS's packing of the whole weight matrix (kernels/linear.py).
 
@@ -49,13 +51,14 @@ import numpy as np
 from .. import ops
 from ..config import SLIDING
 from ..nn.attention import merge_heads, split_heads
-from ..nn.embedding import _embed, embedding_scale
-from ..nn.mlp import _geglu
-from ..nn.rope import _apply_rope
-from ..nn.softcap import _softcap
+from ..nn.embedding import embed_unchecked, embedding_scale
+from ..nn.mlp import geglu_unchecked
+from ..nn.rope import apply_rope_unchecked
+from ..nn.softcap import softcap_unchecked
 from .encdec import EncDecLM
 from .gemma import GemmaLM
-from .inputs import layer_type_mask, memory_mask, merge_masks, rope_for
+from .inputs import layer_type_mask, memory_mask, merge_masks, positions_from_mask, rope_for
+from .blocks import norm_keys
 from .params import CROSS_NORMS, FFW_NORMS, StackSpec
 from .window_buffer import WindowBuffer
 
@@ -90,7 +93,7 @@ class KVCache:
         # (merged attention: for local layers; None where they open the buffers)
         self.memory_kv: Optional[list] = None
         self.memory_mask: Optional[np.ndarray] = None  # (B|1, 1, 1, S) bool
-        self.fused: list = []  # fused_weights(model), looked up once per request
+        self.fused: list = []  # fused_weights(model): this cache's own copies
 
     @property
     def batch_size(self) -> int:
@@ -156,46 +159,20 @@ def project_memory(memory: np.ndarray, Wk: np.ndarray, Wv: np.ndarray, K: int):
     return split_heads(_linear(memory, Wk), K), split_heads(_linear(memory, Wv), K)
 
 
-def _fused_groups(spec: StackSpec, i: int) -> dict:
-    """The parameter names of layer i that run as one matmul: q, k, v of the self (or
-    merged) attention and gate, up of the MLP."""
-    p = spec.layer(i)
-    return {"qkv": [f"{p}self_attn.{w}_proj.weight" for w in "qkv"],
-            "gate_up": [f"{p}mlp.{w}_proj.weight" for w in ("gate", "up")]}
-
-
-def _is_view_of(W: np.ndarray, fused: np.ndarray, row: int) -> bool:
-    return (W.base is fused and W.shape[1:] == fused.shape[1:]
-            and W.ctypes.data == fused.ctypes.data + row * fused.strides[0])
-
-
 def fused_weights(model) -> list:
     """Per decoder layer {"qkv": [Wq ; Wk ; Wv] ((H + 2K)*Dh, D), "gate_up": [Wg ; Wu]
-    (2F, D)}: one matmul each instead of three and two. Built once per model: the first
-    call concatenates them and makes the entries of model.params views into the fused
-    arrays (same values, so training, which updates parameters in place, keeps them
-    current). Later calls only check that the entries are still those views (a parameter
-    replaced by a new array makes it rebuild)."""
+    (2F, D)}: one matmul each instead of three and two. New arrays (copies of the current
+    parameters), owned by the cache of one request (`init_cache`); model.params is not
+    touched, so a training step between two requests is seen by the next one."""
     spec, _ = decoder_parts(model)
     P = model.params
-    fused = getattr(model, "_fused_weights", None)
-    if fused is not None and all(
-            _is_view_of(P[n], layer[g], sum(P[m].shape[0] for m in names[:j]))
-            for i, layer in enumerate(fused) for g, names in _fused_groups(spec, i).items()
-            for j, n in enumerate(names)):
-        return fused
     fused = []
     for i in range(spec.cfg.num_hidden_layers):
-        layer = {}
-        for group, names in _fused_groups(spec, i).items():
-            layer[group] = np.concatenate([P[n] for n in names], axis=0)  # (sum rows, D)
-            row = 0
-            for n in names:  # the parameter becomes its rows of the fused array
-                rows = P[n].shape[0]
-                P[n] = layer[group][row:row + rows]
-                row += rows
-        fused.append(layer)
-    model._fused_weights = fused
+        p = spec.layer(i)
+        fused.append({
+            "qkv": np.concatenate([P[f"{p}self_attn.{w}_proj.weight"] for w in "qkv"], axis=0),
+            "gate_up": np.concatenate([P[f"{p}mlp.gate_proj.weight"],
+                                       P[f"{p}mlp.up_proj.weight"]], axis=0)})
     return fused
 
 
@@ -214,7 +191,7 @@ def step_weight_bytes(model) -> int:
 def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
                encoder_mask: Optional[np.ndarray] = None) -> KVCache:
     """An empty cache for B rows: per layer type, how many keys its buffers keep (a local
-    layer W - 1, all a later query can reach; a global layer all), the model's fused
+    layer W - 1, all a later query can reach; a global layer all), its own fused
     weights (fused_weights), and for the encoder-decoder the encoder output (B, S, De)
     projected into every layer's cross (or merged) keys/values once."""
     spec, _ = decoder_parts(model)
@@ -222,7 +199,7 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
     windows = {lt: (cfg.sliding_window - 1 if lt == SLIDING else None)
                for lt in set(cfg.layer_types)}
     cache = KVCache(cfg.num_hidden_layers, B, cfg.layer_types, windows)
-    cache.fused = fused_weights(model)  # built once per model, checked once per request
+    cache.fused = fused_weights(model)  # the cache's own, built once per request
     if spec.has_memory:
         if encoder_output is None:
             raise ValueError("init_cache: argument 'encoder_output': required for an "
@@ -257,7 +234,7 @@ def _self_attention(spec: StackSpec, P: dict, i: int, n, fused: dict, cache: KVC
     q = split_heads(qkv[..., :H * Dh], H)  # -> (B, H, Tn, Dh)
     k = split_heads(qkv[..., H * Dh:(H + K) * Dh], K)  # -> (B, K, Tn, Dh)
     v = split_heads(qkv[..., (H + K) * Dh:], K)  # -> (B, K, Tn, Dh)
-    q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+    q, k = apply_rope_unchecked(q, *rope), apply_rope_unchecked(k, *rope)
     # (B, K, Tc + Tn, Dh) views of the cache (merged global layer: [encoder ; cached ; new])
     keys, values = cache.add_kv(i, k, v)
     if spec.merged and cache.memory_kv[i] is not None:  # a merged local layer
@@ -281,6 +258,31 @@ def _cross_attention(spec: StackSpec, P: dict, i: int, n, memory_kv, memory_mask
     return _linear(merge_heads(o), Wo)  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
 
 
+def cached_block_forward(spec: StackSpec, P: dict, i: int, x, cache: KVCache, mask, rope):
+    """Decoder layer i on the new tokens x (B, Tn, D) against the cache -> (B, Tn, D): the
+    equations of blocks.py's encoder block (decoder-only Gemma 2), decoder block (T5Gemma)
+    or merged block (T5Gemma 2), line for line; tests/test_generate.py checks every layer's
+    output against those functions. mask: this layer type's (B, 1, Tn, keys)."""
+    p, eps = spec.layer(i), spec.cfg.rms_norm_eps
+    pre_attn, post_attn = norm_keys(p, spec.attn_norms)
+    pre_cross, post_cross = norm_keys(p, CROSS_NORMS)
+    pre_ffw, post_ffw = norm_keys(p, FFW_NORMS)
+    # x = x + post_self_attn_norm( self_attn( pre_self_attn_norm(x) ) )   (merged: over [enc ; x])
+    n_attn = _norm(x, P, pre_attn, eps)
+    attn = _self_attention(spec, P, i, n_attn, cache.fused[i], cache, mask, rope)
+    x = x + _norm(attn, P, post_attn, eps)
+    if spec.cross:
+        # x = x + post_cross_attn_norm( cross_attn( pre_cross_attn_norm(x), enc ) )
+        n_cross = _norm(x, P, pre_cross, eps)
+        cross = _cross_attention(spec, P, i, n_cross, cache.memory_kv[i], cache.memory_mask)
+        x = x + _norm(cross, P, post_cross, eps)
+    # x = x + post_ffw_norm( mlp( pre_ffw_norm(x) ) )
+    n_ffw = _norm(x, P, pre_ffw, eps)
+    ffw = geglu_unchecked(n_ffw, cache.fused[i]["gate_up"], P[p + "mlp.down_proj.weight"],
+                          act=ops.geglu_act_forward, linear=_linear)
+    return x + _norm(ffw, P, post_ffw, eps)
+
+
 def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndarray] = None,
                  *, last_only: bool = False):
     """Soft-capped logits (B, Tn, V) of new tokens ids (B, Tn) (last_only: (B, 1, V));
@@ -291,10 +293,10 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
     B, Tn = ids.shape
     if valid is None:
         valid = np.ones((B, Tn), bool)
-    # positions advance on valid tokens only (as positions_from_mask does)
-    q_pos = cache.next_pos[:, None] + np.maximum(np.cumsum(valid, axis=1) - 1, 0)  # (B, Tn)
+    # positions advance on valid tokens only, continuing from each row's next position
+    q_pos = cache.next_pos[:, None] + positions_from_mask(valid, Tn)  # (B, Tn)
     E = P[embed_key]
-    x = _embed(ids, E, embedding_scale(E.shape[1], E.dtype))  # (B, Tn) -> (B, Tn, D)
+    x = embed_unchecked(ids, E, embedding_scale(E.shape[1], E.dtype))  # (B, Tn) -> (B, Tn, D)
     k_pos, k_valid = cache.add_positions(q_pos, valid)  # (B, Tc + Tn) per layer type
     masks = {lt: layer_type_mask(cfg, lt, q_pos, k_pos[lt], causal=True,
                                  key_padding=k_valid[lt], fast=True)  # (B, 1, Tn, Tc + Tn)
@@ -303,24 +305,8 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
         masks = merge_masks(masks, cache.memory_mask, B, memory_first=True)
     rope = rope_for(cfg, q_pos, x.dtype, fast=True)  # (B, Tn, Dh) each
     rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, Tn, Dh): shared by the heads
-    memory_kv = cache.memory_kv or [None] * cfg.num_hidden_layers
     for i in range(cfg.num_hidden_layers):
-        p = spec.layer(i)
-        pre, post = (p + name + ".weight" for name in spec.attn_norms)
-        # x = x + post_self_attn_norm( self_attn( pre_self_attn_norm(x) ) )
-        a = _self_attention(spec, P, i, _norm(x, P, pre, eps), cache.fused[i], cache,
-                            masks[cfg.layer_types[i]], rope)
-        x = x + _norm(a, P, post, eps)
-        if spec.cross:
-            # x = x + post_cross_attn_norm( cross_attn( pre_cross_attn_norm(x), enc ) )
-            n = _norm(x, P, p + CROSS_NORMS[0] + ".weight", eps)
-            a = _cross_attention(spec, P, i, n, memory_kv[i], cache.memory_mask)
-            x = x + _norm(a, P, p + CROSS_NORMS[1] + ".weight", eps)
-        # x = x + post_ffw_norm( mlp( pre_ffw_norm(x) ) )
-        n = _norm(x, P, p + FFW_NORMS[0] + ".weight", eps)
-        f = _geglu(n, cache.fused[i]["gate_up"], P[p + "mlp.down_proj.weight"],
-                   act=ops.geglu_act_forward, linear=_linear)
-        x = x + _norm(f, P, p + FFW_NORMS[1] + ".weight", eps)
+        x = cached_block_forward(spec, P, i, x, cache, masks[cfg.layer_types[i]], rope)
     h = _norm(x[:, -1:] if last_only else x, P, spec.norm_key, eps)  # final norm
     # logits = softcap(h E^T): (B, Tn|1, D) @ (D, V) -> (B, Tn|1, V)
-    return _softcap(_linear(h, E), cfg.final_logit_softcapping)
+    return softcap_unchecked(_linear(h, E), cfg.final_logit_softcapping)

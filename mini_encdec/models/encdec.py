@@ -1,4 +1,4 @@
-"""The encoder-decoder language model, T5Gemma (SPEC section 2).
+"""The encoder-decoder language model, T5Gemma (SPEC.md section 2).
 
     enc    = enc_final_norm( encoder_blocks( Ee[input_ids] * sqrt(De) ) )     (B, S, De)
              bidirectional self-attention; local layers see |q - k| < W
@@ -25,15 +25,16 @@ from typing import Optional
 
 import numpy as np
 
+from .. import ops
 from ..config import EncDecConfig
 from ..nn.embedding import embedding_forward
+from ..nn.linear import linear_backward, linear_forward
+from ..nn.softcap import softcap_backward, softcap_forward
 from ..validate import check_float, check_ids, check_mask, check_shape
-from . import head
-from .inputs import (check_batch, memory_mask, merge_masks, positions_from_mask, rope_for,
-                     self_attention_masks)
+from .blocks import stack_forward, trunk_backward, trunk_forward
+from .inputs import (IGNORE_INDEX, check_batch, memory_mask, merge_masks, positions_from_mask,
+                     rope_for, self_attention_masks)
 from .params import check_params, decoder_spec, encoder_spec
-from .stack import stack_forward
-from .trunk import trunk_backward, trunk_forward
 
 _GROUPS = {"input_ids": "source", "attention_mask": "source",
            "decoder_input_ids": "target", "labels": "target"}
@@ -41,11 +42,6 @@ _GROUPS = {"input_ids": "source", "attention_mask": "source",
 
 class EncDecLM:
     """T5Gemma encoder-decoder LM over a flat dict of parameters with Hugging Face keys."""
-
-    # The paper's causal-encoder ablation: True runs the encoder with decoder-style
-    # (causal) masks everywhere (training, generation, a probe built on it). Not part of
-    # the config: no released checkpoint has it.
-    causal_encoder: bool = False
 
     def __init__(self, config: EncDecConfig, params: dict):
         if not isinstance(config, EncDecConfig):
@@ -67,6 +63,16 @@ class EncDecLM:
         return self.enc_spec.embed_key if self.config.tie_all_embeddings \
             else self.dec_spec.embed_key
 
+    @property
+    def causal_encoder(self) -> bool:
+        """The causal-encoder ablation, `config.causal_encoder` (saved with the config).
+        Setting it replaces the config by a copy with the field changed."""
+        return self.config.causal_encoder
+
+    @causal_encoder.setter
+    def causal_encoder(self, value: bool) -> None:
+        self.config = self.config.replace(causal_encoder=value)
+
     # --- batch handling -------------------------------------------------------------------
     def _check(self, batch, *, labels: bool, fn: str) -> dict:
         required = ("input_ids", "decoder_input_ids") + (("labels",) if labels else ())
@@ -77,9 +83,9 @@ class EncDecLM:
     # --- encoder ----------------------------------------------------------------------------
     def _encode(self, input_ids: np.ndarray, attention_mask, causal: bool = False):
         """(B, S) ids -> (B, S, De) encoder output and its cache (x = Ee[ids] * sqrt(De),
-        blocks, final norm: `trunk.py`)."""
+        blocks, final norm: `blocks.trunk_forward`)."""
         return trunk_forward(self.params, self.enc_spec, input_ids, attention_mask,
-                             causal=causal or self.causal_encoder)
+                             causal=causal or self.config.causal_encoder)
 
     def encode(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None, *,
                causal: bool = False) -> np.ndarray:
@@ -87,7 +93,7 @@ class EncDecLM:
 
         causal=True runs the encoder with the decoder-style masks (k <= q; local layers
         0 <= q - k < W) instead of bidirectional ones: an encoder adapted from a
-        decoder-only model then reproduces that model's final hidden states (SPEC 3).
+        decoder-only model then reproduces that model's final hidden states (SPEC.md section 3).
         """
         b = check_batch({"input_ids": input_ids, "attention_mask": attention_mask},
                         required=("input_ids",), optional=("attention_mask",),
@@ -136,8 +142,8 @@ class EncDecLM:
             attention_mask = check_mask(attention_mask, "attention_mask",
                                         encoder_output.shape[:2], fn=fn)
         h, _ = self._decode(decoder_input_ids, encoder_output, attention_mask)
-        z, _ = head.raw_logits(h, self.params[self.decoder_embed_key])
-        return head.capped_logits(z, self.config.decoder.final_logit_softcapping)[0]
+        z, _ = linear_forward(h, self.params[self.decoder_embed_key])  # (B, T, V)
+        return softcap_forward(z, self.config.decoder.final_logit_softcapping)[0]
 
     # --- whole model --------------------------------------------------------------------------
     def _trunk(self, b: dict):
@@ -150,18 +156,21 @@ class EncDecLM:
         """Soft-capped logits (B, T, V); with return_cache also the cache for `backward`."""
         b = self._check(batch, labels=False, fn="EncDecLM.forward")
         h, cache = self._trunk(b)
-        z, cache["logits"] = head.raw_logits(h, self.params[self.decoder_embed_key])
-        logits, cache["cap"] = head.capped_logits(z, self.config.decoder.final_logit_softcapping)
+        # z = h Ed^T: (B, T, Dd) @ (Dd, V) -> (B, T, V)
+        z, cache["logits"] = linear_forward(h, self.params[self.decoder_embed_key])
+        # logits = cap * tanh(z / cap)
+        logits, cache["cap"] = softcap_forward(z, self.config.decoder.final_logit_softcapping)
         return (logits, cache) if return_cache else logits
 
     def backward(self, dlogits: np.ndarray, cache: dict) -> dict:
         """Parameter gradients given d(objective)/d(soft-capped logits) (B, T, V)."""
-        dz = head.capped_logits_backward(dlogits, cache["cap"])
+        # logits = cap * tanh(z / cap)
+        dz = softcap_backward(dlogits, cache["cap"])
         return self._backward_from_z(dz, cache)
 
     def _backward_from_z(self, dz: np.ndarray, cache: dict) -> dict:
         # z = h Ed^T  (the output matrix use of Ed)
-        dh, dE_out = head.raw_logits_backward(dz, cache["logits"])
+        dh, dE_out = linear_backward(dz, cache["logits"])
         return self._backward_from_hidden(dh, cache, dE_out)
 
     def _backward_from_hidden(self, dh: np.ndarray, cache: dict, dE_out=None) -> dict:
@@ -184,14 +193,17 @@ class EncDecLM:
     def loss(self, batch: dict) -> float:
         b = self._check(batch, labels=True, fn="EncDecLM.loss")
         h, _ = self._trunk(b)
-        z, _ = head.raw_logits(h, self.params[self.decoder_embed_key])
-        return head.loss_forward(z, b["labels"], self.config.decoder.final_logit_softcapping)[0]
+        z, _ = linear_forward(h, self.params[self.decoder_embed_key])  # (B, T, V)
+        # loss = mean CE(cap * tanh(z / cap), labels), the soft-capped logits never stored
+        return ops.softcap_cross_entropy_forward(
+            z, b["labels"], self.config.decoder.final_logit_softcapping, IGNORE_INDEX)[0]
 
     def loss_and_grads(self, batch: dict):
         """(mean cross-entropy, gradients keyed like params)."""
         b = self._check(batch, labels=True, fn="EncDecLM.loss_and_grads")
         h, cache = self._trunk(b)
-        z, cache["logits"] = head.raw_logits(h, self.params[self.decoder_embed_key])
-        loss, c_loss = head.loss_forward(z, b["labels"],
-                                         self.config.decoder.final_logit_softcapping)
-        return loss, self._backward_from_z(head.loss_backward(c_loss), cache)
+        z, cache["logits"] = linear_forward(h, self.params[self.decoder_embed_key])
+        loss, c_loss = ops.softcap_cross_entropy_forward(
+            z, b["labels"], self.config.decoder.final_logit_softcapping, IGNORE_INDEX)
+        dz = ops.softcap_cross_entropy_backward(1.0, c_loss)  # d loss = 1
+        return loss, self._backward_from_z(dz, cache)

@@ -1,4 +1,4 @@
-"""The decoder-only Gemma 2 language model (SPEC section 1).
+"""The decoder-only Gemma 2 language model (SPEC.md section 1).
 
     x      = E[input_ids] * sqrt(D)                        (B, T, D)
     h      = final_norm( blocks(x) )                       causal, local/global alternating
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import ops
 from ..config import GemmaConfig
-from . import head
-from .inputs import check_batch
+from ..nn.linear import linear_backward, linear_forward
+from ..nn.softcap import softcap_backward, softcap_forward
+from .blocks import trunk_backward, trunk_forward
+from .inputs import IGNORE_INDEX, check_batch
 from .params import check_params, gemma_spec
-from .trunk import trunk_backward, trunk_forward
 
 
 class GemmaLM:
@@ -64,20 +66,22 @@ class GemmaLM:
         """Soft-capped logits (B, T, V); with return_cache also the cache for `backward`."""
         b = self._check(batch, labels=False, fn="GemmaLM.forward")
         h, cache = self._trunk(b["input_ids"], b.get("attention_mask"))
-        z, cache["logits"] = head.raw_logits(h, self.params[self.embed_key])  # (B,T,D)@(D,V)
-        logits, cache["cap"] = head.capped_logits(z, self.config.final_logit_softcapping)
+        z, cache["logits"] = linear_forward(h, self.params[self.embed_key])  # (B,T,D)@(D,V)
+        # logits = cap * tanh(z / cap)
+        logits, cache["cap"] = softcap_forward(z, self.config.final_logit_softcapping)
         return (logits, cache) if return_cache else logits
 
     def backward(self, dlogits: np.ndarray, cache: dict) -> dict:
         """Parameter gradients given d(objective)/d(soft-capped logits) (B, T, V), for
         objectives other than the built-in cross-entropy (e.g. distillation)."""
-        dz = head.capped_logits_backward(dlogits, cache["cap"])
+        # logits = cap * tanh(z / cap)
+        dz = softcap_backward(dlogits, cache["cap"])
         return self._backward_from_z(dz, cache)
 
     def _backward_from_z(self, dz: np.ndarray, cache: dict) -> dict:
         grads: dict = {}
         # z = h E^T  (first use of E: the output matrix)
-        dh, dE_out = head.raw_logits_backward(dz, cache["logits"])
+        dh, dE_out = linear_backward(dz, cache["logits"])
         # h = final_norm( blocks( E[ids] * sqrt(D) ) )  (second use of E: the input embedding)
         dE_in, _ = trunk_backward(dh, cache, grads)
         grads[self.embed_key] = dE_out + dE_in
@@ -86,14 +90,18 @@ class GemmaLM:
     def loss(self, batch: dict) -> float:
         b = self._check(batch, labels=True, fn="GemmaLM.loss")
         h, _ = self._trunk(b["input_ids"], b.get("attention_mask"))
-        z, _ = head.raw_logits(h, self.params[self.embed_key])
-        return head.loss_forward(z, b["labels"], self.config.final_logit_softcapping)[0]
+        z, _ = linear_forward(h, self.params[self.embed_key])  # (B, T, V)
+        # loss = mean CE(cap * tanh(z / cap), labels), the soft-capped logits never stored
+        return ops.softcap_cross_entropy_forward(z, b["labels"],
+                                                 self.config.final_logit_softcapping,
+                                                 IGNORE_INDEX)[0]
 
     def loss_and_grads(self, batch: dict):
         """(mean cross-entropy, gradients keyed like params)."""
         b = self._check(batch, labels=True, fn="GemmaLM.loss_and_grads")
         h, cache = self._trunk(b["input_ids"], b.get("attention_mask"))
-        z, cache["logits"] = head.raw_logits(h, self.params[self.embed_key])  # (B, T, V)
-        loss, c_loss = head.loss_forward(z, b["labels"], self.config.final_logit_softcapping)
-        dz = head.loss_backward(c_loss)
+        z, cache["logits"] = linear_forward(h, self.params[self.embed_key])  # (B, T, V)
+        loss, c_loss = ops.softcap_cross_entropy_forward(
+            z, b["labels"], self.config.final_logit_softcapping, IGNORE_INDEX)
+        dz = ops.softcap_cross_entropy_backward(1.0, c_loss)  # d loss = 1
         return loss, self._backward_from_z(dz, cache)

@@ -21,8 +21,8 @@ from typing import Optional
 import numpy as np
 
 from ..config import SLIDING, GemmaConfig
-from ..nn.masks import _allowed_mask, attention_mask
-from ..nn.rope import _rope_tables, rope_cos_sin
+from ..nn.masks import allowed_mask_unchecked, attention_mask
+from ..nn.rope import rope_tables_unchecked, rope_cos_sin
 from ..validate import check_ids, check_mask
 
 IGNORE_INDEX = -100  # labels equal to this are not counted by the loss
@@ -89,7 +89,7 @@ def positions_from_mask(mask: Optional[np.ndarray], T: int) -> np.ndarray:
 def rope_for(cfg: GemmaConfig, positions: np.ndarray, dtype, *, fast: bool = False):
     """(cos, sin) tables for the positions: (T, Dh) or (B, T, Dh). fast=True skips the
     checks (KV-cached decoding: positions built internally, the config validated)."""
-    tables = _rope_tables if fast else rope_cos_sin
+    tables = rope_tables_unchecked if fast else rope_cos_sin
     return tables(positions, cfg.head_dim, cfg.rope_theta, dtype)
 
 
@@ -99,7 +99,7 @@ def layer_type_mask(cfg: GemmaConfig, layer_type: str, q_pos, k_pos, *, causal: 
     sliding window (causal: 0 <= q - k < W; bidirectional: |q - k| < W). fast=True skips
     the checks (KV-cached decoding: positions and bool key_padding built internally)."""
     window = cfg.sliding_window if layer_type == SLIDING else None
-    make = _allowed_mask if fast else attention_mask
+    make = allowed_mask_unchecked if fast else attention_mask
     return make(q_pos, k_pos, causal=causal, window=window, key_padding=key_padding)
 
 

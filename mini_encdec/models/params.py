@@ -1,4 +1,4 @@
-"""Parameter names, shapes and fresh initialisation (SPEC sections 1, 2 and 5).
+"""Parameter names, shapes and fresh initialisation (SPEC.md sections 1, 2 and 5).
 
 Parameters are one flat `dict[str, np.ndarray]` keyed by the Hugging Face names, weights
 stored `[out, in]` (`y = x W^T`). A stack (the decoder-only model, the encoder, or the
@@ -36,7 +36,7 @@ from ..config import DECODER_ONLY, ENCODER_ONLY, ClassifierConfig, EncDecConfig,
 
 INIT_STD = 0.02  # standard deviation of fresh linear and embedding weights
 
-# Classification heads (SPEC 7), named as transformers names them.
+# Classification heads (SPEC.md section 7), named as transformers names them.
 GEMMA2_SCORE = "score.weight"              # Gemma2ForSequenceClassification, (C, D), no bias
 T5GEMMA_SCORE = "score.out_proj.weight"    # T5GemmaForSequenceClassification, (C, D)
 T5GEMMA_SCORE_BIAS = "score.out_proj.bias"  # (C,)
@@ -49,8 +49,6 @@ class StackSpec:
     cfg: GemmaConfig
     # Key prefix: "model.", "model.encoder." or "model.decoder.".
     prefix: str
-    # Self-attention is causal (decoders) or bidirectional (encoder).
-    causal: bool
     # Names of the pre/post norms around self-attention.
     attn_norms: tuple
     # Each block has a separate cross-attention sublayer over the encoder output.
@@ -85,16 +83,16 @@ FFW_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
 
 def gemma_spec(cfg: GemmaConfig) -> StackSpec:
     """The decoder-only Gemma 2 stack."""
-    return StackSpec(cfg=cfg, prefix="model.", causal=True, attn_norms=GEMMA_NORMS)
+    return StackSpec(cfg=cfg, prefix="model.", attn_norms=GEMMA_NORMS)
 
 
 def encoder_spec(config: EncDecConfig) -> StackSpec:
-    return StackSpec(cfg=config.encoder, prefix="model.encoder.", causal=False,
+    return StackSpec(cfg=config.encoder, prefix="model.encoder.",
                      attn_norms=T5GEMMA_NORMS)
 
 
 def decoder_spec(config: EncDecConfig) -> StackSpec:
-    return StackSpec(cfg=config.decoder, prefix="model.decoder.", causal=True,
+    return StackSpec(cfg=config.decoder, prefix="model.decoder.",
                      attn_norms=T5GEMMA_NORMS, cross=not config.merged_attention,
                      merged=config.merged_attention,
                      memory_width=config.encoder.hidden_size)

@@ -1,12 +1,12 @@
 """The reference NumPy layers: one concept per file, each a forward/backward pair.
 
-Conventions (DESIGN.md): `forward(...) -> (out, cache)`, `backward(dout, cache) -> grads`,
+Conventions (SPEC.md section 10): `forward(...) -> (out, cache)`, `backward(dout, cache) -> grads`,
 fresh arrays out, float32 and float64 both supported (the dtype of the inputs is kept;
 softmaxes run in at least float32). Weights are `[out, in]`, `y = x W^T`.
 Every public function validates its inputs (`mini_encdec.validate`) and raises
 `ValueError` naming the argument, the expected and the actual value.
 
-The API every other module codes against (shape letters from SPEC.md):
+The API every other module codes against (shape letters from SPEC.md, its opening):
 
 linear.py
     linear_forward(x, W) -> (y, cache)                x (..., In), W (Out, In) -> y (..., Out)
@@ -79,10 +79,11 @@ gradcheck.py (test helper)
 
 Helpers beyond the API: masks and rope tables are plain arrays; rope.rotate_half,
 embedding.embedding_scale(D, dtype), mlp.GELU_C.
-Private unchecked fast paths (no validation, no cache) for KV-cached decoding, whose
-caller validates once per request: linear._linear, rope._apply_rope, rope._rope_tables,
-masks._allowed_mask, softcap._softcap, embedding._embed, mlp._geglu; the public
-functions compute through them after their checks.
+Unchecked fast paths (no validation, no cache; the name ends in `_unchecked`) for
+KV-cached decoding, whose caller validates once per request: linear.linear_unchecked,
+rope.apply_rope_unchecked, rope.rope_tables_unchecked, masks.allowed_mask_unchecked,
+softcap.softcap_unchecked, softcap.softcap_backward_unchecked, embedding.embed_unchecked,
+mlp.geglu_unchecked; the public functions compute through them after their checks.
 """
 
 from .adamw import adamw_update  # noqa: F401

@@ -10,7 +10,7 @@ The core, as numbered steps (the backward undoes them in reverse order):
     2. s1 = softcap * tanh(s0 / softcap)           (skipped when softcap is None)
     3. s2 = s1 where mask, else -inf
     4. p  = softmax(s2) over keys, in the input dtype (float32 or float64); a row with no
-            allowed key gets p = 0 (our choice, SPEC 1: zeros, never NaN)
+            allowed key gets p = 0 (our choice, SPEC.md section 1: zeros, never NaN)
     5. o  = p v
 
 Self-attention passes the same activations as x_q and x_kv; cross-attention passes the
@@ -34,6 +34,7 @@ from ..validate import (check_broadcast_mask, check_float, check_positive, check
                         check_same_dtype, check_shape)
 from .linear import linear_backward, linear_forward
 from .rope import rope_backward, rope_forward
+from .softcap import softcap_backward, softcap_forward
 
 
 def split_heads(y: np.ndarray, n: int) -> np.ndarray:
@@ -49,7 +50,7 @@ def merge_heads(o: np.ndarray) -> np.ndarray:
     return o.transpose(0, 2, 1, 3).reshape(B, T, N * Dh)  # (B,N,T,Dh) -> (B,T,N,Dh) -> (B,T,N*Dh)
 
 
-def _check_core(q, k, v, mask, scale, softcap, fn):
+def check_core_inputs(q, k, v, mask, scale, softcap, fn):
     check_float(q, "q", ndim=4, fn=fn)
     B, H, Tq, Dh = q.shape
     check_float(k, "k", ndim=4, fn=fn)
@@ -71,23 +72,19 @@ def _check_core(q, k, v, mask, scale, softcap, fn):
 def attention_core_forward(q, k, v, mask, *, scale, softcap):
     """q (B, H, Tq, Dh), k/v (B, K, Tk, Dh), mask (B|1, 1, Tq, Tk) bool or None (all keys)
     -> o (B, H, Tq, Dh). Returns (o, cache); the cache keeps q, k, v, the probabilities p
-    and tanh(s0 / softcap)."""
+    and the soft-cap's cache (tanh(s0 / softcap))."""
     fn = "attention_core_forward"
-    mask, scale, softcap = _check_core(q, k, v, mask, scale, softcap, fn)
+    mask, scale, softcap = check_core_inputs(q, k, v, mask, scale, softcap, fn)
     B, H, Tq, Dh = q.shape
-    K, Tk = k.shape[1], k.shape[2]
+    K = k.shape[1]  # k (B, K, Tk, Dh)
     G = H // K
     dt = q.dtype.type
     qg = q.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)
     kt = k[:, :, None].swapaxes(-1, -2)  # (B, K, Tk, Dh) -> (B, K, 1, Dh, Tk)
     # 1. s0 = (q . k) * scale
     s0 = (qg @ kt) * dt(scale)  # (B, K, G, Tq, Dh) @ (B, K, 1, Dh, Tk) -> (B, K, G, Tq, Tk)
-    # 2. s1 = softcap * tanh(s0 / softcap)
-    if softcap is not None:
-        t = np.tanh(s0 / dt(softcap))
-        s1 = dt(softcap) * t
-    else:
-        t, s1 = None, s0
+    # 2. s1 = softcap * tanh(s0 / softcap)      (nn/softcap.py; skipped when softcap is None)
+    s1, c_cap = softcap_forward(s0, softcap) if softcap is not None else (s0, None)
     # 3. s2 = s1 where mask, else -inf
     if mask is not None:
         m5 = mask[:, :, None]  # (B|1, 1, Tq, Tk) -> (B|1, 1, 1, Tq, Tk)
@@ -103,17 +100,17 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     # 5. o = p v
     og = p @ v[:, :, None]  # (B, K, G, Tq, Tk) @ (B, K, 1, Tk, Dh) -> (B, K, G, Tq, Dh)
     o = og.reshape(B, H, Tq, Dh)  # (B, K, G, Tq, Dh) -> (B, H, Tq, Dh)
-    cache = {"q": q, "k": k, "v": v, "p": p, "t": t, "scale": scale, "softcap": softcap}
+    cache = {"q": q, "k": k, "v": v, "p": p, "cap": c_cap, "scale": scale, "softcap": softcap}
     return o, cache
 
 
 def attention_core_backward(do, cache):
     """Returns (dq, dk, dv). Masked keys and empty rows get exactly zero gradient."""
-    q, k, v, p, t = cache["q"], cache["k"], cache["v"], cache["p"], cache["t"]
+    q, k, v, p = cache["q"], cache["k"], cache["v"], cache["p"]
     check_float(do, "do", fn="attention_core_backward")
     check_shape(do, "do", q.shape, fn="attention_core_backward")
     B, H, Tq, Dh = q.shape
-    K, Tk = k.shape[1], k.shape[2]
+    K = k.shape[1]  # k (B, K, Tk, Dh)
     G = H // K
     dt = q.dtype.type
     dog = do.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)
@@ -125,8 +122,8 @@ def attention_core_backward(do, cache):
     ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True))
     # 3. s2 = s1 where mask: the gradient passes where allowed (elsewhere p = 0 made it 0)
     # 2. s1 = softcap * tanh(s0 / softcap)
-    if t is not None:
-        ds = ds * (1 - t * t)
+    if cache["cap"] is not None:
+        ds = softcap_backward(ds, cache["cap"])
     # 1. s0 = (q . k) * scale
     ds = ds * dt(cache["scale"])
     dqg = ds @ k[:, :, None]  # (B,K,G,Tq,Tk) @ (B,K,1,Tk,Dh) -> (B,K,G,Tq,Dh)

@@ -23,7 +23,7 @@ def embedding_scale(D: int, dtype) -> np.floating:
     return np.dtype(dtype).type(math.sqrt(D))
 
 
-def _embed(ids: np.ndarray, E: np.ndarray, factor) -> np.ndarray:
+def embed_unchecked(ids: np.ndarray, E: np.ndarray, factor) -> np.ndarray:
     """x = E[ids] * factor without checks or cache: the inference fast path for callers
     that validated ids once (embedding_forward computes through it)."""
     return E[ids] * factor  # E[(B, T)] -> (B, T, D)
@@ -38,7 +38,7 @@ def embedding_forward(ids: np.ndarray, E: np.ndarray, scale: bool = True):
     if not isinstance(scale, (bool, np.bool_)):
         raise ValueError(f"{fn}: argument 'scale': expected True or False, got {scale!r}")
     factor = embedding_scale(D, E.dtype) if scale else E.dtype.type(1)
-    x = _embed(ids, E, factor)  # E[(B, T)] -> (B, T, D)
+    x = embed_unchecked(ids, E, factor)  # E[(B, T)] -> (B, T, D)
     return x, {"ids": ids, "vocab_size": V, "scale": factor, "dtype": E.dtype}
 
 

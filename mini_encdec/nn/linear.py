@@ -10,7 +10,7 @@ import numpy as np
 from ..validate import check_float, check_same_dtype, check_shape
 
 
-def _linear(x: np.ndarray, W: np.ndarray) -> np.ndarray:
+def linear_unchecked(x: np.ndarray, W: np.ndarray) -> np.ndarray:
     """y = x W^T without checks or cache: the inference fast path (KV-cached decoding),
     for callers that validated x and W once. linear_forward computes through it."""
     y = x.reshape(-1, W.shape[1]) @ W.T  # (N, In) @ (In, Out) -> (N, Out), N = prod(...)
@@ -26,7 +26,7 @@ def linear_forward(x: np.ndarray, W: np.ndarray):
         raise ValueError(f"{fn}: argument 'x': expected at least 1 dimension, got shape {x.shape}")
     check_shape(x, "x", (None,) * (x.ndim - 1) + (W.shape[1],), fn=fn)
     check_same_dtype(fn, x=x, W=W)
-    y = _linear(x, W)  # (..., In) @ (In, Out) -> (..., Out)
+    y = linear_unchecked(x, W)  # (..., In) @ (In, Out) -> (..., Out)
     return y, {"x": x, "W": W}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..validate import check_float, check_ids, check_mask, check_positive, check_shape
+from .softcap import softcap_backward_unchecked, softcap_unchecked, tanh_ratio
 
 
 def _log_softmax(z2):
@@ -22,7 +23,7 @@ def _log_softmax(z2):
     return zs - np.log(np.sum(np.exp(zs), axis=-1, keepdims=True))
 
 
-def _check_logits_labels(logits, labels, ignore_index, fn, logits_name="logits"):
+def check_logits_labels(logits, labels, ignore_index, fn, logits_name="logits"):
     check_float(logits, logits_name, fn=fn)
     if logits.ndim < 1:
         raise ValueError(f"{fn}: argument {logits_name!r}: expected at least 1 dimension, "
@@ -58,7 +59,7 @@ def _ce_grad(dloss, p, labels1, counted, n):
     return dz * scale
 
 
-def _check_dloss(dloss, fn):
+def check_dloss(dloss, fn):
     if isinstance(dloss, np.ndarray) and dloss.size == 1:
         dloss = dloss.item()
     if not isinstance(dloss, (int, float, np.integer, np.floating)) or isinstance(dloss, bool) \
@@ -70,7 +71,7 @@ def _check_dloss(dloss, fn):
 def cross_entropy_forward(logits, labels, ignore_index=-100):
     """Mean of -log softmax(logits)[label] over labels != ignore_index. Returns (loss, cache)."""
     fn = "cross_entropy_forward"
-    V = _check_logits_labels(logits, labels, ignore_index, fn)
+    V = check_logits_labels(logits, labels, ignore_index, fn)
     z2 = logits.reshape(-1, V)  # (..., V) -> (N, V)
     labels1 = labels.reshape(-1)  # (...) -> (N,)
     loss, p, counted, n = _ce_from_z(z2, labels1, ignore_index)
@@ -79,7 +80,7 @@ def cross_entropy_forward(logits, labels, ignore_index=-100):
 
 def cross_entropy_backward(dloss, cache):
     """dlogits (..., V) = dloss * (softmax(logits) - onehot(label)) / n on counted positions."""
-    dloss = _check_dloss(dloss, "cross_entropy_backward")
+    dloss = check_dloss(dloss, "cross_entropy_backward")
     dz = _ce_grad(dloss, cache["p"], cache["labels"], cache["counted"], cache["n"])
     return dz.reshape(cache["shape"])  # (N, V) -> (..., V)
 
@@ -88,12 +89,12 @@ def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
     """Cross-entropy of cap * tanh(z / cap) (Gemma's final soft-cap; cap None = plain CE).
     Returns (loss, cache)."""
     fn = "softcap_cross_entropy_forward"
-    V = _check_logits_labels(z, labels, ignore_index, fn, logits_name="z")
+    V = check_logits_labels(z, labels, ignore_index, fn, logits_name="z")
     cap = check_positive(cap, "cap", fn=fn, allow_none=True)
     z2 = z.reshape(-1, V)  # (..., V) -> (N, V)
     labels1 = labels.reshape(-1)  # (...) -> (N,)
     # 1. y = cap * tanh(z / cap)
-    y2 = z2.dtype.type(cap) * np.tanh(z2 / z2.dtype.type(cap)) if cap is not None else z2
+    y2 = softcap_unchecked(z2, cap) if cap is not None else z2  # nn/softcap.py
     # 2. loss = mean cross-entropy(y, labels)
     loss, p, counted, n = _ce_from_z(y2, labels1, ignore_index)
     return loss, {"z": z, "cap": cap, "p": p, "labels": labels1, "counted": counted, "n": n}
@@ -101,14 +102,14 @@ def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
 
 def softcap_cross_entropy_backward(dloss, cache):
     """dz (..., V)."""
-    dloss = _check_dloss(dloss, "softcap_cross_entropy_backward")
+    dloss = check_dloss(dloss, "softcap_cross_entropy_backward")
     z, cap = cache["z"], cache["cap"]
     # 2. loss = mean cross-entropy(y, labels)
     dy = _ce_grad(dloss, cache["p"], cache["labels"], cache["counted"], cache["n"])  # (N, V)
-    # 1. y = cap * tanh(z / cap)  ->  dz = dy * (1 - tanh(z / cap)^2)
+    # 1. y = cap * tanh(z / cap)  ->  dz = dy * (1 - tanh(z / cap)^2)   (nn/softcap.py)
     if cap is not None:
-        t = np.tanh(z.reshape(dy.shape) / z.dtype.type(cap))
-        dy *= 1 - t * t
+        t = tanh_ratio(z.reshape(dy.shape), z.dtype.type(cap))  # recomputed, not cached
+        dy = softcap_backward_unchecked(dy, t)
     return dy.reshape(z.shape)  # (N, V) -> (..., V)
 
 
@@ -162,7 +163,7 @@ def distillation_forward(logits, teacher_probs, mask, temperature=1.0):
 
 def distillation_backward(dloss, cache):
     """dlogits (..., V) = dloss * (softmax(logits/T) * sum(tp) - tp) / (T n) on masked-in rows."""
-    dloss = _check_dloss(dloss, "distillation_backward")
+    dloss = check_dloss(dloss, "distillation_backward")
     q, tp, m1, n = cache["q"], cache["tp"], cache["mask"], cache["n"]
     if not n:
         return np.zeros(cache["shape"], dtype=q.dtype)

@@ -35,10 +35,11 @@ def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window
         desc = ", ".join(f"{n}={b}" for n, b in batch.items())
         raise ValueError(f"{fn}: expected one batch size (axis 0) for q_pos, k_pos and "
                          f"key_padding, got {desc}")
-    return _allowed_mask(q_pos, k_pos, causal=causal, window=window, key_padding=key_padding)
+    return allowed_mask_unchecked(q_pos, k_pos, causal=causal, window=window,
+                                  key_padding=key_padding)
 
 
-def _allowed_mask(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window=None,
+def allowed_mask_unchecked(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window=None,
                  key_padding=None) -> np.ndarray:
     """attention_mask without checks (key_padding already bool): the inference fast path
     for callers that validated the positions once (attention_mask computes through it)."""

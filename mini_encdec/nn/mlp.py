@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ..validate import check_float, check_same_dtype, check_shape
-from .linear import _linear, linear_backward, linear_forward
+from .linear import linear_unchecked, linear_backward, linear_forward
 
 GELU_C = math.sqrt(2.0 / math.pi)  # sqrt(2/pi)
 GELU_A = 0.044715
@@ -74,7 +74,7 @@ def geglu_act_backward(da: np.ndarray, cache: dict):
     return dgate, dup
 
 
-def _geglu(x: np.ndarray, W_gate_up: np.ndarray, Wd: np.ndarray, act=None,
+def geglu_unchecked(x: np.ndarray, W_gate_up: np.ndarray, Wd: np.ndarray, act=None,
            linear=None) -> np.ndarray:
     """y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T without checks or cache: the inference fast
     path (KV-cached decoding) for callers that validated the inputs once. W_gate_up is
@@ -82,7 +82,7 @@ def _geglu(x: np.ndarray, W_gate_up: np.ndarray, Wd: np.ndarray, act=None,
     `linear` (x, W) -> x W^T replace the activation and the matmul (the models pass the
     ops twins)."""
     F = Wd.shape[1]
-    linear = linear or _linear
+    linear = linear or linear_unchecked
     gate_up = linear(x, W_gate_up)  # (..., D) @ (D, 2F) -> (..., 2F)
     a, _ = (act or geglu_act_forward)(gate_up[..., :F], gate_up[..., F:])  # (..., F)
     return linear(a, Wd)  # (..., F) @ (F, D) -> (..., D)

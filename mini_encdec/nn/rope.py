@@ -40,10 +40,10 @@ def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float = 10000.0,
     theta = check_positive(theta, "theta", fn=fn)
     if np.dtype(dtype) not in FLOAT_DTYPES:
         raise ValueError(f"{fn}: argument 'dtype': expected float32 or float64, got {dtype!r}")
-    return _rope_tables(positions, head_dim, theta, dtype)
+    return rope_tables_unchecked(positions, head_dim, theta, dtype)
 
 
-def _rope_tables(positions: np.ndarray, head_dim: int, theta: float, dtype):
+def rope_tables_unchecked(positions: np.ndarray, head_dim: int, theta: float, dtype):
     """rope_cos_sin without checks: the inference fast path for callers that validated
     the arguments once (rope_cos_sin computes through it)."""
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (Dh/2,)
@@ -53,7 +53,7 @@ def _rope_tables(positions: np.ndarray, head_dim: int, theta: float, dtype):
     return np.cos(angle).astype(dtype), np.sin(angle).astype(dtype)
 
 
-def _check_table(x, c, name, fn):
+def check_rope_table(x, c, name, fn):
     B, N, T, Dh = x.shape
     check_float(c, name, fn=fn)
     if c.ndim == 2:
@@ -64,7 +64,7 @@ def _check_table(x, c, name, fn):
     return c if c.ndim == 2 else c[:, None]  # (B, T, Dh) -> (B, 1, T, Dh) over heads
 
 
-def _apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+def apply_rope_unchecked(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """y = x * cos + rotate_half(x) * sin without checks or cache (the inference fast path;
     rope_forward computes through it). cos/sin (T, Dh) or (B, 1, T, Dh)."""
     return x * cos + rotate_half(x) * sin  # (B, N, T, Dh) * (T, Dh) or (B, 1, T, Dh)
@@ -77,9 +77,9 @@ def rope_forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray):
     if x.shape[-1] % 2:
         raise ValueError(f"{fn}: argument 'x': expected an even head size (last axis), "
                          f"got shape {x.shape}")
-    c = _check_table(x, cos, "cos", fn)
-    s = _check_table(x, sin, "sin", fn)
-    y = _apply_rope(x, c, s)  # (B, N, T, Dh) * (T, Dh) or (B, 1, T, Dh)
+    c = check_rope_table(x, cos, "cos", fn)
+    s = check_rope_table(x, sin, "sin", fn)
+    y = apply_rope_unchecked(x, c, s)  # (B, N, T, Dh) * (T, Dh) or (B, 1, T, Dh)
     return y, {"cos": c, "sin": s, "shape": x.shape}
 
 

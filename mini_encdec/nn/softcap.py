@@ -12,19 +12,19 @@ import numpy as np
 from ..validate import check_float, check_positive, check_shape
 
 
-def _tanh_ratio(x: np.ndarray, c) -> np.ndarray:
+def tanh_ratio(x: np.ndarray, c) -> np.ndarray:
     """t = tanh(x / c), c the cap as a scalar of x's dtype."""
     with np.errstate(over="ignore"):  # |x| / cap beyond the float range: tanh(+-inf) = +-1
         return np.tanh(x / c)
 
 
-def _softcap(x: np.ndarray, cap) -> np.ndarray:
+def softcap_unchecked(x: np.ndarray, cap) -> np.ndarray:
     """y = cap * tanh(x / cap) (cap None: a copy of x) without checks or cache: the
     inference fast path for callers that validated x and cap once."""
     if cap is None:
         return x.copy()
     c = x.dtype.type(cap)
-    return c * _tanh_ratio(x, c)
+    return c * tanh_ratio(x, c)
 
 
 def softcap_forward(x: np.ndarray, cap):
@@ -35,7 +35,7 @@ def softcap_forward(x: np.ndarray, cap):
     if cap is None:
         return x.copy(), {"t": None, "cap": None, "shape": x.shape}
     c = x.dtype.type(cap)
-    t = _tanh_ratio(x, c)
+    t = tanh_ratio(x, c)
     return c * t, {"t": t, "cap": cap, "shape": x.shape}
 
 
@@ -46,5 +46,10 @@ def softcap_backward(dy: np.ndarray, cache: dict):
     t = cache["t"]
     if t is None:  # y = x
         return dy.copy()
-    # y = cap * tanh(x / cap)  ->  dy/dx = 1 - tanh^2
+    return softcap_backward_unchecked(dy, t)
+
+
+def softcap_backward_unchecked(dy: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """dx = dy * (1 - t^2) given t = tanh(x / cap), without checks: y = cap * tanh(x / cap)
+    ->  dy/dx = 1 - tanh^2. The attention core and the fused loss call it on their own t."""
     return dy * (1 - t * t)

@@ -1,4 +1,4 @@
-"""Pre-training objectives as pure functions of (tokens, np.random.Generator) (SPEC 4).
+"""Pre-training objectives as pure functions of (tokens, np.random.Generator) (SPEC.md section 4).
 
     causal_lm.py        packing documents, next-token windows (decoder-only)
     prefix_lm.py        PrefixLM halves; teacher alignment for distillation

@@ -9,7 +9,7 @@ architectures (batching.collate_encdec / batching.collate_decoder):
                       with loss only where x[t + 1] is a target token
 
 Target token j (0-based) is then predicted at decoder-only position len(inputs) + j - 1,
-which is the teacher-alignment rule of PrefixLM + distillation (SPEC section 4).
+which is the teacher-alignment rule of PrefixLM + distillation (SPEC.md section 4).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def check_rng(rng, fn: str) -> np.random.Generator:
 
 def teacher_positions(prefix_length: int, target_length: int) -> np.ndarray:
     """(N,) positions in the decoder-only sequence `prefix ++ targets` whose logits predict
-    target token j: prefix_length + j - 1 (SPEC section 4, PrefixLM + distillation)."""
+    target token j: prefix_length + j - 1 (SPEC.md section 4, PrefixLM + distillation)."""
     if prefix_length < 1:
         raise ValueError(f"teacher_positions: argument 'prefix_length': expected >= 1 (the "
                          f"first target needs a token before it), got {prefix_length}")

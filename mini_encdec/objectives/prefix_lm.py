@@ -1,4 +1,4 @@
-"""PrefixLM, the T5Gemma paper's first objective (SPEC section 4).
+"""PrefixLM, the T5Gemma paper's first objective (SPEC.md section 4).
 
 A sequence of length 2N is split into two equal halves: the first is the encoder input,
 the second the decoder target. For the decoder-only baseline the same example is the

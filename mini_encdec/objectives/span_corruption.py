@@ -1,4 +1,4 @@
-"""T5 span corruption, the building block of UL2 (SPEC section 4), with the exact rules.
+"""T5 span corruption, the building block of UL2 (SPEC.md section 4), with the exact rules.
 
 For a raw segment of L tokens, noise density d and mean noise span length m:
 

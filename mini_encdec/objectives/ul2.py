@@ -1,4 +1,4 @@
-"""UL2, the mixture of denoisers (Tay et al. 2022), as used by T5Gemma (SPEC section 4).
+"""UL2, the mixture of denoisers (Tay et al. 2022), as used by T5Gemma (SPEC.md section 4).
 
 Every task prepends a mode token to the encoder input:
 

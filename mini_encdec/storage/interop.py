@@ -13,7 +13,7 @@ Classifiers: config.json is the backbone's plus `architectures`, `id2label`/`lab
 `is_encoder_decoder` (false: the encoder-only probe, whose directory holds no decoder
 weights) and `classifier_dropout_rate` 0.0 (ignored on load: no dropout here).
 
-Parameter names are the Hugging Face keys already (DESIGN.md), so weights pass through
+Parameter names are the Hugging Face keys already (SPEC.md section 5), so weights pass through
 unchanged; only the config needs translating. Never imports torch: tensors are read and
 written by `safetensors_io`, which handles bfloat16 (upcast to float32 on load, exactly).
 

@@ -22,7 +22,7 @@ the left to fit) + EOS, targets = reply tokens (truncated from the right) + EOS,
 batch with batching.ExampleBatcher / collate_encdec / collate_decoder like pre-training
 examples.
 
-Task prefixes (SPEC section 7): every task's inputs start with a short instruction of its
+Task prefixes (SPEC.md section 7): every task's inputs start with a short instruction of its
 own (`TASK_PREFIXES`), in both architectures, so a model fine-tuned on a mixture of tasks
 reads which task it is asked to do (without one, a reply and a genre question look the
 same: a bare speech, and a small model collapses onto the easier answer).

@@ -1,6 +1,6 @@
 """SentencePiece tokenizer: training on the corpus, loading, special pieces.
 
-Ids follow the Gemma convention (SPEC section 5): pad 0, eos 1, bos 2, unk 3. Then come
+Ids follow the Gemma convention (SPEC.md section 5): pad 0, eos 1, bos 2, unk 3. Then come
 user-defined pieces, each always a single id:
 
     "\\n"                                  newline (lines are encoded one at a time, so the

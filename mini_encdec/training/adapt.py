@@ -1,4 +1,4 @@
-"""Adaptation: decoder-only Gemma 2 checkpoint(s) -> a T5Gemma encoder-decoder (SPEC 3).
+"""Adaptation: decoder-only Gemma 2 checkpoint(s) -> a T5Gemma encoder-decoder (SPEC.md section 3).
 
 Every weight of the encoder-decoder starts from the most similar weight of the source:
 
@@ -137,8 +137,9 @@ def adaptation_plan(config: EncDecConfig, balanced: bool) -> dict:
         raise AdaptError(f"adaptation_plan: expected an EncDecConfig, got "
                          f"{type(config).__name__}")
     if config.merged_attention or config.tie_all_embeddings:
-        raise AdaptError("adaptation_plan: SPEC 3 adapts into separate cross-attention and "
-                         "separate embeddings (merged_attention and tie_all_embeddings False)")
+        raise AdaptError("adaptation_plan: SPEC.md section 3 adapts into separate "
+                         "cross-attention and separate embeddings (merged_attention and "
+                         "tie_all_embeddings False)")
     return {k: _origin(k, balanced) for k in param_shapes(config)}
 
 

@@ -1,4 +1,4 @@
-"""PrefixLM + knowledge distillation (SPEC section 4).
+"""PrefixLM + knowledge distillation (SPEC.md section 4).
 
 The student is the encoder-decoder; the teacher a decoder-only model (by default the one
 the student was adapted from). For a PrefixLM example of prefix length N, target token j

@@ -1,5 +1,5 @@
 """AdamW with decoupled weight decay, global-norm clipping, gradient accumulation and
-freezing by name pattern, over the flat parameter dict (Hugging Face keys, SPEC 5).
+freezing by name pattern, over the flat parameter dict (Hugging Face keys, SPEC.md section 5).
 
 AdamW (Loshchilov & Hutter 2019), for one parameter p with gradient g at its t-th update
 (t = 1, 2, ...; each parameter counts its own updates, so a parameter that was frozen
@@ -22,7 +22,7 @@ Clipping: all trainable gradients are scaled by min(1, clip_norm / (||g|| + 1e-6
 Freezing: `trainable_names` picks the parameters that update at a given step: names
 matching a `freeze` pattern never train; during the first `warmup_steps` updates only
 names matching `warmup_pattern` train (the paper's cross-attention warmup for unbalanced
-adaptation, `EncDecConfig.cross_attn_warmup_steps`; SPEC 3). The pattern `cross_attn`
+adaptation, `EncDecConfig.cross_attn_warmup_steps`; SPEC.md section 3). The pattern `cross_attn`
 also matches the cross-attention norms `pre_/post_cross_attn_layernorm`. Frozen
 parameters are skipped entirely (no decay, no moment update): they stay bit for bit.
 """

@@ -1,6 +1,6 @@
 """What both comparisons with `transformers` give it (needs torch): random tiny weights of
-ours, positions that count real tokens, SPEC 1-2 masks as transformers' additive masks,
-and the classification models' forward with those masks.
+ours, positions that count real tokens, the masks of SPEC.md sections 1 and 2 as
+transformers' additive masks, and the classification models' forward with those masks.
 
 Used by tests/test_classifier_parity.py (live parity) and make_reference.py (the frozen
 references), so both compare the same function.
@@ -32,7 +32,8 @@ def positions(mask: np.ndarray) -> torch.Tensor:
 
 
 def spec_masks(cfg: GemmaConfig, pos, key_padding, *, causal: bool) -> dict:
-    """SPEC 1-2 masks as transformers' additive float64 masks {layer type: (B, 1, T, T)}."""
+    """The masks of SPEC.md sections 1 and 2 as transformers' additive float64 masks
+    {layer type: (B, 1, T, T)}."""
     d = pos[:, :, None] - pos[:, None, :]  # (B, Tq, Tk): q - k
     full = d >= 0 if causal else torch.ones_like(d, dtype=torch.bool)
     local = full & ((d < cfg.sliding_window) if causal else (d.abs() < cfg.sliding_window))
@@ -44,7 +45,8 @@ def spec_masks(cfg: GemmaConfig, pos, key_padding, *, causal: bool) -> dict:
 
 
 def classifier_forward(hf, config, batch: dict):
-    """transformers' sequence classifier on our batch, with SPEC masks and positions.
+    """transformers' sequence classifier on our batch, with the masks and positions of
+    SPEC.md section 8.
     Returns (its output, the encoder output or None)."""
     from transformers.modeling_outputs import BaseModelOutput
     ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -22,15 +22,16 @@ default test suite sees a wiring mistake in the model assembly (a wrong query sc
 RoPE in cross-attention, a missing soft-cap, an unwindowed local layer, a missing
 gradient use of a tied table, ...) that only the optional parity tests saw before.
 
-Masks and positions are given to transformers explicitly, from SPEC 1-2 (positions count
-real tokens; the symmetric local window is |q - k| < W, where transformers >= 5 builds
-|q - k| <= W by default), as in tests/test_parity_hf.py and tests/test_classifier_parity.py.
-The cases cover GQA (H/K = 2 and 4), sliding windows shorter than the sequences,
-query_pre_attn_scalar different from the head size, soft-caps small enough to bend the
-scores and logits, an unbalanced encoder-decoder (widths, depths, heads and head sizes
-differ), right- and left-padded encoder inputs, ignored labels, and the classification
-head in its two T5Gemma modes. Generated with torch 2.13 and transformers 5.x; rerun this
-script after an intended change of the models' function, and review the diff of the test.
+Masks and positions are given to transformers explicitly, from SPEC.md sections 1 and 2
+(positions count real tokens; the symmetric local window is |q - k| < W, where transformers
+>= 5 builds |q - k| <= W by default), as in tests/test_parity_hf.py and
+tests/test_classifier_parity.py. The cases cover GQA (H/K = 2 and 4), sliding windows
+shorter than the sequences, query_pre_attn_scalar different from the head size, soft-caps
+small enough to bend the scores and logits, an unbalanced encoder-decoder (widths, depths,
+heads and head sizes differ), right- and left-padded encoder inputs, ignored labels, and the
+classification head in its two T5Gemma modes. Generated with torch 2.13 and transformers
+5.x; rerun this script after an intended change of the models' function, and review the diff
+of the test.
 """
 
 from __future__ import annotations

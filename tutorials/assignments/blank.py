@@ -52,24 +52,25 @@ TASKS = {
     "task1_2": ("Rotary position embeddings, rotate-half", [
         ("mini_encdec.nn.rope", "rotate_half"),
         ("mini_encdec.nn.rope", "rotate_half_transpose"),
-        ("mini_encdec.nn.rope", "_rope_tables"),
-        ("mini_encdec.nn.rope", "_apply_rope"),
+        ("mini_encdec.nn.rope", "rope_tables_unchecked"),
+        ("mini_encdec.nn.rope", "apply_rope_unchecked"),
         ("mini_encdec.nn.rope", "rope_backward")]),
     "task1_3": ("Soft-cap and the tanh GELU", [
-        ("mini_encdec.nn.softcap", "_tanh_ratio"),
-        ("mini_encdec.nn.softcap", "_softcap"),
+        ("mini_encdec.nn.softcap", "tanh_ratio"),
+        ("mini_encdec.nn.softcap", "softcap_unchecked"),
         ("mini_encdec.nn.softcap", "softcap_forward"),
         ("mini_encdec.nn.softcap", "softcap_backward"),
+        ("mini_encdec.nn.softcap", "softcap_backward_unchecked"),
         ("mini_encdec.nn.mlp", "_gelu_parts"),
         ("mini_encdec.nn.mlp", "_gelu_grad")]),
     "task1_4": ("The GeGLU feed-forward", [
         ("mini_encdec.nn.mlp", "geglu_act_forward"),
         ("mini_encdec.nn.mlp", "geglu_act_backward"),
-        ("mini_encdec.nn.mlp", "_geglu"),
+        ("mini_encdec.nn.mlp", "geglu_unchecked"),
         ("mini_encdec.nn.mlp", "geglu_forward"),
         ("mini_encdec.nn.mlp", "geglu_backward")]),
     "task2_1": ("Attention masks: causal, causal-local, symmetric-local, padding", [
-        ("mini_encdec.nn.masks", "_allowed_mask")]),
+        ("mini_encdec.nn.masks", "allowed_mask_unchecked")]),
     "task2_2": ("Attention core forward: GQA, query scalar, soft-cap, mask, empty rows", [
         ("mini_encdec.nn.attention", "attention_core_forward")]),
     "task2_3": ("Attention core backward", [
@@ -98,18 +99,17 @@ TASKS = {
     "task4_1": ("Adaptation: which source weight initialises each encoder-decoder weight", [
         ("mini_encdec.training.adapt", "_origin")]),
     "task5_1": ("The encoder-decoder forward: blocks, masks, positions, cross-attention, logits", [
-        ("mini_encdec.models.blocks", "_attention"),
+        ("mini_encdec.models.blocks", "attention"),
         ("mini_encdec.models.blocks", "encoder_block_forward"),
         ("mini_encdec.models.blocks", "decoder_block_forward"),
         ("mini_encdec.models.inputs", "layer_type_mask"),
-        ("mini_encdec.models.trunk", "trunk_forward"),
+        ("mini_encdec.models.blocks", "trunk_forward"),
         ("mini_encdec.models.encdec", "EncDecLM._decode"),
         ("mini_encdec.models.encdec", "EncDecLM.forward")]),
     "task5_2": ("The encoder-decoder backward: blocks, both stacks, tied embeddings", [
-        ("mini_encdec.models.blocks", "sandwich_backward"),
         ("mini_encdec.models.blocks", "encoder_block_backward"),
         ("mini_encdec.models.blocks", "decoder_block_backward"),
-        ("mini_encdec.models.trunk", "trunk_backward"),
+        ("mini_encdec.models.blocks", "trunk_backward"),
         ("mini_encdec.models.encdec", "EncDecLM._backward_from_hidden")]),
     "task5_3": ("The KV cache: a buffer that keeps the last W - 1 keys of a local layer", [
         ("mini_encdec.models.window_buffer", "WindowBuffer.append"),

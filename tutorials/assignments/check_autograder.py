@@ -87,7 +87,7 @@ MUTANTS = [
       (NN + "mlp.py", "t = np.tanh(dt(GELU_C) * (u + dt(GELU_A) * u * u * u))",
        "t = np.vectorize(math.erf, otypes=[u.dtype])(u / dt(math.sqrt(2)))")),
     M("softcap_no_divide", "task1_3", "soft-cap `c * tanh(x)` (x not divided by c)",
-      (NN + "softcap.py", "t = _tanh_ratio(x, c)\n    return c * t,",
+      (NN + "softcap.py", "t = tanh_ratio(x, c)\n    return c * t,",
        "t = np.tanh(x)\n    return c * t,")),
     M("softcap_grad", "task1_3", "soft-cap derivative `1 - t` instead of `1 - t^2`",
       (NN + "softcap.py", "return dy * (1 - t * t)", "return dy * (1 - t)")),
@@ -104,7 +104,9 @@ MUTANTS = [
       (NN + "masks.py", "allowed = allowed & key_padding[:, None, :]", "allowed = allowed")),
     # --- 2.2 attention core
     M("core_no_softcap", "task2_2", "attention soft-cap missing",
-      (NN + "attention.py", "s1 = dt(softcap) * t", "s1 = s0")),
+      (NN + "attention.py",
+       "s1, c_cap = softcap_forward(s0, softcap) if softcap is not None else (s0, None)",
+       "s1, c_cap = s0, None")),
     M("core_gqa_modulo", "task2_2", "query head h reads key/value head `h % K` instead of "
       "`h // (H/K)`",
       (NN + "attention.py", "qg = q.reshape(B, K, G, Tq, Dh)  # (B, H, Tq, Dh) -> (B, K, G, Tq, Dh)",
@@ -120,7 +122,7 @@ MUTANTS = [
        "row_max = row_max")),
     # --- 2.3 attention core backward
     M("core_grad_softcap", "task2_3", "attention backward forgets the soft-cap derivative",
-      (NN + "attention.py", "ds = ds * (1 - t * t)", "ds = ds")),
+      (NN + "attention.py", "ds = softcap_backward(ds, cache[\"cap\"])", "ds = ds")),
     M("core_grad_group_sum", "task2_3", "dk, dv not summed over the G query heads of a "
       "key/value head",
       (NN + "attention.py", "dk = np.sum(ds.swapaxes(-1, -2) @ qg, axis=2)",
@@ -191,10 +193,9 @@ MUTANTS = [
     # --- 5.1 the encoder-decoder forward
     M("cross_rope", "task5_1", "RoPE in cross-attention (decoder positions on the queries, "
       "encoder positions on the keys)",
-      (MODELS + "blocks.py", "n, memory, memory_mask, None, None))",
-       "n, memory, memory_mask, rope, rope_for(cfg, np.arange(memory.shape[1]), memory.dtype)))"),
-      (MODELS + "blocks.py", "from .params import CROSS_NORMS, FFW_NORMS\n",
-       "from .params import CROSS_NORMS, FFW_NORMS\nfrom .inputs import rope_for\n")),
+      (MODELS + "blocks.py", "n_cross, memory, memory_mask, None, None)",
+       "n_cross, memory, memory_mask, rope,\n"
+       "                           rope_for(cfg, np.arange(memory.shape[1]), memory.dtype))")),
     M("assembly_head_dim_scale", "task5_1", "scale `1/sqrt(head_dim)` instead of "
       "`query_pre_attn_scalar^-1/2`",
       (MODELS + "blocks.py", "scale=float(cfg.query_pre_attn_scalar) ** -0.5",
@@ -206,8 +207,8 @@ MUTANTS = [
       (MODELS + "blocks.py", "softcap=cfg.attn_logit_softcapping", "softcap=None")),
     M("assembly_no_final_cap", "task5_1", "final logit soft-cap missing",
       (MODELS + "encdec.py",
-       "logits, cache[\"cap\"] = head.capped_logits(z, self.config.decoder.final_logit_softcapping)",
-       "logits, cache[\"cap\"] = head.capped_logits(z, None)")),
+       "logits, cache[\"cap\"] = softcap_forward(z, self.config.decoder.final_logit_softcapping)",
+       "logits, cache[\"cap\"] = softcap_forward(z, None)")),
     M("encoder_unwindowed", "task5_1", "the encoder's local layers left unwindowed",
       (MODELS + "inputs.py", "window = cfg.sliding_window if layer_type == SLIDING else None",
        "window = cfg.sliding_window if layer_type == SLIDING and causal else None")),
@@ -222,7 +223,7 @@ MUTANTS = [
        "embedding_forward(decoder_input_ids, P[self.decoder_embed_key])",
        "embedding_forward(decoder_input_ids, P[self.decoder_embed_key], scale=False)")),
     M("encoder_embedding_unscaled", "task5_1", "encoder embeddings not scaled by sqrt(D)",
-      (MODELS + "trunk.py", "embedding_forward(input_ids, params[spec.embed_key])",
+      (MODELS + "blocks.py", "embedding_forward(input_ids, params[spec.embed_key])",
        "embedding_forward(input_ids, params[spec.embed_key], scale=False)")),
     M("decoder_bidirectional", "task5_1", "decoder self-attention not causal",
       (MODELS + "encdec.py", "masks = self_attention_masks(cfg, pos, pos, causal=True,",
@@ -235,8 +236,9 @@ MUTANTS = [
       "encoder's gradient",
       (MODELS + "encdec.py", "grads[self.encoder_embed_key] = dE_dec + dE_enc",
        "grads[self.encoder_embed_key] = dE_dec")),
-    M("sandwich_no_residual", "task5_2", "sandwich backward drops the residual path",
-      (MODELS + "blocks.py", "    return dx + dres\n", "    return dres\n")),
+    M("block_no_residual", "task5_2", "a block's backward drops the residual path around its MLP",
+      (MODELS + "blocks.py", "    dx = dx + norm_grads(dn_ffw, c[\"pre_ffw\"], grads, pre_ffw)\n",
+       "    dx = norm_grads(dn_ffw, c[\"pre_ffw\"], grads, pre_ffw)\n", 3)),
     # --- 5.3 KV cache
     M("cache_keeps_w", "task5_3", "a local-layer cache keeps W keys instead of W - 1",
       (MODELS + "decoding.py", "(cfg.sliding_window - 1 if lt == SLIDING else None)",
@@ -263,7 +265,7 @@ MUTANTS = [
       (NN + "loss.py", "scale = p.dtype.type(float(dloss) / n) if n else p.dtype.type(0)",
        "scale = p.dtype.type(float(dloss) / len(labels1))")),
     M("ce_no_cap_grad", "task6_1", "fused loss backward forgets the soft-cap derivative",
-      (NN + "loss.py", "dy *= 1 - t * t", "dy *= 1")),
+      (NN + "loss.py", "dy = softcap_backward_unchecked(dy, t)", "dy = dy")),
     M("ce_ignored_rows", "task6_1", "ignored positions (-100) still get a gradient",
       (NN + "loss.py", "dz = p * counted[:, None]  # (N, V)", "dz = p.copy()  # (N, V)")),
     # --- 6.2 distillation
