@@ -64,6 +64,8 @@ def test_config_errors_are_clear():
         hf_config(G.replace(query_pre_attn_scalar=6.5))
     with pytest.raises(InteropError, match="merged_attention"):
         hf_config(EncDecConfig(encoder=G, decoder=G, merged_attention=True))
+    with pytest.raises(InteropError, match="causal_encoder .*always bidirectional"):
+        hf_config(EncDecConfig(encoder=G, decoder=G, causal_encoder=True))
     # eos given as a list (instruction-tuned configs): the first id
     assert config_from_hf(dict(d, eos_token_id=[1, 7])).eos_token_id == 1
 

@@ -293,6 +293,10 @@ def hf_config(config, dtype="float32") -> dict:
     if config.tie_all_embeddings:
         raise InteropError("save_hf: tie_all_embeddings (T5Gemma 2) cannot be written as a "
                            "T5Gemma checkpoint")
+    if config.causal_encoder:
+        raise InteropError("save_hf: causal_encoder (the paper's ablation) cannot be written "
+                           "as a T5Gemma checkpoint: transformers' T5Gemma encoder is always "
+                           "bidirectional; save it with our own format instead")
     enc = _stack_dict(config.encoder, "save_hf [encoder]")
     enc.update({"model_type": "t5_gemma_module", "is_decoder": False, "dropout_rate": 0.0})
     dec = _stack_dict(config.decoder, "save_hf [decoder]")
