@@ -25,11 +25,12 @@ the CPUs that are actually free:
   kernels' parallel loops run on the calling thread and nothing waits for anyone.
 - results never depend on the load: the kernels cut their work into chunks counted from
   the cap, not from the current count, and every chunk is computed the same way whichever
-  thread runs it. BLAS is another matter: some of OpenBLAS's kernels (its Haswell and Zen
-  kernels, used on AMD EPYC and older Intel CPUs) round a row of a float32 product
-  differently depending on where the thread's share of the rows starts, so the same matmul
-  gives other bits on 1 and 2 threads. `start()` checks this once (`blas_varies`: a few
-  float32 products on 1, 2 and cap threads, a few ms); where the bits differ, BLAS stays at one
+  thread runs it. BLAS is another matter: OpenBLAS cuts a product into per-thread shares
+  whose boundaries move with the count, and some of its kernels round differently by
+  share: its Haswell and Zen kernels (AMD EPYC, older Intel CPUs) nearly every float32
+  product, its SkylakeX kernels the long sums of weight gradients (B*T = 2032 rows, not
+  2048). `start()` checks this once (`blas_varies`: a few float32 products of the shapes
+  training uses, on 1, 2 and cap threads, a few ms); where the bits differ, BLAS stays at one
   thread for the whole process (`blas_fixed`) and only Numba's pool follows the load. That
   costs a quiet machine some speed with those kernels (MEASUREMENTS.md), and buys results
   that are the same on any load (tests/test_threads.py runs the check under OpenBLAS's
@@ -259,8 +260,12 @@ def blas_varies(blas: "_Blas", counts, dtype=np.float32) -> bool:
     if before is None:
         return False
     rng = np.random.default_rng(0)
+    # activations times weights (uneven row counts), and weight gradients: a long sum over
+    # the batch's B*T rows (16 x 127 = 2032 and 8 x 127 = 1016 differ on OpenBLAS's
+    # SkylakeX kernels where 2048 does not)
     cases = [(rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype))
-             for m, k, n in ((515, 96, 260), (1000, 128, 500), (777, 64, 333))]
+             for m, k, n in ((515, 96, 260), (1000, 128, 500), (777, 64, 333),
+                             (128, 2032, 384), (128, 1016, 128))]
     try:
         results = []
         for n in counts:
