@@ -276,11 +276,11 @@ def _decode_steps(model, prompts, N: int) -> dict:
     step), so the report can set the step beside the memory-bandwidth floor."""
     import numpy as np
     from ..models.decoding import decoder_parts, step_weight_bytes
-    from ..models.generate import _as_sequences, _stepper
+    from ..models.generate import as_sequences, make_stepper
     spec, _ = decoder_parts(model)
     weights = step_weight_bytes(model)
     t0 = time.perf_counter()
-    stepper = _stepper(model, _as_sequences(prompts, None, spec.cfg.vocab_size, "bench"), True)
+    stepper = make_stepper(model, as_sequences(prompts, None, spec.cfg.vocab_size, "bench"), True)
     logits = stepper.first()
     prefill = time.perf_counter() - t0
     steps, cache_bytes = [], 0
