@@ -34,7 +34,8 @@ generated the same tokens. The markdown table goes to stdout and to
 
 This module is the command: the arguments, the worker processes (started, timed, and for
 --contended a competitor beside them), the machine facts and the matmul peak. The
-measurements run in bench_workers.py, the tables and targets come from bench_report.py.
+measurements run in bench_workers.py (start-up: bench_startup.py), the tables and targets
+come from bench_report.py.
 """
 
 from __future__ import annotations
@@ -54,14 +55,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import encdec_preset, preset
 from ..models.flops import train_step_flops
 from .bench_report import LOADS, render
-from .bench_workers import READY, bench_config, timed
 
 HELP = "benchmark tokens/s and matmul-peak fraction (and PyTorch when installed)"  # in --help
 PRESETS = ("tiny", "small")
 ARCHS = ("decoder", "encdec")
 ENGINES = ("numpy", "numba", "torch")
+READY = "@@READY@@"  # the line a --contended copy prints once warm (Competitor waits for it)
 
 
 def add_arguments(p) -> None:
@@ -96,7 +98,22 @@ def add_arguments(p) -> None:
                         "second copy of the same training, and report the slow-down")
 
 
-# --- the worker processes ----------------------------------------------------------------------
+def bench_config(preset_name: str, arch: str):
+    """The preset's GemmaConfig (arch "decoder") or EncDecConfig ("encdec")."""
+    return preset(preset_name) if arch == "decoder" else encdec_preset(preset_name)
+
+
+def timed(fn, repeats: int) -> list:
+    """Seconds of each of `repeats` calls of fn() (the workers time with it too)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# --- the worker processes (bench_workers.py; this module imports none of their code) -----------
 
 def _busy_cpu_seconds():
     """CPU seconds all processes used so far (busy time of /proc/stat, steal included), or
@@ -120,7 +137,8 @@ def _process_cpu_seconds(pid: int) -> float:
 
 
 def _worker_command(spec: dict) -> list:
-    code = "from mini_encdec.experiments.bench_workers import worker_main; worker_main()"
+    module = "bench_startup" if spec["kind"] == "startup" else "bench_workers"
+    code = f"from mini_encdec.experiments.{module} import worker_main; worker_main()"
     return [sys.executable, "-c", code, json.dumps(spec)]
 
 

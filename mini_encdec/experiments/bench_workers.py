@@ -4,14 +4,15 @@
 
 SPEC is one JSON object whose "kind" names a worker (WORKERS): "train" / "train_torch"
 (timed training steps, ours or transformers'), "generate" / "generate_torch" (KV-cached
-greedy generation, and for ours the cost of one decoding step), "startup" (import and one
-numba step), "bandwidth" (bytes/s a matrix-vector product streams). The result is printed
-as one JSON line after "@@RESULT@@"; bench.py starts the processes and reads it.
+greedy generation, and for ours the cost of one decoding step), "bandwidth" (bytes/s a
+matrix-vector product streams). The result is printed as one JSON line after
+"@@RESULT@@"; bench.py starts the processes and reads it. The start-up measurement has a
+module of its own (bench_startup.py).
 
 A fresh process per measurement keeps peak memory, thread pools and compile caches from
 leaking between engines. For the same reason the kernels (numba) are imported only by the
-worker that measures the numba engine, and torch / transformers (optional) only by the
-PyTorch workers.
+workers that use them (importing numba would add to a numpy worker's memory), and torch /
+transformers (optional) only by the PyTorch workers.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import set_backend
-from ..config import encdec_preset, preset
 from ..models import build_model
 from ..models.decoding import decoder_parts, step_weight_bytes
 from ..models.generate import as_sequences, generate, make_stepper
 from ..storage.interop import save_hf
 from ..training.optim import AdamW, OptimConfig
+from .bench import READY, bench_config, timed
+
 
 def _rss_mib() -> float:
     """Current resident set size of this process, MiB."""
@@ -47,10 +49,6 @@ def _rss_mib() -> float:
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def bench_config(preset_name: str, arch: str):
-    return preset(preset_name) if arch == "decoder" else encdec_preset(preset_name)
 
 
 def bench_model(preset_name: str, arch: str):
@@ -79,15 +77,6 @@ def _batch(config, arch: str, B: int, T: int, seed: int = 1) -> dict:
             "labels": tgt}
 
 
-def timed(fn, repeats: int) -> list:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def _train_ours(spec: dict) -> dict:
     set_backend(spec["engine"])
     model = bench_model(spec["preset"], spec["arch"])
@@ -106,7 +95,7 @@ def _train_ours(spec: dict) -> dict:
     times = timed(step, spec["steps"])
     out = {"times": times, "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0}
     if spec["engine"] == "numba":
-        from ..kernels import allocator, threads
+        from ..kernels import allocator, threads  # numba: only in the numba engine's process
         out["threads"] = dict(threads.describe(), allocator=allocator.describe()["reason"])
     if spec.get("profile"):
         out["profile"] = _profile(step)
@@ -251,22 +240,11 @@ def _generate_torch(spec: dict) -> dict:
             "step_mem": _peak_rss_mib() - rss0, "tokens": new[:, :16].tolist()}
 
 
-def _startup(spec: dict) -> dict:
-    """Import mini_encdec and run one numba training step on tiny (timed from process
-    start, which the parent measures)."""
-    t0 = time.perf_counter()
-    set_backend("numba")
-    model = bench_model("tiny", "decoder")
-    batch = _batch(model.config, "decoder", 2, 16)
-    model.loss_and_grads(batch)
-    return {"in_process": time.perf_counter() - t0}
-
-
 def _bandwidth(spec: dict) -> dict:
     """Bytes/s that a matrix-vector product streams from memory: a float32 matrix of 256
     MiB, far larger than any cache (what a decoding step does with weights that do not
     stay cached); best of 5, on one thread and on the thread policy's cap."""
-    from ..kernels import threads
+    from ..kernels import threads  # numba: only in this worker's process
     A = np.ones((2 ** 28 // (4 * 4096), 4096), dtype=np.float32)
     x = np.ones(4096, dtype=np.float32)
     with threads.serial():
@@ -277,10 +255,7 @@ def _bandwidth(spec: dict) -> dict:
 
 
 WORKERS = {"train": _train_ours, "train_torch": _train_torch, "generate": _generate_ours,
-            "generate_torch": _generate_torch, "startup": _startup, "bandwidth": _bandwidth}
-
-
-READY = "@@READY@@"
+           "generate_torch": _generate_torch, "bandwidth": _bandwidth}
 
 
 def worker_main(argv=None) -> None:
