@@ -1,13 +1,13 @@
 """The measurements of `python -m mini_encdec bench`, each run inside a fresh worker process.
 
-    python -c "from mini_encdec.experiments.bench_workers import worker_main; worker_main()" SPEC
+    python -c "from mini_encdec.experiments.bench_workers import worker_main; worker_main()" JSON
 
-SPEC is one JSON object whose "kind" names a worker (WORKERS): "train" / "train_torch"
-(timed training steps, ours or transformers'), "generate" / "generate_torch" (KV-cached
-greedy generation, and for ours the cost of one decoding step), "bandwidth" (bytes/s a
-matrix-vector product streams). The result is printed as one JSON line after
-"@@RESULT@@"; bench.py starts the processes and reads it. The start-up measurement has a
-module of its own (bench_startup.py).
+The one argument is a JSON object (the spec) whose "kind" names a worker (WORKERS):
+"train" / "train_torch" (timed training steps, ours or transformers'), "generate" /
+"generate_torch" (KV-cached greedy generation, and for ours the cost of one decoding
+step), "bandwidth" (bytes/s a matrix-vector product streams). The result is printed as one
+JSON line after "@@RESULT@@"; bench.py starts the processes and reads it. The start-up
+measurement has a module of its own (bench_startup.py).
 
 A fresh process per measurement keeps peak memory, thread pools and compile caches from
 leaking between engines. For the same reason the kernels (numba) are imported only by the
