@@ -35,8 +35,7 @@ from tqdm import tqdm
 from ..config import EncDecConfig, GemmaConfig
 from ..models import build_model
 from ..models.params import INIT_STD, check_params, param_shapes
-from ..storage import interop
-from ..storage.checkpoint import load_checkpoint, write_model_files
+from ..storage import checkpoint, interop
 from ..storage.safe_output import check_output, new_output_dir
 from ..storage.safetensors_io import STORAGE, dtype_code, from_storage, to_storage
 from .adapt_mapping import AdaptError, adaptation_plan, adapted_config
@@ -117,7 +116,7 @@ def load_source(x, label: str = "source") -> Source:
                 raise AdaptError(f"{path}: the {label} must be a Gemma 2 language model, "
                                  f"got a sequence classifier")
             return Source(config, str(path), weights=weights, directory=path)
-        ck = load_checkpoint(path)
+        ck = checkpoint.load_checkpoint(path)
         if not isinstance(ck.config, GemmaConfig):
             what = "an encoder-decoder" if isinstance(ck.config, EncDecConfig) \
                 else "a sequence classifier"
@@ -345,7 +344,7 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
         if out_format == "hf":
             write_hf(ad, tmp, rng, dtype, progress=progress)
         else:
-            write_model_files(tmp, ad.config, materialise(ad, rng))
+            checkpoint.write_model_files(tmp, ad.config, materialise(ad, rng))
     if print_fn is not None:
         print_fn(f"wrote {out} ({out_format})")
     return Path(out)
