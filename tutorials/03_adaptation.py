@@ -41,7 +41,7 @@
 # encoder-decoder trained from scratch. (For an *unbalanced* model, e.g. the paper's
 # 9B-2B, the encoder comes from a large `A` and the decoder from a small `B`;
 # cross-attention is then fresh and trains alone for the first K steps. See
-# `mini_encdec/training/adapt.py`.)
+# `mini_encdec/training/adapt_mapping.py`.)
 #
 # Everything is tiny so the file runs in seconds on a laptop CPU.
 

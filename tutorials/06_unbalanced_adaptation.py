@@ -20,7 +20,7 @@
 # the input understanding better at almost no cost per generated token.
 #
 # Two different sources `A` (large, for the encoder) and `B` (small, for the decoder),
-# with the same vocabulary, give (SPEC.md section 3, `mini_encdec/training/adapt.py`):
+# with the same vocabulary, give (SPEC.md section 3, `mini_encdec/training/adapt_mapping.py`):
 #
 # | encoder-decoder weight | initialised from |
 # |---|---|

@@ -22,9 +22,10 @@
 #     model.decoder.embed_tokens.weight                    (V, Dd)   also the output matrix
 #
 # So moving a checkpoint between the two libraries is a *name identity*: the tensors pass
-# through unchanged, only `config.json` is translated. `mini_encdec/storage/interop.py`
-# reads and writes `save_pretrained` directories without importing torch (safetensors
-# files are read by our own reader, bfloat16 upcast to float32 exactly):
+# through unchanged, only `config.json` is translated (`mini_encdec/storage/hf_config.py`).
+# `mini_encdec/storage/interop.py` reads and writes `save_pretrained` directories without
+# importing torch (safetensors files are read by our own reader, bfloat16 upcast to
+# float32 exactly):
 #
 #     model = load_hf(path)        Gemma2ForCausalLM -> GemmaLM, T5GemmaForConditionalGeneration
 #                                  -> EncDecLM, the *ForSequenceClassification -> SequenceClassifier

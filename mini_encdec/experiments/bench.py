@@ -31,32 +31,39 @@ else's job shows it. The EOS row of the embedding is zeroed so greedy decoding n
 stops early; PyTorch gets the identical weights, and the table says whether both
 generated the same tokens. The markdown table goes to stdout and to
 `runs/bench-<time>/bench.md` (or --out). Shape letters: B batch, T tokens per row.
+
+This module is the command: the arguments, the worker processes (started, timed, and for
+--contended a competitor beside them), the machine facts and the matmul peak. The
+measurements run in bench_workers.py (start-up: bench_startup.py), the tables and targets
+come from bench_report.py.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
+import selectors
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from ..config import encdec_preset, preset
+from ..models.flops import train_step_flops
+from .bench_report import LOADS, render
+
 HELP = "benchmark tokens/s and matmul-peak fraction (and PyTorch when installed)"  # in --help
 PRESETS = ("tiny", "small")
 ARCHS = ("decoder", "encdec")
 ENGINES = ("numpy", "numba", "torch")
-LOADS = ("busy", "copy")  # --contended: a busy-loop process; a second copy of the training
-LOAD_NAMES = {"busy": "busy loop", "copy": "2nd copy"}
-NO_CLIFF = 2.5  # the target: a contended step takes at most this many quiet steps
-TRAIN_VS_TORCH = 1.3  # the target: training tokens/s at least this many times PyTorch's
-PEAK_SHARE = 0.7  # the target on `small`: this share of the measured matmul peak
-GEN_VS_TORCH = {1: 5, 8: 3}  # batch -> the target generation speed-up over transformers
-NOISE = 0.05  # "not slower than one thread" allows the run-to-run noise of a median step
+READY = "@@READY@@"  # the line a --contended copy prints once warm (Competitor waits for it)
 
 
 def add_arguments(p) -> None:
@@ -91,54 +98,13 @@ def add_arguments(p) -> None:
                         "second copy of the same training, and report the slow-down")
 
 
-# --- the measurements, run inside fresh worker processes -----------------------------------------
-
-def _rss_mib() -> float:
-    """Current resident set size of this process, MiB."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mib() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _config(preset_name: str, arch: str):
-    from ..config import encdec_preset, preset
+def bench_config(preset_name: str, arch: str):
+    """The preset's GemmaConfig (arch "decoder") or EncDecConfig ("encdec")."""
     return preset(preset_name) if arch == "decoder" else encdec_preset(preset_name)
 
 
-def _model(preset_name: str, arch: str):
-    """A fresh model (seed 0) whose EOS embedding row is zero, so greedy decoding of a
-    random model practically never picks EOS and every row runs to its length."""
-    from ..models import build_model
-    config = _config(preset_name, arch)
-    model = build_model(config, seed=0)
-    eos = (config if arch == "decoder" else config.decoder).eos_token_id
-    for k, w in model.params.items():
-        if k.endswith("embed_tokens.weight"):
-            w[eos] = 0
-    return model
-
-
-def _batch(config, arch: str, B: int, T: int, seed: int = 1) -> dict:
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    V = config.vocab_size
-    if arch == "decoder":
-        ids = rng.integers(3, V, (B, T + 1))
-        return {"input_ids": ids[:, :-1], "labels": ids[:, 1:].copy()}
-    src = rng.integers(3, V, (B, T))
-    tgt = rng.integers(3, V, (B, T))
-    bos = config.decoder.bos_token_id
-    return {"input_ids": src, "attention_mask": np.ones((B, T), dtype=np.int64),
-            "decoder_input_ids": np.concatenate([np.full((B, 1), bos), tgt[:, :-1]], 1),
-            "labels": tgt}
-
-
-def _timed(fn, repeats: int) -> list:
+def timed(fn, repeats: int) -> list:
+    """Seconds of each of `repeats` calls of fn() (the workers time with it too)."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -147,221 +113,7 @@ def _timed(fn, repeats: int) -> list:
     return times
 
 
-def _train_ours(spec: dict) -> dict:
-    from ..backend import set_backend
-    from ..training.optim import AdamW, OptimConfig
-    set_backend(spec["engine"])
-    model = _model(spec["preset"], spec["arch"])
-    batch = _batch(model.config, spec["arch"], spec["B"], spec["T"])
-    opt = AdamW(model.params, OptimConfig())
-
-    def step():
-        loss, grads = model.loss_and_grads(batch)
-        opt.step(model.params, grads, 1e-4)
-        return loss
-
-    rss0 = _rss_mib()
-    step()  # warm-up (and compilation or cache load for numba)
-    if spec.get("loop"):
-        _loop(step)
-    times = _timed(step, spec["steps"])
-    out = {"times": times, "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0}
-    if spec["engine"] == "numba":
-        from ..kernels import allocator, threads
-        out["threads"] = dict(threads.describe(), allocator=allocator.describe()["reason"])
-    if spec.get("profile"):
-        out["profile"] = _profile(step)
-    return out
-
-
-def _loop(step) -> None:
-    """The competitor of --contended: say it is warm, then train until killed."""
-    sys.stdout.write(_READY + "\n")
-    sys.stdout.flush()
-    while True:
-        step()
-
-
-def _profile(step, top: int = 12) -> list:
-    import cProfile
-    import io
-    import pstats
-    prof = cProfile.Profile()
-    prof.runcall(step)
-    buf = io.StringIO()
-    stats = pstats.Stats(prof, stream=buf).sort_stats("tottime")
-    total = sum(v[2] for v in stats.stats.values())
-    rows = []
-    for (file, line, name), v in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]:
-        rows.append([f"{Path(file).parent.name}/{Path(file).name}:{name}", v[1], v[2],
-                     v[2] / total if total else 0.0])
-    return rows
-
-
-def _torch_setup(preset_name: str, arch: str, tmp: str):
-    """The same model in transformers (eager attention), from our weights."""
-    import torch
-    import transformers
-    from ..storage.interop import save_hf
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = _model(preset_name, arch)
-    save_hf(model, tmp)
-    cls = (transformers.Gemma2ForCausalLM if arch == "decoder"
-           else transformers.T5GemmaForConditionalGeneration)
-    tmodel = cls.from_pretrained(tmp, attn_implementation="eager", dtype=torch.float32)
-    return model, tmodel
-
-
-def _train_torch(spec: dict) -> dict:
-    import torch
-    with tempfile.TemporaryDirectory() as tmp:
-        model, tmodel = _torch_setup(spec["preset"], spec["arch"], tmp)
-    tmodel.train()
-    batch = {k: torch.from_numpy(v) for k, v in
-             _batch(model.config, spec["arch"], spec["B"], spec["T"]).items()}
-    opt = torch.optim.AdamW(tmodel.parameters(), lr=1e-4, betas=(0.9, 0.95),
-                            weight_decay=0.01)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    V = model.config.vocab_size
-
-    def step():
-        logits = tmodel(**inputs).logits  # soft-capped like ours
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
-                                                 batch["labels"].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss)
-
-    rss0 = _rss_mib()
-    step()
-    if spec.get("loop"):
-        _loop(step)
-    times = _timed(step, spec["steps"])
-    return {"times": times, "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0,
-            "threads": torch.get_num_threads()}
-
-
-def _prompts(config, arch: str, b: int, P: int):
-    import numpy as np
-    rng = np.random.default_rng(2)
-    return rng.integers(3, config.vocab_size, (b, P))
-
-
-def _generate_ours(spec: dict) -> dict:
-    from ..backend import set_backend
-    from ..models.generate import generate
-    set_backend(spec["engine"])
-    model = _model(spec["preset"], spec["arch"])
-    prompts = _prompts(model.config, spec["arch"], spec["b"], spec["P"])
-    # warm-up with the full prompt, so prefill (parallel attention) and decoding kernels
-    # are compiled or loaded before the timed calls
-    generate(model, prompts, max_new_tokens=2)
-    rss0 = _rss_mib()
-    out = {}
-    times = _timed(lambda: out.update(tokens=generate(model, prompts,
-                                                      max_new_tokens=spec["N"])),
-                   spec["repeats"])
-    tokens = out["tokens"]
-    return dict({"times": times, "new_tokens": int(tokens.shape[1]),
-                 "peak_rss": _peak_rss_mib(), "step_mem": _peak_rss_mib() - rss0,
-                 "tokens": tokens[:, :16].tolist()},
-                **_decode_steps(model, prompts, spec["N"]))
-
-
-def _decode_steps(model, prompts, N: int) -> dict:
-    """What one KV-cached decoding step costs and reads: the prompt's prefill time, the
-    median time of the N - 1 one-token steps after it, and the bytes a step must read
-    (the decoder's weights, the output table, the cached keys and values at the middle
-    step), so the report can set the step beside the memory-bandwidth floor."""
-    import numpy as np
-    from ..models.decoding import decoder_parts, step_weight_bytes
-    from ..models.generate import _as_sequences, _stepper
-    spec, _ = decoder_parts(model)
-    weights = step_weight_bytes(model)
-    t0 = time.perf_counter()
-    stepper = _stepper(model, _as_sequences(prompts, None, spec.cfg.vocab_size, "bench"), True)
-    logits = stepper.first()
-    prefill = time.perf_counter() - t0
-    steps, cache_bytes = [], 0
-    for t in range(N - 1):
-        tokens = np.argmax(logits, axis=-1)
-        t0 = time.perf_counter()
-        logits = stepper.advance(tokens)
-        steps.append(time.perf_counter() - t0)
-        if t == N // 2:
-            kv = stepper.cache.kv + (stepper.cache.memory_kv or [])
-            cache_bytes = sum(a.nbytes for pair in kv if pair is not None for a in pair)
-    return {"prefill": prefill, "decode_step": statistics.median(steps) if steps else None,
-            "step_bytes": weights + cache_bytes}
-
-
-def _generate_torch(spec: dict) -> dict:
-    import torch
-    with tempfile.TemporaryDirectory() as tmp:
-        model, tmodel = _torch_setup(spec["preset"], spec["arch"], tmp)
-    tmodel.eval()
-    prompts = torch.from_numpy(_prompts(model.config, spec["arch"], spec["b"], spec["P"]))
-    N = spec["N"]
-    kw = dict(do_sample=False, use_cache=True, pad_token_id=0,
-              attention_mask=torch.ones_like(prompts))
-    if spec["arch"] == "encdec":
-        kw["decoder_start_token_id"] = model.config.decoder.bos_token_id
-
-    def gen(n):
-        with torch.no_grad():
-            return tmodel.generate(prompts, max_new_tokens=n, min_new_tokens=n, **kw)
-
-    gen(2)
-    rss0 = _rss_mib()
-    out = {}
-    times = _timed(lambda: out.update(seq=gen(N)), spec["repeats"])
-    seq = out["seq"]
-    new = seq[:, prompts.shape[1]:] if spec["arch"] == "decoder" else seq[:, 1:]
-    return {"times": times, "new_tokens": int(new.shape[1]), "peak_rss": _peak_rss_mib(),
-            "step_mem": _peak_rss_mib() - rss0, "tokens": new[:, :16].tolist()}
-
-
-def _startup(spec: dict) -> dict:
-    """Import mini_encdec and run one numba training step on tiny (timed from process
-    start, which the parent measures)."""
-    t0 = time.perf_counter()
-    from ..backend import set_backend
-    set_backend("numba")
-    model = _model("tiny", "decoder")
-    batch = _batch(model.config, "decoder", 2, 16)
-    model.loss_and_grads(batch)
-    return {"in_process": time.perf_counter() - t0}
-
-
-def _bandwidth(spec: dict) -> dict:
-    """Bytes/s that a matrix-vector product streams from memory: a float32 matrix of 256
-    MiB, far larger than any cache (what a decoding step does with weights that do not
-    stay cached); best of 5, on one thread and on the thread policy's cap."""
-    import numpy as np
-    from ..kernels import threads
-    A = np.ones((2 ** 28 // (4 * 4096), 4096), dtype=np.float32)
-    x = np.ones(4096, dtype=np.float32)
-    with threads.serial():
-        one = A.nbytes / min(_timed(lambda: A @ x, 5))
-    threads.set_threads(threads.cap())
-    return {"one": one, "all": A.nbytes / min(_timed(lambda: A @ x, 5)),
-            "threads": threads.cap()}
-
-
-_WORKERS = {"train": _train_ours, "train_torch": _train_torch, "generate": _generate_ours,
-            "generate_torch": _generate_torch, "startup": _startup, "bandwidth": _bandwidth}
-
-
-_READY = "@@READY@@"
-
-
-def _worker_main(argv=None) -> None:
-    """Entry point of a measurement process: one JSON spec in, one JSON line out."""
-    spec = json.loads((argv or sys.argv)[1])
-    result = _WORKERS[spec["kind"]](spec)
-    sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
-
+# --- the worker processes (bench_workers.py; this module imports none of their code) -----------
 
 def _busy_cpu_seconds():
     """CPU seconds all processes used so far (busy time of /proc/stat, steal included), or
@@ -385,7 +137,8 @@ def _process_cpu_seconds(pid: int) -> float:
 
 
 def _worker_command(spec: dict) -> list:
-    code = "from mini_encdec.experiments.bench import _worker_main; _worker_main()"
+    module = "bench_startup" if spec["kind"] == "startup" else "bench_workers"
+    code = f"from mini_encdec.experiments.{module} import worker_main; worker_main()"
     return [sys.executable, "-c", code, json.dumps(spec)]
 
 
@@ -414,14 +167,13 @@ class Competitor:
             time.sleep(0.2)  # let it start spinning
 
     def _wait_ready(self, timeout: float) -> bool:
-        import selectors
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(self.proc.stdout, selectors.EVENT_READ)
             while time.monotonic() < deadline:
                 if sel.select(timeout=max(0.0, deadline - time.monotonic())):
                     line = self.proc.stdout.readline()
-                    if line.strip() == _READY:
+                    if line.strip() == READY:
                         return True
                     if not line:  # it exited
                         return False
@@ -491,22 +243,19 @@ def _contended(spec: dict, timeout: float, one_thread: bool) -> dict:
 
 def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
     """float32 matmul FLOP/s of this machine: the best of `repeats` (n, n) @ (n, n)."""
-    import numpy as np
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     a @ b  # warm-up (BLAS threads start)
-    best = min(_timed(lambda: a @ b, repeats))
+    best = min(timed(lambda: a @ b, repeats))
     return 2.0 * n ** 3 / best
 
 
 def _have_torch() -> bool:
-    import importlib.util
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 
 def machine_description() -> dict:
-    import numpy as np
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -524,27 +273,17 @@ def machine_description() -> dict:
         blas = f"{deps.get('name', '?')} {deps.get('version', '')}".strip()
     except Exception:  # noqa: BLE001 (the BLAS name is informative only)
         pass
-    import numba
+    import numba  # here, not at the top: every command imports this module (cli/__init__.py)
     info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1),
             "python": platform.python_version(), "numpy": np.__version__, "blas": blas,
             "numba": numba.__version__, "load_average": os.getloadavg()}
     if _have_torch():
-        import importlib.metadata as md
-        info["torch"] = md.version("torch")
-        info["transformers"] = md.version("transformers")
+        info["torch"] = importlib.metadata.version("torch")
+        info["transformers"] = importlib.metadata.version("transformers")
     return info
 
 
-def _tok_s(result: dict, tokens: int) -> float:
-    return tokens / min(result["times"])
-
-
-def _fmt(x, spec=".0f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def run(args) -> int:
-    from ..models.flops import train_step_flops
     presets = [p for p in args.presets.split(",") if p]
     archs = [a for a in args.archs.split(",") if a]
     engines = [e for e in args.engines.split(",") if e]
@@ -559,7 +298,7 @@ def run(args) -> int:
         if bad or not values:
             raise ValueError(f"bench: {name}: expected values from {allowed}, got {values}")
     for p in presets:
-        _config(p, "decoder")  # a bad preset name fails here with a clear message
+        bench_config(p, "decoder")  # a bad preset name fails here with a clear message
     torch_ok = _have_torch()
     if "torch" in engines and not torch_ok:
         engines = [e for e in engines if e != "torch"]
@@ -576,7 +315,7 @@ def run(args) -> int:
     train, gen, profiles = {}, {}, {}
     for p in presets:
         for arch in archs:
-            cfg = _config(p, arch)
+            cfg = bench_config(p, arch)
             flops = train_step_flops(cfg, B, T, None if arch == "decoder" else T)
             for eng in engines:
                 kind = "train_torch" if eng == "torch" else "train"
@@ -621,229 +360,6 @@ def run(args) -> int:
     log(f"bench: wrote {out} (and {out.with_suffix('.json').name})")
     return 0
 
-
-def _ok(r) -> bool:
-    return r is not None and "error" not in r
-
-
-def _slowdown(r: dict, key: str):
-    """Median step beside load `key` (e.g. "busy", "copy/1") over the quiet median."""
-    c = (r.get("contended") or {}).get(key)
-    if not (_ok(r) and _ok(c)):
-        return None
-    return statistics.median(c["times"]) / statistics.median(r["times"])
-
-
-def _contended_cell(r: dict, load: str, engine: str) -> str:
-    c = (r.get("contended") or {}).get(load)
-    if c is None:
-        return ""
-    if "error" in c:
-        return f"error: {c['error'][:60]}"
-    cell = f"{statistics.median(c['times']) * 1e3:.0f} ({_slowdown(r, load):.2f}x"
-    one = _slowdown(r, load + "/1")
-    if engine == "numba" and one is not None:
-        cell += f"; 1 thread {one:.2f}x"
-    return cell + ")"
-
-
-def _decode_limits(presets, archs, gen_batches, gen, bandwidth) -> list:
-    """The numba decoding step beside the memory-bandwidth floor: the bytes it must read
-    (weights, output table, KV cache) over the bandwidth this machine streams them at."""
-    rows = [(p, a, b, gen.get((p, a, "numba", b))) for p in presets for a in archs
-            for b in gen_batches]
-    rows = [(p, a, b, r) for p, a, b, r in rows if _ok(r) and r.get("decode_step")]
-    if not rows or not _ok(bandwidth):
-        return []
-    one, many, n = bandwidth["one"], bandwidth["all"], bandwidth["threads"]
-    L = ["", "### What limits a decoding step (numba)", "",
-         f"Memory bandwidth (a 256 MiB float32 matrix-vector product): {one / 1e9:.1f} GB/s "
-         f"on one thread, {many / 1e9:.1f} GB/s on {n}. A step must read the decoder's "
-         "weights, the output table and the KV cache; when they do not fit in the cache "
-         "together (L3 here: see lscpu) every step streams them from memory, and "
-         "bytes / bandwidth is a floor no kernel can beat at float32. 'share of floor' = "
-         "floor (one thread) / measured step: near 100% means bandwidth-bound.", "",
-         "| preset | model | batch | prefill ms | decode step ms | MB read per step "
-         "| floor ms (1 thread / all) | share of floor |",
-         "|---|---|---|---|---|---|---|---|"]
-    for p, a, b, r in rows:
-        mb, step = r["step_bytes"] / 1e6, r["decode_step"]
-        f1, fa = r["step_bytes"] / one, r["step_bytes"] / many
-        L.append(f"| {p} | {a} | {b} | {1e3 * r['prefill']:.1f} | {1e3 * step:.2f} "
-                 f"| {mb:.1f} | {1e3 * f1:.2f} / {1e3 * fa:.2f} | {100 * f1 / step:.0f}% |")
-    return L
-
-
-def _targets(presets, archs, gen_batches, train, gen, B, T, peak) -> list:
-    """The targets (TRAIN_VS_TORCH, PEAK_SHARE, GEN_VS_TORCH, NO_CLIFF), each marked met /
-    missed; a target whose measurements are missing is left out."""
-    def ok(r):
-        return r is not None and "error" not in r
-
-    def verdict(met: bool) -> str:
-        return "met" if met else "missed"
-
-    lines = ["", "## Targets", ""]
-    for p in presets:
-        for a in archs:
-            ours, ref = train.get((p, a, "numba")), train.get((p, a, "torch"))
-            if ok(ours) and ok(ref):
-                x = min(ref["times"]) / min(ours["times"])
-                lines.append(f"- training tokens/s >= {TRAIN_VS_TORCH}x PyTorch's, {p} {a}: "
-                             f"{x:.2f}x ({verdict(x >= TRAIN_VS_TORCH)})")
-    for a in archs:
-        ours = train.get(("small", a, "numba"))
-        if ok(ours):
-            frac = ours["flops"] / min(ours["times"]) / peak
-            lines.append(f"- >= {100 * PEAK_SHARE:.0f}% of the matmul peak on small {a}: "
-                         f"{100 * frac:.0f}% ({verdict(frac >= PEAK_SHARE)})")
-    for b in gen_batches:
-        want = GEN_VS_TORCH.get(b)
-        for p in presets:
-            for a in archs:
-                ours, ref = gen.get((p, a, "numba", b)), gen.get((p, a, "torch", b))
-                if want and ok(ours) and ok(ref):
-                    x = (ours["new_tokens"] / min(ours["times"])) / \
-                        (ref["new_tokens"] / min(ref["times"]))
-                    lines.append(f"- KV-cached generation >= {want}x transformers generate, "
-                                 f"batch {b}, {p} {a}: {x:.1f}x ({verdict(x >= want)})")
-    for p in presets:
-        for a in archs:
-            r = train.get((p, a, "numba"))
-            if not (_ok(r) and r.get("contended")):
-                continue
-            x = {k: _slowdown(r, k) for k in r["contended"]}
-            if any(x.get(k) is None for k in LOADS):
-                continue
-            cliff = max(x[k] for k in LOADS)
-            ones = [(x[k], x.get(k + "/1")) for k in LOADS]
-            slower = [k for k, (adaptive, one) in zip(LOADS, ones)
-                      if one is not None and adaptive > one * (1 + NOISE)]
-            lines.append(
-                f"- no cliff, {p} {a}: beside a busy loop {x['busy']:.2f}x, beside a second "
-                f"copy {x['copy']:.2f}x the quiet median step (<= {NO_CLIFF}x: "
-                f"{'met' if cliff <= NO_CLIFF else 'missed'})"
-                + ("" if any(one is None for _, one in ones) else
-                   f"; one thread under the same loads {ones[0][1]:.2f}x, {ones[1][1]:.2f}x "
-                   f"(not slower than one thread, within {100 * NOISE:.0f}%: "
-                   f"{'met' if not slower else 'missed beside the ' + ', '.join(slower)})"))
-    lines.append("- attention extra memory O(B*H*T*Dh): by construction (online softmax, "
-                 "recomputing backward; tests/test_kernels.py checks the cache holds no "
-                 "(Tq, Tk) array)")
-    return lines
-
-
-def render(machine, peak, shape, presets, archs, engines, gen_batches, train, gen, startup,
-           profiles, contended: bool = False, bandwidth: dict | None = None) -> str:
-    """The markdown report."""
-    B, T = shape["B"], shape["T"]
-    L = [f"# mini_encdec benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
-         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
-         f"Python {machine['python']}, NumPy {machine['numpy']} ({machine['blas']}), "
-         f"Numba {machine['numba']}"
-         + (f", torch {machine['torch']}, transformers {machine['transformers']}"
-            if "torch" in machine else "")
-         + f". Load average at start: {', '.join(f'{x:.2f}' for x in machine['load_average'])}.",
-         ""]
-    policy = next((r["threads"] for r in train.values() if _ok(r) and "threads" in r), None)
-    if policy:
-        L += [f"Threads (numba engine, mini_encdec/kernels/threads.py): "
-              f"MINI_ENCDEC_THREADS={policy['setting']}, cap {policy['cap']} of "
-              f"{policy['cpus']} CPUs, "
-              + ("adapting to the load" if policy["adaptive"] else "fixed")
-              + f"; Numba layer {policy['numba']}; BLAS {policy['blas']}; "
-              f"OMP_WAIT_POLICY={policy['omp_wait_policy']}"
-              + (f". Allocator (kernels/allocator.py, MINI_ENCDEC_MALLOC): "
-                 f"{policy['allocator']}" if "allocator" in policy else "") + ".", ""]
-    others = [r["others_cpu"] for r in list(train.values()) + list(gen.values())
-              if _ok(r) and "others_cpu" in r]
-    if others:
-        L += [f"Other processes' CPU use during the quiet measurements: mean "
-              f"{statistics.mean(others):.2f}, max {max(others):.2f} CPUs (0 = a quiet "
-              f"machine).", ""]
-    L += [f"float32 matmul peak (best 2048^3 `np.matmul`): **{peak / 1e9:.1f} GFLOP/s**.", "",
-          f"## Training step (forward + backward + AdamW), B={B}, T={T}"
-          + " (encoder-decoder: T encoder + T decoder tokens)", "",
-          "tokens/s counts the T (decoder) target tokens per row; GFLOP/s from the matmul "
-          "FLOPs of mini_encdec.models.flops (masked attention pairs not counted); "
-          f"best of {shape['steps']} steps (median in brackets); memory = peak RSS of the "
-          "measuring process / growth during the steps."]
-    extra_cols = ""
-    if contended:
-        L[-1] += (" Contended: the median step while a busy-loop process / a second copy of "
-                  "the same training runs (each in its own session), and its ratio to the "
-                  "quiet median; for numba also the ratio with one thread "
-                  "(MINI_ENCDEC_THREADS=1) under the same load.")
-        extra_cols = " busy loop ms (x quiet) | 2nd copy ms (x quiet) |"
-    L += ["", "| preset | model | engine | step ms | tokens/s | GFLOP/s | % of peak | vs torch "
-          "| peak RSS MiB | step MiB |" + extra_cols,
-          "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (2 if contended else 0)]
-    for p in presets:
-        for a in archs:
-            ref = train.get((p, a, "torch"))
-            ref_tps = _tok_s(ref, B * T) if ref and "error" not in ref else None
-            for e in engines:
-                r = train.get((p, a, e))
-                if r is None:
-                    continue
-                if "error" in r:
-                    L.append(f"| {p} | {a} | {e} | error: {r['error'][:80]} | | | | | | |"
-                             + " |" * (2 if contended else 0))
-                    continue
-                best, med = min(r["times"]), statistics.median(r["times"])
-                tps = B * T / best
-                gfs = r["flops"] / best / 1e9
-                ratio = f"{tps / ref_tps:.2f}x" if ref_tps and e != "torch" else ""
-                L.append(f"| {p} | {a} | {e} | {best * 1e3:.0f} ({med * 1e3:.0f}) | {tps:.0f} "
-                         f"| {gfs:.1f} | {100 * gfs * 1e9 / peak:.0f}% | {ratio} "
-                         f"| {r['peak_rss']:.0f} | {r['step_mem']:.0f} |"
-                         + "".join(f" {_contended_cell(r, k, e)} |"
-                                   for k in (LOADS if contended else ())))
-    L += ["", f"## Generation (greedy, KV cache), {shape['N']} new tokens after a "
-              f"{shape['P']}-token prompt", "",
-          "tokens/s = batch * new tokens / wall time of the whole `generate` call (prompt "
-          "processing included), best of the timed calls; 'same tokens' compares the first "
-          "16 generated tokens with PyTorch's (an encoder-decoder may differ when the prompt "
-          "is longer than the sliding window: transformers >= 5 lets T5Gemma's encoder "
-          "local layers see |q - k| <= W, SPEC 2 says < W; see interop.py).", "",
-          "| preset | model | engine | batch | tokens/s | vs torch | same tokens | peak RSS MiB |",
-          "|---|---|---|---|---|---|---|---|"]
-    for p in presets:
-        for a in archs:
-            for b in gen_batches:
-                ref = gen.get((p, a, "torch", b))
-                ok_ref = ref is not None and "error" not in ref
-                for e in engines:
-                    r = gen.get((p, a, e, b))
-                    if r is None:
-                        continue
-                    if "error" in r:
-                        L.append(f"| {p} | {a} | {e} | {b} | error: {r['error'][:80]} | | | |")
-                        continue
-                    tps = b * r["new_tokens"] / min(r["times"])
-                    ratio = same = ""
-                    if ok_ref and e != "torch":
-                        ratio = f"{tps / (b * ref['new_tokens'] / min(ref['times'])):.2f}x"
-                        same = "yes" if r["tokens"] == ref["tokens"] else "no"
-                    L.append(f"| {p} | {a} | {e} | {b} | {tps:.0f} | {ratio} | {same} "
-                             f"| {r['peak_rss']:.0f} |")
-    L += _decode_limits(presets, archs, gen_batches, gen, bandwidth)
-    L += _targets(presets, archs, gen_batches, train, gen, B, T, peak)
-    if startup:
-        L += ["", "## Start-up (fresh process: import + build tiny + one numba training step)",
-              "", "| | wall s | in-process s |", "|---|---|---|"]
-        for label, r in zip(("cold (empty compile cache)", "warm (cache on disk)"), startup):
-            if "error" in r:
-                L.append(f"| {label} | error: {r['error'][:80]} | |")
-            else:
-                L.append(f"| {label} | {r['wall']:.1f} | {r['in_process']:.1f} |")
-    if profiles:
-        L += ["", "## Profile of one numba training step (top functions by own time)", ""]
-        for (p, a), rows in profiles.items():
-            L += [f"{p} {a}:", "", "| function | calls | s | share |", "|---|---|---|---|"]
-            L += [f"| {f} | {n} | {s:.4f} | {100 * sh:.0f}% |" for f, n, s, sh in rows]
-            L.append("")
-    return "\n".join(L) + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m mini_encdec bench` is the entry

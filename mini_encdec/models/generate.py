@@ -46,7 +46,7 @@ METHODS = ("greedy", "sample", "beam")
 
 # --- inputs ------------------------------------------------------------------------------------
 
-def _as_sequences(inputs, attention_mask, vocab_size: int, fn: str) -> list:
+def as_sequences(inputs, attention_mask, vocab_size: int, fn: str) -> list:
     """A list of 1-D int64 arrays of the real tokens of every input."""
     if isinstance(inputs, np.ndarray):
         check_ids(inputs, "inputs", vocab_size, ndim=2, fn=fn)
@@ -140,7 +140,7 @@ class _FullStepper:
             self.enc_mask = None if self.enc_mask is None else self.enc_mask[rows]
 
 
-def _stepper(model, seqs, use_cache: bool):
+def make_stepper(model, seqs, use_cache: bool):
     cfg = decoder_parts(model)[0].cfg
     make = _CachedStepper if use_cache else _FullStepper
     if isinstance(model, GemmaLM):
@@ -239,8 +239,8 @@ def generate(model, inputs, *, max_new_tokens: int = 20, method: str = "greedy",
     if method == "sample" and rng is None:
         rng = np.random.default_rng(seed)
     cfg = decoder_parts(model)[0].cfg
-    seqs = _as_sequences(inputs, attention_mask, cfg.vocab_size, fn)
-    stepper = _stepper(model, seqs, use_cache)
+    seqs = as_sequences(inputs, attention_mask, cfg.vocab_size, fn)
+    stepper = make_stepper(model, seqs, use_cache)
     B = len(seqs)
     finished = np.zeros(B, dtype=bool)
     out = []
@@ -273,9 +273,9 @@ def beam_search(model, inputs, *, num_beams: int = 4, max_new_tokens: int = 20,
                          f"{length_penalty!r}")
     cfg = decoder_parts(model)[0].cfg
     eos, pad = cfg.eos_token_id, cfg.pad_token_id
-    seqs = _as_sequences(inputs, attention_mask, cfg.vocab_size, fn)
+    seqs = as_sequences(inputs, attention_mask, cfg.vocab_size, fn)
     B = len(seqs)
-    stepper = _stepper(model, seqs, use_cache)
+    stepper = make_stepper(model, seqs, use_cache)
     logp = log_softmax(stepper.first())  # (B, V)
     V = logp.shape[-1]
     stepper.reorder(np.repeat(np.arange(B), nb))  # every input -> nb identical beams

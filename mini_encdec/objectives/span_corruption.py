@@ -31,7 +31,7 @@ import numpy as np
 from .example import Example, as_tokens, check_rng
 
 
-def _check_rates(density, mean_span, fn: str) -> None:
+def check_rates(density, mean_span, fn: str) -> None:
     if not (isinstance(density, (int, float)) and not isinstance(density, bool)
             and 0.0 < density < 1.0):
         raise ValueError(f"{fn}: argument 'density': expected a number in (0, 1), got "
@@ -44,7 +44,7 @@ def _check_rates(density, mean_span, fn: str) -> None:
 
 def noise_counts(length: int, density: float, mean_span: float) -> tuple:
     """(n_noise, n_spans) for a raw segment of `length` tokens, by the exact rules."""
-    _check_rates(density, mean_span, "noise_counts")
+    check_rates(density, mean_span, "noise_counts")
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 2:
         raise ValueError(f"noise_counts: argument 'length': expected an int >= 2 (one kept "
                          f"and one noise token), got {length!r}")
@@ -153,7 +153,7 @@ def corrupted_lengths(length: int, density: float, mean_span: float) -> tuple:
 def span_corruption_lengths(inputs_length: int, density: float, mean_span: float) -> tuple:
     """Length helper: (raw_length, targets_length) for a fixed encoder length: the largest
     raw L whose inputs (with sentinels and EOS) fit in inputs_length."""
-    _check_rates(density, mean_span, "span_corruption_lengths")
+    check_rates(density, mean_span, "span_corruption_lengths")
     if isinstance(inputs_length, bool) or not isinstance(inputs_length, int) \
             or inputs_length < 3:
         raise ValueError(f"span_corruption_lengths: argument 'inputs_length': expected an "
@@ -169,7 +169,7 @@ def fitting_raw_length(encoder_length: int, decoder_length: int, density: float,
     """Largest raw L whose corruption fits both lengths: inputs + extra_inputs (e.g. a UL2
     mode token) <= encoder_length and targets <= decoder_length, with every noise span
     after a kept span. 0 when nothing fits."""
-    _check_rates(density, mean_span, "fitting_raw_length")
+    check_rates(density, mean_span, "fitting_raw_length")
     best = 0
     for length in range(2, encoder_length + decoder_length + 2):  # inputs+targets > L
         n_noise, n_spans = noise_counts(length, density, mean_span)

@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .example import Example, as_tokens, check_rng
-from .span_corruption import (_check_rates, corrupted_lengths, fitting_raw_length,
+from .span_corruption import (check_rates, corrupted_lengths, fitting_raw_length,
                               span_corruption)
 
 MODES = ("[NLU]", "[NLG]", "[S2S]")
@@ -57,7 +57,7 @@ class Denoiser:
         if self.mode not in MODES:
             raise ValueError(f"Denoiser.mode: expected one of {MODES}, got {self.mode!r}")
         if self.kind == "span":
-            _check_rates(self.density, self.mean_span, "Denoiser")
+            check_rates(self.density, self.mean_span, "Denoiser")
         elif self.kind == "sequential":
             if not (isinstance(self.r, (int, float)) and 0.0 <= self.r <= 0.5):
                 raise ValueError(f"Denoiser.r: expected a number in [0, 0.5], got {self.r!r}")

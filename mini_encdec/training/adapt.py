@@ -1,29 +1,8 @@
 """Adaptation: decoder-only Gemma 2 checkpoint(s) -> a T5Gemma encoder-decoder (SPEC.md section 3).
 
-Every weight of the encoder-decoder starts from the most similar weight of the source:
-
-  balanced, one source M (encoder and decoder both from M):
-    model.{encoder,decoder}.embed_tokens          <- M model.embed_tokens (two copies)
-    model.{encoder,decoder}.layers.i.self_attn.*  <- M model.layers.i.self_attn.*
-    model.{encoder,decoder}.layers.i.mlp.*        <- M model.layers.i.mlp.*
-      .pre_self_attn_layernorm                    <- M .input_layernorm
-      .post_self_attn_layernorm                   <- M .post_attention_layernorm
-      .{pre,post}_feedforward_layernorm           <- M the same names
-    model.decoder.layers.i.cross_attn.{q,k,v,o}   <- M model.layers.i.self_attn.{q,k,v,o}
-      .pre_cross_attn_layernorm                   <- M .input_layernorm      (our choice;
-      .post_cross_attn_layernorm                  <- M .post_attention_layernorm  the paper
-    model.{encoder,decoder}.norm                  <- M model.norm             is silent)
-
-  unbalanced, encoder from A (larger), decoder from B (smaller), same vocabulary:
-    model.encoder.*  <- A as above;   model.decoder.* except cross-attention <- B as above
-    cross_attn.{q,k,v,o}_proj  fresh N(0, 0.02) from an explicit np.random.Generator
-                               (k/v read the encoder width, A's hidden_size)
-    {pre,post}_cross_attn_layernorm  fresh 0 (the identity, since norms scale by 1 + w)
-    EncDecConfig.cross_attn_warmup_steps = K: the trainer updates only cross-attention
-    for the first K steps, then everything (the paper: K = 1000 at 9B-2B).
-
-Why it works: the adapted decoder with its cross-attention output zeroed IS the source
-model, and the adapted encoder run with causal masks IS the source model too (tests).
+Which source weight initialises each encoder-decoder weight (the paper's mapping, balanced
+and unbalanced) is decided in adapt_mapping.py; this module reads the sources, checks they
+fit together, and produces the tensors, in memory or streamed into a directory.
 
 API
     plan = adaptation_plan(config, balanced)      target key -> Origin, in file order
@@ -41,23 +20,25 @@ directory (e.g. a downloaded google/gemma-2-2b). Giving no decoder source, or th
 one twice, means balanced. Hugging Face sources are streamed: `adapt_command` writes the
 T5Gemma directory tensor by tensor, a 64 MiB chunk at a time, copying stored bytes
 (bfloat16 stays bfloat16) or converting chunk by chunk, so peak memory stays far below
-one copy of the output weights (2B-2B: peak 0.11 GiB copying bfloat16, 0.37 GiB
-converting to float32, for 10.4 / 20.9 GiB of output; mini_encdec/tools/
-measure_adapt_memory.py).
+one copy of the output weights (mini_encdec/tools/measure_adapt_memory.py measures it).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
+from tqdm import tqdm
 
 from ..config import EncDecConfig, GemmaConfig
-from ..models.params import INIT_STD, param_shapes
-from ..storage.safetensors_io import STORAGE, from_storage, to_storage
+from ..models import build_model
+from ..models.params import INIT_STD, check_params, param_shapes
+from ..storage import checkpoint, interop
+from ..storage.safe_output import check_output, new_output_dir
+from ..storage.safetensors_io import STORAGE, dtype_code, from_storage, to_storage
+from .adapt_mapping import AdaptError, adaptation_plan, adapted_config
 
 PathLike = Union[str, Path]
 
@@ -70,97 +51,6 @@ _COMPARED_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 # Bytes read per step when streaming a tensor between files (a multiple of every itemsize,
 # so each chunk holds whole elements).
 COPY_CHUNK_BYTES = 64 << 20
-
-
-class AdaptError(ValueError):
-    """Sources that cannot be adapted together (vocabularies, special ids, tokenizers)."""
-
-
-# --- where every target tensor comes from ------------------------------------------------------
-
-@dataclass(frozen=True)
-class Origin:
-    """The initialiser of one target tensor: a source tensor, or a fresh draw."""
-
-    # "A" (the encoder's source; the only source when balanced), "B" (the decoder's
-    # source when unbalanced), or None for a fresh tensor.
-    source: Optional[str]
-    # The source tensor's key (Gemma2ForCausalLM naming), None when fresh.
-    key: Optional[str] = None
-    # Fresh tensors: "normal" (N(0, 0.02)) or "zeros" (norm weights).
-    init: Optional[str] = None
-
-    def __str__(self) -> str:
-        if self.source is not None:
-            return f"{self.source}:{self.key}"
-        return f"fresh N(0, {INIT_STD})" if self.init == "normal" else "fresh zeros"
-
-
-# T5Gemma layer-piece name -> Gemma 2 layer-piece name
-_NORM_SOURCE = {
-    "pre_self_attn_layernorm": "input_layernorm",
-    "post_self_attn_layernorm": "post_attention_layernorm",
-    "pre_feedforward_layernorm": "pre_feedforward_layernorm",
-    "post_feedforward_layernorm": "post_feedforward_layernorm",
-    # cross-attention norms (balanced only): the self-attention norms of the same layer
-    "pre_cross_attn_layernorm": "input_layernorm",
-    "post_cross_attn_layernorm": "post_attention_layernorm",
-}
-_TARGET = re.compile(r"^model\.(encoder|decoder)\.(?:layers\.(\d+)\.)?(.+)$")
-
-
-def _origin(target: str, balanced: bool) -> Origin:
-    m = _TARGET.match(target)
-    if m is None:
-        raise AdaptError(f"adaptation_plan: unexpected target key {target!r}")
-    part, layer, piece = m.groups()
-    source = "A" if (part == "encoder" or balanced) else "B"
-    if layer is None:  # embed_tokens.weight or norm.weight
-        return Origin(source, f"model.{piece}")
-    prefix = f"model.layers.{layer}."
-    name = piece[:-len(".weight")]
-    if piece.startswith("cross_attn."):
-        if not balanced:
-            return Origin(None, init="normal")
-        return Origin(source, prefix + "self_attn." + piece[len("cross_attn."):])
-    if name in _NORM_SOURCE:
-        if "cross" in name and not balanced:
-            return Origin(None, init="zeros")
-        return Origin(source, prefix + _NORM_SOURCE[name] + ".weight")
-    return Origin(source, prefix + piece)  # self_attn.* and mlp.* keep their names
-
-
-def adaptation_plan(config: EncDecConfig, balanced: bool) -> dict:
-    """Target key -> Origin for every parameter of `config`, in `param_shapes` order
-    (the order fresh tensors are drawn in, and the order files are written in)."""
-    if not isinstance(config, EncDecConfig):
-        raise AdaptError(f"adaptation_plan: expected an EncDecConfig, got "
-                         f"{type(config).__name__}")
-    if config.merged_attention or config.tie_all_embeddings:
-        raise AdaptError("adaptation_plan: SPEC.md section 3 adapts into separate "
-                         "cross-attention and separate embeddings (merged_attention and "
-                         "tie_all_embeddings False)")
-    return {k: _origin(k, balanced) for k in param_shapes(config)}
-
-
-def adapted_config(encoder_source: GemmaConfig, decoder_source: GemmaConfig,
-                   warmup_steps: int = 0) -> EncDecConfig:
-    """The encoder-decoder config: encoder shaped like A, decoder like B (or both like M)."""
-    for name, c in (("encoder source", encoder_source), ("decoder source", decoder_source)):
-        if not isinstance(c, GemmaConfig):
-            raise AdaptError(f"adapt: the {name} must be a decoder-only Gemma 2 model "
-                             f"(GemmaConfig), got {type(c).__name__}")
-    if encoder_source.vocab_size != decoder_source.vocab_size:
-        raise AdaptError(f"adapt: the encoder source has a vocabulary of "
-                         f"{encoder_source.vocab_size} tokens and the decoder source "
-                         f"{decoder_source.vocab_size}; both must share one vocabulary")
-    for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        a, b = getattr(encoder_source, f), getattr(decoder_source, f)
-        if a != b:
-            raise AdaptError(f"adapt: {f} is {a} in the encoder source and {b} in the decoder "
-                             f"source; both must share one tokenizer")
-    return EncDecConfig(encoder=encoder_source, decoder=decoder_source,
-                        cross_attn_warmup_steps=warmup_steps)
 
 
 # --- sources --------------------------------------------------------------------------------------
@@ -216,7 +106,6 @@ def load_source(x, label: str = "source") -> Source:
     if isinstance(x, Source):
         return x
     if isinstance(x, (str, Path)):
-        from ..storage import interop
         path = Path(x)
         if interop.is_hf_dir(path):
             config, weights, kind = interop.open_hf(path)
@@ -227,8 +116,7 @@ def load_source(x, label: str = "source") -> Source:
                 raise AdaptError(f"{path}: the {label} must be a Gemma 2 language model, "
                                  f"got a sequence classifier")
             return Source(config, str(path), weights=weights, directory=path)
-        from ..storage.checkpoint import load_checkpoint
-        ck = load_checkpoint(path)
+        ck = checkpoint.load_checkpoint(path)
         if not isinstance(ck.config, GemmaConfig):
             what = "an encoder-decoder" if isinstance(ck.config, EncDecConfig) \
                 else "a sequence classifier"
@@ -245,7 +133,6 @@ def load_source(x, label: str = "source") -> Source:
     if not isinstance(config, GemmaConfig):
         raise AdaptError(f"adapt: the {label} must be a decoder-only Gemma 2 model "
                          f"(GemmaConfig), got {type(config).__name__}")
-    from ..models.params import check_params
     check_params(config, params)
     return Source(config, f"in-memory {label}", params=params)
 
@@ -353,7 +240,6 @@ def adapt_params(encoder_from, decoder_from=None, *, rng: Optional[np.random.Gen
 def adapt(encoder_from, decoder_from=None, *, rng: Optional[np.random.Generator] = None,
           seed: int = 0, warmup_steps: Optional[int] = None, dtype=np.float32):
     """The adapted EncDecLM (see adapt_params)."""
-    from ..models import build_model
     config, params = adapt_params(encoder_from, decoder_from, rng=rng, seed=seed,
                                   warmup_steps=warmup_steps, dtype=dtype)
     return build_model(config, params)
@@ -371,7 +257,6 @@ def _output_dtype(ad: Adaptation) -> str:
 def write_hf(ad: Adaptation, out: PathLike, rng: np.random.Generator, dtype=None,
              progress: bool = False) -> Path:
     """Stream the adaptation into a T5Gemma directory, one tensor at a time."""
-    from ..storage import interop
     shapes = param_shapes(ad.config)
     code = _output_dtype(ad) if dtype is None else dtype
 
@@ -387,7 +272,6 @@ def write_hf(ad: Adaptation, out: PathLike, rng: np.random.Generator, dtype=None
         else:
             tensors.append((k, shapes[k], ad.sources[o.source].fill(o.key, k)))
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=len(tensors), desc="adapt", unit="tensor")
 
         def ticking(fill):
@@ -425,7 +309,6 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
     source or one containing a source is refused (safe_output.OutputError, a ValueError)
     unless overwrite=True, and then replaced only once the new output is complete.
     """
-    from ..storage.safe_output import check_output, new_output_dir
     given = {encoder_label: encoder_from, "--decoder-from": decoder_from}
     paths = {k: v for k, v in given.items() if isinstance(v, (str, Path))}
     check_output(out, overwrite=overwrite, sources=paths, what="--out")  # before any work
@@ -445,7 +328,6 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
         raise AdaptError("adapt: argument 'dtype' applies to out_format='hf' only "
                          "(checkpoints are float32)")
     if dtype is not None:
-        from ..storage.safetensors_io import dtype_code
         dtype = dtype_code(dtype)  # a bad name fails here, before anything is written
     if print_fn is not None:
         kind = "balanced" if ad.balanced else "unbalanced"
@@ -462,8 +344,7 @@ def adapt_command(encoder_from: PathLike, decoder_from: Optional[PathLike], out:
         if out_format == "hf":
             write_hf(ad, tmp, rng, dtype, progress=progress)
         else:
-            from ..storage.checkpoint import write_model_files
-            write_model_files(tmp, ad.config, materialise(ad, rng))
+            checkpoint.write_model_files(tmp, ad.config, materialise(ad, rng))
     if print_fn is not None:
         print_fn(f"wrote {out} ({out_format})")
     return Path(out)

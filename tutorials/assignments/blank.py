@@ -97,7 +97,7 @@ TASKS = {
                     ("mini_encdec.text.batching", "collate_encdec"),
                     ("mini_encdec.text.batching", "collate_decoder")]),
     "task4_1": ("Adaptation: which source weight initialises each encoder-decoder weight", [
-        ("mini_encdec.training.adapt", "_origin")]),
+        ("mini_encdec.training.adapt_mapping", "_origin")]),
     "task5_1": ("The encoder-decoder forward: blocks, masks, positions, cross-attention, logits", [
         ("mini_encdec.models.blocks", "attention"),
         ("mini_encdec.models.blocks", "encoder_block_forward"),

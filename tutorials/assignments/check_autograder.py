@@ -187,7 +187,7 @@ MUTANTS = [
     # --- 4.1 adaptation
     M("adapt_fresh_cross", "task4_1", "balanced adaptation initialises cross-attention "
       "freshly instead of from self-attention",
-      ("mini_encdec/training/adapt.py",
+      ("mini_encdec/training/adapt_mapping.py",
        "        if not balanced:\n            return Origin(None, init=\"normal\")\n",
        "        return Origin(None, init=\"normal\")\n")),
     # --- 5.1 the encoder-decoder forward

@@ -5,7 +5,7 @@ import argparse
 
 import pytest
 
-from mini_encdec.experiments import bench
+from mini_encdec.experiments import bench, bench_workers
 
 
 def _args(*argv):
@@ -159,9 +159,9 @@ def test_decode_steps_reports_prefill_steps_and_the_bytes_a_step_reads():
     step (not the encoder's, not the cross-attention keys/values projected once) plus the
     KV cache."""
     from mini_encdec.models.decoding import step_weight_bytes
-    model = bench._model("tiny", "encdec")
-    prompts = bench._prompts(model.config, "encdec", 2, 5)
-    r = bench._decode_steps(model, prompts, 4)
+    model = bench_workers.bench_model("tiny", "encdec")
+    prompts = bench_workers.bench_prompts(model.config, "encdec", 2, 5)
+    r = bench_workers.decode_steps(model, prompts, 4)
     assert r["prefill"] > 0 and r["decode_step"] > 0
     weights = step_weight_bytes(model)
     decoder = sum(w.nbytes for k, w in model.params.items() if "decoder" in k)

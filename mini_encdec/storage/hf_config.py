@@ -1,0 +1,299 @@
+"""Hugging Face configs: a transformers config.json dict <-> our config (SPEC 5).
+
+    config_from_hf(d)     GemmaConfig (Gemma2ForCausalLM), EncDecConfig
+                          (T5GemmaForConditionalGeneration) or a ClassifierConfig around one
+                          (Gemma2/T5GemmaForSequenceClassification, SPEC 7)
+    hf_config(config)     the config.json dict transformers expects for ours
+    generation_config(c)  the generation_config.json dict
+
+Parameter names are the Hugging Face keys already (SPEC.md section 5), so only the config
+needs translating; the tensors are read and written by `interop`.
+
+What a config.json may hold, and how it is read:
+  - `rope_theta` at the top level (transformers 4.x) or under `rope_parameters` (5.x)
+  - T5Gemma: the top-level `vocab_size` overrides both halves (as transformers 4.x did;
+    5.x no longer propagates it, so we write all three equal)
+  - eos_token_id given as a list (instruction-tuned configs): its first entry is used
+
+What is written: the fields transformers 5 reads (rope_theta is written both ways, so 4.x
+reads it too). EncDecConfig.cross_attn_warmup_steps travels in an extra "mini_encdec" entry
+(transformers keeps unknown entries and ignores them).
+
+Classifiers: the backbone's config plus `architectures`, `id2label`/`label2id` (the number
+of classes), `problem_type` "single_label_classification" and, for T5Gemma,
+`is_encoder_decoder` (false: the encoder-only probe, whose directory holds no decoder
+weights) and `classifier_dropout_rate` 0.0 (ignored on load: no dropout here).
+
+Differences from transformers that a user should know (see the tests and README):
+  - transformers >= 5 masks T5Gemma's encoder local layers as |q - k| <= W; SPEC 2 and
+    transformers 4.53 use |q - k| < W. The number W is written unchanged, so with
+    transformers >= 5 the encoder's local layers see one more key on each side when the
+    input is longer than W.
+  - transformers requires an integer query_pre_attn_scalar; a fractional one cannot be saved.
+"""
+
+from __future__ import annotations
+
+from ..config import (DECODER_ONLY, ENCODER_DECODER, ENCODER_ONLY, FULL, SLIDING,
+                     ClassifierConfig, EncDecConfig, GemmaConfig)
+from .safetensors_io import TORCH_NAMES, dtype_code
+
+CONFIG_FILE = "config.json"
+GEMMA2_ARCH = "Gemma2ForCausalLM"
+T5GEMMA_ARCH = "T5GemmaForConditionalGeneration"
+# the sequence-classification heads (SPEC 7, models/classifier.py)
+GEMMA2_CLS_ARCH = "Gemma2ForSequenceClassification"
+T5GEMMA_CLS_ARCH = "T5GemmaForSequenceClassification"
+_ACTIVATIONS = ("gelu_pytorch_tanh",)  # the tanh approximation of SPEC 1
+_DEFAULT_MAX_POSITIONS = 8192
+
+
+class InteropError(ValueError):
+    """A directory or config that cannot be read as (or written to) a Gemma 2 / T5Gemma
+    checkpoint."""
+
+
+def _rope_theta(d: dict, where: str) -> float:
+    """theta from `rope_parameters` (transformers 5) or top-level `rope_theta` (4.x)."""
+    rp = d.get("rope_parameters") or d.get("rope_scaling")
+    if isinstance(rp, dict):
+        kind = rp.get("rope_type", rp.get("type", "default"))
+        if kind != "default":
+            raise InteropError(f"{where}: rope type {kind!r} is not supported (expected "
+                               f"'default', plain RoPE)")
+        if "rope_theta" in rp:
+            return float(rp["rope_theta"])
+    return float(d.get("rope_theta", 10000.0))
+
+
+def _token_id(d: dict, name: str, default: int) -> int:
+    v = d.get(name, default)
+    if isinstance(v, (list, tuple)):
+        v = v[0] if v else default
+    return default if v is None else int(v)
+
+
+def gemma_config_from_hf(d: dict, where: str = CONFIG_FILE) -> GemmaConfig:
+    """One Gemma 2 stack from a Gemma2Config / T5GemmaModuleConfig dict."""
+    act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in _ACTIVATIONS:
+        raise InteropError(f"{where}: hidden_activation {act!r} is not supported (expected "
+                           f"one of {_ACTIVATIONS}, GeGLU with the tanh GELU)")
+    if d.get("attention_bias"):
+        raise InteropError(f"{where}: attention_bias=true is not supported (Gemma 2 has no "
+                           f"biases)")
+    if d.get("use_bidirectional_attention"):
+        raise InteropError(f"{where}: use_bidirectional_attention=true is not supported")
+    try:
+        layers = int(d["num_hidden_layers"])
+        heads = int(d["num_attention_heads"])
+        hidden = int(d["hidden_size"])
+        layer_types = d.get("layer_types") or \
+            [SLIDING if i % 2 == 0 else FULL for i in range(layers)]
+        window = d.get("sliding_window")
+        if window is None:
+            if SLIDING in layer_types:
+                raise InteropError(f"{where}: sliding_window is null but some layers are "
+                                   f"{SLIDING!r}")
+            window = int(d.get("max_position_embeddings") or _DEFAULT_MAX_POSITIONS)
+        cfg = GemmaConfig(
+            vocab_size=int(d["vocab_size"]), hidden_size=hidden, num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(d.get("num_key_value_heads") or heads),
+            head_dim=int(d.get("head_dim") or hidden // heads),
+            intermediate_size=int(d["intermediate_size"]), sliding_window=int(window),
+            layer_types=tuple(layer_types),
+            attn_logit_softcapping=d.get("attn_logit_softcapping"),
+            final_logit_softcapping=d.get("final_logit_softcapping"),
+            query_pre_attn_scalar=d.get("query_pre_attn_scalar"),
+            rope_theta=_rope_theta(d, where), rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            pad_token_id=_token_id(d, "pad_token_id", 0),
+            eos_token_id=_token_id(d, "eos_token_id", 1),
+            bos_token_id=_token_id(d, "bos_token_id", 2))
+    except KeyError as e:
+        raise InteropError(f"{where}: missing config field {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        if isinstance(e, InteropError):
+            raise
+        raise InteropError(f"{where}: {e}") from None
+    return cfg
+
+
+def model_kind(d: dict, where: str = CONFIG_FILE) -> str:
+    """"gemma2" or "t5gemma" from a config dict (model_type, else architectures)."""
+    kind = d.get("model_type")
+    archs = d.get("architectures") or []
+    if kind in ("gemma2", "t5gemma"):
+        return kind
+    if GEMMA2_ARCH in archs:
+        return "gemma2"
+    if T5GEMMA_ARCH in archs:
+        return "t5gemma"
+    raise InteropError(f"{where}: expected a Gemma 2 (model_type 'gemma2') or T5Gemma "
+                       f"(model_type 't5gemma') config, got model_type {kind!r}, "
+                       f"architectures {archs}")
+
+
+def config_from_hf(d: dict, where: str = CONFIG_FILE):
+    """GemmaConfig (Gemma 2), EncDecConfig (T5Gemma) or, for a *ForSequenceClassification
+    directory, a ClassifierConfig around one, from a transformers config dict."""
+    backbone = backbone_config_from_hf(d, where)
+    archs = d.get("architectures") or []
+    if GEMMA2_CLS_ARCH not in archs and T5GEMMA_CLS_ARCH not in archs:
+        return backbone
+    return classifier_config_from_hf(d, backbone, where)
+
+
+def classifier_config_from_hf(d: dict, backbone, where: str = CONFIG_FILE) -> ClassifierConfig:
+    """The head of Gemma2/T5GemmaForSequenceClassification: classes from id2label (else
+    num_labels), mode from is_encoder_decoder (transformers' default: true).
+    classifier_dropout_rate is ignored (no dropout here; inactive at inference anyway)."""
+    problem = d.get("problem_type")
+    if problem not in (None, "single_label_classification"):
+        raise InteropError(f"{where}: problem_type {problem!r} is not supported (expected "
+                           f"'single_label_classification': cross-entropy over classes)")
+    id2label = d.get("id2label")
+    names = ()
+    if id2label:
+        try:
+            ids = sorted(int(k) for k in id2label)
+        except (TypeError, ValueError):
+            raise InteropError(f"{where}: id2label keys must be class ids, got "
+                               f"{list(id2label)}") from None
+        if ids != list(range(len(ids))):
+            raise InteropError(f"{where}: id2label must name classes 0..{len(ids) - 1}, "
+                               f"got ids {ids}")
+        names = tuple(str(id2label.get(str(i), id2label.get(i))) for i in ids)
+    num_labels = len(names) if names else d.get("num_labels", 2)
+    if isinstance(backbone, GemmaConfig):
+        mode, pad = DECODER_ONLY, backbone.pad_token_id
+    else:
+        mode = ENCODER_DECODER if d.get("is_encoder_decoder", True) else ENCODER_ONLY
+        pad = backbone.decoder.pad_token_id
+    if d.get("pad_token_id") is not None and _token_id(d, "pad_token_id", pad) != pad:
+        raise InteropError(f"{where}: pad_token_id={d['pad_token_id']} differs from the "
+                           f"stacks' {pad} (the head finds the last token by it)")
+    try:
+        return ClassifierConfig(backbone=backbone, num_labels=num_labels, mode=mode,
+                                label_names=names)
+    except ValueError as e:
+        raise InteropError(f"{where}: {e}") from None
+
+
+def backbone_config_from_hf(d: dict, where: str = CONFIG_FILE):
+    """GemmaConfig (Gemma 2) or EncDecConfig (T5Gemma) from a transformers config dict."""
+    if model_kind(d, where) == "gemma2":
+        return gemma_config_from_hf(d, where)
+    halves = {}
+    for part in ("encoder", "decoder"):
+        sub = d.get(part)
+        if not isinstance(sub, dict):
+            raise InteropError(f"{where}: T5Gemma config without an {part!r} section")
+        sub = dict(sub)
+        if d.get("vocab_size") is not None:  # the top-level vocabulary overrides both
+            sub["vocab_size"] = d["vocab_size"]
+        halves[part] = gemma_config_from_hf(sub, f"{where} [{part}]")
+    cross = d["decoder"].get("cross_attention_hidden_size")
+    if cross is not None and int(cross) != halves["encoder"].hidden_size:
+        raise InteropError(f"{where}: decoder.cross_attention_hidden_size={cross} differs "
+                           f"from encoder.hidden_size={halves['encoder'].hidden_size}")
+    if d.get("tie_word_embeddings") is False:
+        raise InteropError(f"{where}: tie_word_embeddings=false is not supported (the "
+                           f"output matrix is the decoder embedding)")
+    extra = d.get("mini_encdec") or {}
+    try:
+        return EncDecConfig(encoder=halves["encoder"], decoder=halves["decoder"],
+                            cross_attn_warmup_steps=int(extra.get("cross_attn_warmup_steps", 0)))
+    except ValueError as e:
+        raise InteropError(f"{where}: {e}") from None
+
+
+def _qpas(cfg: GemmaConfig, where: str) -> int:
+    q = cfg.query_pre_attn_scalar
+    if float(q) != int(q):
+        raise InteropError(f"{where}: query_pre_attn_scalar={q} cannot be saved: "
+                           f"transformers' config requires an integer")
+    return int(q)
+
+
+def _stack_dict(cfg: GemmaConfig, where: str) -> dict:
+    """The fields of Gemma2Config / T5GemmaModuleConfig that describe one stack."""
+    return {
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": max(_DEFAULT_MAX_POSITIONS, cfg.sliding_window),
+        "initializer_range": 0.02, "rms_norm_eps": cfg.rms_norm_eps, "use_cache": True,
+        "pad_token_id": cfg.pad_token_id, "eos_token_id": cfg.eos_token_id,
+        "bos_token_id": cfg.bos_token_id, "tie_word_embeddings": True,
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        "rope_theta": float(cfg.rope_theta),  # transformers 4.x reads this one
+        "attention_bias": False, "attention_dropout": 0.0,
+        "query_pre_attn_scalar": _qpas(cfg, where), "sliding_window": cfg.sliding_window,
+        "layer_types": list(cfg.layer_types),
+        "final_logit_softcapping": cfg.final_logit_softcapping,
+        "attn_logit_softcapping": cfg.attn_logit_softcapping,
+    }
+
+
+def hf_config(config, dtype="float32") -> dict:
+    """The config.json dict transformers expects for our config."""
+    torch_dtype = TORCH_NAMES[dtype_code(dtype)]
+    if isinstance(config, ClassifierConfig):  # the backbone's, with the head's fields
+        d = hf_config(config.backbone, dtype)
+        d["architectures"] = [GEMMA2_CLS_ARCH if config.mode == DECODER_ONLY
+                              else T5GEMMA_CLS_ARCH]
+        d["id2label"] = {str(i): name for i, name in enumerate(config.label_names)}
+        d["label2id"] = {name: i for i, name in enumerate(config.label_names)}
+        d["problem_type"] = "single_label_classification"
+        if config.mode != DECODER_ONLY:
+            d["is_encoder_decoder"] = config.mode == ENCODER_DECODER
+            d["classifier_dropout_rate"] = 0.0
+        return d
+    if isinstance(config, GemmaConfig):
+        d = {"architectures": [GEMMA2_ARCH], "model_type": "gemma2"}
+        d.update(_stack_dict(config, "save_hf"))
+        d["use_bidirectional_attention"] = None
+        d["dtype"] = torch_dtype
+        return d
+    if not isinstance(config, EncDecConfig):
+        raise InteropError(f"hf_config: expected a GemmaConfig or EncDecConfig, got "
+                           f"{type(config).__name__}")
+    if config.merged_attention:
+        raise InteropError("save_hf: merged_attention (T5Gemma 2) cannot be written as a "
+                           "T5Gemma checkpoint")
+    if config.tie_all_embeddings:
+        raise InteropError("save_hf: tie_all_embeddings (T5Gemma 2) cannot be written as a "
+                           "T5Gemma checkpoint")
+    if config.causal_encoder:
+        raise InteropError("save_hf: causal_encoder (the paper's ablation) cannot be written "
+                           "as a T5Gemma checkpoint: transformers' T5Gemma encoder is always "
+                           "bidirectional; save it with our own format instead")
+    enc = _stack_dict(config.encoder, "save_hf [encoder]")
+    enc.update({"model_type": "t5_gemma_module", "is_decoder": False, "dropout_rate": 0.0})
+    dec = _stack_dict(config.decoder, "save_hf [decoder]")
+    dec.update({"model_type": "t5_gemma_module", "is_decoder": True, "dropout_rate": 0.0,
+                "cross_attention_hidden_size": config.encoder.hidden_size})
+    c = config.decoder
+    return {"architectures": [T5GEMMA_ARCH], "model_type": "t5gemma",
+            "encoder": enc, "decoder": dec, "is_encoder_decoder": True,
+            "vocab_size": config.vocab_size, "tie_word_embeddings": True,
+            "dropout_rate": 0.0, "classifier_dropout_rate": 0.0, "attention_dropout": 0.0,
+            "initializer_range": 0.02, "pad_token_id": c.pad_token_id,
+            "eos_token_id": c.eos_token_id, "bos_token_id": c.bos_token_id,
+            "dtype": torch_dtype,
+            "mini_encdec": {"cross_attn_warmup_steps": config.cross_attn_warmup_steps}}
+
+
+def generation_config(config) -> dict:
+    if isinstance(config, ClassifierConfig):  # the backbone's special tokens
+        config = config.backbone
+    c = config if isinstance(config, GemmaConfig) else config.decoder
+    d = {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
+         "pad_token_id": c.pad_token_id}
+    if isinstance(config, EncDecConfig):
+        d["decoder_start_token_id"] = c.bos_token_id  # the decoder starts from BOS
+    return d

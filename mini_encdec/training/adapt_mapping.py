@@ -1,0 +1,133 @@
+"""The adaptation mapping: which decoder-only weight initialises each T5Gemma weight (SPEC.md
+section 3).
+
+Every weight of the encoder-decoder starts from the most similar weight of the source:
+
+  balanced, one source M (encoder and decoder both from M):
+    model.{encoder,decoder}.embed_tokens          <- M model.embed_tokens (two copies)
+    model.{encoder,decoder}.layers.i.self_attn.*  <- M model.layers.i.self_attn.*
+    model.{encoder,decoder}.layers.i.mlp.*        <- M model.layers.i.mlp.*
+      .pre_self_attn_layernorm                    <- M .input_layernorm
+      .post_self_attn_layernorm                   <- M .post_attention_layernorm
+      .{pre,post}_feedforward_layernorm           <- M the same names
+    model.decoder.layers.i.cross_attn.{q,k,v,o}   <- M model.layers.i.self_attn.{q,k,v,o}
+      .pre_cross_attn_layernorm                   <- M .input_layernorm      (our choice;
+      .post_cross_attn_layernorm                  <- M .post_attention_layernorm  the paper
+    model.{encoder,decoder}.norm                  <- M model.norm             is silent)
+
+  unbalanced, encoder from A (larger), decoder from B (smaller), same vocabulary:
+    model.encoder.*  <- A as above;   model.decoder.* except cross-attention <- B as above
+    cross_attn.{q,k,v,o}_proj  fresh N(0, 0.02) from an explicit np.random.Generator
+                               (k/v read the encoder width, A's hidden_size)
+    {pre,post}_cross_attn_layernorm  fresh 0 (the identity, since norms scale by 1 + w)
+    EncDecConfig.cross_attn_warmup_steps = K: the trainer updates only cross-attention
+    for the first K steps, then everything (the paper: K = 1000 at 9B-2B).
+
+Why it works: the adapted decoder with its cross-attention output zeroed IS the source
+model, and the adapted encoder run with causal masks IS the source model too (tests).
+
+API (pure functions of configs and key names; no tensor is read here, see adapt.py)
+    origin = _origin(target_key, balanced)        the Origin of one target tensor
+    plan = adaptation_plan(config, balanced)      target key -> Origin, in file order
+    config = adapted_config(A_config, B_config, warmup_steps)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import EncDecConfig, GemmaConfig
+from ..models.params import INIT_STD, param_shapes
+
+
+class AdaptError(ValueError):
+    """Sources that cannot be adapted together (vocabularies, special ids, tokenizers)."""
+
+
+# --- where every target tensor comes from ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Origin:
+    """The initialiser of one target tensor: a source tensor, or a fresh draw."""
+
+    # "A" (the encoder's source; the only source when balanced), "B" (the decoder's
+    # source when unbalanced), or None for a fresh tensor.
+    source: Optional[str]
+    # The source tensor's key (Gemma2ForCausalLM naming), None when fresh.
+    key: Optional[str] = None
+    # Fresh tensors: "normal" (N(0, 0.02)) or "zeros" (norm weights).
+    init: Optional[str] = None
+
+    def __str__(self) -> str:
+        if self.source is not None:
+            return f"{self.source}:{self.key}"
+        return f"fresh N(0, {INIT_STD})" if self.init == "normal" else "fresh zeros"
+
+
+# T5Gemma layer-piece name -> Gemma 2 layer-piece name
+_NORM_SOURCE = {
+    "pre_self_attn_layernorm": "input_layernorm",
+    "post_self_attn_layernorm": "post_attention_layernorm",
+    "pre_feedforward_layernorm": "pre_feedforward_layernorm",
+    "post_feedforward_layernorm": "post_feedforward_layernorm",
+    # cross-attention norms (balanced only): the self-attention norms of the same layer
+    "pre_cross_attn_layernorm": "input_layernorm",
+    "post_cross_attn_layernorm": "post_attention_layernorm",
+}
+_TARGET = re.compile(r"^model\.(encoder|decoder)\.(?:layers\.(\d+)\.)?(.+)$")
+
+
+def _origin(target: str, balanced: bool) -> Origin:
+    m = _TARGET.match(target)
+    if m is None:
+        raise AdaptError(f"adaptation_plan: unexpected target key {target!r}")
+    part, layer, piece = m.groups()
+    source = "A" if (part == "encoder" or balanced) else "B"
+    if layer is None:  # embed_tokens.weight or norm.weight
+        return Origin(source, f"model.{piece}")
+    prefix = f"model.layers.{layer}."
+    name = piece[:-len(".weight")]
+    if piece.startswith("cross_attn."):
+        if not balanced:
+            return Origin(None, init="normal")
+        return Origin(source, prefix + "self_attn." + piece[len("cross_attn."):])
+    if name in _NORM_SOURCE:
+        if "cross" in name and not balanced:
+            return Origin(None, init="zeros")
+        return Origin(source, prefix + _NORM_SOURCE[name] + ".weight")
+    return Origin(source, prefix + piece)  # self_attn.* and mlp.* keep their names
+
+
+def adaptation_plan(config: EncDecConfig, balanced: bool) -> dict:
+    """Target key -> Origin for every parameter of `config`, in `param_shapes` order
+    (the order fresh tensors are drawn in, and the order files are written in)."""
+    if not isinstance(config, EncDecConfig):
+        raise AdaptError(f"adaptation_plan: expected an EncDecConfig, got "
+                         f"{type(config).__name__}")
+    if config.merged_attention or config.tie_all_embeddings:
+        raise AdaptError("adaptation_plan: SPEC.md section 3 adapts into separate "
+                         "cross-attention and separate embeddings (merged_attention and "
+                         "tie_all_embeddings False)")
+    return {k: _origin(k, balanced) for k in param_shapes(config)}
+
+
+def adapted_config(encoder_source: GemmaConfig, decoder_source: GemmaConfig,
+                   warmup_steps: int = 0) -> EncDecConfig:
+    """The encoder-decoder config: encoder shaped like A, decoder like B (or both like M)."""
+    for name, c in (("encoder source", encoder_source), ("decoder source", decoder_source)):
+        if not isinstance(c, GemmaConfig):
+            raise AdaptError(f"adapt: the {name} must be a decoder-only Gemma 2 model "
+                             f"(GemmaConfig), got {type(c).__name__}")
+    if encoder_source.vocab_size != decoder_source.vocab_size:
+        raise AdaptError(f"adapt: the encoder source has a vocabulary of "
+                         f"{encoder_source.vocab_size} tokens and the decoder source "
+                         f"{decoder_source.vocab_size}; both must share one vocabulary")
+    for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        a, b = getattr(encoder_source, f), getattr(decoder_source, f)
+        if a != b:
+            raise AdaptError(f"adapt: {f} is {a} in the encoder source and {b} in the decoder "
+                             f"source; both must share one tokenizer")
+    return EncDecConfig(encoder=encoder_source, decoder=decoder_source,
+                        cross_attn_warmup_steps=warmup_steps)
