@@ -451,11 +451,12 @@ def test_ctrl_c_says_how_to_continue(tmp_path):
     p = subprocess.Popen([*M, "pretrain", "--arch", "decoder", "--run-dir", tmp_path / "R",
                           "--set", "steps=100000", *SMALL], env=env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (tmp_path / "R" / "checkpoints").is_dir() and time.time() < deadline:
+    deadline = time.time() + 900  # a loaded machine starts Python slowly
+    while not (tmp_path / "R" / "checkpoints").is_dir() and time.time() < deadline \
+            and p.poll() is None:
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=900)
     assert p.returncode == 130
     assert f"continue with: python -m mini_encdec pretrain --resume --run-dir {tmp_path / 'R'}" \
         in err
