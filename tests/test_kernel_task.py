@@ -112,3 +112,27 @@ def test_a_large_input_takes_the_parallel_path():
     y, _ = kernel.rmsnorm_forward(x, w)
     np.testing.assert_allclose(y, rmsnorm_by_the_equation(x.astype(np.float64), w), rtol=1e-5,
                                atol=1e-5)
+
+
+@settings(max_examples=10)
+@given(shape=st.tuples(st.integers(1, 9), st.integers(1, 5)), chunks=st.integers(1, 4),
+       seed=st.integers(0, 2**31))
+def test_each_chunk_adds_its_dw_into_its_own_row(shape, chunks, seed):
+    """_backward_parallel: chunk c (rows c*N//C <= n < (c+1)*N//C) adds its share of dw
+    into dw_part[c] and nowhere else, so no two threads write the same memory. Checked
+    row by row, not through the sum: a shared row gives the right sum when the threads
+    happen not to overlap, and a race only on some runs."""
+    rng = np.random.default_rng(seed)
+    x, w, dy = rng.standard_normal(shape), rng.standard_normal(shape[1]), \
+        rng.standard_normal(shape)
+    N = shape[0]
+    chunks = min(chunks, N)
+    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=1) + EPS)
+    dx, dw_part = np.empty_like(x), np.zeros((chunks, shape[1]))
+    kernel._backward_parallel(dy, x, w, rstd, dx, dw_part)
+    for c in range(chunks):
+        rows = slice((c * N) // chunks, ((c + 1) * N) // chunks)
+        want = np.sum(dy[rows] * x[rows] * rstd[rows, None], axis=0)
+        np.testing.assert_allclose(dw_part[c], want, rtol=1e-12, atol=1e-12, err_msg=(
+            f"dw_part[{c}] must hold the dw of chunk {c} (rows {rows.start}..{rows.stop - 1}) "
+            f"only; {chunks} chunks of {N} rows"))

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mini_encdec import ops
+from mini_encdec.nn import attention as attn
 from mini_encdec.nn.attention import attention_backward, attention_forward
 from mini_encdec.nn.embedding import embedding_forward
 from mini_encdec.nn.linear import linear_backward, linear_forward
@@ -33,6 +34,10 @@ from .strategies import (attention_dims, attention_masks, batch_sizes, bool_mask
                          head_dims, key_paddings, seeds, widths, windows)
 
 few = settings(max_examples=15)
+
+
+def tol(dtype):
+    return dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
 fixture_ok = settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -449,3 +454,124 @@ def test_every_op_runs_in_float32_and_agrees_with_float64(backend):
         for a, b in zip(o32[name], o64[name]):
             assert a.dtype == np.float32 and b.dtype == np.float64, (name, a.dtype, b.dtype)
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+# --- the attention core's cache: the contract between forward (2.2) and backward (2.3) --------
+
+CORE_CACHE_KEYS = ("q", "k", "v", "p", "cap", "scale", "softcap")
+
+
+def core_cache_by_the_equation(q, k, v, mask, scale, softcap):
+    """The cache attention_core_forward documents, built in float64 head by head: p of
+    shape (B, K, G, Tq, Tk), cap = {"t": tanh(s0 / softcap), "cap", "shape"} or None."""
+    B, H, Tq, Dh = q.shape
+    K, Tk = k.shape[1], k.shape[2]
+    G = H // K
+    s0 = np.zeros((B, K, G, Tq, Tk))
+    for h in range(H):
+        s0[:, h // G, h % G] = q[:, h] @ k[:, h // G].swapaxes(-1, -2) * scale
+    t = None if softcap is None else np.tanh(s0 / softcap)
+    s = s0 if softcap is None else softcap * t
+    allowed = np.ones((B, 1, 1, Tq, Tk), bool) if mask is None else mask[:, :, None]
+    e = np.where(allowed, np.exp(s - s.max(-1, keepdims=True)), 0.0)
+    denom = e.sum(-1, keepdims=True)
+    p = e / np.where(denom > 0, denom, 1.0)
+    cap = None if softcap is None else {"t": t, "cap": softcap, "shape": s0.shape}
+    return {"q": q, "k": k, "v": v, "p": p, "cap": cap, "scale": scale, "softcap": softcap}
+
+
+def core_backward_by_the_chain_rule(do, cache):
+    """(dq, dk, dv) from a cache of the documented layout, head by head in float64: what
+    attention_core_backward must compute from the same cache."""
+    q, k, v, p = (np.asarray(cache[n], np.float64) for n in ("q", "k", "v", "p"))
+    B, H, Tq, Dh = q.shape
+    K = k.shape[1]
+    G = H // K
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for h in range(H):
+        j, g = h // G, h % G
+        P, dO = p[:, j, g], do[:, h].astype(np.float64)  # (B, Tq, Tk), (B, Tq, Dh)
+        dv[:, j] += P.swapaxes(-1, -2) @ dO
+        dP = dO @ v[:, j].swapaxes(-1, -2)
+        ds = P * (dP - (P * dP).sum(-1, keepdims=True))
+        if cache["cap"] is not None:
+            t = np.asarray(cache["cap"]["t"], np.float64)[:, j, g]
+            ds = ds * (1 - t * t)
+        ds = ds * cache["scale"]
+        dq[:, h] = ds @ k[:, j]
+        dk[:, j] += ds.swapaxes(-1, -2) @ q[:, h]
+    return dq, dk, dv
+
+
+def _cache_case(seed, dims, data, dtype):
+    rng = np.random.default_rng(seed)
+    B, H, K, Tq, Tk, Dh = (dims[n] for n in ("B", "H", "K", "Tq", "Tk", "Dh"))
+    mask = data.draw(attention_masks(B, Tq, Tk))
+    q, k, v = (randn(rng, B, n, t, Dh, dtype=dtype) for n, t in ((H, Tq), (K, Tk), (K, Tk)))
+    softcap = data.draw(st.none() | st.sampled_from([1.0, 50.0]))
+    return q, k, v, mask, 0.5, softcap, randn(rng, B, H, Tq, Dh, dtype=dtype)
+
+
+@pytest.mark.task2_2
+@few
+@given(seed=seeds, dims=attention_dims(), data=st.data(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_core_cache_is_what_the_backward_reads(seed, dims, data, dtype):
+    """attention_core_forward's cache has the layout its docstring gives (the keys, p as
+    (B, K, G, Tq, Tk), the soft-cap's cache under "cap"): the backward, written by the
+    chain rule on that layout, gives the same gradients from it as from the cache built
+    by the equation."""
+    q, k, v, mask, scale, softcap, do = _cache_case(seed, dims, data, dtype)
+    _, cache = attn.attention_core_forward(q, k, v, mask, scale=scale, softcap=softcap)
+    missing = [n for n in CORE_CACHE_KEYS if n not in cache]
+    assert not missing, (f"attention_core_forward: the cache lacks {missing} (has "
+                         f"{sorted(cache)}); attention_core_backward reads {CORE_CACHE_KEYS}")
+    want = core_cache_by_the_equation(*(a.astype(np.float64) for a in (q, k, v)), mask, scale,
+                                      softcap)
+    for n, x in (("q", q), ("k", k), ("v", v)):
+        np.testing.assert_array_equal(cache[n], x, err_msg=f"cache[{n!r}] must be the input {n}")
+    assert (cache["scale"], cache["softcap"]) == (scale, softcap), (
+        f"cache['scale'], cache['softcap'] = {cache['scale']!r}, {cache['softcap']!r}; "
+        f"expected the arguments {scale!r}, {softcap!r}")
+    p = np.asarray(cache["p"])
+    assert p.shape == want["p"].shape, (
+        f"cache['p'] has shape {p.shape}; expected (B, K, G, Tq, Tk) = {want['p'].shape}")
+    np.testing.assert_allclose(p, want["p"], **tol(dtype),
+                               err_msg="cache['p']: the probabilities, query head h at "
+                                       "[:, h // G, h % G], 0 on masked keys")
+    if softcap is None:
+        assert cache["cap"] is None, "cache['cap'] must be None when softcap is None"
+    else:
+        cap = cache["cap"]
+        assert isinstance(cap, dict) and "t" in cap and "shape" in cap, (
+            f"cache['cap'] must be softcap_forward's cache (a dict with 't' = tanh(s0 / "
+            f"softcap) and 'shape'); got {type(cap).__name__} "
+            f"{sorted(cap) if isinstance(cap, dict) else ''}")
+        np.testing.assert_allclose(cap["t"], want["cap"]["t"], **tol(dtype),
+                                   err_msg="cache['cap']['t'] = tanh(s0 / softcap), "
+                                           "shape (B, K, G, Tq, Tk)")
+    got = core_backward_by_the_chain_rule(do, cache)
+    for name, a, b in zip(("dq", "dk", "dv"), got, core_backward_by_the_chain_rule(do, want)):
+        np.testing.assert_allclose(a, b, **tol(dtype), err_msg=f"{name} from your cache")
+
+
+@pytest.mark.task2_3
+@few
+@given(seed=seeds, dims=attention_dims(), data=st.data(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_core_backward_reads_the_documented_cache(seed, dims, data, dtype):
+    """attention_core_backward works from any cache of the documented layout (here one
+    built by the equation, not by attention_core_forward) and returns gradients shaped
+    and typed like q, k, v."""
+    q, k, v, mask, scale, softcap, do = _cache_case(seed, dims, data, dtype)
+    cache = core_cache_by_the_equation(*(a.astype(np.float64) for a in (q, k, v)), mask, scale,
+                                       softcap)
+    cache = {n: (c.astype(dtype) if isinstance(c, np.ndarray) else c) for n, c in cache.items()}
+    if softcap is not None:
+        cache["cap"] = dict(cache["cap"], t=cache["cap"]["t"].astype(dtype))
+    got = attn.attention_core_backward(do, cache)
+    want = core_backward_by_the_chain_rule(do, cache)
+    for name, a, b, x in zip(("dq", "dk", "dv"), got, want, (q, k, v)):
+        assert a.shape == x.shape and a.dtype == x.dtype, (
+            f"{name}: shape {a.shape} dtype {a.dtype}; expected {x.shape} {x.dtype}")
+        np.testing.assert_allclose(a, b, **tol(dtype), err_msg=f"{name}")
