@@ -326,7 +326,9 @@ def make_student_copy(out: Path, tasks, keep_kernels: bool = False, blank: bool 
             done.append((path.relative_to(out).as_posix(), name))
         path.write_text(source, encoding="utf-8")
     marker = {"tasks": list(tasks) if blank else [], "kernels": kept_kernels,
-              "grade": "python -m pytest -m <task>  (tutorials/assignments/README.md)"}
+              "grade": "python -m pytest -m <task>  (tutorials/assignments/README.md)",
+              # the functions of every task, named in the report of a failing test
+              "functions": {t: [name for _, name in fs] for t, (_, fs) in TASKS.items()}}
     (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
     return done
 

@@ -124,6 +124,9 @@ MUTANTS = [
       "and leaves out \"scale\" (the backward reads cache[\"cap\"][\"t\"] and cache[\"scale\"])",
       (NN + "attention.py", '"p": p, "cap": c_cap, "scale": scale, "softcap": softcap}',
        '"p": p, "tanh": None if c_cap is None else c_cap["t"], "softcap": softcap}')),
+    M("core_softmax_no_max", "task2_2", "softmax without subtracting the row maximum "
+      "(overflows to inf / inf = NaN for large scores)",
+      (NN + "attention.py", "e = np.exp(s2 - row_max)", "e = np.exp(s2)")),
     # --- 2.3 attention core backward
     M("core_grad_softcap", "task2_3", "attention backward forgets the soft-cap derivative",
       (NN + "attention.py", "ds = softcap_backward(ds, cache[\"cap\"])", "ds = ds")),
