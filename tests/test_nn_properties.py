@@ -260,6 +260,9 @@ def test_rows_without_allowed_keys_give_zero_gradients(backend, dtype):
 # --- soft-cap --------------------------------------------------------------------------
 
 @pytest.mark.task1_3
+# x / cap beyond the float range is inf and tanh(inf) = 1, the right answer: a correct
+# soft-cap written plainly (without np.errstate) must not print a warning here
+@pytest.mark.filterwarnings("ignore:overflow encountered in divide:RuntimeWarning")
 @few
 @given(data=st.data(), dtype=st.sampled_from([np.float32, np.float64]),
        cap=st.floats(0.5, 100.0))
