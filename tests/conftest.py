@@ -141,10 +141,17 @@ TASK_MARK = re.compile(r"^task(\d+)_(\d+)$")
 def _property(item) -> str:
     """The property a test checks, in one sentence: its docstring's first sentence, or
     its name in words."""
-    doc = " ".join((getattr(item.function, "__doc__", None) or "").split())
+    def first_sentence(text):
+        text = " ".join((text or "").split())
+        return text.split(". ")[0].rstrip(".") + "." if text else ""
+    doc = first_sentence(getattr(item.function, "__doc__", None))
     if doc:
-        return doc.split(". ")[0].rstrip(".") + "."
-    return item.originalname.removeprefix("test_").replace("_", " ") + "."
+        return doc
+    words = item.originalname.removeprefix("test_").replace("_", " ")
+    if len(words.split()) <= 2:  # a bare op name: the module says what is checked
+        module = first_sentence(getattr(item.module, "__doc__", None))
+        return f"{words}: {module}" if module else words + "."
+    return words + "."
 
 
 @pytest.hookimpl(hookwrapper=True)
