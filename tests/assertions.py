@@ -44,7 +44,7 @@ def describe_mismatch(actual, desired, rtol, atol, equal_nan=True, err_msg="") -
              f"{atol:g} + {rtol:g} |expected|)"]
     if nonfinite.any():
         nans, infs = int((nonfinite & np.isnan(af)).sum()), int((nonfinite & np.isinf(af)).sum())
-        lines.append(f"actual has {nans} NaN and {infs} inf where the expected value is finite")
+        lines[0] += f"; actual has {nans} NaN and {infs} inf where the expected value is finite"
         idx = tuple(int(i) for i in np.argwhere(nonfinite)[0])
     else:
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
