@@ -218,6 +218,10 @@ def test_gradescope_results_and_classroom_config_end_to_end(tmp_path):
     assert classroom() != 0
     entry = gradescope("blank.json")
     assert entry["score"] == 0.0 and "NotImplementedError: task3_1" in entry["output"]
+    # the student copy's report: task, functions, property, no hypothesis blob
+    assert "TASK 3.1 (corrupted_lengths, noise_counts, span_corruption_lengths)" in \
+        entry["output"] and "PROPERTY: " in entry["output"]
+    assert "reproduce_failure" not in entry["output"]
     for rel in {path for path, _ in done}:
         shutil.copy(ROOT / rel, copy / rel)
     assert classroom() == 0
