@@ -129,8 +129,11 @@ def _student_report_options(config):
     """In a student copy: no line per skipped test (one summary line instead, see
     pytest_terminal_summary) and short tracebacks (the failing line of each frame and the
     error), unless the command line asks for something else."""
-    chars = config.option.reportchars or ""
-    config.option.reportchars = chars.replace("s", "").replace("S", "").replace("a", "fEX")
+    asked = any(a.startswith("-r") and not a.startswith("-rootdir")
+                for a in config.invocation_params.args)
+    if not asked:  # the configuration's -ra: everything but the skips
+        chars = config.option.reportchars or ""
+        config.option.reportchars = chars.replace("s", "").replace("S", "").replace("a", "fEX")
     if config.option.tbstyle == "auto":
         config.option.tbstyle = "short"
 
