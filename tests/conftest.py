@@ -44,11 +44,12 @@ header says so.
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 if sys.path[0] != str(ROOT):
@@ -88,7 +89,14 @@ _COMMON = dict(database=None, deadline=None, print_blob=True,
 settings.register_profile("default", derandomize=True, max_examples=DEFAULT_EXAMPLES,
                           **_COMMON)
 settings.register_profile("hunt", derandomize=False, max_examples=HUNT_EXAMPLES, **_COMMON)
-settings.load_profile("default")
+# Student copies: the default run with the report cut to what helps a student, the
+# minimal example and the error: no `@reproduce_failure` blob, no explain phase (its
+# "The test always failed when commented parts were varied together" and "Explanation"
+# lines that point into numpy).
+settings.register_profile("student", derandomize=True, max_examples=DEFAULT_EXAMPLES,
+                          **dict(_COMMON, print_blob=False),
+                          phases=[p for p in Phase if p is not Phase.explain])
+settings.load_profile("default" if STUDENT_COPY is None else "student")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -96,6 +104,8 @@ def pytest_configure(config):
     """A seed (--hypothesis-seed, or $MINI_ENCDEC_HYPOTHESIS_SEED) selects the profile
     "hunt"; runs before the hypothesis plugin's own pytest_configure, which then loads
     that profile and applies the seed."""
+    if STUDENT_COPY is not None:
+        _student_report_options(config)
     seed = config.getoption("hypothesis_seed")
     env = os.environ.get(SEED_ENV, "").strip()
     if seed is None and env:
@@ -115,10 +125,69 @@ def pytest_configure(config):
                                 "--hypothesis-profile=hunt (or leave it out)")
 
 
+def _student_report_options(config):
+    """In a student copy: no line per skipped test (one summary line instead, see
+    pytest_terminal_summary) and short tracebacks (the failing line of each frame and the
+    error), unless the command line asks for something else."""
+    asked = any(a.startswith("-r") and not a.startswith("-rootdir")
+                for a in config.invocation_params.args)
+    if not asked:  # the configuration's -ra: everything but the skips
+        chars = config.option.reportchars or ""
+        config.option.reportchars = chars.replace("s", "").replace("S", "").replace("a", "fEX")
+    if config.option.tbstyle == "auto":
+        config.option.tbstyle = "short"
+
+
+TASK_MARK = re.compile(r"^task(\d+)_(\d+)$")
+
+
+def _property(item) -> str:
+    """The property a test checks, in one sentence: its docstring's first sentence, or
+    its name in words."""
+    def first_sentence(text):
+        text = " ".join((text or "").split())
+        return text.split(". ")[0].rstrip(".") + "." if text else ""
+    doc = first_sentence(getattr(item.function, "__doc__", None))
+    if doc:
+        return doc
+    words = item.originalname.removeprefix("test_").replace("_", " ")
+    if len(words.split()) <= 2:  # a bare op name: the module says what is checked
+        module = first_sentence(getattr(item.module, "__doc__", None))
+        return f"{words}: {module}" if module else words + "."
+    return words + "."
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In a student copy, a failing test's report starts with the task, its functions and
+    the property checked, before the counterexample and the error."""
+    outcome = yield
+    rep = outcome.get_result()
+    if STUDENT_COPY is None or not rep.failed or call.when != "call":
+        return
+    tasks = [m.name for m in item.iter_markers() if TASK_MARK.match(m.name)]
+    functions = STUDENT_COPY.get("functions", {})
+    names = ", ".join(sorted({f for t in tasks for f in functions.get(t, [])}))
+    task = " / ".join(t[4:].replace("_", ".") for t in tasks) or "-"
+    head = (f"TASK {task}" + (f" ({names})" if names else "") + f": {item.originalname}\n"
+            f"PROPERTY: {_property(item)}\n")
+    rep.longrepr = head + rep.longreprtext
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """In a student copy, one line for all skipped tests."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if STUDENT_COPY is not None and skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) skipped: they need parts this copy leaves out (the Numba "
+            f"twins, torch) or a task it does not assign; `-rs` lists them")
+
+
 def pytest_report_header(config):
     seed = config.getoption("hypothesis_seed")
     if seed is None:
-        lines = ["hypothesis: deterministic (profile 'default', derandomized, no database)"]
+        profile = settings.get_current_profile_name()
+        lines = [f"hypothesis: deterministic (profile {profile!r}, derandomized, no database)"]
     else:
         lines = [f"hypothesis: seed-hunting, seed {seed} (profile "
                  f"{settings.get_current_profile_name()!r})"]

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from mini_encdec.training.adapt import (AdaptError, DEFAULT_UNBALANCED_WARMUP, adapt, adapt_command,
-                               adapt_params, adaptation_mapping)
+from mini_encdec.training.adapt import (AdaptError, DEFAULT_UNBALANCED_WARMUP, Origin, _origin,
+                                       adapt, adapt_command, adapt_params, adaptation_mapping)
 from mini_encdec.storage.checkpoint import load_model, save_model
 from mini_encdec.config import GemmaConfig
 from mini_encdec.storage.interop import load_hf, save_hf
@@ -105,6 +105,31 @@ def test_balanced_exact_checks(backend):
 
 
 @pytest.mark.task4_1
+def test_origin_of_each_unbalanced_tensor():
+    """Unbalanced (two sources): the encoder copies A, the decoder B, and the
+    cross-attention, which has no source of its shape, is fresh: N(0, 0.02) projections
+    and zero norms (SPEC.md section 3, _origin's docstring)."""
+    want = {
+        "model.encoder.layers.0.self_attn.q_proj.weight":
+            Origin("A", "model.layers.0.self_attn.q_proj.weight"),
+        "model.decoder.layers.1.self_attn.k_proj.weight":
+            Origin("B", "model.layers.1.self_attn.k_proj.weight"),
+        "model.decoder.layers.1.pre_self_attn_layernorm.weight":
+            Origin("B", "model.layers.1.input_layernorm.weight"),
+        "model.decoder.embed_tokens.weight": Origin("B", "model.embed_tokens.weight"),
+        "model.decoder.norm.weight": Origin("B", "model.norm.weight"),
+        "model.decoder.layers.1.cross_attn.q_proj.weight": Origin(None, init="normal"),
+        "model.decoder.layers.1.cross_attn.o_proj.weight": Origin(None, init="normal"),
+        "model.decoder.layers.1.pre_cross_attn_layernorm.weight": Origin(None, init="zeros"),
+        "model.decoder.layers.1.post_cross_attn_layernorm.weight": Origin(None, init="zeros"),
+    }
+    for target, origin in want.items():
+        got = _origin(target, balanced=False)
+        assert got == origin, (f"_origin({target!r}, balanced=False) = {got!r}; expected "
+                               f"{origin!r} ({origin})")
+
+
+@pytest.mark.task4_1
 def test_unbalanced_fresh_cross_attention_and_exact_checks(backend):
     a, b = source(A_CFG, 3), source(B_CFG, 4)
     config, params = adapt_params(a, b, rng=np.random.default_rng(5), warmup_steps=4)
@@ -121,7 +146,8 @@ def test_unbalanced_fresh_cross_attention_and_exact_checks(backend):
     assert abs(fresh.std() - 0.02) < 0.003 and abs(fresh.mean()) < 0.003
     for i in range(2):
         for n in ("pre", "post"):
-            assert not params[f"model.decoder.layers.{i}.{n}_cross_attn_layernorm.weight"].any()
+            key = f"model.decoder.layers.{i}.{n}_cross_attn_layernorm.weight"
+            assert not params[key].any(), f"{key}: unbalanced, a fresh norm is zeros"
     # the same rng seed gives the same fresh tensors; another seed different ones
     _, again = adapt_params(a, b, rng=np.random.default_rng(5))
     _, other = adapt_params(a, b, rng=np.random.default_rng(6))

@@ -20,8 +20,10 @@ task1_1 ... task7_1 (listed per task in tutorials/assignments/README.md).
 import ast
 import importlib
 import importlib.util
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +53,7 @@ def load(name):
 
 blank = load("blank")
 checker = load("check_autograder")
+grader = load("grade")
 
 
 def env_without_pythonpath():
@@ -180,6 +183,50 @@ def test_one_task_grades_end_to_end(tmp_path):
     NotImplementedError; with the original code restored it passes."""
     ok, msg = checker.check_task("task6_3", tmp_path)
     assert ok, msg
+
+
+def test_gradescope_results_and_classroom_config_end_to_end(tmp_path):
+    """A copy with task 3.1 blanked: its GitHub Classroom configuration has one test whose
+    command fails, and grade.py writes Gradescope's results.json with 0 points and the
+    NotImplementedError; with the original code restored the command passes and the task
+    gets its points."""
+    copy = tmp_path / "hw"
+    done = blank.make_student_copy(copy, ["task3_1"], points=4)
+    config = json.loads((copy / blank.CLASSROOM_CONFIG).read_text(encoding="utf-8"))
+    assert [t["points"] for t in config["tests"]] == [4]
+    test = config["tests"][0]
+    assert set(test) == {"name", "setup", "run", "input", "output", "comparison", "timeout",
+                         "points"} and test["name"].startswith("task 3.1: ")
+    assert (copy / blank.CLASSROOM_WORKFLOW).read_text().count("education/autograding") == 1
+    assert not (ROOT / ".github" / "classroom").exists()  # never in this repository
+
+    def classroom():
+        return subprocess.run(test["run"], shell=True, cwd=copy, capture_output=True,
+                              env=env_without_pythonpath()).returncode
+
+    def gradescope(name):
+        out = tmp_path / name
+        assert grader.main(["--copy", str(copy), "--out", str(out), "--points", "5"]) == 0
+        results = json.loads(out.read_text(encoding="utf-8"))
+        assert set(results) >= {"score", "tests"}
+        (entry,) = results["tests"]
+        assert set(entry) >= {"name", "score", "max_score", "output"}
+        assert entry["max_score"] == 5.0 and entry["name"].startswith("task 3.1: ")
+        assert results["score"] == entry["score"]
+        return entry
+
+    assert classroom() != 0
+    entry = gradescope("blank.json")
+    assert entry["score"] == 0.0 and "NotImplementedError: task3_1" in entry["output"]
+    # the student copy's report: task, functions, property, no hypothesis blob
+    assert "TASK 3.1 (corrupted_lengths, noise_counts, span_corruption_lengths)" in \
+        entry["output"] and "PROPERTY: " in entry["output"]
+    assert "reproduce_failure" not in entry["output"]
+    for rel in {path for path, _ in done}:
+        shutil.copy(ROOT / rel, copy / rel)
+    assert classroom() == 0
+    entry = gradescope("solved.json")
+    assert entry["score"] == 5.0 and "FAILED" not in entry["output"]
 
 
 @pytest.mark.slow

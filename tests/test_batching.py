@@ -76,6 +76,32 @@ def test_decoder_only_form_predicts_the_same_targets(spec):
         np.testing.assert_array_equal(dec["input_ids"][i, :len(x)], x)
 
 
+@pytest.mark.task3_5
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 999)), min_size=1, max_size=4),
+       st.integers(2, 8))
+def test_decoder_only_full_window_keeps_the_last_target_and_attends_to_every_token(spec, L):
+    """A full window (len(inputs ++ targets) == L + 1): the last target is the label of the
+    last position, and the attention mask covers the targets too, not only the inputs."""
+    exs = []
+    for p, seed in spec:
+        p = min(p, L)  # at least one target
+        rng = np.random.default_rng(seed)
+        exs.append(Example(rng.integers(4, 99, size=p), rng.integers(4, 99, size=L + 1 - p)))
+    dec = collate_decoder(exs, L)
+    for i, ex in enumerate(exs):
+        x = np.concatenate([ex.inputs, ex.targets])
+        lab = dec["labels"][i]
+        assert lab[-1] == ex.targets[-1], (
+            f"example {i}: a full window's last position must predict the last target "
+            f"{ex.targets[-1]}; labels {lab.tolist()}")
+        np.testing.assert_array_equal(lab[lab != -100], ex.targets, err_msg=(
+            f"example {i}: the labels must be every target once, in order"))
+        np.testing.assert_array_equal(dec["input_ids"][i], x[:L])
+        np.testing.assert_array_equal(dec["attention_mask"][i], np.ones(L, np.int64), err_msg=(
+            f"example {i} ({len(ex.inputs)} inputs, {len(ex.targets)} targets): the "
+            f"attention mask must be 1 on every real token, the targets included"))
+
+
 def test_causal_lm_windows_fill_every_position(tok, stream):
     b = Batcher(stream, make_objective("causal_lm"), batch_size=B, encoder_length=S,
                 decoder_length=T, arch="decoder", seed=0).next_batch()

@@ -36,3 +36,32 @@ def test_reading_names_what_misses_its_baseline_and_fits_the_objective(objective
     assert "encoder-decoder model's reply ROUGE-L F1" in text and "copy the input" in text
     assert ("distillation teacher" in text) == (objective == "prefix_lm_kd")
     assert ("twice as many loss-bearing tokens" in text) == (objective != "ul2")
+
+
+@pytest.mark.parametrize("ed_arm", sorted(set(demo.OBJECTIVE_ARMS.values())))
+def test_loss_panels_are_numbered_in_order_and_share_only_validation_losses(ed_arm):
+    """loss_curves.png: panels 1, 2, 3, ... in order; the one panel with both models is the
+    PrefixLM validation loss (the same windows); every training loss is alone."""
+    panels = demo.stage_panels(ed_arm)
+    assert [t.split(".")[0] for t, _, _ in panels] == [str(i) for i in range(1, len(panels) + 1)]
+    for title, key, runs in panels:
+        assert key in ("loss", "val_loss")
+        if len(runs) > 1:
+            assert key == "val_loss" and "same windows" in title
+        if key == "loss":
+            assert len(runs) == 1 and "training loss" in title
+    assert {name for _, key, runs in panels if key == "val_loss" for name, _ in runs} == \
+        {ed_arm, "dec"}
+
+
+def test_loss_curves_png_from_metrics(tmp_path):
+    pytest.importorskip("matplotlib")
+    import json
+    runs = tmp_path / "runs" / "seed0"
+    for name in ("parent", "ed_kd", "dec", "finetune_ed_kd@extra", "finetune_dec@extra"):
+        (runs / name).mkdir(parents=True)
+        recs = [{"step": s, "loss": 5.0 - s / 10} for s in range(1, 6)]
+        recs += [{"step": s, "val_loss": 4.0 - s / 20} for s in (2, 4)]
+        (runs / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    path = demo.plot_stages(tmp_path, 0, "ed_kd")
+    assert path == tmp_path / "loss_curves.png" and path.stat().st_size > 1000

@@ -249,6 +249,23 @@ def test_sample_frequencies_follow_probs():
     np.testing.assert_allclose(freq, p[0], atol=0.03)
 
 
+@pytest.mark.task5_3
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_encdec_generation_starts_from_bos(use_cache):
+    """The decoder's first input is BOS (not pad): greedy tokens equal the argmax of a
+    full forward whose decoder input is [BOS] + the tokens generated so far."""
+    model = model_of(ENCDEC["balanced"](), seed=3)
+    src = [5, 6, 7, 8]
+    got = generate(model, [src], max_new_tokens=4, use_cache=use_cache, stop_at_eos=False)[0]
+    dec = [BOS]
+    for _ in range(4):
+        logits = model.forward({"input_ids": np.array([src]),
+                                "decoder_input_ids": np.array([dec])})
+        dec.append(int(np.argmax(logits[0, -1])))
+    assert got.tolist() == dec[1:], (f"generated {got.tolist()}; a decoder started from BOS "
+                                     f"({BOS}) gives {dec[1:]}")
+
+
 def test_beam_one_equals_greedy_and_scores_are_normalised_logprobs():
     model = model_of(ENCDEC["balanced"](), seed=11)
     sources = [[5, 6, 7, 8], [9, 10]]

@@ -2,18 +2,24 @@
 run, and a seed-hunting run (tests/conftest.py) is reproducible from its seed."""
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from .conftest import DEFAULT_EXAMPLES, HUNT_EXAMPLES
+from .conftest import DEFAULT_EXAMPLES, HUNT_EXAMPLES, STUDENT_COPY
 
 
 def test_loaded_profile_is_the_deterministic_one_unless_hunting(request):
     seed = request.config.getoption("hypothesis_seed")
     current = settings.default
     assert current.database is None  # nothing replayed from earlier runs
-    assert current.deadline is None and current.print_blob
-    if seed is None:
+    assert current.deadline is None
+    if seed is None and STUDENT_COPY is not None:  # the report cut for students
+        assert settings.get_current_profile_name() == "student"
+        assert current.derandomize and not current.print_blob
+        assert Phase.explain not in current.phases
+        assert current.max_examples == DEFAULT_EXAMPLES
+    elif seed is None:
+        assert current.print_blob
         assert settings.get_current_profile_name() == "default"
         assert current.derandomize
         assert current.max_examples == DEFAULT_EXAMPLES

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from mini_encdec.nn.gradcheck import numerical_grad, random_cotangent, rel_error
 
+from .assertions import assert_close
+
 pytestmark = pytest.mark.task7_1
 # A student copy keeps the kernel file only when it blanks task 7.1 (blank.py): the kernel
 # computes RMSNorm, task 1.1's answer.
@@ -59,7 +61,7 @@ def test_forward_is_the_equation_serial_and_parallel(shape, chunks, dtype, seed,
     y, cache = run(kernel.rmsnorm_forward, chunks, x, w, EPS)
     assert y.shape == x.shape and y.dtype == dtype
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(y, rmsnorm_by_the_equation(x.astype(np.float64),
+    assert_close(y, rmsnorm_by_the_equation(x.astype(np.float64),
                                                           w.astype(np.float64)), **tol,
                                err_msg=f"{chunks} parallel chunks (0: serial)")
 
@@ -98,7 +100,7 @@ def test_every_chunking_gives_the_same_rows(shape, seed):
     for chunks, (y, dx, dw) in enumerate(outs[1:], start=1):
         np.testing.assert_array_equal(y, outs[0][0], err_msg=f"y, {chunks} chunks vs serial")
         np.testing.assert_array_equal(dx, outs[0][1], err_msg=f"dx, {chunks} chunks vs serial")
-        np.testing.assert_allclose(dw, outs[0][2], rtol=1e-5, atol=1e-5,
+        assert_close(dw, outs[0][2], rtol=1e-5, atol=1e-5,
                                    err_msg=f"dw, {chunks} chunks vs serial")
 
 
@@ -110,5 +112,29 @@ def test_a_large_input_takes_the_parallel_path():
     if kernel.parallel_chunks(x.size, x.shape[0]) == 0:
         pytest.skip("one thread on this machine: every size runs serially")
     y, _ = kernel.rmsnorm_forward(x, w)
-    np.testing.assert_allclose(y, rmsnorm_by_the_equation(x.astype(np.float64), w), rtol=1e-5,
+    assert_close(y, rmsnorm_by_the_equation(x.astype(np.float64), w), rtol=1e-5,
                                atol=1e-5)
+
+
+@settings(max_examples=10)
+@given(shape=st.tuples(st.integers(1, 9), st.integers(1, 5)), chunks=st.integers(1, 4),
+       seed=st.integers(0, 2**31))
+def test_each_chunk_adds_its_dw_into_its_own_row(shape, chunks, seed):
+    """_backward_parallel: chunk c (rows c*N//C <= n < (c+1)*N//C) adds its share of dw
+    into dw_part[c] and nowhere else, so no two threads write the same memory. Checked
+    row by row, not through the sum: a shared row gives the right sum when the threads
+    happen not to overlap, and a race only on some runs."""
+    rng = np.random.default_rng(seed)
+    x, w, dy = rng.standard_normal(shape), rng.standard_normal(shape[1]), \
+        rng.standard_normal(shape)
+    N = shape[0]
+    chunks = min(chunks, N)
+    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=1) + EPS)
+    dx, dw_part = np.empty_like(x), np.zeros((chunks, shape[1]))
+    kernel._backward_parallel(dy, x, w, rstd, dx, dw_part)
+    for c in range(chunks):
+        rows = slice((c * N) // chunks, ((c + 1) * N) // chunks)
+        want = np.sum(dy[rows] * x[rows] * rstd[rows, None], axis=0)
+        assert_close(dw_part[c], want, rtol=1e-12, atol=1e-12, err_msg=(
+            f"dw_part[{c}] must hold the dw of chunk {c} (rows {rows.start}..{rows.stop - 1}) "
+            f"only; {chunks} chunks of {N} rows"))

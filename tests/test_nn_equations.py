@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from mini_encdec.nn import attention as attn
 from mini_encdec.nn import loss, masks, mlp, rmsnorm, rope, softcap
 
+from .assertions import assert_close
 from .strategies import (attention_dims, attention_masks, batch_sizes, float_dtypes,
                          head_dims, heads, seeds, seq_lens, widths, windows)
 
@@ -43,7 +44,7 @@ def rmsnorm_by_the_equation(x, w, eps=1e-6):
 def check_rmsnorm_forward(forward, x, w):
     y, _ = forward(x, w)
     assert y.shape == x.shape and y.dtype == x.dtype
-    np.testing.assert_allclose(y, rmsnorm_by_the_equation(x, w), **tol(x.dtype))
+    assert_close(y, rmsnorm_by_the_equation(x, w), **tol(x.dtype))
 
 
 @pytest.mark.task1_1
@@ -94,7 +95,7 @@ def library_rope(x, positions, theta=10000.0):
 def check_rope(apply, x, positions, theta=10000.0):
     """apply(x (1, N, T, Dh), positions (T,), theta) -> rotated x."""
     y = apply(x[None], positions, theta)[0]
-    np.testing.assert_allclose(y, rope_by_the_equation(x, positions, theta), rtol=1e-9, atol=1e-9)
+    assert_close(y, rope_by_the_equation(x, positions, theta), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.task1_2
@@ -127,7 +128,7 @@ def test_softcap_is_c_tanh_x_over_c(seed, cap, spread, dtype):
     x = (spread * np.random.default_rng(seed).standard_normal((3, 5))).astype(dtype)
     y, _ = softcap.softcap_forward(x, cap)
     assert y.dtype == x.dtype
-    np.testing.assert_allclose(y, cap * np.tanh(x.astype(np.float64) / cap), **tol(dtype))
+    assert_close(y, cap * np.tanh(x.astype(np.float64) / cap), **tol(dtype))
 
 
 @pytest.mark.task1_3
@@ -138,7 +139,7 @@ def test_gelu_tanh_is_the_formula(seed, dtype):
     u64 = u.astype(np.float64)
     want = 0.5 * u64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (u64 + 0.044715 * u64**3)))
     assert g.dtype == dtype
-    np.testing.assert_allclose(g, want, **tol(dtype))
+    assert_close(g, want, **tol(dtype))
 
 
 # --- the GeGLU feed-forward ------------------------------------------------------------------
@@ -153,7 +154,7 @@ def test_geglu_is_down_of_gelu_gate_times_up(lead, D, F, seed):
     y, _ = mlp.geglu_forward(x, Wg, Wu, Wd)
     gate, up = x @ Wg.T, x @ Wu.T  # weights [out, in]: y = x W^T
     gelu = 0.5 * gate * (1 + np.tanh(math.sqrt(2 / math.pi) * (gate + 0.044715 * gate**3)))
-    np.testing.assert_allclose(y, (gelu * up) @ Wd.T, rtol=1e-10, atol=1e-12)
+    assert_close(y, (gelu * up) @ Wd.T, rtol=1e-10, atol=1e-12)
 
 
 # --- the attention core: GQA, query scalar, soft-cap, mask, softmax --------------------------
@@ -185,7 +186,7 @@ def check_attention_forward(core, q, k, v, mask, scale, cap):
     assert o.shape == q.shape and o.dtype == q.dtype
     want = attention_by_the_equation(q.astype(np.float64), k.astype(np.float64),
                                      v.astype(np.float64), mask, scale, cap)
-    np.testing.assert_allclose(o, want, **tol(q.dtype))
+    assert_close(o, want, **tol(q.dtype))
 
 
 def attention_inputs(dims, rng, dtype=np.float64, spread=1.0):
@@ -200,10 +201,22 @@ def attention_inputs(dims, rng, dtype=np.float64, spread=1.0):
        query_scalar=st.sampled_from([4.0, 144.0]), cap=st.sampled_from([None, 1.0, 50.0]),
        spread=st.sampled_from([1.0, 10.0]))
 def test_attention_core_is_the_equation(data, dims, seed, dtype, query_scalar, cap, spread):
+    """attention_core_forward is softmax(mask(softcap(scale q.k))) v, written with loops here,
+    for large scores too (spread 10: exp overflows unless the row maximum is subtracted)."""
     rng = np.random.default_rng(seed)
     q, k, v = attention_inputs(dims, rng, dtype, spread)
     mask = data.draw(attention_masks(dims["B"], dims["Tq"], dims["Tk"]))
     check_attention_forward(attn.attention_core_forward, q, k, v, mask, query_scalar ** -0.5, cap)
+
+
+@pytest.mark.task2_2
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_core_large_scores_do_not_overflow_the_softmax(dtype):
+    """Scores in the hundreds (no soft-cap): exp overflows unless the softmax subtracts
+    each row's maximum first; the output still equals the equation."""
+    dims = dict(B=1, H=2, K=1, Tq=3, Tk=4, Dh=8)
+    q, k, v = attention_inputs(dims, _rng(), dtype, spread=30.0 if dtype == np.float32 else 100.0)
+    check_attention_forward(attn.attention_core_forward, q, k, v, None, 1.0, None)
 
 
 @pytest.mark.task2_2
@@ -242,7 +255,7 @@ def test_attention_layer_is_projections_rope_core_output(hk, B, T, Dh, D, causal
     k = np.stack([rope_by_the_equation(k[b], np.arange(T)) for b in range(B)])
     o = attention_by_the_equation(q, k, v, mask, Dh ** -0.5, 50.0)
     want = o.transpose(0, 2, 1, 3).reshape(B, T, H * Dh) @ Wo.T  # (B, H, T, Dh) -> (B, T, H*Dh)
-    np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-10)
+    assert_close(y, want, rtol=1e-9, atol=1e-10)
 
 
 # --- the distillation loss: soft cross-entropy against the teacher ---------------------------

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mini_encdec import ops
+from mini_encdec.nn import attention as attn
 from mini_encdec.nn.attention import attention_backward, attention_forward
 from mini_encdec.nn.embedding import embedding_forward
 from mini_encdec.nn.linear import linear_backward, linear_forward
@@ -29,10 +30,15 @@ from mini_encdec.nn.mlp import (geglu_backward, geglu_forward, gelu_tanh_backwar
 from mini_encdec.nn.rope import rope_backward, rope_cos_sin, rope_forward
 from mini_encdec.nn.softcap import softcap_backward, softcap_forward
 
+from .assertions import assert_close
 from .strategies import (attention_dims, attention_masks, batch_sizes, bool_masks, heads,
                          head_dims, key_paddings, seeds, widths, windows)
 
 few = settings(max_examples=15)
+
+
+def tol(dtype):
+    return dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
 fixture_ok = settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -67,7 +73,7 @@ def test_future_tokens_do_not_change_causal_outputs(seed, hk, B, T, D, Dh, windo
     x2[:, t + 1:] = randn(rng, B, T - t - 1, D, scale=3.0)
     y, _ = attention_forward(x, x, **W, **kw)
     y2, _ = attention_forward(x2, x2, **W, **kw)
-    np.testing.assert_allclose(y2[:, :t + 1], y[:, :t + 1], rtol=1e-12, atol=1e-12)
+    assert_close(y2[:, :t + 1], y[:, :t + 1], rtol=1e-12, atol=1e-12)
     assert not np.allclose(y2[:, t + 1:], y[:, t + 1:])  # the later outputs do change
 
 
@@ -90,7 +96,7 @@ def test_keys_outside_the_window_have_no_influence(backend, seed, dims, causal, 
         k2[:, :, far] = randn(rng, B, K, int(far.sum()), Dh, scale=5.0)
         v2[:, :, far] = randn(rng, B, K, int(far.sum()), Dh, scale=5.0)
         o2, cache = ops.attention_core_forward(q, k2, v2, mask, scale=0.5, softcap=50.0)
-        np.testing.assert_allclose(o2[:, :, i], o[:, :, i], rtol=1e-12, atol=1e-12)
+        assert_close(o2[:, :, i], o[:, :, i], rtol=1e-12, atol=1e-12)
         do = np.zeros_like(o)
         do[:, :, i] = 1.0  # the gradient of row i alone
         _, dk, dv = ops.attention_core_backward(do, cache)
@@ -121,11 +127,11 @@ def test_rope_tables_literal():
     """inv_freq = theta^(-2i/Dh): for Dh = 4 the frequencies are 1 and 1/100."""
     cos, sin = rope_cos_sin(np.array([0, 1, 2]), 4, dtype=np.float64)
     f = np.array([1.0, 0.01, 1.0, 0.01])
-    np.testing.assert_allclose(cos, np.cos(np.outer([0, 1, 2], f)), rtol=1e-15)
-    np.testing.assert_allclose(sin, np.sin(np.outer([0, 1, 2], f)), rtol=1e-15)
+    assert_close(cos, np.cos(np.outer([0, 1, 2], f)), rtol=1e-15)
+    assert_close(sin, np.sin(np.outer([0, 1, 2], f)), rtol=1e-15)
     cb, sb = rope_cos_sin(np.array([[0, 1, 2], [5, 6, 7]]), 4)
     assert cb.shape == (2, 3, 4) and cb.dtype == np.float32
-    np.testing.assert_allclose(cb[1, 0], np.cos(5 * f), rtol=1e-6)
+    assert_close(cb[1, 0], np.cos(5 * f), rtol=1e-6)
 
 
 # --- GQA ---------------------------------------------------------------------------------
@@ -148,7 +154,7 @@ def test_gqa_equals_mha_with_repeated_heads(backend, seed, dims, data, softcap):
     q, k, v, mask, k_rep, v_rep = _gqa_case(np.random.default_rng(seed), dims, data)
     o, _ = ops.attention_core_forward(q, k, v, mask, scale=0.3, softcap=softcap)
     o_mha, _ = ops.attention_core_forward(q, k_rep, v_rep, mask, scale=0.3, softcap=softcap)
-    np.testing.assert_allclose(o, o_mha, rtol=1e-12, atol=1e-12)
+    assert_close(o, o_mha, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.task2_3
@@ -165,10 +171,10 @@ def test_gqa_kv_gradient_sums_over_its_query_heads(backend, seed, dims, data, so
     do = randn(rng, *o.shape)
     dq, dk, dv = ops.attention_core_backward(do, c)
     dq_m, dk_m, dv_m = ops.attention_core_backward(do, c_mha)
-    np.testing.assert_allclose(dq, dq_m, rtol=1e-12, atol=1e-12)
+    assert_close(dq, dq_m, rtol=1e-12, atol=1e-12)
     # each kv head's gradient is the sum over the G query heads that read it
-    np.testing.assert_allclose(dk, dk_m.reshape(B, K, G, Tk, Dh).sum(2), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dv, dv_m.reshape(B, K, G, Tk, Dh).sum(2), rtol=1e-12, atol=1e-12)
+    assert_close(dk, dk_m.reshape(B, K, G, Tk, Dh).sum(2), rtol=1e-12, atol=1e-12)
+    assert_close(dv, dv_m.reshape(B, K, G, Tk, Dh).sum(2), rtol=1e-12, atol=1e-12)
 
 
 # --- masks: no influence, empty rows ----------------------------------------------------
@@ -194,7 +200,7 @@ def test_masked_keys_have_no_influence(backend, seed, dims, data):
     q, k, v, mask, _, k2, v2 = _padded_case(np.random.default_rng(seed), dims, data)
     o, _ = ops.attention_core_forward(q, k, v, mask, scale=0.5, softcap=50.0)
     o2, _ = ops.attention_core_forward(q, k2, v2, mask, scale=0.5, softcap=50.0)
-    np.testing.assert_allclose(o2, o, rtol=1e-12, atol=1e-12)
+    assert_close(o2, o, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.task2_3
@@ -208,7 +214,7 @@ def test_masked_keys_get_no_gradient(backend, seed, dims, data):
     do = randn(rng, *o.shape)
     g, g2 = ops.attention_core_backward(do, c), ops.attention_core_backward(do, c2)
     for a, b in zip(g, g2):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert_close(a, b, rtol=1e-12, atol=1e-12)
     for dkv in g[1:]:
         assert np.all(dkv.transpose(0, 2, 1, 3)[padded] == 0)
 
@@ -254,6 +260,9 @@ def test_rows_without_allowed_keys_give_zero_gradients(backend, dtype):
 # --- soft-cap --------------------------------------------------------------------------
 
 @pytest.mark.task1_3
+# x / cap beyond the float range is inf and tanh(inf) = 1, the right answer: a correct
+# soft-cap written plainly (without np.errstate) must not print a warning here
+@pytest.mark.filterwarnings("ignore:overflow encountered in divide:RuntimeWarning")
 @few
 @given(data=st.data(), dtype=st.sampled_from([np.float32, np.float64]),
        cap=st.floats(0.5, 100.0))
@@ -292,7 +301,7 @@ def test_rmsnorm_is_invariant_to_positive_scaling(backend, seed, lead, D, a, dty
     y, _ = ops.rmsnorm_forward(x, w, eps)
     ya, _ = ops.rmsnorm_forward(x * dtype(a), w, eps)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(ya, y, rtol=tol, atol=tol)
+    assert_close(ya, y, rtol=tol, atol=tol)
 
 
 # --- embedding ---------------------------------------------------------------------------
@@ -301,14 +310,14 @@ def test_embedding_scales_and_scatter_adds_repeated_ids(backend):
     E = np.arange(12, dtype=np.float64).reshape(4, 3)  # V = 4, D = 3
     ids = np.array([[1, 1, 2], [3, 1, 1]])
     x, cache = embedding_forward(ids, E)
-    np.testing.assert_allclose(x[0, 0], E[1] * np.sqrt(3.0), rtol=1e-15)
+    assert_close(x[0, 0], E[1] * np.sqrt(3.0), rtol=1e-15)
     dx = np.arange(18, dtype=np.float64).reshape(2, 3, 3)
     dE = ops.embedding_backward(dx, cache)
     expect = np.zeros((4, 3))
     expect[1] = (dx[0, 0] + dx[0, 1] + dx[1, 1] + dx[1, 2]) * np.sqrt(3.0)  # id 1 used 4 times
     expect[2] = dx[0, 2] * np.sqrt(3.0)
     expect[3] = dx[1, 0] * np.sqrt(3.0)
-    np.testing.assert_allclose(dE, expect, rtol=1e-15)
+    assert_close(dE, expect, rtol=1e-15)
     x1, c1 = embedding_forward(ids, E, scale=False)
     assert np.array_equal(x1, E[ids])
     assert np.allclose(ops.embedding_backward(dx, c1), expect / np.sqrt(3.0))
@@ -330,7 +339,7 @@ def test_cross_entropy_value_and_ignore_index():
     assert loss == pytest.approx(((lse[0, 0] - 2.0) + (lse[0, 2] - 3.0)) / 2, rel=1e-14)
     d = cross_entropy_backward(1.0, cache)
     assert np.all(d[0, 1] == 0)  # the ignored position gets no gradient
-    np.testing.assert_allclose(d.sum(-1), 0, atol=1e-15)
+    assert_close(d.sum(-1), 0, atol=1e-15)
 
 
 @pytest.mark.task6_1
@@ -363,7 +372,7 @@ def test_softcap_cross_entropy_equals_the_composition(backend, seed, N, V, cap, 
     tol = 1e-5 if dtype == np.float32 else 1e-12
     assert loss == pytest.approx(loss_ref, rel=tol, abs=tol)
     assert dz.dtype == dtype
-    np.testing.assert_allclose(dz, dz_ref, rtol=tol, atol=tol)
+    assert_close(dz, dz_ref, rtol=tol, atol=tol)
 
 
 @pytest.mark.task6_2
@@ -381,7 +390,7 @@ def test_distillation_is_kl_plus_teacher_entropy(seed, N, V, T):
     assert loss == pytest.approx(kl + entropy, rel=1e-12)
     # the student equal to the teacher is the minimum: zero gradient
     _, c_eq = distillation_forward(np.log(tp) * T, tp, mask, temperature=T)
-    np.testing.assert_allclose(distillation_backward(1.0, c_eq), 0, atol=1e-14)
+    assert_close(distillation_backward(1.0, c_eq), 0, atol=1e-14)
 
 
 @pytest.mark.task6_2
@@ -448,4 +457,125 @@ def test_every_op_runs_in_float32_and_agrees_with_float64(backend):
     for name in o64:
         for a, b in zip(o32[name], o64[name]):
             assert a.dtype == np.float32 and b.dtype == np.float64, (name, a.dtype, b.dtype)
-            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=name)
+            assert_close(a, b, rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+# --- the attention core's cache: the contract between forward (2.2) and backward (2.3) --------
+
+CORE_CACHE_KEYS = ("q", "k", "v", "p", "cap", "scale", "softcap")
+
+
+def core_cache_by_the_equation(q, k, v, mask, scale, softcap):
+    """The cache attention_core_forward documents, built in float64 head by head: p of
+    shape (B, K, G, Tq, Tk), cap = {"t": tanh(s0 / softcap), "cap", "shape"} or None."""
+    B, H, Tq, Dh = q.shape
+    K, Tk = k.shape[1], k.shape[2]
+    G = H // K
+    s0 = np.zeros((B, K, G, Tq, Tk))
+    for h in range(H):
+        s0[:, h // G, h % G] = q[:, h] @ k[:, h // G].swapaxes(-1, -2) * scale
+    t = None if softcap is None else np.tanh(s0 / softcap)
+    s = s0 if softcap is None else softcap * t
+    allowed = np.ones((B, 1, 1, Tq, Tk), bool) if mask is None else mask[:, :, None]
+    e = np.where(allowed, np.exp(s - s.max(-1, keepdims=True)), 0.0)
+    denom = e.sum(-1, keepdims=True)
+    p = e / np.where(denom > 0, denom, 1.0)
+    cap = None if softcap is None else {"t": t, "cap": softcap, "shape": s0.shape}
+    return {"q": q, "k": k, "v": v, "p": p, "cap": cap, "scale": scale, "softcap": softcap}
+
+
+def core_backward_by_the_chain_rule(do, cache):
+    """(dq, dk, dv) from a cache of the documented layout, head by head in float64: what
+    attention_core_backward must compute from the same cache."""
+    q, k, v, p = (np.asarray(cache[n], np.float64) for n in ("q", "k", "v", "p"))
+    B, H, Tq, Dh = q.shape
+    K = k.shape[1]
+    G = H // K
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for h in range(H):
+        j, g = h // G, h % G
+        P, dO = p[:, j, g], do[:, h].astype(np.float64)  # (B, Tq, Tk), (B, Tq, Dh)
+        dv[:, j] += P.swapaxes(-1, -2) @ dO
+        dP = dO @ v[:, j].swapaxes(-1, -2)
+        ds = P * (dP - (P * dP).sum(-1, keepdims=True))
+        if cache["cap"] is not None:
+            t = np.asarray(cache["cap"]["t"], np.float64)[:, j, g]
+            ds = ds * (1 - t * t)
+        ds = ds * cache["scale"]
+        dq[:, h] = ds @ k[:, j]
+        dk[:, j] += ds.swapaxes(-1, -2) @ q[:, h]
+    return dq, dk, dv
+
+
+def _cache_case(seed, dims, data, dtype):
+    rng = np.random.default_rng(seed)
+    B, H, K, Tq, Tk, Dh = (dims[n] for n in ("B", "H", "K", "Tq", "Tk", "Dh"))
+    mask = data.draw(attention_masks(B, Tq, Tk))
+    q, k, v = (randn(rng, B, n, t, Dh, dtype=dtype) for n, t in ((H, Tq), (K, Tk), (K, Tk)))
+    softcap = data.draw(st.none() | st.sampled_from([1.0, 50.0]))
+    return q, k, v, mask, 0.5, softcap, randn(rng, B, H, Tq, Dh, dtype=dtype)
+
+
+@pytest.mark.task2_2
+@few
+@given(seed=seeds, dims=attention_dims(), data=st.data(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_core_cache_is_what_the_backward_reads(seed, dims, data, dtype):
+    """attention_core_forward's cache has the layout its docstring gives (the keys, p as
+    (B, K, G, Tq, Tk), the soft-cap's cache under "cap"): the backward, written by the
+    chain rule on that layout, gives the same gradients from it as from the cache built
+    by the equation."""
+    q, k, v, mask, scale, softcap, do = _cache_case(seed, dims, data, dtype)
+    _, cache = attn.attention_core_forward(q, k, v, mask, scale=scale, softcap=softcap)
+    missing = [n for n in CORE_CACHE_KEYS if n not in cache]
+    assert not missing, (f"attention_core_forward: the cache lacks {missing} (has "
+                         f"{sorted(cache)}); attention_core_backward reads {CORE_CACHE_KEYS}")
+    want = core_cache_by_the_equation(*(a.astype(np.float64) for a in (q, k, v)), mask, scale,
+                                      softcap)
+    for n, x in (("q", q), ("k", k), ("v", v)):
+        np.testing.assert_array_equal(cache[n], x, err_msg=f"cache[{n!r}] must be the input {n}")
+    assert (cache["scale"], cache["softcap"]) == (scale, softcap), (
+        f"cache['scale'], cache['softcap'] = {cache['scale']!r}, {cache['softcap']!r}; "
+        f"expected the arguments {scale!r}, {softcap!r}")
+    p = np.asarray(cache["p"])
+    assert p.shape == want["p"].shape, (
+        f"cache['p'] has shape {p.shape}; expected (B, K, G, Tq, Tk) = {want['p'].shape}")
+    assert_close(p, want["p"], **tol(dtype),
+                               err_msg="cache['p']: the probabilities, query head h at "
+                                       "[:, h // G, h % G], 0 on masked keys")
+    if softcap is None:
+        assert cache["cap"] is None, "cache['cap'] must be None when softcap is None"
+    else:
+        cap = cache["cap"]
+        assert isinstance(cap, dict) and "t" in cap and "shape" in cap, (
+            f"cache['cap'] must be softcap_forward's cache (a dict with 't' = tanh(s0 / "
+            f"softcap) and 'shape'); got {type(cap).__name__} "
+            f"{sorted(cap) if isinstance(cap, dict) else ''}")
+        assert_close(cap["t"], want["cap"]["t"], **tol(dtype),
+                                   err_msg="cache['cap']['t'] = tanh(s0 / softcap), "
+                                           "shape (B, K, G, Tq, Tk)")
+    got = core_backward_by_the_chain_rule(do, cache)
+    for name, a, b in zip(("dq", "dk", "dv"), got, core_backward_by_the_chain_rule(do, want)):
+        assert_close(a, b, **tol(dtype), err_msg=f"{name} from your cache")
+
+
+@pytest.mark.task2_3
+@few
+@given(seed=seeds, dims=attention_dims(), data=st.data(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_core_backward_reads_the_documented_cache(seed, dims, data, dtype):
+    """attention_core_backward works from any cache of the documented layout (here one
+    built by the equation, not by attention_core_forward) and returns gradients shaped
+    and typed like q, k, v."""
+    q, k, v, mask, scale, softcap, do = _cache_case(seed, dims, data, dtype)
+    cache = core_cache_by_the_equation(*(a.astype(np.float64) for a in (q, k, v)), mask, scale,
+                                       softcap)
+    cache = {n: (c.astype(dtype) if isinstance(c, np.ndarray) else c) for n, c in cache.items()}
+    if softcap is not None:
+        cache["cap"] = dict(cache["cap"], t=cache["cap"]["t"].astype(dtype))
+    got = attn.attention_core_backward(do, cache)
+    want = core_backward_by_the_chain_rule(do, cache)
+    for name, a, b, x in zip(("dq", "dk", "dv"), got, want, (q, k, v)):
+        assert a.shape == x.shape and a.dtype == x.dtype, (
+            f"{name}: shape {a.shape} dtype {a.dtype}; expected {x.shape} {x.dtype}")
+        assert_close(a, b, **tol(dtype), err_msg=f"{name}")

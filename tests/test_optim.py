@@ -18,6 +18,7 @@ from mini_encdec import ops
 from mini_encdec.nn.adamw import adamw_update
 from mini_encdec.training.schedules import constant, cosine, inverse_sqrt, learning_rate
 
+from .assertions import assert_close
 from .conftest import requires_twins
 
 
@@ -31,10 +32,10 @@ def test_one_adamw_step_equals_hand_computed_values():
     grads = {"w": np.array([0.5, -0.25]), "model.norm.weight": np.array([4.0])}
     opt = AdamW(params, OptimConfig(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.2))
     opt.step(params, grads, lr=0.1)
-    np.testing.assert_allclose(params["w"], [0.88 + 2e-9, -1.86 - 4e-9], rtol=0, atol=1e-15)
-    np.testing.assert_allclose(params["model.norm.weight"], [2.9 + 2.5e-10], rtol=0, atol=1e-15)
-    np.testing.assert_allclose(opt.m["w"], [0.05, -0.025], rtol=1e-15)
-    np.testing.assert_allclose(opt.v["w"], [0.00025, 0.0000625], rtol=1e-12)
+    assert_close(params["w"], [0.88 + 2e-9, -1.86 - 4e-9], rtol=0, atol=1e-15)
+    assert_close(params["model.norm.weight"], [2.9 + 2.5e-10], rtol=0, atol=1e-15)
+    assert_close(opt.m["w"], [0.05, -0.025], rtol=1e-15)
+    assert_close(opt.v["w"], [0.00025, 0.0000625], rtol=1e-12)
     assert opt.t == {"w": 1, "model.norm.weight": 1}
 
 
@@ -77,7 +78,7 @@ def test_adamw_update_is_the_equation(shape, steps, seed, dtype, lr, beta1, beta
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
     for name, got, w in zip("pmv", (p, m, v), want):
         assert got.dtype == dtype, name
-        np.testing.assert_allclose(got, w, **tol, err_msg=f"{name} after {steps} steps")
+        assert_close(got, w, **tol, err_msg=f"{name} after {steps} steps")
 
 
 @pytest.mark.task6_3
@@ -92,7 +93,7 @@ def test_weight_decay_is_decoupled_from_the_gradient(seed, t, lr, weight_decay):
     p, m, v = p0.copy(), np.zeros(5), np.zeros(5)
     adamw_update(p, np.zeros(5), m, v, lr=lr, beta1=0.9, beta2=0.999, eps=1e-8,
                  weight_decay=weight_decay, t=t)
-    np.testing.assert_allclose(p, p0 * (1 - lr * weight_decay), rtol=1e-13, atol=0,
+    assert_close(p, p0 * (1 - lr * weight_decay), rtol=1e-13, atol=0,
                                err_msg="a zero gradient must leave only the decay")
     np.testing.assert_array_equal(m, 0, err_msg="the decay must not enter the moments")
 
@@ -108,7 +109,7 @@ def test_bias_correction_makes_the_first_step_the_size_of_lr(seed, beta1, beta2)
     p, m, v = np.zeros(6), np.zeros(6), np.zeros(6)
     adamw_update(p, g, m, v, lr=0.01, beta1=beta1, beta2=beta2, eps=1e-12, weight_decay=0.0,
                  t=1)
-    np.testing.assert_allclose(-p, 0.01 * g / (np.abs(g) + 1e-12), rtol=1e-9,
+    assert_close(-p, 0.01 * g / (np.abs(g) + 1e-12), rtol=1e-9,
                                err_msg="step 1 of Adam must be about lr in every coordinate")
 
 
@@ -135,7 +136,7 @@ def test_three_adamw_steps_match_the_written_out_formula(backend):
     for g, lr in zip(grads, lrs):
         opt.step(params, {"layer.weight": g}, lr)
     want = _reference_adamw(p0, grads, lrs, 0.8, 0.9, 1e-6, 0.1)
-    np.testing.assert_allclose(params["layer.weight"], want, rtol=1e-13, atol=1e-15)
+    assert_close(params["layer.weight"], want, rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parity
@@ -152,7 +153,7 @@ def test_adamw_matches_torch():
         opt.step(params, {"w": g}, 0.01)
         tp.grad = torch.tensor(g)
         topt.step()
-    np.testing.assert_allclose(params["w"], tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+    assert_close(params["w"], tp.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
 def test_default_no_decay_skips_norms_and_embeddings():
@@ -166,12 +167,12 @@ def test_default_no_decay_skips_norms_and_embeddings():
     for n in names[:4]:
         np.testing.assert_array_equal(params[n], 1.0)
     for n in names[4:]:
-        np.testing.assert_allclose(params[n], 0.95, rtol=1e-6)
+        assert_close(params[n], 0.95, rtol=1e-6)
     # configurable: decay everything
     params = {n: np.ones(2, np.float32) for n in names}
     AdamW(params, OptimConfig(weight_decay=0.5, no_decay=())).step(params, zero, lr=0.1)
     for n in names:
-        np.testing.assert_allclose(params[n], 0.95, rtol=1e-6)
+        assert_close(params[n], 0.95, rtol=1e-6)
 
 
 def test_frozen_names_are_untouched_and_keep_their_own_step_count():
@@ -185,7 +186,7 @@ def test_frozen_names_are_untouched_and_keep_their_own_step_count():
     assert opt.t == {"a": 3, "b": 0}
     opt.step(params, grads, 0.01)
     # b's first update has the bias correction of t = 1: a full lr-sized step
-    np.testing.assert_allclose(params["b"], 1 * (1 - 0.01 * 0.1) - 0.01, rtol=1e-6)
+    assert_close(params["b"], 1 * (1 - 0.01 * 0.1) - 0.01, rtol=1e-6)
 
 
 def test_state_round_trip_and_mismatch_errors():
@@ -213,14 +214,14 @@ def test_clipping_bounds_the_global_norm_and_keeps_direction(n, max_norm, seed):
     assert after <= max_norm * (1 + 1e-9)
     scale = min(1.0, max_norm / (norm + 1e-6))
     for k in grads:
-        np.testing.assert_allclose(grads[k], before[k] * scale, rtol=1e-12)
+        assert_close(grads[k], before[k] * scale, rtol=1e-12)
 
 
 def test_clipping_only_scales_the_named_gradients_and_none_disables():
     grads = {"a": np.array([3.0, 4.0]), "b": np.array([100.0])}
     norm = clip_by_global_norm(grads, 1.0, names=["a"])
     assert norm == pytest.approx(5.0)
-    np.testing.assert_allclose(grads["a"], [0.6, 0.8], rtol=1e-6)
+    assert_close(grads["a"], [0.6, 0.8], rtol=1e-6)
     assert grads["b"][0] == 100.0
     assert clip_by_global_norm(grads, None) > 100 and grads["b"][0] == 100.0
 
@@ -230,7 +231,7 @@ def test_accumulate_averages():
     b = {"w": np.array([3.0, 6.0])}
     total = accumulate(None, a, 0.5)
     total = accumulate(total, b, 0.5)
-    np.testing.assert_allclose(total["w"], [2.0, 4.0])
+    assert_close(total["w"], [2.0, 4.0])
     assert a["w"][0] == 1.0  # inputs untouched
 
 
@@ -329,7 +330,7 @@ def test_fused_adamw_update_matches_the_numpy_reference(shape, dtype, t, weight_
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     for name, a, b in zip("pmv", fused, ref):
         assert a.dtype == b.dtype
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.max(np.abs(b)), err_msg=name)
+        assert_close(a, b, rtol=rtol, atol=rtol * np.max(np.abs(b)), err_msg=name)
 
 
 @requires_twins
@@ -349,7 +350,7 @@ def test_fused_adamw_update_is_parallel_and_thread_count_independent():
     (ref1, fused1), (ref2, fused2) = results
     for a, b, r in zip(fused1, fused2, ref1):
         np.testing.assert_array_equal(a, b)
-        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5 * np.max(np.abs(r)))
+        assert_close(a, r, rtol=1e-5, atol=1e-5 * np.max(np.abs(r)))
 
 
 @requires_twins

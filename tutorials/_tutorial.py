@@ -8,6 +8,9 @@ are skipped by tests/test_tutorials.py).
     out = output_dir()      where figure files go: $MINI_ENCDEC_TUTORIAL_OUT, else a fresh
                             temporary directory; never the repository
 
+In a student copy, importing this module limits BLAS to one thread unless
+OPENBLAS_NUM_THREADS (or OMP_/MKL_NUM_THREADS) is set.
+
 Run as a script (`python tutorials/03_adaptation.py`), a tutorial draws with the file-only
 "Agg" backend and `save` writes each figure to output_dir() and prints its path. Opened as
 a notebook (jupytext, tutorials/README.md), `save` displays the figure inline as a PNG
@@ -26,6 +29,27 @@ from pathlib import Path
 from typing import Optional
 
 _OUT_ENV = "MINI_ENCDEC_TUTORIAL_OUT"
+_THREAD_ENVS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _one_blas_thread_in_a_student_copy() -> bool:
+    """In a student copy (tutorials/assignments/blank.py writes STUDENT_COPY.json at its
+    root), limit BLAS to one thread unless a thread variable is set: the lab's timings
+    (tutorials/README.md) are measured so, and on a shared 2-core machine the default two
+    OpenBLAS threads make a tutorial 3-4 times slower. True when it did."""
+    if not (Path(__file__).resolve().parent.parent / "STUDENT_COPY.json").exists():
+        return False
+    if any(os.environ.get(v) for v in _THREAD_ENVS):
+        return False
+    try:
+        import threadpoolctl
+    except ImportError:
+        return False
+    threadpoolctl.threadpool_limits(1, user_api="blas")  # kept for the whole process
+    return True
+
+
+_one_blas_thread_in_a_student_copy()
 
 
 def in_notebook() -> bool:

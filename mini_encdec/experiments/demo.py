@@ -211,35 +211,50 @@ def reading(results: dict) -> str:
     return "\n\n".join(out)
 
 
+def stage_panels(ed_arm: str) -> list:
+    """The panels of loss_curves.png, in order: (title, kind, [(run, label), ...]).
+    Only comparable quantities share a panel: the PrefixLM validation losses of both
+    models, measured on the same windows (Study.val); each training loss (its own
+    objective: causal LM, PrefixLM + KD, fine-tuning) is alone on its own axis."""
+    ed, dec = ARM_LABELS[ed_arm], ARM_LABELS["dec"]
+    return [
+        ("1. parent pre-training: training loss (causal LM)", "loss",
+         [("parent", "decoder-only parent")]),
+        ("2. extra budget: PrefixLM validation loss,\nthe same windows for both models",
+         "val_loss", [(ed_arm, ed), ("dec", dec)]),
+        (f"3. extra budget: training loss of\n{ed}", "loss", [(ed_arm, ed)]),
+        (f"4. extra budget: training loss of\n{dec}", "loss", [("dec", dec)]),
+        ("5. fine-tuning (reply + genre): training loss\nof the encoder-decoder", "loss",
+         [(f"finetune_{ed_arm}@extra", "encoder-decoder")]),
+        ("6. fine-tuning (reply + genre): training loss\nof the decoder-only model", "loss",
+         [("finetune_dec@extra", "decoder-only")]),
+    ]
+
+
 def plot_stages(out: Path, seed: int, ed_arm: str) -> Optional[Path]:
-    """The training stages' loss curves in one PNG (None without matplotlib)."""
+    """The training stages' loss curves in one PNG (None without matplotlib): the panels
+    of stage_panels, numbered in order, each training loss on its own axis."""
     from ..plots import new_figure
     from .study import _read_metrics
-    fig = new_figure((12, 4))
+    panels = stage_panels(ed_arm)
+    fig = new_figure((13, 7.5))
     if fig is None:
         return None
     runs = out / "runs" / f"seed{seed}"
-    axes = fig.subplots(1, 3)
-    groups = [("1. pre-training the parent", [("parent", "decoder-only causal LM")]),
-              ("3. the extra budget (training loss; o: PrefixLM validation loss)",
-               [(ed_arm, ARM_LABELS[ed_arm]), ("dec", ARM_LABELS["dec"])]),
-              ("4. fine-tuning on reply + genre",
-               [(f"finetune_{ed_arm}@extra", "encoder-decoder"),
-                ("finetune_dec@extra", "decoder-only")])]
-    for ax, (title, runs_) in zip(axes, groups):
+    axes = fig.subplots(2, 3).ravel()
+    for ax, (title, key, runs_) in zip(axes, panels):
         for name, label in runs_:
-            recs = _read_metrics(runs / name)
-            pts = [(r["step"], r["loss"]) for r in recs if "loss" in r]
-            val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+            pts = [(r["step"], r[key]) for r in _read_metrics(runs / name) if key in r]
             if pts:
-                line, = ax.plot(*zip(*pts), label=label, linewidth=1)
-                if val:
-                    ax.plot(*zip(*val), "o", color=line.get_color(), markersize=3)
+                style = "o-" if key == "val_loss" else "-"
+                ax.plot(*zip(*pts), style, label=label, linewidth=1, markersize=3)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("update")
+        ax.set_ylabel("validation loss (nats / token)" if key == "val_loss"
+                      else "training loss (nats / token)", fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("loss (nats / token)")
+        if len(runs_) > 1 and ax.get_lines():
+            ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "loss_curves.png"
     fig.savefig(path)

@@ -71,8 +71,18 @@ def check_core_inputs(q, k, v, mask, scale, softcap, fn):
 
 def attention_core_forward(q, k, v, mask, *, scale, softcap):
     """q (B, H, Tq, Dh), k/v (B, K, Tk, Dh), mask (B|1, 1, Tq, Tk) bool or None (all keys)
-    -> o (B, H, Tq, Dh). Returns (o, cache); the cache keeps q, k, v, the probabilities p
-    and the soft-cap's cache (tanh(s0 / softcap))."""
+    -> o (B, H, Tq, Dh) in q's dtype. Query head h reads key/value head h // G, G = H // K.
+
+    Returns (o, cache). attention_core_backward reads the cache, so its layout is part of
+    the contract (graded by task 2.2's test_core_cache_is_what_the_backward_reads):
+      cache["q"], cache["k"], cache["v"]: the inputs, unchanged;
+      cache["p"]: the probabilities, shape (B, K, G, Tq, Tk) (query head h at
+          [:, h // G, h % G]), q's dtype, exactly 0 on masked keys and on rows with no
+          allowed key;
+      cache["cap"]: the soft-cap's cache of s0 = (q . k) * scale as softcap_forward
+          returns it (a dict with "t" = tanh(s0 / softcap) of shape (B, K, G, Tq, Tk),
+          "cap", "shape"), or None when softcap is None;
+      cache["scale"], cache["softcap"]: the two numbers given."""
     fn = "attention_core_forward"
     mask, scale, softcap = check_core_inputs(q, k, v, mask, scale, softcap, fn)
     B, H, Tq, Dh = q.shape
@@ -105,7 +115,11 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
 
 
 def attention_core_backward(do, cache):
-    """Returns (dq, dk, dv). Masked keys and empty rows get exactly zero gradient."""
+    """do (B, H, Tq, Dh), the cache of attention_core_forward (its docstring gives the
+    layout: q, k, v, p, cap, scale) -> (dq, dk, dv), shaped and typed like q, k, v. Masked
+    keys and empty rows get exactly zero gradient. Reads only the cache, so it must work
+    on any cache of that layout (graded by task 2.3's
+    test_core_backward_reads_the_documented_cache)."""
     q, k, v, p = cache["q"], cache["k"], cache["v"], cache["p"]
     check_float(do, "do", fn="attention_core_backward")
     check_shape(do, "do", q.shape, fn="attention_core_backward")

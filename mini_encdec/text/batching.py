@@ -144,7 +144,13 @@ def teacher_fields(examples: Sequence[Example], encoder_length: int, decoder_len
 
 
 def collate_decoder(examples: Sequence[Example], length: int, *, pad_id: int = 0) -> dict:
-    """Decoder-only batch of length L: x = inputs ++ targets (len(x) <= L + 1)."""
+    """Decoder-only batch of length L: x = inputs ++ targets (len(x) <= L + 1).
+
+    Returns int64 arrays of shape (batch, L): input_ids = x[:L] right-padded with pad_id;
+    attention_mask 1 on every real token of x[:L] (inputs and targets), 0 on padding;
+    labels[t] = x[t + 1] where x[t + 1] is a target (t from len(inputs) - 1 to
+    len(x) - 2), -100 elsewhere. When the window is full (len(x) == L + 1) x[L] is not an
+    input but is still the label of the last position: every target is predicted once."""
     b = len(examples)
     input_ids = np.full((b, length), pad_id, dtype=np.int64)
     attention_mask = np.zeros((b, length), dtype=np.int64)

@@ -80,6 +80,23 @@ _TARGET = re.compile(r"^model\.(encoder|decoder)\.(?:layers\.(\d+)\.)?(.+)$")
 
 
 def _origin(target: str, balanced: bool) -> Origin:
+    """The initialiser of the encoder-decoder tensor `target` (T5Gemma naming, e.g.
+    "model.decoder.layers.1.cross_attn.q_proj.weight"), SPEC.md section 3.
+
+    Returns Origin(source, key) for a copy, or Origin(None, init=...) for a fresh tensor:
+    - source: "A" for every encoder tensor, and for every decoder tensor when `balanced`
+      (one source model); "B" for the decoder's tensors when not balanced (two sources).
+    - key: the Gemma2ForCausalLM key of the same layer: "model.embed_tokens.weight" and
+      "model.norm.weight" for the layer-less tensors; self_attn.* and mlp.* keep their
+      names; the norms are renamed (pre_self_attn_layernorm <- input_layernorm,
+      post_self_attn_layernorm <- post_attention_layernorm, the feed-forward norms keep
+      theirs); balanced, cross_attn.X copies self_attn.X and the cross-attention norms copy
+      the self-attention norms of the same layer.
+    - unbalanced (balanced False), the cross-attention has no source of the right shape:
+      cross_attn.* is fresh, Origin(None, init="normal"), and pre/post_cross_attn_layernorm
+      are fresh zeros, Origin(None, init="zeros").
+    A target that does not match model.(encoder|decoder).[layers.N.]piece raises AdaptError.
+    """
     m = _TARGET.match(target)
     if m is None:
         raise AdaptError(f"adaptation_plan: unexpected target key {target!r}")

@@ -24,8 +24,11 @@ instead of finding the original kernels elsewhere (e.g. through an editable inst
 the original repository). The tests of the twins, of the backend switch, of the thread
 policy and of the allocator setting are left out; the tests in the copy run the NumPy backend only. `--keep-kernels` keeps everything.
 
-Every copy has a STUDENT_COPY.json at its root (the tasks blanked, what was left out);
-tests/conftest.py reads it, makes sure the copy's own package is the one imported, and
+Every copy has a STUDENT_COPY.json at its root (the tasks blanked, what was left out, the
+functions of every task) and GitHub Classroom's autograding configuration,
+.github/classroom/autograding.json (one test per blanked task, --points each) with the
+workflow that runs it (.github/workflows/classroom.yml);
+tests/conftest.py reads STUDENT_COPY.json, makes sure the copy's own package is the one imported, and
 selects the NumPy backend when the twins are left out.
 
 TASKS below is the authoritative list: task -> (title, [(module, function), ...]); a
@@ -152,6 +155,44 @@ package exports no twin and the numba backend fails loudly (mini_encdec.ops rais
 KernelImportError); the tests select the NumPy backend (tests/conftest.py). Only the
 files of the kernel tasks blanked in this copy are here (STUDENT_COPY.json)."""
 '''
+
+
+# GitHub Classroom's autograding configuration, written into every copy (never into this
+# repository): one test per blanked task, the README's grading command, points per task.
+CLASSROOM_CONFIG = ".github/classroom/autograding.json"
+CLASSROOM_WORKFLOW = ".github/workflows/classroom.yml"
+CLASSROOM_SETUP = "python -m pip install -q -e . pytest hypothesis"
+CLASSROOM_WORKFLOW_TEXT = """name: Autograding
+on: [push, workflow_dispatch]
+permissions:
+  checks: write
+  actions: read
+  contents: read
+jobs:
+  autograding:
+    runs-on: ubuntu-latest
+    if: github.actor != 'github-classroom[bot]'
+    steps:
+      - uses: actions/checkout@v4
+      - uses: actions/setup-python@v5
+        with:
+          python-version: "3.11"
+      - uses: education/autograding@v1
+"""
+
+
+def classroom_config(tasks, points: int = 10, timeout_minutes: int = 10) -> dict:
+    """The autograding.json of GitHub Classroom (education/autograding): per task, a test
+    that runs `python -m pytest -m <task>` and passes when pytest exits 0."""
+    tests = []
+    for i, task in enumerate(tasks):
+        tests.append({
+            "name": f"task {task[4:].replace('_', '.')}: {TASKS[task][0]}",
+            "setup": CLASSROOM_SETUP if i == 0 else "",
+            "run": f"OPENBLAS_NUM_THREADS=1 python -m pytest -m {task} -p no:cacheprovider",
+            "input": "", "output": "", "comparison": "included",
+            "timeout": timeout_minutes, "points": points})
+    return {"tests": tests}
 
 
 # --- what is kept of a blanked body: the docstring and the input checks ----------------------
@@ -289,7 +330,8 @@ def kernel_files(tasks) -> list:
     return out
 
 
-def make_student_copy(out: Path, tasks, keep_kernels: bool = False, blank: bool = True) -> list:
+def make_student_copy(out: Path, tasks, keep_kernels: bool = False, blank: bool = True,
+                      points: int = 10) -> list:
     """Copy the repository to `out` and blank the functions of `tasks`. Returns the list
     of (file, function) blanked. blank=False makes the same copy (the same files left
     out) without blanking anything: the answer, for checking the graders."""
@@ -326,8 +368,17 @@ def make_student_copy(out: Path, tasks, keep_kernels: bool = False, blank: bool 
             done.append((path.relative_to(out).as_posix(), name))
         path.write_text(source, encoding="utf-8")
     marker = {"tasks": list(tasks) if blank else [], "kernels": kept_kernels,
-              "grade": "python -m pytest -m <task>  (tutorials/assignments/README.md)"}
+              "grade": "python -m pytest -m <task>  (tutorials/assignments/README.md)",
+              # the functions of every task, named in the report of a failing test
+              "functions": {t: [name for _, name in fs] for t, (_, fs) in TASKS.items()}}
     (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+    config = out / CLASSROOM_CONFIG
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(classroom_config(list(tasks) or list(TASKS), points), indent=1)
+                      + "\n", encoding="utf-8")
+    workflow = out / CLASSROOM_WORKFLOW
+    workflow.parent.mkdir(parents=True, exist_ok=True)
+    workflow.write_text(CLASSROOM_WORKFLOW_TEXT, encoding="utf-8")
     return done
 
 
@@ -336,6 +387,8 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true", help="list the tasks and their functions")
     ap.add_argument("--out", type=Path, help="new directory for the student copy")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), help="tasks to blank (default all)")
+    ap.add_argument("--points", type=int, default=10,
+                    help="points per task in the GitHub Classroom configuration (default 10)")
     ap.add_argument("--keep-kernels", action="store_true",
                     help="keep all of mini_encdec/kernels (the Numba twins) in the copy")
     args = ap.parse_args(argv)
@@ -346,13 +399,15 @@ def main(argv=None) -> int:
                 print(f"         {module}.{name}")
         return 0
     try:
-        done = make_student_copy(args.out, args.tasks, args.keep_kernels)
+        done = make_student_copy(args.out, args.tasks, args.keep_kernels, points=args.points)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path, name in done:
         print(f"blanked {path}: {name}")
-    print(f"student copy in {args.out}; grade with: python -m pytest -m <task>")
+    print(f"student copy in {args.out}; grade with: python -m pytest -m <task>; points as "
+          f"Gradescope's results.json: python tutorials/assignments/grade.py; GitHub "
+          f"Classroom's configuration: {CLASSROOM_CONFIG}")
     return 0
 
 

@@ -120,6 +120,13 @@ MUTANTS = [
       (NN + "attention.py",
        "row_max = np.where(np.isfinite(row_max), row_max, 0).astype(q.dtype, copy=False)",
        "row_max = row_max")),
+    M("core_cache_private_keys", "task2_2", "the cache stores tanh(s0 / softcap) as \"tanh\" "
+      "and leaves out \"scale\" (the backward reads cache[\"cap\"][\"t\"] and cache[\"scale\"])",
+      (NN + "attention.py", '"p": p, "cap": c_cap, "scale": scale, "softcap": softcap}',
+       '"p": p, "tanh": None if c_cap is None else c_cap["t"], "softcap": softcap}')),
+    M("core_softmax_no_max", "task2_2", "softmax without subtracting the row maximum "
+      "(overflows to inf / inf = NaN for large scores)",
+      (NN + "attention.py", "e = np.exp(s2 - row_max)", "e = np.exp(s2)")),
     # --- 2.3 attention core backward
     M("core_grad_softcap", "task2_3", "attention backward forgets the soft-cap derivative",
       (NN + "attention.py", "ds = softcap_backward(ds, cache[\"cap\"])", "ds = ds")),
@@ -127,6 +134,12 @@ MUTANTS = [
       "key/value head",
       (NN + "attention.py", "dk = np.sum(ds.swapaxes(-1, -2) @ qg, axis=2)",
        "dk = (ds.swapaxes(-1, -2) @ qg)[:, :, 0]")),
+    M("core_backward_private_cache", "task2_3", "forward and backward agree on a private "
+      "cache layout (t at the top level) instead of the documented one",
+      (NN + "attention.py", '"p": p, "cap": c_cap, "scale": scale,',
+       '"p": p, "t": None if c_cap is None else c_cap["t"], "scale": scale,'),
+      (NN + "attention.py", 'if cache["cap"] is not None:\n        ds = softcap_backward(ds, cache["cap"])',
+       'if cache["t"] is not None:\n        ds = ds * (1 - cache["t"] * cache["t"])')),
     # --- 2.4 attention layer
     M("layer_rope_values", "task2_4", "RoPE applied to the values too",
       (NN + "attention.py", "        k, c_rk = rotate(k, *rope_k)\n",
@@ -184,12 +197,23 @@ MUTANTS = [
       ("mini_encdec/text/batching.py", "decoder_input_ids[i, 0] = bos_id                # shifted right with BOS\n"
        "        decoder_input_ids[i, 1:n] = ex.targets[:-1]",
        "decoder_input_ids[i, :n] = ex.targets")),
+    M("decoder_drops_last_target", "task3_5", "decoder-only batch drops the last target "
+      "when the window is full",
+      ("mini_encdec/text/batching.py", "last = len(x) - 1 ", "last = m - 1 ")),
+    M("decoder_mask_inputs_only", "task3_5", "decoder-only attention mask covers only the inputs",
+      ("mini_encdec/text/batching.py", "attention_mask[i, :m] = 1",
+       "attention_mask[i, :len(ex.inputs)] = 1")),
     # --- 4.1 adaptation
     M("adapt_fresh_cross", "task4_1", "balanced adaptation initialises cross-attention "
       "freshly instead of from self-attention",
       ("mini_encdec/training/adapt_mapping.py",
        "        if not balanced:\n            return Origin(None, init=\"normal\")\n",
        "        return Origin(None, init=\"normal\")\n")),
+    M("adapt_unbalanced_cross_norm_copied", "task4_1", "unbalanced adaptation copies the "
+      "cross-attention norms from B's self-attention norms instead of fresh zeros",
+      ("mini_encdec/training/adapt_mapping.py",
+       '        if "cross" in name and not balanced:\n            return Origin(None, init="zeros")\n',
+       "")),
     # --- 5.1 the encoder-decoder forward
     M("cross_rope", "task5_1", "RoPE in cross-attention (decoder positions on the queries, "
       "encoder positions on the keys)",
@@ -249,6 +273,14 @@ MUTANTS = [
     M("buffer_keeps_one_more", "task5_3", "the window buffer keeps keep + 1 entries",
       (MODELS + "window_buffer.py", "self.start = max(self.start, self.end - self.keep)",
        "self.start = max(self.start, self.end - self.keep - 1)")),
+    M("buffer_grows_once", "task5_3", "the window buffer doubles once even when one append "
+      "needs more than twice its capacity",
+      (MODELS + "window_buffer.py", "shape[self.axis] = max(2 * capacity, 2 * (live + n))",
+       "shape[self.axis] = 2 * capacity")),
+    M("generate_from_pad", "task5_3", "encoder-decoder generation starts the decoder from pad, "
+      "not BOS",
+      (MODELS + "generate.py", "bos = np.full((len(seqs), 1), cfg.bos_token_id,",
+       "bos = np.full((len(seqs), 1), cfg.pad_token_id,")),
     # --- 5.4 classification head
     M("pool_last_position", "task5_4", "the head reads the last position, padding or not",
       (MODELS + "classifier.py", "return np.argmax(np.arange(S) * not_pad, axis=1)",
@@ -298,6 +330,10 @@ MUTANTS = [
       ("mini_encdec/kernels/rmsnorm.py",
        "_forward_rows((c * N) // nchunks, ((c + 1) * N) // nchunks, x, w, eps, y, rstd)",
        "_forward_rows((c * N) // nchunks, ((c + 1) * N) // nchunks - 1, x, w, eps, y, rstd)")),
+    M("kernel_shared_dw_row", "task7_1", "every prange chunk adds its dw into the same row "
+      "(a race between threads)",
+      ("mini_encdec/kernels/rmsnorm.py", "                       dw_part[c])",
+       "                       dw_part[0])")),
 ]
 BY_NAME = {m.name: m for m in MUTANTS}
 # the mutants tests/test_assignment_tool.py runs by default (the rest under -m slow)
