@@ -10,8 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from mini_encdec.training.adapt import (AdaptError, DEFAULT_UNBALANCED_WARMUP, Origin, _origin,
-                                       adapt, adapt_command, adapt_params, adaptation_mapping)
+from mini_encdec.training.adapt import (AdaptError, DEFAULT_UNBALANCED_WARMUP, adapt,
+                                       adapt_command, adapt_params, adaptation_mapping)
+from mini_encdec.training.adapt_mapping import Origin, _origin
 from mini_encdec.storage.checkpoint import load_model, save_model
 from mini_encdec.config import GemmaConfig
 from mini_encdec.storage.interop import load_hf, save_hf
