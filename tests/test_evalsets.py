@@ -36,3 +36,13 @@ def test_spread_eval_batches_take_windows_from_every_stream():
     enc = spread_eval_batches(streams, prefix, arch="encdec", **kw)
     for d, e in zip(dec, enc):
         assert np.array_equal(d["input_ids"][:, :8], e["input_ids"])
+
+
+def test_play_streams_are_the_packed_split_cut_at_each_play():
+    from mini_encdec.experiments.evalsets import play_streams
+    from mini_encdec.text.batching import corpus_stream
+    tok = load_tokenizer()
+    streams = play_streams("validation", tok)
+    assert len(streams) == 6 and all(ids[-1] == tok.eos_id for _, ids in streams)
+    assert np.array_equal(np.concatenate([ids for _, ids in streams]),
+                          corpus_stream("validation", tok))

@@ -23,8 +23,8 @@ from ..validate import argument, check_int
 def play_streams(split: str, tokenizer) -> list:
     """[(slug, token ids of the play + EOS)] for every play of `split`, in play order."""
     from ..text.corpus import play_paths
-    return [(p.stem, np.asarray(tokenizer.encode(p.read_text(encoding="utf-8")) +
-                                [tokenizer.eos_id], dtype=np.int64))
+    return [(p.stem, np.append(np.asarray(tokenizer.encode(p.read_text(encoding="utf-8")),
+                                          dtype=np.int64), tokenizer.eos_id))
             for p in play_paths(split)]
 
 

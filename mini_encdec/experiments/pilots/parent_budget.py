@@ -49,7 +49,7 @@ import numpy as np
 
 from ..evalsets import play_streams, spread_eval_batches
 
-BUDGETS = (500, 1000, 2000, 3000, 4500, 6000)
+BUDGETS = (500, 1000, 2000, 3000, 4000)
 LR = 3e-3
 WARMUP = 50
 HALF = 64                 # S = T = 64: the parent reads 2 * 64 tokens
