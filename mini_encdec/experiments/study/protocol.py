@@ -1,0 +1,135 @@
+"""`python -m mini_encdec study`: the paper's claims reproduced at tiny scale, one named
+experiment per claim, several seeds, a significance test, a claims table.
+
+THE PROTOCOL (fixed before any result of the study was looked at)
+
+Per seed s (every arm of a seed shares the parent, the data order and the evaluation
+examples; the seeds differ in initialisation, data order and example subsamples):
+
+  parent       decoder-only Gemma 2 (`preset`), causal LM, `parent_steps` updates,
+               cosine schedule at `lr`
+  big_parent   a wider and deeper decoder-only model (`big_overrides`), same recipe: the
+               encoder source of the unbalanced arms (E4)
+
+  Continued pre-training: every arm below gets the same extra budget of `extra_steps`
+  updates of `batch_size` windows of about 2 * half tokens from the training plays (the
+  PrefixLM arms of a seed read the same windows in the same order; the causal-LM window is
+  one token longer and UL2's has its own length, so those arms draw their own windows of
+  the same plays), AdamW at `extra_lr`, constant after
+  a linear warmup (constant, so that a checkpoint on the way is a legitimate smaller
+  budget, E6). The arms trained from scratch use the parent's pre-training rate `lr`.
+
+  dec              the parent, causal LM over both halves        (tokens seen matched)
+  dec_prefix       the parent, PrefixLM loss on the second half only (loss-bearing tokens
+                   and objective matched)
+  ed_kd            adapt(parent), PrefixLM + distillation from the frozen parent
+                   (kd_alpha, kd_temperature of TrainConfig)
+  ed_prefix        adapt(parent), PrefixLM
+  ed_ul2           adapt(parent), UL2 (the 7 denoisers, SPEC 4)
+  ed_scratch       a fresh encoder-decoder of the same shape, PrefixLM, at `lr`
+  ed_causal        adapt(parent) with a causal encoder (decoder-style masks), PrefixLM
+  ed_unbal_warm    encoder from big_parent, decoder from parent, fresh cross-attention,
+                   only cross-attention trains for the first extra_steps // 8 updates,
+                   PrefixLM
+  ed_unbal_nowarm  the same without the warmup
+
+  dec and ed_kd continue to `sweep_steps` updates (E6), checkpointed at extra_steps.
+
+  Fine-tuning (downstream.py), identical for every arm (no cross-attention warmup: that
+  belongs to adaptation): the generation model on the reply
+  + genre-as-text mixture (`finetune_steps` at `finetune_lr`, cosine), and the
+  classification probe on genre (`probe_steps` at `finetune_lr`). Nobody tunes anything
+  per arm: the rates above are the same for both architectures and were fixed here.
+
+  Evaluation on the validation plays: the PrefixLM validation loss (target NLL of the
+  second half of a window given the first; the same windows for both architectures);
+  reply NLL per token; reply ROUGE-L of greedy replies; genre accuracy by rank
+  classification and by the probe; baselines beside them (downstream.baselines).
+  Inference cost (downstream.inference_cost): FLOPs per request and per generated token at
+  the same prompt and the same forced output length, and measured latency (seed 0's models,
+  median of `latency_repeats`, with the load average).
+
+  Statistics: for each claim, arm a vs arm b seed by seed, mean and standard deviation
+  over seeds and a two-sided paired t-test (stats.py); verdict "reproduced" when the
+  paper's direction holds with p < 0.05, "not reproduced" when the opposite direction
+  does, "inconclusive" otherwise.
+
+The experiments (the claims, from SPEC section 6 and the paper's abstract):
+  E1 adaptation vs the same encoder-decoder from scratch, same PrefixLM budget
+  E2 adapted encoder-decoder vs its decoder-only parent given the same extra budget, at
+     about the same inference FLOPs: after pre-training and after fine-tuning (generation
+     task and classification probe)
+  E3 objectives: PrefixLM, PrefixLM + KD, UL2, on the generation task and on the probe
+  E4 unbalanced (encoder from a larger parent) vs balanced at similar decoding cost, with
+     and without the cross-attention warmup
+  E5 bidirectional vs causal encoder
+  E6 budget sweep: PrefixLM loss along the way (matched by tokens seen and by loss-bearing
+     tokens) and the fine-tuned tasks at budgets 0, extra_steps and sweep_steps
+
+Everything is cached in the output directory (models, each training run's checkpoints,
+each finished unit's results), so an interrupted study resumes where it stopped
+(`--resume`). Writes results.md, results.json, loss_curves.png, quality_vs_flops.png.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HELP = ("the paper's claims at tiny scale: experiments E1-E6 over several seeds, with a "
+        "claims table")  # its line in `python -m mini_encdec --help`
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """The budget of a study (a scale, optionally overridden)."""
+
+    preset: str = "tiny"
+    big_overrides: tuple = (("hidden_size", 192), ("num_hidden_layers", 4),
+                            ("intermediate_size", 576), ("head_dim", 48))
+    half: int = 64                # S = T; the decoder-only model sees 2 * half tokens
+    batch_size: int = 16
+    parent_steps: int = 600
+    extra_steps: int = 300
+    sweep_steps: int = 600
+    finetune_steps: int = 150
+    probe_steps: int = 100
+    lr: float = 3e-3              # pre-training from scratch
+    extra_lr: float = 1e-3        # continued pre-training (constant after warmup)
+    finetune_lr: float = 1e-3
+    eval_every: int = 75          # PrefixLM validation loss along the continued pre-training
+    eval_batches: int = 8
+    train_examples: int = 2400    # reply examples in the fine-tuning mixture (+ half genre)
+    eval_examples: int = 160
+    generate_examples: int = 32
+    new_tokens: int = 32
+    latency_repeats: int = 3
+    seeds: tuple = (0, 1, 2)
+
+    @property
+    def warmup_steps(self) -> int:
+        """Cross-attention warmup of the unbalanced arm (the paper: 1K of its budget)."""
+        return max(1, self.extra_steps // 8)
+
+
+SCALES = {
+    "full": StudyPlan(),
+    "quick": StudyPlan(half=16, batch_size=4, parent_steps=8, extra_steps=4, sweep_steps=8,
+                       finetune_steps=4, probe_steps=4, eval_every=4, eval_batches=1,
+                       train_examples=32, eval_examples=12, generate_examples=2,
+                       new_tokens=4, latency_repeats=1, seeds=(0, 1),
+                       big_overrides=(("hidden_size", 160), ("num_hidden_layers", 3))),
+}
+
+ARMS = ("dec", "dec_prefix", "ed_kd", "ed_prefix", "ed_ul2", "ed_scratch", "ed_causal",
+        "ed_unbal_warm", "ed_unbal_nowarm")
+SWEEP_ARMS = ("dec", "ed_kd")  # E6: continued to sweep_steps
+ARM_LABELS = {
+    "dec": "decoder-only, causal LM", "dec_prefix": "decoder-only, PrefixLM loss",
+    "ed_kd": "adapted, PrefixLM + KD", "ed_prefix": "adapted, PrefixLM",
+    "ed_ul2": "adapted, UL2", "ed_scratch": "from scratch, PrefixLM",
+    "ed_causal": "adapted, causal encoder", "ed_unbal_warm": "unbalanced, warmup",
+    "ed_unbal_nowarm": "unbalanced, no warmup",
+}
+

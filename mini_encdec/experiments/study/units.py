@@ -1,0 +1,303 @@
+"""The study's units: the models of the protocol (protocol.py) built, trained and
+evaluated once each, every finished one cached under the study directory, so an
+interrupted study resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .. import downstream
+from ...config import EncDecConfig, count_parameters, preset
+from ...models import build_model
+from ...objectives import make_objective
+from ...storage.checkpoint import atomic_write_json, load_model, save_model
+from ...text.batching import corpus_stream, eval_batches, make_batcher
+from ...text.tokenizer import load_tokenizer
+from ...training.adapt import adapt
+from ...training.optim import OptimConfig
+from ...training.train import TrainConfig, evaluate, train
+from .protocol import ARM_LABELS, ARMS, SWEEP_ARMS, StudyPlan
+
+# --- the causal-encoder ablation (E5) --------------------------------------------------------------
+
+def causal_encoder(model):
+    """`model` (an EncDecLM) switched to decoder-style (causal) masks in its encoder, for
+    training, generation and a probe built on it alike: the paper's causal-encoder
+    ablation (EncDecLM.causal_encoder)."""
+    model.causal_encoder = True
+    return model
+
+
+# --- the study -------------------------------------------------------------------------------------
+
+class Study:
+    """Runs the units of the protocol, caching every finished one under `out`."""
+
+    def __init__(self, out: Path, plan: StudyPlan, progress: bool = True):
+        self.out, self.plan, self.progress = out, plan, progress
+        self.tok = load_tokenizer()
+        self._data: dict = {}
+        self._val: Optional[dict] = None
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def say(self, *a) -> None:
+        if self.progress:
+            print(*a, flush=True)
+
+    def cached(self, name: str, fn: Callable[[], dict]) -> dict:
+        """fn()'s JSON result, computed once: results/<name>.json."""
+        path = self.out / "results" / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        t0 = time.perf_counter()
+        res = fn()
+        res["seconds"] = time.perf_counter() - t0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, res)
+        return res
+
+    def model_path(self, seed: int, name: str) -> Path:
+        return self.out / "models" / f"seed{seed}" / name
+
+    def saved(self, seed: int, name: str, build: Callable[[], object]):
+        """The model `name` of `seed`, built by `build()` once and then loaded."""
+        path = self.model_path(seed, name)
+        if (path / "config.json").is_file():
+            model = load_model(path)
+        else:
+            model = build()
+            save_model(path, model.config, model.params)
+        return causal_encoder(model) if name.startswith("ed_causal") else model
+
+    # --- shared inputs ------------------------------------------------------------------
+    def config(self, big: bool = False):
+        over = dict(self.plan.big_overrides) if big else {}
+        return preset(self.plan.preset, vocab_size=self.tok.vocab_size, **over)
+
+    def batch_kw(self, seed: int) -> dict:
+        p = self.plan
+        return dict(batch_size=p.batch_size, encoder_length=p.half, decoder_length=p.half,
+                    seed=seed)
+
+    def val(self) -> dict:
+        """The PrefixLM validation batches of each architecture (the same windows)."""
+        if self._val is None:
+            stream = corpus_stream("validation", self.tok)
+            prefix = make_objective("prefix_lm", self.tok)
+            self._val = {arch: eval_batches(stream, prefix, arch=arch,
+                                            max_batches=self.plan.eval_batches,
+                                            **self.batch_kw(0))
+                         for arch in ("encdec", "decoder")}
+        return self._val
+
+    def data(self, seed: int) -> downstream.TaskData:
+        if seed not in self._data:
+            p = self.plan
+            self._data[seed] = downstream.build_task_data(
+                self.tok, encoder_length=p.half, decoder_length=p.half,
+                train_examples=p.train_examples, eval_examples=p.eval_examples,
+                generate_examples=p.generate_examples, seed=seed)
+        return self._data[seed]
+
+    def prefix_loss(self, model) -> float:
+        arch = "encdec" if hasattr(model, "enc_spec") else "decoder"
+        return float(evaluate(model, self.val()[arch])["loss"])
+
+    # --- training units -----------------------------------------------------------------
+    def _train(self, model, batches, steps: int, lr: float, run: str, *, schedule: str,
+               warmup: int, teacher=None, eval_batches=None):
+        p = self.plan
+        optim = OptimConfig(lr=lr, schedule=schedule, weight_decay=0.01, warmup_steps=warmup)
+        cfg = TrainConfig(steps=steps, eval_every=p.eval_every if eval_batches else 0,
+                          checkpoint_every=max(p.eval_every, 1), keep_checkpoints=2,
+                          plot=False)
+        return train(model, batches, optim=optim, config=cfg, run_dir=self.out / "runs" / run,
+                     teacher=teacher, eval_batches=eval_batches, resume=True,
+                     progress=self.progress, run_info={"study_unit": run})
+
+    def parent(self, seed: int, big: bool = False):
+        name = "big_parent" if big else "parent"
+
+        def build():
+            self.say(f"\n== seed {seed}: pre-train the {'big ' if big else ''}decoder-only "
+                     f"parent ({self.plan.parent_steps} steps)")
+            model = build_model(self.config(big), seed=seed + (1000 if big else 0))
+            batches = make_batcher("train", make_objective("causal_lm", self.tok), self.tok,
+                                   arch="decoder", **self.batch_kw(seed))
+            steps = self.plan.parent_steps
+            self._train(model, batches, steps, self.plan.lr, f"seed{seed}/{name}",
+                        schedule="cosine", warmup=downstream.warmup_steps_for(steps))
+            return model
+        return self.saved(seed, name, build)
+
+    def initial(self, seed: int, arm: str):
+        """The model an arm starts its continued pre-training from."""
+        if arm in ("dec", "dec_prefix"):
+            return self.parent(seed)
+        rng = np.random.default_rng([seed, 21])
+        if arm == "ed_scratch":
+            cfg = self.config()
+            return build_model(EncDecConfig(encoder=cfg, decoder=cfg), seed=seed + 2000)
+        if arm.startswith("ed_unbal"):
+            warm = self.plan.warmup_steps if arm == "ed_unbal_warm" else 0
+            return adapt(self.parent(seed, big=True), self.parent(seed), rng=rng,
+                         warmup_steps=warm)
+        model = adapt(self.parent(seed), rng=rng)
+        return causal_encoder(model) if arm == "ed_causal" else model
+
+    def pretrained(self, seed: int, arm: str, budget: str = "extra"):
+        """An arm after its continued pre-training: budget "zero" (the starting point),
+        "extra" (extra_steps) or "sweep" (sweep_steps; dec and ed_kd only)."""
+        if budget == "zero":
+            return self.initial(seed, arm)
+        if budget == "sweep" and not (self.model_path(seed, f"{arm}@extra") /
+                                      "config.json").is_file():
+            self.pretrained(seed, arm, "extra")  # the first extra_steps come first
+        steps = self.plan.sweep_steps if budget == "sweep" else self.plan.extra_steps
+        return self.saved(seed, f"{arm}@{budget}", lambda: self._continue(seed, arm, steps))
+
+    def _continue(self, seed: int, arm: str, steps: int):
+        p, tok = self.plan, self.tok
+        model = self.initial(seed, arm)
+        kw = self.batch_kw(seed)
+        teacher = None
+        if arm == "dec":
+            batches = make_batcher("train", make_objective("causal_lm", tok), tok,
+                                   arch="decoder", **kw)
+        elif arm == "dec_prefix":
+            batches = make_batcher("train", make_objective("prefix_lm", tok), tok,
+                                   arch="decoder", **kw)
+        elif arm == "ed_ul2":
+            batches = make_batcher("train", make_objective("ul2", tok), tok, arch="encdec",
+                                   **kw)
+        else:
+            kd = arm == "ed_kd"
+            batches = make_batcher("train", make_objective("prefix_lm", tok), tok,
+                                   arch="encdec", with_teacher=kd, **kw)
+            if kd:
+                parent = self.parent(seed)
+                teacher = build_model(parent.config, params=parent.params)
+        arch = "decoder" if arm.startswith("dec") else "encdec"
+        lr = p.lr if arm == "ed_scratch" else p.extra_lr
+        self.say(f"\n== seed {seed}: {ARM_LABELS[arm]}: continued pre-training to step "
+                 f"{steps}")
+        self._train(model, batches, steps, lr, f"seed{seed}/{arm}", schedule="constant",
+                    # the same warmup for the sweep's continuation of this run
+                    warmup=downstream.warmup_steps_for(p.extra_steps),
+                    teacher=teacher, eval_batches=self.val()[arch])
+        return model
+
+    def _text(self, ids) -> str:
+        """Token ids as text, without EOS and padding."""
+        return self.tok.decode([int(t) for t in ids if t not in (self.tok.eos_id,
+                                                                  self.tok.pad_id)])
+
+    # --- result units ------------------------------------------------------------------
+    def pretrain_result(self, seed: int, arm: str) -> dict:
+        """PrefixLM validation loss after the extra budget, and the curve along the way
+        (to the sweep's end for the SWEEP_ARMS: call pretrained(..., "sweep") first)."""
+        def run():
+            model = self.pretrained(seed, arm, "extra")
+            return {"prefix_val_loss": self.prefix_loss(model),
+                    "prefix_val_loss_at_start": self.prefix_loss(self.initial(seed, arm)),
+                    "curve": _val_curve(self.out / "runs" / f"seed{seed}" / arm)}
+        return self.cached(f"seed{seed}/pretrain_{arm}", run)
+
+    def finetune_result(self, seed: int, arm: str, budget: str = "extra") -> dict:
+        """Fine-tuned metrics of an arm at a budget (generation model and probe)."""
+        def run():
+            p = self.plan
+            arch = "decoder" if arm.startswith("dec") else "encdec"
+            data = self.data(seed)
+            model = self.pretrained(seed, arm, budget)
+            runs = self.out / "runs" / f"seed{seed}"
+            res = {"prefix_val_loss": self.prefix_loss(model)}
+            self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): fine-tune the "
+                     f"classification probe")
+            clf, _ = downstream.finetune_probe(model, data, steps=p.probe_steps,
+                                               lr=p.finetune_lr, batch_size=p.batch_size,
+                                               seed=seed, progress=self.progress,
+                                               run_dir=runs / f"probe_{arm}@{budget}")
+            res["genre_probe_accuracy"] = downstream.probe_accuracy(clf, data)
+            self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): fine-tune on "
+                     f"reply + genre")
+            downstream.finetune_generation(model, arch, data, steps=p.finetune_steps,
+                                           lr=p.finetune_lr, batch_size=p.batch_size,
+                                           seed=seed, progress=self.progress,
+                                           run_dir=runs / f"finetune_{arm}@{budget}")
+            ev = downstream.evaluate_generation(model, arch, data, new_tokens=p.new_tokens,
+                                                progress=self.progress)
+            res.update({k: v for k, v in ev.items() if k != "replies"})
+            res["samples"] = [{"speech": self._text(e.inputs[data.prefix_len:]),
+                               "reply": self._text(e.targets), "generated": self._text(r)}
+                              for e, r in zip(data.reply_val[:3], ev["replies"][:3])]
+            return res
+        return self.cached(f"seed{seed}/finetune_{arm}@{budget}", run)
+
+    def cost_result(self, arm: str) -> dict:
+        """Inference FLOPs and latency of an arm's architecture (seed 0's model)."""
+        def run():
+            seed = self.plan.seeds[0]
+            arch = "decoder" if arm.startswith("dec") else "encdec"
+            model = self.pretrained(seed, arm, "extra")
+            prompt = downstream.typical_prompt(self.data(seed))
+            res = downstream.inference_cost(model, arch, prompt, self.plan.new_tokens,
+                                            self.plan.latency_repeats)
+            res["load_average"] = load_average()
+            res["parameters"] = int(count_parameters(model.config))
+            return res
+        return self.cached(f"cost_{arm}", run)
+
+
+def _read_metrics(run_dir: Path) -> list:
+    """The records of a run's metrics.jsonl ([] when there is none)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _val_curve(run_dir: Path) -> list:
+    """[(step, tokens seen, validation loss)] from a run's metrics.jsonl."""
+    tokens, curve = {}, []
+    for r in _read_metrics(run_dir):
+        if "tokens" in r:
+            tokens[r["step"]] = r["tokens"]
+        if "val_loss" in r:
+            curve.append([r["step"], tokens.get(r["step"], 0), r["val_loss"]])
+    return curve
+
+
+def load_average() -> Optional[list]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def seed_units(study: "Study", s: int, on_unit: Callable[[], None] = lambda: None) -> tuple:
+    """Every unit of seed s (cached): (pretrain results, finetune results)."""
+    pre, ft = {}, {}
+    for arm in ARMS:
+        if arm in SWEEP_ARMS:  # E6: these continue to sweep_steps (the curve goes on)
+            study.pretrained(s, arm, "sweep")
+        pre[arm] = study.pretrain_result(s, arm)
+        ft[f"{arm}@extra"] = study.finetune_result(s, arm, "extra")
+        on_unit()
+    for arm in SWEEP_ARMS:
+        for budget in ("zero", "sweep"):
+            ft[f"{arm}@{budget}"] = study.finetune_result(s, arm, budget)
+            on_unit()
+    return pre, ft
+
+
+UNITS_PER_SEED = len(ARMS) + 4
