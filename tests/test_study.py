@@ -22,7 +22,8 @@ def test_quick_study_writes_every_claim(quick_study):
     assert {c["experiment"] for c in res["claims"]} == {"E1", "E2", "E3", "E4", "E5", "E6"}
     assert len(res["claims"]) == len(CLAIMS)
     for c in res["claims"]:
-        assert c["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+        assert c["verdict"] in ("reproduced", "not reproduced", "equivalent", "inconclusive")
+        assert c["test"]["p"] <= c["test"]["p_holm"] <= 1
         assert c["test"]["n"] == len(res["plan"]["seeds"]) >= 2
         assert np.isfinite(c["test"]["mean_a"]) and 0 <= c["test"]["p"] <= 1
     seeds = res["plan"]["seeds"]

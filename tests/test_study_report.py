@@ -61,7 +61,31 @@ def test_claims_table_directions_and_markdown():
     assert all(_cells(line) == _cells(md[0]) for line in md)
     assert "(claim: < 0)" in md[2] and "(claim: > 0)" in "\n".join(md)
     text = study.reading(rows)
-    assert text.count("- **E") == 6 and "In all:" in text
+    assert text.count("- **E") == 6 and "Primary tests (9, Holm-corrected" in text
+
+
+def test_claims_are_holm_corrected_within_their_family_and_can_be_equivalent():
+    res = fake_results()
+    rows = study.claims_table(res, SEEDS)
+    primary = [r for r in rows if r["claim"].primary]
+    assert len(primary) == 9 and {r["claim"].experiment for r in primary} == \
+        {"E1", "E2", "E3", "E4", "E5", "E6"}
+    for family in (primary, [r for r in rows if not r["claim"].primary]):
+        m = len(family)
+        smallest = min(family, key=lambda r: r["test"]["p"])["test"]
+        assert smallest["p_holm"] == pytest.approx(min(1.0, m * smallest["p"]))
+        assert all(r["test"]["p"] <= r["test"]["p_holm"] for r in family)
+        for r in family:
+            lo, hi = r["test"]["ci95"]
+            assert lo <= r["test"]["mean_diff"] <= hi and r["test"]["mde"] >= 0
+    # ed_causal = ed_prefix + noise far below the 0.02-nat margin: E5 reads "equivalent"
+    for s in SEEDS:
+        for arm in ("ed_prefix", "ed_causal"):
+            res["pretrain"][f"seed{s}"][arm]["prefix_val_loss"] = \
+                5.0 + 0.1 * s + (0.001 * ((s + len(arm)) % 3) if arm == "ed_causal" else 0)
+    e5 = [r for r in study.claims_table(res, SEEDS)
+          if r["claim"].experiment == "E5" and r["claim"].stage == "pretrain"][0]
+    assert e5["verdict"] == "equivalent" and e5["test"]["p_tost"] < 0.05
 
 
 def test_arms_and_sweep_tables_are_rectangular_and_name_their_budgets():

@@ -49,10 +49,15 @@ examples; the seeds differ in initialisation, data order and example subsamples)
   the same prompt and the same forced output length, and measured latency (seed 0's models,
   median of `latency_repeats`, with the load average).
 
-  Statistics: for each claim, arm a vs arm b seed by seed, mean and standard deviation
-  over seeds and a two-sided paired t-test (stats.py); verdict "reproduced" when the
-  paper's direction holds with p < 0.05, "not reproduced" when the opposite direction
-  does, "inconclusive" otherwise.
+  Statistics (claims.py, stats.py): for each claim, arm a vs arm b seed by seed: the
+  mean difference with its 95% t interval; a two-sided paired t-test, Holm-corrected
+  over the nine pre-declared PRIMARY tests (one metric per claim; the other rows form a
+  secondary family, corrected among themselves); a TOST equivalence test within +- the
+  metric's smallest effect of interest (0.02 nats per token for losses, 0.02 accuracy,
+  0.01 ROUGE-L); the smallest effect the design detects (80% power at the strictest
+  Holm level). Verdict: "reproduced" / "not reproduced" when the Holm-adjusted p < 0.05
+  in the claimed / the opposite direction, else "equivalent" when the TOST p < 0.05, else
+  "inconclusive".
 
 The experiments (the claims, from SPEC section 6 and the paper's abstract):
   E1 adaptation vs the same encoder-decoder from scratch, same PrefixLM budget

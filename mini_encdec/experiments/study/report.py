@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from ...plots import new_figure
+from ..stats import VERDICTS
 from .claims import METRICS
 from .protocol import ARM_LABELS, ARMS
 
@@ -17,19 +18,24 @@ def _pm(mean: float, sd: float) -> str:
 
 
 def claims_markdown(rows: list) -> str:
-    lines = ["| exp. | claim (the paper) | paper's evidence | our setting | our numbers "
-             "(mean ± sd over seeds; paired t-test) | verdict |", "|---|---|---|---|---|---|"]
+    lines = ["| exp. | claim (the paper) | paper's evidence | our setting | a vs b (mean ± sd "
+             "over seeds) | a - b [95% CI] | p (Holm) | TOST p (± margin) | smallest "
+             "detectable | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c, t = r["claim"], r["test"]
         budget = {"zero": "budget 0", "extra": "", "sweep": "larger budget"}[c.budget]
         setting = f"{ARM_LABELS[c.a]} vs {ARM_LABELS[c.b]}: {METRICS[c.metric]}" + \
             (f", {budget}" if budget else "")
         claimed = "< 0" if c.better == "lower" else "> 0"  # the sign the claim predicts
-        nums = (f"{_pm(t['mean_a'], t['std_a'])} vs {_pm(t['mean_b'], t['std_b'])}; "
-                f"diff {t['mean_diff']:+.3f} (claim: {claimed}), p = {t['p']:.3f} "
-                f"(n = {t['n']})")
-        lines.append(f"| {c.experiment} | {c.claim} | {c.evidence} | {setting} | {nums} | "
-                     f"**{r['verdict']}** |")
+        family = "**primary**" if t["family"] == "primary" else "secondary"
+        lo, hi = t["ci95"]
+        lines.append(
+            f"| {c.experiment} | {c.claim} | {c.evidence} | {setting} ({family}) | "
+            f"{_pm(t['mean_a'], t['std_a'])} vs {_pm(t['mean_b'], t['std_b'])} | "
+            f"{t['mean_diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] (claim: {claimed}) | "
+            f"{t['p_holm']:.3f} (raw {t['p']:.3f}, n = {t['n']}) | "
+            f"{t['p_tost']:.3f} (± {t['smallest_effect_of_interest']:g}) | "
+            f"{t['mde']:.3f} | **{r['verdict']}** |")
     return "\n".join(lines)
 
 
@@ -110,17 +116,25 @@ def reading(rows: list) -> str:
                 continue
             what = f"{ARM_LABELS[c.a]} vs {ARM_LABELS[c.b]}, {METRICS[c.metric]}" + \
                 {"zero": " at budget 0", "extra": "", "sweep": " at the larger budget"}[c.budget]
-            parts.append(f"{r['verdict']} on {what} ({t['mean_diff']:+.3f}, p = {t['p']:.2f})")
+            lo, hi = t["ci95"]
+            parts.append(f"{r['verdict']} on {what} ({t['mean_diff']:+.3f} "
+                         f"[{lo:+.3f}, {hi:+.3f}], Holm p = {t['p_holm']:.2f}"
+                         f"{', primary' if t['family'] == 'primary' else ''})")
         lines.append(f"- **{exp}, {title}:** " + "; ".join(parts) + ".")
-    counts = {v: sum(r["verdict"] == v for r in rows)
-              for v in ("reproduced", "not reproduced", "inconclusive")}
-    lines.append(f"\nIn all: {counts['reproduced']} reproduced, {counts['not reproduced']} "
-                 f"not reproduced (the opposite direction, significant), "
-                 f"{counts['inconclusive']} inconclusive (p >= 0.05 with "
-                 f"{rows[0]['test']['n']} seeds). Each row is its own test at p < 0.05, with "
-                 f"no correction for testing {len(rows)} claims: if no claim held either way, "
-                 f"about {0.05 * len(rows):.0f} of them would still come out significant "
-                 f"by chance.")
+    for family in ("primary", "secondary"):
+        fam = [r for r in rows if r["test"]["family"] == family]
+        if not fam:
+            continue
+        counts = {v: sum(r["verdict"] == v for r in fam) for v in VERDICTS}
+        lines.append(f"\n{family.capitalize()} tests ({len(fam)}, Holm-corrected together, "
+                     f"family-wise alpha 0.05, n = {fam[0]['test']['n']} seeds): "
+                     f"{counts['reproduced']} reproduced, {counts['not reproduced']} not "
+                     f"reproduced (the opposite direction), {counts['equivalent']} equivalent "
+                     f"(TOST within the smallest effect of interest), "
+                     f"{counts['inconclusive']} inconclusive.")
+    lines.append("\n\"Inconclusive\" means the design could not tell: the difference is "
+                 "neither significant after correction nor shown to lie within the margin; "
+                 "compare it with the row's smallest detectable effect.")
     return "\n".join(lines)
 
 
@@ -194,7 +208,7 @@ def _report(results: dict, rows: list, seeds, curves, qf) -> str:
         f"{len(seeds)} seeds, windows of {2 * p['half']} tokens, batch {p['batch_size']}, "
         f"extra budget {p['extra_steps']} updates (sweep {p['sweep_steps']}), fine-tuning "
         f"{p['finetune_steps']} updates, probe {p['probe_steps']} updates. The protocol is in "
-        f"`mini_encdec/experiments/study/protocol.py`'s docstring, fixed before the results were seen.", "",
+        f"`mini_encdec/experiments/study/protocol.py`'s docstring.", "",
         "## Claims", "", claims_markdown(rows), "", "### Reading", "", reading(rows), "",
         "## Every arm (after the extra budget; mean ± sd over seeds)", "",
         arms_markdown(results, seeds, results["baselines"]), "",

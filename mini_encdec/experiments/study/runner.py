@@ -20,6 +20,7 @@ from .. import downstream
 from ...storage.checkpoint import atomic_write_json
 from ...storage.safe_output import run_directory
 from ...usage import UsageError
+from ..stats import VERDICTS
 from . import protocol
 from .claims import claims_table
 from .protocol import ARMS, SCALES, StudyPlan
@@ -91,7 +92,8 @@ def run_study(out: Path, plan: StudyPlan, progress: bool = True, command: str = 
     results["claims"] = [{"experiment": r["claim"].experiment, "claim": r["claim"].claim,
                           "a": r["claim"].a, "b": r["claim"].b, "metric": r["claim"].metric,
                           "budget": r["claim"].budget, "better": r["claim"].better,
-                          "test": r["test"], "verdict": r["verdict"]} for r in rows]
+                          "primary": r["claim"].primary, "test": r["test"],
+                          "verdict": r["verdict"]} for r in rows]
     results["plan"] = dataclasses.asdict(plan)
     results["machine"] = machine_info()
     results["command"] = command
@@ -196,11 +198,10 @@ def run(args) -> int:
         rd.started()
         results = run_study(out, plan, progress=not args.no_progress, command=command,
                             jobs=args.jobs)
-    rows = [r for r in results["claims"]]
-    n = {v: sum(r["verdict"] == v for r in rows) for v in
-         ("reproduced", "not reproduced", "inconclusive")}
+    n = {v: sum(r["verdict"] == v for r in results["claims"]) for v in VERDICTS}
     print(f"\nstudy: {n['reproduced']} reproduced, {n['not reproduced']} not reproduced, "
-          f"{n['inconclusive']} inconclusive; {target / 'results.md'}")
+          f"{n['equivalent']} equivalent, {n['inconclusive']} inconclusive (Holm-corrected); "
+          f"{target / 'results.md'}")
     return 0
 
 
