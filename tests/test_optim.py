@@ -255,16 +255,20 @@ def test_schedule_values():
 
 
 def test_wsd_values():
-    # total 10, default cooldown 20% = 2 updates: stable through step 7, then 1 -> 0
+    # total 10, default cooldown 20% = 2 updates: stable through step 7, then 2/3, 1/3, 0
     assert wsd_decay_steps(10) == 2 and wsd_decay_steps(3) == 1 and wsd_decay_steps(10, 4) == 4
-    assert [wsd(s, 1.0, 0, 10) for s in (0, 7, 8, 9, 10, 50)] == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
-    assert wsd(9, 1.0, 0, 10, min_lr_ratio=0.1) == pytest.approx(0.55)
+    assert [wsd(s, 1.0, 0, 10) for s in (0, 7, 10, 50)] == [1.0, 1.0, 0.0, 0.0]
+    assert wsd(8, 1.0, 0, 10) == pytest.approx(2 / 3) and wsd(9, 1.0, 0, 10) == pytest.approx(1 / 3)
+    assert wsd(9, 1.0, 0, 10, min_lr_ratio=0.1) == pytest.approx(0.4)   # 0.1 + 0.9 / 3
     assert wsd(10, 2.0, 0, 10, min_lr_ratio=0.1) == pytest.approx(0.2)
-    assert wsd(6, 1.0, 0, 10, decay=4) == 1.0 and wsd(7, 1.0, 0, 10, decay=4) == 0.75
+    assert wsd(5, 1.0, 0, 10, decay=4) == 1.0 and wsd(6, 1.0, 0, 10, decay=4) == pytest.approx(0.8)
+    # a one-update cooldown still anneals that update
+    assert wsd(3, 1.0, 0, 4, decay=1) == pytest.approx(0.5)
     # a warmup cut short by the cooldown: the smaller of the two lines
-    assert [wsd(s, 1.0, 4, 5, decay=2) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 0.5]
+    assert [wsd(s, 1.0, 4, 5, decay=2) for s in range(5)] == \
+        pytest.approx([0.25, 0.5, 0.75, 2 / 3, 1 / 3])
     assert learning_rate(9, schedule="wsd", base=1.0, warmup=0, total=10, min_lr_ratio=0.0,
-                         decay=4) == pytest.approx(0.25)
+                         decay=4) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="decay"):
         wsd(0, 1.0, 0, 10, decay=11)
 

@@ -13,10 +13,12 @@ After the warmup:
                   min_lr = base * min_lr_ratio. Reaches min_lr at step = total.
     inverse_sqrt  lr = base * sqrt(max(warmup, 1) / (step + 1))  ("Noam"/T5 style:
                   continuous with the warmup's end, decaying as 1/sqrt(step))
-    wsd           warmup-stable-decay: lr = base until decay_start = total - decay, then
-                  linearly down to min_lr = base * min_lr_ratio, reached at step = total:
-                  lr = base - (base - min_lr) * (step - decay_start) / decay, clipped at
-                  min_lr. `decay` defaults to 20% of the run (Hagele et al. 2024: a 20%
+    wsd           warmup-stable-decay: lr = base before decay_start = total - decay; the
+                  `decay` updates of the cooldown step linearly down towards
+                  min_lr = base * min_lr_ratio:
+                  lr = min_lr + (base - min_lr) * (total - step) / (decay + 1),
+                  so the first cooldown update already moves below base and the last
+                  (step total - 1) still moves (lr > min_lr); min_lr from step total on. `decay` defaults to 20% of the run (Hagele et al. 2024: a 20%
                   linear cooldown matches a cosine of the same length).
 
 Why WSD: up to decay_start it equals `constant`, so one stable run serves every budget B:
@@ -84,7 +86,7 @@ def wsd(step: int, base: float, warmup: int, total: int, decay=None,
     start = total - decay
     min_lr = base * min_lr_ratio
     cooled = base if step < start else \
-        max(min_lr, base - (base - min_lr) * (step - start) / decay)
+        min_lr + (base - min_lr) * max(0, total - step) / (decay + 1)
     return min(base * warmup_factor(step, warmup), cooled)  # a warmup cut short by the decay
 
 
