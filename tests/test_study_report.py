@@ -16,14 +16,17 @@ OFFSET = {arm: 0.01 * i for i, arm in enumerate(ARMS)}  # dec lowest, ed_unbal_n
 
 def _metrics(seed: int, arm: str) -> dict:
     x = 1.0 + 0.1 * seed + OFFSET[arm] + 0.001 * ((seed * 7 + len(arm)) % 3)  # a little noise
-    return {k: x for k in METRICS}
+    return dict({k: x for k in METRICS}, next_speech_accuracy=0.6, speaker_accuracy=0.7)
 
 
 def fake_results() -> dict:
     plan = {"extra_steps": 4, "sweep_steps": 8, "eval_every": 2}
     res = {"pretrain": {}, "finetune": {}, "cost": {}, "plan": plan,
            "baselines": {"reply_nll_unigram": [6.0] * 3, "reply_rouge_l_copy_input": [0.05] * 3,
-                         "genre_chance": [1 / 6] * 3, "genre_majority_class": [0.2] * 3}}
+                         "genre_chance": [1 / 6] * 3, "genre_majority_class": [0.2] * 3,
+                         "rep": {t: {"chance": 0.5, "majority": 0.51, "bag_of_words": 0.55,
+                                     "eval_examples": 100}
+                                 for t in ("next_speech", "speaker")}}}
     for s in SEEDS:
         pre, ft = {}, {}
         for arm in ARMS:
@@ -116,6 +119,7 @@ def test_report_puts_the_tables_together():
                        probe_steps=4)
     rows = study.claims_table(res, SEEDS)
     md = study._report(res, rows, SEEDS, None, None)
-    for part in ("## Claims", "### Reading", "## Every arm", "## E6: the budget sweep",
+    for part in ("## Claims", "### Reading", "## Every arm", "## Representation tasks",
+                 "| bag of words | 0.550 | 0.550 |", "## E6: the budget sweep",
                  "wall-clock time of this invocation 2.0 min"):
         assert part in md, part

@@ -2,6 +2,8 @@
 classification probe on the model's representation makes (models/classifier.py reads the
 last real token; the encoder's for the encoder-decoder).
 
+`max_examples` (smoke tests) stops after the first plays that give that many.
+
 Every task is built from the plays of one split (training examples from the training
 plays, validation and test examples from their own plays), is balanced (labels 0 and 1
 equally likely, drawn per example from the generator seeded (seed, TAG, play, i)) and
@@ -86,11 +88,13 @@ def _room(tok, task: str, length: int, fixed: int) -> int:
 # --- next-speech verification ------------------------------------------------------------------
 
 def next_speech_examples(split: str, tok, *, length: int = 128, seed: int = 0,
-                         corpus_dir=None) -> list:
+                         corpus_dir=None, max_examples: Optional[int] = None) -> list:
     sep = _encode(tok, SEP)
     half = _room(tok, "next_speech", length, len(sep)) // 2
     out = []
     for p, play in enumerate(_split_plays(split, corpus_dir)):
+        if max_examples is not None and len(out) >= max_examples:
+            break  # a smoke-test budget: the first plays only
         sp = [s for s in speeches(play) if s.text]
         long = [s for s in sp if len(s.text) >= MIN_CHARS]
         for i, a in enumerate(sp[:-1]):
@@ -107,15 +111,17 @@ def next_speech_examples(split: str, tok, *, length: int = 128, seed: int = 0,
                     continue
             ai, bi = _encode(tok, a.text)[-half:], _encode(tok, b.text)[:half]
             out.append(RepExample(_assemble(tok, "next_speech", [ai, sep, bi], length), label))
-    return out
+    return out[:max_examples]
 
 
 # --- masked-speaker attribution ----------------------------------------------------------------
 
 def speaker_examples(split: str, tok, *, length: int = 128, seed: int = 0,
-                     corpus_dir=None) -> list:
+                     corpus_dir=None, max_examples: Optional[int] = None) -> list:
     out = []
     for p, play in enumerate(_split_plays(split, corpus_dir)):
+        if max_examples is not None and len(out) >= max_examples:
+            break  # a smoke-test budget: the first plays only
         sp = [s for s in speeches(play) if s.text]
         scene_names: dict = {}
         for s in sp:
@@ -143,7 +149,7 @@ def speaker_examples(split: str, tok, *, length: int = 128, seed: int = 0,
                       _encode(tok, trio[2].text)[:third]]
             parts = [x for h, b in zip(heads, bodies) for x in (h, b)] + [question]
             out.append(RepExample(_assemble(tok, "speaker", parts, length), label))
-    return out
+    return out[:max_examples]
 
 
 # --- replaced-word detection -------------------------------------------------------------------
@@ -159,11 +165,14 @@ def word_frequencies(corpus_dir=None) -> tuple:
 
 
 def replaced_word_examples(split: str, tok, *, length: int = 128, seed: int = 0,
-                           corpus_dir=None, vocabulary: Optional[tuple] = None) -> list:
+                           corpus_dir=None, vocabulary: Optional[tuple] = None,
+                           max_examples: Optional[int] = None) -> list:
     words, cdf = vocabulary if vocabulary is not None else word_frequencies(corpus_dir)
     room = _room(tok, "replaced_word", length, 0)
     out = []
     for p, play in enumerate(_split_plays(split, corpus_dir)):
+        if max_examples is not None and len(out) >= max_examples:
+            break  # a smoke-test budget: the first plays only
         for i, s in enumerate(speeches(play)):
             text = s.text
             # keep the words that fit, with a margin of a few tokens for a replacement
@@ -186,7 +195,7 @@ def replaced_word_examples(split: str, tok, *, length: int = 128, seed: int = 0,
             if len(ids) > room:
                 continue  # the replacement would be cut off: no visible evidence
             out.append(RepExample(_assemble(tok, "replaced_word", [ids], length), label, where))
-    return out
+    return out[:max_examples]
 
 
 def task_examples(task: str, split: str, tok, *, length: int = 128, seed: int = 0,

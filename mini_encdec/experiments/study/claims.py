@@ -26,7 +26,8 @@ POWER = 0.8       # of the minimum detectable effect
 # The smallest effect of interest of each metric (the TOST margin): 0.02 nats per token
 # for the losses (the parent pilot's tolerance), 2 points of accuracy, 0.01 of ROUGE-L.
 SMALLEST_EFFECT = {"prefix_val_loss": 0.02, "reply_nll": 0.02, "reply_rouge_l": 0.01,
-                   "genre_rank_accuracy": 0.02, "genre_probe_accuracy": 0.02}
+                   "genre_rank_accuracy": 0.02, "genre_probe_accuracy": 0.02,
+                   "rep_score": 0.02}
 
 # --- the claims ------------------------------------------------------------------------------------
 
@@ -52,6 +53,8 @@ METRICS = {
     "reply_rouge_l": "reply ROUGE-L (fine-tuned)",
     "genre_rank_accuracy": "genre accuracy, rank classification",
     "genre_probe_accuracy": "genre accuracy, classification probe",
+    "rep_score": "representation score (probe accuracy, mean over the tasks)",
+    "reply_repetition": "reply repeated-trigram fraction (fine-tuned)",
 }
 
 CLAIMS = (
@@ -71,18 +74,18 @@ CLAIMS = (
     Claim("E2", "(same, classification with the generation model)", "", "ed_kd", "dec",
           "genre_rank_accuracy", "higher"),
     Claim("E2", "the adapted encoder representation yields better results on SuperGLUE",
-          "every scale", "ed_kd", "dec", "genre_probe_accuracy", "higher", primary=True),
+          "every scale", "ed_kd", "dec", "rep_score", "higher", primary=True),
     Claim("E3", "PrefixLM (+KD) is better for generation", "PrefixLM+KD vs UL2, IT",
           "ed_kd", "ed_ul2", "reply_nll", "lower", primary=True),
     Claim("E3", "UL2 is better for representation", "UL2 vs PrefixLM+KD, SuperGLUE",
-          "ed_ul2", "ed_kd", "genre_probe_accuracy", "higher", primary=True),
+          "ed_ul2", "ed_kd", "rep_score", "higher", primary=True),
     Claim("E3", "distillation helps PrefixLM", "PrefixLM+KD is the paper's default",
           "ed_kd", "ed_prefix", "reply_nll", "lower"),
     Claim("E4", "an unbalanced model (9B-2B) surpasses the balanced one (2B-2B) at about "
           "the same latency", "9B-2B vs 2B-2B: > +3", "ed_unbal_warm", "ed_prefix",
           "reply_nll", "lower", primary=True),
     Claim("E4", "(same, classification probe)", "", "ed_unbal_warm", "ed_prefix",
-          "genre_probe_accuracy", "higher"),
+          "rep_score", "higher"),
     Claim("E4", "a cross-attention warmup helps unbalanced adaptation",
           "1K steps 62.5 vs none 61.8", "ed_unbal_warm", "ed_unbal_nowarm", "reply_nll",
           "lower"),
@@ -92,7 +95,7 @@ CLAIMS = (
     Claim("E5", "(same, after fine-tuning)", "", "ed_prefix", "ed_causal", "reply_nll",
           "lower"),
     Claim("E5", "(same, classification probe)", "", "ed_prefix", "ed_causal",
-          "genre_probe_accuracy", "higher"),
+          "rep_score", "higher"),
     Claim("E6", "adaptation converges fast: with a larger extra budget the adapted model "
           "pulls ahead", "converges within tens of billions of tokens", "ed_kd", "dec",
           "reply_nll", "lower", budget="sweep", primary=True),

@@ -1,13 +1,14 @@
 """`python -m mini_encdec study`: the paper's claims reproduced at tiny scale, one named
 experiment per claim, several seeds, a significance test, a claims table.
 
-THE PROTOCOL (fixed before any result of the study was looked at)
+THE PROTOCOL (the confirmatory version, with the pilots' choices and the amendments
+log, is PROTOCOL.md next to this file)
 
 Per seed s (every arm of a seed shares the parent, the data order and the evaluation
 examples; the seeds differ in initialisation, data order and example subsamples):
 
   parent       decoder-only Gemma 2 (`preset`), causal LM, `parent_steps` updates,
-               cosine schedule at `lr`
+               warmup-stable-decay schedule at `lr` (20% linear cooldown to 0)
   big_parent   a wider and deeper decoder-only model (`big_overrides`), same recipe: the
                encoder source of the unbalanced arms (E4)
 
@@ -15,9 +16,11 @@ examples; the seeds differ in initialisation, data order and example subsamples)
   updates of `batch_size` windows of about 2 * half tokens from the training plays (the
   PrefixLM arms of a seed read the same windows in the same order; the causal-LM window is
   one token longer and UL2's has its own length, so those arms draw their own windows of
-  the same plays), AdamW at `extra_lr`, constant after
-  a linear warmup (constant, so that a checkpoint on the way is a legitimate smaller
-  budget, E6). The arms trained from scratch use the parent's pre-training rate `lr`.
+  the same plays), AdamW at `extra_lr`, warmup-stable-decay: every budget the study
+  reports is annealed (a 20% linear cooldown to 0). The largest budget of an arm is its
+  stable run; a smaller budget (E6's extra_steps of dec and ed_kd) is a cooldown branch
+  from the stable run's checkpoint at 80% of that budget, never a mid-schedule
+  checkpoint. The arms trained from scratch use the parent's pre-training rate `lr`.
 
   dec              the parent, causal LM over both halves        (tokens seen matched)
   dec_prefix       the parent, PrefixLM loss on the second half only (loss-bearing tokens
@@ -29,11 +32,18 @@ examples; the seeds differ in initialisation, data order and example subsamples)
   ed_scratch       a fresh encoder-decoder of the same shape, PrefixLM, at `lr`
   ed_causal        adapt(parent) with a causal encoder (decoder-style masks), PrefixLM
   ed_unbal_warm    encoder from big_parent, decoder from parent, fresh cross-attention,
-                   only cross-attention trains for the first extra_steps // 8 updates,
-                   PrefixLM
+                   only cross-attention trains for the first warmup_steps updates (3% of
+                   extra_steps), which come ON TOP of the shared budget, PrefixLM
   ed_unbal_nowarm  the same without the warmup
 
-  dec and ed_kd continue to `sweep_steps` updates (E6), checkpointed at extra_steps.
+  dec and ed_kd continue to `sweep_steps` updates (E6); their extra_steps budget is a
+  cooldown branch of that run.
+
+  Representation (representation.py): for each task of `rep_tasks` (text/rep_tasks.py)
+  and each head seed of `probe_seeds`, a classification probe fine-tuned for
+  `probe_steps` at `finetune_lr`; the representation score is the mean accuracy over the
+  tasks (each averaged over the head seeds), on the full evaluation set, beside chance,
+  the majority class and a bag-of-words logistic regression.
 
   Fine-tuning (downstream.py), identical for every arm (no cross-attention warmup: that
   belongs to adaptation): the generation model on the reply
@@ -41,8 +51,9 @@ examples; the seeds differ in initialisation, data order and example subsamples)
   classification probe on genre (`probe_steps` at `finetune_lr`). Nobody tunes anything
   per arm: the rates above are the same for both architectures and were fixed here.
 
-  Evaluation on the validation plays: the PrefixLM validation loss (target NLL of the
-  second half of a window given the first; the same windows for both architectures);
+  Evaluation: the PrefixLM validation loss (target NLL of the second half of a window
+  given the first; the same windows for both architectures, spread evenly over every
+  play of `eval_split`);
   reply NLL per token; reply ROUGE-L of greedy replies; genre accuracy by rank
   classification and by the probe; baselines beside them (downstream.baselines).
   Inference cost (downstream.inference_cost): FLOPs per request and per generated token at
@@ -101,21 +112,28 @@ class StudyPlan:
     finetune_steps: int = 150
     probe_steps: int = 100
     lr: float = 3e-3              # pre-training from scratch
-    extra_lr: float = 1e-3        # continued pre-training (constant after warmup)
+    extra_lr: float = 1e-3        # continued pre-training (peak of its WSD schedule)
     finetune_lr: float = 1e-3
     eval_every: int = 75          # PrefixLM validation loss along the continued pre-training
-    eval_batches: int = 8
+    eval_batches: int = 8         # PrefixLM windows: eval_batches * batch_size, every play
+    eval_split: str = "validation"  # the plays evaluated: "test" in the confirmatory run
     train_examples: int = 2400    # reply examples in the fine-tuning mixture (+ half genre)
     eval_examples: int = 160
     generate_examples: int = 32
     new_tokens: int = 32
     latency_repeats: int = 3
     seeds: tuple = (0, 1, 2)
+    rep_tasks: tuple = ("next_speech", "speaker", "replaced_word")  # representation.py
+    probe_seeds: tuple = (0, 1, 2)   # probe heads per model and task, averaged
+    rep_length: int = 128            # tokens of a representation task's input
+    rep_train_examples: int = 0      # 0: every training example (smoke tests cap it)
+    rep_eval_examples: int = 0       # 0: the full evaluation set (smoke tests cap it)
 
     @property
     def warmup_steps(self) -> int:
-        """Cross-attention warmup of the unbalanced arm (the paper: 1K of its budget)."""
-        return max(1, self.extra_steps // 8)
+        """Cross-attention warmup of the unbalanced arm: 3% of extra_steps, on top of the
+        shared budget (the paper: 1K updates, under 1% of its budget)."""
+        return max(1, round(0.03 * self.extra_steps))
 
 
 SCALES = {
@@ -123,7 +141,8 @@ SCALES = {
     "quick": StudyPlan(half=16, batch_size=4, parent_steps=8, extra_steps=4, sweep_steps=8,
                        finetune_steps=4, probe_steps=4, eval_every=4, eval_batches=1,
                        train_examples=32, eval_examples=12, generate_examples=2,
-                       new_tokens=4, latency_repeats=1, seeds=(0, 1),
+                       new_tokens=4, latency_repeats=1, seeds=(0, 1), probe_seeds=(0,),
+                       rep_length=96, rep_train_examples=32, rep_eval_examples=16,
                        big_overrides=(("hidden_size", 160), ("num_hidden_layers", 3))),
 }
 

@@ -41,8 +41,8 @@ def claims_markdown(rows: list) -> str:
 
 def arms_markdown(results: dict, seeds, base: dict) -> str:
     """Every arm's mean ± sd per metric, with the baselines and the inference costs."""
-    keys = ["prefix_val_loss", "reply_nll", "reply_rouge_l", "genre_rank_accuracy",
-            "genre_probe_accuracy"]
+    keys = ["prefix_val_loss", "reply_nll", "reply_rouge_l", "reply_repetition",
+            "genre_rank_accuracy", "genre_probe_accuracy", "rep_score"]
     head = ["arm", "PrefixLM val loss (pre-training)"] + [METRICS[k] for k in keys[1:]] + \
         ["parameters", "prompt GFLOPs", "GFLOPs / generated token", "ms / generated token"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -59,8 +59,47 @@ def arms_markdown(results: dict, seeds, base: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("| baseline | | unigram " + f"{np.mean(base['reply_nll_unigram']):.3f} | "
                  f"copy the input {np.mean(base['reply_rouge_l_copy_input']):.3f} | "
+                 f"{_reference_repetition(results, seeds)} | "
                  f"chance {base['genre_chance'][0]:.3f}, majority "
-                 f"{np.mean(base['genre_majority_class']):.3f} | (same) | | | | |")
+                 f"{np.mean(base['genre_majority_class']):.3f} | (same) | "
+                 f"{_rep_baseline_cell(base['rep'])} | | | | |")
+    return "\n".join(lines)
+
+
+def _reference_repetition(results: dict, seeds) -> str:
+    """The repetition measure of the reference replies (the same replies for every arm)."""
+    v = [results["finetune"][f"seed{s}"]["dec@extra"].get("reply_repetition_of_references")
+         for s in seeds]
+    return "" if None in v else f"references {np.mean(v):.3f}"
+
+
+def _rep_baseline_cell(rep: dict) -> str:
+    """Chance, majority and bag of words, each the mean over the representation tasks."""
+    tasks = [t for t in rep if isinstance(rep[t], dict)]
+    mean = {k: np.mean([rep[t][k] for t in tasks]) for k in ("chance", "majority",
+                                                             "bag_of_words")}
+    return (f"chance {mean['chance']:.3f}, majority {mean['majority']:.3f}, bag of words "
+            f"{mean['bag_of_words']:.3f}")
+
+
+def rep_tasks_markdown(results: dict, seeds) -> str:
+    """Every representation task: each arm's probe accuracy beside the task's baselines."""
+    rep = results["baselines"]["rep"]
+    tasks = [t for t in rep if isinstance(rep[t], dict)]
+    head = ["arm"] + tasks
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in ARMS:
+        cells = [ARM_LABELS[arm]]
+        for t in tasks:
+            v = [results["finetune"][f"seed{s}"][f"{arm}@extra"][f"{t}_accuracy"]
+                 for s in seeds]
+            cells.append(_pm(np.mean(v), np.std(v, ddof=1)))
+        lines.append("| " + " | ".join(cells) + " |")
+    for k in ("chance", "majority", "bag_of_words"):
+        lines.append("| " + " | ".join([k.replace("_", " ")] +
+                                       [f"{rep[t][k]:.3f}" for t in tasks]) + " |")
+    lines.append("| evaluation examples | " + " | ".join(str(rep[t]["eval_examples"])
+                                                       for t in tasks) + " |")
     return "\n".join(lines)
 
 
@@ -88,10 +127,10 @@ def sweep_markdown(results: dict, seeds) -> str:
     lines += ["", "(A blank cell: the decoder-only run was not evaluated at that update; it is "
               "evaluated every eval_every updates.)"]
     lines += ["", "| budget | adapted PrefixLM+KD reply NLL | decoder-only reply NLL | "
-              "adapted probe accuracy | decoder-only probe accuracy |", "|---|---|---|---|---|"]
+              "adapted representation score | decoder-only representation score |", "|---|---|---|---|---|"]
     for budget in ("zero", "extra", "sweep"):
         cells = []
-        for key in ("reply_nll", "genre_probe_accuracy"):
+        for key in ("reply_nll", "rep_score"):
             for arm in ("ed_kd", "dec"):
                 v = [results["finetune"][f"seed{s}"][f"{arm}@{budget}"][key] for s in seeds]
                 cells.append(_pm(np.mean(v), np.std(v, ddof=1)))
@@ -175,7 +214,7 @@ def plot_quality_vs_flops(results: dict, seeds, path: Path) -> Optional[Path]:
     if fig is None:
         return None
     axes = fig.subplots(1, 2)
-    for ax, key in zip(axes, ("reply_nll", "genre_probe_accuracy")):
+    for ax, key in zip(axes, ("reply_nll", "rep_score")):
         for arm in ARMS:
             v = [results["finetune"][f"seed{s}"][f"{arm}@extra"][key] for s in seeds]
             x = results["cost"][arm]["total_gflops"]
@@ -212,6 +251,9 @@ def _report(results: dict, rows: list, seeds, curves, qf) -> str:
         "## Claims", "", claims_markdown(rows), "", "### Reading", "", reading(rows), "",
         "## Every arm (after the extra budget; mean ± sd over seeds)", "",
         arms_markdown(results, seeds, results["baselines"]), "",
+        "## Representation tasks (probe accuracy after the extra budget; mean ± sd over "
+        "seeds, each seed the mean over the probe head seeds)", "",
+        rep_tasks_markdown(results, seeds), "",
         "Costs: one request at batch 1 with the same prompt and the same forced number of "
         "generated tokens; latency measured on seed 0's models (load average "
         f"{results['cost']['dec'].get('load_average')}).", "",

@@ -84,6 +84,7 @@ def run_study(out: Path, plan: StudyPlan, progress: bool = True, command: str = 
         base = downstream.baselines(study.data(s))
         for k, v in base.items():
             results["baselines"].setdefault(k, []).append(v)
+    results["baselines"]["rep"] = study.rep_baselines()
     for arm in ARMS:
         results["cost"][arm] = study.cost_result(arm)
         bar.update(1)

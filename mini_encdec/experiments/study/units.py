@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -13,16 +14,23 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import downstream
+from ..evalsets import play_streams, spread_eval_batches
 from ...config import EncDecConfig, count_parameters, preset
 from ...models import build_model
 from ...objectives import make_objective
-from ...storage.checkpoint import atomic_write_json, load_model, save_model
-from ...text.batching import corpus_stream, eval_batches, make_batcher
+from ...storage.checkpoint import (CHECKPOINTS_DIR, atomic_write_json, latest_checkpoint,
+                                  load_model, save_model, step_dir_name)
+from ...text.batching import make_batcher
 from ...text.tokenizer import load_tokenizer
 from ...training.adapt import adapt
 from ...training.optim import OptimConfig
+from ...training.schedules import wsd_decay_steps
 from ...training.train import TrainConfig, evaluate, train
 from .protocol import ARM_LABELS, ARMS, SWEEP_ARMS, StudyPlan
+from .representation import RepData, build_rep_data, probe_scores, rep_baselines
+from .repetition import mean_repetition
+from .ul2_modes import (CLASSIFICATION_MODE, GENERATION_MODE, MODE_ARMS, rep_data_with_mode,
+                        task_data_with_mode)
 
 # --- the causal-encoder ablation (E5) --------------------------------------------------------------
 
@@ -44,6 +52,7 @@ class Study:
         self.tok = load_tokenizer()
         self._data: dict = {}
         self._val: Optional[dict] = None
+        self._rep: dict = {}
 
     # --- bookkeeping ---------------------------------------------------------------------
     def say(self, *a) -> None:
@@ -86,34 +95,59 @@ class Study:
                     seed=seed)
 
     def val(self) -> dict:
-        """The PrefixLM validation batches of each architecture (the same windows)."""
+        """The PrefixLM evaluation batches of each architecture: the same windows, spread
+        evenly over every play of plan.eval_split (evalsets.py)."""
         if self._val is None:
-            stream = corpus_stream("validation", self.tok)
+            p = self.plan
+            streams = play_streams(p.eval_split, self.tok)
+            per_play = max(1, p.eval_batches * p.batch_size // len(streams))
             prefix = make_objective("prefix_lm", self.tok)
-            self._val = {arch: eval_batches(stream, prefix, arch=arch,
-                                            max_batches=self.plan.eval_batches,
-                                            **self.batch_kw(0))
-                         for arch in ("encdec", "decoder")}
+            self._val = {arch: spread_eval_batches(
+                streams, prefix, per_play=per_play, batch_size=p.batch_size,
+                encoder_length=p.half, decoder_length=p.half, arch=arch, seed=0,
+                pad_id=self.tok.pad_id, bos_id=self.tok.bos_id)
+                for arch in ("encdec", "decoder")}
         return self._val
 
-    def data(self, seed: int) -> downstream.TaskData:
-        if seed not in self._data:
+    def data(self, seed: int, mode: Optional[str] = None) -> downstream.TaskData:
+        """The fine-tuning and evaluation examples of `seed`; with a UL2 `mode`, its token
+        before every input (ul2_modes.py)."""
+        if (seed, mode) not in self._data:
             p = self.plan
-            self._data[seed] = downstream.build_task_data(
+            self._data[seed, mode] = downstream.build_task_data(
                 self.tok, encoder_length=p.half, decoder_length=p.half,
                 train_examples=p.train_examples, eval_examples=p.eval_examples,
-                generate_examples=p.generate_examples, seed=seed)
-        return self._data[seed]
+                generate_examples=p.generate_examples, seed=seed) if mode is None else \
+                task_data_with_mode(self.tok, p, seed, mode)
+        return self._data[seed, mode]
+
+    def rep_data(self, mode: Optional[str] = None) -> RepData:
+        """The representation tasks' examples (the same for every seed and arm; with a
+        UL2 `mode`, its token before every input)."""
+        if mode not in self._rep:
+            self._rep[mode] = build_rep_data(self.plan, self.tok) if mode is None else \
+                rep_data_with_mode(self.tok, self.plan, mode)
+        return self._rep[mode]
+
+    def rep_baselines(self) -> dict:
+        """Chance, majority and bag-of-words accuracy of every representation task."""
+        return self.cached("rep_baselines",
+                           lambda: rep_baselines(self.rep_data(), self.tok.vocab_size))
 
     def prefix_loss(self, model) -> float:
         arch = "encdec" if hasattr(model, "enc_spec") else "decoder"
         return float(evaluate(model, self.val()[arch])["loss"])
 
     # --- training units -----------------------------------------------------------------
-    def _train(self, model, batches, steps: int, lr: float, run: str, *, schedule: str,
-               warmup: int, teacher=None, eval_batches=None):
+    def _train(self, model, batches, steps: int, lr: float, run: str, *, warmup: int,
+               total: int, teacher=None, eval_batches=None):
+        """Train on run dir `run` to update `steps` of a warmup-stable-decay schedule of
+        `total` updates (steps < total: a stop in the stable phase, where a cooldown
+        branch may start; schedules.wsd)."""
         p = self.plan
-        optim = OptimConfig(lr=lr, schedule=schedule, weight_decay=0.01, warmup_steps=warmup)
+        optim = OptimConfig(lr=lr, schedule="wsd", weight_decay=0.01, warmup_steps=warmup,
+                            total_steps=total, decay_steps=wsd_decay_steps(total),
+                            min_lr_ratio=0.0)
         cfg = TrainConfig(steps=steps, eval_every=p.eval_every if eval_batches else 0,
                           checkpoint_every=max(p.eval_every, 1), keep_checkpoints=2,
                           plot=False)
@@ -132,7 +166,7 @@ class Study:
                                    arch="decoder", **self.batch_kw(seed))
             steps = self.plan.parent_steps
             self._train(model, batches, steps, self.plan.lr, f"seed{seed}/{name}",
-                        schedule="cosine", warmup=downstream.warmup_steps_for(steps))
+                        warmup=downstream.warmup_steps_for(steps), total=steps)
             return model
         return self.saved(seed, name, build)
 
@@ -163,6 +197,13 @@ class Study:
         return self.saved(seed, f"{arm}@{budget}", lambda: self._continue(seed, arm, steps))
 
     def _continue(self, seed: int, arm: str, steps: int):
+        """Continued pre-training of `arm` to an annealed budget of `steps` updates.
+
+        The arm's stable run (runs/seed<S>/<arm>) is the WSD run of its largest budget
+        (sweep_steps for the SWEEP_ARMS, else extra_steps). A smaller budget B is a
+        cooldown branch (runs/seed<S>/<arm>@cooldown<B>): the stable run's checkpoint at
+        B - decay(B), then decay(B) updates of the cooldown. ed_unbal_warm's
+        cross-attention warmup comes on top of its budget (plan.warmup_steps)."""
         p, tok = self.plan, self.tok
         model = self.initial(seed, arm)
         kw = self.batch_kw(seed)
@@ -187,10 +228,26 @@ class Study:
         lr = p.lr if arm == "ed_scratch" else p.extra_lr
         self.say(f"\n== seed {seed}: {ARM_LABELS[arm]}: continued pre-training to step "
                  f"{steps}")
-        self._train(model, batches, steps, lr, f"seed{seed}/{arm}", schedule="constant",
-                    # the same warmup for the sweep's continuation of this run
-                    warmup=downstream.warmup_steps_for(p.extra_steps),
-                    teacher=teacher, eval_batches=self.val()[arch])
+        extra = p.warmup_steps if arm == "ed_unbal_warm" else 0  # outside the budget
+        largest = (p.sweep_steps if arm in SWEEP_ARMS else p.extra_steps) + extra
+        steps += extra
+        kw = dict(warmup=downstream.warmup_steps_for(p.extra_steps), teacher=teacher,
+                  eval_batches=self.val()[arch])
+        stable = f"seed{seed}/{arm}"
+        if steps == largest:
+            self._train(model, batches, steps, lr, stable, total=largest, **kw)
+            return model
+        branch_at = steps - wsd_decay_steps(steps)
+        branch = f"{stable}@cooldown{steps}"
+        if latest_checkpoint(self.out / "runs" / branch / CHECKPOINTS_DIR) is None:
+            self._train(model, batches, branch_at, lr, stable, total=largest, **kw)
+            src = self.out / "runs" / stable / CHECKPOINTS_DIR / step_dir_name(branch_at)
+            if not src.is_dir():
+                raise RuntimeError(f"study: the cooldown branch {branch} needs the stable "
+                                   f"run's checkpoint {src}, which is gone; delete "
+                                   f"{self.out / 'runs' / stable} to retrain it")
+            shutil.copytree(src, self.out / "runs" / branch / CHECKPOINTS_DIR / src.name)
+        self._train(model, batches, steps, lr, branch, total=steps, **kw)
         return model
 
     def _text(self, ids) -> str:
@@ -214,17 +271,24 @@ class Study:
         def run():
             p = self.plan
             arch = "decoder" if arm.startswith("dec") else "encdec"
-            data = self.data(seed)
+            modes = arm in MODE_ARMS  # UL2's mode tokens: [S2S] generation, [NLU] probes
+            data = self.data(seed, GENERATION_MODE if modes else None)
+            probe_data = self.data(seed, CLASSIFICATION_MODE if modes else None)
             model = self.pretrained(seed, arm, budget)
             runs = self.out / "runs" / f"seed{seed}"
             res = {"prefix_val_loss": self.prefix_loss(model)}
             self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): fine-tune the "
                      f"classification probe")
-            clf, _ = downstream.finetune_probe(model, data, steps=p.probe_steps,
+            clf, _ = downstream.finetune_probe(model, probe_data, steps=p.probe_steps,
                                                lr=p.finetune_lr, batch_size=p.batch_size,
                                                seed=seed, progress=self.progress,
                                                run_dir=runs / f"probe_{arm}@{budget}")
-            res["genre_probe_accuracy"] = downstream.probe_accuracy(clf, data)
+            res["genre_probe_accuracy"] = downstream.probe_accuracy(clf, probe_data)
+            if p.rep_tasks:
+                self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): "
+                         f"representation probes ({', '.join(p.rep_tasks)})")
+                rep = self.rep_data(CLASSIFICATION_MODE if modes else None)
+                res.update(probe_scores(model, rep, p, progress=self.progress))
             self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): fine-tune on "
                      f"reply + genre")
             downstream.finetune_generation(model, arch, data, steps=p.finetune_steps,
@@ -234,6 +298,10 @@ class Study:
             ev = downstream.evaluate_generation(model, arch, data, new_tokens=p.new_tokens,
                                                 progress=self.progress)
             res.update({k: v for k, v in ev.items() if k != "replies"})
+            gen = data.reply_val[:data.generate_examples]
+            res["reply_repetition"] = mean_repetition(ev["replies"], data.eos_id)
+            res["reply_repetition_of_references"] = mean_repetition(
+                [e.targets for e in gen], data.eos_id)
             res["samples"] = [{"speech": self._text(e.inputs[data.prefix_len:]),
                                "reply": self._text(e.targets), "generated": self._text(r)}
                               for e, r in zip(data.reply_val[:3], ev["replies"][:3])]
