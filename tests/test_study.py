@@ -40,6 +40,8 @@ def test_quick_study_writes_every_claim(quick_study):
             assert len(unit["next_speech_accuracy_per_head_seed"]) == \
                 len(res["plan"]["probe_seeds"])
     assert set(res["baselines"]["rep"]) >= set(res["plan"]["rep_tasks"])
+    for s in seeds:  # UL2 gets more examples per update: as many targets as PrefixLM
+        assert res["pretrain"][f"seed{s}"]["ed_ul2"]["batch_size"] > res["plan"]["batch_size"]
     md = (quick_study / "results.md").read_text()
     assert "| E4 |" in md and "Reading" in md and "baseline" in md
     assert "## Representation tasks" in md

@@ -2,8 +2,6 @@
 classification probe on the model's representation makes (models/classifier.py reads the
 last real token; the encoder's for the encoder-decoder).
 
-`max_examples` (smoke tests) stops after the first plays that give that many.
-
 Every task is built from the plays of one split (training examples from the training
 plays, validation and test examples from their own plays), is balanced (labels 0 and 1
 equally likely, drawn per example from the generator seeded (seed, TAG, play, i)) and
@@ -20,7 +18,10 @@ with EOS; at most `length` tokens.
                 training plays' word frequencies (1), or the speech untouched (0). The
                 example remembers which third of the speech's words held the replacement
                 (`where`: 0, 1, 2; -1 for untouched speeches), so accuracy can be read by
-                thirds of the input.
+                thirds of the input. An example whose replacement would not fit the
+                length is left out (its label would have no visible evidence).
+
+`max_examples` (smoke tests only) stops after the first plays that give that many.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ examples; the seeds differ in initialisation, data order and example subsamples)
   ed_kd            adapt(parent), PrefixLM + distillation from the frozen parent
                    (kd_alpha, kd_temperature of TrainConfig)
   ed_prefix        adapt(parent), PrefixLM
-  ed_ul2           adapt(parent), UL2 (the 7 denoisers, SPEC 4)
+  ed_ul2           adapt(parent), UL2 (the 7 denoisers, SPEC 4), its batch size scaled
+                   so that an update carries as many loss-bearing (target) tokens as a
+                   PrefixLM update (units.Study.ul2_batch_size; about 1.9x at half = 64)
   ed_scratch       a fresh encoder-decoder of the same shape, PrefixLM, at `lr`
   ed_causal        adapt(parent) with a causal encoder (decoder-style masks), PrefixLM
   ed_unbal_warm    encoder from big_parent, decoder from parent, fresh cross-attention,

@@ -32,6 +32,8 @@ from .repetition import mean_repetition
 from .ul2_modes import (CLASSIFICATION_MODE, GENERATION_MODE, MODE_ARMS, rep_data_with_mode,
                         task_data_with_mode)
 
+LOSS_BEARING_SAMPLE = 20  # batches per objective when matching UL2's batch size
+
 # --- the causal-encoder ablation (E5) --------------------------------------------------------------
 
 def causal_encoder(model):
@@ -53,6 +55,7 @@ class Study:
         self._data: dict = {}
         self._val: Optional[dict] = None
         self._rep: dict = {}
+        self._ul2_batch: Optional[int] = None
 
     # --- bookkeeping ---------------------------------------------------------------------
     def say(self, *a) -> None:
@@ -93,6 +96,20 @@ class Study:
         p = self.plan
         return dict(batch_size=p.batch_size, encoder_length=p.half, decoder_length=p.half,
                     seed=seed)
+
+    def ul2_batch_size(self) -> int:
+        """UL2's batch size that matches PrefixLM's loss-bearing (target) tokens per update:
+        round(batch_size * PrefixLM targets per example / UL2 targets per example), the
+        means over LOSS_BEARING_SAMPLE batches of each (seed 0; the same for every seed)."""
+        if self._ul2_batch is None:
+            def targets_per_example(name: str) -> float:
+                b = make_batcher("train", make_objective(name, self.tok), self.tok,
+                                 arch="encdec", **self.batch_kw(0))
+                return float(np.mean([np.count_nonzero(b.next_batch()["labels"] != -100)
+                                      for _ in range(LOSS_BEARING_SAMPLE)])) / b.batch_size
+            ratio = targets_per_example("prefix_lm") / targets_per_example("ul2")
+            self._ul2_batch = max(1, round(self.plan.batch_size * ratio))
+        return self._ul2_batch
 
     def val(self) -> dict:
         """The PrefixLM evaluation batches of each architecture: the same windows, spread
@@ -214,9 +231,9 @@ class Study:
         elif arm == "dec_prefix":
             batches = make_batcher("train", make_objective("prefix_lm", tok), tok,
                                    arch="decoder", **kw)
-        elif arm == "ed_ul2":
+        elif arm == "ed_ul2":  # matched to PrefixLM on loss-bearing tokens per update
             batches = make_batcher("train", make_objective("ul2", tok), tok, arch="encdec",
-                                   **kw)
+                                   **dict(kw, batch_size=self.ul2_batch_size()))
         else:
             kd = arm == "ed_kd"
             batches = make_batcher("train", make_objective("prefix_lm", tok), tok,
@@ -261,7 +278,8 @@ class Study:
         (to the sweep's end for the SWEEP_ARMS: call pretrained(..., "sweep") first)."""
         def run():
             model = self.pretrained(seed, arm, "extra")
-            return {"prefix_val_loss": self.prefix_loss(model),
+            extra = {"batch_size": self.ul2_batch_size()} if arm == "ed_ul2" else {}
+            return {**extra, "prefix_val_loss": self.prefix_loss(model),
                     "prefix_val_loss_at_start": self.prefix_loss(self.initial(seed, arm)),
                     "curve": _val_curve(self.out / "runs" / f"seed{seed}" / arm)}
         return self.cached(f"seed{seed}/pretrain_{arm}", run)
