@@ -34,6 +34,8 @@ def test_quick_study_writes_every_claim(quick_study):
         cost = res["cost"][arm]
         assert cost["generated_tokens"] == res["plan"]["new_tokens"]
         assert cost["prompt_tokens"] == res["cost"]["dec"]["prompt_tokens"]
+        assert cost["latency_attempts"] == 1 and isinstance(cost["quiet"], bool)
+        assert cost["total_gflops"] > cost["prompt_gflops"] > 0
     for s in seeds:  # the representation probes and the repetition measure of every unit
         for unit in res["finetune"][f"seed{s}"].values():
             assert 0 <= unit["rep_score"] <= 1 and 0 <= unit["reply_repetition"] <= 1

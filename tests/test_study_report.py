@@ -41,6 +41,7 @@ def fake_results() -> dict:
     for arm in ARMS:
         res["cost"][arm] = {"parameters": 1000, "prompt_gflops": 0.01, "total_gflops": 0.1,
                             "gflops_per_generated_token": 0.003, "ms_per_generated_token": 1.0,
+                            "total_ms": 30.0, "quiet": arm != "dec",
                             "load_average": [1.0, 1.0, 1.0]}
     return res
 
@@ -96,6 +97,8 @@ def test_arms_and_sweep_tables_are_rectangular_and_name_their_budgets():
     arms = study.arms_markdown(res, SEEDS, res["baselines"]).splitlines()
     assert len(arms) == 2 + len(ARMS) + 1  # header, rule, one row per arm, the baselines
     assert all(_cells(line) == _cells(arms[0]) for line in arms)
+    # a latency measured on a busy machine is marked, per token and per request
+    assert arms[2].count(" *") == 2 and " *" not in "\n".join(arms[3:])
     sweep = study.sweep_markdown(res, SEEDS)
     first, second = sweep.split("\n\n(A blank cell")[0], sweep.split("\n\n")[-1]
     rows = first.splitlines()[2:]

@@ -124,6 +124,9 @@ class StudyPlan:
     generate_examples: int = 32
     new_tokens: int = 32
     latency_repeats: int = 3
+    quiet_load: float = 0.5          # latency counts as measured on a quiet machine below
+    latency_attempts: int = 3        # this 1-minute load average; else re-measured after
+    latency_wait: float = 60.0       # latency_wait seconds, keeping the quietest attempt
     seeds: tuple = (0, 1, 2)
     # representation.py: the tasks that passed the learnability pilot (probe >= 3 standard
     # errors above the bag of words: data/results/study_pilots/
@@ -147,6 +150,7 @@ SCALES = {
                        finetune_steps=4, probe_steps=4, eval_every=4, eval_batches=1,
                        train_examples=32, eval_examples=12, generate_examples=2,
                        new_tokens=4, latency_repeats=1, seeds=(0, 1), probe_seeds=(0,),
+                       latency_attempts=1, latency_wait=0.0,
                        rep_tasks=("next_speech", "speaker", "replaced_word"),  # every path
                        rep_length=96, rep_train_examples=32, rep_eval_examples=16,
                        big_overrides=(("hidden_size", 160), ("num_hidden_layers", 3))),

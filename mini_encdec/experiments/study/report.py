@@ -44,7 +44,8 @@ def arms_markdown(results: dict, seeds, base: dict) -> str:
     keys = ["prefix_val_loss", "reply_nll", "reply_rouge_l", "reply_repetition",
             "genre_rank_accuracy", "genre_probe_accuracy", "rep_score"]
     head = ["arm", "PrefixLM val loss (pre-training)"] + [METRICS[k] for k in keys[1:]] + \
-        ["parameters", "prompt GFLOPs", "GFLOPs / generated token", "ms / generated token"]
+        ["parameters", "prompt GFLOPs", "GFLOPs / generated token", "GFLOPs / request",
+         "ms / generated token", "ms / request"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in ARMS:
         pre = [results["pretrain"][f"seed{s}"][arm]["prefix_val_loss"] for s in seeds]
@@ -53,16 +54,18 @@ def arms_markdown(results: dict, seeds, base: dict) -> str:
             v = [results["finetune"][f"seed{s}"][f"{arm}@extra"][k] for s in seeds]
             cells.append(_pm(np.mean(v), np.std(v, ddof=1)))
         cost = results["cost"][arm]
+        busy = "" if cost.get("quiet") else " *"  # measured on a busy machine
         cells += [f"{cost['parameters']:,}", f"{cost['prompt_gflops']:.4f}",
-                  f"{cost['gflops_per_generated_token']:.5f}",
-                  f"{cost['ms_per_generated_token']:.2f}"]
+                  f"{cost['gflops_per_generated_token']:.5f}", f"{cost['total_gflops']:.4f}",
+                  f"{cost['ms_per_generated_token']:.2f}{busy}",
+                  f"{cost['total_ms']:.1f}{busy}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("| baseline | | unigram " + f"{np.mean(base['reply_nll_unigram']):.3f} | "
                  f"copy the input {np.mean(base['reply_rouge_l_copy_input']):.3f} | "
                  f"{_reference_repetition(results, seeds)} | "
                  f"chance {base['genre_chance'][0]:.3f}, majority "
                  f"{np.mean(base['genre_majority_class']):.3f} | (same) | "
-                 f"{_rep_baseline_cell(base['rep'])} | | | | |")
+                 f"{_rep_baseline_cell(base['rep'])} | | | | | | |")
     return "\n".join(lines)
 
 
@@ -255,8 +258,10 @@ def _report(results: dict, rows: list, seeds, curves, qf) -> str:
         "seeds, each seed the mean over the probe head seeds)", "",
         rep_tasks_markdown(results, seeds), "",
         "Costs: one request at batch 1 with the same prompt and the same forced number of "
-        "generated tokens; latency measured on seed 0's models (load average "
-        f"{results['cost']['dec'].get('load_average')}).", "",
+        "generated tokens; per request = the prompt plus every generated token. Latency "
+        "measured on seed 0's models; * marks a latency measured while the 1-minute load "
+        f"average was above {results['plan'].get('quiet_load', 0.5)} after every "
+        "re-measurement (indicative only; the FLOPs are exact).", "",
         "## E6: the budget sweep", "", sweep_markdown(results, seeds), "",
     ]
     if curves:
