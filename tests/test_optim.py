@@ -16,7 +16,8 @@ from mini_encdec.training.optim import (AdamW, OptimConfig, accumulate, clip_by_
                                global_norm, trainable_names)
 from mini_encdec import ops
 from mini_encdec.nn.adamw import adamw_update
-from mini_encdec.training.schedules import constant, cosine, inverse_sqrt, learning_rate
+from mini_encdec.training.schedules import (constant, cosine, inverse_sqrt, learning_rate,
+                                           wsd, wsd_decay_steps)
 
 from .assertions import assert_close
 from .conftest import requires_twins
@@ -254,14 +255,47 @@ def test_schedule_values():
         constant(-1, 1.0)
 
 
-@given(st.sampled_from(["cosine", "constant", "inverse_sqrt"]), st.integers(0, 20),
+def test_wsd_values():
+    # total 10, default cooldown 20% = 2 updates: stable through step 7, then 2/3, 1/3, 0
+    assert wsd_decay_steps(10) == 2 and wsd_decay_steps(3) == 1 and wsd_decay_steps(10, 4) == 4
+    assert [wsd(s, 1.0, 0, 10) for s in (0, 7, 10, 50)] == [1.0, 1.0, 0.0, 0.0]
+    assert wsd(8, 1.0, 0, 10) == pytest.approx(2 / 3) and wsd(9, 1.0, 0, 10) == pytest.approx(1 / 3)
+    assert wsd(9, 1.0, 0, 10, min_lr_ratio=0.1) == pytest.approx(0.4)   # 0.1 + 0.9 / 3
+    assert wsd(10, 2.0, 0, 10, min_lr_ratio=0.1) == pytest.approx(0.2)
+    assert wsd(5, 1.0, 0, 10, decay=4) == 1.0 and wsd(6, 1.0, 0, 10, decay=4) == pytest.approx(0.8)
+    # a one-update cooldown still anneals that update
+    assert wsd(3, 1.0, 0, 4, decay=1) == pytest.approx(0.5)
+    # a warmup cut short by the cooldown: the smaller of the two lines
+    assert [wsd(s, 1.0, 4, 5, decay=2) for s in range(5)] == \
+        pytest.approx([0.25, 0.5, 0.75, 2 / 3, 1 / 3])
+    assert learning_rate(9, schedule="wsd", base=1.0, warmup=0, total=10, min_lr_ratio=0.0,
+                         decay=4) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="decay"):
+        wsd(0, 1.0, 0, 10, decay=11)
+
+
+@pytest.mark.parametrize("budget", [40, 100, 333, 1000])
+def test_wsd_is_constant_before_its_cooldown_so_branches_share_the_stable_run(budget):
+    # a cooldown branch of budget B starts from the stable run at B - decay(B): up to
+    # there every budget's schedule (and the longest run's) is the same constant line
+    longest = 1000
+    for step in range(budget - wsd_decay_steps(budget)):
+        lr = wsd(step, 3e-3, 20, budget)
+        assert lr == constant(step, 3e-3, 20) == wsd(step, 3e-3, 20, longest)
+    assert wsd(budget - 1, 3e-3, 20, budget) < constant(budget - 1, 3e-3, 20)
+
+
+@given(st.sampled_from(["cosine", "constant", "inverse_sqrt", "wsd"]), st.integers(0, 20),
        st.integers(1, 200))
 def test_schedules_rise_during_warmup_then_never_rise(schedule, warmup, total):
     lrs = [learning_rate(s, schedule=schedule, base=1.0, warmup=warmup, total=total)
            for s in range(total + 30)]
     assert all(0 < lr <= 1.0 + 1e-12 for lr in lrs)
-    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup]))
-    after = lrs[max(warmup - 1, 0):]
+    # WSD's cooldown may start inside the warmup: then the peak comes earlier
+    rise = warmup if schedule != "wsd" else int(np.argmax(lrs[:max(warmup, 1)])) + 1
+    assert rise <= max(warmup, 1)
+    assert all(a < b for a, b in zip(lrs[:rise], lrs[1:rise]))
+    after = lrs[max(rise - 1, 0):]
     assert all(b <= a + 1e-12 for a, b in zip(after, after[1:]))
 
 
@@ -289,7 +323,8 @@ def test_trainable_names_warmup_and_freeze():
     ("lr", 0.0, "OptimConfig.lr"), ("beta2", 1.0, "OptimConfig.beta2"),
     ("schedule", "linear", "OptimConfig.schedule"), ("clip_norm", -1.0, "clip_norm"),
     ("grad_accum", 0, "grad_accum"), ("freeze", ("(",), "freeze"),
-    ("no_decay", "norm", "no_decay"), ("warmup_steps", 1.5, "warmup_steps")])
+    ("no_decay", "norm", "no_decay"), ("warmup_steps", 1.5, "warmup_steps"),
+    ("decay_steps", 0, "decay_steps")])
 def test_optim_config_validation(field, value, match):
     with pytest.raises(ValueError, match=match):
         OptimConfig(**{field: value})

@@ -16,14 +16,17 @@ OFFSET = {arm: 0.01 * i for i, arm in enumerate(ARMS)}  # dec lowest, ed_unbal_n
 
 def _metrics(seed: int, arm: str) -> dict:
     x = 1.0 + 0.1 * seed + OFFSET[arm] + 0.001 * ((seed * 7 + len(arm)) % 3)  # a little noise
-    return {k: x for k in METRICS}
+    return dict({k: x for k in METRICS}, next_speech_accuracy=0.6, speaker_accuracy=0.7)
 
 
 def fake_results() -> dict:
     plan = {"extra_steps": 4, "sweep_steps": 8, "eval_every": 2}
     res = {"pretrain": {}, "finetune": {}, "cost": {}, "plan": plan,
            "baselines": {"reply_nll_unigram": [6.0] * 3, "reply_rouge_l_copy_input": [0.05] * 3,
-                         "genre_chance": [1 / 6] * 3, "genre_majority_class": [0.2] * 3}}
+                         "genre_chance": [1 / 6] * 3, "genre_majority_class": [0.2] * 3,
+                         "rep": {t: {"chance": 0.5, "majority": 0.51, "bag_of_words": 0.55,
+                                     "eval_examples": 100}
+                                 for t in ("next_speech", "speaker")}}}
     for s in SEEDS:
         pre, ft = {}, {}
         for arm in ARMS:
@@ -38,6 +41,7 @@ def fake_results() -> dict:
     for arm in ARMS:
         res["cost"][arm] = {"parameters": 1000, "prompt_gflops": 0.01, "total_gflops": 0.1,
                             "gflops_per_generated_token": 0.003, "ms_per_generated_token": 1.0,
+                            "total_ms": 30.0, "quiet": arm != "dec",
                             "load_average": [1.0, 1.0, 1.0]}
     return res
 
@@ -61,7 +65,31 @@ def test_claims_table_directions_and_markdown():
     assert all(_cells(line) == _cells(md[0]) for line in md)
     assert "(claim: < 0)" in md[2] and "(claim: > 0)" in "\n".join(md)
     text = study.reading(rows)
-    assert text.count("- **E") == 6 and "In all:" in text
+    assert text.count("- **E") == 6 and "Primary tests (9, Holm-corrected" in text
+
+
+def test_claims_are_holm_corrected_within_their_family_and_can_be_equivalent():
+    res = fake_results()
+    rows = study.claims_table(res, SEEDS)
+    primary = [r for r in rows if r["claim"].primary]
+    assert len(primary) == 9 and {r["claim"].experiment for r in primary} == \
+        {"E1", "E2", "E3", "E4", "E5", "E6"}
+    for family in (primary, [r for r in rows if not r["claim"].primary]):
+        m = len(family)
+        smallest = min(family, key=lambda r: r["test"]["p"])["test"]
+        assert smallest["p_holm"] == pytest.approx(min(1.0, m * smallest["p"]))
+        assert all(r["test"]["p"] <= r["test"]["p_holm"] for r in family)
+        for r in family:
+            lo, hi = r["test"]["ci95"]
+            assert lo <= r["test"]["mean_diff"] <= hi and r["test"]["mde"] >= 0
+    # ed_causal = ed_prefix + noise far below the 0.02-nat margin: E5 reads "equivalent"
+    for s in SEEDS:
+        for arm in ("ed_prefix", "ed_causal"):
+            res["pretrain"][f"seed{s}"][arm]["prefix_val_loss"] = \
+                5.0 + 0.1 * s + (0.001 * ((s + len(arm)) % 3) if arm == "ed_causal" else 0)
+    e5 = [r for r in study.claims_table(res, SEEDS)
+          if r["claim"].experiment == "E5" and r["claim"].stage == "pretrain"][0]
+    assert e5["verdict"] == "equivalent" and e5["test"]["p_tost"] < 0.05
 
 
 def test_arms_and_sweep_tables_are_rectangular_and_name_their_budgets():
@@ -69,6 +97,8 @@ def test_arms_and_sweep_tables_are_rectangular_and_name_their_budgets():
     arms = study.arms_markdown(res, SEEDS, res["baselines"]).splitlines()
     assert len(arms) == 2 + len(ARMS) + 1  # header, rule, one row per arm, the baselines
     assert all(_cells(line) == _cells(arms[0]) for line in arms)
+    # a latency measured on a busy machine is marked, per token and per request
+    assert arms[2].count(" *") == 2 and " *" not in "\n".join(arms[3:])
     sweep = study.sweep_markdown(res, SEEDS)
     first, second = sweep.split("\n\n(A blank cell")[0], sweep.split("\n\n")[-1]
     rows = first.splitlines()[2:]
@@ -92,6 +122,7 @@ def test_report_puts_the_tables_together():
                        probe_steps=4)
     rows = study.claims_table(res, SEEDS)
     md = study._report(res, rows, SEEDS, None, None)
-    for part in ("## Claims", "### Reading", "## Every arm", "## E6: the budget sweep",
+    for part in ("## Claims", "### Reading", "## Every arm", "## Representation tasks",
+                 "| bag of words | 0.550 | 0.550 |", "## E6: the budget sweep",
                  "wall-clock time of this invocation 2.0 min"):
         assert part in md, part

@@ -56,14 +56,17 @@ class OptimConfig:
     weight_decay: float = 0.01
     # Regular expressions (re.search) of parameter names that get no weight decay.
     no_decay: tuple = ("norm", "embed_tokens")
-    # Learning-rate schedule: "cosine", "constant" or "inverse_sqrt" (schedules.py).
+    # Learning-rate schedule: "cosine", "constant", "inverse_sqrt" or "wsd" (schedules.py).
     schedule: str = "cosine"
     # Linear warmup length in updates.
     warmup_steps: int = 20
     # Length of the cosine decay in updates; None means the run's number of steps.
     total_steps: Optional[int] = None
-    # The cosine ends at lr * min_lr_ratio.
+    # The cosine (and the WSD cooldown) ends at lr * min_lr_ratio.
     min_lr_ratio: float = 0.1
+    # "wsd" only: length of the final linear cooldown in updates; None means 20% of the
+    # run (schedules.wsd).
+    decay_steps: Optional[int] = None
     # Global-norm gradient clipping threshold; None disables clipping.
     clip_norm: Optional[float] = 1.0
     # Micro-batches whose gradients are averaged into one update.
@@ -82,6 +85,7 @@ class OptimConfig:
         check_choice(self.schedule, f"{name}.schedule", SCHEDULES)
         check_int(self.warmup_steps, f"{name}.warmup_steps", low=0)
         check_int(self.total_steps, f"{name}.total_steps", low=1, allow_none=True)
+        check_int(self.decay_steps, f"{name}.decay_steps", low=1, allow_none=True)
         check_number(self.clip_norm, f"{name}.clip_norm", low=0, low_open=True, allow_none=True)
         check_int(self.grad_accum, f"{name}.grad_accum", low=1)
         for f in ("no_decay", "freeze"):
@@ -101,7 +105,7 @@ class OptimConfig:
         return learning_rate(step, schedule=self.schedule, base=self.lr,
                              warmup=self.warmup_steps,
                              total=self.total_steps or run_steps,
-                             min_lr_ratio=self.min_lr_ratio)
+                             min_lr_ratio=self.min_lr_ratio, decay=self.decay_steps)
 
     def replace(self, **changes) -> "OptimConfig":
         return dataclasses.replace(self, **changes)

@@ -13,6 +13,17 @@ After the warmup:
                   min_lr = base * min_lr_ratio. Reaches min_lr at step = total.
     inverse_sqrt  lr = base * sqrt(max(warmup, 1) / (step + 1))  ("Noam"/T5 style:
                   continuous with the warmup's end, decaying as 1/sqrt(step))
+    wsd           warmup-stable-decay: lr = base before decay_start = total - decay; the
+                  `decay` updates of the cooldown step linearly down towards
+                  min_lr = base * min_lr_ratio:
+                  lr = min_lr + (base - min_lr) * (total - step) / (decay + 1),
+                  so the first cooldown update already moves below base and the last
+                  (step total - 1) still moves (lr > min_lr); min_lr from step total on. `decay` defaults to 20% of the run (Hagele et al. 2024: a 20%
+                  linear cooldown matches a cosine of the same length).
+
+Why WSD: up to decay_start it equals `constant`, so one stable run serves every budget B:
+its checkpoint at B - decay(B) plus a cooldown of decay(B) updates is a fully annealed run
+of B updates (a "cooldown branch"), never a mid-schedule checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +32,8 @@ import math
 
 from ..validate import argument, check_int
 
-SCHEDULES = ("cosine", "constant", "inverse_sqrt")
+SCHEDULES = ("cosine", "constant", "inverse_sqrt", "wsd")
+WSD_DECAY_FRACTION = 0.2  # the cooldown's share of a WSD run when no length is given
 
 
 def _check(step: int, warmup: int) -> None:
@@ -55,9 +67,35 @@ def inverse_sqrt(step: int, base: float, warmup: int = 0) -> float:
     return base * math.sqrt(max(warmup, 1) / (step + 1))
 
 
+def wsd_decay_steps(total: int, decay=None) -> int:
+    """The cooldown length of a WSD run of `total` updates: `decay`, or 20% of total
+    (at least 1)."""
+    check_int(total, argument("learning-rate schedule", "total"), low=1)
+    if decay is None:
+        return max(1, round(WSD_DECAY_FRACTION * total))
+    check_int(decay, argument("learning-rate schedule", "decay"), low=1, high=total)
+    return decay
+
+
+def wsd(step: int, base: float, warmup: int, total: int, decay=None,
+        min_lr_ratio: float = 0.0) -> float:
+    """Warmup-stable-decay (module docstring): constant after the warmup, then a linear
+    cooldown over the last `decay` updates to base * min_lr_ratio at step `total`."""
+    _check(step, warmup)
+    decay = wsd_decay_steps(total, decay)
+    start = total - decay
+    min_lr = base * min_lr_ratio
+    cooled = base if step < start else \
+        min_lr + (base - min_lr) * max(0, total - step) / (decay + 1)
+    return min(base * warmup_factor(step, warmup), cooled)  # a warmup cut short by the decay
+
+
 def learning_rate(step: int, *, schedule: str, base: float, warmup: int, total: int,
-                  min_lr_ratio: float = 0.1) -> float:
-    """The learning rate of update `step` under the named schedule."""
+                  min_lr_ratio: float = 0.1, decay=None) -> float:
+    """The learning rate of update `step` under the named schedule (`decay`: the WSD
+    cooldown length, None for 20% of total)."""
+    if schedule == "wsd":
+        return wsd(step, base, warmup, total, decay, min_lr_ratio)
     if schedule == "cosine":
         return cosine(step, base, warmup, total, min_lr_ratio)
     if schedule == "constant":

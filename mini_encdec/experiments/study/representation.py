@@ -1,0 +1,101 @@
+"""The study's representation score: classification probes on the representation
+tasks of text/rep_tasks.py (in the spirit of SuperGLUE), with their baselines.
+
+Per task (plan.rep_tasks): training examples from the training plays, evaluation on every
+example of plan.eval_split's plays (plan.rep_eval_examples > 0 caps both, for smoke
+tests only). The examples are the same for every seed and arm (task seed 0), so the arms
+differ only in their model.
+
+Per model and task, one probe per head seed in plan.probe_seeds (models/classifier.py,
+everything fine-tuned for plan.probe_steps updates at plan.finetune_lr, the head and the
+data order from the probe seed): the task's accuracy is the mean over the head seeds.
+The representation score is the mean accuracy over the tasks.
+
+Baselines per task (computed once per study): chance 0.5, the training majority class,
+and the bag-of-words logistic regression (experiments/bow.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import numpy as np
+
+from ..bow import bow_baseline
+from ..downstream import _ClassBatcher, _class_batches, _optim
+from ...models.classifier import SequenceClassifier
+from ...text.rep_tasks import task_examples
+from ...training.train import train
+
+TASK_SEED = 0  # the examples (and their labels) are the same for every study seed
+
+
+@dataclass
+class RepData:
+    """Every representation task's examples: {task: (train examples, eval examples)}."""
+    tasks: dict
+    length: int
+    pad_id: int
+
+
+def build_rep_data(plan, tok) -> RepData:
+    cap = plan.rep_eval_examples or None
+    train_cap = plan.rep_train_examples or None
+    tasks = {t: (task_examples(t, "train", tok, length=plan.rep_length, seed=TASK_SEED,
+                               max_examples=train_cap),
+                 task_examples(t, plan.eval_split, tok, length=plan.rep_length,
+                               seed=TASK_SEED, max_examples=cap))
+             for t in plan.rep_tasks}
+    return RepData(tasks, plan.rep_length, tok.pad_id)
+
+
+def rep_baselines(data: RepData, vocab_size: int) -> dict:
+    """{task: {"chance", "majority", "bag_of_words", "eval_examples"}} (accuracies)."""
+    out = {}
+    for task, (tr, ev) in data.tasks.items():
+        y_tr = np.array([e.label for e in tr])
+        y_ev = np.array([e.label for e in ev])
+        bow = bow_baseline([e.inputs for e in tr], y_tr, [e.inputs for e in ev], vocab_size)
+        out[task] = {"chance": 0.5,
+                     "majority": float(np.mean(y_ev == int(y_tr.mean() >= 0.5))),
+                     "bag_of_words": float(np.mean(bow["predictions"] == y_ev)),
+                     "eval_examples": int(len(ev))}
+    return out
+
+
+def _accuracy(clf, examples: list, length: int, pad_id: int) -> np.ndarray:
+    """Per-example correctness (0/1) of a probe."""
+    hits = [clf.forward(b).argmax(axis=-1) == b["labels"]
+            for b in _class_batches(examples, 32, length, pad_id)]
+    return np.concatenate(hits).astype(np.float64)
+
+
+def probe_scores(model, data: RepData, plan, progress: bool) -> dict:
+    """{<task>_accuracy, <task>_accuracy_per_head_seed, rep_score,
+    replaced_word_accuracy_by_third (when that task is in)} of one model."""
+    res, means = {}, []
+    for task, (tr, ev) in data.tasks.items():
+        accs, by_third = [], []
+        for ps in plan.probe_seeds:
+            clf = SequenceClassifier.from_backbone(model, num_labels=2, seed=ps,
+                                                   label_names=("no", "yes"))
+            batches = _ClassBatcher(tr, plan.batch_size, data.length, data.pad_id, ps)
+            # no run directory: a probe is short, and 13 models x tasks x head seeds of
+            # checkpoints per seed would fill the disk; an interrupted unit reruns whole
+            train(clf, batches, optim=_optim(plan.finetune_lr, plan.probe_steps),
+                  steps=plan.probe_steps, eval_every=0, checkpoint_every=0,
+                  progress=progress, plot=False)
+            hit = _accuracy(clf, ev, data.length, data.pad_id)
+            accs.append(float(hit.mean()))
+            where = np.array([e.where for e in ev])
+            by_third.append([float(hit[where == k].mean()) if (where == k).any() else None
+                             for k in (0, 1, 2, -1)])
+        res[f"{task}_accuracy"] = float(np.mean(accs))
+        res[f"{task}_accuracy_per_head_seed"] = accs
+        if task == "replaced_word":
+            cols = list(zip(*by_third))
+            res["replaced_word_accuracy_by_third"] = dict(zip(
+                ("first", "middle", "last", "untouched"),
+                [float(np.mean(c)) if None not in c else None for c in cols]))
+        means.append(res[f"{task}_accuracy"])
+    res["rep_score"] = float(np.mean(means))
+    return res
