@@ -65,3 +65,26 @@ def test_loss_curves_png_from_metrics(tmp_path):
         (runs / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     path = demo.plot_stages(tmp_path, 0, "ed_kd")
     assert path == tmp_path / "loss_curves.png" and path.stat().st_size > 1000
+
+
+def test_one_seed_differences_inside_the_seed_spread_read_within_noise():
+    """A 0.019-nat PrefixLM difference (the old demo's) is inside twice the study's
+    seed-to-seed spread: "within noise", never "supported"; a large one has a direction."""
+    r = fake("prefix_lm_kd")
+    r["encoder_decoder"] = _arm(parameters=2_000_000, prefix_val_loss=4.0 - 0.019,
+                                reply_nll=4.5 - 0.5)
+    text = demo.reading(r)
+    line = next(x for x in text.splitlines() if "pre-training performance" in x)
+    assert "within noise" in line and "supported" not in text
+    line = next(x for x in text.splitlines() if "better fine-tuned generation" in x)
+    assert "in the paper's direction beyond one seed's noise" in line
+
+
+def test_a_baseline_is_beaten_only_beyond_its_sampling_error():
+    r = fake("prefix_lm_kd")
+    r["plan"]["eval_examples"] = 160
+    # 3 examples of 160 above the majority class (0.2): inside 2 binomial errors (0.063)
+    r["decoder_only"] = _arm(genre_probe_accuracy=0.2 + 3 / 160)
+    text = demo.reading(r)
+    assert "decoder-only model's genre accuracy, classification probe" in text
+    assert "sampling error" in text

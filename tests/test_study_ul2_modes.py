@@ -33,6 +33,6 @@ def test_mode_tokens_lead_every_input_within_the_same_lengths():
     assert data.reply_prefix[0] == s2s and data.prefix_len == plain.prefix_len + 1
     rep = rep_data_with_mode(tok, plan, "[NLU]")
     base = build_rep_data(plan, tok)
-    (tr, ev), (tr0, ev0) = rep.tasks["next_speech"], base.tasks["next_speech"]
+    (tr, ev), (_, ev0) = rep.tasks["next_speech"], base.tasks["next_speech"]
     assert [e.label for e in ev] == [e.label for e in ev0]
     assert all(e.inputs[0] == nlu and len(e.inputs) <= plan.rep_length for e in tr + ev)

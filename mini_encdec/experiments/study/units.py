@@ -353,7 +353,7 @@ class Study:
         return self.cached(f"cost_{arm}", run)
 
 
-def _read_metrics(run_dir: Path) -> list:
+def read_metrics(run_dir: Path) -> list:
     """The records of a run's metrics.jsonl ([] when there is none)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -364,7 +364,7 @@ def _read_metrics(run_dir: Path) -> list:
 def _val_curve(run_dir: Path) -> list:
     """[(step, tokens seen, validation loss)] from a run's metrics.jsonl."""
     tokens, curve = {}, []
-    for r in _read_metrics(run_dir):
+    for r in read_metrics(run_dir):
         if "tokens" in r:
             tokens[r["step"]] = r["tokens"]
         if "val_loss" in r:
