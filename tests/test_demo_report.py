@@ -88,3 +88,22 @@ def test_a_baseline_is_beaten_only_beyond_its_sampling_error():
     text = demo.reading(r)
     assert "decoder-only model's genre accuracy, classification probe" in text
     assert "sampling error" in text
+
+
+def test_the_cooldown_branch_continues_the_validation_curve(tmp_path, monkeypatch):
+    """The annealed end of the extra budget (its WSD cooldown branch) is drawn on from the
+    stable run, so the panel's last point is the table's number."""
+    pytest.importorskip("matplotlib")
+    import json
+    import matplotlib.axes
+    drawn = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: drawn.append(a) or real(self, *a, **k))
+    runs = tmp_path / "runs" / "seed0"
+    for name, steps in (("ed_kd", (2, 4)), ("ed_kd@cooldown6", (6,)), ("dec", (2, 4))):
+        (runs / name).mkdir(parents=True)
+        recs = [{"step": s, "val_loss": 4.0 - s / 20} for s in steps]
+        (runs / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    demo.plot_stages(tmp_path, 0, "ed_kd")
+    assert ((4, 6), (4.0 - 4 / 20, 4.0 - 6 / 20), "o--") in [tuple(a) for a in drawn]

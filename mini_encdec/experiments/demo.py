@@ -263,7 +263,8 @@ def stage_panels(ed_arm: str) -> list:
 
 def plot_stages(out: Path, seed: int, ed_arm: str) -> Optional[Path]:
     """The training stages' loss curves in one PNG (None without matplotlib): the panels
-    of stage_panels, numbered in order, each training loss on its own axis."""
+    of stage_panels, numbered in order, each training loss on its own axis, an annealed
+    run's cooldown branch drawn on from where it leaves the stable run."""
     from ..plots import new_figure
     from .study import read_metrics
     panels = stage_panels(ed_arm)
@@ -275,9 +276,18 @@ def plot_stages(out: Path, seed: int, ed_arm: str) -> Optional[Path]:
     for ax, (title, key, runs_) in zip(axes, panels):
         for name, label in runs_:
             pts = [(r["step"], r[key]) for r in read_metrics(runs / name) if key in r]
-            if pts:
-                style = "o-" if key == "val_loss" else "-"
-                ax.plot(*zip(*pts), style, label=label, linewidth=1, markersize=3)
+            if not pts:
+                continue
+            style = "o-" if key == "val_loss" else "-"
+            line, = ax.plot(*zip(*pts), style, label=label, linewidth=1, markersize=3)
+            # an annealed budget's last updates run in its cooldown branch (WSD): drawn on
+            # from the shared stable run, dashed, in the same colour
+            for branch in sorted(runs.glob(f"{name}@cooldown*")):
+                more = [(r["step"], r[key]) for r in read_metrics(branch) if key in r]
+                if more:
+                    ax.plot(*zip(*([pts[-1]] + more)), "o--" if key == "val_loss" else "--",
+                            color=line.get_color(), linewidth=1, markersize=3,
+                            label=f"{label}, cooldown" if len(runs_) > 1 else None)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("update")
         ax.set_ylabel("validation loss (nats / token)" if key == "val_loss"
