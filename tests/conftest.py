@@ -206,3 +206,25 @@ def backend(request):
         pytest.skip("the Numba twins are left out of this copy: the numba backend cannot run")
     with use_backend(request.param):
         yield request.param
+
+
+# --- running the command line (test_cli.py, test_faults.py) ---------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*argv):
+    """main(argv) on the numpy backend; returns the exit status (SystemExit included)."""
+    from mini_encdec.cli import main  # the whole command line: only for the tests using it
+    with use_backend("numpy"):
+        try:
+            return main([str(a) for a in argv])
+        except SystemExit as e:
+            return e.code
+
+
+def cli_env(**extra):
+    """The environment of a command-line subprocess: numpy backend, one BLAS thread, this
+    checkout first on the path."""
+    return dict(os.environ, MINI_ENCDEC_BACKEND="numpy", OPENBLAS_NUM_THREADS="1",
+                OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)

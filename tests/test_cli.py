@@ -1,7 +1,6 @@
 """`python -m mini_encdec`: every command on the tiny preset, clear errors, kill and resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import requires_twins
+from .conftest import cli_env, requires_twins, run_cli
 from mini_encdec.storage import checkpoint as ckpt
-from mini_encdec.backend import use_backend
-from mini_encdec.cli import COMMANDS, main
+from mini_encdec.cli import COMMANDS
 from mini_encdec.cli.overrides import parse_overrides
 from mini_encdec.cli.runs import RUN_CONFIG
 
@@ -23,18 +21,8 @@ SMALL_DATA = ["batch_size=2", "encoder_length=16", "decoder_length=16", "eval_ba
               "checkpoint_every=2", "eval_every=2"]
 
 
-def run(*argv):
-    """main(argv) on the numpy backend; returns the exit status (SystemExit included)."""
-    with use_backend("numpy"):
-        try:
-            return main([str(a) for a in argv])
-        except SystemExit as e:
-            return e.code
-
-
-def _env():
-    return dict(os.environ, MINI_ENCDEC_BACKEND="numpy", OPENBLAS_NUM_THREADS="1",
-                OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+run = run_cli
+_env = cli_env
 
 
 def test_module_entry_point_lists_every_command():

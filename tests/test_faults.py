@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mini_encdec.backend import use_backend
-from mini_encdec.cli import main
 from mini_encdec.cli.common import training_memory
 from mini_encdec.cli.overrides import build_model_config
 from mini_encdec.storage import checkpoint as ckpt
@@ -27,23 +25,15 @@ from mini_encdec.storage.lock import hold, lock_path
 from mini_encdec.storage.safe_output import new_output_dir
 from mini_encdec.training.train import DAMAGED_FILE, METRICS_FILE
 
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import cli_env, run_cli
+
 SMALL = ["batch_size=2", "encoder_length=16", "decoder_length=16", "eval_batches=1",
          "checkpoint_every=2", "eval_every=2"]
 M = [sys.executable, "-m", "mini_encdec"]
 
 
-def run(*argv):
-    with use_backend("numpy"):
-        try:
-            return main([str(a) for a in argv])
-        except SystemExit as e:
-            return e.code
-
-
-def env():
-    return dict(os.environ, MINI_ENCDEC_BACKEND="numpy", OPENBLAS_NUM_THREADS="1",
-                OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+run = run_cli
+env = cli_env
 
 
 def digest(root: Path) -> dict:

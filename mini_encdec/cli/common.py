@@ -260,13 +260,19 @@ def check_memory(data: DataConfig, config, arch: str) -> None:
     now (training_memory's estimate, which follows the backend in use)."""
     from ..backend import get_backend
     S, T = data.encoder_length, data.decoder_length
-    need = training_memory(config, arch, data.batch_size, S, T, get_backend())
+    refuse_beyond_memory(training_memory(config, arch, data.batch_size, S, T, get_backend()),
+                         f"--set batch_size={data.batch_size} encoder_length={S} "
+                         f"decoder_length={T}: a training step needs",
+                         "shorter lengths or a smaller batch_size")
+
+
+def refuse_beyond_memory(need: int, what: str, expected: str) -> None:
+    """UsageError "<what> about N GiB, more than the M GiB available; expected <expected>"
+    when `need` bytes exceed the memory available now (nothing if that is unknown)."""
     avail = available_memory()
     if avail is not None and need > avail:
-        raise UsageError(f"--set batch_size={data.batch_size} encoder_length={S} "
-                         f"decoder_length={T}: a training step needs about "
-                         f"{need / 2**30:.1f} GiB, more than the {avail / 2**30:.1f} GiB "
-                         f"available; expected shorter lengths or a smaller batch_size")
+        raise UsageError(f"{what} about {need / 2**30:.1f} GiB, more than the "
+                         f"{avail / 2**30:.1f} GiB available; expected {expected}")
 
 
 def check_trainable(model, optim: OptimConfig) -> None:

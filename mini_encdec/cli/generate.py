@@ -21,9 +21,9 @@ import numpy as np
 
 from ..config import EncDecConfig
 from ..usage import UsageError
-from .common import (POSITIVE, SEED, add_common_arguments, available_memory,
-                     check_vocabulary, decode_text, float_in, int_at_least, read_model,
-                     read_tokenizer, set_backend, tok_default)
+from .common import (POSITIVE, SEED, add_common_arguments, check_vocabulary, decode_text,
+                     float_in, int_at_least, read_model, read_tokenizer, refuse_beyond_memory,
+                     set_backend, tok_default)
 
 HELP = "generate text from a prompt, or for every line of stdin (one reply per line)"
 MAX_NEW_TOKENS = 65536  # beyond this the KV cache of even a tiny model grows large
@@ -148,13 +148,9 @@ def run(args) -> int:
         if len(ids) > MAX_PROMPT_TOKENS:
             raise UsageError(f"{what}: {len(ids)} tokens; expected at most "
                              f"{MAX_PROMPT_TOKENS}")
-        need = prompt_memory(model.config, len(ids) + args.max_new_tokens)
-        avail = available_memory()
-        if avail is not None and need > avail:
-            raise UsageError(f"{what}: {len(ids)} tokens (+ --max-new-tokens "
-                             f"{args.max_new_tokens}) need about {need / 2**30:.1f} GiB, more "
-                             f"than the {avail / 2**30:.1f} GiB available; expected a "
-                             f"shorter prompt")
+        refuse_beyond_memory(prompt_memory(model.config, len(ids) + args.max_new_tokens),
+                             f"{what}: {len(ids)} tokens (+ --max-new-tokens "
+                             f"{args.max_new_tokens}) need", "a shorter prompt")
         return np.append(ids, eos) if (synthetic or args.eos) else ids
 
     def respond(text: str, what: str) -> str:

@@ -80,14 +80,40 @@ def _read_pid(path: Path) -> int:
         return 0
 
 
-def _make_parents(path: Path) -> list:
-    """Create the missing parents of `path`; return those created, deepest last."""
+def make_parents(path: Path, shown: str) -> list:
+    """Create the missing parents of `path`; return those created, deepest last. A
+    refusal of the file system is one OutputError line starting with `shown`."""
+    missing = [p for p in reversed(path.parents) if not os.path.lexists(p)]
     created = []
-    for p in reversed(path.parents):
-        if not os.path.lexists(p):
+    try:
+        for p in missing:
             os.mkdir(p)
             created.append(p)
+    except OSError as e:
+        remove_empty(created)
+        raise OutputError(f"{shown}: cannot create directory {e.filename or p} "
+                          f"({e.strerror})") from None
     return created
+
+
+def remove_empty(dirs: list) -> None:
+    """Remove directories this process created (deepest first), if they are still empty."""
+    for p in reversed(dirs):
+        try:
+            os.rmdir(p)
+        except OSError:
+            pass
+
+
+def remove(path: Path) -> None:
+    """Delete a file, a symlink or a directory tree; what is already gone is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _acquire(lock: Path, shown: str) -> tuple:
@@ -142,18 +168,14 @@ def hold(target, what: str = "--out", keep=None) -> Iterator[Path]:
             _HELD[key][1] -= 1
         return
     shown = f"{what} {target}"
-    try:
-        created = _make_parents(path)
-    except OSError as e:
-        raise OutputError(f"{shown}: cannot create directory {e.filename} ({e.strerror})") \
-            from None
+    created = make_parents(path, shown)
     try:
         fd, dead = _acquire(lock, shown)
     except LockedError:
-        _remove_empty(created)
+        remove_empty(created)
         raise
     except OSError as e:
-        _remove_empty(created)
+        remove_empty(created)
         raise OutputError(f"{shown}: cannot create a file in {path.parent} "
                          f"({e.strerror})") from None
     try:
@@ -172,15 +194,7 @@ def hold(target, what: str = "--out", keep=None) -> Iterator[Path]:
         except OSError:
             pass
         os.close(fd)
-        _remove_empty(created)
-
-
-def _remove_empty(dirs: list) -> None:
-    for p in reversed(dirs):
-        try:
-            os.rmdir(p)
-        except OSError:
-            pass
+        remove_empty(created)
 
 
 def leftovers(path: Path) -> list:
@@ -216,12 +230,6 @@ def recover(path: Path, shown: str, keep=None) -> None:
         else:
             what = ("unfinished output" if kind == "tmp"
                     else "previous content, already replaced,")
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                try:
-                    os.unlink(p)
-                except OSError:
-                    pass
+            remove(p)
             print(f"{shown}: removed the {what} left by process {pid} ({p.name})",
                   file=sys.stderr)

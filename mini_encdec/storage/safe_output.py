@@ -56,13 +56,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Optional, Union
 
-from .lock import OutputError, hold, leftovers
+from .lock import OutputError, hold, leftovers, make_parents, remove, remove_empty
 
 PathLike = Union[str, Path]
 # {label: path}, or paths and (label, path) pairs; the label names the option in messages
@@ -185,43 +184,9 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _make_parents(path: Path, shown: str) -> list:
-    """Create the missing parents of `path`; return those created, deepest last."""
-    missing = [p for p in reversed(path.parents) if not os.path.lexists(p)]
-    created = []
-    try:
-        for p in missing:
-            os.mkdir(p)
-            created.append(p)
-    except OSError as e:
-        _remove_empty(created)
-        raise OutputError(f"{shown}: cannot create directory {e.filename or p} "
-                          f"({e.strerror})") from None
-    return created
-
-
-def _remove_empty(dirs: list) -> None:
-    """Remove directories this process created (deepest first), if they are still empty."""
-    for p in reversed(dirs):
-        try:
-            os.rmdir(p)
-        except OSError:
-            pass
-
-
 def _beside(path: Path, tag: str) -> Path:
     """A fresh hidden name next to `path`: `.<name>.<tag>-<pid>-<random>`."""
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(3)}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 def _place(new: Path, target: Path, overwrite: bool = True, shown: str = "") -> None:
@@ -245,7 +210,7 @@ def _place(new: Path, target: Path, overwrite: bool = True, shown: str = "") -> 
     os.rename(new, target)
     fsync_dir(target.parent)
     if old is not None:
-        _remove(old)
+        remove(old)
 
 
 @contextmanager
@@ -266,7 +231,7 @@ def new_output_dir(target: PathLike, *, overwrite: bool = False, sources: Source
     shown = f"{what} {shown_path(target)}"
     with hold(path, what, keep=resumable):
         check_output(target, **kw)  # again: a writer before us may just have finished
-        created = _make_parents(path, shown)
+        created = make_parents(path, shown)
         tmp = _beside(path, "tmp")
         left = sorted((p for kind, _, p in leftovers(path) if kind == "tmp"
                        and resumable is not None and resumable(p)),
@@ -279,7 +244,7 @@ def new_output_dir(target: PathLike, *, overwrite: bool = False, sources: Source
             else:
                 os.mkdir(tmp)
         except OSError as e:
-            _remove_empty(created)
+            remove_empty(created)
             raise OutputError(f"{shown}: cannot create a directory in {path.parent} "
                               f"({e.strerror})") from None
         try:
@@ -287,8 +252,8 @@ def new_output_dir(target: PathLike, *, overwrite: bool = False, sources: Source
             fsync_dir(tmp)
             _place(tmp, path, overwrite, shown)
         except BaseException:
-            _remove(tmp)
-            _remove_empty(created)
+            remove(tmp)
+            remove_empty(created)
             raise
 
 
@@ -304,13 +269,13 @@ def new_output_file(target: PathLike, *, overwrite: bool = False, sources: Sourc
     shown = f"{what} {shown_path(target)}"
     with hold(path, what):
         check_output(target, **kw)  # again: a writer before us may just have finished
-        created = _make_parents(path, shown)
+        created = make_parents(path, shown)
         tmp = _beside(path, "tmp")
         try:  # probe now, so an unwritable place fails before the real work
             with open(tmp, "xb"):
                 pass
         except OSError as e:
-            _remove_empty(created)
+            remove_empty(created)
             raise OutputError(f"{shown}: cannot create a file in {path.parent} "
                               f"({e.strerror})") from None
         try:
@@ -322,8 +287,8 @@ def new_output_file(target: PathLike, *, overwrite: bool = False, sources: Sourc
             os.replace(tmp, path)
             fsync_dir(path.parent)
         except BaseException:
-            _remove(tmp)
-            _remove_empty(created)
+            remove(tmp)
+            remove_empty(created)
             raise
 
 
@@ -377,14 +342,14 @@ def _new_run_directory(target, path: Path, overwrite: bool, what: str,
                        shown: str) -> Iterator[RunDirectory]:
     in_place = not os.path.lexists(path) or (
         path.is_dir() and not path.is_symlink() and not any(path.iterdir()))
-    created = _make_parents(path, shown)
+    created = make_parents(path, shown)
     work = path if in_place else _beside(path, "tmp")
     try:
         if not os.path.lexists(work):
             os.mkdir(work)
             created.append(work)
     except OSError as e:
-        _remove_empty(created)
+        remove_empty(created)
         raise OutputError(f"{shown}: cannot create the directory ({e.strerror})") from None
     run = RunDirectory(path, work, created, replaces=not in_place)
     if run.replaces:
@@ -395,11 +360,11 @@ def _new_run_directory(target, path: Path, overwrite: bool, what: str,
     except BaseException:
         if not run.is_started:
             if work != path or work in created:
-                _remove(work)
+                remove(work)
             else:  # an empty directory that was already there: remove only what we wrote
                 for p in list(work.iterdir()):
-                    _remove(p)
-            _remove_empty([p for p in created if p != work])
+                    remove(p)
+            remove_empty([p for p in created if p != work])
         elif run.replaces:
             print(f"the interrupted run is kept in {work} (resume it with --resume "
                   f"--run-dir {work}); {target} is unchanged", file=sys.stderr)
