@@ -1,2 +1,18 @@
 """Pilots of the study: small runs that fix a choice of the protocol (a budget, a task,
 a learning rate) on the validation plays before any confirmatory run."""
+
+import argparse
+from pathlib import Path
+
+
+def pilot_parser(module: str, doc: str, run_help: str, collect_help: str) -> tuple:
+    """(parser, its `run` subparser) of a pilot's command line: `run` (the caller adds its
+    options) and `collect --out DIR --to PATH` (gather the runs into the committed files)."""
+    ap = argparse.ArgumentParser(prog=f"python -m mini_encdec.experiments.pilots.{module}",
+                                 description=doc.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help=run_help)
+    collect = sub.add_parser("collect", help=collect_help)
+    collect.add_argument("--out", type=Path, required=True)
+    collect.add_argument("--to", type=Path, required=True)
+    return ap, run

@@ -21,7 +21,6 @@ the lowest loss; a grid point at the edge of the grid is reported as such.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -40,6 +39,7 @@ from ...training.adapt import adapt
 from ...training.optim import OptimConfig
 from ...training.schedules import wsd_decay_steps
 from ...training.train import evaluate, train
+from . import pilot_parser
 
 GRID = (3e-4, 1e-3, 3e-3)
 EXTRA = 300
@@ -106,16 +106,11 @@ def collect(out: Path, to: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mini_encdec.experiments.pilots.extra_lr",
-                                 description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="every grid point of one architecture")
+    ap, r = pilot_parser("extra_lr", __doc__, "every grid point of one architecture",
+                         "gather the runs and the choice into one json")
     r.add_argument("--arch", choices=ARCHS, required=True)
     r.add_argument("--parent", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
-    c = sub.add_parser("collect", help="gather the runs and the choice into one json")
-    c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--to", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.cmd == "run":
         if not a.parent.exists():

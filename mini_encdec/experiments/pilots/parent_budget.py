@@ -37,7 +37,6 @@ whose mean gap has not widened by more than 0.02 since the previous budget.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -48,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evalsets import play_streams, spread_eval_batches
+from . import pilot_parser
 
 BUDGETS = (500, 1000, 2000, 3000)  # 4000 dropped at update 1400 for time (see the json)
 LR = 3e-3
@@ -290,15 +290,10 @@ def _plot(curves: dict, branches: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mini_encdec.experiments.pilots.parent_budget",
-                                 description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="train one seed's stable run and cooldown branches")
+    ap, r = pilot_parser("parent_budget", __doc__, "train one seed's stable run and cooldown branches",
+                         "write the curves (json + png)")
     r.add_argument("--seed", type=int, required=True)
     r.add_argument("--out", type=Path, required=True)
-    c = sub.add_parser("collect", help="write the curves (json + png)")
-    c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--to", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.cmd == "run":
         if a.seed < 0:

@@ -24,7 +24,6 @@ also by the third of the input that held the replacement (and on untouched input
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -41,6 +40,7 @@ from ...text.rep_tasks import TASKS, task_examples
 from ...text.tokenizer import load_tokenizer
 from ...training.adapt import adapt
 from ...training.train import train
+from . import pilot_parser
 
 LENGTH = 128
 STEPS = 400
@@ -161,18 +161,13 @@ def collect(out: Path, to: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mini_encdec.experiments.pilots."
-                                      "task_learnability", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="baselines and one probe of one task")
+    ap, r = pilot_parser("task_learnability", __doc__, "baselines and one probe of one task",
+                         "gather the results into one json")
     r.add_argument("--task", choices=TASKS, required=True)
     r.add_argument("--arch", choices=ARCHS, required=True)
     r.add_argument("--backbone", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--seed", type=int, default=0)
-    c = sub.add_parser("collect", help="gather the results into one json")
-    c.add_argument("--out", type=Path, required=True)
-    c.add_argument("--to", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.cmd == "run":
         if not a.backbone.exists():
