@@ -49,7 +49,7 @@ import numpy as np
 from ..evalsets import play_streams, spread_eval_batches
 from . import pilot_parser
 
-BUDGETS = (500, 1000, 2000, 3000)  # 4000 dropped at update 1400 for time (see the json)
+BUDGETS = (500, 1000, 2000, 3000, 4000)  # 4000 added in the re-run (see budgets_note)
 LR = 3e-3
 WARMUP = 50
 HALF = 64                 # S = T = 64: the parent reads 2 * 64 tokens
@@ -229,19 +229,16 @@ def collect(out: Path, to: Path) -> dict:
         "design": {"preset": "tiny", "lr": LR, "warmup": WARMUP, "schedule": "wsd",
                    "decay_fraction": DECAY_FRACTION, "half": HALF, "batch_size": BATCH,
                    "budgets": list(BUDGETS), "eval_every": EVAL_EVERY,
-                   "budgets_note": "started with budgets up to 4000 (its stable run is "
-                                   "constant until 3200); shortened to 3000 at update "
-                                   "1400 because the loaded machine ran at 1.65 s per "
-                                   "update: up to 2400 the learning rate is the same "
-                                   "constant under both plans",
+                   "budgets_note": "first run (2026-12-07 morning): budgets up to 3000 "
+                                   "(4000 dropped for time on a loaded machine); its "
+                                   "minimum sat at the largest budget, so this re-run "
+                                   "adds 4000 to certify it, with the study's current "
+                                   "cooldown formula (schedules.wsd)",
                    "val_windows_per_play": VAL_PER_PLAY,
                    "train_windows_per_play": TRAIN_PER_PLAY, "tolerance": TOLERANCE,
                    "threads": os.environ.get("MINI_ENCDEC_THREADS"),
                    "cooldown_formula": "lr at cooldown update k = 0..d-1 of d: "
-                                       "3e-3 * (1 - k / d) (schedules.wsd as of commit "
-                                       "2152331, loaded when these runs started; the study's "
-                                       "later formula 3e-3 * (d - k) / (d + 1) differs by "
-                                       "one update's step)"},
+                                       "3e-3 * (d - k) / (d + 1) (schedules.wsd)"},
         "seeds": seeds,
         "stable_curves": {str(s): c for s, c in curves.items()},
         "cooldown_end_points": {str(s): {str(b): r for b, r in sorted(per.items())}
