@@ -105,7 +105,7 @@ def test_causal_encoder_switch_reaches_generation_and_the_probe():
 
 def test_every_reported_budget_is_annealed_and_the_short_one_is_a_cooldown_branch(quick_study):
     plan = json.loads((quick_study / "study_plan.json").read_text())
-    extra, sweep, lr = plan["extra_steps"], plan["sweep_steps"], plan["extra_lr"]
+    extra, sweep, lr = plan["extra_steps"], plan["sweep_steps"], plan["extra_lr_encdec"]
 
     def lrs(run):
         lines = (quick_study / "runs" / "seed0" / run / "metrics.jsonl").read_text().splitlines()

@@ -29,14 +29,18 @@ def test_parent_budget_rule():
 
 
 def test_extra_lr_choice(tmp_path):
-    for arch, losses in (("decoder", (4.9, 4.7, 4.8)), ("encdec", (4.9, 4.8, 4.6))):
-        for lr, loss in zip(extra_lr.GRID, losses):
+    g = extra_lr.GRID
+    inner = [4.9] * len(g)
+    inner[1] = 4.7                    # an interior minimum
+    edge = [4.9 - 0.1 * k for k in range(len(g))]  # falls to the grid's upper edge
+    for arch, losses in (("decoder", inner), ("encdec", edge)):
+        for lr, loss in zip(g, losses):
             (tmp_path / f"{arch}_lr{lr:g}.json").write_text(json.dumps(
                 {"arch": arch, "lr": lr, "prefix_val_loss": loss}))
     c = extra_lr.collect(tmp_path, tmp_path / "out" / "x")["choice"]
-    assert c["decoder"] == {"lr": 1e-3, "prefix_val_loss": 4.7, "complete_grid": True,
+    assert c["decoder"] == {"lr": g[1], "prefix_val_loss": 4.7, "complete_grid": True,
                             "at_grid_edge": False}
-    assert c["encdec"]["lr"] == 3e-3 and c["encdec"]["at_grid_edge"]
+    assert c["encdec"]["lr"] == g[-1] and c["encdec"]["at_grid_edge"]
 
 
 def test_task_accuracies_and_thirds():

@@ -59,6 +59,9 @@ SCALES = {
 OBJECTIVE_ARMS = {"prefix_lm_kd": "ed_kd", "prefix_lm": "ed_prefix", "ul2": "ed_ul2"}
 OVERRIDES = {"pretrain_steps": "parent_steps", "extra_steps": "extra_steps",
              "finetune_steps": "finetune_steps", "batch_size": "batch_size", "half": "half"}
+# Where the demo departs from the study's plan (protocol.SCALES["full"]); quick keeps its own
+DEMO_PLAN = {"eval_split": "validation", "genre": True,
+             "eval_examples": 160, "generate_examples": 32}
 PARENT_PROMPTS = ("Now is the winter of our discontent", "O Romeo, Romeo,",
                   "What news, my lord?")
 
@@ -84,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def plan_from_args(args) -> StudyPlan:
     plan = SCALES["quick" if args.quick else "full"]
-    changes = {}
+    changes = {} if args.quick else dict(DEMO_PLAN)
     for f, field in OVERRIDES.items():
         v = getattr(args, f, None)
         if v is None:
@@ -94,9 +97,10 @@ def plan_from_args(args) -> StudyPlan:
         changes[field] = v
     if changes.get("extra_steps") and "sweep_steps" not in changes:
         changes["sweep_steps"] = 2 * changes["extra_steps"]
-    # one probe head per task (the study averages three): the demo stays about ten minutes
-    return dataclasses.replace(plan, preset=args.preset, seeds=(args.seed,),
-                               probe_seeds=plan.probe_seeds[:1], **changes)
+    # one probe head per task (the study averages three) and its own parent from --seed
+    return dataclasses.replace(plan, **changes, preset=args.preset,
+                               seeds=(args.seed,), parent_seed=args.seed, shared_parents=False,
+                               probe_seeds=plan.probe_seeds[:1])
 
 
 # --- reporting -----------------------------------------------------------------------------------

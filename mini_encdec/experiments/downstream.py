@@ -41,6 +41,7 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -76,19 +77,23 @@ class TaskData:
 
 
 def _subsample(xs: list, limit: int, rng: np.random.Generator) -> list:
-    """At most `limit` examples drawn without replacement, in random order: any prefix of
-    the result is itself a random sample (the examples come in play order, so a prefix
-    of the unshuffled list would hold only the first plays)."""
-    return [xs[i] for i in rng.permutation(len(xs))[:limit]]
+    """At most `limit` examples (0: all of them) drawn without replacement, in random
+    order: any prefix of the result is itself a random sample (the examples come in play
+    order, so a prefix of the unshuffled list would hold only the first plays)."""
+    return [xs[i] for i in rng.permutation(len(xs))[:limit or None]]
 
 
 def build_task_data(tok, *, encoder_length: int, decoder_length: int, train_examples: int,
-                    eval_examples: int, generate_examples: int, seed: int) -> TaskData:
-    """Training and validation examples of both tasks, subsampled with `seed`.
+                    eval_examples: int, generate_examples: int, seed: int,
+                    eval_split: str = "validation",
+                    genre_eval_examples: Optional[int] = None) -> TaskData:
+    """Training and evaluation examples of both tasks, subsampled with `seed`.
 
     The mixture holds train_examples reply examples and train_examples // 2 genre ones
-    (a random half of the probe's genre examples: every genre appears); the generated
-    replies are a random subset of the validation replies."""
+    (a random half of the probe's genre examples: every genre appears). The evaluation
+    examples come from the plays of `eval_split`: eval_examples replies (0: all) and
+    genre_eval_examples genre examples (None: eval_examples); the generated replies are
+    the first generate_examples of the (shuffled) replies (0: all)."""
     S, T = encoder_length, decoder_length
     rng = np.random.default_rng([seed, 15])
     names = [np.concatenate([tok.encode(g), [tok.eos_id]]).astype(np.int64) for g in GENRES]
@@ -96,11 +101,13 @@ def build_task_data(tok, *, encoder_length: int, decoder_length: int, train_exam
                              train_examples, rng)
     genre_train = _subsample(genre_examples("train", tok, length=S), train_examples, rng)
     genre_text = [Example(e.inputs, names[e.label]) for e in genre_train[:train_examples // 2]]
-    reply_val = _subsample(reply_examples("validation", tok, encoder_length=S,
+    reply_val = _subsample(reply_examples(eval_split, tok, encoder_length=S,
                                           decoder_length=T), eval_examples, rng)
-    genre_val = _subsample(genre_examples("validation", tok, length=S), eval_examples, rng)
+    genre_val = _subsample(genre_examples(eval_split, tok, length=S),
+                           eval_examples if genre_eval_examples is None else
+                           genre_eval_examples, rng)
     return TaskData(S, T, reply_train + genre_text, genre_train, reply_val, genre_val, names,
-                    min(generate_examples, len(reply_val)),
+                    min(generate_examples or len(reply_val), len(reply_val)),
                     tuple(int(t) for t in task_prefix("reply", tok)),
                     tok.eos_id, tok.pad_id, tok.bos_id)
 
@@ -231,36 +238,44 @@ def probe_accuracy(clf, data: TaskData, batch_size: int = 32) -> float:
 
 
 def evaluate_generation(model, arch: str, data: TaskData, *, new_tokens: int,
+                        genre: bool = True, batch_size: int = 16,
                         progress: bool = False) -> dict:
-    """Reply NLL, reply ROUGE-L (greedy), genre accuracy by rank classification; plus
-    the generated replies (token ids) for samples."""
+    """Reply NLL, reply ROUGE-L (greedy, `batch_size` prompts at a time) and, with
+    `genre`, genre accuracy by rank classification; plus the generated replies (token
+    ids) for samples."""
     from tqdm.auto import tqdm
     from ..models.generate import generate
     from .scoring import mean_token_nll, rank_classify
     S, T = data.encoder_length, data.decoder_length
     gen = data.reply_val[:data.generate_examples]
-    # one bar: reply NLL, genre by rank classification, then each generated reply
-    bar = tqdm(total=2 + len(gen), desc="evaluate", unit="part", disable=not progress,
-               leave=False)
+    # one bar: reply NLL, genre by rank classification, then the generated replies
+    bar = tqdm(total=1 + genre + len(gen), desc="evaluate", unit="part",
+               disable=not progress, leave=False)
     bar.set_postfix_str("reply NLL")
-    reply_nll = mean_token_nll(model, data.reply_val, arch, S, T)
+    res = {"reply_nll": float(mean_token_nll(model, data.reply_val, arch, S, T)),
+           "reply_examples": len(data.reply_val), "generated_examples": len(gen)}
     bar.update(1)
-    bar.set_postfix_str("genre, rank classification")
-    pred = rank_classify(model, [e.inputs for e in data.genre_val], data.genre_names, arch,
-                         S, T)
-    acc = float(np.mean(pred == np.array([e.label for e in data.genre_val])))
-    bar.update(1)
+    if genre:
+        bar.set_postfix_str("genre, rank classification")
+        pred = rank_classify(model, [e.inputs for e in data.genre_val], data.genre_names,
+                             arch, S, T)
+        res["genre_rank_accuracy"] = float(np.mean(pred == np.array([e.label for e in
+                                                                     data.genre_val])))
+        res["predicted_genres"] = np.bincount(pred, minlength=len(GENRES)).tolist()
+        bar.update(1)
     bar.set_postfix_str("greedy replies")
     outs = []
-    for e in gen:
-        outs.append(generate(model, [[int(t) for t in e.inputs]], max_new_tokens=new_tokens)[0])
-        bar.update(1)
+    for i in range(0, len(gen), batch_size):
+        chunk = gen[i:i + batch_size]
+        out = generate(model, [[int(t) for t in e.inputs] for e in chunk],
+                       max_new_tokens=new_tokens)
+        outs.extend(out)
+        bar.update(len(chunk))
     bar.close()
     rouge = [rouge_l(o, e.targets, eos_id=data.eos_id) for o, e in zip(outs, gen)]
-    return {"reply_nll": float(reply_nll), "reply_rouge_l": float(np.mean(rouge)),
-            "genre_rank_accuracy": acc,
-            "predicted_genres": np.bincount(pred, minlength=len(GENRES)).tolist(),
-            "replies": [[int(t) for t in o] for o in outs]}
+    res["reply_rouge_l"] = float(np.mean(rouge)) if rouge else float("nan")
+    res["replies"] = [[int(t) for t in o] for o in outs]
+    return res
 
 
 def task_metric(model, task: str, examples: list, *, batch_size: int = 16,

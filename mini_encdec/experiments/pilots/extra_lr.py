@@ -41,7 +41,7 @@ from ...training.schedules import wsd_decay_steps
 from ...training.train import evaluate, train
 from . import pilot_parser
 
-GRID = (3e-4, 1e-3, 3e-3)
+GRID = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)  # first run: (3e-4, 1e-3, 3e-3), 3e-4 won at its edge
 EXTRA = 300
 HALF = 64
 BATCH = 16

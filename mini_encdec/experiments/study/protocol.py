@@ -97,6 +97,10 @@ HELP = ("the paper's claims at tiny scale: experiments E1-E6 over several seeds,
         "claims table")  # its line in `python -m mini_encdec --help`
 
 
+# the arms whose representation score a claim uses (claims.py), probed at the extra budget
+REP_ARMS = ("dec", "ed_kd", "ed_prefix", "ed_ul2", "ed_causal", "ed_unbal_warm")
+
+
 # --- the plan ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -112,27 +116,37 @@ class StudyPlan:
     extra_steps: int = 300
     sweep_steps: int = 600
     finetune_steps: int = 150
-    probe_steps: int = 100
+    probe_steps: int = 100        # the genre probe (plan.genre)
+    rep_probe_steps: int = 400    # a representation probe (the learnability pilot's recipe)
     lr: float = 3e-3              # pre-training from scratch
-    extra_lr: float = 1e-3        # continued pre-training (peak of its WSD schedule)
+    extra_lr_decoder: float = 1e-3  # continued pre-training of the decoder-only arms and
+    extra_lr_encdec: float = 1e-3   # of the adapted ones (the peak of their WSD schedule)
     finetune_lr: float = 1e-3
     eval_every: int = 75          # PrefixLM validation loss along the continued pre-training
     eval_batches: int = 8         # PrefixLM windows: eval_batches * batch_size, every play
     eval_split: str = "validation"  # the plays evaluated: "test" in the confirmatory run
     train_examples: int = 2400    # reply examples in the fine-tuning mixture (+ half genre)
-    eval_examples: int = 160
-    generate_examples: int = 32
+    eval_examples: int = 0        # reply examples evaluated (0: every one of eval_split)
+    generate_examples: int = 0    # of them, greedily generated for ROUGE-L (0: every one)
+    genre: bool = False           # genre rows (rank classification and probe): retired from
+    genre_eval_examples: int = 160  # the study, kept for the demo
     new_tokens: int = 32
     latency_repeats: int = 3
     quiet_load: float = 0.5          # latency counts as measured on a quiet machine below
     latency_attempts: int = 3        # this 1-minute load average; else re-measured after
     latency_wait: float = 60.0       # latency_wait seconds, keeping the quietest attempt
     seeds: tuple = (0, 1, 2)
+    # one parent and one big parent, trained once with parent_seed, shared by every seed
+    # (the seeds vary the continued pre-training's data order, the adaptation's fresh
+    # tensors, the scratch model, fine-tuning and the probe heads); False: one per seed
+    shared_parents: bool = True
+    parent_seed: int = 0
     # representation.py: the tasks that passed the learnability pilot (probe >= 3 standard
     # errors above the bag of words: data/results/study_pilots/
     # 2026-12-07_task_learnability.json); speaker and replaced_word stayed at the floor
     rep_tasks: tuple = ("next_speech",)
     probe_seeds: tuple = (0, 1, 2)   # probe heads per model and task, averaged
+    rep_arms: tuple = REP_ARMS       # the arms probed (at the extra budget)
     rep_length: int = 128            # tokens of a representation task's input
     rep_train_examples: int = 0      # 0: every training example (smoke tests cap it)
     rep_eval_examples: int = 0       # 0: the full evaluation set (smoke tests cap it)
@@ -143,14 +157,22 @@ class StudyPlan:
         shared budget (the paper: 1K updates, under 1% of its budget)."""
         return max(1, round(0.03 * self.extra_steps))
 
+    def extra_lr(self, arm: str) -> float:
+        """The continued pre-training's peak rate of `arm` (the scratch arm pre-trains at
+        `lr`)."""
+        if arm == "ed_scratch":
+            return self.lr
+        return self.extra_lr_decoder if arm.startswith("dec") else self.extra_lr_encdec
+
 
 SCALES = {
     "full": StudyPlan(),
     "quick": StudyPlan(half=16, batch_size=4, parent_steps=8, extra_steps=4, sweep_steps=8,
-                       finetune_steps=4, probe_steps=4, eval_every=4, eval_batches=1,
-                       train_examples=32, eval_examples=12, generate_examples=2,
-                       new_tokens=4, latency_repeats=1, seeds=(0, 1), probe_seeds=(0,),
-                       latency_attempts=1, latency_wait=0.0,
+                       finetune_steps=4, probe_steps=4, rep_probe_steps=4, eval_every=4,
+                       eval_batches=1, train_examples=32, eval_examples=12,
+                       generate_examples=2, new_tokens=4, latency_repeats=1, seeds=(0, 1),
+                       probe_seeds=(0,), latency_attempts=1, latency_wait=0.0, genre=True,
+                       genre_eval_examples=12,
                        rep_tasks=("next_speech", "speaker", "replaced_word"),  # every path
                        rep_length=96, rep_train_examples=32, rep_eval_examples=16,
                        big_overrides=(("hidden_size", 160), ("num_hidden_layers", 3))),

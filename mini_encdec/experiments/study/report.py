@@ -17,6 +17,22 @@ def _pm(mean: float, sd: float) -> str:
     return f"{mean:.3f} ± {sd:.3f}"
 
 
+def _minutes(v) -> str:
+    return "n/a" if v is None else f"{v:.1f} min"
+
+
+def _seed_values(results: dict, seeds, arm_budget: str, key: str) -> Optional[list]:
+    """key of the fine-tuned unit arm_budget for every seed; None where the plan did not
+    measure it (the genre rows, a probe of an arm no claim uses, ROUGE-L at budgets 0
+    and sweep)."""
+    v = [results["finetune"][f"seed{s}"][arm_budget].get(key) for s in seeds]
+    return None if any(x is None for x in v) else v
+
+
+def _cell(v: Optional[list]) -> str:
+    return "not measured" if v is None else _pm(np.mean(v), np.std(v, ddof=1))
+
+
 def claims_markdown(rows: list) -> str:
     lines = ["| exp. | claim (the paper) | paper's evidence | our setting | a vs b (mean ± sd "
              "over seeds) | a - b [95% CI] | p (Holm) | TOST p (± margin) | smallest "
@@ -41,8 +57,9 @@ def claims_markdown(rows: list) -> str:
 
 def arms_markdown(results: dict, seeds, base: dict) -> str:
     """Every arm's mean ± sd per metric, with the baselines and the inference costs."""
-    keys = ["prefix_val_loss", "reply_nll", "reply_rouge_l", "reply_repetition",
-            "genre_rank_accuracy", "genre_probe_accuracy", "rep_score"]
+    genre = results.get("plan", {}).get("genre", True)
+    keys = ["prefix_val_loss", "reply_nll", "reply_rouge_l", "reply_repetition"] + \
+        (["genre_rank_accuracy", "genre_probe_accuracy"] if genre else []) + ["rep_score"]
     head = ["arm", "PrefixLM val loss (pre-training)"] + [METRICS[k] for k in keys[1:]] + \
         ["parameters", "prompt GFLOPs", "GFLOPs / generated token", "GFLOPs / request",
          "ms / generated token", "ms / request"]
@@ -51,8 +68,7 @@ def arms_markdown(results: dict, seeds, base: dict) -> str:
         pre = [results["pretrain"][f"seed{s}"][arm]["prefix_val_loss"] for s in seeds]
         cells = [ARM_LABELS[arm], _pm(np.mean(pre), np.std(pre, ddof=1))]
         for k in keys[1:]:
-            v = [results["finetune"][f"seed{s}"][f"{arm}@extra"][k] for s in seeds]
-            cells.append(_pm(np.mean(v), np.std(v, ddof=1)))
+            cells.append(_cell(_seed_values(results, seeds, f"{arm}@extra", k)))
         cost = results["cost"][arm]
         busy = "" if cost.get("quiet") else " *"  # measured on a busy machine
         cells += [f"{cost['parameters']:,}", f"{cost['prompt_gflops']:.4f}",
@@ -62,10 +78,10 @@ def arms_markdown(results: dict, seeds, base: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("| baseline | | unigram " + f"{np.mean(base['reply_nll_unigram']):.3f} | "
                  f"copy the input {np.mean(base['reply_rouge_l_copy_input']):.3f} | "
-                 f"{_reference_repetition(results, seeds)} | "
-                 f"chance {base['genre_chance'][0]:.3f}, majority "
-                 f"{np.mean(base['genre_majority_class']):.3f} | (same) | "
-                 f"{_rep_baseline_cell(base['rep'])} | | | | | | |")
+                 f"{_reference_repetition(results, seeds)} | " +
+                 (f"chance {base['genre_chance'][0]:.3f}, majority "
+                  f"{np.mean(base['genre_majority_class']):.3f} | (same) | " if genre else "")
+                 + f"{_rep_baseline_cell(base['rep'])} | | | | | | |")
     return "\n".join(lines)
 
 
@@ -94,9 +110,7 @@ def rep_tasks_markdown(results: dict, seeds) -> str:
     for arm in ARMS:
         cells = [ARM_LABELS[arm]]
         for t in tasks:
-            v = [results["finetune"][f"seed{s}"][f"{arm}@extra"][f"{t}_accuracy"]
-                 for s in seeds]
-            cells.append(_pm(np.mean(v), np.std(v, ddof=1)))
+            cells.append(_cell(_seed_values(results, seeds, f"{arm}@extra", f"{t}_accuracy")))
         lines.append("| " + " | ".join(cells) + " |")
     for k in ("chance", "majority", "bag_of_words"):
         lines.append("| " + " | ".join([k.replace("_", " ")] +
@@ -135,12 +149,26 @@ def sweep_markdown(results: dict, seeds) -> str:
         cells = []
         for key in ("reply_nll", "rep_score"):
             for arm in ("ed_kd", "dec"):
-                v = [results["finetune"][f"seed{s}"][f"{arm}@{budget}"][key] for s in seeds]
-                cells.append(_pm(np.mean(v), np.std(v, ddof=1)))
+                cells.append(_cell(_seed_values(results, seeds, f"{arm}@{budget}", key)))
         plan = results.get("plan", {})
         n = {"zero": "0", "extra": f"{plan.get('extra_steps', 'extra_steps')} updates",
              "sweep": f"{plan.get('sweep_steps', 'sweep_steps')} updates"}[budget]
         lines.append(f"| {n} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
+    return "\n".join(lines)
+
+
+def parents_markdown(results: dict) -> str:
+    """The parents' own quality (shared parents; empty otherwise)."""
+    par = results.get("parents")
+    if not par:
+        return ""
+    lines = ["## The parents (trained once, shared by every seed)", "",
+             "| parent | parameters | updates | PrefixLM loss | causal-LM loss | minutes |",
+             "|---|---|---|---|---|---|"]
+    for name, r in par.items():
+        lines.append(f"| {name.replace('_', ' ')} | {r['parameters']:,} | {r['steps']} | "
+                     f"{r['prefix_val_loss']:.3f} | {r['causal_val_loss']:.3f} | "
+                     f"{r.get('train_seconds', 0) / 60:.1f} |")
     return "\n".join(lines)
 
 
@@ -219,7 +247,9 @@ def plot_quality_vs_flops(results: dict, seeds, path: Path) -> Optional[Path]:
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("reply_nll", "rep_score")):
         for arm in ARMS:
-            v = [results["finetune"][f"seed{s}"][f"{arm}@extra"][key] for s in seeds]
+            v = _seed_values(results, seeds, f"{arm}@extra", key)
+            if v is None:
+                continue
             x = results["cost"][arm]["total_gflops"]
             ax.errorbar([x], [np.mean(v)], yerr=[np.std(v, ddof=1)], fmt="o", capsize=3,
                         label=ARM_LABELS[arm])
@@ -239,18 +269,21 @@ def _report(results: dict, rows: list, seeds, curves, qf) -> str:
         "# mini_encdec study: the paper's claims at tiny scale", "",
         f"Command: `{results['command']}`  ",
         f"Date {m['date']}; {m['cpus']} CPUs ({m['processor']}), Python {m['python']}, NumPy "
-        f"{m['numpy']}; wall-clock time of this invocation "
-        f"{results['seconds_this_call'] / 60:.1f} min (a resumed study: only the last "
-        f"invocation); time inside the cached result units "
-        f"{results['seconds_all_units'] / 60:.1f} min (not counting the parent's pre-training "
-        f"and the E6 arms' continued pre-training, which run before those units); load "
-        f"average at the end "
+        f"{m['numpy']}; wall-clock time from the first unit's start to the last one's end "
+        f"{_minutes(results.get('timeline', {}).get('wall_clock_minutes'))} (the shared "
+        f"parents {_minutes(results.get('timeline', {}).get('parents_minutes'))}; "
+        f"interruptions count); single-process time inside the units "
+        f"{results['seconds_all_units'] / 60:.1f} min; this invocation "
+        f"{results['seconds_this_call'] / 60:.1f} min; load average at the end "
         f"{m['load_average_at_end']}.", "",
         f"Setting: preset `{p['preset']}` parents ({p['parent_steps']} causal-LM updates), "
         f"{len(seeds)} seeds, windows of {2 * p['half']} tokens, batch {p['batch_size']}, "
         f"extra budget {p['extra_steps']} updates (sweep {p['sweep_steps']}), fine-tuning "
-        f"{p['finetune_steps']} updates, probe {p['probe_steps']} updates. The protocol is in "
-        f"`mini_encdec/experiments/study/protocol.py`'s docstring.", "",
+        f"{p['finetune_steps']} updates, representation probes "
+        f"{p.get('rep_probe_steps', p['probe_steps'])} updates x {len(p['probe_seeds'])} head "
+        f"seeds; evaluated on the {p.get('eval_split', 'validation')} plays. The protocol is "
+        f"`mini_encdec/experiments/study/PROTOCOL.md`.", "",
+        parents_markdown(results), "",
         "## Claims", "", claims_markdown(rows), "", "### Reading", "", reading(rows), "",
         "## Every arm (after the extra budget; mean ± sd over seeds)", "",
         arms_markdown(results, seeds, results["baselines"]), "",

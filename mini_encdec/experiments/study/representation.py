@@ -7,7 +7,7 @@ tests only). The examples are the same for every seed and arm (task seed 0), so 
 differ only in their model.
 
 Per model and task, one probe per head seed in plan.probe_seeds (models/classifier.py,
-everything fine-tuned for plan.probe_steps updates at plan.finetune_lr, the head and the
+everything fine-tuned for plan.rep_probe_steps updates at plan.finetune_lr, the head and the
 data order from the probe seed): the task's accuracy is the mean over the head seeds.
 The representation score is the mean accuracy over the tasks.
 
@@ -81,8 +81,8 @@ def probe_scores(model, data: RepData, plan, progress: bool) -> dict:
             batches = _ClassBatcher(tr, plan.batch_size, data.length, data.pad_id, ps)
             # no run directory: a probe is short, and 13 models x tasks x head seeds of
             # checkpoints per seed would fill the disk; an interrupted unit reruns whole
-            train(clf, batches, optim=_optim(plan.finetune_lr, plan.probe_steps),
-                  steps=plan.probe_steps, eval_every=0, checkpoint_every=0,
+            train(clf, batches, optim=_optim(plan.finetune_lr, plan.rep_probe_steps),
+                  steps=plan.rep_probe_steps, eval_every=0, checkpoint_every=0,
                   progress=progress, plot=False)
             hit = _accuracy(clf, ev, data.length, data.pad_id)
             accs.append(float(hit.mean()))

@@ -34,36 +34,47 @@ def _run_workers(out: Path, plan: StudyPlan, jobs: int, progress: bool) -> None:
     one Numba thread: on 2 cores, two single-threaded processes get more done than one
     two-threaded one, and do not fight over the cores). Logs: out/logs/seed<S>.log."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+               MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MINI_ENCDEC_THREADS="1")
     (out / "logs").mkdir(exist_ok=True)
-    pending, running = list(plan.seeds), []
-    done_units = lambda: sum(1 for s in plan.seeds  # noqa: E731
-                             for _ in (out / "results" / f"seed{s}").glob("finetune_*.json")) \
-        if (out / "results").is_dir() else 0
-    bar = tqdm(total=UNITS_PER_SEED * len(plan.seeds), desc=f"study units ({jobs} workers)",
-               disable=not progress, file=sys.stderr, initial=done_units())
+    if plan.shared_parents:  # first the two shared parents, side by side
+        _run_pool(out, [("parent", ["--worker-parent", "small"]),
+                        ("big_parent", ["--worker-parent", "big"])], jobs, env, None)
+    _run_pool(out, [(f"seed{s}", ["--worker-seed", str(s)]) for s in plan.seeds], jobs, env,
+              lambda: tqdm(total=UNITS_PER_SEED * len(plan.seeds),
+                           desc=f"study units ({jobs} workers)", disable=not progress,
+                           file=sys.stderr))
+
+
+def _run_pool(out: Path, tasks: list, jobs: int, env: dict, make_bar) -> None:
+    """Run [(name, worker arguments)] in at most `jobs` worker processes (logs:
+    out/logs/<name>.log); make_bar: a tqdm bar of finished fine-tuning units, or None."""
+    pending, running = list(tasks), []
+    done_units = lambda: len(list((out / "results").glob("seed*/finetune_*.json")))  # noqa
+    bar = make_bar() if make_bar else None
     failed = []
     while pending or running:
         while pending and len(running) < jobs:
-            s = pending.pop(0)
-            log = open(out / "logs" / f"seed{s}.log", "a")
+            name, extra = pending.pop(0)
+            log = open(out / "logs" / f"{name}.log", "a")
             cmd = [sys.executable, "-m", "mini_encdec.experiments.study", "--out", str(out),
-                   "--worker-seed", str(s), "--no-progress"]  # the plan: study_plan.json
-            running.append((s, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                                env=env), log))
+                   *extra, "--no-progress"]  # the plan: study_plan.json
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                   env=env), log))
         time.sleep(2.0)
         for item in list(running):
-            s, proc, log = item
+            name, proc, log = item
             if proc.poll() is not None:
                 log.close()
                 running.remove(item)
                 if proc.returncode != 0:
-                    failed.append(s)
-        bar.n = done_units()
-        bar.refresh()
-    bar.close()
+                    failed.append(name)
+        if bar is not None:
+            bar.n = done_units()
+            bar.refresh()
+    if bar is not None:
+        bar.close()
     if failed:
-        raise RuntimeError(f"study: the worker of seed(s) {failed} failed; see "
+        raise RuntimeError(f"study: the worker(s) {', '.join(failed)} failed; see "
                            f"{out / 'logs'}; rerun with --resume to continue")
 
 
@@ -76,6 +87,9 @@ def run_study(out: Path, plan: StudyPlan, progress: bool = True, command: str = 
     study = Study(out, plan, progress and jobs == 1)
     seeds = plan.seeds
     results: dict = {"pretrain": {}, "finetune": {}, "cost": {}, "baselines": {}}
+    if plan.shared_parents:
+        results["parents"] = {"parent": study.parent_result(),
+                              "big_parent": study.parent_result(big=True)}
     bar = tqdm(total=UNITS_PER_SEED * len(seeds) + len(ARMS), desc="study units",
                disable=not progress, file=sys.stderr)
     for s in seeds:
@@ -100,6 +114,7 @@ def run_study(out: Path, plan: StudyPlan, progress: bool = True, command: str = 
     results["command"] = command
     results["seconds_this_call"] = time.perf_counter() - t0
     results["seconds_all_units"] = _unit_seconds(out)
+    results["timeline"] = timeline(out)
     atomic_write_json(out / "results.json", results)
     curves = plot_curves(results, seeds, out / "loss_curves.png")
     qf = plot_quality_vs_flops(results, seeds, out / "quality_vs_flops.png")
@@ -113,6 +128,25 @@ def _unit_seconds(out: Path) -> float:
     for p in (out / "results").rglob("*.json"):
         total += float(json.loads(p.read_text()).get("seconds", 0.0))
     return total
+
+
+def timeline(out: Path) -> dict:
+    """The study's wall-clock time from its units' records (results/**.json: each unit's
+    seconds and the time it finished): from the first unit's start to the last unit's end,
+    and the parents' share. Interruptions count as time: resume soon."""
+    spans = []
+    for p in (out / "results").rglob("*.json"):
+        r = json.loads(p.read_text())
+        if "finished_at" in r:
+            spans.append((r["finished_at"] - float(r.get("seconds", 0.0)), r["finished_at"],
+                          p.relative_to(out / "results").as_posix()))
+    if not spans:
+        return {}
+    start, end = min(s[0] for s in spans), max(s[1] for s in spans)
+    parents = [s for s in spans if s[2].endswith("_training.json")]
+    return {"wall_clock_minutes": (end - start) / 60,
+            "parents_minutes": (max(s[1] for s in parents) - min(s[0] for s in parents)) / 60
+            if parents else None, "units": len(spans)}
 
 
 def machine_info() -> dict:
@@ -138,6 +172,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "processes (default 1: one process, the default threads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--worker-seed", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-parent", choices=("small", "big"), default=None,
+                   help=argparse.SUPPRESS)
 
 
 def plan_from_args(args) -> StudyPlan:
@@ -169,13 +205,21 @@ def _plan_of(out: Path) -> StudyPlan:
     d = json.loads((out / "study_plan.json").read_text())
     d["seeds"] = tuple(d["seeds"])
     d["big_overrides"] = tuple(tuple(x) for x in d["big_overrides"])
+    for k in ("rep_tasks", "probe_seeds", "rep_arms"):
+        if k in d:
+            d[k] = tuple(d[k])
     return StudyPlan(**d)
 
 
 def run(args) -> int:
-    if args.worker_seed is not None:  # one seed's units, for run_study's workers
+    if args.worker_seed is not None or args.worker_parent is not None:  # run_study's workers
         out = Path(args.out)
-        seed_units(Study(out, _plan_of(out), progress=not args.no_progress), args.worker_seed)
+        plan = _plan_of(out)
+        study = Study(out, plan, progress=not args.no_progress)
+        if args.worker_parent is not None:  # one shared parent
+            study.parent(plan.parent_seed, big=args.worker_parent == "big")
+        else:  # one seed's units
+            seed_units(study, args.worker_seed)
         return 0
     plan = plan_from_args(args)
     if args.jobs < 1:

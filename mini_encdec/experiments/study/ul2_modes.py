@@ -40,7 +40,9 @@ def task_data_with_mode(tok, plan, seed: int, mode: str) -> downstream.TaskData:
                                    decoder_length=plan.half,
                                    train_examples=plan.train_examples,
                                    eval_examples=plan.eval_examples,
-                                   generate_examples=plan.generate_examples, seed=seed)
+                                   generate_examples=plan.generate_examples, seed=seed,
+                                   eval_split=plan.eval_split,
+                                   genre_eval_examples=plan.genre_eval_examples)
     return dataclasses.replace(
         d, encoder_length=plan.half,
         mixture=[_prepend(e, mode_id) for e in d.mixture],

@@ -4,6 +4,7 @@ interrupted study resumes where it stopped."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -70,6 +71,7 @@ class Study:
         t0 = time.perf_counter()
         res = fn()
         res["seconds"] = time.perf_counter() - t0
+        res["finished_at"] = time.time()  # the study's wall-clock time (runner.timeline)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, res)
         return res
@@ -134,7 +136,8 @@ class Study:
             self._data[seed, mode] = downstream.build_task_data(
                 self.tok, encoder_length=p.half, decoder_length=p.half,
                 train_examples=p.train_examples, eval_examples=p.eval_examples,
-                generate_examples=p.generate_examples, seed=seed) if mode is None else \
+                generate_examples=p.generate_examples, seed=seed, eval_split=p.eval_split,
+                genre_eval_examples=p.genre_eval_examples) if mode is None else \
                 task_data_with_mode(self.tok, p, seed, mode)
         return self._data[seed, mode]
 
@@ -173,19 +176,61 @@ class Study:
                      progress=self.progress, run_info={"study_unit": run})
 
     def parent(self, seed: int, big: bool = False):
+        """The decoder-only parent (big: E4's big parent) of `seed`: with
+        plan.shared_parents one model, trained once with plan.parent_seed, for every seed."""
         name = "big_parent" if big else "parent"
+        p = self.plan
+        if p.shared_parents:
+            seed, where = p.parent_seed, "shared"
+        else:
+            where = f"seed{seed}"
 
         def build():
-            self.say(f"\n== seed {seed}: pre-train the {'big ' if big else ''}decoder-only "
-                     f"parent ({self.plan.parent_steps} steps)")
+            self.say(f"\n== {where}: pre-train the {'big ' if big else ''}decoder-only "
+                     f"parent ({p.parent_steps} steps)")
             model = build_model(self.config(big), seed=seed + (1000 if big else 0))
             batches = make_batcher("train", make_objective("causal_lm", self.tok), self.tok,
                                    arch="decoder", **self.batch_kw(seed))
-            steps = self.plan.parent_steps
-            self._train(model, batches, steps, self.plan.lr, f"seed{seed}/{name}",
-                        warmup=downstream.warmup_steps_for(steps), total=steps)
+            self._train(model, batches, p.parent_steps, p.lr, f"{where}/{name}",
+                        warmup=downstream.warmup_steps_for(p.parent_steps),
+                        total=p.parent_steps)
             return model
-        return self.saved(seed, name, build)
+        path = self.out / "models" / where / name
+        if (path / "config.json").is_file():
+            return load_model(path)
+        t0 = time.perf_counter()
+        model = build()
+        save_model(path, model.config, model.params)
+        record = self.out / "results" / where / f"{name}_training.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(record,
+                          {"seconds": time.perf_counter() - t0, "finished_at": time.time(),
+                           "load_average": load_average()})
+        return model
+
+    def parent_result(self, big: bool = False) -> dict:
+        """A parent's quality: PrefixLM and causal-LM loss on the evaluation plays (the
+        PrefixLM windows of val()), and its parameters (shared parents only)."""
+        name = "big_parent" if big else "parent"
+
+        def run():
+            model = self.parent(self.plan.parent_seed, big)
+            causal = make_objective("causal_lm", self.tok)
+            p = self.plan
+            streams = play_streams(p.eval_split, self.tok)
+            windows = spread_eval_batches(
+                streams, causal, per_play=max(1, p.eval_batches * p.batch_size // len(streams)),
+                batch_size=p.batch_size, encoder_length=p.half, decoder_length=p.half,
+                arch="decoder", seed=0, pad_id=self.tok.pad_id, bos_id=self.tok.bos_id)
+            trained = self.out / "results" / "shared" / f"{name}_training.json"
+            return {"prefix_val_loss": self.prefix_loss(model),
+                    "train_seconds": json.loads(trained.read_text())["seconds"]
+                    if trained.is_file() else None,
+                    "causal_val_loss": float(evaluate(model, windows)["loss"]),
+                    "parameters": int(count_parameters(model.config)),
+                    "steps": p.parent_steps,
+                    "curve": read_metrics(self.out / "runs" / "shared" / name)[-3:]}
+        return self.cached(f"shared/{name}", run)
 
     def initial(self, seed: int, arm: str):
         """The model an arm starts its continued pre-training from."""
@@ -242,7 +287,7 @@ class Study:
                 parent = self.parent(seed)
                 teacher = build_model(parent.config, params=parent.params)
         arch = "decoder" if arm.startswith("dec") else "encdec"
-        lr = p.lr if arm == "ed_scratch" else p.extra_lr
+        lr = p.extra_lr(arm)
         self.say(f"\n== seed {seed}: {ARM_LABELS[arm]}: continued pre-training to step "
                  f"{steps}")
         extra = p.warmup_steps if arm == "ed_unbal_warm" else 0  # outside the budget
@@ -295,14 +340,15 @@ class Study:
             model = self.pretrained(seed, arm, budget)
             runs = self.out / "runs" / f"seed{seed}"
             res = {"prefix_val_loss": self.prefix_loss(model)}
-            self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): fine-tune the "
-                     f"classification probe")
-            clf, _ = downstream.finetune_probe(model, probe_data, steps=p.probe_steps,
-                                               lr=p.finetune_lr, batch_size=p.batch_size,
-                                               seed=seed, progress=self.progress,
-                                               run_dir=runs / f"probe_{arm}@{budget}")
-            res["genre_probe_accuracy"] = downstream.probe_accuracy(clf, probe_data)
-            if p.rep_tasks:
+            if p.genre:
+                self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): fine-tune "
+                         f"the genre probe")
+                clf, _ = downstream.finetune_probe(model, probe_data, steps=p.probe_steps,
+                                                   lr=p.finetune_lr, batch_size=p.batch_size,
+                                                   seed=seed, progress=self.progress,
+                                                   run_dir=runs / f"probe_{arm}@{budget}")
+                res["genre_probe_accuracy"] = downstream.probe_accuracy(clf, probe_data)
+            if p.rep_tasks and budget == "extra" and arm in p.rep_arms:
                 self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): "
                          f"representation probes ({', '.join(p.rep_tasks)})")
                 rep = self.rep_data(CLASSIFICATION_MODE if modes else None)
@@ -313,16 +359,19 @@ class Study:
                                            lr=p.finetune_lr, batch_size=p.batch_size,
                                            seed=seed, progress=self.progress,
                                            run_dir=runs / f"finetune_{arm}@{budget}")
+            if budget != "extra":  # only reply NLL is claimed at the other budgets (E6)
+                data = dataclasses.replace(data, generate_examples=0)
             ev = downstream.evaluate_generation(model, arch, data, new_tokens=p.new_tokens,
-                                                progress=self.progress)
+                                                genre=p.genre, progress=self.progress)
             res.update({k: v for k, v in ev.items() if k != "replies"})
             gen = data.reply_val[:data.generate_examples]
-            res["reply_repetition"] = mean_repetition(ev["replies"], data.eos_id)
-            res["reply_repetition_of_references"] = mean_repetition(
-                [e.targets for e in gen], data.eos_id)
+            if gen:
+                res["reply_repetition"] = mean_repetition(ev["replies"], data.eos_id)
+                res["reply_repetition_of_references"] = mean_repetition(
+                    [e.targets for e in gen], data.eos_id)
             res["samples"] = [{"speech": self._text(e.inputs[data.prefix_len:]),
                                "reply": self._text(e.targets), "generated": self._text(r)}
-                              for e, r in zip(data.reply_val[:3], ev["replies"][:3])]
+                              for e, r in zip(gen[:3], ev["replies"][:3])]
             return res
         return self.cached(f"seed{seed}/finetune_{arm}@{budget}", run)
 
