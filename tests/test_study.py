@@ -36,11 +36,21 @@ def test_quick_study_writes_every_claim(quick_study):
         assert cost["prompt_tokens"] == res["cost"]["dec"]["prompt_tokens"]
         assert cost["latency_attempts"] == 1 and isinstance(cost["quiet"], bool)
         assert cost["total_gflops"] > cost["prompt_gflops"] > 0
-    for s in seeds:  # the representation probes and the repetition measure of every unit
-        for unit in res["finetune"][f"seed{s}"].values():
-            assert 0 <= unit["rep_score"] <= 1 and 0 <= unit["reply_repetition"] <= 1
-            assert len(unit["next_speech_accuracy_per_head_seed"]) == \
-                len(res["plan"]["probe_seeds"])
+    for s in seeds:  # probes on the claimed arms, replies generated at the extra budget
+        for name, unit in res["finetune"][f"seed{s}"].items():
+            arm, budget = name.split("@")
+            probed = budget == "extra" and arm in res["plan"]["rep_arms"]
+            assert ("rep_score" in unit) == probed, name
+            if probed:
+                assert 0 <= unit["rep_score"] <= 1
+                assert len(unit["next_speech_accuracy_per_head_seed"]) == \
+                    len(res["plan"]["probe_seeds"])
+            assert ("reply_repetition" in unit) == (budget == "extra"), name
+            assert unit["reply_examples"] == res["plan"]["eval_examples"]
+    parents = res["parents"]  # trained once, shared, their quality reported
+    assert parents["big_parent"]["parameters"] > parents["parent"]["parameters"]
+    assert all(np.isfinite(p["prefix_val_loss"]) for p in parents.values())
+    assert res["timeline"]["wall_clock_minutes"] > 0
     assert set(res["baselines"]["rep"]) >= set(res["plan"]["rep_tasks"])
     for s in seeds:  # UL2 gets more examples per update: as many targets as PrefixLM
         assert res["pretrain"][f"seed{s}"]["ed_ul2"]["batch_size"] > res["plan"]["batch_size"]

@@ -4,19 +4,22 @@ experiment per claim, several seeds, a significance test, a claims table.
 THE PROTOCOL (the confirmatory version, with the pilots' choices and the amendments
 log, is PROTOCOL.md next to this file)
 
-Per seed s (every arm of a seed shares the parent, the data order and the evaluation
-examples; the seeds differ in initialisation, data order and example subsamples):
+The parents, trained once (plan.shared_parents, with parent_seed) and shared by every seed:
 
   parent       decoder-only Gemma 2 (`preset`), causal LM, `parent_steps` updates,
                warmup-stable-decay schedule at `lr` (20% linear cooldown to 0)
   big_parent   a wider and deeper decoder-only model (`big_overrides`), same recipe: the
                encoder source of the unbalanced arms (E4)
 
+Per seed s (every arm of a seed shares the data order and the evaluation examples; the
+seeds differ in the continued pre-training's data order, the adaptation's fresh tensors,
+the scratch model, fine-tuning and the probe heads):
+
   Continued pre-training: every arm below gets the same extra budget of `extra_steps`
   updates of `batch_size` windows of about 2 * half tokens from the training plays (the
   PrefixLM arms of a seed read the same windows in the same order; the causal-LM window is
   one token longer and UL2's has its own length, so those arms draw their own windows of
-  the same plays), AdamW at `extra_lr`, warmup-stable-decay: every budget the study
+  the same plays), AdamW at `extra_lr(arm)` (one rate per architecture), warmup-stable-decay: every budget the study
   reports is annealed (a 20% linear cooldown to 0). The largest budget of an arm is its
   stable run; a smaller budget (E6's extra_steps of dec and ed_kd) is a cooldown branch
   from the stable run's checkpoint at 80% of that budget, never a mid-schedule
@@ -41,22 +44,22 @@ examples; the seeds differ in initialisation, data order and example subsamples)
   dec and ed_kd continue to `sweep_steps` updates (E6); their extra_steps budget is a
   cooldown branch of that run.
 
-  Representation (representation.py): for each task of `rep_tasks` (text/rep_tasks.py)
-  and each head seed of `probe_seeds`, a classification probe fine-tuned for
-  `probe_steps` at `finetune_lr`; the representation score is the mean accuracy over the
+  Representation (representation.py), for the arms of `rep_arms` at the extra budget: for
+  each task of `rep_tasks` (text/rep_tasks.py) and each head seed of `probe_seeds`, a
+  classification probe fine-tuned for `rep_probe_steps` at `finetune_lr`; the representation score is the mean accuracy over the
   tasks (each averaged over the head seeds), on the full evaluation set, beside chance,
   the majority class and a bag-of-words logistic regression.
 
   Fine-tuning (downstream.py), identical for every arm (no cross-attention warmup: that
-  belongs to adaptation): the generation model on the reply
-  + genre-as-text mixture (`finetune_steps` at `finetune_lr`, cosine), and the
-  classification probe on genre (`probe_steps` at `finetune_lr`). Nobody tunes anything
-  per arm: the rates above are the same for both architectures and were fixed here.
+  belongs to adaptation): the generation model on the reply + genre-as-text mixture
+  (`finetune_steps` at `finetune_lr`, cosine); with `genre` (the demo) also the
+  classification probe on genre (`probe_steps`). Nobody tunes anything per arm.
 
   Evaluation: the PrefixLM validation loss (target NLL of the second half of a window
   given the first; the same windows for both architectures, spread evenly over every
   play of `eval_split`);
-  reply NLL per token; reply ROUGE-L of greedy replies; genre accuracy by rank
+  reply NLL per token on every reply of eval_split; ROUGE-L and a repetition measure of
+  greedy replies (every reply, at the extra budget); with `genre`, genre accuracy by rank
   classification and by the probe; baselines beside them (downstream.baselines).
   Inference cost (downstream.inference_cost): FLOPs per request and per generated token at
   the same prompt and the same forced output length, and measured latency (seed 0's models,
@@ -112,19 +115,19 @@ class StudyPlan:
                             ("intermediate_size", 576), ("head_dim", 48))
     half: int = 64                # S = T; the decoder-only model sees 2 * half tokens
     batch_size: int = 16
-    parent_steps: int = 600
+    parent_steps: int = 4000     # pilot 1 (PROTOCOL.md section 7)
     extra_steps: int = 300
     sweep_steps: int = 600
     finetune_steps: int = 150
     probe_steps: int = 100        # the genre probe (plan.genre)
     rep_probe_steps: int = 400    # a representation probe (the learnability pilot's recipe)
     lr: float = 3e-3              # pre-training from scratch
-    extra_lr_decoder: float = 1e-3  # continued pre-training of the decoder-only arms and
-    extra_lr_encdec: float = 1e-3   # of the adapted ones (the peak of their WSD schedule)
+    extra_lr_decoder: float = 3e-3  # continued pre-training of the decoder-only arms and
+    extra_lr_encdec: float = 3e-4   # of the adapted ones (WSD peaks; pilot 3)
     finetune_lr: float = 1e-3
     eval_every: int = 75          # PrefixLM validation loss along the continued pre-training
     eval_batches: int = 8         # PrefixLM windows: eval_batches * batch_size, every play
-    eval_split: str = "validation"  # the plays evaluated: "test" in the confirmatory run
+    eval_split: str = "test"      # the plays evaluated (the pilots used "validation")
     train_examples: int = 2400    # reply examples in the fine-tuning mixture (+ half genre)
     eval_examples: int = 0        # reply examples evaluated (0: every one of eval_split)
     generate_examples: int = 0    # of them, greedily generated for ROUGE-L (0: every one)
@@ -135,7 +138,7 @@ class StudyPlan:
     quiet_load: float = 0.5          # latency counts as measured on a quiet machine below
     latency_attempts: int = 3        # this 1-minute load average; else re-measured after
     latency_wait: float = 60.0       # latency_wait seconds, keeping the quietest attempt
-    seeds: tuple = (0, 1, 2)
+    seeds: tuple = (0, 1, 2, 3, 4, 5)
     # one parent and one big parent, trained once with parent_seed, shared by every seed
     # (the seeds vary the continued pre-training's data order, the adaptation's fresh
     # tensors, the scratch model, fine-tuning and the probe heads); False: one per seed
@@ -171,6 +174,7 @@ SCALES = {
                        finetune_steps=4, probe_steps=4, rep_probe_steps=4, eval_every=4,
                        eval_batches=1, train_examples=32, eval_examples=12,
                        generate_examples=2, new_tokens=4, latency_repeats=1, seeds=(0, 1),
+                       eval_split="validation",
                        probe_seeds=(0,), latency_attempts=1, latency_wait=0.0, genre=True,
                        genre_eval_examples=12,
                        rep_tasks=("next_speech", "speaker", "replaced_word"),  # every path

@@ -280,7 +280,7 @@ def _report(results: dict, rows: list, seeds, curves, qf) -> str:
         f"{len(seeds)} seeds, windows of {2 * p['half']} tokens, batch {p['batch_size']}, "
         f"extra budget {p['extra_steps']} updates (sweep {p['sweep_steps']}), fine-tuning "
         f"{p['finetune_steps']} updates, representation probes "
-        f"{p.get('rep_probe_steps', p['probe_steps'])} updates x {len(p['probe_seeds'])} head "
+        f"{p.get('rep_probe_steps', p['probe_steps'])} updates x {len(p.get('probe_seeds', ()))} head "
         f"seeds; evaluated on the {p.get('eval_split', 'validation')} plays. The protocol is "
         f"`mini_encdec/experiments/study/PROTOCOL.md`.", "",
         parents_markdown(results), "",

@@ -36,24 +36,32 @@ def _run_workers(out: Path, plan: StudyPlan, jobs: int, progress: bool) -> None:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MINI_ENCDEC_THREADS="1")
     (out / "logs").mkdir(exist_ok=True)
-    if plan.shared_parents:  # first the two shared parents, side by side
-        _run_pool(out, [("parent", ["--worker-parent", "small"]),
-                        ("big_parent", ["--worker-parent", "big"])], jobs, env, None)
-    _run_pool(out, [(f"seed{s}", ["--worker-seed", str(s)]) for s in plan.seeds], jobs, env,
-              lambda: tqdm(total=UNITS_PER_SEED * len(plan.seeds),
-                           desc=f"study units ({jobs} workers)", disable=not progress,
-                           file=sys.stderr))
+    tasks = [(f"seed{s}", ["--worker-seed", str(s)]) for s in plan.seeds]
+    ready = lambda name: True  # noqa: E731
+    if plan.shared_parents:
+        # the two shared parents first, side by side; a seed starts once the parent is
+        # trained (every arm needs it) and waits for the big parent only where E4's arms
+        # need it (Study.parent), so the big parent's longer run overlaps the seeds
+        tasks = [("parent", ["--worker-parent", "small"]),
+                 ("big_parent", ["--worker-parent", "big"])] + tasks
+        parent = out / "models" / "shared" / "parent" / "config.json"
+        ready = lambda name: not name.startswith("seed") or parent.is_file()  # noqa: E731
+    bar = tqdm(total=UNITS_PER_SEED * len(plan.seeds), desc=f"study units ({jobs} workers)",
+               disable=not progress, file=sys.stderr)
+    _run_pool(out, tasks, jobs, env, ready, bar)
 
 
-def _run_pool(out: Path, tasks: list, jobs: int, env: dict, make_bar) -> None:
-    """Run [(name, worker arguments)] in at most `jobs` worker processes (logs:
-    out/logs/<name>.log); make_bar: a tqdm bar of finished fine-tuning units, or None."""
+def _run_pool(out: Path, tasks: list, jobs: int, env: dict, ready, bar) -> None:
+    """Run [(name, worker arguments)] in at most `jobs` worker processes, in order, each
+    once ready(name) (logs: out/logs/<name>.log); bar: finished fine-tuning units."""
     pending, running = list(tasks), []
     done_units = lambda: len(list((out / "results").glob("seed*/finetune_*.json")))  # noqa
-    bar = make_bar() if make_bar else None
     failed = []
     while pending or running:
-        while pending and len(running) < jobs:
+        if not running and pending and not ready(pending[0][0]):
+            raise RuntimeError(f"study: {pending[0][0]} cannot start: a worker it needs "
+                               f"failed; see {out / 'logs'}; rerun with --resume")
+        while pending and len(running) < jobs and ready(pending[0][0]):
             name, extra = pending.pop(0)
             log = open(out / "logs" / f"{name}.log", "a")
             cmd = [sys.executable, "-m", "mini_encdec.experiments.study", "--out", str(out),
@@ -68,11 +76,9 @@ def _run_pool(out: Path, tasks: list, jobs: int, env: dict, make_bar) -> None:
                 running.remove(item)
                 if proc.returncode != 0:
                     failed.append(name)
-        if bar is not None:
-            bar.n = done_units()
-            bar.refresh()
-    if bar is not None:
-        bar.close()
+        bar.n = done_units()
+        bar.refresh()
+    bar.close()
     if failed:
         raise RuntimeError(f"study: the worker(s) {', '.join(failed)} failed; see "
                            f"{out / 'logs'}; rerun with --resume to continue")

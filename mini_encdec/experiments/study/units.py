@@ -19,6 +19,7 @@ from ..evalsets import play_streams, spread_eval_batches
 from ...config import EncDecConfig, count_parameters, preset
 from ...models import build_model
 from ...objectives import make_objective
+from ...storage.lock import LockedError, hold
 from ...storage.checkpoint import (CHECKPOINTS_DIR, atomic_write_json, latest_checkpoint,
                                   load_model, save_model, step_dir_name)
 from ...text.batching import make_batcher
@@ -33,6 +34,7 @@ from .repetition import mean_repetition
 from .ul2_modes import (CLASSIFICATION_MODE, GENERATION_MODE, MODE_ARMS, rep_data_with_mode,
                         task_data_with_mode)
 
+PARENT_WAIT = 20.0        # seconds between looks at a shared parent another worker trains
 LOSS_BEARING_SAMPLE = 20  # batches per objective when matching UL2's batch size
 
 # --- the causal-encoder ablation (E5) --------------------------------------------------------------
@@ -198,6 +200,19 @@ class Study:
         path = self.out / "models" / where / name
         if (path / "config.json").is_file():
             return load_model(path)
+        if p.shared_parents:  # one trainer per shared parent; a seed worker waits for it
+            while True:
+                try:
+                    with hold(path, what="the shared parent"):
+                        if (path / "config.json").is_file():
+                            return load_model(path)
+                        return self._train_parent(path, name, where, build)
+                except LockedError as e:
+                    self.say(f"{e}: waiting")
+                    time.sleep(PARENT_WAIT)
+        return self._train_parent(path, name, where, build)
+
+    def _train_parent(self, path: Path, name: str, where: str, build: Callable):
         t0 = time.perf_counter()
         model = build()
         save_model(path, model.config, model.params)
