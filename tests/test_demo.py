@@ -7,8 +7,8 @@ import pytest
 
 from mini_encdec.cli import main
 
-METRICS = ("prefix_val_loss", "reply_nll", "reply_rouge_l", "genre_rank_accuracy",
-           "genre_probe_accuracy", "parameters", "prompt_gflops", "gflops_per_generated_token",
+METRICS = ("prefix_val_loss", "reply_nll", "reply_rouge_l", "next_speech_accuracy",
+           "parameters", "prompt_gflops", "gflops_per_generated_token",
            "total_gflops", "prompt_ms", "ms_per_generated_token", "total_ms")
 
 
@@ -23,7 +23,8 @@ def test_quick_demo_writes_its_table_and_results(quick_demo):
     table = (quick_demo / "results.md").read_text()
     assert ("| metric | decoder-only (Gemma 2) | encoder-decoder (T5Gemma, adapted) | "
             "baselines |") in table
-    for row in ("reply NLL", "unigram", "copy the input", "majority class", "probe",
+    for row in ("reply NLL", "unigram", "copy the input", "majority class", "bag of words",
+                "next-speech verification accuracy, classification probe",
                 "parameters", "GFLOPs per generated token", "latency", "## Reading",
                 "The parent's text"):
         assert row in table, row
@@ -31,7 +32,7 @@ def test_quick_demo_writes_its_table_and_results(quick_demo):
     for arch in ("decoder_only", "encoder_decoder"):
         for key in METRICS:
             assert math.isfinite(results[arch][key]), (arch, key)
-        assert 0.0 <= results[arch]["genre_probe_accuracy"] <= 1.0
+        assert 0.0 <= results[arch]["next_speech_accuracy"] <= 1.0
     d, e = results["decoder_only"], results["encoder_decoder"]
     # the encoder-decoder has about twice the parameters (two stacks + cross-attention) ...
     assert e["parameters"] > d["parameters"]

@@ -4,13 +4,13 @@ import pytest
 
 from mini_encdec.experiments import demo
 
-BASE = {"reply_nll_unigram": 6.0, "reply_rouge_l_copy_input": 0.05, "genre_chance": 1 / 6,
-        "genre_majority_class": 0.2}
+BASE = {"reply_nll_unigram": 6.0, "reply_rouge_l_copy_input": 0.05, "rep_chance": 0.5,
+        "rep_majority": 0.52, "rep_bag_of_words": 0.55, "rep_eval_examples": 2860}
 
 
 def _arm(**over) -> dict:
     m = {"prefix_val_loss": 4.0, "reply_nll": 4.5, "reply_rouge_l": 0.1,
-         "genre_rank_accuracy": 0.3, "genre_probe_accuracy": 0.4, "parameters": 1_000_000,
+         "next_speech_accuracy": 0.6, "parameters": 1_000_000,
          "prompt_gflops": 0.03, "gflops_per_generated_token": 0.003, "total_gflops": 0.12,
          "prompt_ms": 5.0, "ms_per_generated_token": 2.0, "total_ms": 70.0}
     return dict(m, **over)
@@ -26,7 +26,8 @@ def test_results_table_has_every_row_and_its_baselines():
     lines = demo.results_table(fake("prefix_lm_kd")).splitlines()
     assert len(lines) == 2 + len(demo.ROWS)
     assert all(line.count("|") == lines[0].count("|") for line in lines)
-    assert "unigram 6.000" in lines[3] and "chance 0.167, majority class 0.200" in lines[5]
+    assert "unigram 6.000" in lines[3]
+    assert "chance 0.500, majority class 0.520, bag of words 0.550" in lines[5]
 
 
 @pytest.mark.parametrize("objective", sorted(demo.OBJECTIVE_ARMS))
@@ -82,12 +83,23 @@ def test_one_seed_differences_inside_the_seed_spread_read_within_noise():
 
 def test_a_baseline_is_beaten_only_beyond_its_sampling_error():
     r = fake("prefix_lm_kd")
-    r["plan"]["eval_examples"] = 160
-    # 3 examples of 160 above the majority class (0.2): inside 2 binomial errors (0.063)
-    r["decoder_only"] = _arm(genre_probe_accuracy=0.2 + 3 / 160)
+    # 0.01 above the bag of words (0.55) on 2860 examples: inside 2 binomial errors (0.019)
+    r["decoder_only"] = _arm(next_speech_accuracy=0.56)
     text = demo.reading(r)
-    assert "decoder-only model's genre accuracy, classification probe" in text
+    assert "decoder-only model's next-speech verification accuracy" in text
     assert "sampling error" in text
+    r["decoder_only"] = _arm(next_speech_accuracy=0.60)  # 0.05 above: beyond it
+    assert "decoder-only model's next-speech" not in demo.reading(r)
+
+
+def test_probe_accuracy_differences_read_against_their_binomial_error():
+    r = fake("prefix_lm_kd")
+    r["encoder_decoder"] = _arm(parameters=2_000_000, next_speech_accuracy=0.615)
+    line = next(x for x in demo.reading(r).splitlines() if "next-speech" in x and "SuperGLUE" in x)
+    assert "within noise" in line       # +0.015 against about +-0.026 (paired, n = 2860)
+    r["encoder_decoder"] = _arm(parameters=2_000_000, next_speech_accuracy=0.65)
+    line = next(x for x in demo.reading(r).splitlines() if "next-speech" in x and "SuperGLUE" in x)
+    assert "in the paper's direction" in line
 
 
 def test_the_cooldown_branch_continues_the_validation_curve(tmp_path, monkeypatch):

@@ -15,19 +15,20 @@ checkpoint under runs/seed<S>/ in the demo's directory):
      plays):
        a. M-M with PrefixLM + distillation from M (--objective: prefix_lm, ul2)
        b. M continuing its causal LM
-  4. fine-tune both, with the same budget: the generation model on reply + genre (each
-     input starts with its task prefix), and the classification probe on genre
+  4. fine-tune both, with the same budget: the generation model on reply + genre-as-text
+     (each input starts with its task prefix), and a classification probe on next-speech
+     verification (does speech B answer speech A?)
   5. evaluate on the validation plays: every task metric beside its baselines, and the
      inference cost like for like (same prompt, same forced number of generated tokens)
 
 These are the study's units (study.py) for one seed: the demo is experiment E2 of
-`python -m mini_encdec study` with a longer-trained parent. One seed is not a
-significance test; the study runs three and says which of the paper's claims hold.
+`python -m mini_encdec study` with a shorter-trained parent (SCALES below). One seed is
+not a significance test; the study runs six and says which of the paper's claims hold.
 
 Metrics (results.md / results.json): PrefixLM validation loss (target NLL of the second
 half of a validation window given the first; the same windows for both architectures);
-reply NLL per token and ROUGE-L F1 of greedy replies; genre accuracy by rank
-classification and by the probe; parameters; prompt and per-token FLOPs and latency.
+reply NLL per token and ROUGE-L F1 of greedy replies; next-speech accuracy of the probe;
+parameters; prompt and per-token FLOPs and latency.
 """
 
 from __future__ import annotations
@@ -46,22 +47,19 @@ from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan, load_av
 
 HELP = "the end-to-end demonstration on tiny models"  # in `python -m mini_encdec --help`
 
-# What each scale runs: the study's protocol for one seed. The full demo trains its parent
-# longer (1000 updates instead of the study's 600), so that it writes recognisable verse,
-# and fine-tunes both models three times longer (300 updates for the generation model and
-# for the probe, instead of 150 and 100): the study's fine-tuning budget leaves the genre
-# probe barely above the majority class (0.20-0.26 against 0.18 at seed 0-2).
+# What each scale runs: the study's protocol (study/PROTOCOL.md) for one seed, with these
+# departures so that the demo takes about ten minutes: a parent of 1000 updates (the
+# study's 4000; at 1000 it already writes recognisable verse), the generation model
+# fine-tuned twice as long (300 updates instead of 150), the validation plays (the test
+# plays belong to the study), every reply's NLL but 160 replies generated, one probe head.
 SCALES = {
     "full": dataclasses.replace(STUDY_SCALES["full"], parent_steps=1000, finetune_steps=300,
-                                probe_steps=300, seeds=(0,)),
+                                seeds=(0,), eval_split="validation", generate_examples=160),
     "quick": dataclasses.replace(STUDY_SCALES["quick"], seeds=(0,)),
 }
 OBJECTIVE_ARMS = {"prefix_lm_kd": "ed_kd", "prefix_lm": "ed_prefix", "ul2": "ed_ul2"}
 OVERRIDES = {"pretrain_steps": "parent_steps", "extra_steps": "extra_steps",
              "finetune_steps": "finetune_steps", "batch_size": "batch_size", "half": "half"}
-# Where the demo departs from the study's plan (protocol.SCALES["full"]); quick keeps its own
-DEMO_PLAN = {"eval_split": "validation", "genre": True,
-             "eval_examples": 160, "generate_examples": 32}
 PARENT_PROMPTS = ("Now is the winter of our discontent", "O Romeo, Romeo,",
                   "What news, my lord?")
 
@@ -87,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def plan_from_args(args) -> StudyPlan:
     plan = SCALES["quick" if args.quick else "full"]
-    changes = {} if args.quick else dict(DEMO_PLAN)
+    changes = {}
     for f, field in OVERRIDES.items():
         v = getattr(args, f, None)
         if v is None:
@@ -119,10 +117,8 @@ ROWS = (  # (label, key, digits, better, baseline keys)
     ("reply NLL per token (fine-tuned)", "reply_nll", 3, "lower", ("reply_nll_unigram",)),
     ("reply ROUGE-L F1, greedy (fine-tuned)", "reply_rouge_l", 3, "higher",
      ("reply_rouge_l_copy_input",)),
-    ("genre accuracy, rank classification (fine-tuned)", "genre_rank_accuracy", 3, "higher",
-     ("genre_chance", "genre_majority_class")),
-    ("genre accuracy, classification probe", "genre_probe_accuracy", 3, "higher",
-     ("genre_chance", "genre_majority_class")),
+    ("next-speech verification accuracy, classification probe", "next_speech_accuracy", 3,
+     "higher", ("rep_chance", "rep_majority", "rep_bag_of_words")),
     ("parameters", "parameters", 0, None, ()),
     ("prompt cost: encoder pass / prefill (GFLOPs)", "prompt_gflops", 4, None, ()),
     ("GFLOPs per generated token", "gflops_per_generated_token", 5, None, ()),
@@ -132,7 +128,8 @@ ROWS = (  # (label, key, digits, better, baseline keys)
     ("measured latency per request, N forced tokens (ms)", "total_ms", 1, None, ()),
 )
 BASELINE_NAMES = {"reply_nll_unigram": "unigram", "reply_rouge_l_copy_input": "copy the input",
-                  "genre_chance": "chance", "genre_majority_class": "majority class"}
+                  "rep_chance": "chance", "rep_majority": "majority class",
+                  "rep_bag_of_words": "bag of words"}
 
 
 def results_table(results: dict) -> str:
@@ -150,10 +147,17 @@ def results_table(results: dict) -> str:
 # The seed-to-seed standard deviation of the difference (adapted PrefixLM + KD minus
 # decoder-only) in the committed 3-seed study (data/results/study, 2026-11-30): a one-seed
 # difference reads as evidence only beyond twice it, else "within noise". Three seeds give
-# a rough estimate; the study's own intervals are the real test.
-SEED_SD = {"prefix_val_loss": 0.072, "reply_nll": 0.006, "reply_rouge_l": 0.025,
-           "genre_probe_accuracy": 0.026, "genre_rank_accuracy": 0.013}
-ACCURACIES = ("genre_probe_accuracy", "genre_rank_accuracy")
+# a rough estimate; the study's own intervals are the real test. An accuracy's noise is
+# its evaluation's binomial error instead (_accuracy_noise).
+SEED_SD = {"prefix_val_loss": 0.072, "reply_nll": 0.006, "reply_rouge_l": 0.025}
+ACCURACIES = ("next_speech_accuracy",)
+
+
+def _accuracy_noise(p: float, n: int, paired: bool = False) -> float:
+    """Twice the binomial standard error of an accuracy p on n examples (of the difference
+    of two such accuracies when paired)."""
+    p = min(max(p, 1.0 / n), 1 - 1.0 / n)
+    return 2 * ((2 if paired else 1) * p * (1 - p) / n) ** 0.5
 
 
 def _beats(value: float, baseline: float, key: str, better: str, n: int) -> bool:
@@ -162,8 +166,7 @@ def _beats(value: float, baseline: float, key: str, better: str, n: int) -> bool
     spread for the other metrics."""
     margin = value - baseline if better == "higher" else baseline - value
     if key in ACCURACIES:
-        p = min(max(baseline, 1.0 / n), 1 - 1.0 / n)
-        return margin > 2 * (p * (1 - p) / n) ** 0.5
+        return margin > _accuracy_noise(baseline, n)
     return margin > 2 * SEED_SD.get(key, 0.0)
 
 
@@ -172,7 +175,7 @@ def reading(results: dict) -> str:
     error)? which of the paper's claims does this run support, which are within the
     seed-to-seed noise, and why it may differ at this scale."""
     d, e, base = results["decoder_only"], results["encoder_decoder"], results["baselines"]
-    n = int(results["plan"].get("eval_examples", 160))
+    n = int(base.get("rep_eval_examples", 0) or 1)
     out = []
     below = []
     for label, key, _, better, bkeys in ROWS:
@@ -191,7 +194,8 @@ def reading(results: dict) -> str:
         de, dd = e[key], d[key]
         diff = de - dd
         wins = de < dd if better == "lower" else de > dd
-        noise = 2 * SEED_SD.get(key, 0.0)
+        noise = _accuracy_noise((de + dd) / 2, n, paired=True) if key in ACCURACIES else \
+            2 * SEED_SD.get(key, 0.0)
         if abs(diff) <= noise:
             return None, f"{de:.3f} vs {dd:.3f} (difference {diff:+.3f}, noise +-{noise:.3f})"
         return wins, f"{de:.3f} vs {dd:.3f} (difference {diff:+.3f}, noise +-{noise:.3f})"
@@ -201,8 +205,8 @@ def reading(results: dict) -> str:
         ("better fine-tuned generation (the paper: +7 after instruction tuning)",
          "reply_nll", "lower"),
         ("(the same, ROUGE-L of greedy replies)", "reply_rouge_l", "higher"),
-        ("better classification from the encoder's representation (the paper: SuperGLUE)",
-         "genre_probe_accuracy", "higher"),
+        ("better classification from the encoder's representation (the paper: SuperGLUE; "
+         "here next-speech verification)", "next_speech_accuracy", "higher"),
     ]
     rows = []
     for text, key, better in claims:
@@ -236,11 +240,12 @@ def reading(results: dict) -> str:
         "**Why this can differ from the paper.** One seed of a model with "
         f"{d['parameters'] / 1e6:.1f}M (decoder-only) and {e['parameters'] / 1e6:.1f}M "
         "(encoder-decoder) parameters, trained for minutes on 26 plays, against 2B-9B "
-        "models trained on trillions of tokens; no instruction tuning. With the same "
+        "models trained on trillions of tokens; no instruction tuning; a parent of "
+        f"{p['parent_steps']} updates (the study's: 4000). With the same "
         f"updates ({p['extra_steps']} of {p['batch_size']} windows of {2 * p['half']} tokens), "
         f"the decoder-only model's causal LM puts a loss on every token of every window: "
         f"{why}. Run "
-        "`python -m mini_encdec study` for three seeds, a significance test and every claim "
+        "`python -m mini_encdec study` for six seeds, corrected tests and every claim "
         "(the committed run is in data/results/study/results.md).")
     return "\n\n".join(out)
 
@@ -303,6 +308,14 @@ def plot_stages(out: Path, seed: int, ed_arm: str) -> Optional[Path]:
     path = out / "loss_curves.png"
     fig.savefig(path)
     return path
+
+
+def _rep_baselines(rep: dict) -> dict:
+    """The next-speech task's baselines, flat (rep_chance, rep_majority, rep_bag_of_words,
+    rep_eval_examples)."""
+    t = rep["next_speech"]
+    return {"rep_chance": t["chance"], "rep_majority": t["majority"],
+            "rep_bag_of_words": t["bag_of_words"], "rep_eval_examples": t["eval_examples"]}
 
 
 def parent_samples(model, tok, new_tokens: int, seed: int) -> list:
@@ -398,7 +411,8 @@ def _run_stages(args, out: Path) -> int:
                "parent_prefix_loss_before_adaptation": parent_loss,
                "adapted_prefix_loss_right_after_adaptation": adapted_loss,
                "parent_samples": samples,
-               "baselines": downstream.baselines(study.data(seed))}
+               "baselines": {**downstream.baselines(study.data(seed)),
+                             **_rep_baselines(study.rep_baselines())}}
     for key, arm in (("encoder_decoder", ed_arm), ("decoder_only", "dec")):
         results[key] = dict(ft[arm], **cost[arm], prefix_val_loss=pre[arm]["prefix_val_loss"],
                             arm=arm)
