@@ -161,3 +161,106 @@ def test_gemma3_generation_with_cache_equals_without(method):
     else:
         np.testing.assert_array_equal(generate(model, prompts, use_cache=True, **kw),
                                       generate(model, prompts, use_cache=False, **kw))
+
+
+# --- interop (torch-free: the config translation and a round trip through our own files) ----
+
+def test_gemma3_config_both_rope_forms_and_defaults():
+    """transformers 5's rope_parameters per layer type and 4.x's rope_theta /
+    rope_local_base_freq / rope_scaling give the same config; omitted fields take
+    Gemma3TextConfig's defaults (the multimodal text_config omits most of them)."""
+    from mini_encdec.storage.hf_config import config_from_hf, hf_config
+    d = hf_config(GEMMA3)
+    assert d["model_type"] == "gemma3_text" and d["architectures"] == ["Gemma3ForCausalLM"]
+    assert d["rope_parameters"] == {
+        SLIDING: {"rope_type": "default", "rope_theta": 10.0},
+        FULL: {"rope_type": "linear", "rope_theta": 1000.0, "factor": 4.0}}
+    assert config_from_hf(d) == GEMMA3
+    old = {k: v for k, v in d.items() if k != "rope_parameters"}
+    assert config_from_hf(old) == GEMMA3
+    new = {k: v for k, v in d.items() if k not in ("rope_theta", "rope_local_base_freq",
+                                                    "rope_scaling")}
+    assert config_from_hf(new) == GEMMA3
+    mm = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+          "text_config": {"model_type": "gemma3_text", "hidden_size": 2560,
+                          "intermediate_size": 10240, "num_hidden_layers": 34,
+                          "sliding_window": 1024,
+                          "rope_scaling": {"factor": 8.0, "rope_type": "linear"}}}
+    cfg = config_from_hf(mm)  # google/gemma-3-4b's text model
+    assert (cfg.vocab_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+            cfg.query_pre_attn_scalar) == (262_208, 8, 4, 256, 256)
+    assert cfg.rope_base(FULL) == (1e6, 8.0) and cfg.rope_base(SLIDING) == (10_000.0, 1.0)
+    assert cfg.layer_types == patterned_layer_types(34) and cfg.qk_norm
+    assert cfg.attn_logit_softcapping is None and cfg.final_logit_softcapping is None
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(rope_parameters={FULL: {"rope_type": "yarn", "factor": 2.0}}), "'yarn'"),
+    (dict(rope_parameters={SLIDING: {"rope_type": "linear", "factor": 2.0}}),
+     "sliding_attention"),
+    (dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, rope_parameters=None),
+     "'dynamic'"),
+    (dict(num_key_value_heads=3), "num_attention_heads"),
+    (dict(layer_types=[SLIDING, "chunked_attention", FULL]), "layer_types"),
+    (dict(use_bidirectional_attention=True), "use_bidirectional_attention"),
+])
+def test_gemma3_bad_configs_are_refused_in_one_line(change, match):
+    from mini_encdec.storage.hf_config import InteropError, config_from_hf, hf_config
+    d = {**hf_config(GEMMA3), **change}
+    with pytest.raises(InteropError, match=match) as e:
+        config_from_hf(d)
+    assert "\n" not in str(e.value)
+
+
+def test_gemma3_attention_softcap_is_read_as_transformers_runs_it():
+    """transformers' Gemma3 attention ignores attn_logit_softcapping: we read it as None,
+    and refuse to save a Gemma 3 model that has one."""
+    from mini_encdec.storage.hf_config import InteropError, config_from_hf, hf_config
+    d = {**hf_config(GEMMA3), "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+    cfg = config_from_hf(d)
+    assert cfg.attn_logit_softcapping is None and cfg.final_logit_softcapping == 30.0
+    with pytest.raises(InteropError, match="attn_logit_softcapping"):
+        hf_config(GEMMA3.replace(attn_logit_softcapping=50.0))
+    with pytest.raises(InteropError, match="rope_local_theta"):  # Gemma 2: one RoPE
+        hf_config(GEMMA3.replace(qk_norm=False))
+
+
+def test_gemma3_save_load_round_trip(tmp_path):
+    from mini_encdec.storage.interop import load_hf, save_hf
+    model = model_of()
+    save_hf(model, tmp_path / "g3")
+    back = load_hf(tmp_path / "g3", dtype=np.float64)
+    assert back.config == GEMMA3
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(back.params[k], v.astype(np.float32), err_msg=k)
+
+
+def test_multimodal_weights_are_renamed_and_the_vision_tower_skipped(tmp_path, capsys):
+    """A Gemma3ForConditionalGeneration directory as the hub stores it: the language model
+    under language_model.model., the vision parts skipped with one printed line."""
+    import json
+    from mini_encdec.storage.hf_config import hf_config
+    from mini_encdec.storage.interop import load_hf, save_hf
+    from mini_encdec.storage.safetensors_io import SafetensorsFile, SafetensorsWriter
+    model = model_of()
+    save_hf(model, tmp_path / "text")
+    src = SafetensorsFile(tmp_path / "text" / "model.safetensors")
+    tensors = {"language_model." + k: src.read(k) for k in src.keys()}
+    tensors["vision_tower.vision_model.post_layernorm.weight"] = np.ones(4, np.float32)
+    tensors["multi_modal_projector.mm_input_projection_weight"] = np.ones((4, 16), np.float32)
+    out = tmp_path / "mm"
+    out.mkdir()
+    with SafetensorsWriter(out / "model.safetensors",
+                           [(k, "F32", v.shape) for k, v in tensors.items()], {}) as w:
+        for k, v in tensors.items():
+            w.write(k, v)
+    text = hf_config(GEMMA3)
+    (out / "config.json").write_text(json.dumps({
+        "model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+        "text_config": text, "vision_config": {"model_type": "siglip_vision_model"}}))
+    back = load_hf(out, dtype=np.float64)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "skipping 2 vision_tower / multi_modal_projector" in printed[0]
+    assert back.config == GEMMA3
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(back.params[k], v.astype(np.float32), err_msg=k)
