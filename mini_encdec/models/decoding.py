@@ -12,7 +12,8 @@ matmul and so do gate and up; and the matmuls go through
 without BLAS's packing of the whole weight matrix (kernels/linear.py).
 
 What is cached, per decoder layer:
-    self-attention   the post-RoPE keys and values of every token seen so far,
+    self-attention   the post-RoPE keys and values of every token seen so far (Gemma 3:
+                     normalised by k_norm before RoPE, so cached keys are final),
                      (B, K, Tc, Dh); a local (sliding-window) layer keeps only the last
                      W - 1 of them, all a future query can reach (0 <= q - k < W)
     cross-attention  the encoder output's keys and values (B, K, S, Dh), projected ONCE
