@@ -44,6 +44,16 @@ def test_gemma3_layer_pattern_and_rope_bases():
     assert g2.rope_base(SLIDING) == g2.rope_base(FULL) == (1000.0, 1.0)  # Gemma 2: one base
 
 
+def test_gemma3_config_round_trips_through_our_checkpoint_dict():
+    from mini_encdec.config import config_from_dict
+    for cfg in (GEMMA3, preset("gemma3_1b")):
+        assert config_from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in GEMMA3.to_dict().items()  # a checkpoint from before Gemma 3
+           if k not in ("qk_norm", "rope_local_theta", "rope_scaling_factor")}
+    assert config_from_dict(old) == GEMMA3.replace(qk_norm=False, rope_local_theta=None,
+                                                   rope_scaling_factor=1.0)
+
+
 def test_gemma3_config_errors_name_the_field():
     with pytest.raises(ValueError, match="qk_norm"):
         GEMMA3.replace(qk_norm="yes")
