@@ -9,6 +9,9 @@ Presets by name (`preset("tiny")`, `encdec_preset("9b-2b")`):
                       shipped SentencePiece model, 8192)
   S, B, L, XL         the paper's mT5-shaped suite (SPEC.md section 6), vocabulary 256,000
   2b, 9b              Gemma 2 2B and 9B shapes, vocabulary 256,000
+  gemma3_tiny         a Gemma 3 of our own size (decoder-only; q/k norms, 5 local : 1 global)
+  gemma3_270m,        Gemma 3 270M and 1B text shapes, vocabulary 262,144 (decoder-only)
+  gemma3_1b
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ LAYER_TYPES = (SLIDING, FULL)
 def alternating_layer_types(num_layers: int) -> tuple[str, ...]:
     """Gemma 2's pattern: layer i is local (sliding window) when i is even, global when odd."""
     return tuple(SLIDING if i % 2 == 0 else FULL for i in range(num_layers))
+
+
+def patterned_layer_types(num_layers: int, pattern: int = 6) -> tuple[str, ...]:
+    """Gemma 3's pattern: pattern - 1 local layers, then one global, repeated (layer i is
+    global when (i + 1) % pattern == 0; transformers' `sliding_window_pattern`, 6)."""
+    return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,16 @@ class GemmaConfig:
     final_logit_softcapping: Optional[float] = 30.0
     # Scores are multiplied by query_pre_attn_scalar ** -0.5; None means head_dim.
     query_pre_attn_scalar: Optional[float] = None
-    # RoPE base theta: inv_freq[i] = theta ** (-2i / Dh).
+    # RoPE base theta: inv_freq[i] = theta ** (-2i / Dh) (Gemma 3: of the global layers).
     rope_theta: float = 10000.0
+    # Gemma 3: the RoPE base of the local (sliding) layers; None means rope_theta.
+    rope_local_theta: Optional[float] = None
+    # Gemma 3 (4B and larger): linear RoPE scaling of the global layers, angles
+    # position / factor * inv_freq; 1.0 is plain RoPE.
+    rope_scaling_factor: float = 1.0
+    # Gemma 3: RMSNorm (1 + w) of every query and key head over Dh, after the projection and
+    # before RoPE (weights self_attn.q_norm / k_norm, shape (Dh,)).
+    qk_norm: bool = False
     # Epsilon inside the RMSNorm square root.
     rms_norm_eps: float = 1e-6
     # Special token ids (Gemma convention): padding, end of sequence, beginning of sequence.
@@ -84,8 +101,11 @@ class GemmaConfig:
                          allow_none=True)
         if self.query_pre_attn_scalar is None:
             object.__setattr__(self, "query_pre_attn_scalar", float(self.head_dim))
-        for f in ("rope_theta", "rms_norm_eps"):
+        for f in ("rope_theta", "rms_norm_eps", "rope_scaling_factor"):
             check_number(getattr(self, f), f"{name}.{f}", low=0, low_open=True)
+        check_number(self.rope_local_theta, f"{name}.rope_local_theta", low=0, low_open=True,
+                     allow_none=True)
+        check_bool(self.qk_norm, f"{name}.qk_norm")
         for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
             check_int(getattr(self, f), f"{name}.{f}", low=0, high=self.vocab_size - 1)
         lt = tuple(self.layer_types) if self.layer_types else \
@@ -107,6 +127,15 @@ class GemmaConfig:
     def is_local(self, layer: int) -> bool:
         """True when block `layer` uses the sliding window."""
         return self.layer_types[layer] == SLIDING
+
+    def rope_base(self, layer_type: str) -> tuple:
+        """(theta, linear scaling factor) of the RoPE of one layer type: Gemma 2 uses
+        (rope_theta, 1) everywhere; Gemma 3's local layers (rope_local_theta, 1) and its
+        global layers (rope_theta, rope_scaling_factor)."""
+        if layer_type == SLIDING:
+            local = self.rope_theta if self.rope_local_theta is None else self.rope_local_theta
+            return float(local), 1.0
+        return float(self.rope_theta), float(self.rope_scaling_factor)
 
     def replace(self, **changes: Any) -> "GemmaConfig":
         """A copy with some fields changed (validated again). Changing the depth without
@@ -170,6 +199,10 @@ class EncDecConfig:
                               f"{self.decoder.hidden_size})")
         check_int(self.cross_attn_warmup_steps, f"{name}.cross_attn_warmup_steps", low=0)
         check_bool(self.causal_encoder, f"{name}.causal_encoder")
+        for f in ("encoder", "decoder"):  # Gemma 3's q/k norm: decoder-only models only
+            if getattr(self, f).qk_norm:
+                raise invalid(f"{name}.{f}.qk_norm", "False (q/k norms are supported in "
+                              "decoder-only Gemma 3 models only)", True)
 
     @property
     def vocab_size(self) -> int:
@@ -286,6 +319,10 @@ def config_from_dict(d: dict):
 # --- presets -----------------------------------------------------------------------------
 
 _BIG_VOCAB = 256_000  # Gemma's SentencePiece vocabulary
+_GEMMA3_VOCAB = 262_144  # Gemma 3's (text checkpoints; the multimodal ones have 262,208)
+# what every Gemma 3 preset shares
+_GEMMA3 = dict(qk_norm=True, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+               attn_logit_softcapping=None, final_logit_softcapping=None)
 
 PRESETS: dict[str, dict] = {
     # Ours: trains in minutes on 2 cores with the shipped 8k tokenizer.
@@ -312,6 +349,22 @@ PRESETS: dict[str, dict] = {
     "9b": dict(vocab_size=_BIG_VOCAB, hidden_size=3584, num_hidden_layers=42,
                num_attention_heads=16, num_key_value_heads=8, head_dim=256,
                intermediate_size=14336, sliding_window=4096, query_pre_attn_scalar=256),
+    # Gemma 3, decoder-only (Gemma3ForCausalLM): q/k norms, 5 local layers then 1 global,
+    # RoPE base 10,000 local / 1,000,000 global, no soft-caps.
+    "gemma3_tiny": dict(_GEMMA3, vocab_size=8192, hidden_size=128, num_hidden_layers=6,
+                        num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+                        intermediate_size=384, sliding_window=32, query_pre_attn_scalar=32,
+                        layer_types=patterned_layer_types(6)),
+    # the text shapes of google/gemma-3-270m and google/gemma-3-1b-pt, as transformers
+    # configures them (vocabulary 262,144)
+    "gemma3_270m": dict(_GEMMA3, vocab_size=_GEMMA3_VOCAB, hidden_size=640,
+                        num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
+                        head_dim=256, intermediate_size=2048, sliding_window=512,
+                        query_pre_attn_scalar=256, layer_types=patterned_layer_types(18)),
+    "gemma3_1b": dict(_GEMMA3, vocab_size=_GEMMA3_VOCAB, hidden_size=1152,
+                      num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1,
+                      head_dim=256, intermediate_size=6912, sliding_window=512,
+                      query_pre_attn_scalar=256, layer_types=patterned_layer_types(26)),
 }
 
 
@@ -323,7 +376,8 @@ def _preset_key(name: str) -> str:
 
 
 def preset(name: str, **overrides: Any) -> GemmaConfig:
-    """A decoder-only Gemma 2 config by preset name (case-insensitive), with overrides."""
+    """A decoder-only Gemma 2 (or, gemma3_*, Gemma 3) config by preset name
+    (case-insensitive), with overrides."""
     base = dict(PRESETS[_preset_key(name)])
     base.update(overrides)
     return GemmaConfig(**base)
@@ -356,7 +410,7 @@ def _attention_params(d_q: int, d_kv: int, cfg: GemmaConfig) -> int:
 def _stack_params(cfg: GemmaConfig, *, norms_per_layer: int, embedding: bool) -> int:
     d = cfg.hidden_size
     per_layer = (_attention_params(d, d, cfg) + 3 * d * cfg.intermediate_size
-                 + norms_per_layer * d)
+                 + norms_per_layer * d + (2 * cfg.head_dim if cfg.qk_norm else 0))
     total = cfg.num_hidden_layers * per_layer + d  # + final norm
     if embedding:
         total += cfg.vocab_size * d

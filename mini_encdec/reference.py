@@ -1,4 +1,4 @@
-"""The whole model on one page: Gemma 2 and T5Gemma forward passes in plain NumPy.
+"""The whole model on one page: Gemma 2 (and Gemma 3) and T5Gemma forward passes in NumPy.
 
 Start here. This file is the math of SPEC.md sections 1 and 2 and nothing else: no
 validation, no backward, no caches, no dispatch. Parameters are the flat dict of Hugging
@@ -6,6 +6,9 @@ Face keys that `build_model`, `load_hf` and the checkpoints use, and the logits 
 `build_model(config, params).forward(batch)`'s (tests/test_reference.py checks it). The
 package splits the same math into the graded layers of `nn/` (each with its backward)
 and the model assembly of `models/`; read those next.
+
+Gemma 3 is `gemma2_forward` with its config: each query and key head RMS-normalised
+before RoPE (cfg.qk_norm), a RoPE base (and linear scaling) per layer type (cfg.rope_base).
 
 Shapes: B batch, T tokens (S encoder tokens), D width, H query heads, K key/value heads,
 Dh head size, F MLP width, V vocabulary.
@@ -36,10 +39,11 @@ def positions(mask, T):
         else np.broadcast_to(np.arange(T), (1, T))
 
 
-def rope(x, pos, theta):
-    # x (B, N, T, Dh), pos (B|1, T): rotate each (x_i, x_{i + Dh/2}) pair by pos * theta^(-2i/Dh)
-    Dh = x.shape[-1]
-    angle = pos[:, None, :, None] * theta ** (-np.arange(0, Dh, 2) / Dh)  # (B|1, 1, T, Dh/2)
+def rope(x, pos, base):
+    # x (B, N, T, Dh), pos (B|1, T), base (theta, factor): rotate each (x_i, x_{i + Dh/2})
+    # pair by pos / factor * theta^(-2i/Dh)
+    Dh, (theta, factor) = x.shape[-1], base
+    angle = pos[:, None, :, None] / factor * theta ** (-np.arange(0, Dh, 2) / Dh)  # (B|1,1,T,Dh/2)
     cos = np.cos(np.concatenate([angle, angle], -1)).astype(x.dtype)  # (B|1, 1, T, Dh)
     sin = np.sin(np.concatenate([angle, angle], -1)).astype(x.dtype)
     x1, x2 = x[..., :Dh // 2], x[..., Dh // 2:]
@@ -62,17 +66,21 @@ def concat_keys(a, b):
                            np.broadcast_to(b, lead + b.shape[3:])], axis=-1)
 
 
-def attention(cfg, P, name, x, kv, mask, pos, n_rope):
-    """Grouped-query attention of x (B, T, D) over kv (B, Tk, Dkv); RoPE on the queries
-    and on the first n_rope keys (self-attention: all; cross: none; merged: the x part)."""
+def attention(cfg, P, name, x, kv, mask, pos, n_rope, base):
+    """Grouped-query attention of x (B, T, D) over kv (B, Tk, Dkv); RoPE (base: theta,
+    factor) on the queries and on the first n_rope keys (self-attention: all; cross: none;
+    merged: the x part)."""
     B, T, _ = x.shape
     H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q = (x @ P[name + "q_proj.weight"].T).reshape(B, T, H, Dh).transpose(0, 2, 1, 3)  # (B,H,T,Dh)
     k = (kv @ P[name + "k_proj.weight"].T).reshape(B, -1, K, Dh).transpose(0, 2, 1, 3)  # (B,K,Tk,Dh)
     v = (kv @ P[name + "v_proj.weight"].T).reshape(B, -1, K, Dh).transpose(0, 2, 1, 3)  # (B,K,Tk,Dh)
+    if cfg.qk_norm:  # Gemma 3: every query and key head RMS-normalised over Dh
+        q = rms_norm(q, P[name + "q_norm.weight"], cfg.rms_norm_eps)
+        k = rms_norm(k, P[name + "k_norm.weight"], cfg.rms_norm_eps)
     if n_rope:
-        q = rope(q, pos, cfg.rope_theta)
-        k = np.concatenate([rope(k[:, :, :n_rope], pos, cfg.rope_theta), k[:, :, n_rope:]], 2)
+        q = rope(q, pos, base)
+        k = np.concatenate([rope(k[:, :, :n_rope], pos, base), k[:, :, n_rope:]], 2)
     k, v = np.repeat(k, H // K, axis=1), np.repeat(v, H // K, axis=1)  # head h reads h // (H/K)
     s = q @ k.swapaxes(-1, -2) * x.dtype.type(cfg.query_pre_attn_scalar ** -0.5)  # (B,H,T,Tk)
     s = np.where(mask, softcap(s, cfg.attn_logit_softcapping), -np.inf)
@@ -99,17 +107,19 @@ def stack(cfg, P, prefix, norms, x, pos, real, causal, enc=None, enc_real=None,
         def norm(name, h):
             return rms_norm(h, P[p + name + ".weight"], eps)
         mask = layer_mask(cfg, i, pos, pos, real, causal)  # (B|1, 1, T, T)
+        base = cfg.rope_base(cfg.layer_types[i])  # (theta, factor) of this layer's type
         n = norm(norms[0], x)
         if merged:  # T5Gemma 2: one attention over [decoder ; encoder] keys
             mask = concat_keys(mask, enc_real[:, None, None, :])  # (B, 1, T, T + S)
             a = attention(cfg, P, p + "self_attn.", n, np.concatenate([n, enc], 1), mask, pos,
-                          n.shape[1])
+                          n.shape[1], base)
         else:
-            a = attention(cfg, P, p + "self_attn.", n, n, mask, pos, n.shape[1])
+            a = attention(cfg, P, p + "self_attn.", n, n, mask, pos, n.shape[1], base)
         x = x + norm(norms[1], a)
         if enc is not None and not merged:  # T5Gemma: cross-attention, no RoPE
             n = norm("pre_cross_attn_layernorm", x)
-            a = attention(cfg, P, p + "cross_attn.", n, enc, enc_real[:, None, None, :], pos, 0)
+            a = attention(cfg, P, p + "cross_attn.", n, enc, enc_real[:, None, None, :], pos, 0,
+                          base)
             x = x + norm("post_cross_attn_layernorm", a)
         x = x + norm("post_feedforward_layernorm", mlp(P, p, norm("pre_feedforward_layernorm", x)))
     return rms_norm(x, P[prefix + "norm.weight"], eps)  # (B, T, D)
@@ -120,7 +130,8 @@ def embed(E, ids):
 
 
 def gemma2_forward(config, P, input_ids, attention_mask=None):
-    """Decoder-only Gemma 2: soft-capped next-token logits (B, T, V)."""
+    """Decoder-only Gemma 2 (or Gemma 3, by its config): soft-capped next-token logits
+    (B, T, V)."""
     T = input_ids.shape[1]
     real = np.ones((1, T), bool) if attention_mask is None else attention_mask.astype(bool)
     E = P["model.embed_tokens.weight"]

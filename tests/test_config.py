@@ -30,7 +30,7 @@ def test_exact_count_small_case_by_hand():
     assert count_parameters(cfg) == 40 + 16 + 8 + 8 + 16 + 36 + 16 + 4
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if not n.startswith("gemma3")))
 def test_every_preset_builds_both_ways(name):
     dec = preset(name)
     ed = encdec_preset(name)

@@ -415,7 +415,7 @@ def test_decoding_steps_read_every_cached_key_in_place(kind, monkeypatch):
         assert any(np.shares_memory(v, b) for b in buffers)
 
 
-@pytest.mark.parametrize("kind", ["decoder", "balanced", "unbalanced", "merged"])
+@pytest.mark.parametrize("kind", ["decoder", "gemma3", "balanced", "unbalanced", "merged"])
 def test_every_cached_layer_equals_its_training_block(kind, monkeypatch, backend):
     """The fused decoding path is the training blocks' equations: every layer's output in
     a cached prefill and in the cached steps after it equals models/blocks.py's block
@@ -425,7 +425,13 @@ def test_every_cached_layer_equals_its_training_block(kind, monkeypatch, backend
     from mini_encdec.models.decoding import decoder_parts
     from mini_encdec.models.inputs import (memory_mask, merge_masks, positions_from_mask,
                                            rope_for, self_attention_masks)
-    config = cfg() if kind == "decoder" else ENCDEC[kind]()
+    if kind in ("decoder", "gemma3"):  # Gemma 3: q/k norms, two RoPE bases, 2 local : 1 global
+        config = cfg() if kind == "decoder" else cfg(
+            num_hidden_layers=3, layer_types=("sliding_attention",) * 2 + ("full_attention",),
+            qk_norm=True, rope_theta=1000.0, rope_local_theta=10.0, rope_scaling_factor=4.0,
+            attn_logit_softcapping=None, final_logit_softcapping=None)
+    else:
+        config = ENCDEC[kind]()
     model = model_of(config)
     spec, _ = decoder_parts(model)
     dec = spec.cfg
@@ -433,7 +439,7 @@ def test_every_cached_layer_equals_its_training_block(kind, monkeypatch, backend
     B, T, S = 2, 6, 5
     ids = rng.integers(3, V, (B, T))
     memory = mem_mask = None
-    if kind == "decoder":
+    if kind in ("decoder", "gemma3"):
         cache = init_cache(model, B)
     else:
         src, src_mask = rng.integers(3, V, (B, S)), np.ones((B, S), np.int64)
@@ -460,14 +466,14 @@ def test_every_cached_layer_equals_its_training_block(kind, monkeypatch, backend
     for i, calls in seen.items():
         x_in = np.concatenate([c[0] for c in calls], axis=1)  # (B, T, D), as the cache saw it
         x_out = np.concatenate([c[1] for c in calls], axis=1)
-        p, mask = spec.layer(i), masks[dec.layer_types[i]]
+        p, mask, rope_i = spec.layer(i), masks[dec.layer_types[i]], rope[dec.layer_types[i]]
         if spec.cross:
             want, _ = blocks.decoder_block_forward(dec, model.params, p, spec.attn_norms, x_in,
-                                                   mask, rope, memory, mem_mask)
+                                                   mask, rope_i, memory, mem_mask)
         elif spec.merged:
             want, _ = blocks.merged_block_forward(dec, model.params, p, spec.attn_norms, x_in,
-                                                  mask, rope, memory)
+                                                  mask, rope_i, memory)
         else:
             want, _ = blocks.encoder_block_forward(dec, model.params, p, spec.attn_norms, x_in,
-                                                   mask, rope)
+                                                   mask, rope_i)
         np.testing.assert_allclose(x_out, want, rtol=1e-11, atol=1e-11, err_msg=f"layer {i}")

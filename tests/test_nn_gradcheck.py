@@ -202,6 +202,36 @@ def test_self_attention(data, seed, hk, B, T, Dh, D, causal, window, softcap):
     check_grads("attention(self)", forward, backward, arrays, ("x", "Wq", "Wk", "Wv", "Wo"), rng)
 
 
+@few
+@given(seed=seeds, hk=heads(), B=batch_sizes, T=seq_lens, Dh=head_dims, D=widths,
+       window=st.none() | windows, theta=st.sampled_from([10.0, 1e4, 1e6]),
+       scale=st.sampled_from([1.0, 0.125]))
+def test_self_attention_with_qk_norm(seed, hk, B, T, Dh, D, window, theta, scale):
+    """Gemma 3's attention: RMSNorm (1 + w) of every query and key head before RoPE (any
+    base, linear scaling), no soft-cap; gradients of x, the projections and both norms."""
+    rng = np.random.default_rng(seed)
+    H, K = hk
+    pos = np.arange(T)
+    mask = attention_mask(pos, pos, causal=True, window=window)
+    rope = rope_cos_sin(pos, Dh, theta, dtype=np.float64, scale=scale)
+    kw = dict(num_heads=H, num_kv_heads=K, head_dim=Dh, scale=0.3, softcap=None, mask=mask,
+              rope_q=rope, rope_k=rope, norm_eps=1e-6)
+
+    def forward(x, Wq, Wk, Wv, Wo, q_norm, k_norm):
+        return attention_forward(x, x, Wq, Wk, Wv, Wo, q_norm=q_norm, k_norm=k_norm, **kw)
+
+    def backward(dy, cache):
+        dx_q, dx_kv, *dW = attention_backward(dy, cache)
+        return (dx_q + dx_kv, *dW)
+
+    arrays = dict(x=randn(rng, B, T, D), Wq=randn(rng, H * Dh, D, scale=0.5),
+                  Wk=randn(rng, K * Dh, D, scale=0.5), Wv=randn(rng, K * Dh, D, scale=0.5),
+                  Wo=randn(rng, D, H * Dh, scale=0.5), q_norm=randn(rng, Dh, scale=0.5),
+                  k_norm=randn(rng, Dh, scale=0.5))
+    check_grads("attention(self, q/k norm)", forward, backward, arrays,
+                ("x", "Wq", "Wk", "Wv", "Wo", "q_norm", "k_norm"), rng)
+
+
 @pytest.mark.task1_3
 @few
 @given(seed=seeds, shape=st.lists(st.integers(1, 4), min_size=1, max_size=3))

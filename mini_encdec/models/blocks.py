@@ -21,6 +21,10 @@ reverse order, one gradient line per forward line:
             its type (local: sliding window; global: all allowed keys)
     trunk:  h = stack( E[input_ids] * sqrt(D) ), the positions and masks from the padding
 
+Gemma 3 runs the same blocks: its differences are config fields read elsewhere (q/k
+norms inside the attention layer when cfg.qk_norm, a RoPE base per layer type in
+`inputs.rope_for`, its layer pattern and soft-caps off in the config).
+
 The attention and MLP are the `nn` layers (`nn/attention.py`, `nn/mlp.py`), the functions
 the assignments grade; the hot pieces inside them (attention core, RoPE, GeGLU
 activation, RMSNorm) run through `mini_encdec.ops`, the one dispatch point. KV-cached
@@ -73,8 +77,11 @@ def norm_grads(dy: np.ndarray, cache: dict, grads: dict, key: str) -> np.ndarray
 
 
 def attention(cfg: GemmaConfig, P: dict, name: str, x_q, x_kv, mask, rope_q, rope_k):
-    """The nn attention layer with the weights `name`.{q,k,v,o}_proj and cfg's heads, query
-    scalar and soft-cap; its core and RoPE dispatched by ops. Returns (y (B, Tq, D), cache)."""
+    """The nn attention layer with the weights `name`.{q,k,v,o}_proj (and, when cfg.qk_norm,
+    Gemma 3's `name`.{q,k}_norm) and cfg's heads, query scalar and soft-cap; its core, RoPE
+    and norms dispatched by ops. Returns (y (B, Tq, D), cache)."""
+    qk_norm = (P[f"{name}.q_norm.weight"], P[f"{name}.k_norm.weight"]) if cfg.qk_norm \
+        else (None, None)
     return attention_forward(
         x_q, x_kv, P[f"{name}.q_proj.weight"], P[f"{name}.k_proj.weight"],
         P[f"{name}.v_proj.weight"], P[f"{name}.o_proj.weight"],
@@ -82,16 +89,22 @@ def attention(cfg: GemmaConfig, P: dict, name: str, x_q, x_kv, mask, rope_q, rop
         head_dim=cfg.head_dim, scale=float(cfg.query_pre_attn_scalar) ** -0.5,
         softcap=cfg.attn_logit_softcapping, mask=mask, rope_q=rope_q, rope_k=rope_k,
         core=(ops.attention_core_forward, ops.attention_core_backward),
-        rope=(ops.rope_forward, ops.rope_backward))
+        rope=(ops.rope_forward, ops.rope_backward),
+        q_norm=qk_norm[0], k_norm=qk_norm[1], norm_eps=cfg.rms_norm_eps,
+        norm=(ops.rmsnorm_forward, ops.rmsnorm_backward))
 
 
 def attention_grads(dy, cache: dict, grads: dict, name: str):
-    """Adds dW{q,k,v,o} of `name` into grads; returns (dx_q, dx_kv)."""
-    dx_q, dx_kv, dWq, dWk, dWv, dWo = attention_backward(dy, cache)
+    """Adds dW{q,k,v,o} of `name` (and Gemma 3's q/k norm weights) into grads; returns
+    (dx_q, dx_kv)."""
+    dx_q, dx_kv, dWq, dWk, dWv, dWo, *dnorms = attention_backward(dy, cache)
     add_grad(grads, f"{name}.q_proj.weight", dWq)
     add_grad(grads, f"{name}.k_proj.weight", dWk)
     add_grad(grads, f"{name}.v_proj.weight", dWv)
     add_grad(grads, f"{name}.o_proj.weight", dWo)
+    if dnorms:  # Gemma 3: q = rmsnorm(q, q_norm), k = rmsnorm(k, k_norm)
+        add_grad(grads, f"{name}.q_norm.weight", dnorms[0])
+        add_grad(grads, f"{name}.k_norm.weight", dnorms[1])
     return dx_q, dx_kv
 
 
@@ -257,21 +270,22 @@ def stack_forward(params: dict, spec: StackSpec, x: np.ndarray, *, masks: dict, 
     Which block runs depends on the stack: the encoder and the decoder-only model the
     encoder block, the T5Gemma decoder the decoder block, the T5Gemma 2 decoder the merged
     block. masks: layer type -> bool mask (B|1, 1, T, keys) of the self (or merged)
-    attention, layer i reads masks[cfg.layer_types[i]]; rope (cos, sin) for the positions
-    of x; memory (B, S, De) the encoder output and memory_mask (B|1, 1, 1, S) its real
+    attention, layer i reads masks[cfg.layer_types[i]]; rope: layer type -> (cos, sin)
+    for the positions of x (`inputs.rope_for`), read the same way; memory (B, S, De) the encoder output and memory_mask (B|1, 1, 1, S) its real
     tokens (decoder stacks only).
     """
     cfg = spec.cfg
     caches = []
     for i in range(cfg.num_hidden_layers):
-        p, mask = spec.layer(i), masks[cfg.layer_types[i]]
+        p, mask, rope_i = spec.layer(i), masks[cfg.layer_types[i]], rope[cfg.layer_types[i]]
         if spec.cross:
-            x, c = decoder_block_forward(cfg, params, p, spec.attn_norms, x, mask, rope,
+            x, c = decoder_block_forward(cfg, params, p, spec.attn_norms, x, mask, rope_i,
                                          memory, memory_mask)
         elif spec.merged:
-            x, c = merged_block_forward(cfg, params, p, spec.attn_norms, x, mask, rope, memory)
+            x, c = merged_block_forward(cfg, params, p, spec.attn_norms, x, mask, rope_i,
+                                        memory)
         else:
-            x, c = encoder_block_forward(cfg, params, p, spec.attn_norms, x, mask, rope)
+            x, c = encoder_block_forward(cfg, params, p, spec.attn_norms, x, mask, rope_i)
         caches.append(c)
     # h = final_norm(x)
     h, c_final = norm(params, spec.norm_key, x, cfg.rms_norm_eps)

@@ -12,7 +12,8 @@ matmul and so do gate and up; and the matmuls go through
 without BLAS's packing of the whole weight matrix (kernels/linear.py).
 
 What is cached, per decoder layer:
-    self-attention   the post-RoPE keys and values of every token seen so far,
+    self-attention   the post-RoPE keys and values of every token seen so far (Gemma 3:
+                     normalised by k_norm before RoPE, so cached keys are final),
                      (B, K, Tc, Dh); a local (sliding-window) layer keeps only the last
                      W - 1 of them, all a future query can reach (0 <= q - k < W)
     cross-attention  the encoder output's keys and values (B, K, S, Dh), projected ONCE
@@ -234,6 +235,10 @@ def _self_attention(spec: StackSpec, P: dict, i: int, n, fused: dict, cache: KVC
     q = split_heads(qkv[..., :H * Dh], H)  # -> (B, H, Tn, Dh)
     k = split_heads(qkv[..., H * Dh:(H + K) * Dh], K)  # -> (B, K, Tn, Dh)
     v = split_heads(qkv[..., (H + K) * Dh:], K)  # -> (B, K, Tn, Dh)
+    if cfg.qk_norm:  # Gemma 3: q = rmsnorm(q, q_norm), k = rmsnorm(k, k_norm), per head
+        name = spec.layer(i) + "self_attn."
+        q = _norm(q, P, name + "q_norm.weight", cfg.rms_norm_eps)
+        k = _norm(k, P, name + "k_norm.weight", cfg.rms_norm_eps)
     q, k = apply_rope_unchecked(q, *rope), apply_rope_unchecked(k, *rope)
     # (B, K, Tc + Tn, Dh) views of the cache (merged global layer: [encoder ; cached ; new])
     keys, values = cache.add_kv(i, k, v)
@@ -303,10 +308,12 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
              for lt in k_pos}
     if spec.merged:  # the cache's order: (B, 1, Tn, S + Tc + Tn)
         masks = merge_masks(masks, cache.memory_mask, B, memory_first=True)
-    rope = rope_for(cfg, q_pos, x.dtype, fast=True)  # (B, Tn, Dh) each
-    rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, Tn, Dh): shared by the heads
+    # per layer type (cos, sin) (B, Tn, Dh) -> (B, 1, Tn, Dh): shared by the heads
+    ropes = {lt: (cos[:, None], sin[:, None])
+             for lt, (cos, sin) in rope_for(cfg, q_pos, x.dtype, fast=True).items()}
     for i in range(cfg.num_hidden_layers):
-        x = cached_block_forward(spec, P, i, x, cache, masks[cfg.layer_types[i]], rope)
+        lt = cfg.layer_types[i]
+        x = cached_block_forward(spec, P, i, x, cache, masks[lt], ropes[lt])
     h = _norm(x[:, -1:] if last_only else x, P, spec.norm_key, eps)  # final norm
     # logits = softcap(h E^T): (B, Tn|1, D) @ (D, V) -> (B, Tn|1, V)
     return softcap_unchecked(_linear(h, E), cfg.final_logit_softcapping)

@@ -1,4 +1,6 @@
-"""The decoder-only Gemma 2 language model (SPEC.md section 1).
+"""The decoder-only Gemma 2 language model (SPEC.md section 1), and Gemma 3, which is the
+same model with its config fields set (q/k norms, a RoPE base per layer type, its layer
+pattern, no soft-caps: SPEC.md section 1, "Gemma 3").
 
     x      = E[input_ids] * sqrt(D)                        (B, T, D)
     h      = final_norm( blocks(x) )                       causal, local/global alternating

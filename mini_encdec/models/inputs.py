@@ -86,11 +86,18 @@ def positions_from_mask(mask: Optional[np.ndarray], T: int) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1, dtype=np.int64) - 1, 0)  # (B, T)
 
 
-def rope_for(cfg: GemmaConfig, positions: np.ndarray, dtype, *, fast: bool = False):
-    """(cos, sin) tables for the positions: (T, Dh) or (B, T, Dh). fast=True skips the
-    checks (KV-cached decoding: positions built internally, the config validated)."""
+def rope_for(cfg: GemmaConfig, positions: np.ndarray, dtype, *, fast: bool = False) -> dict:
+    """One (cos, sin) pair per layer type the config uses (layer i reads
+    rope[cfg.layer_types[i]]), each (T, Dh) or (B, T, Dh) for the positions. The type's
+    base and linear scaling come from `cfg.rope_base` (Gemma 2: one base for all; Gemma 3:
+    a local and a global base, the global angles divided by rope_scaling_factor). fast=True
+    skips the checks (KV-cached decoding: positions built internally, the config validated)."""
     tables = rope_tables_unchecked if fast else rope_cos_sin
-    return tables(positions, cfg.head_dim, cfg.rope_theta, dtype)
+    out = {}
+    for lt in sorted(set(cfg.layer_types)):
+        theta, factor = cfg.rope_base(lt)
+        out[lt] = tables(positions, cfg.head_dim, theta, dtype, scale=1.0 / factor)
+    return out
 
 
 def layer_type_mask(cfg: GemmaConfig, layer_type: str, q_pos, k_pos, *, causal: bool,

@@ -11,6 +11,8 @@ sublayer uses, and whether it has cross-attention or merged attention.
     decoder (T5Gemma)                  prefix "model.decoder.",  post_self_attn_layernorm
                                        the decoder adds cross_attn.{q,k,v,o}_proj and
                                        {pre,post}_cross_attn_layernorm (not when merged)
+    Gemma 3 (Gemma3ForCausalLM)        as decoder-only, plus self_attn.{q,k}_norm (Dh,)
+                                       per layer (cfg.qk_norm)
 
 Tied output matrix: never stored. Decoder-only: `model.embed_tokens.weight` is both the
 input embedding and the output matrix. Encoder-decoder: the output matrix is
@@ -114,6 +116,9 @@ def stack_shapes(spec: StackSpec, *, embedding: bool = True) -> dict:
     for i in range(cfg.num_hidden_layers):
         p = spec.layer(i)
         shapes.update(_attention_shapes(p + "self_attn", cfg, D))
+        if cfg.qk_norm:  # Gemma 3: RMSNorm of each query / key head, weights over Dh
+            shapes.update({p + "self_attn.q_norm.weight": (cfg.head_dim,),
+                           p + "self_attn.k_norm.weight": (cfg.head_dim,)})
         if spec.cross:
             shapes.update(_attention_shapes(p + "cross_attn", cfg, spec.memory_width))
         shapes.update({p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D),

@@ -19,8 +19,9 @@ rmsnorm.py
     rmsnorm_forward(x, w, eps=1e-6) -> (y, cache)     x (..., D), w (D,): x * rsqrt(mean x^2 + eps) * (1 + w)
     rmsnorm_backward(dy, cache) -> (dx, dw)
 rope.py
-    rope_cos_sin(positions, head_dim, theta=10000.0, dtype=np.float32) -> (cos, sin)
-        positions int (T,) or (B, T) -> cos, sin (T, Dh) or (B, T, Dh), halves repeated
+    rope_cos_sin(positions, head_dim, theta=10000.0, dtype=np.float32, *, scale=1.0) -> (cos, sin)
+        positions int (T,) or (B, T) -> cos, sin (T, Dh) or (B, T, Dh), halves repeated;
+        scale multiplies the angles (linear RoPE scaling by a factor: scale = 1 / factor)
     rope_forward(x, cos, sin) -> (y, cache)           x (B, N, T, Dh), N heads; rotate-half
     rope_backward(dy, cache) -> dx
 masks.py (True = may attend)
@@ -40,15 +41,19 @@ attention.py
         and zero gradients.
     attention_core_backward(do, cache) -> (dq, dk, dv)
     attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, head_dim,
-                      scale, softcap, mask, rope_q=None, rope_k=None, core=None) -> (y, cache)
+                      scale, softcap, mask, rope_q=None, rope_k=None, core=None,
+                      q_norm=None, k_norm=None, norm_eps=1e-6, norm=None) -> (y, cache)
         x_q (B, Tq, Dq), x_kv (B, Tk, Dkv); Wq (H*Dh, Dq), Wk/Wv (K*Dh, Dkv), Wo (Dq, H*Dh);
         rope_q / rope_k: (cos, sin) pairs from rope_cos_sin, or None (cross-attention).
+        q_norm / k_norm (Dh,): Gemma 3's RMSNorm (1 + w) of each query / key head, after the
+        projection and before RoPE (None: none, Gemma 2).
         Self-attention passes the same array as x_q and x_kv; merged attention passes
         [x ; encoder output] as x_kv with cos 1, sin 0 for the encoder keys.
         core: the (forward, backward) pair of the core; default this file's (the models
         pass the pair mini_encdec.ops dispatches). The one attention layer the models run.
     attention_backward(dy, cache) -> (dx_q, dx_kv, dWq, dWk, dWv, dWo)
-        (for self-attention the input gradient is dx_q + dx_kv)
+        (for self-attention the input gradient is dx_q + dx_kv); with q/k norms two more,
+        (..., dWo, dq_norm, dk_norm)
     split_heads(y, n) (B, T, n*Dh) -> (B, n, T, Dh); merge_heads(o) the inverse
 mlp.py
     gelu_tanh_forward(u) -> (g, cache); gelu_tanh_backward(dg, cache) -> du

@@ -13,6 +13,10 @@ The core, as numbered steps (the backward undoes them in reverse order):
             allowed key gets p = 0 (our choice, SPEC.md section 1: zeros, never NaN)
     5. o  = p v
 
+Gemma 3 adds one step to the layer, before RoPE: each query and key head is normalised,
+`q = rmsnorm(q, q_norm)`, `k = rmsnorm(k, k_norm)` over Dh, with the (1 + w) weights of
+shape (Dh,) shared by the heads (`q_norm=None` skips it: Gemma 2).
+
 Self-attention passes the same activations as x_q and x_kv; cross-attention passes the
 encoder output as x_kv (no RoPE, mask = encoder key padding). Tq may differ from Tk.
 
@@ -33,6 +37,7 @@ import numpy as np
 from ..validate import (check_broadcast_mask, check_float, check_positive, check_positive_int,
                         check_same_dtype, check_shape)
 from .linear import linear_backward, linear_forward
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward
 from .rope import rope_backward, rope_forward
 from .softcap import softcap_backward, softcap_forward
 
@@ -168,14 +173,17 @@ def _check_rope(rope, name, B, T, Dh, dtype, fn):
 
 def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, head_dim,
                       scale, softcap, mask, rope_q=None, rope_k=None, core=None,
-                      rope=None):
+                      rope=None, q_norm=None, k_norm=None, norm_eps=1e-6, norm=None):
     """y = attention(x_q attends to x_kv) Wo^T. Returns (y, cache).
 
     x_q (B, Tq, Dq), x_kv (B, Tk, Dkv); Wq (H*Dh, Dq), Wk/Wv (K*Dh, Dkv), Wo (Dq, H*Dh);
     mask (B|1, 1, Tq, Tk) or None; rope_q/rope_k (cos, sin) pairs or None.
+    q_norm/k_norm (Dh,) or None: Gemma 3's RMSNorm of each query/key head before RoPE
+    (both or neither; eps norm_eps).
     core: the (forward, backward) pair of the attention core; default this file's
     attention_core_forward / attention_core_backward. rope: likewise the pair of RoPE
-    (default nn.rope's rope_forward / rope_backward). The models pass the ops pairs.
+    (default nn.rope's rope_forward / rope_backward), norm the pair of RMSNorm (default
+    nn.rmsnorm's). The models pass the ops pairs.
     """
     fn = "attention_forward"
     H = check_positive_int(num_heads, "num_heads", fn=fn)
@@ -194,6 +202,14 @@ def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, hea
         check_float(W, name, fn=fn)
         check_shape(W, name, shape, fn=fn)
     check_same_dtype(fn, x_q=x_q, x_kv=x_kv, Wq=Wq, Wk=Wk, Wv=Wv, Wo=Wo)
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError(f"{fn}: arguments 'q_norm' and 'k_norm': expected both or neither, "
+                         f"got only {'q_norm' if k_norm is None else 'k_norm'}")
+    if q_norm is not None:
+        for name, w in (("q_norm", q_norm), ("k_norm", k_norm)):
+            check_float(w, name, fn=fn)
+            check_shape(w, name, (Dh,), fn=fn)
+        check_same_dtype(fn, x_q=x_q, q_norm=q_norm, k_norm=k_norm)
     if mask is None:  # every key allowed; kernels always receive an array
         mask = np.ones((1, 1, Tq, Tk), dtype=bool)
     mask = check_broadcast_mask(mask, "mask", (B, 1, Tq, Tk), fn=fn)
@@ -206,6 +222,11 @@ def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, hea
     q = split_heads(q2, H)  # (B, Tq, H*Dh) -> (B, H, Tq, Dh)
     k = split_heads(k2, K)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
     v = split_heads(v2, K)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
+    c_qn = c_kn = None
+    norm_forward, norm_backward = norm or (rmsnorm_forward, rmsnorm_backward)
+    if q_norm is not None:  # Gemma 3: q = rmsnorm(q) (1 + w), k likewise, per head over Dh
+        q, c_qn = norm_forward(q, q_norm, norm_eps)  # (B, H, Tq, Dh)
+        k, c_kn = norm_forward(k, k_norm, norm_eps)  # (B, K, Tk, Dh)
     c_rq = c_rk = None
     rotate, rotate_backward = rope or (rope_forward, rope_backward)
     if rope_q is not None:
@@ -217,12 +238,14 @@ def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, hea
     y, c_o = linear_forward(merge_heads(o), Wo)  # (B, Tq, H*Dh) -> (B, Tq, Dq)
     cache = {"q": c_q, "k": c_k, "v": c_v, "rope_q": c_rq, "rope_k": c_rk, "core": c_core,
              "core_backward": core_backward, "rope_backward": rotate_backward, "o": c_o,
+             "q_norm": c_qn, "k_norm": c_kn, "norm_backward": norm_backward,
              "dims": (B, Tq, Tk, H, K, Dh)}
     return y, cache
 
 
 def attention_backward(dy, cache):
-    """Returns (dx_q, dx_kv, dWq, dWk, dWv, dWo). Self-attention: dx = dx_q + dx_kv."""
+    """Returns (dx_q, dx_kv, dWq, dWk, dWv, dWo), and with q/k norms also (dq_norm,
+    dk_norm) after dWo. Self-attention: dx = dx_q + dx_kv."""
     B, Tq, Tk, H, K, Dh = cache["dims"]
     check_float(dy, "dy", fn="attention_backward")
     check_shape(dy, "dy", (B, Tq, cache["o"]["W"].shape[0]), fn="attention_backward")
@@ -236,6 +259,12 @@ def attention_backward(dy, cache):
         dq = cache["rope_backward"](dq, cache["rope_q"])
     if cache["rope_k"] is not None:
         dk = cache["rope_backward"](dk, cache["rope_k"])
+    # q = rmsnorm(q, q_norm), k = rmsnorm(k, k_norm)      (Gemma 3)
+    dnorms = ()
+    if cache["q_norm"] is not None:
+        dq, dw_q = cache["norm_backward"](dq, cache["q_norm"])
+        dk, dw_k = cache["norm_backward"](dk, cache["k_norm"])
+        dnorms = (dw_q, dw_k)
     dq2 = merge_heads(dq)  # (B, H, Tq, Dh) -> (B, Tq, H*Dh)
     dk2 = merge_heads(dk)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
     dv2 = merge_heads(dv)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
@@ -243,4 +272,4 @@ def attention_backward(dy, cache):
     dx_q, dWq = linear_backward(dq2, cache["q"])
     dx_k, dWk = linear_backward(dk2, cache["k"])
     dx_v, dWv = linear_backward(dv2, cache["v"])
-    return dx_q, dx_k + dx_v, dWq, dWk, dWv, dWo
+    return (dx_q, dx_k + dx_v, dWq, dWk, dWv, dWo) + dnorms

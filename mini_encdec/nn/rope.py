@@ -1,6 +1,7 @@
 """Rotary position embedding (RoPE), "rotate-half" convention (not interleaved).
 
-    inv_freq[i] = theta^(-2i / Dh),  i in [0, Dh/2)
+    inv_freq[i] = theta^(-2i / Dh) * scale,  i in [0, Dh/2)   (scale = 1 / the linear
+                                                              scaling factor, default 1)
     angle[t, i] = position[t] * inv_freq[i]
     cos, sin    = cos(angle), sin(angle) repeated over both halves   (T, Dh)
     rope(x)     = x * cos + rotate_half(x) * sin,  rotate_half([x1, x2]) = [-x2, x1]
@@ -30,23 +31,27 @@ def rotate_half_transpose(x: np.ndarray) -> np.ndarray:
 
 
 def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float = 10000.0,
-                 dtype=np.float32):
-    """cos, sin tables (T, Dh) for positions (T,), or (B, T, Dh) for positions (B, T)."""
+                 dtype=np.float32, *, scale: float = 1.0):
+    """cos, sin tables (T, Dh) for positions (T,), or (B, T, Dh) for positions (B, T).
+    scale multiplies the angles (linear RoPE scaling: 1 / factor; 1.0 is plain RoPE)."""
     fn = "rope_cos_sin"
     check_int_array(positions, "positions", ndims=(1, 2), fn=fn)
     head_dim = check_positive_int(head_dim, "head_dim", fn=fn)
     if head_dim % 2:
         raise ValueError(f"{fn}: argument 'head_dim': expected an even number, got {head_dim}")
     theta = check_positive(theta, "theta", fn=fn)
+    scale = check_positive(scale, "scale", fn=fn)
     if np.dtype(dtype) not in FLOAT_DTYPES:
         raise ValueError(f"{fn}: argument 'dtype': expected float32 or float64, got {dtype!r}")
-    return rope_tables_unchecked(positions, head_dim, theta, dtype)
+    return rope_tables_unchecked(positions, head_dim, theta, dtype, scale=scale)
 
 
-def rope_tables_unchecked(positions: np.ndarray, head_dim: int, theta: float, dtype):
+def rope_tables_unchecked(positions: np.ndarray, head_dim: int, theta: float, dtype, *,
+                          scale: float = 1.0):
     """rope_cos_sin without checks: the inference fast path for callers that validated
     the arguments once (rope_cos_sin computes through it)."""
-    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (Dh/2,)
+    # (Dh/2,), times the linear scaling (1 / factor; 1 for plain RoPE)
+    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim) * scale
     # (..., T, 1) * (Dh/2,) -> (..., T, Dh/2)
     angle = positions.astype(np.float64)[..., None] * inv_freq
     angle = np.concatenate([angle, angle], axis=-1)  # (..., T, Dh/2) -> (..., T, Dh)

@@ -1,6 +1,7 @@
 """Hugging Face configs: a transformers config.json dict <-> our config (SPEC 5).
 
-    config_from_hf(d)     GemmaConfig (Gemma2ForCausalLM), EncDecConfig
+    config_from_hf(d)     GemmaConfig (Gemma2ForCausalLM, Gemma3ForCausalLM, or the text
+                          part of Gemma3ForConditionalGeneration), EncDecConfig
                           (T5GemmaForConditionalGeneration) or a ClassifierConfig around one
                           (Gemma2/T5GemmaForSequenceClassification, SPEC 7)
     hf_config(config)     the config.json dict transformers expects for ours
@@ -14,9 +15,19 @@ What a config.json may hold, and how it is read:
   - T5Gemma: the top-level `vocab_size` overrides both halves (as transformers 4.x did;
     5.x no longer propagates it, so we write all three equal)
   - eos_token_id given as a list (instruction-tuned configs): its first entry is used
+  - Gemma 3 ("gemma3_text", or a multimodal "gemma3" whose `text_config` is read): fields
+    left out take Gemma3TextConfig's defaults; RoPE per layer type either as transformers
+    5 writes it, `rope_parameters` {"sliding_attention": {...}, "full_attention": {...}},
+    or as 4.x did, `rope_theta` (global), `rope_local_base_freq` (local) and `rope_scaling`
+    (global only); rope types "default" and "linear" (global layers) are supported;
+    `layer_types`, else `sliding_window_pattern` (6): 5 local layers, then 1 global;
+    `attn_logit_softcapping` is read as None whatever it says, because transformers'
+    Gemma 3 attention never applies it (final_logit_softcapping it does apply)
 
 What is written: the fields transformers 5 reads (rope_theta is written both ways, so 4.x
-reads it too). EncDecConfig.cross_attn_warmup_steps travels in an extra "mini_encdec" entry
+reads it too; Gemma 3 also gets 4.x's rope_local_base_freq and rope_scaling). A config
+with qk_norm is written as Gemma3ForCausalLM ("gemma3_text"), one without as
+Gemma2ForCausalLM; a Gemma 2 config whose local and global RoPE differ cannot be saved. EncDecConfig.cross_attn_warmup_steps travels in an extra "mini_encdec" entry
 (transformers keeps unknown entries and ignores them).
 
 Classifiers: the backbone's config plus `architectures`, `id2label`/`label2id` (the number
@@ -35,11 +46,13 @@ Differences from transformers that a user should know (see the tests and README)
 from __future__ import annotations
 
 from ..config import (DECODER_ONLY, ENCODER_DECODER, ENCODER_ONLY, FULL, SLIDING,
-                     ClassifierConfig, EncDecConfig, GemmaConfig)
+                     ClassifierConfig, EncDecConfig, GemmaConfig, patterned_layer_types)
 from .safetensors_io import TORCH_NAMES, dtype_code
 
 CONFIG_FILE = "config.json"
 GEMMA2_ARCH = "Gemma2ForCausalLM"
+GEMMA3_ARCH = "Gemma3ForCausalLM"  # model_type "gemma3_text"
+GEMMA3_MM_ARCH = "Gemma3ForConditionalGeneration"  # model_type "gemma3": text + vision
 T5GEMMA_ARCH = "T5GemmaForConditionalGeneration"
 # the sequence-classification heads (SPEC 7, models/classifier.py)
 GEMMA2_CLS_ARCH = "Gemma2ForSequenceClassification"
@@ -66,6 +79,40 @@ def _rope_theta(d: dict, where: str) -> float:
     return float(d.get("rope_theta", 10000.0))
 
 
+# Gemma3TextConfig's defaults (transformers 5), for the fields a Gemma 3 config.json may omit
+GEMMA3_DEFAULTS = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+    "head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+    "rms_norm_eps": 1e-6, "final_logit_softcapping": None, "attn_logit_softcapping": None}
+_GEMMA3_THETA = {FULL: 1_000_000.0, SLIDING: 10_000.0}
+_ROPE_TYPES = ("default", "linear")
+
+
+def _gemma3_rope(d: dict, where: str) -> dict:
+    """rope_theta, rope_local_theta, rope_scaling_factor of a Gemma 3 text config, from
+    `rope_parameters` per layer type (transformers 5) or rope_theta / rope_local_base_freq /
+    rope_scaling (4.x). Linear scaling is supported on the global layers only."""
+    rp = d.get("rope_parameters")
+    if isinstance(rp, dict) and (FULL in rp or SLIDING in rp):
+        per_type = {lt: dict(rp.get(lt) or {}) for lt in (FULL, SLIDING)}
+    else:  # 4.x: one scaling dict, for the global layers
+        scaling = d.get("rope_scaling") or (rp if isinstance(rp, dict) else None) or {}
+        per_type = {FULL: {**scaling, "rope_theta": d.get("rope_theta", _GEMMA3_THETA[FULL])},
+                    SLIDING: {"rope_theta": d.get("rope_local_base_freq",
+                                                  _GEMMA3_THETA[SLIDING])}}
+    theta, factor = {}, {}
+    for lt, p in per_type.items():
+        kind = p.get("rope_type", p.get("type", "default"))
+        if kind not in _ROPE_TYPES or (kind == "linear" and lt == SLIDING):
+            raise InteropError(f"{where}: rope type {kind!r} of the {lt} layers is not "
+                               f"supported (expected 'default', or 'linear' on full_attention)")
+        theta[lt] = float(p.get("rope_theta", _GEMMA3_THETA[lt]))
+        factor[lt] = float(p.get("factor", 1.0)) if kind == "linear" else 1.0
+    return {"rope_theta": theta[FULL], "rope_local_theta": theta[SLIDING],
+            "rope_scaling_factor": factor[FULL]}
+
+
 def _token_id(d: dict, name: str, default: int) -> int:
     v = d.get(name, default)
     if isinstance(v, (list, tuple)):
@@ -73,8 +120,13 @@ def _token_id(d: dict, name: str, default: int) -> int:
     return default if v is None else int(v)
 
 
-def gemma_config_from_hf(d: dict, where: str = CONFIG_FILE) -> GemmaConfig:
-    """One Gemma 2 stack from a Gemma2Config / T5GemmaModuleConfig dict."""
+def gemma_config_from_hf(d: dict, where: str = CONFIG_FILE, *,
+                         gemma3: bool = False) -> GemmaConfig:
+    """One Gemma 2 stack from a Gemma2Config / T5GemmaModuleConfig dict, or (gemma3=True)
+    a Gemma 3 one from a Gemma3TextConfig dict (q/k norms, RoPE per layer type)."""
+    if gemma3:  # transformers' Gemma3Attention never applies attn_logit_softcapping
+        d = {**GEMMA3_DEFAULTS, **{k: v for k, v in d.items() if v is not None},
+             "attn_logit_softcapping": None}
     act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in _ACTIVATIONS:
         raise InteropError(f"{where}: hidden_activation {act!r} is not supported (expected "
@@ -88,8 +140,10 @@ def gemma_config_from_hf(d: dict, where: str = CONFIG_FILE) -> GemmaConfig:
         layers = int(d["num_hidden_layers"])
         heads = int(d["num_attention_heads"])
         hidden = int(d["hidden_size"])
-        layer_types = d.get("layer_types") or \
-            [SLIDING if i % 2 == 0 else FULL for i in range(layers)]
+        layer_types = d.get("layer_types") or (
+            patterned_layer_types(layers, int(d.get("sliding_window_pattern") or 6)) if gemma3
+            else [SLIDING if i % 2 == 0 else FULL for i in range(layers)])
+        rope = _gemma3_rope(d, where) if gemma3 else {"rope_theta": _rope_theta(d, where)}
         window = d.get("sliding_window")
         if window is None:
             if SLIDING in layer_types:
@@ -106,7 +160,7 @@ def gemma_config_from_hf(d: dict, where: str = CONFIG_FILE) -> GemmaConfig:
             attn_logit_softcapping=d.get("attn_logit_softcapping"),
             final_logit_softcapping=d.get("final_logit_softcapping"),
             query_pre_attn_scalar=d.get("query_pre_attn_scalar"),
-            rope_theta=_rope_theta(d, where), rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            **rope, qk_norm=gemma3, rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             pad_token_id=_token_id(d, "pad_token_id", 0),
             eos_token_id=_token_id(d, "eos_token_id", 1),
             bos_token_id=_token_id(d, "bos_token_id", 2))
@@ -120,18 +174,20 @@ def gemma_config_from_hf(d: dict, where: str = CONFIG_FILE) -> GemmaConfig:
 
 
 def model_kind(d: dict, where: str = CONFIG_FILE) -> str:
-    """"gemma2" or "t5gemma" from a config dict (model_type, else architectures)."""
+    """"gemma2", "t5gemma", "gemma3_text" (Gemma 3, text only) or "gemma3" (Gemma 3 with
+    a vision tower, of which only the text model is read) from a config dict (model_type,
+    else architectures)."""
     kind = d.get("model_type")
     archs = d.get("architectures") or []
-    if kind in ("gemma2", "t5gemma"):
+    if kind in ("gemma2", "t5gemma", "gemma3_text", "gemma3"):
         return kind
-    if GEMMA2_ARCH in archs:
-        return "gemma2"
-    if T5GEMMA_ARCH in archs:
-        return "t5gemma"
-    raise InteropError(f"{where}: expected a Gemma 2 (model_type 'gemma2') or T5Gemma "
-                       f"(model_type 't5gemma') config, got model_type {kind!r}, "
-                       f"architectures {archs}")
+    for arch, name in ((GEMMA2_ARCH, "gemma2"), (T5GEMMA_ARCH, "t5gemma"),
+                       (GEMMA3_ARCH, "gemma3_text"), (GEMMA3_MM_ARCH, "gemma3")):
+        if arch in archs:
+            return name
+    raise InteropError(f"{where}: expected a Gemma 2 (model_type 'gemma2'), Gemma 3 "
+                       f"('gemma3_text' or 'gemma3') or T5Gemma ('t5gemma') config, got "
+                       f"model_type {kind!r}, architectures {archs}")
 
 
 def config_from_hf(d: dict, where: str = CONFIG_FILE):
@@ -139,6 +195,11 @@ def config_from_hf(d: dict, where: str = CONFIG_FILE):
     directory, a ClassifierConfig around one, from a transformers config dict."""
     backbone = backbone_config_from_hf(d, where)
     archs = d.get("architectures") or []
+    unsupported = [a for a in archs if a.startswith("Gemma3") and
+                   a.endswith("ForSequenceClassification")]
+    if unsupported:
+        raise InteropError(f"{where}: architecture {unsupported[0]} is not supported (Gemma 3 "
+                           f"loads as Gemma3ForCausalLM only)")
     if GEMMA2_CLS_ARCH not in archs and T5GEMMA_CLS_ARCH not in archs:
         return backbone
     return classifier_config_from_hf(d, backbone, where)
@@ -182,8 +243,16 @@ def classifier_config_from_hf(d: dict, backbone, where: str = CONFIG_FILE) -> Cl
 
 def backbone_config_from_hf(d: dict, where: str = CONFIG_FILE):
     """GemmaConfig (Gemma 2) or EncDecConfig (T5Gemma) from a transformers config dict."""
-    if model_kind(d, where) == "gemma2":
+    kind = model_kind(d, where)
+    if kind == "gemma2":
         return gemma_config_from_hf(d, where)
+    if kind == "gemma3_text":
+        return gemma_config_from_hf(d, where, gemma3=True)
+    if kind == "gemma3":  # the multimodal directory: its language model only
+        text = d.get("text_config")
+        if not isinstance(text, dict):
+            raise InteropError(f"{where}: Gemma 3 config without a 'text_config' section")
+        return gemma_config_from_hf(text, f"{where} [text_config]", gemma3=True)
     halves = {}
     for part in ("encoder", "decoder"):
         sub = d.get(part)
@@ -239,9 +308,29 @@ def _stack_dict(cfg: GemmaConfig, where: str) -> dict:
     }
 
 
+def _gemma3_dict(cfg: GemmaConfig, where: str) -> dict:
+    """Gemma3TextConfig's fields: Gemma 2's, with RoPE per layer type (5.x and 4.x forms)."""
+    d = _stack_dict(cfg, where)
+    local, _ = cfg.rope_base(SLIDING)
+    theta, factor = cfg.rope_base(FULL)
+    full = {"rope_type": "default", "rope_theta": theta}
+    if factor != 1.0:
+        full = {"rope_type": "linear", "rope_theta": theta, "factor": factor}
+    d["rope_parameters"] = {SLIDING: {"rope_type": "default", "rope_theta": local},
+                            FULL: full}
+    d.update({"rope_theta": theta, "rope_local_base_freq": local,  # transformers 4.x
+              "rope_scaling": None if factor == 1.0 else {"rope_type": "linear",
+                                                          "factor": factor}})
+    d["max_position_embeddings"] = max(32_768, cfg.sliding_window)
+    return d
+
+
 def hf_config(config, dtype="float32") -> dict:
     """The config.json dict transformers expects for our config."""
     torch_dtype = TORCH_NAMES[dtype_code(dtype)]
+    if isinstance(config, ClassifierConfig) and getattr(config.backbone, "qk_norm", False):
+        raise InteropError("save_hf: a classifier on a Gemma 3 backbone (qk_norm) cannot be "
+                           "written as a transformers checkpoint")
     if isinstance(config, ClassifierConfig):  # the backbone's, with the head's fields
         d = hf_config(config.backbone, dtype)
         d["architectures"] = [GEMMA2_CLS_ARCH if config.mode == DECODER_ONLY
@@ -253,7 +342,20 @@ def hf_config(config, dtype="float32") -> dict:
             d["is_encoder_decoder"] = config.mode == ENCODER_DECODER
             d["classifier_dropout_rate"] = 0.0
         return d
+    if isinstance(config, GemmaConfig) and config.qk_norm:
+        if config.attn_logit_softcapping is not None:
+            raise InteropError(f"save_hf: attn_logit_softcapping="
+                               f"{config.attn_logit_softcapping} cannot be saved as Gemma 3: "
+                               f"transformers' Gemma3 attention ignores it (set it to None)")
+        d = {"architectures": [GEMMA3_ARCH], "model_type": "gemma3_text"}
+        d.update(_gemma3_dict(config, "save_hf"))
+        d["use_bidirectional_attention"] = False
+        d["dtype"] = torch_dtype
+        return d
     if isinstance(config, GemmaConfig):
+        if config.rope_base(SLIDING) != config.rope_base(FULL):
+            raise InteropError("save_hf: rope_local_theta / rope_scaling_factor need a Gemma 3 "
+                               "checkpoint (qk_norm=True); Gemma 2 has one RoPE for all layers")
         d = {"architectures": [GEMMA2_ARCH], "model_type": "gemma2"}
         d.update(_stack_dict(config, "save_hf"))
         d["use_bidirectional_attention"] = None

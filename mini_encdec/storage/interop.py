@@ -1,7 +1,9 @@
 """Hugging Face weights: load Gemma 2 / T5Gemma directories, write them back (SPEC 5).
 
     model = load_hf(path)                 a transformers `save_pretrained` directory of a
-                                          Gemma2ForCausalLM (-> GemmaLM) or a
+                                          Gemma2ForCausalLM or Gemma3ForCausalLM (-> GemmaLM;
+                                          also the text model of a multimodal
+                                          Gemma3ForConditionalGeneration) or a
                                           T5GemmaForConditionalGeneration (-> EncDecLM), or
                                           of a Gemma2/T5GemmaForSequenceClassification
                                           (-> SequenceClassifier, SPEC 7)
@@ -48,6 +50,8 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # the tied output matrix, stored by some writers, never by us
 TIED_HEADS = {"gemma2": ("lm_head.weight", "model.embed_tokens.weight"),
+              "gemma3_text": ("lm_head.weight", "model.embed_tokens.weight"),
+              "gemma3": ("lm_head.weight", "model.embed_tokens.weight"),
               "t5gemma": ("lm_head.out_proj.weight", "model.decoder.embed_tokens.weight")}
 
 
@@ -102,6 +106,29 @@ class HFWeights:
             self._where = {k: f for k in f.keys()}
         else:
             raise InteropError(f"{path}: neither {WEIGHTS_FILE} nor {INDEX_FILE} found")
+        self._stored = {}  # our key -> the name it is stored under, where they differ
+
+    def rename(self, prefixes: tuple, drop: tuple = ()) -> int:
+        """Read keys under other names: a stored "old..." becomes "new..." for each
+        (old, new) of prefixes (the first that matches); stored keys starting with one of
+        `drop` are left out. Returns how many were left out."""
+        where, stored, dropped = {}, {}, 0
+        for key, f in self._where.items():
+            if key.startswith(drop):
+                dropped += 1
+                continue
+            ours = next((new + key[len(old):] for old, new in prefixes if key.startswith(old)),
+                        key)
+            where[ours], stored[ours] = f, key
+        self._where, self._stored = where, stored
+        return dropped
+
+    def name(self, key: str) -> str:
+        """The name tensor `key` is stored under."""
+        return self._stored.get(key, key)
+
+    def iter_bytes(self, key: str):
+        return self.file(key).iter_bytes(self.name(key))
 
     def keys(self) -> list:
         return list(self._where)
@@ -115,13 +142,33 @@ class HFWeights:
         return self._where[key]
 
     def shape(self, key: str) -> tuple:
-        return self.file(key).shape(key)
+        return self.file(key).shape(self.name(key))
 
     def dtype(self, key: str) -> str:
-        return self.file(key).dtype(key)
+        return self.file(key).dtype(self.name(key))
 
     def read(self, key: str, dtype=np.float32) -> np.ndarray:
-        return self.file(key).read(key, dtype)
+        return self.file(key).read(self.name(key), dtype)
+
+
+# Gemma3ForConditionalGeneration: where its language model's tensors are stored (the hub's
+# files and save_pretrained, 4.x and 5.x: "language_model.model."; transformers 5's module
+# names, which other writers may use: "model.language_model."), and the image parts, which
+# a text model does not read
+GEMMA3_TEXT_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
+                        ("language_model.lm_head.", "lm_head."))
+GEMMA3_IMAGE_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                         "model.multi_modal_projector.")
+
+
+def gemma3_text_weights(weights: HFWeights, print_fn=print) -> HFWeights:
+    """The language model of a multimodal Gemma 3 directory, under Gemma3ForCausalLM's keys;
+    the vision tower and the projector are skipped (one printed line says how many)."""
+    dropped = weights.rename(GEMMA3_TEXT_PREFIXES, drop=GEMMA3_IMAGE_PREFIXES)
+    if print_fn is not None and dropped:
+        print_fn(f"{weights.path}: Gemma 3 with a vision tower: reading the text model, "
+                 f"skipping {dropped} vision_tower / multi_modal_projector tensors")
+    return weights
 
 
 def check_hf_weights(weights: HFWeights, config, kind: str) -> list:
@@ -155,8 +202,8 @@ def _same_tensor(weights: HFWeights, a: str, b: str) -> bool:
         return False
     if weights.dtype(a) != weights.dtype(b):
         return bool(np.array_equal(weights.read(a), weights.read(b)))
-    chunks_b = weights.file(b).iter_bytes(b)
-    return all(ca == next(chunks_b) for ca in weights.file(a).iter_bytes(a))
+    chunks_b = weights.iter_bytes(b)
+    return all(ca == next(chunks_b) for ca in weights.iter_bytes(a))
 
 
 def open_hf(path: PathLike):
@@ -168,6 +215,8 @@ def open_hf(path: PathLike):
     kind = model_kind(d, str(path / CONFIG_FILE))
     config = config_from_hf(d, str(path / CONFIG_FILE))
     weights = HFWeights(path)
+    if kind == "gemma3":  # multimodal: its text model only
+        weights = gemma3_text_weights(weights)
     check_hf_weights(weights, config, kind)
     return config, weights, kind
 
@@ -246,7 +295,8 @@ def save_hf_params(config, params: dict, path: PathLike, dtype="float32", *,
 
 
 def save_hf(model, path: PathLike, dtype="float32", *, overwrite: bool = False) -> Path:
-    """Write a GemmaLM as a Gemma2ForCausalLM directory, an EncDecLM as a
+    """Write a GemmaLM as a Gemma2ForCausalLM directory (Gemma3ForCausalLM when its config
+    has qk_norm), an EncDecLM as a
     T5GemmaForConditionalGeneration directory. dtype: float32, float16 or bfloat16.
     A non-empty `path` is refused unless overwrite=True (see save_hf_params)."""
     if not hasattr(model, "config") or not hasattr(model, "params"):

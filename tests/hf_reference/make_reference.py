@@ -1,6 +1,7 @@
 """Regenerate the frozen transformers outputs in this directory (needs torch + transformers).
 
     python tests/hf_reference/make_reference.py          # from the repository root
+    python tests/hf_reference/make_reference.py gemma3   # only the cases named
 
 For each case below: a random tiny model of ours (float64 weights rounded to float32, so a
 float32 file holds them exactly) goes through `save_hf` into `transformers` (eager
@@ -29,7 +30,9 @@ tests/test_classifier_parity.py. The cases cover GQA (H/K = 2 and 4), sliding wi
 shorter than the sequences, query_pre_attn_scalar different from the head size, soft-caps
 small enough to bend the scores and logits, an unbalanced encoder-decoder (widths, depths,
 heads and head sizes differ), right- and left-padded encoder inputs, ignored labels, and the
-classification head in its two T5Gemma modes. Generated with torch 2.13 and transformers
+classification head in its two T5Gemma modes, and Gemma 3 (q/k norms, two RoPE bases with
+linear scaling of the global layers, 2 local : 1 global, the final soft-cap only, right-
+and left-padded rows; saved as Gemma3ForCausalLM). Generated with torch 2.13 and transformers
 5.x; rerun this script after an intended change of the models' function, and review the diff
 of the test.
 """
@@ -47,7 +50,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # this checkout's mini_encdec
 
-from mini_encdec.config import ClassifierConfig, EncDecConfig, GemmaConfig  # noqa: E402
+from mini_encdec.config import (ClassifierConfig, EncDecConfig, GemmaConfig,  # noqa: E402
+                                patterned_layer_types)
 from mini_encdec.storage.interop import save_hf  # noqa: E402
 
 from hf_inputs import classifier_forward, positions, random_model, spec_masks  # noqa: E402
@@ -74,6 +78,12 @@ CASES = {
                             query_pre_attn_scalar=5, attn_logit_softcapping=4.0),
     "classifier_encoder": ClassifierConfig(UNBALANCED, 3, "encoder"),
     "classifier_encoder_decoder": ClassifierConfig(UNBALANCED, 3, "encoder_decoder"),
+    # Gemma 3: 4 layers (local, local, global, local), H/K = 2, q/k norms, local base 10,
+    # global base 100 with linear scaling 4, no attention soft-cap (transformers' Gemma 3
+    # never applies one), a final soft-cap of 5
+    "gemma3": STACK.replace(num_hidden_layers=4, layer_types=patterned_layer_types(4, 3),
+                            qk_norm=True, rope_theta=100.0, rope_local_theta=10.0,
+                            rope_scaling_factor=4.0, attn_logit_softcapping=None),
 }
 
 
@@ -121,7 +131,8 @@ def run_encdec(hf, config: EncDecConfig, b: dict):
 
 def run_gemma2(hf, config: GemmaConfig, b: dict):
     mask = b["attention_mask"]
-    hf_labels = np.where(mask == 1, b["input_ids"], -100)  # transformers shifts inside
+    # transformers shifts inside: its label at t + 1 is ours at t
+    hf_labels = np.concatenate([np.full((len(mask), 1), -100), b["labels"][:, :-1]], axis=1)
     out = hf(input_ids=torch.tensor(b["input_ids"]), position_ids=positions(mask),
              attention_mask=spec_masks(config, positions(mask), mask, causal=True),
              labels=torch.tensor(hf_labels))
@@ -143,6 +154,18 @@ def gemma2_batch(rng) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def gemma3_batch(rng) -> dict:
+    """B = 3, T = 10 > window: a full row, a right-padded and a left-padded one."""
+    ids = rng.integers(3, V, (3, 10))
+    ids[1, 7:] = 0
+    ids[2, :3] = 0
+    mask = (ids != 0).astype(np.int64)
+    labels = np.full((3, 10), -100)
+    both = (mask[:, :-1] == 1) & (mask[:, 1:] == 1)  # a real token predicting a real one
+    labels[:, :-1] = np.where(both, ids[:, 1:], -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 def make_case(name: str, config, seed: int, tmp: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, \
         AutoModelForSequenceClassification
@@ -153,6 +176,8 @@ def make_case(name: str, config, seed: int, tmp: Path) -> dict:
         auto, run, batch = AutoModelForSequenceClassification, run_classifier, classifier_batch(rng)
     elif isinstance(config, EncDecConfig):
         auto, run, batch = AutoModelForSeq2SeqLM, run_encdec, encdec_batch(rng)
+    elif config.qk_norm:
+        auto, run, batch = AutoModelForCausalLM, run_gemma2, gemma3_batch(rng)
     else:
         auto, run, batch = AutoModelForCausalLM, run_gemma2, gemma2_batch(rng)
     hf, info = auto.from_pretrained(tmp / name, output_loading_info=True,
@@ -175,8 +200,11 @@ def make_case(name: str, config, seed: int, tmp: Path) -> dict:
 
 def main() -> None:
     torch.manual_seed(0)
+    only = sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:
         for seed, (name, config) in enumerate(CASES.items()):
+            if only and name not in only:
+                continue
             data = make_case(name, config, seed, Path(tmp))
             path = HERE / f"{name}.npz"
             np.savez_compressed(path, **data)
