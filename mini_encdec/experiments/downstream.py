@@ -273,7 +273,8 @@ def evaluate_generation(model, arch: str, data: TaskData, *, new_tokens: int,
         bar.update(len(chunk))
     bar.close()
     rouge = [rouge_l(o, e.targets, eos_id=data.eos_id) for o, e in zip(outs, gen)]
-    res["reply_rouge_l"] = float(np.mean(rouge)) if rouge else float("nan")
+    if rouge:  # none generated: no ROUGE-L (absent, never NaN)
+        res["reply_rouge_l"] = float(np.mean(rouge))
     res["replies"] = [[int(t) for t in o] for o in outs]
     return res
 

@@ -87,7 +87,10 @@ def make_parents(path: Path, shown: str) -> list:
     created = []
     try:
         for p in missing:
-            os.mkdir(p)
+            try:
+                os.mkdir(p)
+            except FileExistsError:  # another process made it between our look and now
+                continue
             created.append(p)
     except OSError as e:
         remove_empty(created)

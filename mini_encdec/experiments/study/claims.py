@@ -48,7 +48,7 @@ class Claim:
 
 
 METRICS = {
-    "prefix_val_loss": "PrefixLM validation loss",
+    "prefix_val_loss": "PrefixLM loss (evaluation plays)",
     "reply_nll": "reply NLL / token (fine-tuned)",
     "reply_rouge_l": "reply ROUGE-L (fine-tuned)",
     "genre_rank_accuracy": "genre accuracy, rank classification",

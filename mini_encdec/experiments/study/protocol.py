@@ -13,7 +13,7 @@ The parents, trained once (plan.shared_parents, with parent_seed) and shared by 
 
 Per seed s (every arm of a seed shares the data order and the evaluation examples; the
 seeds differ in the continued pre-training's data order, the adaptation's fresh tensors,
-the scratch model, fine-tuning and the probe heads):
+the scratch model and fine-tuning; the probe heads are the same `probe_seeds` for all):
 
   Continued pre-training: every arm below gets the same extra budget of `extra_steps`
   updates of `batch_size` windows of about 2 * half tokens from the training plays (the
@@ -141,7 +141,7 @@ class StudyPlan:
     seeds: tuple = (0, 1, 2, 3, 4, 5)
     # one parent and one big parent, trained once with parent_seed, shared by every seed
     # (the seeds vary the continued pre-training's data order, the adaptation's fresh
-    # tensors, the scratch model, fine-tuning and the probe heads); False: one per seed
+    # tensors, the scratch model and fine-tuning); False: one per seed
     shared_parents: bool = True
     parent_seed: int = 0
     # representation.py: the tasks that passed the learnability pilot (probe >= 3 standard

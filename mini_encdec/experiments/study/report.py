@@ -163,12 +163,13 @@ def parents_markdown(results: dict) -> str:
     if not par:
         return ""
     lines = ["## The parents (trained once, shared by every seed)", "",
-             "| parent | parameters | updates | PrefixLM loss | causal-LM loss | minutes |",
+             "| parent | parameters | updates | PrefixLM loss | causal-LM loss | training time |",
              "|---|---|---|---|---|---|"]
     for name, r in par.items():
         lines.append(f"| {name.replace('_', ' ')} | {r['parameters']:,} | {r['steps']} | "
                      f"{r['prefix_val_loss']:.3f} | {r['causal_val_loss']:.3f} | "
-                     f"{r.get('train_seconds', 0) / 60:.1f} |")
+                     f"{_minutes(r['train_seconds'] / 60 if r.get('train_seconds') else None)}"
+                     " |")
     return "\n".join(lines)
 
 

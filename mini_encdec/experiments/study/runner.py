@@ -57,28 +57,36 @@ def _run_pool(out: Path, tasks: list, jobs: int, env: dict, ready, bar) -> None:
     pending, running = list(tasks), []
     done_units = lambda: len(list((out / "results").glob("seed*/finetune_*.json")))  # noqa
     failed = []
-    while pending or running:
-        if not running and pending and not ready(pending[0][0]):
-            raise RuntimeError(f"study: {pending[0][0]} cannot start: a worker it needs "
-                               f"failed; see {out / 'logs'}; rerun with --resume")
-        while pending and len(running) < jobs and ready(pending[0][0]):
-            name, extra = pending.pop(0)
-            log = open(out / "logs" / f"{name}.log", "a")
-            cmd = [sys.executable, "-m", "mini_encdec.experiments.study", "--out", str(out),
-                   *extra, "--no-progress"]  # the plan: study_plan.json
-            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                                   env=env), log))
-        time.sleep(2.0)
-        for item in list(running):
-            name, proc, log = item
-            if proc.poll() is not None:
-                log.close()
-                running.remove(item)
-                if proc.returncode != 0:
-                    failed.append(name)
-        bar.n = done_units()
-        bar.refresh()
-    bar.close()
+    try:
+        while pending or running:
+            if not running and pending and not ready(pending[0][0]):
+                raise RuntimeError(f"study: {pending[0][0]} cannot start: the worker(s) "
+                                   f"{', '.join(failed) or 'it needs'} failed; see "
+                                   f"{out / 'logs'}; rerun with --resume")
+            while pending and len(running) < jobs and ready(pending[0][0]):
+                name, extra = pending.pop(0)
+                log = open(out / "logs" / f"{name}.log", "a")
+                cmd = [sys.executable, "-m", "mini_encdec.experiments.study", "--out",
+                       str(out), *extra, "--no-progress"]  # the plan: study_plan.json
+                running.append((name, subprocess.Popen(cmd, stdout=log,
+                                                       stderr=subprocess.STDOUT, env=env), log))
+            time.sleep(2.0)
+            for item in list(running):
+                name, proc, log = item
+                if proc.poll() is not None:
+                    log.close()
+                    running.remove(item)
+                    if proc.returncode != 0:
+                        failed.append(name)
+            bar.n = done_units()
+            bar.refresh()
+    finally:  # the runner stopped (Ctrl-C, a kill, an error): its workers stop with it, so
+        for name, proc, log in running:  # a resumed study never shares a unit with them
+            proc.terminate()
+        for name, proc, log in running:
+            proc.wait()
+            log.close()
+        bar.close()
     if failed:
         raise RuntimeError(f"study: the worker(s) {', '.join(failed)} failed; see "
                            f"{out / 'logs'}; rerun with --resume to continue")
