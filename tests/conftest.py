@@ -143,9 +143,11 @@ TASK_MARK = re.compile(r"^task(\d+)_(\d+)$")
 
 def _property(item) -> str:
     """The property a test checks, in one sentence: its docstring's first sentence, or
-    its name in words."""
+    its name in words (after a bare op name, the module docstring's first sentence when
+    it is short; a long one would bury the report)."""
     def first_sentence(text):
-        text = " ".join((text or "").split())
+        paragraph = (text or "").strip().split("\n\n")[0]  # never more than one paragraph
+        text = " ".join(paragraph.split())
         return text.split(". ")[0].rstrip(".") + "." if text else ""
     doc = first_sentence(getattr(item.function, "__doc__", None))
     if doc:
@@ -153,8 +155,12 @@ def _property(item) -> str:
     words = item.originalname.removeprefix("test_").replace("_", " ")
     if len(words.split()) <= 2:  # a bare op name: the module says what is checked
         module = first_sentence(getattr(item.module, "__doc__", None))
-        return f"{words}: {module}" if module else words + "."
+        return f"{words}: {module}" if module and len(module) <= MODULE_PROPERTY_CHARS \
+            else words + "."
     return words + "."
+
+
+MODULE_PROPERTY_CHARS = 160
 
 
 @pytest.hookimpl(hookwrapper=True)

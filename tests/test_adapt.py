@@ -47,6 +47,8 @@ def batch(rng, B=2, T=9, pad=True):
 
 @pytest.mark.task4_1
 def test_mapping_literal_one_layer_balanced():
+    """Balanced (one source A): each encoder and decoder weight copies A's weight of the same
+    role, and each cross-attention copies its layer's self-attention (projections and norms)."""
     cfg = A_CFG.replace(num_hidden_layers=1)
     got = adaptation_mapping((cfg, source(cfg, 0).params))
     L = "A:model.layers.0."
@@ -94,6 +96,9 @@ def _check_exact(model, enc_src, dec_src, rng):
 
 @pytest.mark.task4_1
 def test_balanced_exact_checks(backend):
+    """A balanced adaptation copies (never aliases) every weight and passes the two exact
+    checks: the causal encoder reproduces A's hidden states, the decoder with zeroed
+    cross-attention A's logits."""
     src = source(A_CFG, 1)
     model = adapt(src)
     assert model.config.encoder == model.config.decoder == A_CFG
@@ -132,6 +137,9 @@ def test_origin_of_each_unbalanced_tensor():
 
 @pytest.mark.task4_1
 def test_unbalanced_fresh_cross_attention_and_exact_checks(backend):
+    """Unbalanced (encoder from A, decoder from B): the cross-attention is fresh (N(0, 0.02)
+    projections of the right widths, zero norms, reproducible from the rng) and the two exact
+    checks pass."""
     a, b = source(A_CFG, 3), source(B_CFG, 4)
     config, params = adapt_params(a, b, rng=np.random.default_rng(5), warmup_steps=4)
     assert config.encoder == A_CFG and config.decoder == B_CFG

@@ -81,6 +81,34 @@ def test_every_task_has_functions_tests_and_a_registered_marker(pytestconfig):
     assert {m for m in registered if m.startswith("task")} == set(blank.TASKS)
 
 
+LAB_TASKS = ("task1_1", "task2_1", "task2_2", "task4_1")  # the two-hour lab's (tutorials/README.md)
+
+
+def test_every_graded_test_of_the_lab_states_its_property_in_one_sentence():
+    """A failing test's report prints `PROPERTY:` and its docstring's first sentence
+    (conftest._property): each test of the lab's tasks has a docstring of one sentence."""
+    found, problems = set(), []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        module_tasks = {t for node in tree.body if isinstance(node, ast.Assign)
+                        and any(getattr(tg, "id", "") == "pytestmark" for tg in node.targets)
+                        for t in MARK.findall(ast.get_source_segment(text, node))}
+        for node in tree.body:
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+                continue
+            tasks = module_tasks | {t for d in node.decorator_list
+                                    for t in MARK.findall(ast.get_source_segment(text, d))}
+            if not tasks & set(LAB_TASKS):
+                continue
+            found |= tasks & set(LAB_TASKS)
+            doc = " ".join((ast.get_docstring(node) or "").split())
+            if not doc or ". " in doc or not doc.endswith("."):
+                problems.append(f"{path.name}::{node.name}: {doc!r}")
+    assert found == set(LAB_TASKS)
+    assert not problems, "graded tests without a one-sentence docstring:\n" + "\n".join(problems)
+
+
 def test_the_readme_lists_every_task_and_every_classic_mistake():
     readme = (ASSIGNMENTS / "README.md").read_text(encoding="utf-8")
     for task in blank.TASKS:
@@ -129,10 +157,10 @@ def all_blanked(tmp_path_factory):
     return out
 
 
-def collects(copy):
+def collects(copy, env=None):
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
                            "-p", "no:cacheprovider"], cwd=copy, capture_output=True,
-                          text=True, timeout=600, env=env_without_pythonpath())
+                          text=True, timeout=600, env=env or env_without_pythonpath())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "error" not in proc.stdout.splitlines()[-1]
 
@@ -144,13 +172,71 @@ def test_every_test_collects_in_a_copy_with_every_task_blanked(all_blanked):
     assert kernels == sorted(["__init__.py", "rmsnorm.py", *blank.KERNEL_SUPPORT])
 
 
+def requirement_names(copy) -> set:
+    """The distributions `pip install -e copy` installs: pyproject.toml's dependencies
+    (read from the files its dynamic `dependencies` names) and the lab's extras."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    meta = tomllib.loads((copy / "pyproject.toml").read_text(encoding="utf-8"))
+    files = meta["tool"]["setuptools"]["dynamic"]["dependencies"]["file"]
+    lines = [ln for f in files for ln in (copy / f).read_text(encoding="utf-8").splitlines()]
+    lines += [r for extra in ("plots", "notebooks")
+              for r in meta["project"]["optional-dependencies"][extra]]
+    lines += meta["project"].get("dependencies", [])
+    return {re.match(r"[A-Za-z0-9._-]*", ln.split("#")[0].strip()).group().lower()
+            for ln in lines} - {""}
+
+
+def numba_blocked_env(tmp_path):
+    """An environment in which `import numba` fails, as in a venv without numba."""
+    (tmp_path / "block" / "numba").mkdir(parents=True)
+    (tmp_path / "block" / "numba" / "__init__.py").write_text(
+        'raise ImportError("numba is not installed (blocked by the test)")\n')
+    return dict(env_without_pythonpath(), PYTHONPATH=str(tmp_path / "block"))
+
+
 def test_every_test_collects_in_a_copy_without_kernel_files(tmp_path):
     """A copy that does not assign the kernel task has no kernel file but the stub; no
-    test module imports one at collection time."""
-    blank.make_student_copy(tmp_path / "copy", ["task1_1"])
-    assert [p.name for p in (tmp_path / "copy" / "mini_encdec" / "kernels").iterdir()] == \
-        ["__init__.py"]
-    collects(tmp_path / "copy")
+    test module imports one at collection time, nor numba: the copy's requirements
+    leave numba out, and the whole suite collects with numba missing."""
+    copy = tmp_path / "copy"
+    blank.make_student_copy(copy, ["task1_1"])
+    assert [p.name for p in (copy / "mini_encdec" / "kernels").iterdir()] == ["__init__.py"]
+    names = requirement_names(copy)
+    assert "numpy" in names and "numba" not in names and "llvmlite" not in names, names
+    assert json.loads((copy / blank.MARKER).read_text())["requirements_dropped"] == \
+        [ln for ln in (ROOT / "requirements.txt").read_text().splitlines()
+         if ln.startswith("numba")]
+    assert "numba" in requirement_names(ROOT)  # the original keeps it
+    collects(copy, numba_blocked_env(tmp_path))
+
+
+def test_the_lab_copy_grades_and_imports_without_numba(tmp_path):
+    """The lab's copy (tasks 1.1, 2.1, 2.2, 4.1) with numba missing: its grading command
+    reports the blank, and the package, its models, the adaptation and the command line
+    import without numba."""
+    copy = tmp_path / "lab"
+    blank.make_student_copy(copy, ["task1_1", "task2_1", "task2_2", "task4_1"])
+    assert "numba" not in requirement_names(copy)
+    env = numba_blocked_env(tmp_path)
+    code = ("import sys\nimport mini_encdec, mini_encdec.ops, mini_encdec.models, "
+            "mini_encdec.training.adapt, mini_encdec.cli\n"
+            "print('numba imported' if 'numba' in sys.modules else 'no numba', "
+            "mini_encdec.__file__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.stdout.startswith(f"no numba {copy}"), proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "task1_1", "-p",
+                           "no:cacheprovider"], cwd=copy, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "task1_1: implement rmsnorm_forward" in proc.stdout
+    assert "numba is not installed" not in proc.stdout + proc.stderr
+
+
+def test_a_copy_with_the_kernel_task_keeps_numba(all_blanked):
+    """Task 7.1 is a Numba kernel: a copy that assigns it keeps numba in its requirements."""
+    assert "numba" in requirement_names(all_blanked)
+    assert json.loads((all_blanked / blank.MARKER).read_text())["requirements_dropped"] == []
 
 
 def test_a_copy_imports_its_own_package_first(all_blanked):

@@ -51,6 +51,8 @@ def check_rmsnorm_forward(forward, x, w):
 @given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), D=widths, dtype=float_dtypes,
        seed=seeds, scale=st.sampled_from([1e-2, 1.0, 30.0]))
 def test_rmsnorm_is_the_equation(lead, D, dtype, seed, scale):
+    """y = x / sqrt(mean(x^2) + eps) * (1 + w) over the last axis, Gemma's (1 + w) convention,
+    in float32 and float64."""
     rng = np.random.default_rng(seed)
     x = (scale * rng.standard_normal((*lead, D))).astype(dtype)
     w = rng.standard_normal(D).astype(dtype)
@@ -59,6 +61,8 @@ def test_rmsnorm_is_the_equation(lead, D, dtype, seed, scale):
 
 @pytest.mark.task1_1
 def test_check_rejects_a_norm_without_the_one_plus():
+    """Your rmsnorm_forward passes the equation check, and the same check rejects a norm scaled
+    by w instead of (1 + w)."""
     x, w = _rng().standard_normal((2, 4)), 0.1 * _rng().standard_normal(4)
 
     def w_instead_of_one_plus_w(x, w):
@@ -201,8 +205,8 @@ def attention_inputs(dims, rng, dtype=np.float64, spread=1.0):
        query_scalar=st.sampled_from([4.0, 144.0]), cap=st.sampled_from([None, 1.0, 50.0]),
        spread=st.sampled_from([1.0, 10.0]))
 def test_attention_core_is_the_equation(data, dims, seed, dtype, query_scalar, cap, spread):
-    """attention_core_forward is softmax(mask(softcap(scale q.k))) v, written with loops here,
-    for large scores too (spread 10: exp overflows unless the row maximum is subtracted)."""
+    """The output is softmax(mask(softcap(scale * q k^T))) v computed with loops, query head h
+    reading key/value head h // (H/K), and zeros for a row that allows no key."""
     rng = np.random.default_rng(seed)
     q, k, v = attention_inputs(dims, rng, dtype, spread)
     mask = data.draw(attention_masks(dims["B"], dims["Tq"], dims["Tk"]))
@@ -221,6 +225,8 @@ def test_attention_core_large_scores_do_not_overflow_the_softmax(dtype):
 
 @pytest.mark.task2_2
 def test_check_rejects_a_dropped_softcap():
+    """Your attention_core_forward passes the equation check with a soft-cap, and the same check
+    rejects a core that drops the soft-cap."""
     q, k, v = attention_inputs(dict(B=1, H=2, K=1, Tq=3, Tk=3, Dh=4), _rng(), spread=5.0)
 
     def no_softcap(q, k, v, mask, *, scale, softcap):

@@ -50,7 +50,9 @@ def report_errors(request):
         return
     with cm.global_and_fixture_disabled():
         tr.write_line("")
-        tr.write_line(f"max relative gradient error per (op, argument), float64 (limit {TOL}):")
+        tr.write_line(f"max relative gradient error per (op, argument), float64 (limit {TOL}),")
+        tr.write_line("the largest over every example drawn, shrinking included (a failing "
+                      "test's report gives its shrunk example's error):")
         for k in sorted(MAX_ERR):
             tr.write_line(f"  {k:45s} {MAX_ERR[k]:.2e}")
 
@@ -107,6 +109,8 @@ def test_embedding(backend, seed, B, T, V, D, scale):
 @given(seed=seeds, lead=st.lists(st.integers(1, 3), max_size=2), D=st.integers(2, 6),
        x_scale=st.sampled_from([0.1, 1.0, 30.0]))
 def test_rmsnorm(backend, seed, lead, D, x_scale):
+    """dx and dw match finite differences; the usual errors are forgetting that rstd depends on
+    x (dx has a second term) and not summing dw over the leading axes."""
     # D >= 2: with D = 1 the output is the constant sign(x) (1 + w) up to eps, so the x
     # gradient is ~eps/|x|^3 and below what central differences resolve.
     rng = np.random.default_rng(seed)

@@ -46,6 +46,8 @@ def check_mask(make_mask, q_pos, k_pos, causal, window, key_padding):
 @given(data=st.data(), B=batch_sizes, Tq=seq_lens, Tk=seq_lens, causal=st.booleans(),
        window=st.none() | windows, offset=st.integers(0, 6))
 def test_masks_follow_the_definitions(data, B, Tq, Tk, causal, window, offset):
+    """On drawn positions, windows and paddings the mask is the definition: causal 0 <= q - k
+    (and q - k < W when windowed), symmetric |q - k| < W, padded keys never."""
     # decoding against a cache: queries sit after `offset` earlier keys
     q_pos = np.tile(offset + np.arange(Tq), (B, 1))
     k_pos = np.tile(np.arange(Tk), (B, 1))
@@ -54,6 +56,8 @@ def test_masks_follow_the_definitions(data, B, Tq, Tk, causal, window, offset):
 
 
 def test_check_rejects_an_off_by_one_window():
+    """Your mask passes the definition check for a causal window W = 2, and the same check
+    rejects the off-by-one window q - k <= W."""
     p = np.arange(6)[None]
 
     def window_off_by_one(q_pos, k_pos, *, causal, window=None, key_padding=None):
@@ -95,12 +99,16 @@ FULL = np.ones((T, T), dtype=bool)
     (True, None, CAUSAL), (True, W, CAUSAL_LOCAL), (False, W, SYMMETRIC_LOCAL),
     (False, None, FULL)])
 def test_literal_masks(causal, window, expect):
+    """For T = 5, W = 2 the causal, causal-local (0 <= q - k < W), symmetric-local (|q - k| < W)
+    and full masks equal the matrices written out in this file (rows = queries, columns = keys)."""
     m = attention_mask(POS, POS, causal=causal, window=window)
     assert m.shape == (1, 1, T, T) and m.dtype == np.bool_
     np.testing.assert_array_equal(m[0, 0], expect)
 
 
 def test_literal_masks_with_padding():
+    """Padded keys (right or left padding) are never allowed, on top of the window, exactly as
+    in the matrices written out in this test."""
     pad = np.array([[1, 1, 1, 0, 0],    # right padding: two pad keys
                     [1, 1, 1, 1, 1]])   # no padding
     m = attention_mask(POS, POS, causal=False, window=W, key_padding=pad)
@@ -127,13 +135,16 @@ def test_literal_masks_with_padding():
 
 
 def test_cross_attention_mask_is_key_padding_only():
+    """Without causality or a window (cross-attention) every query may see every real key and no
+    padded key."""
     pad = np.array([[1, 1, 0]])  # encoder length 3, one pad
     m = attention_mask(np.arange(4), np.arange(3), causal=False, key_padding=pad)
     np.testing.assert_array_equal(m[0, 0], M(["1 1 0"] * 4))
 
 
 def test_decode_positions_against_a_cache():
-    """Queries at positions 3, 4 (incremental decoding) against cached keys 0..4."""
+    """The mask follows positions, not indices: queries at positions 3 and 4 against cached keys
+    0 to 4 get rows 3 and 4 of the causal-local mask."""
     m = attention_mask(np.array([[3, 4], [0, 1]]), POS, causal=True, window=W)
     assert m.shape == (2, 1, 2, T)
     np.testing.assert_array_equal(m[0, 0], CAUSAL_LOCAL[3:])
@@ -141,5 +152,7 @@ def test_decode_positions_against_a_cache():
 
 
 def test_window_one_is_the_diagonal():
+    """A window of 1 lets each query see only its own position: both window forms give the
+    identity matrix."""
     np.testing.assert_array_equal(attention_mask(POS, POS, causal=True, window=1)[0, 0], np.eye(T))
     np.testing.assert_array_equal(attention_mask(POS, POS, causal=False, window=1)[0, 0], np.eye(T))

@@ -151,6 +151,8 @@ def _gqa_case(rng, dims, data):
 @given(seed=seeds, dims=attention_dims(), data=st.data(),
        softcap=st.none() | st.sampled_from([1.0, 50.0]))
 def test_gqa_equals_mha_with_repeated_heads(backend, seed, dims, data, softcap):
+    """Grouped-query attention equals multi-head attention with each key/value head repeated for
+    its query heads: query head h reads key/value head h // (H/K)."""
     q, k, v, mask, k_rep, v_rep = _gqa_case(np.random.default_rng(seed), dims, data)
     o, _ = ops.attention_core_forward(q, k, v, mask, scale=0.3, softcap=softcap)
     o_mha, _ = ops.attention_core_forward(q, k_rep, v_rep, mask, scale=0.3, softcap=softcap)
@@ -197,6 +199,7 @@ def _padded_case(rng, dims, data):
 @fixture_ok
 @given(seed=seeds, dims=attention_dims(), data=st.data())
 def test_masked_keys_have_no_influence(backend, seed, dims, data):
+    """Changing the keys and values at masked (padded) positions changes no output value."""
     q, k, v, mask, _, k2, v2 = _padded_case(np.random.default_rng(seed), dims, data)
     o, _ = ops.attention_core_forward(q, k, v, mask, scale=0.5, softcap=50.0)
     o2, _ = ops.attention_core_forward(q, k2, v2, mask, scale=0.5, softcap=50.0)
@@ -234,6 +237,8 @@ def _empty_rows(dtype):
 @pytest.mark.task2_2
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rows_without_allowed_keys_give_zeros(backend, dtype):
+    """A query row that allows no key, or a fully padded sequence, gives exact zeros, with no
+    NaN and no floating-point warning."""
     q, k, v, mask = _empty_rows(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no RuntimeWarning from exp/divide either
@@ -294,6 +299,8 @@ def test_softcap_none_is_identity():
 @given(seed=seeds, lead=st.lists(st.integers(1, 3), max_size=2), D=widths,
        a=st.floats(1e-2, 1e3), dtype=st.sampled_from([np.float32, np.float64]))
 def test_rmsnorm_is_invariant_to_positive_scaling(backend, seed, lead, D, a, dtype):
+    """Scaling x by any a > 0 leaves the output unchanged, since x and its root mean square
+    scale together (eps negligible here)."""
     rng = np.random.default_rng(seed)
     x = (rng.uniform(0.5, 2.0, (*lead, D)) * rng.choice([-1, 1], (*lead, D))).astype(dtype)
     w = randn(rng, D, scale=0.3, dtype=dtype)
@@ -521,10 +528,8 @@ def _cache_case(seed, dims, data, dtype):
 @given(seed=seeds, dims=attention_dims(), data=st.data(),
        dtype=st.sampled_from([np.float32, np.float64]))
 def test_core_cache_is_what_the_backward_reads(seed, dims, data, dtype):
-    """attention_core_forward's cache has the layout its docstring gives (the keys, p as
-    (B, K, G, Tq, Tk), the soft-cap's cache under "cap"): the backward, written by the
-    chain rule on that layout, gives the same gradients from it as from the cache built
-    by the equation."""
+    """The cache holds what attention_core_backward reads, in the layout of the docstring: q, k,
+    v, scale, softcap, p as (B, K, G, Tq, Tk) and the soft-cap's cache under 'cap'."""
     q, k, v, mask, scale, softcap, do = _cache_case(seed, dims, data, dtype)
     _, cache = attn.attention_core_forward(q, k, v, mask, scale=scale, softcap=softcap)
     missing = [n for n in CORE_CACHE_KEYS if n not in cache]

@@ -32,7 +32,10 @@ def rmsnorm_forward(x: np.ndarray, w: np.ndarray, eps: float = 1e-6):
 
 
 def rmsnorm_backward(dy: np.ndarray, cache: dict):
-    """Returns (dx, dw)."""
+    """Returns (dx, dw), dx shaped like x and dw like w (D,).
+
+    Hint: dw sums over every leading axis of x (each row used the same w); dx has a second
+    term besides rstd * dy * (1 + w), because rstd depends on x too."""
     xhat, rstd, w = cache["xhat"], cache["rstd"], cache["w"]
     check_float(dy, "dy", fn="rmsnorm_backward")
     check_shape(dy, "dy", xhat.shape, fn="rmsnorm_backward")

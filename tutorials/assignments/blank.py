@@ -23,6 +23,8 @@ a stub that exports no twin, so the numba backend fails loudly (ops.KernelImport
 instead of finding the original kernels elsewhere (e.g. through an editable install of
 the original repository). The tests of the twins, of the backend switch, of the thread
 policy and of the allocator setting are left out; the tests in the copy run the NumPy backend only. `--keep-kernels` keeps everything.
+A copy that keeps no kernel file also leaves numba out of its requirements.txt (which
+pyproject.toml reads), so installing the copy does not pull numba and llvmlite.
 
 Every copy has a STUDENT_COPY.json at its root (the tasks blanked, what was left out, the
 functions of every task) and GitHub Classroom's autograding configuration,
@@ -150,6 +152,12 @@ KERNEL_SUPPORT = ("_runtime.py", "_vecmath.py", "threads.py")
 KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_backend.py", "tests/test_threads.py",
                 "tests/test_allocator.py")
 MARKER = "STUDENT_COPY.json"
+# pyproject.toml reads the dependencies from this file. A copy that keeps no kernel file
+# imports numba nowhere (its kernels/__init__.py is the stub below), so its requirements
+# leave numba (and llvmlite with it) out: `pip install -e ".[plots,notebooks]"` in a lab
+# copy then installs about 210 MB less (numba 35 MB and llvmlite 173 MB installed).
+REQUIREMENTS = "requirements.txt"
+NUMPY_ONLY_DROPS = ("numba",)
 KERNELS_STUB = '''"""Student copy: the Numba twins are left out (they would be an answer key), so this
 package exports no twin and the numba backend fails loudly (mini_encdec.ops raises
 KernelImportError); the tests select the NumPy backend (tests/conftest.py). Only the
@@ -330,6 +338,28 @@ def kernel_files(tasks) -> list:
     return out
 
 
+def _requirement_name(line: str) -> str:
+    """The distribution name of a requirements line ('' for a comment or a blank line)."""
+    line = line.split("#", 1)[0].strip()
+    for i, c in enumerate(line):
+        if not (c.isalnum() or c in "-_."):
+            return line[:i].lower()
+    return line.lower()
+
+
+def drop_requirements(path: Path, names) -> list:
+    """Remove the lines requiring any of `names` from a requirements file, leaving a
+    comment in their place; returns the removed requirements."""
+    lines, dropped = path.read_text(encoding="utf-8").splitlines(keepends=True), []
+    for i, line in enumerate(lines):
+        if _requirement_name(line) in names:
+            dropped.append(line.strip())
+            lines[i] = (f"# {line.strip()}: left out of this student copy, which has no Numba "
+                        f"kernel (STUDENT_COPY.json)\n")
+    path.write_text("".join(lines), encoding="utf-8")
+    return dropped
+
+
 def make_student_copy(out: Path, tasks, keep_kernels: bool = False, blank: bool = True,
                       points: int = 10) -> list:
     """Copy the repository to `out` and blank the functions of `tasks`. Returns the list
@@ -344,7 +374,7 @@ def make_student_copy(out: Path, tasks, keep_kernels: bool = False, blank: bool 
     if unknown:
         raise ValueError(f"--tasks: unknown {unknown}; known: {list(TASKS)}")
     shutil.copytree(REPO, out, ignore=IGNORE, dirs_exist_ok=True)
-    kept_kernels = "all"
+    kept_kernels, dropped = "all", []
     if not keep_kernels:
         keep = kernel_files(tasks)
         if keep:
@@ -356,6 +386,8 @@ def make_student_copy(out: Path, tasks, keep_kernels: bool = False, blank: bool 
         for rel in KERNEL_TESTS:
             (out / rel).unlink(missing_ok=True)
         kept_kernels = sorted(keep)
+        if not keep:  # no kernel file left: nothing in the copy imports numba
+            dropped = drop_requirements(out / REQUIREMENTS, NUMPY_ONLY_DROPS)
     by_file = {}
     for task in tasks if blank else ():
         for module, name in TASKS[task][1]:
@@ -368,6 +400,8 @@ def make_student_copy(out: Path, tasks, keep_kernels: bool = False, blank: bool 
             done.append((path.relative_to(out).as_posix(), name))
         path.write_text(source, encoding="utf-8")
     marker = {"tasks": list(tasks) if blank else [], "kernels": kept_kernels,
+              # requirements the copy does not need (numba when no kernel file is kept)
+              "requirements_dropped": dropped,
               "grade": "python -m pytest -m <task>  (tutorials/assignments/README.md)",
               # the functions of every task, named in the report of a failing test
               "functions": {t: [name for _, name in fs] for t, (_, fs) in TASKS.items()}}
