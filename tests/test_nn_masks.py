@@ -51,7 +51,7 @@ def test_masks_follow_the_definitions(data, B, Tq, Tk, causal, window, offset):
     # decoding against a cache: queries sit after `offset` earlier keys
     q_pos = np.tile(offset + np.arange(Tq), (B, 1))
     k_pos = np.tile(np.arange(Tk), (B, 1))
-    pad = data.draw(st.none() | key_paddings(B, Tk))
+    pad = data.draw(st.none() | key_paddings(B, Tk), label="key_padding")
     check_mask(attention_mask, q_pos, k_pos, causal, window, pad)
 
 
