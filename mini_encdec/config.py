@@ -25,6 +25,11 @@ from .validate import check_bool, check_int, check_known_fields, check_number, i
 SLIDING = "sliding_attention"  # layer type name used by transformers
 FULL = "full_attention"
 LAYER_TYPES = (SLIDING, FULL)
+# How a bidirectional (encoder) local layer reads its window W, with d = q - k:
+SYMMETRIC = "symmetric"  # |d| < W (T5Gemma, SPEC 2): up to 2W - 1 keys
+SPLIT = "split"          # T5Gemma 2 (transformers): 0 <= d < (W + 1) // 2 or
+                         # 0 < -d < W // 2 + 1, i.e. about W keys, one more on the right
+WINDOW_KINDS = (SYMMETRIC, SPLIT)
 
 
 def alternating_layer_types(num_layers: int) -> tuple[str, ...]:
@@ -56,8 +61,13 @@ class GemmaConfig:
     head_dim: int = 32
     # F: width of the GeGLU feed-forward layer.
     intermediate_size: int = 512
-    # W: sliding-window size of local layers (causal: 0 <= q-k < W; encoder: |q-k| < W).
+    # W: sliding-window size of local layers (causal: 0 <= q-k < W; encoder: |q-k| < W,
+    # or T5Gemma 2's split window, see bidirectional_window).
     sliding_window: int = 32
+    # How bidirectional (encoder) local layers read W: "symmetric" |q-k| < W (Gemma 2 /
+    # T5Gemma) or "split" (T5Gemma 2: 0 <= q-k < (W+1)//2 or 0 < k-q < W//2 + 1).
+    # Causal masks ignore it.
+    bidirectional_window: str = SYMMETRIC
     # Per-layer attention kind, "sliding_attention" or "full_attention"; empty means
     # Gemma 2's alternation (even layers local, odd layers global), filled in on creation.
     layer_types: tuple = ()
@@ -106,6 +116,9 @@ class GemmaConfig:
         check_number(self.rope_local_theta, f"{name}.rope_local_theta", low=0, low_open=True,
                      allow_none=True)
         check_bool(self.qk_norm, f"{name}.qk_norm")
+        if self.bidirectional_window not in WINDOW_KINDS:
+            raise invalid(f"{name}.bidirectional_window", f"one of {WINDOW_KINDS}",
+                          self.bidirectional_window)
         for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
             check_int(getattr(self, f), f"{name}.{f}", low=0, high=self.vocab_size - 1)
         lt = tuple(self.layer_types) if self.layer_types else \
@@ -199,10 +212,11 @@ class EncDecConfig:
                               f"{self.decoder.hidden_size})")
         check_int(self.cross_attn_warmup_steps, f"{name}.cross_attn_warmup_steps", low=0)
         check_bool(self.causal_encoder, f"{name}.causal_encoder")
-        for f in ("encoder", "decoder"):  # Gemma 3's q/k norm: decoder-only models only
-            if getattr(self, f).qk_norm:
-                raise invalid(f"{name}.{f}.qk_norm", "False (q/k norms are supported in "
-                              "decoder-only Gemma 3 models only)", True)
+        # Gemma 3's q/k norms (T5Gemma 2): the decoder's only with merged attention (a
+        # separate cross-attention would need norms of its own, which no model has)
+        if self.decoder.qk_norm and not self.merged_attention:
+            raise invalid(f"{name}.decoder.qk_norm", "False unless merged_attention=True "
+                          "(T5Gemma 2)", True)
 
     @property
     def vocab_size(self) -> int:
@@ -230,6 +244,18 @@ class EncDecConfig:
                 raise ValueError(f"EncDecConfig: missing config field {f!r}")
             d[f] = GemmaConfig.from_dict(d[f])
         return cls(**d)
+
+
+def t5gemma2_config(stack: GemmaConfig, decoder: Optional[GemmaConfig] = None,
+                    **changes: Any) -> EncDecConfig:
+    """A T5Gemma 2 encoder-decoder from Gemma 3 stack(s): the encoder with transformers'
+    split local window, the decoder (default: the same stack) with merged attention, and
+    one embedding table for encoder input, decoder input and output. `changes` apply to the
+    EncDecConfig (e.g. cross_attn_warmup_steps)."""
+    dec = stack if decoder is None else decoder
+    return EncDecConfig(encoder=stack.replace(bidirectional_window=SPLIT),
+                        decoder=dec.replace(bidirectional_window=SYMMETRIC),
+                        merged_attention=True, tie_all_embeddings=True, **changes)
 
 
 # Classifier modes (SPEC.md section 7): which hidden state the head reads.

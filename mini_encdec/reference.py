@@ -54,8 +54,13 @@ def layer_mask(cfg, i, q_pos, k_pos, k_real, causal):
     # (B|1, Tq), (B|1, Tk) positions, k_real (B|1, Tk) bool -> (B|1, 1, Tq, Tk) True = may attend
     d = q_pos[:, :, None] - k_pos[:, None, :]  # (B|1, Tq, Tk) distance q - k
     allowed = (d >= 0) if causal else np.ones(d.shape, bool)
-    if cfg.layer_types[i] == SLIDING:  # local layer: a window of W positions
-        allowed &= (d < cfg.sliding_window) if causal else (np.abs(d) < cfg.sliding_window)
+    W = cfg.sliding_window
+    if cfg.layer_types[i] == SLIDING and causal:  # local layer: a window of W positions
+        allowed &= d < W
+    elif cfg.layer_types[i] == SLIDING and cfg.bidirectional_window == "split":  # T5Gemma 2
+        allowed &= np.where(d >= 0, d < (W + 1) // 2, -d < W // 2 + 1)
+    elif cfg.layer_types[i] == SLIDING:  # bidirectional: W - 1 either side
+        allowed &= np.abs(d) < W
     return (allowed & k_real[:, None, :])[:, None]
 
 

@@ -1,0 +1,179 @@
+"""T5Gemma 2 (text) without torch: Gemma 3 stacks (q/k norms, RoPE base per layer type)
+as encoder and decoder, the encoder's split local window, the decoder's merged attention
+(k_norm on the encoder keys, no RoPE on them), one tied embedding table. Finite-difference
+gradients of every parameter group (every q/k norm entry), KV-cached decoding equal to the
+full forward, padding. Parity with transformers: test_parity_t5gemma2.py (live) and
+test_hf_reference.py (frozen).
+
+T5Gemma 2 is T5Gemma's model with config fields set (SPEC.md section 2):
+`merged_attention`, `tie_all_embeddings`, `qk_norm` in both stacks, and the encoder's
+`bidirectional_window = "split"` (`config.t5gemma2_config` sets them all).
+"""
+
+import numpy as np
+import pytest
+
+from mini_encdec import reference
+from mini_encdec.config import (SPLIT, SYMMETRIC, EncDecConfig, GemmaConfig,
+                                patterned_layer_types, t5gemma2_config)
+from mini_encdec.models import build_model
+from mini_encdec.models.decoding import decoder_step, init_cache
+from mini_encdec.models.generate import generate
+from mini_encdec.nn.masks import attention_mask
+
+from .test_models import randomised, sampled_gradcheck
+
+V = 50
+# Gemma 3 stack: 2 local layers then 1 global, H/K = 2, window 4 (split: 2 keys to the
+# left and the query, 2 to the right; symmetric would be 3 each side), two RoPE bases
+STACK = GemmaConfig(vocab_size=V, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=8, intermediate_size=24, sliding_window=4,
+                    layer_types=patterned_layer_types(3, 3), qk_norm=True, rope_theta=1000.0,
+                    rope_local_theta=10.0, rope_scaling_factor=2.0,
+                    attn_logit_softcapping=None, final_logit_softcapping=None)
+T5G2 = t5gemma2_config(STACK)
+
+
+def model_of(config=T5G2, seed=0):
+    return randomised(build_model(config, dtype=np.float64), np.random.default_rng(seed))
+
+
+def batch_of(rng, B=2, S=9, T=6):
+    mask = np.ones((B, S), dtype=np.int64)
+    mask[1, S - 3:] = 0  # right padding of the second source
+    labels = rng.integers(0, V, (B, T))
+    labels[1, T - 1] = -100
+    return {"input_ids": rng.integers(3, V, (B, S)), "attention_mask": mask,
+            "decoder_input_ids": rng.integers(3, V, (B, T)), "labels": labels}
+
+
+# --- config and masks ----------------------------------------------------------------------
+
+def test_t5gemma2_config_fields():
+    assert T5G2.encoder.bidirectional_window == SPLIT
+    assert T5G2.decoder.bidirectional_window == SYMMETRIC
+    assert T5G2.merged_attention and T5G2.tie_all_embeddings
+    assert T5G2.encoder.qk_norm and T5G2.decoder.qk_norm
+    assert EncDecConfig.from_dict(T5G2.to_dict()) == T5G2
+    old = T5G2.to_dict()  # a checkpoint dict from before the field: symmetric
+    del old["encoder"]["bidirectional_window"]
+    assert EncDecConfig.from_dict(old).encoder.bidirectional_window == SYMMETRIC
+
+
+def test_t5gemma2_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="bidirectional_window"):
+        STACK.replace(bidirectional_window="left")
+    with pytest.raises(ValueError, match="decoder.qk_norm"):  # cross-attention has no norms
+        EncDecConfig(encoder=STACK, decoder=STACK)
+    EncDecConfig(encoder=STACK, decoder=STACK.replace(qk_norm=False))  # encoder alone: fine
+
+
+@pytest.mark.parametrize("W", [1, 2, 3, 4, 5, 8])
+def test_split_window_counts_the_keys_transformers_does(W):
+    """With d = q - k: visible when 0 <= d < (W + 1) // 2 or 0 < -d < W // 2 + 1, so
+    (W + 1) // 2 keys at or left of the query and W // 2 right of it, W in all away from
+    the edges. Checked entry by entry."""
+    T = 3 * W + 4
+    pos = np.arange(T)
+    m = attention_mask(pos, pos, causal=False, window=W, split=True)[0, 0]
+    for q in range(T):
+        for k in range(T):
+            d = q - k
+            assert m[q, k] == ((0 <= d < (W + 1) // 2) or (0 < -d < W // 2 + 1)), (q, k)
+    mid = T // 2
+    assert m[mid].sum() == (W + 1) // 2 + W // 2
+    # causal masks ignore it; symmetric is the old |d| < W
+    np.testing.assert_array_equal(
+        attention_mask(pos, pos, causal=True, window=W, split=True),
+        attention_mask(pos, pos, causal=True, window=W))
+    np.testing.assert_array_equal(
+        attention_mask(pos, pos, causal=False, window=W)[0, 0], np.abs(pos[:, None] - pos) < W)
+
+
+# --- the model --------------------------------------------------------------------------------
+
+def test_t5gemma2_forward_equals_the_reference():
+    model = model_of()
+    b = batch_of(np.random.default_rng(1))
+    want = reference.t5gemma_forward(T5G2, model.params, b["input_ids"], b["decoder_input_ids"],
+                                     b["attention_mask"])
+    got = model.forward({k: v for k, v in b.items() if k != "labels"})
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_t5gemma2_gradcheck(backend):
+    """Central differences of the loss against loss_and_grads: sampled entries of every
+    parameter group (the one tied table included), and every entry of every q/k norm."""
+    rng = np.random.default_rng(0)
+    model = model_of()
+    batch = batch_of(rng)
+    sampled_gradcheck(model, batch, rng)
+    from mini_encdec.nn.gradcheck import numerical_grad
+    _, grads = model.loss_and_grads(batch)
+    assert "model.decoder.embed_tokens.weight" not in grads
+    keys = [k for k in model.params if k.endswith(("q_norm.weight", "k_norm.weight"))]
+    assert len(keys) == 4 * STACK.num_hidden_layers
+    for key in keys:
+        num = numerical_grad(lambda: model.loss(batch), model.params[key], h=1e-6)
+        np.testing.assert_allclose(grads[key], num, rtol=1e-6, atol=1e-8, err_msg=key)
+    E = model.params["model.encoder.embed_tokens.weight"]
+    for _ in range(6):  # the tied table: encoder input, decoder input and output rows
+        r, c = int(rng.integers(V)), int(rng.integers(16))
+        num = numerical_grad(lambda: model.loss(batch), E[r, c:c + 1], h=1e-6)[0]
+        assert abs(num - grads["model.encoder.embed_tokens.weight"][r, c]) <= 1e-6
+
+
+def test_each_t5gemma2_field_changes_the_function():
+    """The split window, the q/k norms on the encoder keys and the merged attention each
+    matter on these inputs, so the parity tests would see each one wrong."""
+    model = model_of()
+    b = batch_of(np.random.default_rng(2), S=12)
+    del b["labels"]
+    want = model.forward(b)
+    sym = T5G2.replace(encoder=T5G2.encoder.replace(bidirectional_window=SYMMETRIC))
+    assert np.abs(build_model(sym, model.params).forward(b) - want).max() > 1e-3
+    P = dict(model.params)
+    for k in [k for k in P if "k_norm" in k and "decoder" in k]:
+        P[k] = P[k] + 0.5
+    assert np.abs(build_model(T5G2, P).forward(b) - want).max() > 1e-3
+
+
+def test_t5gemma2_padding_leaves_real_tokens_unchanged(backend):
+    model = model_of()
+    rng = np.random.default_rng(3)
+    src, dec = rng.integers(3, V, (1, 7)), rng.integers(3, V, (1, 5))
+    alone = model.forward({"input_ids": src, "decoder_input_ids": dec})
+    padded = np.concatenate([src, np.zeros((1, 4), np.int64)], axis=1)  # right padding
+    mask = (padded != 0).astype(np.int64)
+    got = model.forward({"input_ids": padded, "attention_mask": mask,
+                         "decoder_input_ids": dec})
+    np.testing.assert_allclose(got, alone, rtol=1e-12, atol=1e-12)
+
+
+def test_t5gemma2_cached_steps_equal_full_forward(backend):
+    """Encoder once; decoder prefill of 2, then one token at a time: local windows roll
+    beside the encoder keys (k_norm-ed once, never rotated), padded sources included."""
+    model = model_of()
+    b = batch_of(np.random.default_rng(4), T=9)
+    full = model.forward({k: v for k, v in b.items() if k != "labels"})
+    enc = model.encode(b["input_ids"], b["attention_mask"])
+    cache = init_cache(model, 2, enc, b["attention_mask"].astype(bool))
+    ids = b["decoder_input_ids"]
+    steps = [decoder_step(model, cache, ids[:, :2])]
+    steps += [decoder_step(model, cache, ids[:, t:t + 1]) for t in range(2, ids.shape[1])]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_t5gemma2_generation_with_cache_equals_without(method):
+    model = model_of(seed=5)
+    src = np.random.default_rng(5).integers(3, V, (2, 8))
+    kw = dict(max_new_tokens=8)
+    if method == "beam":
+        from mini_encdec.models.generate import beam_search
+        a = beam_search(model, src[:1], num_beams=2, use_cache=True, **kw)
+        b = beam_search(model, src[:1], num_beams=2, use_cache=False, **kw)
+        np.testing.assert_array_equal(a[0], b[0])
+    else:
+        np.testing.assert_array_equal(generate(model, src, use_cache=True, **kw),
+                                      generate(model, src, use_cache=False, **kw))
