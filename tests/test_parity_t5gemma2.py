@@ -1,0 +1,220 @@
+"""T5Gemma 2 (T5Gemma2ForConditionalGeneration, text) against live Hugging Face
+`transformers` (needs torch; `-m parity`), in the manner of test_parity_gemma3.py:
+
+1. float32, through our interop: random tiny transformers models (eager attention, a
+   placeholder vision tower) are saved with `save_pretrained` and read with `load_hf`;
+   logits (1e-4 absolute), loss (1e-5 relative) and every text parameter's gradient (1e-4
+   relative Frobenius error, printed per tensor) on a batch with a right-padded source,
+   transformers building its OWN masks from the 2D attention mask (the encoder's split
+   window, the decoder's causal window beside the encoder's padding mask). Cases: GQA
+   H/K = 2 and 4, transformers' default pattern and mixes, linear RoPE scaling, an
+   encoder and decoder of different depth and heads, the final soft-cap on (and
+   attn_logit_softcapping set, which transformers ignores).
+2. The encoder's window at its boundary: one local encoder layer; the encoder output at
+   query q depends on the token at k exactly when 0 <= q-k < (W+1)//2 or
+   0 < k-q < W//2 + 1, in transformers (its own mask) and here, W = 1..5.
+3. save_hf -> from_pretrained (no missing/unexpected keys) -> save_pretrained -> load_hf
+   gives back the same config and bit-identical weights.
+4. Greedy generation: the same tokens as transformers' `generate` (its cache, ours).
+
+transformers' T5Gemma 2 computes the encoder positions as 0..S-1 whatever the padding
+(ours count real tokens): equal for right padding, which is what these tests use.
+"""
+
+import numpy as np
+import pytest
+
+from mini_encdec.config import FULL, SLIDING
+from mini_encdec.models.generate import generate
+from mini_encdec.storage.hf_config import T5GEMMA2_VISION
+from mini_encdec.storage.interop import load_hf, save_hf
+
+torch = pytest.importorskip("torch", reason="parity tests need torch (pip install .[parity])")
+transformers = pytest.importorskip("transformers",
+                                   reason="parity tests need transformers (pip install .[parity])")
+
+pytestmark = pytest.mark.parity
+
+V = 64
+STACK = dict(vocab_size=V, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=8, intermediate_size=24, sliding_window=4,
+             query_pre_attn_scalar=6, hidden_activation="gelu_pytorch_tanh",
+             layer_types=[SLIDING, SLIDING, FULL])
+
+
+def rope(local, glob, factor=None):
+    full = {"rope_type": "default", "rope_theta": glob} if factor is None else \
+        {"rope_type": "linear", "rope_theta": glob, "factor": factor}
+    return {SLIDING: {"rope_type": "default", "rope_theta": local}, FULL: full}
+
+
+CASES = {  # (encoder text config, decoder config)
+    # H/K = 2, window 4 (split: 2 left incl. the query, 2 right), bases 10 / 1000
+    "gqa2": (dict(STACK, rope_parameters=rope(10.0, 1000.0)),) * 2,
+    # H/K = 4, transformers' default pattern over 7 layers, odd window 3, linear scaling
+    "pattern_gqa4_linear": (dict(STACK, num_key_value_heads=1, num_hidden_layers=7,
+                                 layer_types=None, sliding_window=3,
+                                 rope_parameters=rope(10.0, 100.0, 4.0)),) * 2,
+    # encoder and decoder differ in depth, heads, window and RoPE; the final soft-cap on,
+    # attn_logit_softcapping set (transformers' T5Gemma 2 attention never applies it)
+    "unbalanced_softcapped": (
+        dict(STACK, sliding_window=5, final_logit_softcapping=5.0, attn_logit_softcapping=3.0,
+             rope_parameters=rope(10.0, 1000.0)),
+        dict(STACK, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+             head_dim=12, query_pre_attn_scalar=12, intermediate_size=20, sliding_window=2,
+             layer_types=[FULL, SLIDING], final_logit_softcapping=5.0,
+             attn_logit_softcapping=3.0, rope_parameters=rope(100.0, 10000.0))),
+}
+
+
+def hf_config(case, enc=None, dec=None):
+    from transformers import T5Gemma2Config
+    e, d = CASES[case]
+    e, d = {**e, **(enc or {})}, {**d, **(dec or {})}
+    return T5Gemma2Config(encoder=dict(text_config=e, vision_config=dict(T5GEMMA2_VISION),
+                                       mm_tokens_per_image=1),
+                          decoder=d, attn_implementation="eager")
+
+
+def hf_model(case, seed=0, enc=None, dec=None):
+    from transformers import T5Gemma2ForConditionalGeneration
+    torch.manual_seed(seed)
+    model = T5Gemma2ForConditionalGeneration(hf_config(case, enc, dec))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.float().eval()
+
+
+def ours_from(hf, tmp_path):
+    hf.save_pretrained(tmp_path / "hf")
+    return load_hf(tmp_path / "hf")
+
+
+def hf_text_grads(hf) -> dict:
+    """transformers' gradients of the text model under our keys (its tied copies are one
+    parameter; the vision tower, projector and eoi vector do not take part)."""
+    out = {}
+    for k, p in hf.named_parameters():
+        if "vision_tower" in k or "multi_modal_projector" in k or "eoi_embedding" in k:
+            continue
+        out[k.replace("model.encoder.text_model.", "model.encoder.")] = p.grad.numpy()
+    return out
+
+
+def batch_of(rng, S=11, T=8):
+    B = 2
+    ids = rng.integers(3, V, (B, S))
+    mask = np.ones((B, S), dtype=np.int64)
+    mask[1, S - 4:] = 0  # right-padded second source
+    ids[1, S - 4:] = 0
+    labels = rng.integers(3, V, (B, T))
+    labels[0, -2:] = -100
+    return {"input_ids": ids, "attention_mask": mask,
+            "decoder_input_ids": rng.integers(3, V, (B, T)), "labels": labels}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_t5gemma2_logits_loss_grads(case, tmp_path, backend):
+    hf = hf_model(case)
+    ours = ours_from(hf, tmp_path)
+    assert ours.config.merged_attention and ours.config.tie_all_embeddings
+    assert ours.config.encoder.bidirectional_window == "split"
+    assert ours.config.decoder.attn_logit_softcapping is None
+    b = batch_of(np.random.default_rng(1))
+    out = hf(**{k: torch.tensor(v) for k, v in b.items()})
+    out.loss.backward()
+    loss, grads = ours.loss_and_grads(b)
+    logits = ours.forward(b)
+    theirs = out.logits.detach().numpy()
+    enc = hf.get_encoder()(input_ids=torch.tensor(b["input_ids"]),
+                           attention_mask=torch.tensor(b["attention_mask"])).last_hidden_state
+    real = b["attention_mask"].astype(bool)
+    enc_diff = np.abs(ours.encode(b["input_ids"], b["attention_mask"])[real]
+                      - enc.detach().numpy()[real]).max()
+    print(f"\n  {case}: max |encoder diff| {enc_diff:.3e}, max |logits diff| "
+          f"{np.abs(logits - theirs).max():.3e}, loss {loss:.6f} vs {out.loss.item():.6f}")
+    assert enc_diff < 1e-4
+    np.testing.assert_allclose(logits, theirs, rtol=0, atol=1e-4)
+    assert abs(loss - out.loss.item()) <= 1e-5 * abs(out.loss.item())
+    hf_grads = hf_text_grads(hf)
+    assert set(hf_grads) == set(grads), sorted(set(hf_grads) ^ set(grads))
+    worst = 0.0
+    for k, g in hf_grads.items():
+        err = np.linalg.norm(grads[k].astype(np.float64) - g) / max(np.linalg.norm(g), 1e-30)
+        print(f"  {k:<60} max|diff| {np.abs(grads[k] - g).max():9.3e}  rel {err:9.3e}")
+        assert err < 1e-4, k
+        worst = max(worst, err)
+    print(f"  worst relative gradient error {worst:.3e}")
+
+
+@pytest.mark.parametrize("W", [1, 2, 3, 4, 5])
+def test_encoder_split_window_boundary_matches_transformers(W, tmp_path):
+    """One local encoder layer, window W: the encoder output at q depends on the token at
+    k exactly when 0 <= q-k < (W+1)//2 or 0 < k-q < W//2 + 1, in transformers and here."""
+    one = dict(num_hidden_layers=1, layer_types=[SLIDING], sliding_window=W)
+    hf = hf_model("gqa2", enc=one)
+    ours = ours_from(hf, tmp_path)
+    S = W + 6
+    ids = np.random.default_rng(W).integers(3, V, (1, S))
+    q = S // 2
+    encoder = hf.get_encoder()
+
+    def theirs(x):
+        with torch.no_grad():
+            return encoder(input_ids=torch.tensor(x)).last_hidden_state[0, q].numpy()
+
+    base, mine = theirs(ids), ours.encode(ids)[0, q]
+    np.testing.assert_allclose(mine, base, atol=1e-4)
+    for k in range(S):
+        changed = ids.copy()
+        changed[0, k] = 3 + (ids[0, k] - 2) % (V - 3)  # another token at key position k
+        seen_hf = np.abs(theirs(changed) - base).max() > 1e-5
+        seen_ours = np.abs(ours.encode(changed)[0, q] - mine).max() > 1e-5
+        d = q - k
+        want = 0 <= d < (W + 1) // 2 or 0 < -d < W // 2 + 1
+        assert seen_hf == seen_ours == want, (W, k, seen_hf, seen_ours)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_save_load_through_transformers_is_identical(case, tmp_path):
+    """ours -> save_hf -> from_pretrained (no missing/unexpected keys) -> save_pretrained ->
+    load_hf: the same config and bit-identical weights."""
+    from transformers import AutoModelForSeq2SeqLM
+    ours = ours_from(hf_model(case, seed=3), tmp_path)
+    save_hf(ours, tmp_path / "ours")
+    hf, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert type(hf).__name__ == "T5Gemma2ForConditionalGeneration"
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not info["mismatched_keys"], info
+    hf.save_pretrained(tmp_path / "again")
+    back = load_hf(tmp_path / "again")
+    assert back.config == ours.config
+    assert list(back.params) == list(ours.params)
+    for k, v in ours.params.items():
+        np.testing.assert_array_equal(back.params[k], v, err_msg=k)
+
+
+def test_loading_skips_the_vision_tower_in_one_line(tmp_path, capsys):
+    ours_from(hf_model("gqa2"), tmp_path)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "T5Gemma 2" in ln]
+    assert len(lines) == 1 and "vision_tower" in lines[0]
+
+
+@pytest.mark.parametrize("case", ["gqa2", "unbalanced_softcapped"])
+def test_greedy_generation_matches_transformers(case, tmp_path):
+    hf = hf_model(case, seed=6)
+    ours = ours_from(hf, tmp_path)
+    src = np.random.default_rng(6).integers(3, V, (2, 9))
+    c = ours.config.decoder
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor(src), attention_mask=torch.ones(2, 9,
+                          dtype=torch.long), max_new_tokens=12, do_sample=False,
+                          eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+                          decoder_start_token_id=c.bos_token_id)
+    theirs = out[:, 1:].numpy()  # after the start token
+    mine = generate(ours, src, max_new_tokens=12)
+    n = min(theirs.shape[1], mine.shape[1])
+    assert n >= 6
+    np.testing.assert_array_equal(mine[:, :n], theirs[:, :n])
