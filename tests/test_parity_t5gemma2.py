@@ -16,6 +16,8 @@
 3. save_hf -> from_pretrained (no missing/unexpected keys) -> save_pretrained -> load_hf
    gives back the same config and bit-identical weights.
 4. Greedy generation: the same tokens as transformers' `generate` (its cache, ours).
+5. Adaptation: a transformers Gemma3ForCausalLM, adapted into a T5Gemma 2 directory,
+   loads in transformers with every key and computes our logits.
 
 transformers' T5Gemma 2 computes the encoder positions as 0..S-1 whatever the padding
 (ours count real tokens): equal for right padding, which is what these tests use.
@@ -218,3 +220,35 @@ def test_greedy_generation_matches_transformers(case, tmp_path):
     n = min(theirs.shape[1], mine.shape[1])
     assert n >= 6
     np.testing.assert_array_equal(mine[:, :n], theirs[:, :n])
+
+
+def test_adapting_a_transformers_gemma3_gives_a_t5gemma2_transformers_loads(tmp_path):
+    """A Gemma3ForCausalLM saved by transformers, adapted (streamed, HF in and out) into a
+    T5Gemma 2 directory: from_pretrained finds every key and its logits equal ours; and the
+    causal-encoder invariant holds against transformers' Gemma 3 itself (our adapted
+    encoder with causal masks gives the parent's final hidden states)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, T5Gemma2ForConditionalGeneration
+
+    from mini_encdec.training.adapt import adapt_command
+    torch.manual_seed(0)
+    parent = Gemma3ForCausalLM(Gemma3TextConfig(**dict(STACK, rope_parameters=rope(10.0, 1e3)),
+                                                attn_implementation="eager"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in parent.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    parent.eval().save_pretrained(tmp_path / "parent")
+    adapt_command(tmp_path / "parent", None, tmp_path / "t5g2", print_fn=None, progress=False)
+    hf, info = T5Gemma2ForConditionalGeneration.from_pretrained(
+        tmp_path / "t5g2", output_loading_info=True, attn_implementation="eager")
+    assert not any(info.values()), info
+    ours = load_hf(tmp_path / "t5g2")
+    b = batch_of(np.random.default_rng(3))
+    with torch.no_grad():
+        theirs = hf(**{k: torch.tensor(v) for k, v in b.items() if k != "labels"}).logits
+        h_parent = parent.model(input_ids=torch.tensor(b["input_ids"]), attention_mask=torch.tensor(
+            b["attention_mask"])).last_hidden_state.numpy()
+    np.testing.assert_allclose(ours.forward(b), theirs.numpy(), rtol=0, atol=1e-4)
+    real = b["attention_mask"].astype(bool)
+    np.testing.assert_allclose(ours.encode(b["input_ids"], b["attention_mask"], causal=True)[real],
+                               h_parent[real], rtol=0, atol=1e-4)

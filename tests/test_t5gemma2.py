@@ -177,3 +177,83 @@ def test_t5gemma2_generation_with_cache_equals_without(method):
     else:
         np.testing.assert_array_equal(generate(model, src, use_cache=True, **kw),
                                       generate(model, src, use_cache=False, **kw))
+
+
+# --- adaptation from Gemma 3 (the T5Gemma 2 way) ------------------------------------------------
+
+def parent_of(config=STACK, seed=7):
+    """A random Gemma 3 decoder-only model (every weight O(1), norms included)."""
+    return randomised(build_model(config, dtype=np.float64), np.random.default_rng(seed))
+
+
+def _check_t5gemma2_exact(model, enc_src, dec_src, rng):
+    """The two exact invariants of an adapted T5Gemma 2."""
+    ids = rng.integers(3, V, (2, 9))
+    mask = np.ones((2, 9), dtype=np.int64)
+    mask[1, 6:] = 0
+    ids[1, 6:] = 0
+    # 1. the encoder with causal masks reproduces the encoder source's final hidden states
+    h_src = enc_src.hidden_states({"input_ids": ids, "attention_mask": mask})
+    real = mask.astype(bool)
+    np.testing.assert_allclose(model.encode(ids, mask, causal=True)[real], h_src[real],
+                               rtol=1e-12, atol=1e-12)
+    # 2. the decoder whose merged attention sees no encoder key (every encoder token masked)
+    # reproduces the decoder source's logits, whatever the encoder output
+    dec_ids = rng.integers(3, V, (2, 7))
+    enc = model.encode(ids, mask)
+    none = np.zeros_like(mask)
+    np.testing.assert_allclose(model.decode(dec_ids, enc, none),
+                               dec_src.forward({"input_ids": dec_ids}), rtol=1e-12, atol=1e-12)
+    # ... and with the encoder keys visible it differs (the merged attention reads them)
+    assert np.abs(model.decode(dec_ids, enc, mask) - dec_src.forward(
+        {"input_ids": dec_ids})).max() > 1e-3
+
+
+def test_adapt_gemma3_into_t5gemma2_balanced(backend):
+    from mini_encdec.training.adapt import adapt, adaptation_mapping
+    src = parent_of()
+    model = adapt(src, dtype=np.float64)
+    assert model.config == t5gemma2_config(STACK)
+    assert model.config.cross_attn_warmup_steps == 0
+    mapping = adaptation_mapping(src)
+    assert mapping["model.encoder.embed_tokens.weight"] == "A:model.embed_tokens.weight"
+    assert "model.decoder.embed_tokens.weight" not in mapping  # one tied table
+    assert not any("cross_attn" in k for k in mapping)  # merged attention: none
+    for part in ("encoder", "decoder"):
+        for w in ("q_norm", "k_norm", "q_proj", "o_proj"):
+            key = f"model.{part}.layers.2.self_attn.{w}.weight"
+            assert mapping[key] == f"A:model.layers.2.self_attn.{w}.weight"
+        assert mapping[f"model.{part}.layers.0.pre_self_attn_layernorm.weight"] == \
+            "A:model.layers.0.input_layernorm.weight"
+    assert not any(v.startswith("fresh") for v in mapping.values())
+    arrays = list(model.params.values()) + list(src.params.values())
+    for i, (k, v) in enumerate(model.params.items()):  # copies, never aliases
+        assert not any(np.shares_memory(v, w) for w in arrays[i + 1:]), f"{k} is an alias"
+    _check_t5gemma2_exact(model, src, src, np.random.default_rng(8))
+
+
+def test_adapt_gemma3_into_t5gemma2_unbalanced_depth(backend):
+    """Two Gemma 3 parents of one width (encoder deeper than the decoder): the encoder and
+    the one table from A, the decoder from B, nothing fresh, no warmup."""
+    from mini_encdec.training.adapt import adapt
+    dec_cfg = STACK.replace(num_hidden_layers=2, layer_types=("sliding_attention",
+                                                               "full_attention"),
+                            num_key_value_heads=1, sliding_window=2)
+    a, b = parent_of(), parent_of(dec_cfg, seed=9)
+    model = adapt(a, b, dtype=np.float64)
+    assert model.config == t5gemma2_config(STACK, dec_cfg)
+    _check_t5gemma2_exact(model, a, a.__class__(dec_cfg, {**b.params,
+                          "model.embed_tokens.weight": a.params["model.embed_tokens.weight"]}),
+                          np.random.default_rng(10))
+
+
+def test_adapt_gemma3_errors_are_clear():
+    from mini_encdec.training.adapt import AdaptError, adapt
+    a = parent_of()
+    with pytest.raises(AdaptError, match="one width"):
+        adapt(a, parent_of(STACK.replace(hidden_size=24), seed=1))
+    with pytest.raises(AdaptError, match="Gemma 3 .*qk_norm.* and the other is not"):
+        adapt(a, parent_of(STACK.replace(qk_norm=False), seed=1))
+    with pytest.raises(AdaptError, match="no cross-attention to warm up"):
+        adapt(a, parent_of(STACK.replace(num_hidden_layers=2, layer_types=()), seed=1),
+              warmup_steps=10)
