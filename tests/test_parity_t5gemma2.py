@@ -252,3 +252,54 @@ def test_adapting_a_transformers_gemma3_gives_a_t5gemma2_transformers_loads(tmp_
     real = b["attention_mask"].astype(bool)
     np.testing.assert_allclose(ours.encode(b["input_ids"], b["attention_mask"], causal=True)[real],
                                h_parent[real], rtol=0, atol=1e-4)
+
+
+def test_sequence_classification_matches_transformers(tmp_path, backend):
+    """T5Gemma2ForSequenceClassification (encoder-decoder: the decoder reads the input
+    shifted right, the head its last real position): logits, loss and every gradient
+    through load_hf, right-padded rows; and save_hf -> from_pretrained -> load_hf."""
+    from transformers import T5Gemma2ForSequenceClassification
+
+    from mini_encdec.models.classifier import SequenceClassifier
+    config = hf_config("gqa2")
+    config.num_labels = 3
+    torch.manual_seed(0)
+    hf = T5Gemma2ForSequenceClassification(config)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for _, p in hf.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    hf.eval().save_pretrained(tmp_path / "hf")
+    ours = load_hf(tmp_path / "hf")
+    assert isinstance(ours, SequenceClassifier) and ours.mode == "encoder_decoder"
+    rng = np.random.default_rng(5)
+    ids = rng.integers(3, V, (3, 10))
+    ids[1, 6:] = 0  # right padding
+    ids[2, 9:] = 0
+    mask = (ids != 0).astype(np.int64)
+    labels = np.array([0, 2, 1])
+    out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+             labels=torch.tensor(labels))
+    out.loss.backward()
+    b = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    loss, grads = ours.loss_and_grads(b)
+    logits = ours.forward(b)
+    print(f"\n  classifier: max |logits diff| "
+          f"{np.abs(logits - out.logits.detach().numpy()).max():.3e}, loss {loss:.6f} vs "
+          f"{out.loss.item():.6f}")
+    np.testing.assert_allclose(logits, out.logits.detach().numpy(), rtol=0, atol=1e-4)
+    assert abs(loss - out.loss.item()) <= 1e-5 * abs(out.loss.item())
+    theirs = hf_text_grads(hf)
+    assert set(theirs) == set(grads), sorted(set(theirs) ^ set(grads))
+    for k, gk in theirs.items():
+        err = np.linalg.norm(grads[k].astype(np.float64) - gk) / max(np.linalg.norm(gk), 1e-30)
+        assert err < 1e-4, (k, err)
+    save_hf(ours, tmp_path / "ours")
+    back, info = T5Gemma2ForSequenceClassification.from_pretrained(
+        tmp_path / "ours", output_loading_info=True)
+    assert not any(info.values()), info
+    back.save_pretrained(tmp_path / "again")
+    again = load_hf(tmp_path / "again")
+    assert again.config == ours.config
+    for k, v in ours.params.items():
+        np.testing.assert_array_equal(again.params[k], v, err_msg=k)

@@ -42,7 +42,8 @@ with qk_norm is written as Gemma3ForCausalLM ("gemma3_text"), one without as
 Gemma2ForCausalLM; a Gemma 2 config whose local and global RoPE differ cannot be saved. EncDecConfig.cross_attn_warmup_steps travels in an extra "mini_encdec" entry
 (transformers keeps unknown entries and ignores them).
 
-Classifiers: the backbone's config plus `architectures`, `id2label`/`label2id` (the number
+Classifiers (T5Gemma2ForSequenceClassification: mode "encoder_decoder" only, as
+transformers allows): the backbone's config plus `architectures`, `id2label`/`label2id` (the number
 of classes), `problem_type` "single_label_classification" and, for T5Gemma,
 `is_encoder_decoder` (false: the encoder-only probe, whose directory holds no decoder
 weights) and `classifier_dropout_rate` 0.0 (ignored on load: no dropout here).
@@ -258,6 +259,9 @@ def classifier_config_from_hf(d: dict, backbone, where: str = CONFIG_FILE) -> Cl
     else:
         mode = ENCODER_DECODER if d.get("is_encoder_decoder", True) else ENCODER_ONLY
         pad = backbone.decoder.pad_token_id
+        if is_t5gemma2(backbone) and mode != ENCODER_DECODER:
+            raise InteropError(f"{where}: is_encoder_decoder=false: transformers' T5Gemma 2 "
+                               f"classifier is encoder-decoder only")
     if d.get("pad_token_id") is not None and _token_id(d, "pad_token_id", pad) != pad:
         raise InteropError(f"{where}: pad_token_id={d['pad_token_id']} differs from the "
                            f"stacks' {pad} (the head finds the last token by it)")
@@ -458,6 +462,10 @@ def hf_config(config, dtype="float32") -> dict:
         d["id2label"] = {str(i): name for i, name in enumerate(config.label_names)}
         d["label2id"] = {name: i for i, name in enumerate(config.label_names)}
         d["problem_type"] = "single_label_classification"
+        if is_t5gemma2(config.backbone) and config.mode != ENCODER_DECODER:
+            raise InteropError("save_hf: T5Gemma2ForSequenceClassification is encoder-decoder "
+                               "only; a classifier of mode 'encoder' on a T5Gemma 2 backbone "
+                               "cannot be written as a transformers checkpoint")
         if config.mode != DECODER_ONLY:
             d["is_encoder_decoder"] = config.mode == ENCODER_DECODER
             d["classifier_dropout_rate"] = 0.0
