@@ -12,6 +12,11 @@ Presets by name (`preset("tiny")`, `encdec_preset("9b-2b")`):
   gemma3_tiny         a Gemma 3 of our own size (decoder-only; q/k norms, 5 local : 1 global)
   gemma3_270m,        Gemma 3 270M and 1B text shapes, vocabulary 262,144 (decoder-only)
   gemma3_1b
+Encoder-decoder presets (`encdec_preset`): "NAME" (balanced) or "ENC-DEC" from the above,
+and T5Gemma 2 (`t5gemma2_config` of a Gemma 3 stack):
+  t5gemma2_tiny       gemma3_tiny as encoder and decoder
+  t5gemma2_270m-270m  gemma3_270m's shape in both stacks with T5Gemma2TextConfig's
+                      vocabulary, 262,208 (the text model of google/t5gemma-2-270m-270m)
 """
 
 from __future__ import annotations
@@ -409,14 +414,26 @@ def preset(name: str, **overrides: Any) -> GemmaConfig:
     return GemmaConfig(**base)
 
 
+# T5Gemma 2 presets: name -> (the Gemma 3 preset of both stacks, its changes)
+T5GEMMA2_PRESETS = {"t5gemma2_tiny": ("gemma3_tiny", {}),
+                    "t5gemma2_270m-270m": ("gemma3_270m", {"vocab_size": 262_208})}
+
+
 def encdec_preset(name: str, **overrides: Any) -> EncDecConfig:
-    """An encoder-decoder config: "tiny" (balanced) or "9b-2b" (encoder-decoder presets).
+    """An encoder-decoder config: "tiny" (balanced), "9b-2b" (encoder-decoder presets), or
+    a T5Gemma 2 preset ("t5gemma2_tiny", "t5gemma2_270m-270m").
 
     Overrides apply to both stacks, except the EncDecConfig fields (tie_all_embeddings,
     merged_attention, cross_attn_warmup_steps), which apply to the pair.
     """
     top = {k: overrides.pop(k) for k in ("tie_all_embeddings", "merged_attention",
                                           "cross_attn_warmup_steps") if k in overrides}
+    if isinstance(name, str) and name.lower() in T5GEMMA2_PRESETS:
+        base, changes = T5GEMMA2_PRESETS[name.lower()]
+        if top.keys() - {"cross_attn_warmup_steps"}:
+            raise ValueError(f"encdec_preset: {name!r} is T5Gemma 2 (merged attention, tied "
+                             f"embeddings); got {sorted(top)}")
+        return t5gemma2_config(preset(base, **{**changes, **overrides}), **top)
     parts = name.split("-")
     if len(parts) == 1:
         parts = parts * 2

@@ -303,3 +303,31 @@ def test_sequence_classification_matches_transformers(tmp_path, backend):
     assert again.config == ours.config
     for k, v in ours.params.items():
         np.testing.assert_array_equal(again.params[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["t5gemma2_tiny", "t5gemma2_270m-270m"])
+def test_preset_parameter_counts_equal_transformers(name):
+    """count_parameters equals transformers' T5Gemma2ForConditionalGeneration built on the
+    meta device from the preset's numbers (its text model: vision tower, projector and eoi
+    vectors left out), and transformers derives the same layer pattern and RoPE bases."""
+    from transformers import T5Gemma2Config, T5Gemma2ForConditionalGeneration
+
+    from mini_encdec.config import count_parameters, encdec_preset
+    c = encdec_preset(name)
+    e = c.encoder
+    text = dict(vocab_size=e.vocab_size, hidden_size=e.hidden_size,
+                intermediate_size=e.intermediate_size, num_hidden_layers=e.num_hidden_layers,
+                num_attention_heads=e.num_attention_heads,
+                num_key_value_heads=e.num_key_value_heads, head_dim=e.head_dim,
+                sliding_window=e.sliding_window,
+                query_pre_attn_scalar=int(e.query_pre_attn_scalar))
+    with torch.device("meta"):
+        hf = T5Gemma2ForConditionalGeneration(T5Gemma2Config(encoder=dict(text_config=text),
+                                                             decoder=dict(text)))
+    n = sum(p.numel() for k, p in hf.named_parameters() if not any(
+        s in k for s in ("vision_tower", "multi_modal_projector", "eoi_embedding")))
+    assert count_parameters(c) == n
+    for stack in (hf.config.encoder.text_config, hf.config.decoder):
+        assert tuple(stack.layer_types) == e.layer_types
+        assert stack.rope_parameters[FULL]["rope_theta"] == e.rope_base(FULL)[0]
+        assert stack.rope_parameters[SLIDING]["rope_theta"] == e.rope_base(SLIDING)[0]

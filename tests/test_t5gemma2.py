@@ -257,3 +257,22 @@ def test_adapt_gemma3_errors_are_clear():
     with pytest.raises(AdaptError, match="no cross-attention to warm up"):
         adapt(a, parent_of(STACK.replace(num_hidden_layers=2, layer_types=()), seed=1),
               warmup_steps=10)
+
+
+# --- presets ---------------------------------------------------------------------------------
+
+def test_t5gemma2_presets():
+    from mini_encdec.config import count_parameters, encdec_preset, preset
+    tiny = encdec_preset("t5gemma2_tiny")
+    assert tiny == t5gemma2_config(preset("gemma3_tiny"))
+    model = build_model(tiny, seed=0)
+    src = np.random.default_rng(0).integers(3, 100, (1, 40))  # longer than the window 32
+    logits = model.forward({"input_ids": src, "decoder_input_ids": src[:, :5]})
+    assert logits.shape == (1, 5, 8192) and np.isfinite(logits).all()
+    big = encdec_preset("t5gemma2_270m-270m")
+    assert big.encoder.vocab_size == 262_208 and big.encoder.hidden_size == 640
+    # the text model of T5Gemma2ForConditionalGeneration, as transformers counts it on the
+    # meta device (test_parity_t5gemma2.py); the vision tower is not counted
+    assert count_parameters(big) == 368_465_152
+    with pytest.raises(ValueError, match="T5Gemma 2"):
+        encdec_preset("t5gemma2_tiny", merged_attention=False)
