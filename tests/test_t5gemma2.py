@@ -276,3 +276,11 @@ def test_t5gemma2_presets():
     assert count_parameters(big) == 368_465_152
     with pytest.raises(ValueError, match="T5Gemma 2"):
         encdec_preset("t5gemma2_tiny", merged_attention=False)
+
+
+def test_cli_accepts_the_t5gemma2_presets():
+    from mini_encdec.cli.runs import _check_preset
+    _check_preset("t5gemma2_tiny")
+    _check_preset("T5Gemma2_270m-270m")
+    with pytest.raises(Exception, match="t5gemma2_tiny"):
+        _check_preset("t5gemma2_small")

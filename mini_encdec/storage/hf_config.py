@@ -54,6 +54,10 @@ Differences from transformers that a user should know (see the tests and README)
     transformers >= 5 the encoder's local layers see one more key on each side when the
     input is longer than W.
   - transformers requires an integer query_pre_attn_scalar; a fractional one cannot be saved.
+  - T5Gemma 2's encoder (and the decoder of its classifier) count positions 0, 1, ...
+    whatever the padding, and its classifier's decoder masks no padding key; ours count
+    real tokens and mask padding. Equal for right padding (what the parity tests use);
+    a left-padded source computes differently in transformers.
 """
 
 from __future__ import annotations
