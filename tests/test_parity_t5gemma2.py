@@ -347,3 +347,48 @@ def test_preset_parameter_counts_equal_transformers(name):
         assert tuple(stack.layer_types) == e.layer_types
         assert stack.rope_parameters[FULL]["rope_theta"] == e.rope_base(FULL)[0]
         assert stack.rope_parameters[SLIDING]["rope_theta"] == e.rope_base(SLIDING)[0]
+
+
+@pytest.mark.parametrize("case", ["gqa2", "unbalanced_softcapped"])
+def test_t5gemma2_float64_parity_by_name(case):
+    """float64, no files: our random weights put into transformers' model by name (the
+    encoder's under model.encoder.text_model.), logits, loss and every gradient (to ~1e-6:
+    transformers computes RMSNorm and RoPE angles in float32 even in float64). One padded
+    encoder token only: a padding query whose local window holds padding alone gets NaN in
+    transformers' float64 attention, which then reaches every token through 0 * NaN."""
+    from transformers import T5Gemma2ForConditionalGeneration
+
+    from mini_encdec.backend import use_backend
+    from mini_encdec.models import build_model
+    from mini_encdec.storage.hf_config import config_from_hf
+    hf = T5Gemma2ForConditionalGeneration(hf_config(case)).double().eval()
+    config = config_from_hf(hf.config.to_dict())
+    ours = build_model(config, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    for v in ours.params.values():
+        v[...] = rng.standard_normal(v.shape) * 0.3
+    theirs = {k.replace("model.encoder.", "model.encoder.text_model.", 1): torch.tensor(v)
+              for k, v in ours.params.items()}
+    missing, unexpected = hf.load_state_dict(theirs, strict=False)
+    assert not unexpected, unexpected
+    assert all(any(s in k for s in ("lm_head", "decoder.embed_tokens", "vision_tower",
+                                    "multi_modal_projector", "eoi_embedding"))
+               for k in missing), missing
+    b = batch_of(rng)
+    b["attention_mask"][1] = 1
+    b["attention_mask"][1, -1] = 0
+    # every unmasked input id real (not pad 0): transformers' embedding has padding_idx, so
+    # an unmasked pad id would pass no gradient to its row there
+    b["input_ids"][1, :-1] = rng.integers(3, V, b["input_ids"].shape[1] - 1)
+    out = hf(**{k: torch.tensor(v) for k, v in b.items()})
+    out.loss.backward()
+    with use_backend("numpy"):
+        logits = ours.forward(b)
+        loss, grads = ours.loss_and_grads(b)
+    np.testing.assert_allclose(logits, out.logits.detach().numpy(), rtol=1e-5, atol=1e-5)
+    assert abs(loss - out.loss.item()) < 1e-6 * abs(loss)
+    hg = hf_text_grads(hf)
+    assert set(hg) == set(grads)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, hg[k], rtol=1e-4, atol=1e-5 * np.abs(hg[k]).max(),
+                                   err_msg=k)
