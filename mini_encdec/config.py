@@ -199,6 +199,11 @@ class EncDecConfig:
     # (k <= q; local layers 0 <= q - k < W) everywhere (training, generation, a probe built
     # on it). No released checkpoint has it, and transformers' T5Gemma cannot express it.
     causal_encoder: bool = False
+    # T5Gemma 2 (needs tie_all_embeddings): the input embedding of this token id, in the
+    # encoder and the decoder, is the learned vector `model.encoder.embed_tokens.eoi_embedding`
+    # (D,), unscaled, instead of E[id] * sqrt(D) (transformers' eoi_token_index, 256,000:
+    # the end-of-image token); the output matrix still uses E's row. None: no such token.
+    eoi_token_id: Optional[int] = None
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -217,6 +222,12 @@ class EncDecConfig:
                               f"{self.decoder.hidden_size})")
         check_int(self.cross_attn_warmup_steps, f"{name}.cross_attn_warmup_steps", low=0)
         check_bool(self.causal_encoder, f"{name}.causal_encoder")
+        if self.eoi_token_id is not None:
+            check_int(self.eoi_token_id, f"{name}.eoi_token_id", low=0,
+                      high=self.encoder.vocab_size - 1)
+            if not self.tie_all_embeddings:
+                raise invalid(f"{name}.eoi_token_id", "None unless tie_all_embeddings=True "
+                              "(T5Gemma 2)", self.eoi_token_id)
         # Gemma 3's q/k norms (T5Gemma 2): the decoder's only with merged attention (a
         # separate cross-attention would need norms of its own, which no model has)
         if self.decoder.qk_norm and not self.merged_attention:
@@ -239,7 +250,7 @@ class EncDecConfig:
                 "tie_all_embeddings": self.tie_all_embeddings,
                 "merged_attention": self.merged_attention,
                 "cross_attn_warmup_steps": self.cross_attn_warmup_steps,
-                "causal_encoder": self.causal_encoder}
+                "causal_encoder": self.causal_encoder, "eoi_token_id": self.eoi_token_id}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncDecConfig":
@@ -251,13 +262,19 @@ class EncDecConfig:
         return cls(**d)
 
 
+T5GEMMA2_EOI = 256_000  # transformers' default eoi_token_index (T5Gemma2Config)
+
+
 def t5gemma2_config(stack: GemmaConfig, decoder: Optional[GemmaConfig] = None,
                     **changes: Any) -> EncDecConfig:
     """A T5Gemma 2 encoder-decoder from Gemma 3 stack(s): the encoder with transformers'
     split local window, the decoder (default: the same stack) with merged attention, and
     one embedding table for encoder input, decoder input and output. `changes` apply to the
-    EncDecConfig (e.g. cross_attn_warmup_steps)."""
+    EncDecConfig (e.g. cross_attn_warmup_steps); eoi_token_id defaults to transformers'
+    256,000 when the vocabulary holds it, else None."""
     dec = stack if decoder is None else decoder
+    changes.setdefault("eoi_token_id",
+                       T5GEMMA2_EOI if stack.vocab_size > T5GEMMA2_EOI else None)
     return EncDecConfig(encoder=stack.replace(bidirectional_window=SPLIT),
                         decoder=dec.replace(bidirectional_window=SYMMETRIC),
                         merged_attention=True, tie_all_embeddings=True, **changes)
@@ -467,7 +484,8 @@ def count_parameters(config) -> int:
         c, b = config, config.backbone
         head = c.num_labels * c.hidden_size + (c.num_labels if c.mode != DECODER_ONLY else 0)
         if c.mode == ENCODER_ONLY:  # transformers keeps only the encoder
-            return _stack_params(b.encoder, norms_per_layer=4, embedding=True) + head
+            eoi = b.encoder.hidden_size if b.eoi_token_id is not None else 0
+            return _stack_params(b.encoder, norms_per_layer=4, embedding=True) + head + eoi
         return count_parameters(b) + head
     if isinstance(config, GemmaConfig):
         return _stack_params(config, norms_per_layer=4, embedding=True)
@@ -480,4 +498,6 @@ def count_parameters(config) -> int:
     if not config.merged_attention:
         cross = _attention_params(dec.hidden_size, enc.hidden_size, dec) + 2 * dec.hidden_size
         total += dec.num_hidden_layers * cross
+    if config.eoi_token_id is not None:  # T5Gemma 2's eoi input vector
+        total += enc.hidden_size
     return total

@@ -130,8 +130,9 @@ def stack(cfg, P, prefix, norms, x, pos, real, causal, enc=None, enc_real=None,
     return rms_norm(x, P[prefix + "norm.weight"], eps)  # (B, T, D)
 
 
-def embed(E, ids):
-    return E[ids] * E.dtype.type(np.sqrt(E.shape[1]))  # (B, T) -> (B, T, D), scaled by sqrt(D)
+def embed(E, ids, eoi=None, v=None):
+    x = E[ids] * E.dtype.type(np.sqrt(E.shape[1]))  # (B, T) -> (B, T, D), scaled by sqrt(D)
+    return x if eoi is None else np.where((ids == eoi)[..., None], v, x)  # T5Gemma 2's eoi
 
 
 def gemma2_forward(config, P, input_ids, attention_mask=None):
@@ -154,10 +155,11 @@ def t5gemma_forward(config, P, input_ids, decoder_input_ids, attention_mask=None
     Ed = Ee if config.tie_all_embeddings else P["model.decoder.embed_tokens.weight"]
     norms = ("pre_self_attn_layernorm", "post_self_attn_layernorm")
     # encoder: bidirectional; local layers see |q - k| < W; positions count real tokens
-    enc = stack(enc_cfg, P, "model.encoder.", norms, embed(Ee, input_ids),
+    eoi = (config.eoi_token_id, P.get("model.encoder.embed_tokens.eoi_embedding"))
+    enc = stack(enc_cfg, P, "model.encoder.", norms, embed(Ee, input_ids, *eoi),
                 positions(attention_mask, S), enc_real, causal=False)  # (B, S, De)
     # decoder: causal, positions restart at 0, reads enc by cross (or merged) attention
-    h = stack(dec_cfg, P, "model.decoder.", norms, embed(Ed, decoder_input_ids),
+    h = stack(dec_cfg, P, "model.decoder.", norms, embed(Ed, decoder_input_ids, *eoi),
               positions(None, T), np.ones((1, T), bool), causal=True, enc=enc,
               enc_real=enc_real, merged=config.merged_attention)  # (B, T, Dd)
     return softcap(h @ Ed.T, dec_cfg.final_logit_softcapping)  # (B, T, V), Ed tied

@@ -206,3 +206,17 @@ def test_the_one_page_reference_equals_transformers(case):
         msg = where_differs(case, "reference.py's logits (real tokens)", logits[real],
                             want["logits"][real])
     assert msg is None, msg
+
+
+def test_t5gemma2_eoi_vector_is_seen():
+    """The frozen T5Gemma 2 batch holds its eoi token in both inputs: embedding it as
+    E[id] * sqrt(D) instead of the eoi vector changes the logits."""
+    from mini_encdec.models.params import EOI_KEY
+    model, batch, want = load("t5gemma2")
+    assert (batch["input_ids"] == model.config.eoi_token_id).any()
+    assert (batch["decoder_input_ids"] == model.config.eoi_token_id).any()
+    wrong = model.config.replace(eoi_token_id=None)
+    params = {k: v for k, v in model.params.items() if k != EOI_KEY}
+    with use_backend("numpy"):
+        logits = build_model(wrong, params).forward(batch)
+    assert where_differs("t5gemma2", "the logits", logits, want["logits"]) is not None

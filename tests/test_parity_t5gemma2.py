@@ -69,12 +69,19 @@ CASES = {  # (encoder text config, decoder config)
 }
 
 
+# cases whose eoi_token_index is inside the vocabulary (transformers' default 256,000 is
+# not): that token's input embedding is the learned eoi vector, in encoder and decoder
+EOI_CASES = {"gqa2_eoi": ("gqa2", 60)}
+
+
 def hf_config(case, enc=None, dec=None):
     from transformers import T5Gemma2Config
+    case, eoi = EOI_CASES.get(case, (case, None))
     e, d = CASES[case]
     e, d = {**e, **(enc or {})}, {**d, **(dec or {})}
+    tokens = {} if eoi is None else {"eoi_token_index": eoi}
     return T5Gemma2Config(encoder=dict(text_config=e, vision_config=dict(T5GEMMA2_VISION),
-                                       mm_tokens_per_image=1),
+                                       mm_tokens_per_image=1, **tokens),
                           decoder=d, attn_implementation="eager")
 
 
@@ -98,37 +105,48 @@ def ours_from(hf, tmp_path):
     return load_hf(tmp_path / "hf")
 
 
-def hf_text_grads(hf) -> dict:
+def hf_text_grads(hf, eoi: bool = False) -> dict:
     """transformers' gradients of the text model under our keys (its tied copies are one
-    parameter; the vision tower, projector and eoi vector do not take part)."""
+    parameter; the vision tower and projector do not take part, nor the eoi vector unless
+    eoi: the eoi token is in the vocabulary)."""
     out = {}
     for k, p in hf.named_parameters():
-        if "vision_tower" in k or "multi_modal_projector" in k or "eoi_embedding" in k:
+        if "vision_tower" in k or "multi_modal_projector" in k or (
+                "eoi_embedding" in k and not eoi):
             continue
         out[k.replace("model.encoder.text_model.", "model.encoder.")] = p.grad.numpy()
     return out
 
 
-def batch_of(rng, S=11, T=8):
+def batch_of(rng, S=11, T=8, eoi=None):
+    """Two rows, the second source right-padded; with eoi, that token at two source and
+    one decoder position."""
     B = 2
     ids = rng.integers(3, V, (B, S))
+    if eoi is not None:
+        ids[:, [1, 4]] = eoi
     mask = np.ones((B, S), dtype=np.int64)
     mask[1, S - 4:] = 0  # right-padded second source
     ids[1, S - 4:] = 0
     labels = rng.integers(3, V, (B, T))
     labels[0, -2:] = -100
-    return {"input_ids": ids, "attention_mask": mask,
-            "decoder_input_ids": rng.integers(3, V, (B, T)), "labels": labels}
+    dec = rng.integers(3, V, (B, T))
+    if eoi is not None:
+        dec[:, 3] = eoi
+    return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec,
+            "labels": labels}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(CASES) + list(EOI_CASES))
 def test_t5gemma2_logits_loss_grads(case, tmp_path, backend):
     hf = hf_model(case)
     ours = ours_from(hf, tmp_path)
     assert ours.config.merged_attention and ours.config.tie_all_embeddings
     assert ours.config.encoder.bidirectional_window == "split"
     assert ours.config.decoder.attn_logit_softcapping is None
-    b = batch_of(np.random.default_rng(1))
+    eoi = ours.config.eoi_token_id
+    assert eoi == EOI_CASES.get(case, (None, None))[1]
+    b = batch_of(np.random.default_rng(1), eoi=eoi)
     out = hf(**{k: torch.tensor(v) for k, v in b.items()})
     out.loss.backward()
     loss, grads = ours.loss_and_grads(b)
@@ -144,7 +162,7 @@ def test_t5gemma2_logits_loss_grads(case, tmp_path, backend):
     assert enc_diff < 1e-4
     np.testing.assert_allclose(logits, theirs, rtol=0, atol=1e-4)
     assert abs(loss - out.loss.item()) <= 1e-5 * abs(out.loss.item())
-    hf_grads = hf_text_grads(hf)
+    hf_grads = hf_text_grads(hf, eoi=eoi is not None)
     assert set(hf_grads) == set(grads), sorted(set(hf_grads) ^ set(grads))
     worst = 0.0
     for k, g in hf_grads.items():
@@ -183,7 +201,7 @@ def test_encoder_split_window_boundary_matches_transformers(W, tmp_path):
         assert seen_hf == seen_ours == want, (W, k, seen_hf, seen_ours)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(CASES) + list(EOI_CASES))
 def test_save_load_through_transformers_is_identical(case, tmp_path):
     """ours -> save_hf -> from_pretrained (no missing/unexpected keys) -> save_pretrained ->
     load_hf: the same config and bit-identical weights."""
@@ -340,8 +358,9 @@ def test_preset_parameter_counts_equal_transformers(name):
     with torch.device("meta"):
         hf = T5Gemma2ForConditionalGeneration(T5Gemma2Config(encoder=dict(text_config=text),
                                                              decoder=dict(text)))
-    n = sum(p.numel() for k, p in hf.named_parameters() if not any(
-        s in k for s in ("vision_tower", "multi_modal_projector", "eoi_embedding")))
+    skip = ("vision_tower", "multi_modal_projector") + (
+        ("eoi_embedding",) if c.eoi_token_id is None else ())  # counted when in the vocabulary
+    n = sum(p.numel() for k, p in hf.named_parameters() if not any(s in k for s in skip))
     assert count_parameters(c) == n
     for stack in (hf.config.encoder.text_config, hf.config.decoder):
         assert tuple(stack.layer_types) == e.layer_types
@@ -349,7 +368,7 @@ def test_preset_parameter_counts_equal_transformers(name):
         assert stack.rope_parameters[SLIDING]["rope_theta"] == e.rope_base(SLIDING)[0]
 
 
-@pytest.mark.parametrize("case", ["gqa2", "unbalanced_softcapped"])
+@pytest.mark.parametrize("case", ["gqa2", "unbalanced_softcapped", "gqa2_eoi"])
 def test_t5gemma2_float64_parity_by_name(case):
     """float64, no files: our random weights put into transformers' model by name (the
     encoder's under model.encoder.text_model.), logits, loss and every gradient (to ~1e-6:
@@ -374,7 +393,7 @@ def test_t5gemma2_float64_parity_by_name(case):
     assert all(any(s in k for s in ("lm_head", "decoder.embed_tokens", "vision_tower",
                                     "multi_modal_projector", "eoi_embedding"))
                for k in missing), missing
-    b = batch_of(rng)
+    b = batch_of(rng, eoi=config.eoi_token_id)
     b["attention_mask"][1] = 1
     b["attention_mask"][1, -1] = 0
     # every unmasked input id real (not pad 0): transformers' embedding has padding_idx, so
@@ -387,7 +406,7 @@ def test_t5gemma2_float64_parity_by_name(case):
         loss, grads = ours.loss_and_grads(b)
     np.testing.assert_allclose(logits, out.logits.detach().numpy(), rtol=1e-5, atol=1e-5)
     assert abs(loss - out.loss.item()) < 1e-6 * abs(loss)
-    hg = hf_text_grads(hf)
+    hg = hf_text_grads(hf, eoi=config.eoi_token_id is not None)
     assert set(hg) == set(grads)
     for k, g in grads.items():
         np.testing.assert_allclose(g, hg[k], rtol=1e-4, atol=1e-5 * np.abs(hg[k]).max(),

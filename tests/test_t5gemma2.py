@@ -32,6 +32,10 @@ STACK = GemmaConfig(vocab_size=V, hidden_size=16, num_hidden_layers=3, num_atten
                     rope_local_theta=10.0, rope_scaling_factor=2.0,
                     attn_logit_softcapping=None, final_logit_softcapping=None)
 T5G2 = t5gemma2_config(STACK)
+# with an eoi token in the vocabulary (transformers' is 256,000): its input embedding is a
+# vector of its own in the encoder and the decoder
+EOI = 5
+T5G2_EOI = t5gemma2_config(STACK, eoi_token_id=EOI)
 
 
 def model_of(config=T5G2, seed=0):
@@ -271,9 +275,11 @@ def test_t5gemma2_presets():
     assert logits.shape == (1, 5, 8192) and np.isfinite(logits).all()
     big = encdec_preset("t5gemma2_270m-270m")
     assert big.encoder.vocab_size == 262_208 and big.encoder.hidden_size == 640
+    assert big.eoi_token_id == 256_000  # in this vocabulary: its own input vector
+    assert tiny.eoi_token_id is None  # outside it
     # the text model of T5Gemma2ForConditionalGeneration, as transformers counts it on the
     # meta device (test_parity_t5gemma2.py); the vision tower is not counted
-    assert count_parameters(big) == 368_465_152
+    assert count_parameters(big) == 368_465_792
     with pytest.raises(ValueError, match="T5Gemma 2"):
         encdec_preset("t5gemma2_tiny", merged_attention=False)
 
@@ -302,3 +308,58 @@ def test_cli_pretrains_a_t5gemma2_tiny(tmp_path):
     assert all(np.isfinite(r.get("loss", 0.0)) for r in losses)
     from mini_encdec.config import encdec_preset
     assert load_model(d).config == encdec_preset("t5gemma2_tiny")
+
+
+# --- the eoi token's own input vector ------------------------------------------------------------
+
+def eoi_batch(rng):
+    b = batch_of(rng)
+    b["input_ids"][0, [1, 4]] = EOI
+    b["decoder_input_ids"][:, 2] = EOI
+    return b
+
+
+def test_eoi_vector_replaces_the_embedding_and_gets_its_gradient(backend):
+    from mini_encdec.models.params import EOI_KEY
+    model = model_of(T5G2_EOI)
+    assert model.params[EOI_KEY].shape == (16,)
+    assert not build_model(T5G2_EOI, seed=0).params[EOI_KEY].any()  # fresh: zeros
+    rng = np.random.default_rng(11)
+    b = eoi_batch(rng)
+    src = {k: v for k, v in b.items() if k != "labels"}
+    want = reference.t5gemma_forward(T5G2_EOI, model.params, b["input_ids"],
+                                     b["decoder_input_ids"], b["attention_mask"])
+    np.testing.assert_allclose(model.forward(src), want, rtol=1e-12, atol=1e-12)
+    other = dict(model.params, **{EOI_KEY: model.params[EOI_KEY] + 0.5})
+    assert np.abs(build_model(T5G2_EOI, other).forward(src) - want).max() > 1e-3
+    sampled_gradcheck(model, b, rng)
+    from mini_encdec.nn.gradcheck import numerical_grad
+    _, grads = model.loss_and_grads(b)
+    num = numerical_grad(lambda: model.loss(b), model.params[EOI_KEY], h=1e-6)
+    np.testing.assert_allclose(grads[EOI_KEY], num, rtol=1e-6, atol=1e-8)
+    E = model.params["model.encoder.embed_tokens.weight"]  # its row: the output use only
+    num = numerical_grad(lambda: model.loss(b), E[EOI, :3], h=1e-6)
+    np.testing.assert_allclose(grads["model.encoder.embed_tokens.weight"][EOI, :3], num,
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_eoi_cached_steps_equal_full_forward(backend):
+    model = model_of(T5G2_EOI)
+    b = eoi_batch(np.random.default_rng(12))
+    full = model.forward({k: v for k, v in b.items() if k != "labels"})
+    enc = model.encode(b["input_ids"], b["attention_mask"])
+    cache = init_cache(model, 2, enc, b["attention_mask"].astype(bool))
+    ids = b["decoder_input_ids"]
+    steps = [decoder_step(model, cache, ids[:, t:t + 1]) for t in range(ids.shape[1])]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_eoi_config_rules():
+    from mini_encdec.training.adapt import adaptation_mapping
+    with pytest.raises(ValueError, match="eoi_token_id"):
+        EncDecConfig(encoder=STACK, decoder=STACK, merged_attention=True, eoi_token_id=V)
+    with pytest.raises(ValueError, match="eoi_token_id"):
+        T5G2_EOI.replace(tie_all_embeddings=False)
+    assert EncDecConfig.from_dict(T5G2_EOI.to_dict()) == T5G2_EOI
+    mapping = adaptation_mapping(parent_of(STACK.replace(vocab_size=256_008), seed=1))
+    assert mapping["model.encoder.embed_tokens.eoi_embedding"] == "fresh zeros"

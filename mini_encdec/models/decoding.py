@@ -306,6 +306,8 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
     q_pos = cache.next_pos[:, None] + positions_from_mask(valid, Tn)  # (B, Tn)
     E = P[embed_key]
     x = embed_unchecked(ids, E, embedding_scale(E.shape[1], E.dtype))  # (B, Tn) -> (B, Tn, D)
+    if spec.eoi is not None:  # T5Gemma 2: the eoi token's own input vector
+        x[ids == spec.eoi[0]] = P[spec.eoi[1]]
     k_pos, k_valid = cache.add_positions(q_pos, valid)  # (B, Tc + Tn) per layer type
     masks = {lt: layer_type_mask(cfg, lt, q_pos, k_pos[lt], causal=True,
                                  key_padding=k_valid[lt], fast=True)  # (B, 1, Tn, Tc + Tn)

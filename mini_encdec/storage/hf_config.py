@@ -30,11 +30,11 @@ T5Gemma 2 ("t5gemma2"): the encoder's stack is `encoder.text_config`, the decode
 defaults; its attention never applies attn_logit_softcapping either, so it is read as None);
 the result is `config.t5gemma2_config(encoder, decoder)`: the encoder's split local window
 (transformers' `sliding_window_mask_function(W, is_causal=False)`), merged attention, one
-embedding table. `encoder.vision_config` is not read (text only). Written back: the same
-layout, with a placeholder vision tower (T5GEMMA2_VISION: no layers, one 14x14 patch,
-width 4; its tensors and the projector all zeros) so that `from_pretrained` finds every
-key; eoi_token_index keeps transformers' default 256,000 (see interop for what that
-token does).
+embedding table, and `eoi_token_index` (default 256,000) as `eoi_token_id` when the
+vocabulary holds it (None otherwise: the id never occurs). `encoder.vision_config` is not
+read (text only). Written back: the same layout, with a placeholder vision tower
+(T5GEMMA2_VISION: no layers, one 14x14 patch, width 4; its tensors and the projector all
+zeros) so that `from_pretrained` finds every key.
 
 What is written: the fields transformers 5 reads (rope_theta is written both ways, so 4.x
 reads it too; Gemma 3 also gets 4.x's rope_local_base_freq and rope_scaling). A config
@@ -329,9 +329,12 @@ def t5gemma2_config_from_hf(d: dict, where: str = CONFIG_FILE) -> EncDecConfig:
     stacks = [gemma_config_from_hf(text, f"{where} [encoder.text_config]", gemma3=True),
               gemma_config_from_hf(dec, f"{where} [decoder]", gemma3=True)]
     extra = d.get("mini_encdec") or {}
+    eoi = d.get("eoi_token_index", enc.get("eoi_token_index"))
+    eoi = T5GEMMA2_TOKENS["eoi_token_index"] if eoi is None else int(eoi)
     try:
         return t5gemma2_config(*stacks, cross_attn_warmup_steps=int(
-            extra.get("cross_attn_warmup_steps", 0)))
+            extra.get("cross_attn_warmup_steps", 0)),  # an eoi id outside the vocabulary
+            eoi_token_id=eoi if 0 <= eoi < stacks[0].vocab_size else None)  # never occurs
     except ValueError as e:
         raise InteropError(f"{where}: {e}") from None
 
@@ -343,7 +346,7 @@ def is_t5gemma2(config) -> bool:
 
 def _t5gemma2_dict(config: EncDecConfig, torch_dtype: str) -> dict:
     """T5Gemma2Config's dict for the text model, with the placeholder vision tower."""
-    want = t5gemma2_config(config.encoder, config.decoder,
+    want = t5gemma2_config(config.encoder, config.decoder, eoi_token_id=config.eoi_token_id,
                            cross_attn_warmup_steps=config.cross_attn_warmup_steps)
     if config.replace(causal_encoder=False) != want:
         raise InteropError("save_hf: an encoder-decoder with merged_attention=True is written "
@@ -367,17 +370,19 @@ def _t5gemma2_dict(config: EncDecConfig, torch_dtype: str) -> dict:
         halves[part] = {**_gemma3_dict(cfg, where), "dropout_rate": 0.0}
     c = config.decoder
     text = {**halves["encoder"], "model_type": "t5gemma2_text"}
+    tokens = dict(T5GEMMA2_TOKENS)
+    if config.eoi_token_id is not None:
+        tokens["eoi_token_index"] = config.eoi_token_id
     return {"architectures": [T5GEMMA2_ARCH], "model_type": "t5gemma2",
             "encoder": {"model_type": "t5gemma2_encoder", "text_config": text,
                         "vision_config": dict(T5GEMMA2_VISION), "mm_tokens_per_image": 1,
-                        "tie_word_embeddings": True, "initializer_range": 0.02,
-                        **T5GEMMA2_TOKENS},
+                        "tie_word_embeddings": True, "initializer_range": 0.02, **tokens},
             "decoder": {**halves["decoder"], "model_type": "t5gemma2_decoder"},
             "is_encoder_decoder": True, "vocab_size": config.vocab_size,
             "tie_word_embeddings": True, "dropout_rate": 0.0, "attention_dropout": 0.0,
             "classifier_dropout_rate": 0.0, "initializer_range": 0.02,
-            "eoi_token_index": T5GEMMA2_TOKENS["eoi_token_index"],
-            "image_token_index": T5GEMMA2_TOKENS["image_token_index"],
+            "eoi_token_index": tokens["eoi_token_index"],
+            "image_token_index": tokens["image_token_index"],
             "pad_token_id": c.pad_token_id, "eos_token_id": c.eos_token_id,
             "bos_token_id": c.bos_token_id, "dtype": torch_dtype,
             "mini_encdec": {"cross_attn_warmup_steps": config.cross_attn_warmup_steps}}
@@ -385,7 +390,8 @@ def _t5gemma2_dict(config: EncDecConfig, torch_dtype: str) -> dict:
 
 def t5gemma2_extra_shapes(config) -> dict:
     """Tensors a T5Gemma 2 directory holds beyond our parameters (written as zeros): the
-    input-embedding vector of eoi_token_index and the placeholder vision tower."""
+    input-embedding vector of eoi_token_index when our config has none (that id is outside
+    the vocabulary) and the placeholder vision tower."""
     if isinstance(config, ClassifierConfig):
         config = config.backbone
     if not is_t5gemma2(config):
@@ -394,8 +400,8 @@ def t5gemma2_extra_shapes(config) -> dict:
     Dv, p = v["hidden_size"], v["patch_size"]
     n = (v["image_size"] // p) ** 2
     e, t = "model.encoder.", "model.encoder.vision_tower."
-    return {e + "embed_tokens.eoi_embedding": (D,),
-            t + "embeddings.patch_embedding.weight": (Dv, v["num_channels"], p, p),
+    eoi = {} if config.eoi_token_id is not None else {e + "embed_tokens.eoi_embedding": (D,)}
+    return {**eoi, t + "embeddings.patch_embedding.weight": (Dv, v["num_channels"], p, p),
             t + "embeddings.patch_embedding.bias": (Dv,),
             t + "embeddings.position_embedding.weight": (n, Dv),
             t + "post_layernorm.weight": (Dv,), t + "post_layernorm.bias": (Dv,),

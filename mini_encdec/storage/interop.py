@@ -29,10 +29,9 @@ What a directory may hold, and how it is read:
     `model.encoder.embed_tokens.weight`, ...; its module names `model.encoder.text_model.`
     are read too); the vision tower and projector are skipped with one printed line; the
     tied copies (decoder embedding, lm_head) must equal the encoder's table if stored.
-    `embed_tokens.eoi_embedding` (the input vector transformers puts in place of token
-    eoi_token_index = 256,000) is not represented: ignored when that id is outside the
-    vocabulary (every tiny model) or the vector is 0, else a printed line says inputs with
-    that id will differ from transformers.
+    `embed_tokens.eoi_embedding` (the input vector of token eoi_token_index, 256,000 by
+    default) is read when the vocabulary holds that id (EncDecConfig.eoi_token_id), else
+    skipped.
 
 What is written: config.json (`hf_config.hf_config`), generation_config.json, one
 model.safetensors (T5Gemma 2: also zeros for eoi_embedding and a placeholder vision
@@ -50,8 +49,8 @@ import numpy as np
 
 from ..models import build_model
 from ..models.params import check_params, param_shapes
-from .hf_config import (CONFIG_FILE, T5GEMMA2_TOKENS, InteropError, config_from_hf,
-                        generation_config, hf_config, model_kind, t5gemma2_extra_shapes)
+from .hf_config import (CONFIG_FILE, InteropError, config_from_hf, generation_config,
+                        hf_config, model_kind, t5gemma2_extra_shapes)
 from .safe_output import new_output_dir
 from .safetensors_io import SafetensorsFile, SafetensorsWriter, dtype_code
 
@@ -68,7 +67,9 @@ TIED_HEADS = {"gemma2": (("lm_head.weight", "model.embed_tokens.weight"),),
               "t5gemma": (("lm_head.out_proj.weight", "model.decoder.embed_tokens.weight"),),
               "t5gemma2": (("lm_head.out_proj.weight", "model.encoder.embed_tokens.weight"),
                            ("model.decoder.embed_tokens.weight",
-                            "model.encoder.embed_tokens.weight"))}
+                            "model.encoder.embed_tokens.weight"),
+                           ("model.decoder.embed_tokens.eoi_embedding",
+                            "model.encoder.embed_tokens.eoi_embedding"))}
 
 
 # --- reading directories ----------------------------------------------------------------------
@@ -192,24 +193,20 @@ T5GEMMA2_TEXT_PREFIXES = (("model.encoder.text_model.", "model.encoder."),)
 T5GEMMA2_IMAGE_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.multi_modal_projector.")
 T5GEMMA2_EOI = ("model.encoder.embed_tokens.eoi_embedding",
                 "model.encoder.text_model.embed_tokens.eoi_embedding",
-                "model.decoder.embed_tokens.eoi_embedding")
+                "model.decoder.embed_tokens.eoi_embedding")  # stored names
 
 
 def t5gemma2_text_weights(weights: HFWeights, config, print_fn=print) -> HFWeights:
     """The text model of a T5Gemma 2 directory under our keys: the vision tower and the
-    projector skipped (one printed line), the eoi input vectors read only to say, when
-    they matter, that inputs holding eoi_token_index will differ from transformers."""
-    eoi = [k for k in T5GEMMA2_EOI if k in weights and weights.read(k).any()]
-    dropped = weights.rename(T5GEMMA2_TEXT_PREFIXES, drop=T5GEMMA2_IMAGE_PREFIXES + T5GEMMA2_EOI)
-    if print_fn is None:
-        return weights
-    if dropped:
+    projector skipped (one printed line); the eoi input vector read when the config's
+    eoi_token_id is in the vocabulary, else skipped too (that id never occurs)."""
+    eoi = getattr(config, "backbone", config).eoi_token_id  # a classifier: its backbone's
+    drop = T5GEMMA2_IMAGE_PREFIXES + (T5GEMMA2_EOI if eoi is None else ())
+    dropped = weights.rename(T5GEMMA2_TEXT_PREFIXES, drop=drop)
+    if print_fn is not None and dropped:
         print_fn(f"{weights.path}: T5Gemma 2: reading the text model, skipping "
-                 f"{dropped} vision_tower / multi_modal_projector / eoi_embedding tensors")
-    if eoi and config.vocab_size > T5GEMMA2_TOKENS["eoi_token_index"]:
-        print_fn(f"{weights.path}: T5Gemma 2: embed_tokens.eoi_embedding is not 0 and is not "
-                 f"represented here: inputs holding token "
-                 f"{T5GEMMA2_TOKENS['eoi_token_index']} embed differently from transformers")
+                 f"{dropped} vision_tower / multi_modal_projector tensors"
+                 f"{'' if eoi is not None else ' (and the unused eoi vector)'}")
     return weights
 
 

@@ -31,8 +31,10 @@ Every weight of the encoder-decoder starts from the most similar weight of the s
                                                      k_norm included; the decoder's merged
                                                      attention over [decoder ; encoder] keys
                                                      uses these weights for both key sets
-    encoder and decoder widths must be equal (one table, merged attention); nothing is
-    fresh, so there is no warmup (cross_attn_warmup_steps 0).
+    model.encoder.embed_tokens.eoi_embedding      fresh zeros (when the vocabulary holds
+                                                     the eoi id; transformers' init)
+    encoder and decoder widths must be equal (one table, merged attention); no
+    cross-attention is fresh, so there is no warmup (cross_attn_warmup_steps 0).
 
 Why it works: the adapted decoder with its cross-attention output zeroed IS the source
 model, and the adapted encoder run with causal masks IS the source model too (tests).
@@ -115,6 +117,8 @@ def _origin(target: str, balanced: bool) -> Origin:
         raise AdaptError(f"adaptation_plan: unexpected target key {target!r}")
     part, layer, piece = m.groups()
     source = "A" if (part == "encoder" or balanced) else "B"
+    if piece == "embed_tokens.eoi_embedding":  # T5Gemma 2's eoi input vector: no source
+        return Origin(None, init="zeros")
     if layer is None:  # embed_tokens.weight or norm.weight
         return Origin(source, f"model.{piece}")
     prefix = f"model.layers.{layer}."
