@@ -12,6 +12,11 @@ Presets by name (`preset("tiny")`, `encdec_preset("9b-2b")`):
   gemma3_tiny         a Gemma 3 of our own size (decoder-only; q/k norms, 5 local : 1 global)
   gemma3_270m,        Gemma 3 270M and 1B text shapes, vocabulary 262,144 (decoder-only)
   gemma3_1b
+Encoder-decoder presets (`encdec_preset`): "NAME" (balanced) or "ENC-DEC" from the above,
+and T5Gemma 2 (`t5gemma2_config` of a Gemma 3 stack):
+  t5gemma2_tiny       gemma3_tiny as encoder and decoder
+  t5gemma2_270m-270m  gemma3_270m's shape in both stacks with T5Gemma2TextConfig's
+                      vocabulary, 262,208 (the text model of google/t5gemma-2-270m-270m)
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ from .validate import check_bool, check_int, check_known_fields, check_number, i
 SLIDING = "sliding_attention"  # layer type name used by transformers
 FULL = "full_attention"
 LAYER_TYPES = (SLIDING, FULL)
+# How a bidirectional (encoder) local layer reads its window W, with d = q - k:
+SYMMETRIC = "symmetric"  # |d| < W (T5Gemma, SPEC 2): up to 2W - 1 keys
+SPLIT = "split"          # T5Gemma 2 (transformers): 0 <= d < (W + 1) // 2 or
+                         # 0 < -d < W // 2 + 1, i.e. about W keys, one more on the right
+WINDOW_KINDS = (SYMMETRIC, SPLIT)
 
 
 def alternating_layer_types(num_layers: int) -> tuple[str, ...]:
@@ -56,8 +66,13 @@ class GemmaConfig:
     head_dim: int = 32
     # F: width of the GeGLU feed-forward layer.
     intermediate_size: int = 512
-    # W: sliding-window size of local layers (causal: 0 <= q-k < W; encoder: |q-k| < W).
+    # W: sliding-window size of local layers (causal: 0 <= q-k < W; encoder: |q-k| < W,
+    # or T5Gemma 2's split window, see bidirectional_window).
     sliding_window: int = 32
+    # How bidirectional (encoder) local layers read W: "symmetric" |q-k| < W (Gemma 2 /
+    # T5Gemma) or "split" (T5Gemma 2: 0 <= q-k < (W+1)//2 or 0 < k-q < W//2 + 1).
+    # Causal masks ignore it.
+    bidirectional_window: str = SYMMETRIC
     # Per-layer attention kind, "sliding_attention" or "full_attention"; empty means
     # Gemma 2's alternation (even layers local, odd layers global), filled in on creation.
     layer_types: tuple = ()
@@ -106,6 +121,9 @@ class GemmaConfig:
         check_number(self.rope_local_theta, f"{name}.rope_local_theta", low=0, low_open=True,
                      allow_none=True)
         check_bool(self.qk_norm, f"{name}.qk_norm")
+        if self.bidirectional_window not in WINDOW_KINDS:
+            raise invalid(f"{name}.bidirectional_window", f"one of {WINDOW_KINDS}",
+                          self.bidirectional_window)
         for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
             check_int(getattr(self, f), f"{name}.{f}", low=0, high=self.vocab_size - 1)
         lt = tuple(self.layer_types) if self.layer_types else \
@@ -181,6 +199,11 @@ class EncDecConfig:
     # (k <= q; local layers 0 <= q - k < W) everywhere (training, generation, a probe built
     # on it). No released checkpoint has it, and transformers' T5Gemma cannot express it.
     causal_encoder: bool = False
+    # T5Gemma 2 (needs tie_all_embeddings): the input embedding of this token id, in the
+    # encoder and the decoder, is the learned vector `model.encoder.embed_tokens.eoi_embedding`
+    # (D,), unscaled, instead of E[id] * sqrt(D) (transformers' eoi_token_index, 256,000:
+    # the end-of-image token); the output matrix still uses E's row. None: no such token.
+    eoi_token_id: Optional[int] = None
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -199,10 +222,17 @@ class EncDecConfig:
                               f"{self.decoder.hidden_size})")
         check_int(self.cross_attn_warmup_steps, f"{name}.cross_attn_warmup_steps", low=0)
         check_bool(self.causal_encoder, f"{name}.causal_encoder")
-        for f in ("encoder", "decoder"):  # Gemma 3's q/k norm: decoder-only models only
-            if getattr(self, f).qk_norm:
-                raise invalid(f"{name}.{f}.qk_norm", "False (q/k norms are supported in "
-                              "decoder-only Gemma 3 models only)", True)
+        if self.eoi_token_id is not None:
+            check_int(self.eoi_token_id, f"{name}.eoi_token_id", low=0,
+                      high=self.encoder.vocab_size - 1)
+            if not self.tie_all_embeddings:
+                raise invalid(f"{name}.eoi_token_id", "None unless tie_all_embeddings=True "
+                              "(T5Gemma 2)", self.eoi_token_id)
+        # Gemma 3's q/k norms (T5Gemma 2): the decoder's only with merged attention (a
+        # separate cross-attention would need norms of its own, which no model has)
+        if self.decoder.qk_norm and not self.merged_attention:
+            raise invalid(f"{name}.decoder.qk_norm", "False unless merged_attention=True "
+                          "(T5Gemma 2)", True)
 
     @property
     def vocab_size(self) -> int:
@@ -220,7 +250,7 @@ class EncDecConfig:
                 "tie_all_embeddings": self.tie_all_embeddings,
                 "merged_attention": self.merged_attention,
                 "cross_attn_warmup_steps": self.cross_attn_warmup_steps,
-                "causal_encoder": self.causal_encoder}
+                "causal_encoder": self.causal_encoder, "eoi_token_id": self.eoi_token_id}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncDecConfig":
@@ -230,6 +260,24 @@ class EncDecConfig:
                 raise ValueError(f"EncDecConfig: missing config field {f!r}")
             d[f] = GemmaConfig.from_dict(d[f])
         return cls(**d)
+
+
+T5GEMMA2_EOI = 256_000  # transformers' default eoi_token_index (T5Gemma2Config)
+
+
+def t5gemma2_config(stack: GemmaConfig, decoder: Optional[GemmaConfig] = None,
+                    **changes: Any) -> EncDecConfig:
+    """A T5Gemma 2 encoder-decoder from Gemma 3 stack(s): the encoder with transformers'
+    split local window, the decoder (default: the same stack) with merged attention, and
+    one embedding table for encoder input, decoder input and output. `changes` apply to the
+    EncDecConfig (e.g. cross_attn_warmup_steps); eoi_token_id defaults to transformers'
+    256,000 when the vocabulary holds it, else None."""
+    dec = stack if decoder is None else decoder
+    changes.setdefault("eoi_token_id",
+                       T5GEMMA2_EOI if stack.vocab_size > T5GEMMA2_EOI else None)
+    return EncDecConfig(encoder=stack.replace(bidirectional_window=SPLIT),
+                        decoder=dec.replace(bidirectional_window=SYMMETRIC),
+                        merged_attention=True, tie_all_embeddings=True, **changes)
 
 
 # Classifier modes (SPEC.md section 7): which hidden state the head reads.
@@ -383,14 +431,26 @@ def preset(name: str, **overrides: Any) -> GemmaConfig:
     return GemmaConfig(**base)
 
 
+# T5Gemma 2 presets: name -> (the Gemma 3 preset of both stacks, its changes)
+T5GEMMA2_PRESETS = {"t5gemma2_tiny": ("gemma3_tiny", {}),
+                    "t5gemma2_270m-270m": ("gemma3_270m", {"vocab_size": 262_208})}
+
+
 def encdec_preset(name: str, **overrides: Any) -> EncDecConfig:
-    """An encoder-decoder config: "tiny" (balanced) or "9b-2b" (encoder-decoder presets).
+    """An encoder-decoder config: "tiny" (balanced), "9b-2b" (encoder-decoder presets), or
+    a T5Gemma 2 preset ("t5gemma2_tiny", "t5gemma2_270m-270m").
 
     Overrides apply to both stacks, except the EncDecConfig fields (tie_all_embeddings,
     merged_attention, cross_attn_warmup_steps), which apply to the pair.
     """
     top = {k: overrides.pop(k) for k in ("tie_all_embeddings", "merged_attention",
                                           "cross_attn_warmup_steps") if k in overrides}
+    if isinstance(name, str) and name.lower() in T5GEMMA2_PRESETS:
+        base, changes = T5GEMMA2_PRESETS[name.lower()]
+        if top.keys() - {"cross_attn_warmup_steps"}:
+            raise ValueError(f"encdec_preset: {name!r} is T5Gemma 2 (merged attention, tied "
+                             f"embeddings); got {sorted(top)}")
+        return t5gemma2_config(preset(base, **{**changes, **overrides}), **top)
     parts = name.split("-")
     if len(parts) == 1:
         parts = parts * 2
@@ -424,7 +484,8 @@ def count_parameters(config) -> int:
         c, b = config, config.backbone
         head = c.num_labels * c.hidden_size + (c.num_labels if c.mode != DECODER_ONLY else 0)
         if c.mode == ENCODER_ONLY:  # transformers keeps only the encoder
-            return _stack_params(b.encoder, norms_per_layer=4, embedding=True) + head
+            eoi = b.encoder.hidden_size if b.eoi_token_id is not None else 0
+            return _stack_params(b.encoder, norms_per_layer=4, embedding=True) + head + eoi
         return count_parameters(b) + head
     if isinstance(config, GemmaConfig):
         return _stack_params(config, norms_per_layer=4, embedding=True)
@@ -437,4 +498,6 @@ def count_parameters(config) -> int:
     if not config.merged_attention:
         cross = _attention_params(dec.hidden_size, enc.hidden_size, dec) + 2 * dec.hidden_size
         total += dec.num_hidden_layers * cross
+    if config.eoi_token_id is not None:  # T5Gemma 2's eoi input vector
+        total += enc.hidden_size
     return total

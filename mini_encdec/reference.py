@@ -54,8 +54,13 @@ def layer_mask(cfg, i, q_pos, k_pos, k_real, causal):
     # (B|1, Tq), (B|1, Tk) positions, k_real (B|1, Tk) bool -> (B|1, 1, Tq, Tk) True = may attend
     d = q_pos[:, :, None] - k_pos[:, None, :]  # (B|1, Tq, Tk) distance q - k
     allowed = (d >= 0) if causal else np.ones(d.shape, bool)
-    if cfg.layer_types[i] == SLIDING:  # local layer: a window of W positions
-        allowed &= (d < cfg.sliding_window) if causal else (np.abs(d) < cfg.sliding_window)
+    W = cfg.sliding_window
+    if cfg.layer_types[i] == SLIDING and causal:  # local layer: a window of W positions
+        allowed &= d < W
+    elif cfg.layer_types[i] == SLIDING and cfg.bidirectional_window == "split":  # T5Gemma 2
+        allowed &= np.where(d >= 0, d < (W + 1) // 2, -d < W // 2 + 1)
+    elif cfg.layer_types[i] == SLIDING:  # bidirectional: W - 1 either side
+        allowed &= np.abs(d) < W
     return (allowed & k_real[:, None, :])[:, None]
 
 
@@ -125,8 +130,9 @@ def stack(cfg, P, prefix, norms, x, pos, real, causal, enc=None, enc_real=None,
     return rms_norm(x, P[prefix + "norm.weight"], eps)  # (B, T, D)
 
 
-def embed(E, ids):
-    return E[ids] * E.dtype.type(np.sqrt(E.shape[1]))  # (B, T) -> (B, T, D), scaled by sqrt(D)
+def embed(E, ids, eoi=None, v=None):
+    x = E[ids] * E.dtype.type(np.sqrt(E.shape[1]))  # (B, T) -> (B, T, D), scaled by sqrt(D)
+    return x if eoi is None else np.where((ids == eoi)[..., None], v, x)  # T5Gemma 2's eoi
 
 
 def gemma2_forward(config, P, input_ids, attention_mask=None):
@@ -149,10 +155,11 @@ def t5gemma_forward(config, P, input_ids, decoder_input_ids, attention_mask=None
     Ed = Ee if config.tie_all_embeddings else P["model.decoder.embed_tokens.weight"]
     norms = ("pre_self_attn_layernorm", "post_self_attn_layernorm")
     # encoder: bidirectional; local layers see |q - k| < W; positions count real tokens
-    enc = stack(enc_cfg, P, "model.encoder.", norms, embed(Ee, input_ids),
+    eoi = (config.eoi_token_id, P.get("model.encoder.embed_tokens.eoi_embedding"))
+    enc = stack(enc_cfg, P, "model.encoder.", norms, embed(Ee, input_ids, *eoi),
                 positions(attention_mask, S), enc_real, causal=False)  # (B, S, De)
     # decoder: causal, positions restart at 0, reads enc by cross (or merged) attention
-    h = stack(dec_cfg, P, "model.decoder.", norms, embed(Ed, decoder_input_ids),
+    h = stack(dec_cfg, P, "model.decoder.", norms, embed(Ed, decoder_input_ids, *eoi),
               positions(None, T), np.ones((1, T), bool), causal=True, enc=enc,
               enc_real=enc_real, merged=config.merged_attention)  # (B, T, Dd)
     return softcap(h @ Ed.T, dec_cfg.final_logit_softcapping)  # (B, T, V), Ed tied

@@ -1,7 +1,7 @@
 """reference.py, the model on one page, computes exactly what build_model's models do:
 random configs (unbalanced, GQA, windows shorter than the sequence, soft-caps on and off,
 query scalars, merged attention, tied embeddings, Gemma 3's q/k norms, RoPE bases and
-layer mixes), padded batches, float32 and float64."""
+layer mixes, T5Gemma 2's split encoder window), padded batches, float32 and float64."""
 
 import dataclasses
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mini_encdec import reference
-from mini_encdec.config import EncDecConfig
+from mini_encdec.config import EncDecConfig, t5gemma2_config
 from mini_encdec.models import build_model
 from tests.strategies import encdec_configs, gemma_configs, key_paddings
 
@@ -109,6 +109,31 @@ def test_t5gemma_forward_equals_the_model(config, S, T, B, dtype, seed, data):
              **({"attention_mask": mask} if use_mask else {})}
     want = model.forward(batch)
     got = reference.t5gemma_forward(config, model.params, src, dec, mask if use_mask else None)
+    assert got.dtype == want.dtype == dtype
+    assert_logits_close(got, want)
+
+
+@st.composite
+def t5gemma2_configs(draw):
+    """T5Gemma 2: a Gemma 3 encoder (split local window) and a Gemma 3 decoder of the same
+    width and vocabulary (depth, heads, window and RoPE drawn on their own)."""
+    enc, dec = draw(gemma3_configs()), draw(gemma3_configs())
+    dec = dec.replace(hidden_size=enc.hidden_size, vocab_size=enc.vocab_size,
+                      pad_token_id=enc.pad_token_id, eos_token_id=enc.eos_token_id,
+                      bos_token_id=enc.bos_token_id)
+    return t5gemma2_config(enc, dec)
+
+
+@settings(max_examples=30, deadline=None)
+@given(config=t5gemma2_configs(), S=st.integers(1, 9), T=st.integers(1, 6),
+       B=st.integers(1, 3), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**16), data=st.data())
+def test_t5gemma2_forward_equals_the_model(config, S, T, B, dtype, seed, data):
+    model = randomised(build_model(config, seed=seed, dtype=dtype), seed)
+    src, mask = data.draw(padded_ids(config.vocab_size, B, S))
+    dec, _ = data.draw(padded_ids(config.vocab_size, B, T))
+    want = model.forward({"input_ids": src, "decoder_input_ids": dec, "attention_mask": mask})
+    got = reference.t5gemma_forward(config, model.params, src, dec, mask)
     assert got.dtype == want.dtype == dtype
     assert_logits_close(got, want)
 

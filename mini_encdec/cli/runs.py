@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..config import PRESETS, config_from_dict
+from ..config import PRESETS, T5GEMMA2_PRESETS, config_from_dict
 from ..storage.safe_output import check_output, run_directory
 from ..text.batching import DataConfig
 from ..training.optim import OptimConfig
@@ -36,7 +36,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a training run: model, --set, run directory, resume, inputs."""
     p.add_argument("--preset", default="tiny",
                    help=f"model shape: one of {', '.join(PRESETS)}; encoder-decoder also "
-                        f"ENC-DEC such as 9b-2b (default tiny)")
+                        f"ENC-DEC such as 9b-2b, and T5Gemma 2's "
+                        f"{', '.join(T5GEMMA2_PRESETS)} (default tiny)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                    metavar="KEY=VALUE",
                    help="override a config field (repeatable); keys: model.*, optim.*, "
@@ -64,13 +65,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check_preset(name: str) -> None:
     """`--preset`: a preset name, or ENC-DEC (two names) for an encoder-decoder."""
+    if name.lower() in T5GEMMA2_PRESETS:  # T5Gemma 2 (encoder-decoder commands)
+        return
     parts = name.split("-")
     names = {k.lower() for k in PRESETS}
     if 1 <= len(parts) <= 2 and all(part.lower() in names for part in parts):
         return
     bad = next((part for part in parts if part.lower() not in names), name)
     raise UsageError(f"--preset {name}: expected one of {', '.join(PRESETS)} (an "
-                     f"encoder-decoder also ENC-DEC, e.g. 9b-2b)"
+                     f"encoder-decoder also ENC-DEC, e.g. 9b-2b, or "
+                     f"{', '.join(T5GEMMA2_PRESETS)})"
                      f"{did_you_mean(bad, list(PRESETS))}")
 
 

@@ -263,6 +263,27 @@ def merged_block_backward(dx, c: dict, grads: dict, p: str, norms: tuple):
 
 # --- a stack of blocks, and the trunk: embedding, positions, masks, stack -------------------------
 
+def embed(params: dict, key: str, eoi, ids: np.ndarray):
+    """x = E[ids] * sqrt(D) with E = params[key], (B, T) -> (B, T, D); T5Gemma 2 (eoi =
+    (token id, vector key)): positions holding that token get the vector instead, unscaled.
+    Returns (x, cache) for `embed_backward`."""
+    x, c_emb = embedding_forward(ids, params[key])
+    at = None
+    if eoi is not None and (at := ids == eoi[0]).any():
+        x[at] = params[eoi[1]]  # (n, D) <- (D,)
+    return x, {"emb": c_emb, "eoi": (at, eoi)}
+
+
+def embed_backward(dx: np.ndarray, cache: dict, grads: dict) -> np.ndarray:
+    """Adds the eoi vector's gradient (the sum over its positions) into grads; returns dE
+    (V, D) of the table, whose rows get nothing from the eoi positions."""
+    at, eoi = cache["eoi"]
+    if at is not None and at.any():
+        add_grad(grads, eoi[1], dx[at].sum(axis=0))  # (n, D) -> (D,)
+        dx = np.where(at[..., None], 0, dx)
+    return ops.embedding_backward(dx, cache["emb"])
+
+
 def stack_forward(params: dict, spec: StackSpec, x: np.ndarray, *, masks: dict, rope,
                   memory=None, memory_mask=None):
     """x (B, T, D) embedded inputs -> (h (B, T, D) final-normed, cache).
@@ -327,7 +348,7 @@ def trunk_forward(params: dict, spec: StackSpec, input_ids: np.ndarray,
     cfg = spec.cfg
     T = input_ids.shape[1]
     # x = E[ids] * sqrt(D)
-    x, c_emb = embedding_forward(input_ids, params[spec.embed_key])  # (B, T) -> (B, T, D)
+    x, c_emb = embed(params, spec.embed_key, spec.eoi, input_ids)  # (B, T) -> (B, T, D)
     pos = positions_from_mask(attention_mask, T)  # (T,) or (B, T)
     masks = self_attention_masks(cfg, pos, pos, causal=causal, key_padding=attention_mask)
     h, c_stack = stack_forward(params, spec, x, masks=masks, rope=rope_for(cfg, pos, x.dtype))
@@ -340,6 +361,6 @@ def trunk_backward(dh: np.ndarray, cache: dict, grads: dict):
     E, which only it knows about. Also undoes the decoder of an encoder-decoder, whose
     forward cache (`EncDecLM._decode`) has the same two parts."""
     dx, dmemory = stack_backward(dh, cache["stack"], grads)
-    # x = E[ids] * sqrt(D)
-    dE = ops.embedding_backward(dx, cache["emb"])
+    # x = E[ids] * sqrt(D) (T5Gemma 2: the eoi vector where ids == eoi token)
+    dE = embed_backward(dx, cache["emb"], grads)
     return dE, dmemory

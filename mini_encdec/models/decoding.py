@@ -209,8 +209,12 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
         memory_kv = []
         for i in range(cfg.num_hidden_layers):
             _, Wk, Wv, _ = _weights(model.params, spec.layer(i) + name)
-            memory_kv.append(project_memory(encoder_output, Wk, Wv,
-                                            cfg.num_key_value_heads))  # (B, K, S, Dh)
+            k, v = project_memory(encoder_output, Wk, Wv,
+                                  cfg.num_key_value_heads)  # (B, K, S, Dh)
+            if spec.merged and cfg.qk_norm:  # T5Gemma 2: encoder keys k_norm-ed, no RoPE
+                k = _norm(k, model.params, spec.layer(i) + "self_attn.k_norm.weight",
+                          cfg.rms_norm_eps)
+            memory_kv.append((k, v))
         if spec.merged:  # a global layer: first in its buffers, [encoder ; decoder keys]
             for i, kv in enumerate(memory_kv):
                 if windows[cfg.layer_types[i]] is None:
@@ -302,6 +306,8 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
     q_pos = cache.next_pos[:, None] + positions_from_mask(valid, Tn)  # (B, Tn)
     E = P[embed_key]
     x = embed_unchecked(ids, E, embedding_scale(E.shape[1], E.dtype))  # (B, Tn) -> (B, Tn, D)
+    if spec.eoi is not None:  # T5Gemma 2: the eoi token's own input vector
+        x[ids == spec.eoi[0]] = P[spec.eoi[1]]
     k_pos, k_valid = cache.add_positions(q_pos, valid)  # (B, Tc + Tn) per layer type
     masks = {lt: layer_type_mask(cfg, lt, q_pos, k_pos[lt], causal=True,
                                  key_padding=k_valid[lt], fast=True)  # (B, 1, Tn, Tc + Tn)

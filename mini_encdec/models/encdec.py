@@ -11,6 +11,8 @@
 Embeddings: separate encoder (Ee) and decoder (Ed) tables, the output matrix tied to Ed.
 With `tie_all_embeddings` one table, stored as `model.encoder.embed_tokens.weight`, serves
 all three uses and its gradient is the sum of the three.
+T5Gemma 2's `eoi_token_id`: that token's input embedding (encoder and decoder) is the
+vector `model.encoder.embed_tokens.eoi_embedding` instead (`blocks.embed`).
 
 Encoder padding: `attention_mask` (B, S), 1 for real tokens; padding keys are masked in
 the encoder self-attention and in cross-attention, and encoder positions count real tokens
@@ -27,11 +29,10 @@ import numpy as np
 
 from .. import ops
 from ..config import EncDecConfig
-from ..nn.embedding import embedding_forward
 from ..nn.linear import linear_backward, linear_forward
 from ..nn.softcap import softcap_backward, softcap_forward
 from ..validate import check_float, check_ids, check_mask, check_shape
-from .blocks import stack_forward, trunk_backward, trunk_forward
+from .blocks import embed, stack_forward, trunk_backward, trunk_forward
 from .inputs import (IGNORE_INDEX, check_batch, memory_mask, merge_masks, positions_from_mask,
                      rope_for, self_attention_masks)
 from .params import check_params, decoder_spec, encoder_spec
@@ -113,7 +114,8 @@ class EncDecLM:
         B, T = decoder_input_ids.shape
         S = enc.shape[1]
         # y = Ed[ids] * sqrt(Dd)
-        y, c_emb = embedding_forward(decoder_input_ids, P[self.decoder_embed_key])  # (B, T, Dd)
+        y, c_emb = embed(P, self.decoder_embed_key, self.dec_spec.eoi,
+                         decoder_input_ids)  # (B, T, Dd)
         # (T,) 0..T-1 without a mask: the decoder counts from 0 on its own; else (B, T)
         pos = positions_from_mask(decoder_mask, T)
         masks = self_attention_masks(cfg, pos, pos, causal=True, key_padding=decoder_mask)

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import SLIDING, GemmaConfig
+from ..config import SLIDING, SPLIT, GemmaConfig
 from ..nn.masks import allowed_mask_unchecked, attention_mask
 from ..nn.rope import rope_tables_unchecked, rope_cos_sin
 from ..validate import check_ids, check_mask
@@ -103,11 +103,14 @@ def rope_for(cfg: GemmaConfig, positions: np.ndarray, dtype, *, fast: bool = Fal
 def layer_type_mask(cfg: GemmaConfig, layer_type: str, q_pos, k_pos, *, causal: bool,
                     key_padding=None, fast: bool = False) -> np.ndarray:
     """The self-attention mask (B|1, 1, Tq, Tk) of one layer type: local layers get the
-    sliding window (causal: 0 <= q - k < W; bidirectional: |q - k| < W). fast=True skips
+    sliding window (causal: 0 <= q - k < W; bidirectional: |q - k| < W, or T5Gemma 2's
+    split window when cfg.bidirectional_window == "split"). fast=True skips
     the checks (KV-cached decoding: positions and bool key_padding built internally)."""
     window = cfg.sliding_window if layer_type == SLIDING else None
     make = allowed_mask_unchecked if fast else attention_mask
-    return make(q_pos, k_pos, causal=causal, window=window, key_padding=key_padding)
+    split = not causal and cfg.bidirectional_window == SPLIT
+    return make(q_pos, k_pos, causal=causal, window=window, key_padding=key_padding,
+                split=split)
 
 
 def self_attention_masks(cfg: GemmaConfig, q_pos, k_pos, *, causal: bool,

@@ -22,6 +22,9 @@ encoder input, the decoder input and the output; it is stored under
 embedding and lm_head are tied to the encoder's) and `model.decoder.embed_tokens.weight`
 is absent.
 
+T5Gemma 2 with `eoi_token_id`: `model.encoder.embed_tokens.eoi_embedding` (D,), the eoi
+token's input vector (encoder and decoder), stored after the encoder's table; fresh 0.
+
 Fresh initialisation: every linear and embedding weight N(0, 0.02), every RMSNorm weight 0
 (the norm scales by (1 + w), so 0 is the identity). Entries are drawn in the order of
 `param_shapes`, from one `np.random.Generator`, so a seed fixes the whole model.
@@ -42,6 +45,8 @@ INIT_STD = 0.02  # standard deviation of fresh linear and embedding weights
 GEMMA2_SCORE = "score.weight"              # Gemma2ForSequenceClassification, (C, D), no bias
 T5GEMMA_SCORE = "score.out_proj.weight"    # T5GemmaForSequenceClassification, (C, D)
 T5GEMMA_SCORE_BIAS = "score.out_proj.bias"  # (C,)
+# T5Gemma 2: the input vector of EncDecConfig.eoi_token_id (encoder and decoder share it)
+EOI_KEY = "model.encoder.embed_tokens.eoi_embedding"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class StackSpec:
     merged: bool = False
     # Width De of the encoder output read by cross/merged attention (None: no memory).
     memory_width: Optional[int] = None
+    # T5Gemma 2: (token id, key of the (D,) vector that embeds it), or None
+    eoi: Optional[tuple] = None
 
     @property
     def has_memory(self) -> bool:
@@ -88,16 +95,20 @@ def gemma_spec(cfg: GemmaConfig) -> StackSpec:
     return StackSpec(cfg=cfg, prefix="model.", attn_norms=GEMMA_NORMS)
 
 
+def _eoi(config: EncDecConfig):
+    return None if config.eoi_token_id is None else (config.eoi_token_id, EOI_KEY)
+
+
 def encoder_spec(config: EncDecConfig) -> StackSpec:
     return StackSpec(cfg=config.encoder, prefix="model.encoder.",
-                     attn_norms=T5GEMMA_NORMS)
+                     attn_norms=T5GEMMA_NORMS, eoi=_eoi(config))
 
 
 def decoder_spec(config: EncDecConfig) -> StackSpec:
     return StackSpec(cfg=config.decoder, prefix="model.decoder.",
                      attn_norms=T5GEMMA_NORMS, cross=not config.merged_attention,
                      merged=config.merged_attention,
-                     memory_width=config.encoder.hidden_size)
+                     memory_width=config.encoder.hidden_size, eoi=_eoi(config))
 
 
 def _attention_shapes(name: str, cfg: GemmaConfig, d_kv: int) -> dict:
@@ -113,6 +124,8 @@ def stack_shapes(spec: StackSpec, *, embedding: bool = True) -> dict:
     shapes = {}
     if embedding:
         shapes[spec.embed_key] = (cfg.vocab_size, D)
+        if spec.eoi is not None:  # T5Gemma 2's eoi vector, stored beside the table
+            shapes[spec.eoi[1]] = (D,)
     for i in range(cfg.num_hidden_layers):
         p = spec.layer(i)
         shapes.update(_attention_shapes(p + "self_attn", cfg, D))
@@ -166,9 +179,10 @@ def is_norm_key(key: str) -> bool:
 
 
 def init_tensor(key: str, shape: tuple, rng: np.random.Generator, dtype) -> np.ndarray:
-    """One fresh parameter: norm weights and biases 0; T5Gemma's classification head
+    """One fresh parameter: norm weights, biases and T5Gemma 2's eoi vector 0 (as
+    transformers initialises it); T5Gemma's classification head
     N(0, 0.02^2 / C) (as transformers initialises it); every other weight N(0, 0.02^2)."""
-    if is_norm_key(key) or key.endswith(".bias"):
+    if is_norm_key(key) or key.endswith(".bias") or key == EOI_KEY:
         return np.zeros(shape, dtype=dtype)
     std = INIT_STD / np.sqrt(shape[0]) if key == T5GEMMA_SCORE else INIT_STD
     return (rng.standard_normal(shape) * std).astype(dtype)

@@ -4,6 +4,8 @@
     causal=True,  window=W      0 <= q - k < W         (decoder, local layers: W keys)
     causal=False                every key              (encoder, global layers)
     causal=False, window=W      |q - k| < W            (encoder, local layers: up to 2W-1 keys)
+    causal=False, window=W,     0 <= q - k < (W+1)//2  or  0 < k - q < W//2 + 1
+      split=True                                       (T5Gemma 2's encoder: about W keys)
     key_padding[b, k]           ANDed in: False marks padding keys
 
 Shapes: q_pos (Tq,) or (B, Tq), k_pos (Tk,) or (B, Tk), key_padding (B, Tk)
@@ -19,7 +21,7 @@ from ..validate import check_int_array, check_mask, check_positive_int
 
 
 def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window=None,
-                   key_padding=None) -> np.ndarray:
+                   key_padding=None, split: bool = False) -> np.ndarray:
     fn = "attention_mask"
     check_int_array(q_pos, "q_pos", ndims=(1, 2), fn=fn)
     check_int_array(k_pos, "k_pos", ndims=(1, 2), fn=fn)
@@ -35,12 +37,14 @@ def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window
         desc = ", ".join(f"{n}={b}" for n, b in batch.items())
         raise ValueError(f"{fn}: expected one batch size (axis 0) for q_pos, k_pos and "
                          f"key_padding, got {desc}")
+    if not isinstance(split, (bool, np.bool_)):
+        raise ValueError(f"{fn}: argument 'split': expected True or False, got {split!r}")
     return allowed_mask_unchecked(q_pos, k_pos, causal=causal, window=window,
-                                  key_padding=key_padding)
+                                  key_padding=key_padding, split=split)
 
 
 def allowed_mask_unchecked(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool, window=None,
-                 key_padding=None) -> np.ndarray:
+                 key_padding=None, split: bool = False) -> np.ndarray:
     """attention_mask without checks (key_padding already bool): the inference fast path
     for callers that validated the positions once (attention_mask computes through it)."""
     qp = (q_pos if q_pos.ndim == 2 else q_pos[None]).astype(np.int64)  # (B|1, Tq)
@@ -52,7 +56,9 @@ def allowed_mask_unchecked(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool
             allowed &= diff < window
     else:
         allowed = np.ones_like(diff, dtype=bool)
-        if window is not None:
+        if window is not None and split:  # T5Gemma 2: (W+1)//2 keys left, W//2 right
+            allowed &= np.where(diff >= 0, diff < (window + 1) // 2, -diff < window // 2 + 1)
+        elif window is not None:
             allowed &= np.abs(diff) < window
     if key_padding is not None:
         allowed = allowed & key_padding[:, None, :]  # (B|1, Tq, Tk) & (B, 1, Tk)

@@ -2,8 +2,9 @@
 
     config_from_hf(d)     GemmaConfig (Gemma2ForCausalLM, Gemma3ForCausalLM, or the text
                           part of Gemma3ForConditionalGeneration), EncDecConfig
-                          (T5GemmaForConditionalGeneration) or a ClassifierConfig around one
-                          (Gemma2/T5GemmaForSequenceClassification, SPEC 7)
+                          (T5GemmaForConditionalGeneration, or the text model of
+                          T5Gemma2ForConditionalGeneration) or a ClassifierConfig around one
+                          (Gemma2/T5Gemma/T5Gemma2ForSequenceClassification, SPEC 7)
     hf_config(config)     the config.json dict transformers expects for ours
     generation_config(c)  the generation_config.json dict
 
@@ -24,13 +25,25 @@ What a config.json may hold, and how it is read:
     `attn_logit_softcapping` is read as None whatever it says, because transformers'
     Gemma 3 attention never applies it (final_logit_softcapping it does apply)
 
+T5Gemma 2 ("t5gemma2"): the encoder's stack is `encoder.text_config`, the decoder's
+`decoder`, both read as Gemma 3 stacks (T5Gemma2TextConfig has Gemma3TextConfig's
+defaults; its attention never applies attn_logit_softcapping either, so it is read as None);
+the result is `config.t5gemma2_config(encoder, decoder)`: the encoder's split local window
+(transformers' `sliding_window_mask_function(W, is_causal=False)`), merged attention, one
+embedding table, and `eoi_token_index` (default 256,000) as `eoi_token_id` when the
+vocabulary holds it (None otherwise: the id never occurs). `encoder.vision_config` is not
+read (text only). Written back: the same layout, with a placeholder vision tower
+(T5GEMMA2_VISION: no layers, one 14x14 patch, width 4; its tensors and the projector all
+zeros) so that `from_pretrained` finds every key.
+
 What is written: the fields transformers 5 reads (rope_theta is written both ways, so 4.x
 reads it too; Gemma 3 also gets 4.x's rope_local_base_freq and rope_scaling). A config
 with qk_norm is written as Gemma3ForCausalLM ("gemma3_text"), one without as
 Gemma2ForCausalLM; a Gemma 2 config whose local and global RoPE differ cannot be saved. EncDecConfig.cross_attn_warmup_steps travels in an extra "mini_encdec" entry
 (transformers keeps unknown entries and ignores them).
 
-Classifiers: the backbone's config plus `architectures`, `id2label`/`label2id` (the number
+Classifiers (T5Gemma2ForSequenceClassification: mode "encoder_decoder" only, as
+transformers allows): the backbone's config plus `architectures`, `id2label`/`label2id` (the number
 of classes), `problem_type` "single_label_classification" and, for T5Gemma,
 `is_encoder_decoder` (false: the encoder-only probe, whose directory holds no decoder
 weights) and `classifier_dropout_rate` 0.0 (ignored on load: no dropout here).
@@ -41,12 +54,17 @@ Differences from transformers that a user should know (see the tests and README)
     transformers >= 5 the encoder's local layers see one more key on each side when the
     input is longer than W.
   - transformers requires an integer query_pre_attn_scalar; a fractional one cannot be saved.
+  - T5Gemma 2's encoder (and the decoder of its classifier) count positions 0, 1, ...
+    whatever the padding, and its classifier's decoder masks no padding key; ours count
+    real tokens and mask padding. Equal for right padding (what the parity tests use);
+    a left-padded source computes differently in transformers.
 """
 
 from __future__ import annotations
 
 from ..config import (DECODER_ONLY, ENCODER_DECODER, ENCODER_ONLY, FULL, SLIDING,
-                     ClassifierConfig, EncDecConfig, GemmaConfig, patterned_layer_types)
+                     ClassifierConfig, EncDecConfig, GemmaConfig, patterned_layer_types,
+                     t5gemma2_config)
 from .safetensors_io import TORCH_NAMES, dtype_code
 
 CONFIG_FILE = "config.json"
@@ -54,6 +72,19 @@ GEMMA2_ARCH = "Gemma2ForCausalLM"
 GEMMA3_ARCH = "Gemma3ForCausalLM"  # model_type "gemma3_text"
 GEMMA3_MM_ARCH = "Gemma3ForConditionalGeneration"  # model_type "gemma3": text + vision
 T5GEMMA_ARCH = "T5GemmaForConditionalGeneration"
+T5GEMMA2_ARCH = "T5Gemma2ForConditionalGeneration"  # model_type "t5gemma2": text + vision
+T5GEMMA2_CLS_ARCH = "T5Gemma2ForSequenceClassification"
+# T5Gemma2Config's defaults for the image tokens (ids the text model never treats specially
+# here; transformers replaces the input embedding of eoi_token_index by a learned vector)
+T5GEMMA2_TOKENS = {"boi_token_index": 255_999, "eoi_token_index": 256_000,
+                   "image_token_index": 256_001}
+# the smallest SigLIP tower transformers builds: written by save_hf so that a text-only
+# T5Gemma 2 directory loads with no missing keys (its weights all zero, never used for text)
+T5GEMMA2_VISION = {"model_type": "siglip_vision_model", "hidden_size": 4,
+                   "intermediate_size": 4, "num_hidden_layers": 0, "num_attention_heads": 1,
+                   "num_channels": 1, "image_size": 14, "patch_size": 14,
+                   "layer_norm_eps": 1e-6, "vision_use_head": False,
+                   "hidden_act": "gelu_pytorch_tanh"}
 # the sequence-classification heads (SPEC 7, models/classifier.py)
 GEMMA2_CLS_ARCH = "Gemma2ForSequenceClassification"
 T5GEMMA_CLS_ARCH = "T5GemmaForSequenceClassification"
@@ -179,15 +210,16 @@ def model_kind(d: dict, where: str = CONFIG_FILE) -> str:
     else architectures)."""
     kind = d.get("model_type")
     archs = d.get("architectures") or []
-    if kind in ("gemma2", "t5gemma", "gemma3_text", "gemma3"):
+    if kind in ("gemma2", "t5gemma", "gemma3_text", "gemma3", "t5gemma2"):
         return kind
     for arch, name in ((GEMMA2_ARCH, "gemma2"), (T5GEMMA_ARCH, "t5gemma"),
-                       (GEMMA3_ARCH, "gemma3_text"), (GEMMA3_MM_ARCH, "gemma3")):
+                       (GEMMA3_ARCH, "gemma3_text"), (GEMMA3_MM_ARCH, "gemma3"),
+                       (T5GEMMA2_ARCH, "t5gemma2"), (T5GEMMA2_CLS_ARCH, "t5gemma2")):
         if arch in archs:
             return name
     raise InteropError(f"{where}: expected a Gemma 2 (model_type 'gemma2'), Gemma 3 "
-                       f"('gemma3_text' or 'gemma3') or T5Gemma ('t5gemma') config, got "
-                       f"model_type {kind!r}, architectures {archs}")
+                       f"('gemma3_text' or 'gemma3'), T5Gemma ('t5gemma') or T5Gemma 2 "
+                       f"('t5gemma2') config, got model_type {kind!r}, architectures {archs}")
 
 
 def config_from_hf(d: dict, where: str = CONFIG_FILE):
@@ -200,7 +232,7 @@ def config_from_hf(d: dict, where: str = CONFIG_FILE):
     if unsupported:
         raise InteropError(f"{where}: architecture {unsupported[0]} is not supported (Gemma 3 "
                            f"loads as Gemma3ForCausalLM only)")
-    if GEMMA2_CLS_ARCH not in archs and T5GEMMA_CLS_ARCH not in archs:
+    if not {GEMMA2_CLS_ARCH, T5GEMMA_CLS_ARCH, T5GEMMA2_CLS_ARCH} & set(archs):
         return backbone
     return classifier_config_from_hf(d, backbone, where)
 
@@ -231,6 +263,9 @@ def classifier_config_from_hf(d: dict, backbone, where: str = CONFIG_FILE) -> Cl
     else:
         mode = ENCODER_DECODER if d.get("is_encoder_decoder", True) else ENCODER_ONLY
         pad = backbone.decoder.pad_token_id
+        if is_t5gemma2(backbone) and mode != ENCODER_DECODER:
+            raise InteropError(f"{where}: is_encoder_decoder=false: transformers' T5Gemma 2 "
+                               f"classifier is encoder-decoder only")
     if d.get("pad_token_id") is not None and _token_id(d, "pad_token_id", pad) != pad:
         raise InteropError(f"{where}: pad_token_id={d['pad_token_id']} differs from the "
                            f"stacks' {pad} (the head finds the last token by it)")
@@ -253,6 +288,8 @@ def backbone_config_from_hf(d: dict, where: str = CONFIG_FILE):
         if not isinstance(text, dict):
             raise InteropError(f"{where}: Gemma 3 config without a 'text_config' section")
         return gemma_config_from_hf(text, f"{where} [text_config]", gemma3=True)
+    if kind == "t5gemma2":
+        return t5gemma2_config_from_hf(d, where)
     halves = {}
     for part in ("encoder", "decoder"):
         sub = d.get(part)
@@ -275,6 +312,101 @@ def backbone_config_from_hf(d: dict, where: str = CONFIG_FILE):
                             cross_attn_warmup_steps=int(extra.get("cross_attn_warmup_steps", 0)))
     except ValueError as e:
         raise InteropError(f"{where}: {e}") from None
+
+
+def t5gemma2_config_from_hf(d: dict, where: str = CONFIG_FILE) -> EncDecConfig:
+    """The text model of a T5Gemma2Config dict: encoder.text_config and decoder as Gemma 3
+    stacks, put together by `t5gemma2_config` (split encoder window, merged attention, tied
+    embeddings)."""
+    enc, dec = d.get("encoder"), d.get("decoder")
+    text = enc.get("text_config") if isinstance(enc, dict) else None
+    if not isinstance(text, dict) or not isinstance(dec, dict):
+        raise InteropError(f"{where}: T5Gemma 2 config without 'encoder.text_config' and "
+                           f"'decoder' sections")
+    if d.get("tie_word_embeddings") is False:
+        raise InteropError(f"{where}: tie_word_embeddings=false is not supported (T5Gemma 2 "
+                           f"ties encoder, decoder and output embeddings)")
+    stacks = [gemma_config_from_hf(text, f"{where} [encoder.text_config]", gemma3=True),
+              gemma_config_from_hf(dec, f"{where} [decoder]", gemma3=True)]
+    extra = d.get("mini_encdec") or {}
+    eoi = d.get("eoi_token_index", enc.get("eoi_token_index"))
+    eoi = T5GEMMA2_TOKENS["eoi_token_index"] if eoi is None else int(eoi)
+    try:
+        return t5gemma2_config(*stacks, cross_attn_warmup_steps=int(
+            extra.get("cross_attn_warmup_steps", 0)),  # an eoi id outside the vocabulary
+            eoi_token_id=eoi if 0 <= eoi < stacks[0].vocab_size else None)  # never occurs
+    except ValueError as e:
+        raise InteropError(f"{where}: {e}") from None
+
+
+def is_t5gemma2(config) -> bool:
+    """An EncDecConfig written as T5Gemma 2 (merged attention), not T5Gemma."""
+    return isinstance(config, EncDecConfig) and config.merged_attention
+
+
+def _t5gemma2_dict(config: EncDecConfig, torch_dtype: str) -> dict:
+    """T5Gemma2Config's dict for the text model, with the placeholder vision tower."""
+    want = t5gemma2_config(config.encoder, config.decoder, eoi_token_id=config.eoi_token_id,
+                           cross_attn_warmup_steps=config.cross_attn_warmup_steps)
+    if config.replace(causal_encoder=False) != want:
+        raise InteropError("save_hf: an encoder-decoder with merged_attention=True is written "
+                           "as T5Gemma 2, which needs config.t5gemma2_config's fields: q/k "
+                           "norms in both stacks, the encoder's split window, "
+                           "tie_all_embeddings")
+    if config.causal_encoder:
+        raise InteropError("save_hf: causal_encoder (the paper's ablation) cannot be written "
+                           "as a T5Gemma 2 checkpoint: transformers' encoder is bidirectional")
+    halves = {}
+    for part in ("encoder", "decoder"):
+        cfg = getattr(config, part)
+        where = f"save_hf [{part}]"
+        if cfg.attn_logit_softcapping is not None:
+            raise InteropError(f"{where}: attn_logit_softcapping={cfg.attn_logit_softcapping} "
+                               f"cannot be saved as T5Gemma 2: transformers ignores it")
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise InteropError(f"{where}: transformers' T5Gemma 2 needs hidden_size "
+                               f"({cfg.hidden_size}) divisible by num_attention_heads "
+                               f"({cfg.num_attention_heads})")
+        halves[part] = {**_gemma3_dict(cfg, where), "dropout_rate": 0.0}
+    c = config.decoder
+    text = {**halves["encoder"], "model_type": "t5gemma2_text"}
+    tokens = dict(T5GEMMA2_TOKENS)
+    if config.eoi_token_id is not None:
+        tokens["eoi_token_index"] = config.eoi_token_id
+    return {"architectures": [T5GEMMA2_ARCH], "model_type": "t5gemma2",
+            "encoder": {"model_type": "t5gemma2_encoder", "text_config": text,
+                        "vision_config": dict(T5GEMMA2_VISION), "mm_tokens_per_image": 1,
+                        "tie_word_embeddings": True, "initializer_range": 0.02, **tokens},
+            "decoder": {**halves["decoder"], "model_type": "t5gemma2_decoder"},
+            "is_encoder_decoder": True, "vocab_size": config.vocab_size,
+            "tie_word_embeddings": True, "dropout_rate": 0.0, "attention_dropout": 0.0,
+            "classifier_dropout_rate": 0.0, "initializer_range": 0.02,
+            "eoi_token_index": tokens["eoi_token_index"],
+            "image_token_index": tokens["image_token_index"],
+            "pad_token_id": c.pad_token_id, "eos_token_id": c.eos_token_id,
+            "bos_token_id": c.bos_token_id, "dtype": torch_dtype,
+            "mini_encdec": {"cross_attn_warmup_steps": config.cross_attn_warmup_steps}}
+
+
+def t5gemma2_extra_shapes(config) -> dict:
+    """Tensors a T5Gemma 2 directory holds beyond our parameters (written as zeros): the
+    input-embedding vector of eoi_token_index when our config has none (that id is outside
+    the vocabulary) and the placeholder vision tower."""
+    if isinstance(config, ClassifierConfig):
+        config = config.backbone
+    if not is_t5gemma2(config):
+        return {}
+    D, v = config.encoder.hidden_size, T5GEMMA2_VISION
+    Dv, p = v["hidden_size"], v["patch_size"]
+    n = (v["image_size"] // p) ** 2
+    e, t = "model.encoder.", "model.encoder.vision_tower."
+    eoi = {} if config.eoi_token_id is not None else {e + "embed_tokens.eoi_embedding": (D,)}
+    return {**eoi, t + "embeddings.patch_embedding.weight": (Dv, v["num_channels"], p, p),
+            t + "embeddings.patch_embedding.bias": (Dv,),
+            t + "embeddings.position_embedding.weight": (n, Dv),
+            t + "post_layernorm.weight": (Dv,), t + "post_layernorm.bias": (Dv,),
+            e + "multi_modal_projector.mm_input_projection_weight": (Dv, D),
+            e + "multi_modal_projector.mm_soft_emb_norm.weight": (Dv,)}
 
 
 def _qpas(cfg: GemmaConfig, where: str) -> int:
@@ -328,16 +460,22 @@ def _gemma3_dict(cfg: GemmaConfig, where: str) -> dict:
 def hf_config(config, dtype="float32") -> dict:
     """The config.json dict transformers expects for our config."""
     torch_dtype = TORCH_NAMES[dtype_code(dtype)]
-    if isinstance(config, ClassifierConfig) and getattr(config.backbone, "qk_norm", False):
+    if isinstance(config, ClassifierConfig) and getattr(config.backbone, "qk_norm", False) \
+            and not is_t5gemma2(config.backbone):
         raise InteropError("save_hf: a classifier on a Gemma 3 backbone (qk_norm) cannot be "
                            "written as a transformers checkpoint")
     if isinstance(config, ClassifierConfig):  # the backbone's, with the head's fields
         d = hf_config(config.backbone, dtype)
         d["architectures"] = [GEMMA2_CLS_ARCH if config.mode == DECODER_ONLY
+                              else T5GEMMA2_CLS_ARCH if is_t5gemma2(config.backbone)
                               else T5GEMMA_CLS_ARCH]
         d["id2label"] = {str(i): name for i, name in enumerate(config.label_names)}
         d["label2id"] = {name: i for i, name in enumerate(config.label_names)}
         d["problem_type"] = "single_label_classification"
+        if is_t5gemma2(config.backbone) and config.mode != ENCODER_DECODER:
+            raise InteropError("save_hf: T5Gemma2ForSequenceClassification is encoder-decoder "
+                               "only; a classifier of mode 'encoder' on a T5Gemma 2 backbone "
+                               "cannot be written as a transformers checkpoint")
         if config.mode != DECODER_ONLY:
             d["is_encoder_decoder"] = config.mode == ENCODER_DECODER
             d["classifier_dropout_rate"] = 0.0
@@ -364,9 +502,8 @@ def hf_config(config, dtype="float32") -> dict:
     if not isinstance(config, EncDecConfig):
         raise InteropError(f"hf_config: expected a GemmaConfig or EncDecConfig, got "
                            f"{type(config).__name__}")
-    if config.merged_attention:
-        raise InteropError("save_hf: merged_attention (T5Gemma 2) cannot be written as a "
-                           "T5Gemma checkpoint")
+    if config.merged_attention:  # T5Gemma 2
+        return _t5gemma2_dict(config, torch_dtype)
     if config.tie_all_embeddings:
         raise InteropError("save_hf: tie_all_embeddings (T5Gemma 2) cannot be written as a "
                            "T5Gemma checkpoint")

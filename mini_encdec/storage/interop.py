@@ -4,8 +4,10 @@
                                           Gemma2ForCausalLM or Gemma3ForCausalLM (-> GemmaLM;
                                           also the text model of a multimodal
                                           Gemma3ForConditionalGeneration) or a
-                                          T5GemmaForConditionalGeneration (-> EncDecLM), or
-                                          of a Gemma2/T5GemmaForSequenceClassification
+                                          T5GemmaForConditionalGeneration (-> EncDecLM; also
+                                          the text model of a
+                                          T5Gemma2ForConditionalGeneration), or of a
+                                          Gemma2/T5Gemma/T5Gemma2ForSequenceClassification
                                           (-> SequenceClassifier, SPEC 7)
     save_hf(model, path, dtype="float32") a directory `from_pretrained` loads with no
                                           missing or unexpected keys
@@ -23,8 +25,17 @@ What a directory may hold, and how it is read:
   - the tied output matrix (`lm_head.weight`, `lm_head.out_proj.weight`) absent or equal to
     the embedding; a different one is an error (these models tie it)
 
+  - T5Gemma 2: the text model's keys are ours (transformers 5 writes
+    `model.encoder.embed_tokens.weight`, ...; its module names `model.encoder.text_model.`
+    are read too); the vision tower and projector are skipped with one printed line; the
+    tied copies (decoder embedding, lm_head) must equal the encoder's table if stored.
+    `embed_tokens.eoi_embedding` (the input vector of token eoi_token_index, 256,000 by
+    default) is read when the vocabulary holds that id (EncDecConfig.eoi_token_id), else
+    skipped.
+
 What is written: config.json (`hf_config.hf_config`), generation_config.json, one
-model.safetensors.
+model.safetensors (T5Gemma 2: also zeros for eoi_embedding and a placeholder vision
+tower, `hf_config.t5gemma2_extra_shapes`).
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ import numpy as np
 from ..models import build_model
 from ..models.params import check_params, param_shapes
 from .hf_config import (CONFIG_FILE, InteropError, config_from_hf, generation_config,
-                        hf_config, model_kind)
+                        hf_config, model_kind, t5gemma2_extra_shapes)
 from .safe_output import new_output_dir
 from .safetensors_io import SafetensorsFile, SafetensorsWriter, dtype_code
 
@@ -48,11 +59,17 @@ PathLike = Union[str, Path]
 GENERATION_FILE = "generation_config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-# the tied output matrix, stored by some writers, never by us
-TIED_HEADS = {"gemma2": ("lm_head.weight", "model.embed_tokens.weight"),
-              "gemma3_text": ("lm_head.weight", "model.embed_tokens.weight"),
-              "gemma3": ("lm_head.weight", "model.embed_tokens.weight"),
-              "t5gemma": ("lm_head.out_proj.weight", "model.decoder.embed_tokens.weight")}
+# the tied copies (output matrix; T5Gemma 2's decoder table), stored by some writers, never
+# by us: (copy, the table it must equal)
+TIED_HEADS = {"gemma2": (("lm_head.weight", "model.embed_tokens.weight"),),
+              "gemma3_text": (("lm_head.weight", "model.embed_tokens.weight"),),
+              "gemma3": (("lm_head.weight", "model.embed_tokens.weight"),),
+              "t5gemma": (("lm_head.out_proj.weight", "model.decoder.embed_tokens.weight"),),
+              "t5gemma2": (("lm_head.out_proj.weight", "model.encoder.embed_tokens.weight"),
+                           ("model.decoder.embed_tokens.weight",
+                            "model.encoder.embed_tokens.weight"),
+                           ("model.decoder.embed_tokens.eoi_embedding",
+                            "model.encoder.embed_tokens.eoi_embedding"))}
 
 
 # --- reading directories ----------------------------------------------------------------------
@@ -171,6 +188,28 @@ def gemma3_text_weights(weights: HFWeights, print_fn=print) -> HFWeights:
     return weights
 
 
+# T5Gemma 2: transformers' module names of the text encoder, and what a text model skips
+T5GEMMA2_TEXT_PREFIXES = (("model.encoder.text_model.", "model.encoder."),)
+T5GEMMA2_IMAGE_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.multi_modal_projector.")
+T5GEMMA2_EOI = ("model.encoder.embed_tokens.eoi_embedding",
+                "model.encoder.text_model.embed_tokens.eoi_embedding",
+                "model.decoder.embed_tokens.eoi_embedding")  # stored names
+
+
+def t5gemma2_text_weights(weights: HFWeights, config, print_fn=print) -> HFWeights:
+    """The text model of a T5Gemma 2 directory under our keys: the vision tower and the
+    projector skipped (one printed line); the eoi input vector read when the config's
+    eoi_token_id is in the vocabulary, else skipped too (that id never occurs)."""
+    eoi = getattr(config, "backbone", config).eoi_token_id  # a classifier: its backbone's
+    drop = T5GEMMA2_IMAGE_PREFIXES + (T5GEMMA2_EOI if eoi is None else ())
+    dropped = weights.rename(T5GEMMA2_TEXT_PREFIXES, drop=drop)
+    if print_fn is not None and dropped:
+        print_fn(f"{weights.path}: T5Gemma 2: reading the text model, skipping "
+                 f"{dropped} vision_tower / multi_modal_projector tensors"
+                 f"{'' if eoi is not None else ' (and the unused eoi vector)'}")
+    return weights
+
+
 def check_hf_weights(weights: HFWeights, config, kind: str) -> list:
     """Stored keys must be exactly the model's (plus an optional tied head equal to the
     embedding), with the right shapes. Returns the keys to load, in param_shapes order."""
@@ -180,8 +219,8 @@ def check_hf_weights(weights: HFWeights, config, kind: str) -> list:
     if missing:
         raise InteropError(f"{where}: missing tensors {missing[:5]}"
                            f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all)")
-    head, table = TIED_HEADS[kind]
-    extra = sorted(k for k in weights.keys() if k not in shapes and k != head)
+    heads = dict(TIED_HEADS[kind])
+    extra = sorted(k for k in weights.keys() if k not in shapes and k not in heads)
     if extra:
         raise InteropError(f"{where}: unexpected tensors {extra[:5]}"
                            f"{' ...' if len(extra) > 5 else ''} ({len(extra)} in all)")
@@ -189,8 +228,8 @@ def check_hf_weights(weights: HFWeights, config, kind: str) -> list:
         if weights.shape(k) != tuple(shape):
             raise InteropError(f"{where}: tensor {k!r} has shape {weights.shape(k)}, the "
                                f"config implies {tuple(shape)}")
-    if head in weights:
-        if not _same_tensor(weights, head, table):
+    for head, table in heads.items():
+        if head in weights and not _same_tensor(weights, head, table):
             raise InteropError(f"{where}: {head!r} differs from {table!r}; untied output "
                                f"matrices are not supported")
     return list(shapes)
@@ -217,6 +256,8 @@ def open_hf(path: PathLike):
     weights = HFWeights(path)
     if kind == "gemma3":  # multimodal: its text model only
         weights = gemma3_text_weights(weights)
+    if kind == "t5gemma2":  # text and vision: the text model only
+        weights = t5gemma2_text_weights(weights, config)
     check_hf_weights(weights, config, kind)
     return config, weights, kind
 
@@ -262,6 +303,13 @@ def write_hf_dir(path: PathLike, config, tensors: Iterable, dtype="float32",
         if (path / stale).exists():
             (path / stale).unlink()
     tensors = list(tensors)
+    have = {k for k, _, _ in tensors}
+
+    def zeros(w, k, code, shapes=t5gemma2_extra_shapes(config)):
+        w.write(k, np.zeros(shapes[k], np.float32))
+
+    tensors += [(k, shape, zeros) for k, shape in t5gemma2_extra_shapes(config).items()
+                if k not in have]  # T5Gemma 2: eoi vector, placeholder vision tower
     specs = [(k, code, shape) for k, shape, _ in tensors]
     with SafetensorsWriter(path / WEIGHTS_FILE, specs, {"format": "pt"}) as w:
         for k, _, fill in tensors:
@@ -296,8 +344,8 @@ def save_hf_params(config, params: dict, path: PathLike, dtype="float32", *,
 
 def save_hf(model, path: PathLike, dtype="float32", *, overwrite: bool = False) -> Path:
     """Write a GemmaLM as a Gemma2ForCausalLM directory (Gemma3ForCausalLM when its config
-    has qk_norm), an EncDecLM as a
-    T5GemmaForConditionalGeneration directory. dtype: float32, float16 or bfloat16.
+    has qk_norm), an EncDecLM as a T5GemmaForConditionalGeneration directory
+    (T5Gemma2ForConditionalGeneration when it has merged attention). dtype: float32, float16 or bfloat16.
     A non-empty `path` is refused unless overwrite=True (see save_hf_params)."""
     if not hasattr(model, "config") or not hasattr(model, "params"):
         raise InteropError(f"save_hf: argument 'model': expected a GemmaLM or EncDecLM, got "

@@ -1,4 +1,5 @@
-"""Adaptation: decoder-only Gemma 2 checkpoint(s) -> a T5Gemma encoder-decoder (SPEC.md section 3).
+"""Adaptation: decoder-only Gemma 2 checkpoint(s) -> a T5Gemma encoder-decoder (SPEC.md section 3);
+Gemma 3 checkpoint(s) -> a T5Gemma 2 (adapt_mapping.py).
 
 Which source weight initialises each encoder-decoder weight (the paper's mapping, balanced
 and unbalanced) is decided in adapt_mapping.py; this module reads the sources, checks they
@@ -15,8 +16,9 @@ API
                                                   what `python -m mini_encdec adapt` runs
 
 A source ("encoder_from" / "decoder_from") is a GemmaLM, a (GemmaConfig, params) pair,
-our own model/checkpoint/run directory (checkpoint.py), or a Hugging Face Gemma 2
-directory (e.g. a downloaded google/gemma-2-2b). Giving no decoder source, or the same
+our own model/checkpoint/run directory (checkpoint.py), or a Hugging Face Gemma 2 or
+Gemma 3 directory (e.g. a downloaded google/gemma-2-2b or google/gemma-3-270m; of a
+multimodal Gemma 3 the text model). Giving no decoder source, or the same
 one twice, means balanced. Hugging Face sources are streamed: `adapt_command` writes the
 T5Gemma directory tensor by tensor, a 64 MiB chunk at a time, copying stored bytes
 (bfloat16 stays bfloat16) or converting chunk by chunk, so peak memory stays far below
@@ -109,9 +111,9 @@ def load_source(x, label: str = "source") -> Source:
         path = Path(x)
         if interop.is_hf_dir(path):
             config, weights, kind = interop.open_hf(path)
-            if kind != "gemma2":
-                raise AdaptError(f"{path}: the {label} must be a decoder-only Gemma 2 "
-                                 f"checkpoint, got a {kind} one")
+            if kind not in ("gemma2", "gemma3_text", "gemma3"):
+                raise AdaptError(f"{path}: the {label} must be a decoder-only Gemma 2 or "
+                                 f"Gemma 3 checkpoint, got a {kind} one")
             if not isinstance(config, GemmaConfig):
                 raise AdaptError(f"{path}: the {label} must be a Gemma 2 language model, "
                                  f"got a sequence classifier")
@@ -175,8 +177,8 @@ def prepare(encoder_from, decoder_from=None, warmup_steps: Optional[int] = None)
     balanced = _same_source(encoder_from, decoder_from)
     a = load_source(encoder_from, "encoder source")
     b = a if balanced else load_source(decoder_from, "decoder source")
-    if warmup_steps is None:
-        warmup_steps = 0 if balanced else DEFAULT_UNBALANCED_WARMUP
+    if warmup_steps is None:  # T5Gemma 2 (Gemma 3 sources): no cross-attention to warm up
+        warmup_steps = 0 if balanced or a.config.qk_norm else DEFAULT_UNBALANCED_WARMUP
     if not balanced:
         _check_tokenizers(a, b)
     config = adapted_config(a.config, b.config, warmup_steps)

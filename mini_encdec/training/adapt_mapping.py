@@ -23,8 +23,23 @@ Every weight of the encoder-decoder starts from the most similar weight of the s
     EncDecConfig.cross_attn_warmup_steps = K: the trainer updates only cross-attention
     for the first K steps, then everything (the paper: K = 1000 at 9B-2B).
 
+  T5Gemma 2, from Gemma 3 source(s) (cfg.qk_norm; `adapted_config` then returns
+  `config.t5gemma2_config(A, B)`): the same lines, with no cross-attention and one table:
+    model.encoder.embed_tokens                    <- A model.embed_tokens (the only table:
+                                                     decoder input and output are tied to it)
+    model.{encoder,decoder}.layers.i.self_attn.*  <- the source's self_attn.*, q_norm and
+                                                     k_norm included; the decoder's merged
+                                                     attention over [decoder ; encoder] keys
+                                                     uses these weights for both key sets
+    model.encoder.embed_tokens.eoi_embedding      fresh zeros (when the vocabulary holds
+                                                     the eoi id; transformers' init)
+    encoder and decoder widths must be equal (one table, merged attention); no
+    cross-attention is fresh, so there is no warmup (cross_attn_warmup_steps 0).
+
 Why it works: the adapted decoder with its cross-attention output zeroed IS the source
 model, and the adapted encoder run with causal masks IS the source model too (tests).
+T5Gemma 2: the encoder with causal masks IS the source; the decoder whose merged attention
+sees no encoder key (every encoder token masked) IS the source.
 
 API (pure functions of configs and key names; no tensor is read here, see adapt.py)
     origin = _origin(target_key, balanced)        the Origin of one target tensor
@@ -38,7 +53,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import EncDecConfig, GemmaConfig
+from ..config import EncDecConfig, GemmaConfig, t5gemma2_config
 from ..models.params import INIT_STD, param_shapes
 
 
@@ -102,6 +117,8 @@ def _origin(target: str, balanced: bool) -> Origin:
         raise AdaptError(f"adaptation_plan: unexpected target key {target!r}")
     part, layer, piece = m.groups()
     source = "A" if (part == "encoder" or balanced) else "B"
+    if piece == "embed_tokens.eoi_embedding":  # T5Gemma 2's eoi input vector: no source
+        return Origin(None, init="zeros")
     if layer is None:  # embed_tokens.weight or norm.weight
         return Origin(source, f"model.{piece}")
     prefix = f"model.layers.{layer}."
@@ -123,16 +140,19 @@ def adaptation_plan(config: EncDecConfig, balanced: bool) -> dict:
     if not isinstance(config, EncDecConfig):
         raise AdaptError(f"adaptation_plan: expected an EncDecConfig, got "
                          f"{type(config).__name__}")
-    if config.merged_attention or config.tie_all_embeddings:
+    t5g2 = config.merged_attention and config.tie_all_embeddings and config.decoder.qk_norm
+    if (config.merged_attention or config.tie_all_embeddings) and not t5g2:
         raise AdaptError("adaptation_plan: SPEC.md section 3 adapts into separate "
                          "cross-attention and separate embeddings (merged_attention and "
-                         "tie_all_embeddings False)")
+                         "tie_all_embeddings False), or from Gemma 3 into T5Gemma 2 "
+                         "(config.t5gemma2_config)")
     return {k: _origin(k, balanced) for k in param_shapes(config)}
 
 
 def adapted_config(encoder_source: GemmaConfig, decoder_source: GemmaConfig,
                    warmup_steps: int = 0) -> EncDecConfig:
-    """The encoder-decoder config: encoder shaped like A, decoder like B (or both like M)."""
+    """The encoder-decoder config: encoder shaped like A, decoder like B (or both like M);
+    from Gemma 3 sources (qk_norm) T5Gemma 2's (`t5gemma2_config`)."""
     for name, c in (("encoder source", encoder_source), ("decoder source", decoder_source)):
         if not isinstance(c, GemmaConfig):
             raise AdaptError(f"adapt: the {name} must be a decoder-only Gemma 2 model "
@@ -146,5 +166,17 @@ def adapted_config(encoder_source: GemmaConfig, decoder_source: GemmaConfig,
         if a != b:
             raise AdaptError(f"adapt: {f} is {a} in the encoder source and {b} in the decoder "
                              f"source; both must share one tokenizer")
-    return EncDecConfig(encoder=encoder_source, decoder=decoder_source,
-                        cross_attn_warmup_steps=warmup_steps)
+    if encoder_source.qk_norm != decoder_source.qk_norm:
+        raise AdaptError("adapt: one source is Gemma 3 (qk_norm) and the other is not; "
+                         "adapt Gemma 2 sources into T5Gemma, or Gemma 3 ones into T5Gemma 2")
+    if not encoder_source.qk_norm:
+        return EncDecConfig(encoder=encoder_source, decoder=decoder_source,
+                            cross_attn_warmup_steps=warmup_steps)
+    if encoder_source.hidden_size != decoder_source.hidden_size:
+        raise AdaptError(f"adapt: T5Gemma 2 (from Gemma 3) ties one embedding table and "
+                         f"merges attention, so both sources need one width; got "
+                         f"{encoder_source.hidden_size} and {decoder_source.hidden_size}")
+    if warmup_steps:
+        raise AdaptError(f"adapt: cross_attn_warmup_steps={warmup_steps}, but T5Gemma 2 has "
+                         f"no cross-attention to warm up (merged attention); use 0")
+    return t5gemma2_config(encoder_source, decoder_source)

@@ -36,7 +36,13 @@ def spec_masks(cfg: GemmaConfig, pos, key_padding, *, causal: bool) -> dict:
     {layer type: (B, 1, T, T)}."""
     d = pos[:, :, None] - pos[:, None, :]  # (B, Tq, Tk): q - k
     full = d >= 0 if causal else torch.ones_like(d, dtype=torch.bool)
-    local = full & ((d < cfg.sliding_window) if causal else (d.abs() < cfg.sliding_window))
+    W = cfg.sliding_window
+    if causal:
+        local = full & (d < W)
+    elif cfg.bidirectional_window == "split":  # T5Gemma 2's encoder
+        local = torch.where(d >= 0, d < (W + 1) // 2, -d < W // 2 + 1)
+    else:
+        local = full & (d.abs() < W)
     keys = torch.tensor(np.asarray(key_padding, dtype=bool))[:, None, :]  # (B, 1, Tk)
     neg = torch.tensor(torch.finfo(torch.float64).min, dtype=torch.float64)
     zero = torch.zeros((), dtype=torch.float64)

@@ -32,7 +32,10 @@ small enough to bend the scores and logits, an unbalanced encoder-decoder (width
 heads and head sizes differ), right- and left-padded encoder inputs, ignored labels, and the
 classification head in its two T5Gemma modes, and Gemma 3 (q/k norms, two RoPE bases with
 linear scaling of the global layers, 2 local : 1 global, the final soft-cap only, right-
-and left-padded rows; saved as Gemma3ForCausalLM). Generated with torch 2.13 and transformers
+and left-padded rows; saved as Gemma3ForCausalLM), and T5Gemma 2 (Gemma 3 stacks of
+different depth and heads, the encoder's split window, merged attention, one tied table,
+an eoi token with its own input vector;
+saved as T5Gemma2ForConditionalGeneration, its placeholder vision tower not compared). Generated with torch 2.13 and transformers
 5.x; rerun this script after an intended change of the models' function, and review the diff
 of the test.
 """
@@ -50,8 +53,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # this checkout's mini_encdec
 
-from mini_encdec.config import (ClassifierConfig, EncDecConfig, GemmaConfig,  # noqa: E402
-                                patterned_layer_types)
+from mini_encdec.config import (FULL, SLIDING, ClassifierConfig, EncDecConfig,  # noqa: E402
+                                GemmaConfig, patterned_layer_types, t5gemma2_config)
 from mini_encdec.storage.interop import save_hf  # noqa: E402
 
 from hf_inputs import classifier_forward, positions, random_model, spec_masks  # noqa: E402
@@ -84,6 +87,17 @@ CASES = {
     "gemma3": STACK.replace(num_hidden_layers=4, layer_types=patterned_layer_types(4, 3),
                             qk_norm=True, rope_theta=100.0, rope_local_theta=10.0,
                             rope_scaling_factor=4.0, attn_logit_softcapping=None),
+    # T5Gemma 2: a Gemma 3 encoder (4 layers, 2 local : 1 global, window 4, split: 2 keys
+    # left incl. the query, 2 right) and a shallower Gemma 3 decoder (H/K = 4, global then
+    # local, window 3, other RoPE bases), merged attention, one tied table, final cap 5;
+    # token 4 (twice in each part of the batch) is the eoi token, with its own input vector
+    "t5gemma2": t5gemma2_config(
+        STACK.replace(num_hidden_layers=4, layer_types=patterned_layer_types(4, 3),
+                      sliding_window=4, qk_norm=True, rope_theta=100.0, rope_local_theta=10.0,
+                      rope_scaling_factor=2.0, attn_logit_softcapping=None),
+        STACK.replace(num_key_value_heads=1, layer_types=(FULL, SLIDING), qk_norm=True,
+                      rope_theta=1000.0, rope_local_theta=20.0, attn_logit_softcapping=None,
+                      query_pre_attn_scalar=4), eoi_token_id=4),
 }
 
 
@@ -116,7 +130,7 @@ def classifier_batch(rng) -> dict:
 def run_encdec(hf, config: EncDecConfig, b: dict):
     from transformers.modeling_outputs import BaseModelOutput
     mask = b["attention_mask"]
-    enc = hf.model.encoder(input_ids=torch.tensor(b["input_ids"]), position_ids=positions(mask),
+    enc = hf.get_encoder()(input_ids=torch.tensor(b["input_ids"]), position_ids=positions(mask),
                            attention_mask=spec_masks(config.encoder, positions(mask), mask,
                                                      causal=False))
     T = b["decoder_input_ids"].shape[1]
@@ -186,7 +200,11 @@ def make_case(name: str, config, seed: int, tmp: Path) -> dict:
     hf.eval()
     out, extra = run(hf, config, batch)
     out.loss.backward()
-    grads = {k: p.grad.numpy() for k, p in hf.named_parameters()}
+    grads = {k.replace("model.encoder.text_model.", "model.encoder."): p.grad.numpy()
+             for k, p in hf.named_parameters()  # T5Gemma 2: the text model's names
+             if not any(s in k for s in ("vision_tower", "multi_modal_projector"))}
+    grads = {k: g for k, g in grads.items()  # an eoi vector outside the vocabulary
+             if "eoi_embedding" not in k or k in ours.params}
     assert set(grads) == set(ours.params), set(grads) ^ set(ours.params)
     data = {"config": np.array(json.dumps(config.to_dict(), sort_keys=True)),
             "logits": out.logits.detach().numpy().astype(np.float32),
