@@ -12,11 +12,14 @@ Presets by name (`preset("tiny")`, `encdec_preset("9b-2b")`):
   gemma3_tiny         a Gemma 3 of our own size (decoder-only; q/k norms, 5 local : 1 global)
   gemma3_270m,        Gemma 3 270M and 1B text shapes, vocabulary 262,144 (decoder-only)
   gemma3_1b
+  gemma3_4b           Gemma 3 4B's text model (vocabulary 262,208, global RoPE scaled by 8)
 Encoder-decoder presets (`encdec_preset`): "NAME" (balanced) or "ENC-DEC" from the above,
 and T5Gemma 2 (`t5gemma2_config` of a Gemma 3 stack):
   t5gemma2_tiny       gemma3_tiny as encoder and decoder
   t5gemma2_270m-270m  gemma3_270m's shape in both stacks with T5Gemma2TextConfig's
                       vocabulary, 262,208 (the text model of google/t5gemma-2-270m-270m)
+  t5gemma2_1b-1b,     the same from gemma3_1b and gemma3_4b (the released T5Gemma 2
+  t5gemma2_4b-4b      sizes)
 """
 
 from __future__ import annotations
@@ -413,6 +416,12 @@ PRESETS: dict[str, dict] = {
                       num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1,
                       head_dim=256, intermediate_size=6912, sliding_window=512,
                       query_pre_attn_scalar=256, layer_types=patterned_layer_types(26)),
+    # the text model of google/gemma-3-4b-pt (a multimodal checkpoint: vocabulary 262,208),
+    # its global layers' RoPE positions scaled linearly by 8 (the 128K-context models)
+    "gemma3_4b": dict(_GEMMA3, vocab_size=262_208, hidden_size=2560, num_hidden_layers=34,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                      intermediate_size=10240, sliding_window=1024, query_pre_attn_scalar=256,
+                      rope_scaling_factor=8.0, layer_types=patterned_layer_types(34)),
 }
 
 
@@ -433,7 +442,9 @@ def preset(name: str, **overrides: Any) -> GemmaConfig:
 
 # T5Gemma 2 presets: name -> (the Gemma 3 preset of both stacks, its changes)
 T5GEMMA2_PRESETS = {"t5gemma2_tiny": ("gemma3_tiny", {}),
-                    "t5gemma2_270m-270m": ("gemma3_270m", {"vocab_size": 262_208})}
+                    "t5gemma2_270m-270m": ("gemma3_270m", {"vocab_size": 262_208}),
+                    "t5gemma2_1b-1b": ("gemma3_1b", {"vocab_size": 262_208}),
+                    "t5gemma2_4b-4b": ("gemma3_4b", {})}
 
 
 def encdec_preset(name: str, **overrides: Any) -> EncDecConfig:

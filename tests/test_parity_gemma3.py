@@ -244,7 +244,7 @@ def test_gemma3_float64_parity_by_name(case):
                                    err_msg=k)
 
 
-@pytest.mark.parametrize("name", ["gemma3_270m", "gemma3_1b"])
+@pytest.mark.parametrize("name", ["gemma3_270m", "gemma3_1b", "gemma3_4b"])
 def test_preset_parameter_counts_equal_transformers(name):
     """transformers' Gemma3ForCausalLM with our preset's config, built on the meta device
     (no memory), has exactly count_parameters(preset) parameters, and our config written

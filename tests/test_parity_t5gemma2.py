@@ -339,7 +339,8 @@ def test_sequence_classification_matches_transformers(tmp_path, backend):
         np.testing.assert_array_equal(again.params[k], v, err_msg=k)
 
 
-@pytest.mark.parametrize("name", ["t5gemma2_tiny", "t5gemma2_270m-270m"])
+@pytest.mark.parametrize("name", ["t5gemma2_tiny", "t5gemma2_270m-270m", "t5gemma2_1b-1b",
+                                  "t5gemma2_4b-4b"])
 def test_preset_parameter_counts_equal_transformers(name):
     """count_parameters equals transformers' T5Gemma2ForConditionalGeneration built on the
     meta device from the preset's numbers (its text model: vision tower, projector and eoi
