@@ -107,6 +107,8 @@ CASES = [
                                                        window=2.5), "window"),
     ("mask causal str", lambda: masks.attention_mask(np.arange(3), np.arange(3), causal="yes"),
      "causal"),
+    ("mask split str", lambda: masks.attention_mask(np.arange(3), np.arange(3), causal=False,
+                                                  window=2, split="yes"), "split"),
     ("mask padding Tk", lambda: masks.attention_mask(np.arange(3), np.arange(3), causal=True,
                                                      key_padding=np.ones((2, 4), bool)),
      "key_padding"),
@@ -206,9 +208,11 @@ def test_every_public_function_has_a_bad_input_case():
     src = inspect.getsource(inspect.getmodule(test_every_public_function_has_a_bad_input_case))
     # helpers that take no array input of their own, the pure reshapes of the heads, the
     # soft-cap's inner tanh(x / c), the *_unchecked fast paths (no checks by name), and
-    # the check_* validators the kernels share (exercised through every case above)
+    # the check_* validators the kernels share (exercised through every case above), and
+    # the split window's rule on offsets attention_mask has checked (its "mask split" case)
     exempt = {"rotate_half", "rotate_half_transpose", "embedding_scale",
-              "random_cotangent", "split_heads", "merge_heads", "tanh_ratio"}
+              "random_cotangent", "split_heads", "merge_heads", "tanh_ratio",
+              "split_window_allowed"}
     missing = sorted(n for n in public - exempt
                      if f".{n}(" not in src and not n.endswith("_unchecked")
                      and not n.startswith("check_"))

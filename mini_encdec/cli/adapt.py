@@ -3,8 +3,10 @@
 Balanced (--encoder-from alone): encoder and decoder both start from the one model.
 Unbalanced (--decoder-from a smaller model, e.g. 9B-2B): the decoder starts from it, its
 cross-attention fresh (warmed up alone for cross_attn_warmup_steps). Sources: our model,
-checkpoint or run directories, or Hugging Face Gemma 2 directories; the output is a
-T5Gemma directory transformers loads (--format hf) or ours (--format checkpoint).
+checkpoint or run directories, or Hugging Face Gemma 2 / Gemma 3 directories; the output
+is a T5Gemma directory transformers loads (--format hf) or ours (--format checkpoint).
+Gemma 3 parents (q/k norms) adapt the T5Gemma 2 way: merged attention, one tied table,
+the split encoder window, nothing fresh; the output is then a T5Gemma 2 directory.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ HELP = "adapt decoder-only checkpoint(s) into an encoder-decoder (SPEC 3)"
 def add_arguments(p) -> None:
     p.add_argument("--encoder-from", "--from", dest="encoder_from", required=True,
                    metavar="PATH", help="decoder-only model (our model/checkpoint/run directory "
-                   "or a Hugging Face Gemma 2 directory); alone: balanced adaptation")
+                   "or a Hugging Face Gemma 2 / Gemma 3 directory); alone: balanced adaptation")
     p.add_argument("--decoder-from", default=None, metavar="PATH",
                    help="a smaller decoder-only model for the decoder (unbalanced, e.g. 9B-2B); "
                         "its cross-attention starts fresh")
@@ -34,7 +36,7 @@ def add_arguments(p) -> None:
                    help="cross_attn_warmup_steps stored in the config (default: 0 balanced, "
                         "the adapt module's default unbalanced)")
     p.add_argument("--format", dest="out_format", choices=("hf", "checkpoint"), default=None,
-                   help="hf: a T5Gemma directory transformers loads; checkpoint: our "
+                   help="hf: a T5Gemma (T5Gemma 2 from Gemma 3) directory transformers loads; checkpoint: our "
                         "config.json + model.safetensors (default: hf for Hugging Face "
                         "sources, checkpoint otherwise)")
     p.add_argument("--dtype", default=None, help="stored dtype for --format hf (e.g. bfloat16)")

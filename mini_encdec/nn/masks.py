@@ -57,9 +57,24 @@ def allowed_mask_unchecked(q_pos: np.ndarray, k_pos: np.ndarray, *, causal: bool
     else:
         allowed = np.ones_like(diff, dtype=bool)
         if window is not None and split:  # T5Gemma 2: (W+1)//2 keys left, W//2 right
-            allowed &= np.where(diff >= 0, diff < (window + 1) // 2, -diff < window // 2 + 1)
+            allowed &= split_window_allowed(diff, window)
         elif window is not None:
             allowed &= np.abs(diff) < window
     if key_padding is not None:
         allowed = allowed & key_padding[:, None, :]  # (B|1, Tq, Tk) & (B, 1, Tk)
     return allowed[:, None]  # (B|1, Tq, Tk) -> (B|1, 1, Tq, Tk)
+
+
+def split_window_allowed(diff: np.ndarray, window: int) -> np.ndarray:
+    """T5Gemma 2's encoder window (transformers' bidirectional sliding window), from the
+    offsets `diff = q - k` (an integer array of any shape) and the window W >= 1: a bool
+    array of the same shape, True where
+
+        0 <= q - k < (W + 1) // 2      (the query itself and the keys on its left)
+     or 0 <  k - q < W // 2 + 1        (the keys on its right)
+
+    so a query far from both ends sees exactly W keys: (W + 1) // 2 counting itself on the
+    left, W // 2 on the right (W = 4: offsets q - k in {1, 0, -1, -2}). For odd W both
+    sides get (W - 1) // 2 keys besides the query. Graded as classroom task 2.5."""
+    return np.where(diff >= 0, diff < (window + 1) // 2, -diff < window // 2 + 1)
+

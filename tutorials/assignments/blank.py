@@ -83,6 +83,8 @@ TASKS = {
     "task2_4": ("The attention layer: projections, RoPE, core, output", [
         ("mini_encdec.nn.attention", "attention_forward"),
         ("mini_encdec.nn.attention", "attention_backward")]),
+    "task2_5": ("T5Gemma 2's split encoder window: (W+1)//2 keys left, W//2 right", [
+        ("mini_encdec.nn.masks", "split_window_allowed")]),
     "task3_1": ("Span corruption counts and the length helper", [
         ("mini_encdec.objectives.span_corruption", "noise_counts"),
         ("mini_encdec.objectives.span_corruption", "corrupted_lengths"),

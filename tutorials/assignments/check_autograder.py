@@ -147,6 +147,17 @@ MUTANTS = [
     M("layer_rope_q_only", "task2_4", "RoPE on the queries only, not on the keys",
       (NN + "attention.py", "        k, c_rk = rotate(k, *rope_k)\n",
        "        c_rk = None\n")),
+    # --- 2.5 T5Gemma 2's split encoder window
+    M("split_sides_swapped", "task2_5", "split window's sides swapped: W//2 + 1 on the left "
+      "(the query included), (W+1)//2 on the right",
+      (NN + "masks.py",
+       "return np.where(diff >= 0, diff < (window + 1) // 2, -diff < window // 2 + 1)",
+       "return np.where(diff >= 0, diff < window // 2 + 1, -diff < (window + 1) // 2)")),
+    M("split_half_each_side", "task2_5", "split window as `|q - k| <= W // 2` (W//2 keys "
+      "each side: W + 1 keys for even W)",
+      (NN + "masks.py",
+       "return np.where(diff >= 0, diff < (window + 1) // 2, -diff < window // 2 + 1)",
+       "return np.abs(diff) <= window // 2")),
     # --- 3.1 counts
     M("noise_floor", "task3_1", "noise count truncated (`int`) instead of rounded half to even",
       (OBJ + "span_corruption.py",
@@ -244,11 +255,14 @@ MUTANTS = [
        "pos = positions_from_mask(decoder_mask, T) + S")),
     M("decoder_embedding_unscaled", "task5_1", "decoder embeddings not scaled by sqrt(D)",
       (MODELS + "encdec.py",
-       "embedding_forward(decoder_input_ids, P[self.decoder_embed_key])",
-       "embedding_forward(decoder_input_ids, P[self.decoder_embed_key], scale=False)")),
+       "                         decoder_input_ids)  # (B, T, Dd)\n",
+       "                         decoder_input_ids)  # (B, T, Dd)\n"
+       "        y = y / y.dtype.type(np.sqrt(y.shape[-1]))\n")),
     M("encoder_embedding_unscaled", "task5_1", "encoder embeddings not scaled by sqrt(D)",
-      (MODELS + "blocks.py", "embedding_forward(input_ids, params[spec.embed_key])",
-       "embedding_forward(input_ids, params[spec.embed_key], scale=False)")),
+      (MODELS + "blocks.py",
+       "    x, c_emb = embed(params, spec.embed_key, spec.eoi, input_ids)  # (B, T) -> (B, T, D)\n",
+       "    x, c_emb = embed(params, spec.embed_key, spec.eoi, input_ids)  # (B, T) -> (B, T, D)\n"
+       "    x = x / x.dtype.type(np.sqrt(x.shape[-1]))\n")),
     M("decoder_bidirectional", "task5_1", "decoder self-attention not causal",
       (MODELS + "encdec.py", "masks = self_attention_masks(cfg, pos, pos, causal=True,",
        "masks = self_attention_masks(cfg, pos, pos, causal=False,")),
