@@ -119,3 +119,11 @@ def test_the_cooldown_branch_continues_the_validation_curve(tmp_path, monkeypatc
         (runs / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     demo.plot_stages(tmp_path, 0, "ed_kd")
     assert ((4, 6), (4.0 - 4 / 20, 4.0 - 6 / 20), "o--") in [tuple(a) for a in drawn]
+
+
+def test_a_latency_from_a_busy_machine_is_marked_indicative():
+    r = fake("prefix_lm_kd")
+    assert "indicative only" not in demo.reading(r)
+    r["encoder_decoder"] = _arm(parameters=2_000_000, quiet=False, load_average_before=2.3)
+    line = next(x for x in demo.reading(r).splitlines() if "inference cost" in x)
+    assert "load average was 2.3" in line and "indicative only" in line

@@ -170,6 +170,15 @@ def _beats(value: float, baseline: float, key: str, better: str, n: int) -> bool
     return margin > 2 * SEED_SD.get(key, 0.0)
 
 
+def _busy(*arms) -> str:
+    """A warning when a latency was measured on a busy machine (cost_result's `quiet`)."""
+    loads = [a.get("load_average_before") for a in arms if a.get("quiet") is False]
+    if not loads:
+        return ""
+    return (f" (measured while the 1-minute load average was {max(loads):.1f}, above 0.5, "
+            f"after every re-measurement: indicative only; the FLOPs are exact)")
+
+
 def reading(results: dict) -> str:
     """A plain-language reading of the table: above the baselines (beyond their sampling
     error)? which of the paper's claims does this run support, which are within the
@@ -224,7 +233,7 @@ def reading(results: dict) -> str:
                 f"step, against the decoder-only prefill); "
                 f"measured: {e['ms_per_generated_token']:.2f} vs "
                 f"{d['ms_per_generated_token']:.2f} ms per token, {e['prompt_ms']:.1f} vs "
-                f"{d['prompt_ms']:.1f} ms per prompt")
+                f"{d['prompt_ms']:.1f} ms per prompt{_busy(e, d)}")
     out.append("**The paper's claims (E2), one seed.**\n\n" + "\n".join(rows))
     p = results["plan"]
     objective = results.get("objective", "prefix_lm_kd")
