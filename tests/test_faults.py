@@ -438,9 +438,12 @@ def test_an_unfinished_run_says_which_checkpoint_it_read(models, tmp_path, capsy
 
 
 def test_ctrl_c_says_how_to_continue(tmp_path):
+    # the child gets Ctrl-C's default handling even where this suite runs in the background
+    # of a non-interactive shell, which starts its children with SIGINT ignored
     p = subprocess.Popen([*M, "pretrain", "--arch", "decoder", "--run-dir", tmp_path / "R",
                           "--set", "steps=100000", *SMALL], env=env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 900  # a loaded machine starts Python slowly
     while not (tmp_path / "R" / "checkpoints").is_dir() and time.time() < deadline \
             and p.poll() is None:
