@@ -100,6 +100,14 @@ def test_allowed_pairs_equal_mask_count(causal, window):
     assert _pairs(9, 9, causal=causal, window=window, attention="dense") == 81
 
 
+@pytest.mark.parametrize("window", [None, 1, 2, 3, 4, 5, 20])
+def test_split_encoder_window_pairs_equal_mask_count(window):
+    """T5Gemma 2's split encoder window: the pairs counted are the pairs its mask allows."""
+    pos = np.arange(9)
+    n = int(attention_mask(pos, pos, causal=False, window=window, split=True).sum())
+    assert _pairs(9, 9, causal=False, window=window, attention="allowed", split=True) == n
+
+
 def test_one_token_forward_is_two_flops_per_weight():
     """At T = 1 every weight matrix is used once per token (2 FLOPs per weight) plus one
     (query, key) pair per layer; norms have no matmul."""

@@ -9,7 +9,8 @@ Conventions:
   weight gradients) for each forward matmul. The encoder costs no logits.
 - Attention scores and weighted sums cost 4 H Dh per (query, key) pair. `attention=`
   "allowed" (default) counts only the pairs the masks allow (causal: T(T+1)/2 for a
-  global layer; local: at most W keys per query, or 2W-1 in the encoder), the work an
+  global layer; local: at most W keys per query, or 2W-1 in the encoder, W in T5Gemma 2's
+  split encoder window), the work an
   ideal kernel does; "dense" counts every pair (T^2, T*S), what the NumPy reference
   computes. Sequences are assumed unpadded.
 - Generation with the KV cache: one new decoder token at `context` tokens already cached
@@ -31,9 +32,10 @@ ATTENTION_COUNTS = ("allowed", "dense")
 
 
 def _pairs(n_q: int, n_k: int, *, causal: bool, window: Optional[int], attention: str,
-           q_offset: int = 0) -> int:
+           q_offset: int = 0, split: bool = False) -> int:
     """(query, key) pairs attended: queries at positions q_offset .. q_offset + n_q - 1,
-    keys at 0 .. n_k - 1 (self-attention: q_offset = n_k - n_q)."""
+    keys at 0 .. n_k - 1 (self-attention: q_offset = n_k - n_q). split: T5Gemma 2's
+    encoder window, (W + 1) // 2 keys back (the query included) and W // 2 ahead."""
     if attention == "dense":
         return n_q * n_k
     total = 0
@@ -42,8 +44,10 @@ def _pairs(n_q: int, n_k: int, *, causal: bool, window: Optional[int], attention
             lo = 0 if window is None else max(0, q - window + 1)
             total += min(q, n_k - 1) - lo + 1
         else:
-            lo = 0 if window is None else max(0, q - window + 1)
-            hi = n_k - 1 if window is None else min(n_k - 1, q + window - 1)
+            back, ahead = ((window + 1) // 2 - 1, window // 2) if split and window else \
+                (None if window is None else window - 1,) * 2
+            lo = 0 if window is None else max(0, q - back)
+            hi = n_k - 1 if window is None else min(n_k - 1, q + ahead)
             total += hi - lo + 1
     return total
 
@@ -80,7 +84,8 @@ def stack_forward_flops(cfg: GemmaConfig, T: int, *, causal: bool, attention: st
     total = 0
     for i in range(cfg.num_hidden_layers):
         w = _window(cfg, i)
-        pairs = _pairs(T, T, causal=causal, window=w, attention=attention)
+        pairs = _pairs(T, T, causal=causal, window=w, attention=attention,
+                       split=cfg.bidirectional_window == "split")
         total += _proj_q_o(cfg, T) + _proj_kv(cfg, T, cfg.hidden_size)
         if memory is not None:  # keys/values of the S encoder tokens, every pair allowed
             total += _proj_kv(cfg, memory, memory_width)
