@@ -1,7 +1,8 @@
 """The main job: the T5Gemma method end to end at `tiny` scale on the shipped corpus.
 
-    python -m mini_encdec demo            about 10 minutes on a quiet 2-core machine
-                                          (measured: data/results/demo)
+    python -m mini_encdec demo            the committed run (data/results/demo) took 45
+                                          minutes on a busy 2-core machine (load 5.7);
+                                          its quiet time is not yet measured
     python -m mini_encdec demo --quick    about a minute (the smoke test)
 
 Stages (every one with a progress bar; each training run keeps its metrics.jsonl and a
@@ -48,7 +49,8 @@ from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan, load_av
 HELP = "the end-to-end demonstration on tiny models"  # in `python -m mini_encdec --help`
 
 # What each scale runs: the study's protocol (study/PROTOCOL.md) for one seed, with these
-# departures so that the demo takes about ten minutes: a parent of 1000 updates (the
+# departures to keep the demo short (the target: about ten minutes on a quiet machine): a
+# parent of 1000 updates (the
 # study's 4000; at 1000 it already writes recognisable verse), the generation model
 # fine-tuned twice as long (300 updates instead of 150), the validation plays (the test
 # plays belong to the study), every reply's NLL but 160 replies generated, one probe head.
