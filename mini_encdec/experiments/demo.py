@@ -49,11 +49,11 @@ from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan, load_av
 HELP = "the end-to-end demonstration on tiny models"  # in `python -m mini_encdec --help`
 
 # What each scale runs: the study's protocol (study/PROTOCOL.md) for one seed, with these
-# departures to keep the demo short (the target: about ten minutes on a quiet machine): a
-# parent of 1000 updates (the
-# study's 4000; at 1000 it already writes recognisable verse), the generation model
-# fine-tuned twice as long (300 updates instead of 150), the validation plays (the test
-# plays belong to the study), every reply's NLL but 160 replies generated, one probe head.
+# departures to keep the demo short (the target: about ten minutes on a quiet machine):
+# a parent of 1000 updates (the study's 4000; at 1000 it already writes recognisable
+# verse), the generation model fine-tuned twice as long (300 updates instead of 150), the
+# validation plays (the test plays belong to the study), every reply's NLL but 160
+# replies generated, one probe head.
 SCALES = {
     "full": dataclasses.replace(STUDY_SCALES["full"], parent_steps=1000, finetune_steps=300,
                                 seeds=(0,), eval_split="validation", generate_examples=160),
