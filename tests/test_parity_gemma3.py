@@ -37,14 +37,9 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (pip instal
 transformers = pytest.importorskip("transformers",
                                    reason="parity tests need transformers (pip install .[parity])")
 
-from .test_parity_hf import assert_parity  # noqa: E402
+from .test_parity_hf import STACK, V, assert_parity  # noqa: E402,F401  (the same tiny stack)
 
 pytestmark = pytest.mark.parity
-
-V = 64
-STACK = dict(vocab_size=V, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=8, intermediate_size=24, sliding_window=3,
-             query_pre_attn_scalar=6, hidden_activation="gelu_pytorch_tanh")
 
 
 def rope(local, glob, factor=None):

@@ -2,6 +2,7 @@
 a learning rate) on the validation plays before any confirmatory run."""
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -16,3 +17,10 @@ def pilot_parser(module: str, doc: str, run_help: str, collect_help: str) -> tup
     collect.add_argument("--out", type=Path, required=True)
     collect.add_argument("--to", type=Path, required=True)
     return ap, run
+
+
+def write_collected(to: Path, result: dict) -> dict:
+    """Write a pilot's gathered result to <to>.json (creating its directory); returns it."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    to.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    return result

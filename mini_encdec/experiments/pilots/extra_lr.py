@@ -39,7 +39,7 @@ from ...training.adapt import adapt
 from ...training.optim import OptimConfig
 from ...training.schedules import wsd_decay_steps
 from ...training.train import evaluate, train
-from . import pilot_parser
+from . import pilot_parser, write_collected
 
 GRID = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)  # first run: (3e-4, 1e-3, 3e-3), 3e-4 won at its edge
 EXTRA = 300
@@ -100,9 +100,7 @@ def collect(out: Path, to: Path) -> dict:
                                            "batch_size": BATCH, "half": HALF,
                                            "val_windows_per_play": VAL_PER_PLAY},
            "runs": runs, "choice": choice}
-    to.parent.mkdir(parents=True, exist_ok=True)
-    to.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    return res
+    return write_collected(to, res)
 
 
 def main(argv=None) -> int:

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evalsets import play_streams, spread_eval_batches
-from . import pilot_parser
+from . import pilot_parser, write_collected
 
 BUDGETS = (500, 1000, 2000, 3000, 4000)  # 4000 added in the re-run (see budgets_note)
 LR = 3e-3
@@ -248,8 +248,7 @@ def collect(out: Path, to: Path) -> dict:
                                "max": float(np.max(spu)) if spu else None},
         "choice": choose_budget(branches),
     }
-    to.parent.mkdir(parents=True, exist_ok=True)
-    to.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    write_collected(to, result)
     _plot(curves, branches, to.with_suffix(".png"))
     return result
 

@@ -40,7 +40,7 @@ from ...text.rep_tasks import TASKS, task_examples
 from ...text.tokenizer import load_tokenizer
 from ...training.adapt import adapt
 from ...training.train import train
-from . import pilot_parser
+from . import pilot_parser, write_collected
 
 LENGTH = 128
 STEPS = 400
@@ -155,9 +155,7 @@ def collect(out: Path, to: Path) -> dict:
     res = {"pilot": "task_learnability", "design": {"length": LENGTH, "steps": STEPS,
                                                     "batch_size": BATCH, "lr": LR},
            "tasks": tasks}
-    to.parent.mkdir(parents=True, exist_ok=True)
-    to.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    return res
+    return write_collected(to, res)
 
 
 def main(argv=None) -> int:
