@@ -25,6 +25,7 @@ transformers = pytest.importorskip("transformers",
 pytestmark = pytest.mark.parity
 
 from .hf_reference.hf_inputs import classifier_forward, random_model  # noqa: E402
+from .test_parity_hf import assert_reloads_identically  # noqa: E402
 
 V, C = 64, 3
 STACK = GemmaConfig(vocab_size=V, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
@@ -120,12 +121,7 @@ def test_save_hf_loads_in_transformers_with_the_same_logits(case, tmp_path):
           f"{abs(ours.loss(batch) - out.loss.item()):.2e}")
     np.testing.assert_allclose(logits, out.logits.numpy(), rtol=0, atol=1e-5)
     assert abs(ours.loss(batch) - out.loss.item()) <= 1e-5 * abs(out.loss.item())
-    hf.save_pretrained(tmp_path / "again")
-    back = load_hf(tmp_path / "again")
-    assert back.config == ours.config
-    assert list(back.params) == list(ours.params)
-    for k, v in ours.params.items():
-        np.testing.assert_array_equal(back.params[k], v, err_msg=k)
+    assert_reloads_identically(hf, ours, tmp_path)
 
 
 def test_load_hf_reads_a_transformers_classifier(tmp_path):

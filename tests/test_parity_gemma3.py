@@ -37,7 +37,8 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (pip instal
 transformers = pytest.importorskip("transformers",
                                    reason="parity tests need transformers (pip install .[parity])")
 
-from .test_parity_hf import STACK, V, assert_parity  # noqa: E402,F401  (the same tiny stack)
+from .test_parity_hf import STACK, V, assert_parity, assert_reloads_identically, \
+    causal_lm_batch  # noqa: E402,F401  (the same tiny stack and checks)
 
 pytestmark = pytest.mark.parity
 
@@ -97,18 +98,10 @@ def test_gemma3_logits_loss_grads(case, tmp_path, backend):
     ours = ours_from(hf, tmp_path)
     assert ours.config.qk_norm
     assert ours.config.layer_types == tuple(hf.config.layer_types)
-    rng = np.random.default_rng(1)
-    B, T = 2, 11  # T > every window
-    ids = rng.integers(3, V, (B, T))
-    mask = np.ones((B, T), dtype=np.int64)
-    mask[1, 8:] = 0  # right-padded second row
-    ids[1, 8:] = 0
-    hf_labels = np.where(mask == 1, ids, -100)  # transformers shifts labels inside
-    labels = np.concatenate([hf_labels[:, 1:], np.full((B, 1), -100)], axis=1)
+    ids, mask, hf_labels, batch = causal_lm_batch(B=2, T=11, pad_from=8)  # T > every window
     out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
              labels=torch.tensor(hf_labels))
     out.loss.backward()
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     loss, grads = ours.loss_and_grads(batch)
     logits = ours.forward(batch)
     real = mask.astype(bool)
@@ -153,12 +146,7 @@ def test_save_load_through_transformers_is_identical(case, tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"], info
     assert hf.config.rope_parameters == hf_config(case).rope_parameters
-    hf.save_pretrained(tmp_path / "again")
-    back = load_hf(tmp_path / "again")
-    assert back.config == ours.config
-    assert list(back.params) == list(ours.params)
-    for k, v in ours.params.items():
-        np.testing.assert_array_equal(back.params[k], v, err_msg=k)
+    assert_reloads_identically(hf, ours, tmp_path)
 
 
 def test_multimodal_directory_loads_its_text_model(tmp_path, capsys):

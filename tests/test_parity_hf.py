@@ -97,6 +97,30 @@ def ours_from(hf, tmp_path):
     return load_hf(tmp_path / "hf")
 
 
+def assert_reloads_identically(hf, ours, tmp_path):
+    """hf (loaded by transformers from our save_hf directory) -> save_pretrained -> load_hf
+    gives back ours: the same config and bit-identical weights."""
+    hf.save_pretrained(tmp_path / "again")
+    back = load_hf(tmp_path / "again")
+    assert back.config == ours.config
+    assert list(back.params) == list(ours.params)
+    for k, v in ours.params.items():
+        np.testing.assert_array_equal(back.params[k], v, err_msg=k)
+
+
+def causal_lm_batch(B: int, T: int, pad_from: int, seed: int = 1):
+    """A causal LM batch whose second row is right-padded from position pad_from:
+    (ids, attention mask, transformers' labels (it shifts them inside), our batch with
+    the labels already shifted)."""
+    ids = np.random.default_rng(seed).integers(3, V, (B, T))
+    mask = np.ones((B, T), dtype=np.int64)
+    mask[1, pad_from:] = 0
+    ids[1, pad_from:] = 0
+    hf_labels = np.where(mask == 1, ids, -100)
+    labels = np.concatenate([hf_labels[:, 1:], np.full((B, 1), -100)], axis=1)
+    return ids, mask, hf_labels, {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 def spec_masks(layer_types, q_len, k_len, window, *, causal, key_padding=None):
     """The masks of SPEC.md sections 1, 2 and 8 as transformers' additive 4D masks,
     {layer type: (B|1, 1, Tq, Tk)}."""
@@ -141,18 +165,10 @@ def assert_parity(logits, hf_logits, real, loss, hf_loss, grads, hf):
 def test_gemma2_logits_loss_grads(case, tmp_path, backend):
     hf = hf_model(case)
     ours = ours_from(hf, tmp_path)
-    rng = np.random.default_rng(1)
-    B, T = 2, 10  # T > sliding window
-    ids = rng.integers(3, V, (B, T))
-    mask = np.ones((B, T), dtype=np.int64)
-    mask[1, 7:] = 0  # right-padded second row
-    ids[1, 7:] = 0
-    hf_labels = np.where(mask == 1, ids, -100)  # transformers shifts labels inside
-    labels = np.concatenate([hf_labels[:, 1:], np.full((B, 1), -100)], axis=1)
+    ids, mask, hf_labels, batch = causal_lm_batch(B=2, T=10, pad_from=7)  # T > window
     out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
              labels=torch.tensor(hf_labels))
     out.loss.backward()
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     loss, grads = ours.loss_and_grads(batch)
     assert_parity(ours.forward(batch), out.logits.detach().numpy(), mask.astype(bool),
                   loss, out.loss.item(), grads, hf)
@@ -203,12 +219,7 @@ def test_save_load_through_transformers_is_identical(case, tmp_path):
     hf, info = auto.from_pretrained(tmp_path / "ours", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"], info
-    hf.save_pretrained(tmp_path / "again")
-    back = load_hf(tmp_path / "again")
-    assert back.config == ours.config
-    assert list(back.params) == list(ours.params)
-    for k, v in ours.params.items():
-        np.testing.assert_array_equal(back.params[k], v, err_msg=k)
+    assert_reloads_identically(hf, ours, tmp_path)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -35,6 +35,8 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (pip instal
 transformers = pytest.importorskip("transformers",
                                    reason="parity tests need transformers (pip install .[parity])")
 
+from .test_parity_hf import assert_reloads_identically  # noqa: E402
+
 pytestmark = pytest.mark.parity
 
 V = 64
@@ -212,12 +214,7 @@ def test_save_load_through_transformers_is_identical(case, tmp_path):
     assert type(hf).__name__ == "T5Gemma2ForConditionalGeneration"
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"], info
-    hf.save_pretrained(tmp_path / "again")
-    back = load_hf(tmp_path / "again")
-    assert back.config == ours.config
-    assert list(back.params) == list(ours.params)
-    for k, v in ours.params.items():
-        np.testing.assert_array_equal(back.params[k], v, err_msg=k)
+    assert_reloads_identically(hf, ours, tmp_path)
 
 
 def test_loading_skips_the_vision_tower_in_one_line(tmp_path, capsys):
