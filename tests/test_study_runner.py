@@ -75,3 +75,35 @@ def test_a_parent_without_its_training_time_still_reports():
                           "causal_val_loss": 4.0, "train_seconds": 120.0}}
     md = report.parents_markdown({"parents": par})
     assert "| parent | 10 | 4 | 4.000 | 4.100 | n/a |" in md and "2.0 min" in md
+
+
+def test_a_seed_runs_the_big_parents_arms_last_and_reports_in_arms_order():
+    """E4's arms (they wait for the big parent) come after every other unit of a seed;
+    the returned results are in ARMS order whatever the running order."""
+    from mini_encdec.experiments.study import ARMS, SWEEP_ARMS, seed_units
+
+    class Recorder:  # stands in for Study: records which unit ran when
+        def __init__(self):
+            self.calls = []
+
+        def pretrained(self, s, arm, budget):
+            self.calls.append(("pretrained", arm, budget))
+
+        def pretrain_result(self, s, arm):
+            self.calls.append(("pretrain", arm, "extra"))
+            return arm
+
+        def finetune_result(self, s, arm, budget):
+            self.calls.append(("finetune", arm, budget))
+            return f"{arm}@{budget}"
+
+    rec = Recorder()
+    pre, ft = seed_units(rec, 0)
+    big = [i for i, c in enumerate(rec.calls) if c[1].startswith("ed_unbal")]
+    sweep = [i for i, c in enumerate(rec.calls) if c[0] == "finetune" and c[2] != "extra"]
+    assert big and sweep and min(big) > max(sweep)
+    assert list(pre) == list(ARMS) and all(pre[a] == a for a in ARMS)
+    assert list(ft)[:len(ARMS)] == [f"{a}@extra" for a in ARMS]
+    assert sorted(ft) == sorted([f"{a}@extra" for a in ARMS] +
+                                [f"{a}@{b}" for a in SWEEP_ARMS for b in ("zero", "sweep")])
+    assert all(ft[k] == k for k in ft)

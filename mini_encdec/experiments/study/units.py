@@ -447,19 +447,34 @@ def load_average() -> Optional[list]:
 # --- the command -----------------------------------------------------------------------------------
 
 def seed_units(study: "Study", s: int, on_unit: Callable[[], None] = lambda: None) -> tuple:
-    """Every unit of seed s (cached): (pretrain results, finetune results)."""
+    """Every unit of seed s (cached): (pretrain results, finetune results), in ARMS order.
+
+    E4's arms, which need the big parent, run last, after the E6 sweep, so that a seed
+    started beside the (longer) big parent's training waits for it as late as possible.
+    Every unit draws from its own (seed, arm) random streams, so the order changes no
+    number."""
     pre, ft = {}, {}
-    for arm in ARMS:
+    big = [arm for arm in ARMS if arm.startswith("ed_unbal")]
+
+    def arm_units(arm):
         if arm in SWEEP_ARMS:  # E6: these continue to sweep_steps (the curve goes on)
             study.pretrained(s, arm, "sweep")
         pre[arm] = study.pretrain_result(s, arm)
         ft[f"{arm}@extra"] = study.finetune_result(s, arm, "extra")
         on_unit()
+
+    for arm in ARMS:
+        if arm not in big:
+            arm_units(arm)
     for arm in SWEEP_ARMS:
         for budget in ("zero", "sweep"):
             ft[f"{arm}@{budget}"] = study.finetune_result(s, arm, budget)
             on_unit()
-    return pre, ft
+    for arm in big:
+        arm_units(arm)
+    order = [f"{arm}@extra" for arm in ARMS] + [f"{a}@{b}" for a in SWEEP_ARMS
+                                                 for b in ("zero", "sweep")]
+    return {arm: pre[arm] for arm in ARMS}, {k: ft[k] for k in order}
 
 
 UNITS_PER_SEED = len(ARMS) + 4
