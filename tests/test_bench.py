@@ -17,7 +17,7 @@ def _args(*argv):
 def test_defaults_cover_both_presets_architectures_and_engines():
     a = _args()
     assert a.presets == "tiny,small" and a.archs == "decoder,encdec"
-    assert a.engines == "numpy,numba,torch"
+    assert a.engines == "numpy,numba,torch,torch_compile"
     assert (a.prompt_len, a.new_tokens, a.gen_batches) == (128, 64, "1,8")
 
 
@@ -51,6 +51,41 @@ def test_render_shows_ratios_peak_fractions_and_targets():
     assert "cold (empty compile cache) | 20.0" in md
     # 20 MB per step at 20 GB/s (one thread) = 1 ms, at 40 GB/s 0.5 ms; the step takes 2 ms
     assert "| small | decoder | 1 | 10.0 | 2.00 | 20.0 | 1.00 / 0.50 | 50% |" in md
+
+
+def test_render_shows_torch_compile_beside_eager_with_its_compile_time():
+    machine = {"cpu": "Test CPU", "cores": 2, "memory_gib": 8.0, "python": "3", "numpy": "2",
+               "blas": "openblas", "numba": "0.6", "load_average": (0.1, 0.2, 0.3)}
+    step = {"flops": 12e9, "peak_rss": 300.0, "step_mem": 50.0}
+    train = {("tiny", "encdec", "numba"): dict(step, times=[0.2]),
+             ("tiny", "encdec", "torch"): dict(step, times=[0.4]),
+             ("tiny", "encdec", "torch_compile"): dict(step, times=[0.25], compile_seconds=41.6)}
+    gen = {("tiny", "encdec", "torch", 1): {"times": [4.0], "new_tokens": 64, "peak_rss": 1.0,
+                                            "tokens": [[5]]},
+           ("tiny", "encdec", "torch_compile", 1): {"times": [2.0], "new_tokens": 64,
+                                                    "peak_rss": 1.0, "tokens": [[5]],
+                                                    "compile_seconds": 12.2}}
+    md = bench.render(machine, 100e9, dict(B=8, T=128, steps=1, P=128, N=64), ["tiny"],
+                      ["encdec"], ["numba", "torch", "torch_compile"], [1], train, gen, None, {})
+    # compiled: 8 * 128 / 0.25 = 4096 tokens/s, 1.6x eager; numba 1.25x the compiled step
+    assert "| tiny | encdec | torch_compile (compile 42 s) | 250 (250) | 4096 |" in md
+    assert "| 1.60x |" in md
+    assert "over PyTorch with torch.compile, tiny encdec: 1.25x" in md
+    assert "| tiny | encdec | torch_compile (compile 12 s) | 1 | 32 | 2.00x |" in md
+
+
+def test_quick_leaves_torch_compile_out_unless_asked(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(bench, "_spawn", lambda spec, *a, **k: seen.append(spec) or
+                        {"error": "faked"})
+    monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)
+    monkeypatch.setattr(bench, "_have_torch", lambda: True)
+    bench.run(_args("--quick", "--no-startup", "--out", str(tmp_path / "a.md")))
+    assert {s.get("engine") for s in seen if "engine" in s} == {"numpy", "numba", "torch"}
+    seen.clear()
+    bench.run(_args("--quick", "--no-startup", "--engines", "torch_compile",
+                    "--out", str(tmp_path / "b.md")))
+    assert {s.get("engine") for s in seen if "engine" in s} == {"torch_compile"}
 
 
 def test_bad_engine_is_a_clear_error():

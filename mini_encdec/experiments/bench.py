@@ -62,7 +62,8 @@ from .bench_report import LOADS, render
 HELP = "benchmark tokens/s and matmul-peak fraction (and PyTorch when installed)"  # in --help
 PRESETS = ("tiny", "small")
 ARCHS = ("decoder", "encdec")
-ENGINES = ("numpy", "numba", "torch")
+ENGINES = ("numpy", "numba", "torch", "torch_compile")
+TORCH_ENGINES = ("torch", "torch_compile")  # need torch and transformers
 READY = "@@READY@@"  # the line a --contended copy prints once warm (Competitor waits for it)
 
 
@@ -72,8 +73,9 @@ def add_arguments(p) -> None:
     p.add_argument("--archs", default=",".join(ARCHS),
                    help="comma-separated: decoder (Gemma 2) and/or encdec (T5Gemma)")
     p.add_argument("--engines", default=",".join(ENGINES),
-                   help="comma-separated: numpy, numba, torch (torch is skipped when torch or "
-                        "transformers is missing)")
+                   help="comma-separated: numpy, numba, torch (PyTorch eager), torch_compile "
+                        "(PyTorch with torch.compile, inductor; its compile time is reported); "
+                        "the PyTorch engines are skipped when torch or transformers is missing")
     p.add_argument("--batch-size", type=int, default=8, help="training batch B (default 8)")
     p.add_argument("--seq-len", type=int, default=128,
                    help="training tokens per row T; an encoder-decoder gets T encoder and T "
@@ -292,6 +294,8 @@ def run(args) -> int:
     P, N, repeats = args.prompt_len, args.new_tokens, args.gen_repeats
     if args.quick:
         presets, archs, steps, gen_batches, N, repeats = ["tiny"], ["decoder"], 2, [1], 8, 1
+        if args.engines == ",".join(ENGINES):  # a smoke run does not wait for compiling
+            engines = [e for e in engines if e != "torch_compile"]
     for name, values, allowed in (("--presets", presets, None), ("--archs", archs, ARCHS),
                                   ("--engines", engines, ENGINES)):
         bad = [v for v in values if allowed is not None and v not in allowed]
@@ -300,8 +304,8 @@ def run(args) -> int:
     for p in presets:
         bench_config(p, "decoder")  # a bad preset name fails here with a clear message
     torch_ok = _have_torch()
-    if "torch" in engines and not torch_ok:
-        engines = [e for e in engines if e != "torch"]
+    if any(e in TORCH_ENGINES for e in engines) and not torch_ok:
+        engines = [e for e in engines if e not in TORCH_ENGINES]
         print("bench: torch or transformers not installed: PyTorch columns skipped",
               file=sys.stderr)
 
@@ -318,7 +322,7 @@ def run(args) -> int:
             cfg = bench_config(p, arch)
             flops = train_step_flops(cfg, B, T, None if arch == "decoder" else T)
             for eng in engines:
-                kind = "train_torch" if eng == "torch" else "train"
+                kind = "train_torch" if eng in TORCH_ENGINES else "train"
                 log(f"bench: train {p} {arch} {eng}")
                 spec = dict(kind=kind, engine=eng, preset=p, arch=arch, B=B, T=T, steps=steps,
                             profile=bool(args.profile and eng == "numba"))
@@ -332,7 +336,7 @@ def run(args) -> int:
                 if "profile" in r:
                     profiles[(p, arch)] = r["profile"]
                 for b in gen_batches:
-                    kind = "generate_torch" if eng == "torch" else "generate"
+                    kind = "generate_torch" if eng in TORCH_ENGINES else "generate"
                     log(f"bench: generate {p} {arch} {eng} batch {b}")
                     spec = dict(kind=kind, engine=eng, preset=p, arch=arch, b=b, P=P, N=N,
                                 repeats=repeats)

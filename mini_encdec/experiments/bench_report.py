@@ -22,6 +22,11 @@ GEN_VS_TORCH = {1: 5, 8: 3}  # batch -> the target generation speed-up over tran
 NOISE = 0.05  # "not slower than one thread" allows the run-to-run noise of a median step
 
 
+def _engine_cell(e: str, r: dict) -> str:
+    """The engine's name; for torch_compile with its compile time."""
+    return f"{e} (compile {r['compile_seconds']:.0f} s)" if "compile_seconds" in r else e
+
+
 def _tok_s(result: dict, tokens: int) -> float:
     return tokens / min(result["times"])
 
@@ -95,6 +100,11 @@ def _targets(presets, archs, gen_batches, train, gen, B, T, peak) -> list:
                 x = min(ref["times"]) / min(ours["times"])
                 lines.append(f"- training tokens/s >= {TRAIN_VS_TORCH}x PyTorch's, {p} {a}: "
                              f"{x:.2f}x ({verdict(x >= TRAIN_VS_TORCH)})")
+            comp = train.get((p, a, "torch_compile"))
+            if ok(ours) and ok(comp):
+                x = min(comp["times"]) / min(ours["times"])
+                lines.append(f"- (no target) training tokens/s over PyTorch with torch.compile, "
+                             f"{p} {a}: {x:.2f}x")
     for a in archs:
         ours = train.get(("small", a, "numba"))
         if ok(ours):
@@ -171,7 +181,9 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
           "tokens/s counts the T (decoder) target tokens per row; GFLOP/s from the matmul "
           "FLOPs of mini_encdec.models.flops (masked attention pairs not counted); "
           f"best of {shape['steps']} steps (median in brackets); memory = peak RSS of the "
-          "measuring process / growth during the steps."]
+          "measuring process / growth during the steps; 'vs torch' = tokens/s over PyTorch "
+          "eager's (for torch_compile: what compiling gains over eager; its compile time, "
+          "the first step less the best, beside its name)."]
     extra_cols = ""
     if contended:
         L[-1] += (" Contended: the median step while a busy-loop process / a second copy of "
@@ -198,7 +210,8 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
                 tps = B * T / best
                 gfs = r["flops"] / best / 1e9
                 ratio = f"{tps / ref_tps:.2f}x" if ref_tps and e != "torch" else ""
-                L.append(f"| {p} | {a} | {e} | {best * 1e3:.0f} ({med * 1e3:.0f}) | {tps:.0f} "
+                L.append(f"| {p} | {a} | {_engine_cell(e, r)} | {best * 1e3:.0f} ({med * 1e3:.0f}) "
+                         f"| {tps:.0f} "
                          f"| {gfs:.1f} | {100 * gfs * 1e9 / peak:.0f}% | {ratio} "
                          f"| {r['peak_rss']:.0f} | {r['step_mem']:.0f} |"
                          + "".join(f" {_contended_cell(r, k, e)} |"
@@ -229,7 +242,8 @@ def render(machine, peak, shape, presets, archs, engines, gen_batches, train, ge
                     if ok_ref and e != "torch":
                         ratio = f"{tps / (b * ref['new_tokens'] / min(ref['times'])):.2f}x"
                         same = "yes" if r["tokens"] == ref["tokens"] else "no"
-                    L.append(f"| {p} | {a} | {e} | {b} | {tps:.0f} | {ratio} | {same} "
+                    L.append(f"| {p} | {a} | {_engine_cell(e, r)} | {b} | {tps:.0f} | {ratio} "
+                             f"| {same} "
                              f"| {r['peak_rss']:.0f} |")
     L += _decode_limits(presets, archs, gen_batches, gen, bandwidth)
     L += _targets(presets, archs, gen_batches, train, gen, B, T, peak)
