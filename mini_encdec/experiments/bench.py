@@ -5,12 +5,14 @@ In one run, for the presets tiny and small, decoder-only (Gemma 2) and encoder-d
   - training-step tokens/s (forward, backward and the AdamW update of mini_encdec.training.optim)
     for the numpy and numba backends, and for PyTorch (`Gemma2ForCausalLM` /
     `T5GemmaForConditionalGeneration` from transformers, eager attention, torch AdamW,
-    the same weights and batch shapes) when torch and transformers are installed;
+    the same weights and batch shapes) when torch and transformers are installed, eager
+    and compiled by torch.compile (engine torch_compile, with its compile time);
   - the achieved FLOP/s (matmul FLOPs from mini_encdec.models.flops, masked attention
     pairs not counted) as a fraction of this machine's float32 matmul peak, measured in the
     same run by timing a large `np.matmul`;
   - KV-cached greedy generation tokens/s at batch 1 and 8 (64 new tokens after a
-    128-token prompt), against `transformers` `generate`;
+    128-token prompt), against `transformers` `generate` (eager, and compiled with a
+    static cache);
   - peak memory (peak resident set size of the process that ran the measurement, and the
     growth during the measured steps);
   - start-up: a fresh process importing mini_encdec and running one numba training step,
