@@ -286,9 +286,11 @@ def test_gradescope_results_and_classroom_config_end_to_end(tmp_path):
     assert (copy / blank.CLASSROOM_WORKFLOW).read_text().count("education/autograding") == 1
     assert not (ROOT / ".github" / "classroom").exists()  # never in this repository
 
-    def classroom():
+    def classroom():  # the command's `python` is this interpreter, as in an activated venv
+        env = env_without_pythonpath()
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return subprocess.run(test["run"], shell=True, cwd=copy, capture_output=True,
-                              env=env_without_pythonpath()).returncode
+                              env=env).returncode
 
     def gradescope(name):
         out = tmp_path / name
