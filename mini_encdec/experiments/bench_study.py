@@ -1,0 +1,152 @@
+"""`python -m mini_encdec bench --study-profile`: the study's training steps, one thread.
+
+The study (experiments/study) trains the `tiny` preset on one thread per run: PrefixLM
+windows of 64 encoder + 64 decoder tokens for the encoder-decoder arms and causal LM over
+128 tokens for the decoder-only arms, batch 16. This measures exactly those steps
+(forward, backward, AdamW; numba backend) in one fresh process with every pool at one
+thread (MINI_ENCDEC_THREADS, NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS = 1)
+and reports, per step:
+
+- ms per step in CPU time (time.process_time: on a busy machine, wall time also counts
+  the time other programs had the core) and wall time;
+- counted FLOPs (models/flops.py) / CPU time as a share of the one-thread float32 matmul
+  peak measured in the same process (bench.matmul_peak);
+- where the time goes, from cProfile over a few more steps (its overhead lands in
+  "everything else"; the shares are of the profiled steps):
+    output layer + loss   ops.output_loss_and_grads (logits, soft-capped cross-entropy
+                          and their gradients)
+    other matmuls         the nn/linear.py products (projections, MLP) outside it
+    attention core        ops.attention_core_forward / _backward
+    everything else       norms, RoPE, GeGLU activation, embedding, AdamW, Python
+
+The worker prints one JSON line after "@@RESULT@@" like bench_workers.py's.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ONE_THREAD = {k: "1" for k in ("MINI_ENCDEC_THREADS", "NUMBA_NUM_THREADS",
+                               "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+# (label, arch, batch B, decoder (or decoder-only) tokens T, encoder tokens S)
+STUDY_STEPS = (("enc-dec PrefixLM 64+64", "encdec", 16, 64, 64),
+               ("decoder-only causal 128", "decoder", 16, 128, None))
+PRESET = "tiny"
+CATEGORIES = ("output layer + loss", "other matmuls", "attention core", "everything else")
+MODEL_FILES = ("gemma.py", "encdec.py")  # the output-layer callers of nn/linear.py
+
+
+def _key(func) -> tuple:
+    """(file name, function name) of a pstats function key."""
+    file, _, name = func
+    return Path(file).name, name
+
+
+def step_shares(stats: pstats.Stats) -> dict:
+    """Seconds of the profiled calls per CATEGORIES entry (plus "total", all of them).
+    The output layer is ops.output_loss_and_grads; when a model computes it unfused (the
+    path that keeps the logits), the nn/linear.py products the model files call directly
+    and ops' soft-capped cross-entropy count there too."""
+    raw = stats.stats
+    out = dict.fromkeys(CATEGORIES, 0.0)
+    for func, (_, _, _, ct, callers) in raw.items():
+        file, name = _key(func)
+        if file == "ops.py" and name in ("output_loss_and_grads",
+                                         "softcap_cross_entropy_forward",
+                                         "softcap_cross_entropy_backward"):
+            out["output layer + loss"] += ct
+        elif file == "ops.py" and name in ("attention_core_forward", "attention_core_backward"):
+            out["attention core"] += ct
+        elif file == "linear.py" and Path(func[0]).parent.name == "nn" \
+                and name in ("linear_forward", "linear_backward", "linear_unchecked"):
+            for caller, (_, _, _, c_ct) in callers.items():
+                cfile, cname = _key(caller)
+                if cfile == "linear.py" and cname == "linear_forward":
+                    continue  # counted with linear_forward's own callers
+                out["output layer + loss" if cfile in MODEL_FILES else "other matmuls"] += c_ct
+    total = sum(v[2] for v in raw.values())
+    out["everything else"] = max(0.0, total - sum(out.values()))
+    out["total"] = total
+    return out
+
+
+def _one_step(label, arch, B, T, S, steps: int, profile_steps: int) -> dict:
+    from ..models.flops import train_step_flops
+    from ..training.optim import AdamW, OptimConfig
+    from .bench_workers import _batch, bench_model
+    model = bench_model(PRESET, arch)
+    batch = _batch(model.config, arch, B, T)
+    if arch == "encdec":  # S encoder tokens (the bench batch has S = T)
+        batch["input_ids"] = batch["input_ids"][:, :S]
+        batch["attention_mask"] = batch["attention_mask"][:, :S]
+    opt = AdamW(model.params, OptimConfig())
+
+    def step():
+        loss, grads = model.loss_and_grads(batch)
+        opt.step(model.params, grads, 1e-4)
+        return loss
+
+    step()  # warm-up: compile or load the kernels
+    cpu, wall = [], []
+    for _ in range(steps):
+        c0, w0 = time.process_time(), time.perf_counter()
+        step()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    prof = cProfile.Profile()
+    for _ in range(profile_steps):
+        prof.runcall(step)
+    shares = step_shares(pstats.Stats(prof))
+    return {"label": label, "arch": arch, "B": B, "T": T, "S": S, "cpu": cpu, "wall": wall,
+            "flops": train_step_flops(model.config, B, T, S),
+            "shares": {k: v / profile_steps for k, v in shares.items()}}
+
+
+def worker_main(argv=None) -> None:
+    """One JSON spec in ({"steps", "profile_steps"}), one JSON line out."""
+    from ..backend import set_backend
+    from .bench import matmul_peak
+    spec = json.loads((argv or sys.argv)[1])
+    set_backend("numba")
+    peak = matmul_peak()  # one thread: the parent started this process with ONE_THREAD
+    rows = [_one_step(*s, steps=spec["steps"], profile_steps=spec["profile_steps"])
+            for s in STUDY_STEPS]
+    sys.stdout.write("\n@@RESULT@@" + json.dumps({"peak": peak, "rows": rows}) + "\n")
+
+
+def render(result: dict, machine: dict) -> str:
+    """The markdown section of the study profile."""
+    peak = result["peak"]
+    L = [f"# mini_encdec study profile ({time.strftime('%Y-%m-%d %H:%M')})", "",
+         f"Machine: {machine['cpu']}, {machine['cores']} cores; NumPy {machine['numpy']} "
+         f"({machine['blas']}), Numba {machine['numba']}. Load average at start: "
+         f"{', '.join(f'{x:.2f}' for x in machine['load_average'])} (a busy machine makes "
+         "the wall times longer; CPU times much less so).", "",
+         f"The study's training steps (preset `{PRESET}`, numba backend, forward + backward "
+         f"+ AdamW), one thread. One-thread float32 matmul peak, measured in the same "
+         f"process: **{peak / 1e9:.1f} GFLOP/s**. '% of peak' = counted matmul FLOPs "
+         "(models/flops.py) / CPU time per step / that peak.", "",
+         "| step | ms/step CPU (best / median) | ms/step wall (median) | GFLOP/step "
+         "| % of peak | " + " | ".join(CATEGORIES) + " |",
+         "|---|---|---|---|---|" + "---|" * len(CATEGORIES)]
+    for r in result["rows"]:
+        best, med = min(r["cpu"]), float(np.median(r["cpu"]))
+        sh = r["shares"]
+        cells = " | ".join(f"{100 * sh[c] / sh['total']:.0f}%" if sh["total"] else "?"
+                           for c in CATEGORIES)
+        L.append(f"| {r['label']}, B={r['B']} | {1e3 * best:.0f} / {1e3 * med:.0f} "
+                 f"| {1e3 * float(np.median(r['wall'])):.0f} | {r['flops'] / 1e9:.2f} "
+                 f"| {100 * r['flops'] / best / peak:.0f}% | {cells} |")
+    L += ["", "Shares of the step time from cProfile over the profiled steps (its per-call "
+          "overhead counts in 'everything else'). output layer + loss: the tied output "
+          "matrix's logits, the soft-capped cross-entropy and their gradients "
+          "(ops.output_loss_and_grads); other matmuls: the projections' and MLP's "
+          "nn/linear.py products; attention core: ops.attention_core_*.", ""]
+    return "\n".join(L)
