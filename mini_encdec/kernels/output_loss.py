@@ -12,8 +12,9 @@ Checklist
   the cache (the unfused path writes z, reads it twice, writes dz and reads it twice,
   64 MiB each at N = 2048: memory traffic that cost as much as two of its matmuls).
 - Fused, per row (in the cache): pass 1 writes s = cap * tanh(z / cap) over z and
-  takes the row max m; pass 2 sums exp(s - m) (and, with a teacher, exp((s - m) / tau),
-  sum(tp), sum(tp * s)); pass 3 writes dz = (g_ce * p + g_soft / tau * (q * sum(tp) -
+  sums exp(s - m) with the shift m = cap (the capped logits are bounded by cap, as in
+  loss.py; with caps above 40, or without one, a row-max pass first); with a teacher a
+  second pass sums exp((s - m) / tau), sum(tp), sum(tp * s); pass 3 writes dz = (g_ce * p + g_soft / tau * (q * sum(tp) -
   tp)) * (1 - (s / cap)^2) over s, with p = exp(s - L), q = exp(s / tau - Lq), and
   subtracts g_ce * (1 - (s_label / cap)^2) at the label. tanh once per logit (1 - t^2
   comes from s = cap * t), exp twice (four times with a teacher).
@@ -35,6 +36,7 @@ from numba import njit, prange
 
 from ..nn.output_loss import check_output_loss_args
 from ._runtime import JIT, parallel_chunks
+from .loss import FIXED_SHIFT_CAP
 from ._vecmath import cst, row_max, vexp, vtanh
 
 BLOCK_ROWS = 128  # rows per block (MEASUREMENTS.md: 64 rows slows the BLAS products)
@@ -48,6 +50,8 @@ def _rows(r0, r1, z, labels, ignore_index, cap, g_ce, teacher, tp, g_soft, inv_t
     V = z.shape[1]
     zero, one = cst(cap, 0.0), cst(cap, 1.0)
     inv_cap = one / cap if cap > zero else zero
+    fixed_shift = zero < cap <= cst(cap, FIXED_SHIFT_CAP) and \
+        (not teacher or cap * inv_tau <= cst(cap, FIXED_SHIFT_CAP))
     for n in range(r0, r1):
         row = z[n]
         label = labels[n]
@@ -57,16 +61,25 @@ def _rows(r0, r1, z, labels, ignore_index, cap, g_ce, teacher, tp, g_soft, inv_t
             nll[n] = zero
             soft[n] = zero
             continue
-        # pass 1: s = cap * tanh(z / cap), over z; m = max(s)
-        if cap > zero:
-            for v in range(V):
-                row[v] = cap * vtanh(row[v] * inv_cap)
-        m = row_max(row, V)
-        s_label = row[label]
-        # pass 2: L = logsumexp(s), nll = L - s[label]
+        # pass 1: s = cap * tanh(z / cap), over z;  pass 2: sum(exp(s - m)). With a cap
+        # up to FIXED_SHIFT_CAP (and cap / tau too, for the teacher's softmax) the bound
+        # m = cap replaces the row max (a slow pass), and the two passes are one.
         total = zero
-        for v in range(V):
-            total += vexp(row[v] - m)
+        if fixed_shift:
+            m = cap
+            for v in range(V):
+                s = cap * vtanh(row[v] * inv_cap)
+                row[v] = s
+                total += vexp(s - m)
+        else:
+            if cap > zero:
+                for v in range(V):
+                    row[v] = cap * vtanh(row[v] * inv_cap)
+            m = row_max(row, V)
+            for v in range(V):
+                total += vexp(row[v] - m)
+        s_label = row[label]
+        # L = logsumexp(s), nll = L - s[label]
         L = m + math.log(total)
         nll[n] = L - s_label
         Lq = sum_tp = zero
@@ -122,8 +135,8 @@ def output_loss_and_grads(h, E, labels, cap, ignore_index=-100, teacher_probs=No
     counted = labels1 != ignore_index
     n = int(np.count_nonzero(counted))
     dh2 = np.zeros_like(h2)
-    dE = np.zeros(E.shape, dtype=E.dtype)
     if not n:
+        dE = np.zeros(E.shape, dtype=E.dtype)
         return 0.0, dh2.reshape(h.shape), dE, {"ce": 0.0, "soft": 0.0}
     teacher = teacher_probs is not None
     tp2 = np.ascontiguousarray(teacher_probs.reshape(-1, V), dtype=E.dtype) if teacher \
@@ -133,7 +146,7 @@ def output_loss_and_grads(h, E, labels, cap, ignore_index=-100, teacher_probs=No
     inv_tau = dt(1.0 / temperature)
     nll, soft = np.zeros(N, dtype=E.dtype), np.zeros(N, dtype=E.dtype)
     zbuf = np.empty((min(BLOCK_ROWS, N), V), dtype=E.dtype)
-    dEb = np.empty_like(dE)
+    dE = dEb = None  # the first block's dz^T h is dE; later blocks' go through dEb
     Et = E.T  # (D, V), a view
     for r0 in range(0, N, BLOCK_ROWS):
         r1 = min(N, r0 + BLOCK_ROWS)
@@ -151,8 +164,11 @@ def output_loss_and_grads(h, E, labels, cap, ignore_index=-100, teacher_probs=No
             _rows(0, z.shape[0], *args)
         # z now holds dz: dh = dz E, dE += dz^T h
         np.matmul(z, E, out=dh2[r0:r1])  # (R, V) @ (V, D) -> (R, D)
-        np.matmul(z.T, h2[r0:r1], out=dEb)  # (V, R) @ (R, D) -> (V, D)
-        dE += dEb
+        if dE is None:
+            dE = z.T @ h2[r0:r1]  # (V, R) @ (R, D) -> (V, D)
+        else:
+            dEb = np.matmul(z.T, h2[r0:r1], out=dEb)  # (V, R) @ (R, D) -> (V, D)
+            dE += dEb
     ce = float(nll.sum(dtype=np.float64) / n)
     sft = float(soft.sum(dtype=np.float64) / n) if teacher else 0.0
     loss = alpha * sft + (1 - alpha) * ce if teacher else ce
