@@ -10,7 +10,8 @@ and reports, per step:
 - ms per step in CPU time (time.process_time: on a busy machine, wall time also counts
   the time other programs had the core) and wall time;
 - counted FLOPs (models/flops.py) / CPU time as a share of the one-thread float32 matmul
-  peak measured in the same process (bench.matmul_peak);
+  peak measured in the same process, in CPU time too, before and after the steps (the
+  better one: a busy machine can slow the core for seconds at a time);
 - where the time goes, from cProfile over a few more steps (its overhead lands in
   "everything else"; the shares are of the profiled steps):
     output layer + loss   ops.output_loss_and_grads (logits, soft-capped cross-entropy
@@ -109,16 +110,35 @@ def _one_step(label, arch, B, T, S, steps: int, profile_steps: int) -> dict:
             "shares": {k: v / profile_steps for k, v in shares.items()}}
 
 
+def cpu_matmul_peak(n: int = 2048, repeats: int = 7) -> float:
+    """float32 matmul FLOP/s per CPU second: bench.matmul_peak's (n, n) @ (n, n), timed
+    in CPU time like the steps (one thread here, so the same as wall time on a quiet
+    machine; on a busy one it leaves out the time other programs had the core)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.process_time()
+        a @ b
+        best = min(best, time.process_time() - t0)
+    return 2.0 * n ** 3 / best
+
+
 def worker_main(argv=None) -> None:
     """One JSON spec in ({"steps", "profile_steps"}), one JSON line out."""
     from ..backend import set_backend
-    from .bench import matmul_peak
     spec = json.loads((argv or sys.argv)[1])
     set_backend("numba")
-    peak = matmul_peak()  # one thread: the parent started this process with ONE_THREAD
+    # one thread: the parent started this process with ONE_THREAD. Measured before and
+    # after the steps, the better one kept (a busy machine slows a core for a while)
+    peaks = [cpu_matmul_peak()]
     rows = [_one_step(*s, steps=spec["steps"], profile_steps=spec["profile_steps"])
             for s in STUDY_STEPS]
-    sys.stdout.write("\n@@RESULT@@" + json.dumps({"peak": peak, "rows": rows}) + "\n")
+    peaks.append(cpu_matmul_peak())
+    sys.stdout.write("\n@@RESULT@@" + json.dumps({"peak": max(peaks), "peaks": peaks,
+                                                   "rows": rows}) + "\n")
 
 
 def render(result: dict, machine: dict) -> str:
@@ -131,8 +151,10 @@ def render(result: dict, machine: dict) -> str:
          "the wall times longer; CPU times much less so).", "",
          f"The study's training steps (preset `{PRESET}`, numba backend, forward + backward "
          f"+ AdamW), one thread. One-thread float32 matmul peak, measured in the same "
-         f"process: **{peak / 1e9:.1f} GFLOP/s**. '% of peak' = counted matmul FLOPs "
-         "(models/flops.py) / CPU time per step / that peak.", "",
+         f"process before and after the steps (the better kept; "
+         f"{' and '.join(f'{p / 1e9:.1f}' for p in result.get('peaks', [peak]))}): "
+         f"**{peak / 1e9:.1f} GFLOP/s** per CPU second. '% of peak' = counted matmul FLOPs "
+         "(models/flops.py) / best CPU time per step / that peak.", "",
          "| step | ms/step CPU (best / median) | ms/step wall (median) | GFLOP/step "
          "| % of peak | " + " | ".join(CATEGORIES) + " |",
          "|---|---|---|---|---|" + "---|" * len(CATEGORIES)]
