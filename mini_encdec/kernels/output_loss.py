@@ -7,17 +7,18 @@ Checklist
 - Blocked: per block of rows, z = h_b E^T goes into one reused (BLOCK_ROWS, V) buffer
   (BLAS, `out=`), the kernel below turns it into dz in place, and two more BLAS products
   take dh_b = dz E and dE += dz^T h_b. The (N, V) logits, probabilities and dz are never
-  stored: the block (BLOCK_ROWS * V floats, 4 MiB at 128 x 8192 float32) is written by
-  the matmul and read back by the kernel and by the two products while it is still in
-  the cache (the unfused path writes z, reads it twice, writes dz and reads it twice,
-  64 MiB each at N = 2048: memory traffic that cost as much as two of its matmuls).
-- Fused, per row (in the cache): pass 1 writes s = cap * tanh(z / cap) over z and
-  sums exp(s - m) with the shift m = cap (the capped logits are bounded by cap, as in
-  loss.py; with caps above 40, or without one, a row-max pass first); with a teacher a
-  second pass sums exp((s - m) / tau), sum(tp), sum(tp * s); pass 3 writes dz = (g_ce * p + g_soft / tau * (q * sum(tp) -
-  tp)) * (1 - (s / cap)^2) over s, with p = exp(s - L), q = exp(s / tau - Lq), and
-  subtracts g_ce * (1 - (s_label / cap)^2) at the label. tanh once per logit (1 - t^2
-  comes from s = cap * t), exp twice (four times with a teacher).
+  stored: the block (BLOCK_ROWS * V floats, 8 MiB at 256 x 8192 float32) is written by
+  the matmul and read back by the kernel (a row, 32 KiB, at a time) and by the two
+  products while it is still in the last-level cache (the unfused path writes z, reads
+  it twice, writes dz and reads it twice, 64 MiB each at N = 2048, through memory).
+- Fused, per row (in the cache): pass 1 writes s = cap * tanh(z / cap) to a scratch
+  row and e = exp(s - m) over z, summing e, with the shift m = cap (the capped logits
+  are bounded by cap, as in loss.py; with caps above 40, or without one, the row max);
+  with a teacher, one more pass sums exp((s - m) / tau), sum(tp) and sum(tp * s);
+  pass 2 writes dz = (g_ce * p + g_soft / tau * (q * sum(tp) - tp)) * (1 - (s / cap)^2)
+  over e, with p = e / sum(e), q = exp(s / tau - Lq), and subtracts
+  g_ce * (1 - (s_label / cap)^2) at the label. One tanh and one exp per logit (two
+  more exps with a teacher); 1 - t^2 comes from s = cap * t.
 - Ignored rows (label == ignore_index) get dz = 0 and cost no exp; a block without a
   counted row is skipped (its dh rows stay 0).
 - Parallel: rows of a block (prange over chunks); the blocks, and so the order in
@@ -39,7 +40,7 @@ from ._runtime import JIT, parallel_chunks
 from .loss import FIXED_SHIFT_CAP
 from ._vecmath import cst, row_max, vexp, vtanh
 
-BLOCK_ROWS = 128  # rows per block (MEASUREMENTS.md: 64 rows slows the BLAS products)
+BLOCK_ROWS = 256  # rows per block (MEASUREMENTS.md: fewer slow the BLAS products)
 
 
 @njit(**JIT)
@@ -52,6 +53,7 @@ def _rows(r0, r1, z, labels, ignore_index, cap, g_ce, teacher, tp, g_soft, inv_t
     inv_cap = one / cap if cap > zero else zero
     fixed_shift = zero < cap <= cst(cap, FIXED_SHIFT_CAP) and \
         (not teacher or cap * inv_tau <= cst(cap, FIXED_SHIFT_CAP))
+    s = np.empty(V, z.dtype)  # one row of soft-capped logits, once per call
     for n in range(r0, r1):
         row = z[n]
         label = labels[n]
@@ -61,53 +63,48 @@ def _rows(r0, r1, z, labels, ignore_index, cap, g_ce, teacher, tp, g_soft, inv_t
             nll[n] = zero
             soft[n] = zero
             continue
-        # pass 1: s = cap * tanh(z / cap), over z;  pass 2: sum(exp(s - m)). With a cap
-        # up to FIXED_SHIFT_CAP (and cap / tau too, for the teacher's softmax) the bound
-        # m = cap replaces the row max (a slow pass), and the two passes are one.
-        total = zero
-        if fixed_shift:
-            m = cap
+        # pass 1: s = cap * tanh(z / cap) into the scratch row, e = exp(s - m) over z,
+        # and their sum. With a cap up to FIXED_SHIFT_CAP (and cap / tau too, for the
+        # teacher's softmax) the bound m = cap replaces the row max (a slow pass).
+        if cap > zero:
             for v in range(V):
-                s = cap * vtanh(row[v] * inv_cap)
-                row[v] = s
-                total += vexp(s - m)
+                s[v] = cap * vtanh(row[v] * inv_cap)
         else:
-            if cap > zero:
-                for v in range(V):
-                    row[v] = cap * vtanh(row[v] * inv_cap)
-            m = row_max(row, V)
             for v in range(V):
-                total += vexp(row[v] - m)
-        s_label = row[label]
-        # L = logsumexp(s), nll = L - s[label]
-        L = m + math.log(total)
-        nll[n] = L - s_label
+                s[v] = row[v]
+        m = cap if fixed_shift else row_max(s, V)
+        total = zero
+        for v in range(V):
+            e = vexp(s[v] - m)
+            row[v] = e
+            total += e
+        # L = logsumexp(s) = m + log(total), nll = L - s[label]
+        nll[n] = m + math.log(total) - s[label]
         Lq = sum_tp = zero
         if teacher:
             # soft = -sum_v tp[v] (s[v] / tau - Lq) = Lq sum(tp) - sum(tp s) / tau,
             # Lq = logsumexp(s / tau)
             total_q = sum_tps = zero
             for v in range(V):
-                total_q += vexp((row[v] - m) * inv_tau)
+                total_q += vexp((s[v] - m) * inv_tau)
                 sum_tp += tp[n, v]
-                sum_tps += tp[n, v] * row[v]
+                sum_tps += tp[n, v] * s[v]
             Lq = m * inv_tau + math.log(total_q)
             soft[n] = Lq * sum_tp - sum_tps * inv_tau
         else:
             soft[n] = zero
-        # pass 3, the backward: ds = g_ce (p - onehot) + g_soft / tau (q sum(tp) - tp),
-        # dz = ds (1 - t^2) with t = s / cap
+        # pass 2, the backward: ds = g_ce (p - onehot) + g_soft / tau (q sum(tp) - tp)
+        # with p = e / total, q = exp(s / tau - Lq); dz = ds (1 - t^2), t = s / cap
+        g_p = g_ce / total
         if teacher:
             g_q = g_soft * inv_tau
             for v in range(V):
-                s = row[v]
-                ds = g_ce * vexp(s - L) + g_q * (vexp(s * inv_tau - Lq) * sum_tp - tp[n, v])
-                row[v] = ds * (one - (s * inv_cap) * (s * inv_cap))
+                ds = g_p * row[v] + g_q * (vexp(s[v] * inv_tau - Lq) * sum_tp - tp[n, v])
+                row[v] = ds * (one - (s[v] * inv_cap) * (s[v] * inv_cap))
         else:
             for v in range(V):
-                s = row[v]
-                row[v] = g_ce * vexp(s - L) * (one - (s * inv_cap) * (s * inv_cap))
-        t = s_label * inv_cap
+                row[v] = g_p * row[v] * (one - (s[v] * inv_cap) * (s[v] * inv_cap))
+        t = s[label] * inv_cap
         row[label] -= g_ce * (one - t * t)
 
 
