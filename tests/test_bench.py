@@ -3,6 +3,7 @@ speed is never asserted in tests; `python -m mini_encdec bench --quick` is the s
 
 import argparse
 
+import numpy as np
 import pytest
 
 from mini_encdec.experiments import bench, bench_workers
@@ -187,8 +188,6 @@ def test_step_shares_put_the_output_layer_matmuls_and_attention_in_their_rows(pa
     import cProfile
     import pstats
 
-    import numpy as np
-
     from mini_encdec.config import preset
     from mini_encdec.experiments import bench_study
     from mini_encdec.models import build_model
@@ -227,3 +226,20 @@ def test_study_profile_report():
     assert "| enc-dec PrefixLM 64+64, B=16 | 200 / 250 | 400 | 12.00 | 60% | 50% | 25% | 12% " \
            "| 12% |" in md
     assert "90.0 and 100.0" in md and "**100.0 GFLOP/s**" in md
+
+
+def test_study_profile_kd_step_runs_with_the_batchers_teacher_alignment():
+    """The ed_kd row: a PrefixLM + distillation step on a small batch (the teacher keys
+    made by text/batching.py's teacher_fields), its FLOPs the student's step plus the
+    teacher's forward."""
+    from mini_encdec.config import encdec_preset
+    from mini_encdec.experiments import bench_study
+    from mini_encdec.models.flops import train_step_flops
+    r = bench_study._one_step("kd", "encdec+kd", 2, 8, 6, steps=1, profile_steps=1)
+    assert r["kd"] and len(r["cpu"]) == 1 and r["shares"]["output layer + loss"] > 0
+    assert r["flops"] > train_step_flops(encdec_preset("tiny"), 2, 8, 6)
+    src = np.arange(12).reshape(2, 6)
+    tgt = np.arange(16).reshape(2, 8) + 100
+    kd = bench_study._kd_batch({"input_ids": src, "labels": tgt}, 6, 8)
+    assert (kd["teacher_input_ids"] == np.concatenate([src, tgt], 1)).all()
+    assert (kd["teacher_positions"] == 5 + np.arange(8)).all()  # S + j - 1

@@ -3,7 +3,8 @@
 The study (experiments/study) trains the `tiny` preset on one thread per run: PrefixLM
 windows of 64 encoder + 64 decoder tokens for the encoder-decoder arms and causal LM over
 128 tokens for the decoder-only arms, batch 16. This measures exactly those steps
-(forward, backward, AdamW; numba backend) in one fresh process with every pool at one
+(forward, backward, AdamW; numba backend; and the ed_kd arm's PrefixLM + distillation
+step with its teacher's forward) in one fresh process with every pool at one
 thread (MINI_ENCDEC_THREADS, NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS = 1)
 and reports, per step:
 
@@ -36,8 +37,11 @@ import numpy as np
 
 ONE_THREAD = {k: "1" for k in ("MINI_ENCDEC_THREADS", "NUMBA_NUM_THREADS",
                                "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-# (label, arch, batch B, decoder (or decoder-only) tokens T, encoder tokens S)
+# (label, arch, batch B, decoder (or decoder-only) tokens T, encoder tokens S); arch
+# "encdec+kd": PrefixLM + distillation from a decoder-only teacher of the same preset
+# (the study's ed_kd arm, TrainConfig's kd_alpha 0.5 and kd_temperature 1.0)
 STUDY_STEPS = (("enc-dec PrefixLM 64+64", "encdec", 16, 64, 64),
+               ("enc-dec PrefixLM+KD 64+64", "encdec+kd", 16, 64, 64),
                ("decoder-only causal 128", "decoder", 16, 128, None))
 PRESET = "tiny"
 CATEGORIES = ("output layer + loss", "other matmuls", "attention core", "everything else")
@@ -78,19 +82,48 @@ def step_shares(stats: pstats.Stats) -> dict:
     return out
 
 
+def _kd_batch(batch: dict, S: int, T: int) -> dict:
+    """The student batch with the teacher's keys (text/batching.py's teacher_fields: the
+    teacher reads prefix ++ targets and predicts target j at position S + j - 1)."""
+    from ..objectives.example import Example
+    from ..text.batching import teacher_fields
+    examples = [Example(src, tgt) for src, tgt in zip(batch["input_ids"], batch["labels"])]
+    return dict(batch, **teacher_fields(examples, S, T))
+
+
+def step_flops(config, teacher_config, B: int, T: int, S) -> int:
+    """Counted FLOPs of a training step (models/flops.py); with a teacher also its forward
+    over the S + T tokens, the logits of the T positions it is asked about only."""
+    from ..models.flops import forward_flops, train_step_flops
+    flops = train_step_flops(config, B, T, S)
+    if teacher_config is not None:  # less the S unused positions' logits, 2 D V each
+        unused = 2 * S * teacher_config.hidden_size * teacher_config.vocab_size
+        flops += B * (forward_flops(teacher_config, S + T) - unused)
+    return flops
+
+
 def _one_step(label, arch, B, T, S, steps: int, profile_steps: int) -> dict:
-    from ..models.flops import train_step_flops
+    from ..training.distill import kd_loss_and_grads
     from ..training.optim import AdamW, OptimConfig
     from .bench_workers import _batch, bench_model
+    kd = arch == "encdec+kd"
+    arch = "encdec" if kd else arch
     model = bench_model(PRESET, arch)
+    teacher = bench_model(PRESET, "decoder") if kd else None
     batch = _batch(model.config, arch, B, T)
     if arch == "encdec":  # S encoder tokens (the bench batch has S = T)
         batch["input_ids"] = batch["input_ids"][:, :S]
         batch["attention_mask"] = batch["attention_mask"][:, :S]
+    if kd:
+        batch = _kd_batch(batch, S, T)
     opt = AdamW(model.params, OptimConfig())
 
     def step():
-        loss, grads = model.loss_and_grads(batch)
+        if kd:
+            loss, grads, _ = kd_loss_and_grads(model, teacher, batch, alpha=0.5,
+                                               temperature=1.0)
+        else:
+            loss, grads = model.loss_and_grads(batch)
         opt.step(model.params, grads, 1e-4)
         return loss
 
@@ -105,8 +138,9 @@ def _one_step(label, arch, B, T, S, steps: int, profile_steps: int) -> dict:
     for _ in range(profile_steps):
         prof.runcall(step)
     shares = step_shares(pstats.Stats(prof))
-    return {"label": label, "arch": arch, "B": B, "T": T, "S": S, "cpu": cpu, "wall": wall,
-            "flops": train_step_flops(model.config, B, T, S),
+    return {"label": label, "arch": arch, "kd": kd, "B": B, "T": T, "S": S, "cpu": cpu,
+            "wall": wall,
+            "flops": step_flops(model.config, teacher and teacher.config, B, T, S),
             "shares": {k: v / profile_steps for k, v in shares.items()}}
 
 
@@ -170,5 +204,8 @@ def render(result: dict, machine: dict) -> str:
           "overhead counts in 'everything else'). output layer + loss: the tied output "
           "matrix's logits, the soft-capped cross-entropy and their gradients "
           "(ops.output_loss_and_grads); other matmuls: the projections' and MLP's "
-          "nn/linear.py products; attention core: ops.attention_core_*.", ""]
+          "nn/linear.py products; attention core: ops.attention_core_*. With KD the "
+          "teacher's forward counts in its rows (its output layer, on the T positions the "
+          "student is taught at, in 'other matmuls'; its softmax in 'everything else') and "
+          "its FLOPs in the step's.", ""]
     return "\n".join(L)
