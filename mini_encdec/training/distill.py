@@ -28,16 +28,14 @@ from ..text.batching import split_teacher
 IGNORE = -100
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def _log_softmax(z: np.ndarray) -> np.ndarray:
     zs = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(zs)
-    return e / e.sum(axis=-1, keepdims=True)
+    return zs - np.log(np.exp(zs).sum(axis=-1, keepdims=True))
 
 
-def teacher_probabilities(teacher, teacher_batch: dict, positions: np.ndarray,
-                          temperature: float = 1.0) -> np.ndarray:
-    """softmax(teacher_logits[b, positions[b, j]] / tau): (B, T, V); rows with position -1
-    (ignored labels) are uniform placeholders that the loss masks out. The teacher's
+def _teacher_log_probs(teacher, teacher_batch: dict, positions: np.ndarray,
+                       temperature: float) -> np.ndarray:
+    """log softmax(teacher_logits[b, positions[b, j]] / tau): (B, T, V). The teacher's
     output layer runs on the gathered positions only (T of its S + T)."""
     h = teacher.hidden_states(teacher_batch)  # (B, S + T, D)
     B, T = positions.shape
@@ -50,7 +48,14 @@ def teacher_probabilities(teacher, teacher_batch: dict, positions: np.ndarray,
     # logits = cap * tanh(h E^T / cap), the teacher's forward (models/gemma.py), here
     z, _ = linear_forward(gathered, teacher.params[teacher.embed_key])  # (B, T, V)
     logits, _ = softcap_forward(z, teacher.config.final_logit_softcapping)
-    return _softmax(logits / logits.dtype.type(temperature))
+    return _log_softmax(logits / logits.dtype.type(temperature))
+
+
+def teacher_probabilities(teacher, teacher_batch: dict, positions: np.ndarray,
+                          temperature: float = 1.0) -> np.ndarray:
+    """softmax(teacher_logits[b, positions[b, j]] / tau): (B, T, V); rows with position -1
+    (ignored labels) are uniform placeholders that the loss masks out."""
+    return np.exp(_teacher_log_probs(teacher, teacher_batch, positions, temperature))
 
 
 def kd_loss_and_grads(student, teacher, batch: dict, *, alpha: float = 0.5,
@@ -68,12 +73,15 @@ def kd_loss_and_grads(student, teacher, batch: dict, *, alpha: float = 0.5,
     if positions.shape != labels.shape:
         raise ValueError(f"kd_loss_and_grads: teacher_positions has shape {positions.shape}, "
                          f"labels {labels.shape}")
-    probs = teacher_probabilities(teacher, tb, positions, temperature).astype(student.dtype)
+    logp = _teacher_log_probs(teacher, tb, positions, temperature)  # (B, T, V)
+    probs = np.exp(logp).astype(student.dtype, copy=False)
     # loss = alpha * soft + (1 - alpha) * ce, from the student's final hidden states a
     # block of rows at a time (ops.output_loss_and_grads): its logits are never stored
     loss, grads, parts = student.distill_loss_and_grads(sb, probs, alpha=alpha,
                                                         temperature=temperature)
-    p = probs[labels != IGNORE].astype(np.float64)  # (n, V)
-    entropy = float(-(p * np.log(np.where(p > 0, p, 1.0))).sum() / max(1, len(p)))
+    # the teacher's entropy -sum_v p log p per counted row (row sums in float64)
+    counted = labels != IGNORE
+    entropy = float(-np.einsum("btv,btv->bt", probs, logp, dtype=np.float64)[counted].sum()
+                    / max(1, int(counted.sum())))
     soft = parts["soft"]
     return float(loss), grads, {"ce": parts["ce"], "soft": soft, "kl": soft - entropy}
