@@ -24,7 +24,7 @@ import contextlib
 import importlib
 
 from .backend import get_backend
-from .nn import adamw, attention, embedding, linear, loss, mlp, rmsnorm, rope
+from .nn import adamw, attention, embedding, linear, loss, mlp, output_loss, rmsnorm, rope
 
 # op name -> the NumPy reference; the twin is `mini_encdec.kernels.<op name>`.
 REFERENCE = {
@@ -39,6 +39,7 @@ REFERENCE = {
     "geglu_act_backward": mlp.geglu_act_backward,
     "softcap_cross_entropy_forward": loss.softcap_cross_entropy_forward,
     "softcap_cross_entropy_backward": loss.softcap_cross_entropy_backward,
+    "output_loss_and_grads": output_loss.output_loss_and_grads,
     "embedding_backward": embedding.embedding_backward,
     "adamw_update": adamw.adamw_update,
 }
@@ -166,6 +167,16 @@ def softcap_cross_entropy_forward(z, labels, cap, ignore_index=-100):
 def softcap_cross_entropy_backward(dloss, cache):
     """dz of softcap_cross_entropy_forward (nn/loss.py)."""
     return resolve("softcap_cross_entropy_backward")(dloss, cache)
+
+
+def output_loss_and_grads(h, E, labels, cap, ignore_index=-100, teacher_probs=None,
+                          alpha=0.0, temperature=1.0):
+    """The loss of the logits cap * tanh(h E^T / cap) (cross-entropy, or with teacher
+    probabilities alpha * distillation + (1 - alpha) * cross-entropy) and its gradients,
+    a block of rows at a time -> (loss, dh (..., D), dE (V, D), {"ce", "soft"})
+    (nn/output_loss.py)."""
+    return resolve("output_loss_and_grads")(h, E, labels, cap, ignore_index, teacher_probs,
+                                            alpha, temperature)
 
 
 def embedding_backward(dx, cache):

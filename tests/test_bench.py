@@ -3,6 +3,7 @@ speed is never asserted in tests; `python -m mini_encdec bench --quick` is the s
 
 import argparse
 
+import numpy as np
 import pytest
 
 from mini_encdec.experiments import bench, bench_workers
@@ -204,3 +205,76 @@ def test_decode_steps_reports_prefill_steps_and_the_bytes_a_step_reads():
                    if "cross_attn.k_proj" in k or "cross_attn.v_proj" in k)
     assert weights == decoder - cross_kv
     assert r["step_bytes"] > weights  # + the cached keys and values
+
+
+# --- --study-profile ------------------------------------------------------------------------------
+
+def test_study_profile_is_an_option_and_its_worker_is_bench_study():
+    assert _args("--study-profile").study_profile and not _args().study_profile
+    assert "bench_study" in bench._worker_command({"kind": "study"})[-2]
+
+
+@pytest.mark.parametrize("path", ["fused", "unfused"])
+def test_step_shares_put_the_output_layer_matmuls_and_attention_in_their_rows(path):
+    """The categories of the study profile from a real cProfile of a small model's step:
+    the fused op (or, on the path through the logits, the model's own output-layer
+    products) is 'output layer + loss', the projections 'other matmuls', ops' attention
+    core its own row; the rows add up to the total."""
+    import cProfile
+    import pstats
+
+    from mini_encdec.config import preset
+    from mini_encdec.experiments import bench_study
+    from mini_encdec.models import build_model
+    model = build_model(preset("tiny", vocab_size=512, hidden_size=32, intermediate_size=64,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    ids = np.random.default_rng(0).integers(3, 512, (2, 17))
+    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:].copy()}
+
+    def step():
+        if path == "fused":
+            return model.loss_and_grads(batch)
+        from mini_encdec.nn.loss import cross_entropy_backward, cross_entropy_forward
+        logits, cache = model.forward(batch, return_cache=True)
+        _, c = cross_entropy_forward(logits, batch["labels"])
+        return model.backward(cross_entropy_backward(1.0, c), cache)
+
+    step()
+    prof = cProfile.Profile()
+    prof.runcall(step)
+    shares = bench_study.step_shares(pstats.Stats(prof))
+    for row in bench_study.CATEGORIES:
+        assert shares[row] > 0, row
+    assert sum(shares[row] for row in bench_study.CATEGORIES) == pytest.approx(shares["total"])
+
+
+def test_study_profile_report():
+    from mini_encdec.experiments import bench_study
+    row = {"label": "enc-dec PrefixLM 64+64", "B": 16, "cpu": [0.2, 0.3, 0.25],
+           "wall": [0.4], "flops": 12e9,
+           "shares": {"output layer + loss": 0.5, "other matmuls": 0.25, "attention core": 0.125,
+                      "everything else": 0.125, "total": 1.0}}
+    machine = {"cpu": "Test CPU", "cores": 2, "numpy": "2", "blas": "openblas", "numba": "0.6",
+               "load_average": (1.0, 2.0, 3.0)}
+    md = bench_study.render({"peak": 100e9, "peaks": [90e9, 100e9], "rows": [row]}, machine)
+    # 12 GFLOP in 0.2 s = 60 GFLOP/s = 60% of 100
+    assert "| enc-dec PrefixLM 64+64, B=16 | 200 / 250 | 400 | 12.00 | 60% | 50% | 25% | 12% " \
+           "| 12% |" in md
+    assert "90.0 and 100.0" in md and "**100.0 GFLOP/s**" in md
+
+
+def test_study_profile_kd_step_runs_with_the_batchers_teacher_alignment():
+    """The ed_kd row: a PrefixLM + distillation step on a small batch (the teacher keys
+    made by text/batching.py's teacher_fields), its FLOPs the student's step plus the
+    teacher's forward."""
+    from mini_encdec.config import encdec_preset
+    from mini_encdec.experiments import bench_study
+    from mini_encdec.models.flops import train_step_flops
+    r = bench_study._one_step("kd", "encdec+kd", 2, 8, 6, steps=1, profile_steps=1)
+    assert r["kd"] and len(r["cpu"]) == 1 and r["shares"]["output layer + loss"] > 0
+    assert r["flops"] > train_step_flops(encdec_preset("tiny"), 2, 8, 6)
+    src = np.arange(12).reshape(2, 6)
+    tgt = np.arange(16).reshape(2, 8) + 100
+    kd = bench_study._kd_batch({"input_ids": src, "labels": tgt}, 6, 8)
+    assert (kd["teacher_input_ids"] == np.concatenate([src, tgt], 1)).all()
+    assert (kd["teacher_positions"] == 5 + np.arange(8)).all()  # S + j - 1

@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from mini_encdec import ops
 from mini_encdec.kernels import _runtime as kruntime
 from mini_encdec.kernels import attention as katt
+from mini_encdec.kernels import output_loss as k_output_loss
 from mini_encdec.kernels._vecmath import exp_array, tanh_array
 from mini_encdec.nn.attention import merge_heads, split_heads
 from mini_encdec.nn.embedding import embedding_forward
 from mini_encdec.nn.rope import rope_cos_sin
+from mini_encdec.nn import output_loss as nn_output_loss
 from mini_encdec.nn.masks import attention_mask
 
 from .strategies import attention_dims, attention_masks, float_dtypes, rngs
@@ -321,6 +323,141 @@ def test_softcap_cross_entropy_custom_ignore_index_and_bad_labels():
         TWINS["softcap_cross_entropy_forward"](z, np.array([1, 10, 2]), 30.0)
     with pytest.raises(ValueError, match="dloss"):
         TWINS["softcap_cross_entropy_backward"](float("nan"), c)
+
+
+# --- the fused output layer and loss ----------------------------------------------------------
+
+@contextlib.contextmanager
+def output_blocks(rows):
+    """Both halves of output_loss_and_grads with `rows` rows per block (small shapes then
+    run through several blocks, the last one partial)."""
+    saved = nn_output_loss.BLOCK_ROWS, k_output_loss.BLOCK_ROWS
+    nn_output_loss.BLOCK_ROWS = k_output_loss.BLOCK_ROWS = rows
+    try:
+        yield
+    finally:
+        nn_output_loss.BLOCK_ROWS, k_output_loss.BLOCK_ROWS = saved
+
+
+def _output_case(rng, lead, V, D, dtype, p_ignore, teacher, spread=1.0):
+    h = (rng.standard_normal(lead + (D,)) * spread).astype(dtype)
+    E = (rng.standard_normal((V, D)) * spread).astype(dtype)
+    labels = rng.integers(0, V, lead)
+    labels[rng.random(lead) < p_ignore] = -100
+    tp = None
+    if teacher:
+        t = rng.standard_normal(lead + (V,)) * 2
+        tp = (np.exp(t) / np.exp(t).sum(-1, keepdims=True)).astype(dtype)
+    return h, E, labels, tp
+
+
+@given(lead=st.lists(st.integers(1, 5), min_size=1, max_size=2).map(tuple),
+       V=st.integers(1, 300), D=st.integers(1, 16), dtype=float_dtypes, rng=rngs,
+       cap=st.none() | st.sampled_from([1.0, 30.0, 50.0]),  # 50: the max-shift path
+       spread=st.sampled_from([0.5, 3.0]), p_ignore=st.sampled_from([0.0, 0.5, 1.0]),
+       teacher=st.booleans(), alpha=st.sampled_from([0.0, 0.3, 1.0]),
+       temperature=st.sampled_from([0.5, 1.0, 2.0]), rows=st.sampled_from([1, 3, 128]))
+def test_output_loss_matches_reference(lead, V, D, dtype, rng, cap, spread, p_ignore, teacher,
+                                       alpha, temperature, rows):
+    h, E, labels, tp = _output_case(rng, lead, V, D, dtype, p_ignore, teacher, spread)
+    alpha = alpha if teacher else 0.0
+    with output_blocks(rows):
+        loss_ref, dh_ref, dE_ref, parts_ref = ref("output_loss_and_grads")(
+            h, E, labels, cap, -100, tp, alpha, temperature)
+        loss, dh, dE, parts = TWINS["output_loss_and_grads"](h, E, labels, cap, -100, tp, alpha,
+                                                             temperature)
+    assert isinstance(loss, float) and set(parts) == {"ce", "soft"}
+    assert abs(loss - loss_ref) <= OUT_TOL[dtype] * max(abs(loss_ref), 1.0)
+    for k in parts:
+        assert abs(parts[k] - parts_ref[k]) <= OUT_TOL[dtype] * max(abs(parts_ref[k]), 1.0), k
+    # dz's terms are of size 1 / n (p - onehot cancels, to 0 when V = 1); dh = dz E and
+    # dE = dz^T h sum them over V and over the rows
+    n = max(int((labels != -100).sum()), 1)
+    scale = float(np.abs(h).max() + np.abs(E).max()) / n
+    assert_close(dh, dh_ref, GRAD_TOL[dtype], "dh", scale=max(scale, np.abs(dh_ref).max()))
+    assert_close(dE, dE_ref, GRAD_TOL[dtype], "dE", scale=max(scale, np.abs(dE_ref).max()))
+    if (labels == -100).all():
+        assert loss == 0.0 and not dh.any() and not dE.any()
+
+
+def test_output_loss_equals_the_unfused_output_layer():
+    """The fused op against the path it replaces: z = h E^T, the soft-capped cross-entropy
+    forward/backward (Numba), dh = dz E, dE = dz^T h; over many blocks, float32."""
+    rng = np.random.default_rng(5)
+    h, E, labels, _ = _output_case(rng, (3, 150), 500, 24, np.float32, 0.1, False)
+    z = h @ E.T  # (3, 150, 500)
+    loss_ref, c = TWINS["softcap_cross_entropy_forward"](z, labels, 30.0)
+    dz = TWINS["softcap_cross_entropy_backward"](1.0, c).reshape(-1, 500)
+    for name in ("numpy", "numba"):
+        loss, dh, dE, parts = ops.resolve("output_loss_and_grads", name)(h, E, labels, 30.0)
+        assert loss == pytest.approx(loss_ref, rel=1e-6) and parts["ce"] == loss
+        assert_close(dh, (dz @ E).reshape(h.shape), 1e-4, name)
+        assert_close(dE, dz.T @ h.reshape(-1, 24), 1e-4, name)
+
+
+def test_output_loss_result_does_not_depend_on_thread_count(monkeypatch):
+    monkeypatch.setattr(kruntime, "SERIAL_WORK", 0)  # the parallel path at any size
+    rng = np.random.default_rng(6)
+    h, E, labels, tp = _output_case(rng, (300,), 700, 16, np.float32, 0.2, True)
+    results = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            with output_blocks(128):
+                loss, dh, dE, parts = TWINS["output_loss_and_grads"](h, E, labels, 30.0, -100,
+                                                                     tp, 0.5, 2.0)
+            results.append((np.array([loss, parts["ce"], parts["soft"]]), dh, dE))
+        finally:
+            numba.set_num_threads(previous)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_output_loss_never_holds_the_whole_logits():
+    """Peak memory of the twin well under one (N, V) array (what the unfused path keeps
+    several of): the rows go a block at a time."""
+    import tracemalloc
+    rng = np.random.default_rng(7)
+    N, V = 2048, 1024
+    h, E, labels, _ = _output_case(rng, (N,), V, 32, np.float32, 0.0, False)
+    TWINS["output_loss_and_grads"](h, E, labels, 30.0)  # compiled before measuring
+    tracemalloc.start()
+    try:
+        TWINS["output_loss_and_grads"](h, E, labels, 30.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.25 * N * V * 4, peak
+
+
+def test_output_loss_custom_ignore_index_and_bad_input():
+    rng = np.random.default_rng(8)
+    h, E, labels, tp = _output_case(rng, (4,), 10, 3, np.float64, 0.0, True)
+    labels[1] = 7
+    for name in ("numpy", "numba"):
+        fn = ops.resolve("output_loss_and_grads", name)
+        loss, dh, dE, _ = fn(h, E, labels, 30.0, 7)  # row 1 ignored: no gradient
+        assert not dh[labels == 7].any() and dh[labels != 7].any() and loss > 0
+    r, t = (ops.resolve("output_loss_and_grads", b)(h, E, labels, 30.0, 7, tp, 0.5)
+            for b in ("numpy", "numba"))
+    assert r[0] == pytest.approx(t[0], rel=1e-12)
+    bad_tp = tp.copy()
+    bad_tp[0] *= 2  # a row summing to 2
+    for args, match in (((h, E, np.array([1, 10, 2, 3]), 30.0), "labels"),
+                        ((h, E[:, :2], labels, 30.0), "'h'"),
+                        ((h, E.astype(np.float32), labels, 30.0), "dtype"),
+                        ((h, E, labels, 30.0, -100, None, 0.5), "alpha"),
+                        ((h, E, labels, 30.0, -100, tp, 1.5), "alpha"),
+                        ((h, E, labels, 30.0, -100, tp[:2], 0.5), "teacher_probs"),
+                        ((h, E, labels, 30.0, -100, bad_tp, 0.5), "summing"),
+                        ((h, E, labels, -1.0), "cap"),
+                        ((h, E, labels, 30.0, -100, tp, 0.5, 0.0), "temperature")):
+        with pytest.raises(ValueError, match=match) as ref_err:
+            ref("output_loss_and_grads")(*args)
+        with pytest.raises(ValueError) as twin_err:
+            TWINS["output_loss_and_grads"](*args)
+        assert str(twin_err.value) == str(ref_err.value)
 
 
 @given(B=st.integers(1, 3), T=st.integers(1, 9), V=st.integers(1, 12), D=st.integers(1, 33),

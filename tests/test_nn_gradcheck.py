@@ -322,6 +322,44 @@ def test_distillation(seed, shape, V, temperature):
                 floor=loss_terms(mask, temperature))
 
 
+@fixture_ok
+@given(seed=seeds, lead=st.lists(st.integers(1, 4), min_size=1, max_size=2), V=st.integers(1, 6),
+       D=st.integers(1, 4), cap=st.none() | st.sampled_from([2.0, 30.0]), teacher=st.booleans(),
+       alpha=st.sampled_from([0.0, 0.4, 1.0]), temperature=st.sampled_from([0.5, 2.0]),
+       rows=st.sampled_from([1, 3, 256]))
+def test_output_loss_and_grads(backend, seed, lead, V, D, cap, teacher, alpha, temperature,
+                               rows):
+    """The fused output layer + loss: d loss / d h and d loss / d E, over several blocks of
+    rows (the last one partial) and with blocks that count no row."""
+    from mini_encdec.kernels import output_loss as k_output_loss  # the block sizes
+    from mini_encdec.nn import output_loss as nn_output_loss
+    rng = np.random.default_rng(seed)
+    labels = _labels(rng, tuple(lead), V)
+    tp = None
+    if teacher:
+        t = rng.standard_normal((*lead, V))
+        tp = np.exp(t) / np.exp(t).sum(-1, keepdims=True)
+    alpha = alpha if teacher else 0.0
+    arrays = dict(h=randn(rng, *lead, D), E=randn(rng, V, D, scale=2.0))
+
+    def forward(h, E):
+        loss, dh, dE, _ = ops.output_loss_and_grads(h, E, labels, cap, -100, tp, alpha,
+                                                    temperature)
+        return loss, (dh, dE)
+
+    saved = nn_output_loss.BLOCK_ROWS, k_output_loss.BLOCK_ROWS
+    nn_output_loss.BLOCK_ROWS = k_output_loss.BLOCK_ROWS = rows
+    try:
+        # dh = dz E and dE = dz^T h: dz's terms (loss_terms) times those of E and h
+        terms = loss_terms(labels != -100, min(temperature, 1.0)) * 2 * \
+            max(1.0, float(np.abs(arrays["h"]).max()), float(np.abs(arrays["E"]).max()))
+        check_grads("output_loss_and_grads", forward,
+                    lambda dloss, grads: tuple(dloss * g for g in grads), arrays, ("h", "E"),
+                    rng, scalar=True, floor=terms)
+    finally:
+        nn_output_loss.BLOCK_ROWS, k_output_loss.BLOCK_ROWS = saved
+
+
 # --- the error measure itself ----------------------------------------------------------------
 
 def test_rel_error_judges_a_cancelling_gradient_against_its_terms():

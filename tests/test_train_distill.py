@@ -102,3 +102,36 @@ def test_training_with_a_teacher_pulls_the_student_towards_it():
     assert after < before / 3
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["kl"] < history[0]["kl"] and "ce" in history[-1]  # parts are logged
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kd_equals_the_unfused_path_through_the_logits(backend, dtype):
+    """kd_loss_and_grads (the student's output layer fused with both losses, the teacher's
+    run on the gathered positions only) against the composition on whole logits:
+    teacher.forward, student.forward, the loss.py losses, student.backward."""
+    from mini_encdec.nn.loss import (cross_entropy_backward, cross_entropy_forward,
+                                     distillation_backward, distillation_forward)
+    student, teacher, _, batch = _setup(dtype)
+    alpha, tau = 0.3, 2.0
+    loss, grads, parts = kd_loss_and_grads(student, teacher, batch, alpha=alpha,
+                                           temperature=tau)
+    sb = {k: v for k, v in batch.items() if not k.startswith("teacher_")}
+    positions = batch["teacher_positions"]
+    t_logits = teacher.forward({"input_ids": batch["teacher_input_ids"],
+                                "attention_mask": batch["teacher_attention_mask"]})
+    rows = np.arange(positions.shape[0])[:, None]
+    probs = _softmax(t_logits[rows, np.maximum(positions, 0)] / tau).astype(dtype)
+    logits, cache = student.forward(sb, return_cache=True)
+    labels = sb["labels"]
+    ce, c_ce = cross_entropy_forward(logits, labels)
+    soft, c_soft = distillation_forward(logits, probs, labels != -100, tau)
+    dlogits = distillation_backward(alpha, c_soft) + cross_entropy_backward(1 - alpha, c_ce)
+    ref_grads = student.backward(dlogits, cache)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    assert parts["ce"] == pytest.approx(ce, rel=tol)
+    assert parts["soft"] == pytest.approx(soft, rel=tol)
+    assert loss == pytest.approx(alpha * soft + (1 - alpha) * ce, rel=tol)
+    for k in ref_grads:
+        assert grads[k].dtype == dtype
+        np.testing.assert_allclose(grads[k], ref_grads[k], rtol=tol,
+                                   atol=tol * np.abs(ref_grads[k]).max(), err_msg=k)

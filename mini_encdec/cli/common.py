@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import EncDecConfig
+from ..nn.output_loss import BLOCK_ROWS
 from ..text.batching import DataConfig
 from ..text.tasks import SYNTHETIC_TASKS
 from ..training.optim import OptimConfig
@@ -218,9 +219,10 @@ def available_memory() -> Optional[int]:
 # bytes of a training step's working set per unit of each term, fitted to the peak resident
 # memory of one step (tests/test_faults.py checks the estimate within 1.5x of it)
 _WORKING_SET = {
-    # logits (the soft-capped loss keeps about 5 logits-sized arrays), cached activations
-    # and their gradients, and every layer's attention scores and probabilities
-    "numpy": dict(logits=5.5, activations=2.0, attention=0.75, fixed=0),
+    # one block of logits (the output layer and its loss go a block of rows at a time,
+    # nn/output_loss.py, and keep about 6 block-sized arrays), cached activations and
+    # their gradients, and every layer's attention scores and probabilities
+    "numpy": dict(logits=6.0, activations=2.0, attention=0.75, fixed=0),
     # the fused loss and attention kernels keep far less; Numba's compiler adds ~130 MB
     "numba": dict(logits=2.0, activations=1.0, attention=0.05, fixed=130 * 2**20),
 }
@@ -228,9 +230,10 @@ _WORKING_SET = {
 
 def training_memory(config, arch: str, batch_size: int, encoder_length: int,
                     decoder_length: int, backend: str = "numba") -> int:
-    """Bytes one training step needs beyond the model, roughly (see _WORKING_SET): the
-    (B, T, V) logits, the cached activations of every layer, the (B, H, L, L) attention
-    arrays and masks, and the parameters with their gradients and AdamW moments."""
+    """Bytes one training step needs beyond the model, roughly (see _WORKING_SET): one
+    block of the (B, T, V) logits (at most BLOCK_ROWS rows of V), the cached activations
+    of every layer, the (B, H, L, L) attention arrays and masks, and the parameters with
+    their gradients and AdamW moments."""
     B, S, T = batch_size, encoder_length, decoder_length
     f = 4  # float32
     if arch == "decoder":
@@ -239,7 +242,7 @@ def training_memory(config, arch: str, batch_size: int, encoder_length: int,
     else:
         parts = [(config.encoder, S, 12, False), (config.decoder, T, 16, True)]
         targets, vocab = T, config.decoder.vocab_size
-    logits = B * targets * vocab * f
+    logits = min(B * targets, BLOCK_ROWS) * vocab * f
     activations = attention = params = 0
     for c, L, widths, cross in parts:
         per_layer = B * L * (widths * c.hidden_size + 4 * c.intermediate_size) * f

@@ -100,6 +100,10 @@ def add_arguments(p) -> None:
     p.add_argument("--contended", action="store_true",
                    help="also time the training steps beside a busy-loop process and beside a "
                         "second copy of the same training, and report the slow-down")
+    p.add_argument("--study-profile", action="store_true",
+                   help="only the study's tiny training steps (enc-dec PrefixLM 64+64 and "
+                        "decoder-only 128, batch 16) on one thread: ms/step, share of the "
+                        "one-thread matmul peak, and where the time goes (bench_study.py)")
 
 
 def bench_config(preset_name: str, arch: str):
@@ -141,7 +145,8 @@ def _process_cpu_seconds(pid: int) -> float:
 
 
 def _worker_command(spec: dict) -> list:
-    module = "bench_startup" if spec["kind"] == "startup" else "bench_workers"
+    module = {"startup": "bench_startup", "study": "bench_study"}.get(spec["kind"],
+                                                                     "bench_workers")
     code = f"from mini_encdec.experiments.{module} import worker_main; worker_main()"
     return [sys.executable, "-c", code, json.dumps(spec)]
 
@@ -287,7 +292,35 @@ def machine_description() -> dict:
     return info
 
 
+def _write(md: str, raw: dict, out) -> None:
+    """The markdown to stdout and to `out` (default runs/bench-<time>/bench.md), the raw
+    results beside it as .json."""
+    print(md)
+    out = Path(out) if out else \
+        Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}" / "bench.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(md)
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
+    print(f"bench: wrote {out} (and {out.with_suffix('.json').name})", file=sys.stderr,
+          flush=True)
+
+
+def study_profile(args) -> int:
+    """--study-profile: the study's steps in one fresh one-thread process (bench_study.py)."""
+    from .bench_study import ONE_THREAD, render as render_study
+    machine = machine_description()
+    print("bench: the study's tiny steps on one thread", file=sys.stderr, flush=True)
+    r = _spawn({"kind": "study", "steps": args.steps, "profile_steps": 3}, args.timeout,
+               ONE_THREAD)
+    if "error" in r:
+        raise RuntimeError(f"bench --study-profile: the worker failed: {r['error']}")
+    _write(render_study(r, machine), {"machine": machine, "study_profile": r}, args.out)
+    return 0
+
+
 def run(args) -> int:
+    if getattr(args, "study_profile", False):
+        return study_profile(args)
     presets = [p for p in args.presets.split(",") if p]
     archs = [a for a in args.archs.split(",") if a]
     engines = [e for e in args.engines.split(",") if e]
@@ -353,17 +386,11 @@ def run(args) -> int:
     md = render(machine, peak, dict(B=B, T=T, steps=steps, P=P, N=N), presets, archs, engines,
                 gen_batches, train, gen, startup, profiles, contended=args.contended,
                 bandwidth=bandwidth)
-    print(md)
-    out = Path(args.out) if args.out else \
-        Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}" / "bench.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md)
     raw = {"machine": machine, "matmul_peak": peak, "bandwidth": bandwidth,
            "train": {"/".join(k): v for k, v in train.items()},
            "generate": {"/".join(map(str, k)): v for k, v in gen.items()},
            "startup": startup}
-    out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
-    log(f"bench: wrote {out} (and {out.with_suffix('.json').name})")
+    _write(md, raw, args.out)
     return 0
 
 

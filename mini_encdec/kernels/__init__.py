@@ -12,6 +12,7 @@ Files, each starting with a checklist (what is fused, what runs in parallel, mem
     rope.py        rotary position embedding forward/backward (one pass, no copies)
     mlp.py         the GeGLU activation forward/backward
     loss.py        soft-capped cross-entropy forward/backward
+    output_loss.py the output layer, its loss and their gradients, a block of rows at a time
     embedding.py   the embedding-gradient scatter
     adamw.py       one fused AdamW parameter update (optim.AdamW.step's inner loop)
     linear.py      y = x W^T for a few rows (KV-cached decoding; many rows stay on BLAS)
@@ -35,6 +36,7 @@ from .embedding import embedding_backward
 from .linear import linear_forward
 from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
 from .mlp import geglu_act_backward, geglu_act_forward
+from .output_loss import output_loss_and_grads
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward
 from .rope import rope_backward, rope_forward
 
@@ -48,6 +50,6 @@ def apply_process_tuning() -> None:
 
 __all__ = ["apply_process_tuning", "adamw_update", "attention_core_backward",
            "attention_core_forward", "embedding_backward", "geglu_act_backward",
-           "geglu_act_forward", "linear_forward",
+           "geglu_act_forward", "linear_forward", "output_loss_and_grads",
            "rmsnorm_backward", "rmsnorm_forward", "rope_backward", "rope_forward",
            "softcap_cross_entropy_backward", "softcap_cross_entropy_forward"]

@@ -20,7 +20,11 @@ A batch is a dict of NumPy arrays:
 Beyond that core:
     model.forward(batch, return_cache=True) -> (logits, cache)
     model.backward(dlogits, cache) -> grads      for any objective on the soft-capped
-                                                 logits (e.g. distillation)
+                                                 logits
+    model.distill_loss_and_grads(batch, teacher_probs (B, T, V), alpha=, temperature=)
+        -> (loss, grads, {"ce", "soft"})         PrefixLM + KD (training/distill.py);
+                                                 like loss_and_grads, it never stores
+                                                 the logits (ops.output_loss_and_grads)
     GemmaLM.hidden_states(batch) -> (B, T, D)    final-normed hidden states
     EncDecLM.encode(input_ids, attention_mask=None, causal=True)
                                                  the encoder with decoder-style causal

@@ -204,8 +204,21 @@ class EncDecLM:
         """(mean cross-entropy, gradients keyed like params)."""
         b = self._check(batch, labels=True, fn="EncDecLM.loss_and_grads")
         h, cache = self._trunk(b)
-        z, cache["logits"] = linear_forward(h, self.params[self.decoder_embed_key])
-        loss, c_loss = ops.softcap_cross_entropy_forward(
-            z, b["labels"], self.config.decoder.final_logit_softcapping, IGNORE_INDEX)
-        dz = ops.softcap_cross_entropy_backward(1.0, c_loss)  # d loss = 1
-        return loss, self._backward_from_z(dz, cache)
+        # loss = mean CE(cap * tanh(h Ed^T / cap), labels) and its gradients wrt h and Ed,
+        # a block of rows at a time: the (B, T, V) logits are never stored whole
+        loss, dh, dE_out, _ = ops.output_loss_and_grads(
+            h, self.params[self.decoder_embed_key], b["labels"],
+            self.config.decoder.final_logit_softcapping, IGNORE_INDEX)
+        return loss, self._backward_from_hidden(dh, cache, dE_out)
+
+    def distill_loss_and_grads(self, batch: dict, teacher_probs: np.ndarray, *,
+                               alpha: float, temperature: float = 1.0):
+        """(alpha * soft + (1 - alpha) * ce, gradients, {"ce", "soft"}) against the
+        teacher's probabilities (B, T, V) (training/distill.py), the logits never stored."""
+        b = self._check(batch, labels=True, fn="EncDecLM.distill_loss_and_grads")
+        h, cache = self._trunk(b)
+        loss, dh, dE_out, parts = ops.output_loss_and_grads(
+            h, self.params[self.decoder_embed_key], b["labels"],
+            self.config.decoder.final_logit_softcapping, IGNORE_INDEX, teacher_probs, alpha,
+            temperature)
+        return loss, self._backward_from_hidden(dh, cache, dE_out), parts

@@ -81,9 +81,14 @@ class GemmaLM:
         return self._backward_from_z(dz, cache)
 
     def _backward_from_z(self, dz: np.ndarray, cache: dict) -> dict:
-        grads: dict = {}
         # z = h E^T  (first use of E: the output matrix)
         dh, dE_out = linear_backward(dz, cache["logits"])
+        return self._backward_from_hidden(dh, cache, dE_out)
+
+    def _backward_from_hidden(self, dh: np.ndarray, cache: dict, dE_out: np.ndarray) -> dict:
+        """Parameter gradients given d(objective)/d(final hidden states) (B, T, D) and the
+        output-matrix use's gradient dE_out (V, D)."""
+        grads: dict = {}
         # h = final_norm( blocks( E[ids] * sqrt(D) ) )  (second use of E: the input embedding)
         dE_in, _ = trunk_backward(dh, cache, grads)
         grads[self.embed_key] = dE_out + dE_in
@@ -102,8 +107,20 @@ class GemmaLM:
         """(mean cross-entropy, gradients keyed like params)."""
         b = self._check(batch, labels=True, fn="GemmaLM.loss_and_grads")
         h, cache = self._trunk(b["input_ids"], b.get("attention_mask"))
-        z, cache["logits"] = linear_forward(h, self.params[self.embed_key])  # (B, T, V)
-        loss, c_loss = ops.softcap_cross_entropy_forward(
-            z, b["labels"], self.config.final_logit_softcapping, IGNORE_INDEX)
-        dz = ops.softcap_cross_entropy_backward(1.0, c_loss)  # d loss = 1
-        return loss, self._backward_from_z(dz, cache)
+        # loss = mean CE(cap * tanh(h E^T / cap), labels) and its gradients wrt h and E,
+        # a block of rows at a time: the (B, T, V) logits are never stored whole
+        loss, dh, dE_out, _ = ops.output_loss_and_grads(
+            h, self.params[self.embed_key], b["labels"], self.config.final_logit_softcapping,
+            IGNORE_INDEX)
+        return loss, self._backward_from_hidden(dh, cache, dE_out)
+
+    def distill_loss_and_grads(self, batch: dict, teacher_probs: np.ndarray, *,
+                               alpha: float, temperature: float = 1.0):
+        """(alpha * soft + (1 - alpha) * ce, gradients, {"ce", "soft"}) against the
+        teacher's probabilities (B, T, V) (training/distill.py), the logits never stored."""
+        b = self._check(batch, labels=True, fn="GemmaLM.distill_loss_and_grads")
+        h, cache = self._trunk(b["input_ids"], b.get("attention_mask"))
+        loss, dh, dE_out, parts = ops.output_loss_and_grads(
+            h, self.params[self.embed_key], b["labels"], self.config.final_logit_softcapping,
+            IGNORE_INDEX, teacher_probs, alpha, temperature)
+        return loss, self._backward_from_hidden(dh, cache, dE_out), parts

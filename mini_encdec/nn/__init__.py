@@ -73,6 +73,12 @@ loss.py
         soft cross-entropy  mean over positions with mask True of
         -sum_v teacher_probs[v] * log_softmax(logits / temperature)[v]
     distillation_backward(dloss, cache) -> dlogits
+output_loss.py
+    output_loss_and_grads(h, E, labels, cap, ignore_index=-100, teacher_probs=None,
+                          alpha=0.0, temperature=1.0) -> (loss, dh, dE, {"ce", "soft"})
+        the output layer and its loss, forward and backward in one call, a block of rows
+        at a time (the (N, V) logits never stored whole): loss of cap * tanh(h E^T / cap),
+        cross-entropy, or with teacher probabilities alpha * soft + (1 - alpha) * ce
 adamw.py
     adamw_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, t) -> None
         one AdamW update in place: bias-corrected moments, decoupled weight decay
@@ -100,6 +106,7 @@ from .loss import (cross_entropy_backward, cross_entropy_forward,  # noqa: F401
                    distillation_backward, distillation_forward, softcap_cross_entropy_backward,
                    softcap_cross_entropy_forward)
 from .masks import attention_mask  # noqa: F401
+from .output_loss import output_loss_and_grads  # noqa: F401
 from .mlp import (geglu_act_backward, geglu_act_forward, geglu_backward,  # noqa: F401
                   geglu_forward, gelu_tanh_backward, gelu_tanh_forward)
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward  # noqa: F401

@@ -113,12 +113,13 @@ def softcap_cross_entropy_backward(dloss, cache):
     return dy.reshape(z.shape)  # (N, V) -> (..., V)
 
 
-def _check_teacher_probs(teacher_probs, mask, fn):
+def check_teacher_probs(teacher_probs, mask, fn):
     """Finite probabilities >= 0, rows summing to 1 (within 1e-3) where mask is True."""
-    if not np.all(np.isfinite(teacher_probs)) or np.any(teacher_probs < 0):
+    # min >= 0 and max < inf (both False with a NaN): two reductions, no (N, V) temporary
+    if teacher_probs.size and not (teacher_probs.min() >= 0 and teacher_probs.max() < np.inf):
         raise ValueError(f"{fn}: argument 'teacher_probs': expected finite probabilities >= 0, "
-                         f"got min {np.nanmin(teacher_probs) if teacher_probs.size else 'n/a'}")
-    sums = teacher_probs[mask].sum(axis=-1)  # (n,) the rows of the masked-in positions
+                         f"got min {np.nanmin(teacher_probs)}")
+    sums = teacher_probs.sum(axis=-1)[mask]  # (n,) the rows of the masked-in positions
     if sums.size and np.max(np.abs(sums - 1)) > 1e-3:
         bad = sums[np.argmax(np.abs(sums - 1))]
         raise ValueError(f"{fn}: argument 'teacher_probs': expected rows summing to 1 "
@@ -148,7 +149,7 @@ def distillation_forward(logits, teacher_probs, mask, temperature=1.0):
         mask = np.ones(logits.shape[:-1], dtype=bool)
     mask = check_mask(mask, "mask", logits.shape[:-1], fn=fn)
     temperature = check_positive(temperature, "temperature", fn=fn)
-    _check_teacher_probs(teacher_probs, mask, fn)
+    check_teacher_probs(teacher_probs, mask, fn)
     tp2 = teacher_probs.reshape(-1, V)  # (..., V) -> (N, V)
     m1 = mask.reshape(-1)  # (...) -> (N,)
     z2 = logits.reshape(-1, V) / logits.dtype.type(temperature)  # (N, V)

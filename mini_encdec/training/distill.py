@@ -21,32 +21,41 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..nn.linear import linear_forward
+from ..nn.softcap import softcap_forward
 from ..text.batching import split_teacher
-from ..nn.loss import (cross_entropy_backward, cross_entropy_forward, distillation_backward,
-                      distillation_forward)
 
 IGNORE = -100
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def _log_softmax(z: np.ndarray) -> np.ndarray:
     zs = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(zs)
-    return e / e.sum(axis=-1, keepdims=True)
+    return zs - np.log(np.exp(zs).sum(axis=-1, keepdims=True))
+
+
+def _teacher_log_probs(teacher, teacher_batch: dict, positions: np.ndarray,
+                       temperature: float) -> np.ndarray:
+    """log softmax(teacher_logits[b, positions[b, j]] / tau): (B, T, V). The teacher's
+    output layer runs on the gathered positions only (T of its S + T)."""
+    h = teacher.hidden_states(teacher_batch)  # (B, S + T, D)
+    B, T = positions.shape
+    if positions.max(initial=-1) >= h.shape[1]:
+        raise ValueError(f"teacher_probabilities: argument 'positions': expected positions "
+                         f"< {h.shape[1]} (the teacher sequence length), got "
+                         f"{int(positions.max())}")
+    rows = np.arange(B)[:, None]  # (B, 1) broadcast against (B, T)
+    gathered = h[rows, np.maximum(positions, 0)]  # (B, S + T, D) -> (B, T, D)
+    # logits = cap * tanh(h E^T / cap), the teacher's forward (models/gemma.py), here
+    z, _ = linear_forward(gathered, teacher.params[teacher.embed_key])  # (B, T, V)
+    logits, _ = softcap_forward(z, teacher.config.final_logit_softcapping)
+    return _log_softmax(logits / logits.dtype.type(temperature))
 
 
 def teacher_probabilities(teacher, teacher_batch: dict, positions: np.ndarray,
                           temperature: float = 1.0) -> np.ndarray:
     """softmax(teacher_logits[b, positions[b, j]] / tau): (B, T, V); rows with position -1
     (ignored labels) are uniform placeholders that the loss masks out."""
-    logits = teacher.forward(teacher_batch)  # (B, S + T, V)
-    B, T = positions.shape
-    if positions.max(initial=-1) >= logits.shape[1]:
-        raise ValueError(f"teacher_probabilities: argument 'positions': expected positions "
-                         f"< {logits.shape[1]} (the teacher sequence length), got "
-                         f"{int(positions.max())}")
-    rows = np.arange(B)[:, None]  # (B, 1) broadcast against (B, T)
-    gathered = logits[rows, np.maximum(positions, 0)]  # (B, S + T, V) -> (B, T, V)
-    return _softmax(gathered / gathered.dtype.type(temperature))
+    return np.exp(_teacher_log_probs(teacher, teacher_batch, positions, temperature))
 
 
 def kd_loss_and_grads(student, teacher, batch: dict, *, alpha: float = 0.5,
@@ -60,19 +69,19 @@ def kd_loss_and_grads(student, teacher, batch: dict, *, alpha: float = 0.5,
         raise ValueError("kd_loss_and_grads: argument 'batch': no 'teacher_input_ids'; make "
                          "the batches with with_teacher=True (PrefixLM + distillation)")
     sb, tb, positions = split_teacher(batch)
-    logits, cache = student.forward(sb, return_cache=True)  # (B, T, V)
     labels = sb["labels"]
     if positions.shape != labels.shape:
         raise ValueError(f"kd_loss_and_grads: teacher_positions has shape {positions.shape}, "
                          f"labels {labels.shape}")
-    probs = teacher_probabilities(teacher, tb, positions, temperature).astype(logits.dtype)
-    mask = labels != IGNORE
-    ce, c_ce = cross_entropy_forward(logits, labels, IGNORE)
-    soft, c_soft = distillation_forward(logits, probs, mask, temperature)
-    loss = alpha * soft + (1 - alpha) * ce
-    # loss = alpha * soft + (1 - alpha) * ce
-    dlogits = distillation_backward(alpha, c_soft) + cross_entropy_backward(1 - alpha, c_ce)
-    grads = student.backward(dlogits, cache)
-    p = probs[mask].astype(np.float64)  # (n, V)
-    entropy = float(-(p * np.log(np.where(p > 0, p, 1.0))).sum() / max(1, len(p)))
-    return float(loss), grads, {"ce": float(ce), "soft": float(soft), "kl": float(soft - entropy)}
+    logp = _teacher_log_probs(teacher, tb, positions, temperature)  # (B, T, V)
+    probs = np.exp(logp).astype(student.dtype, copy=False)
+    # loss = alpha * soft + (1 - alpha) * ce, from the student's final hidden states a
+    # block of rows at a time (ops.output_loss_and_grads): its logits are never stored
+    loss, grads, parts = student.distill_loss_and_grads(sb, probs, alpha=alpha,
+                                                        temperature=temperature)
+    # the teacher's entropy -sum_v p log p per counted row (row sums in float64)
+    counted = labels != IGNORE
+    entropy = float(-np.einsum("btv,btv->bt", probs, logp, dtype=np.float64)[counted].sum()
+                    / max(1, int(counted.sum())))
+    soft = parts["soft"]
+    return float(loss), grads, {"ce": parts["ce"], "soft": soft, "kl": soft - entropy}
