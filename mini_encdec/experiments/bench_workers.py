@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import ops
 from ..backend import set_backend
 from ..config import GemmaConfig
 from ..models import build_model
-from ..models.decoding import decoder_parts, step_weight_bytes
+from ..models.decoding import decoder_parts
 from ..models.flops import decode_step_bytes
 from ..models.generate import as_sequences, generate, make_stepper
 from ..storage.interop import save_hf
@@ -196,16 +195,18 @@ def _generate_ours(spec: dict) -> dict:
 MATMUL_ROLES = ("qkv", "o", "cross_q", "cross_o", "gate_up", "down")  # decoding.layer_weights
 
 
-def step_matmuls_cpu(plan, rows: int, weight_bytes: int, repeats: int = 20) -> float:
+def step_matmuls_cpu(stepper, rows: int, repeats: int = 20) -> float:
     """CPU seconds of a decoding step's matrix products alone: every weight matrix of the
     plan's layers and the output table, each times `rows` rows (B, 1, In), through the
-    backend's linear op, back to back, under the step's thread setting; the median of
+    backend's linear op, back to back, under the step's thread setting (a cached
+    stepper of models/generate.py, planned); the median of
     `repeats`. What a step takes beyond it is the rest: attention, norms, the soft-cap
     and the Python between the kernels."""
+    plan = stepper.cache.plan
     mats = [w[r] for w in plan.layers for r in MATMUL_ROLES if r in w] + [plan.embed]
     xs = [np.ones((rows, 1, W.shape[1]), W.dtype) for W in mats]
     times = []
-    with ops.serial(rows=rows, weight_bytes=weight_bytes):
+    with stepper.step_threads(rows):
         for _ in range(repeats):
             c0 = time.process_time()
             for x, W in zip(xs, mats):
@@ -239,8 +240,7 @@ def decode_steps(model, prompts, N: int) -> dict:
     itemsize = stepper.cache.plan.embed.dtype.itemsize
     return {"prefill": prefill, "decode_step": statistics.median(steps) if steps else None,
             "decode_step_cpu": statistics.median(cpu) if cpu else None,
-            "matmuls_cpu": step_matmuls_cpu(stepper.cache.plan, len(prompts),
-                                            step_weight_bytes(model)),
+            "matmuls_cpu": step_matmuls_cpu(stepper, len(prompts)),
             "step_bytes": decode_step_bytes(model.config, context, S, batch=len(prompts),
                                             itemsize=itemsize)}
 

@@ -102,11 +102,14 @@ class _CachedStepper:
 
     def advance(self, tokens: np.ndarray) -> np.ndarray:
         # (B, 1) -> (B, 1, V) -> (B, V); tokens come from the model's own vocabulary.
-        # One token per row: a few rows of a model whose weights stay in the cache are too
-        # little work to split over threads (ops.serial); a bigger step uses the threads
-        # the load leaves free.
-        with ops.serial(rows=len(tokens), weight_bytes=self.weight_bytes):
+        with self.step_threads(len(tokens)):
             return decoder_step(self.model, self.cache, tokens[:, None], last_only=True)[:, -1]
+
+    def step_threads(self, rows: int):
+        """The thread setting of a one-token step of `rows` rows: a few rows of a model
+        whose weights stay in the cache are too little work to split over threads
+        (ops.serial); a bigger step uses the threads the load leaves free."""
+        return ops.serial(rows=rows, weight_bytes=self.weight_bytes)
 
     def reorder(self, rows: np.ndarray) -> None:
         self.cache.reorder(rows)
