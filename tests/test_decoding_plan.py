@@ -1,5 +1,5 @@
 """The per-request decoding plan (models/decoding.py, DecodingPlan): a planned request
-(`init_cache(..., max_len=N)`, what generate runs) gives exactly the logits of the
+(`init_planned_cache(..., max_len=N)`, what generate runs) gives exactly the logits of the
 unplanned steps (ops looked up, masks and RoPE tables built at every call) and of the full
 forward, for Gemma 2, Gemma 3, T5Gemma (balanced and unbalanced) and T5Gemma 2 (merged
 attention, eoi vector), with left-padded batches, past its planned length too; its pieces
@@ -13,7 +13,7 @@ from mini_encdec import ops
 from mini_encdec.config import EncDecConfig, GemmaConfig
 from mini_encdec.models import build_model
 from mini_encdec.models.decoding import (DecodingPlan, _softcap_in_place, decoder_parts,
-                                         decoder_step, init_cache)
+                                         decoder_step, init_cache, init_planned_cache)
 from mini_encdec.models.generate import generate
 from mini_encdec.models.inputs import layer_type_mask, rope_for
 from mini_encdec.nn.softcap import softcap_unchecked
@@ -66,7 +66,8 @@ def model_and_inputs(kind: str, seed: int = 0):
 
 def run_steps(model, ids, valid, enc, enc_mask, max_len):
     """Logits (B, T, V): a prefill of PREFILL tokens, then one token at a time."""
-    cache = init_cache(model, B, enc, enc_mask, max_len=max_len)
+    cache = init_cache(model, B, enc, enc_mask) if max_len is None else \
+        init_planned_cache(model, B, enc, enc_mask, max_len=max_len)
     out = [decoder_step(model, cache, ids[:, :PREFILL], valid[:, :PREFILL])]
     out += [decoder_step(model, cache, ids[:, t:t + 1], valid[:, t:t + 1])
             for t in range(PREFILL, T)]
@@ -102,7 +103,7 @@ def test_one_token_masks_are_the_cached_validity(kind):
     """For one new token per row the plan's mask (the keys' validity) equals the mask
     the positions give (causal, window, padding), at every step, windows rolling."""
     model, ids, valid, enc, enc_mask = model_and_inputs(kind)
-    cache = init_cache(model, B, enc, enc_mask, max_len=T)
+    cache = init_planned_cache(model, B, enc, enc_mask, max_len=T)
     unplanned = DecodingPlan(model, cache)
     cfg_ = decoder_parts(model)[0].cfg
     decoder_step(model, cache, ids[:, :PREFILL], valid[:, :PREFILL])
@@ -121,7 +122,7 @@ def test_one_token_masks_are_the_cached_validity(kind):
 
 def test_rope_rows_equal_the_tables_of_the_positions():
     model, *_ = model_and_inputs("gemma3")
-    cache = init_cache(model, 2, max_len=4)
+    cache = init_planned_cache(model, 2, max_len=4)
     plan = cache.plan
     q_pos = np.array([[0, 3], [2, 9]])  # 9: past the planned 4, the table grows
     got = plan.rope(q_pos)
@@ -144,7 +145,7 @@ def test_planned_request_allocates_its_buffers_once_and_resolves_ops_once(monkey
     """Buffers sized for max_len are never reallocated; the ops are looked up when the
     request is planned, never by a step."""
     model, ids, valid, _, _ = model_and_inputs("gemma2")
-    cache = init_cache(model, B, max_len=T)
+    cache = init_planned_cache(model, B, max_len=T)
     decoder_step(model, cache, ids[:, :PREFILL], valid[:, :PREFILL])
     buffers = [b.buf for b in cache._k + cache._v + list(cache._pos.values())]
 
@@ -167,12 +168,11 @@ def test_generate_plans_its_request_and_equals_the_unplanned_and_uncached_runs(m
     planned = generate(model, prompts, max_new_tokens=6, stop_at_eos=False)
     uncached = generate(model, prompts, max_new_tokens=6, stop_at_eos=False, use_cache=False)
     lens = []
-    real_init = gen.init_cache
 
-    def unplanned(model_, B_, enc=None, enc_mask=None, *, max_len=None):
+    def unplanned(model_, B_, enc=None, enc_mask=None, *, max_len):
         lens.append(max_len)
-        return real_init(model_, B_, enc, enc_mask)
-    monkeypatch.setattr(gen, "init_cache", unplanned)
+        return init_cache(model_, B_, enc, enc_mask)
+    monkeypatch.setattr(gen, "init_planned_cache", unplanned)
     plain = generate(model, prompts, max_new_tokens=6, stop_at_eos=False)
     np.testing.assert_array_equal(planned, plain)
     np.testing.assert_array_equal(planned, uncached)
@@ -183,4 +183,21 @@ def test_max_len_must_be_a_positive_integer():
     model, *_ = model_and_inputs("gemma2")
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match="max_len"):
-            init_cache(model, 1, max_len=bad)
+            init_planned_cache(model, 1, max_len=bad)
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "t5gemma2"])
+def test_reserve_keeps_the_cached_entries_and_makes_room(kind):
+    """KVCache.reserve moves what is cached (T5Gemma 2's encoder keys in its global
+    layers) into buffers with room for n more tokens, unchanged."""
+    model, ids, valid, enc, enc_mask = model_and_inputs(kind)
+    cache = init_cache(model, B, enc, enc_mask)
+    before = [kv if kv is None else (kv[0].copy(), kv[1].copy()) for kv in cache.kv]
+    K, Dh = decoder_parts(model)[0].cfg.num_key_value_heads, decoder_parts(model)[0].cfg.head_dim
+    cache.reserve(7, np.empty((B, K, 0, Dh)))
+    for b, kv in zip(cache._k, before):
+        live = 0 if kv is None else kv[0].shape[2]
+        assert b.buf.shape == (B, K, live + 7, Dh)
+        if kv is not None:
+            np.testing.assert_array_equal(b.view(), kv[0])
+    assert all(b.buf.shape == (B, 7) for b in cache._pos.values())

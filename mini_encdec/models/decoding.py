@@ -79,18 +79,16 @@ class KVCache:
     """Keys/values of one batch of decoder rows (see the module docstring). Stored in
     WindowBuffers (appends copy only the new entries); `kv`, `pos`, `valid` are views."""
 
-    def __init__(self, num_layers: int, B: int, layer_types: tuple, windows: dict,
-                 capacity: Optional[int] = None):
+    def __init__(self, num_layers: int, B: int, layer_types: tuple, windows: dict):
         self.layer_types = layer_types
         self.windows = windows  # layer type -> keys kept (W - 1) or None (all)
-        # per layer: keys and values, (B, K, Tc, Dh) along axis 2 (capacity: the entries
-        # allocated at once, for the whole request; None: grown as needed)
-        self._k = [WindowBuffer(2, windows[lt], capacity=capacity) for lt in layer_types]
-        self._v = [WindowBuffer(2, windows[lt], capacity=capacity) for lt in layer_types]
+        # per layer: keys and values, (B, K, Tc, Dh) along axis 2
+        self._k = [WindowBuffer(2, windows[lt]) for lt in layer_types]
+        self._v = [WindowBuffer(2, windows[lt]) for lt in layer_types]
         # per layer type: positions (B, Tc) and validity (not padding) of the cached keys
-        self._pos = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), np.int64), capacity)
+        self._pos = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), np.int64))
                      for lt in set(layer_types)}
-        self._valid = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), bool), capacity)
+        self._valid = {lt: WindowBuffer(1, windows[lt], np.zeros((B, 0), bool))
                        for lt in set(layer_types)}
         self.next_pos = np.zeros(B, np.int64)  # (B,) position of each row's next token
         # per layer the encoder output's (k, v) (B, K, S, Dh) for the cross-attention
@@ -98,7 +96,7 @@ class KVCache:
         self.memory_kv: Optional[list] = None
         self.memory_mask: Optional[np.ndarray] = None  # (B|1, 1, 1, S) bool
         self.fused: list = []  # fused_weights(model): this cache's own copies
-        self.plan: Optional[DecodingPlan] = None  # init_cache(max_len=...): the request's plan
+        self.plan: Optional[DecodingPlan] = None  # the request's plan (init_planned_cache)
 
     @property
     def batch_size(self) -> int:
@@ -134,6 +132,15 @@ class KVCache:
         (B, K, Tc + Tn, Dh) of [cached ; new], read in place (local layers then keep
         only the last W - 1; W = 1: none)."""
         return self._k[i].append(k), self._v[i].append(v)
+
+    def reserve(self, n: int, kv_like: np.ndarray) -> None:
+        """Room for n more tokens per row in every buffer (a merged global layer's beside
+        its encoder keys), allocated now: the appends of a request of at most n tokens
+        never grow them. kv_like: an array with the keys' (B, K, ., Dh) shape and dtype."""
+        for b in self._k + self._v:
+            b.reserve(b.end - b.start + n, kv_like)
+        for b in list(self._pos.values()) + list(self._valid.values()):
+            b.reserve(b.end - b.start + n, b.buf)
 
     def reorder(self, rows: np.ndarray) -> None:
         """Keep rows `rows` (B',) of the batch, in that order (beam search: gather the
@@ -195,27 +202,16 @@ def step_weight_bytes(model) -> int:
 
 
 def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
-               encoder_mask: Optional[np.ndarray] = None, *,
-               max_len: Optional[int] = None) -> KVCache:
+               encoder_mask: Optional[np.ndarray] = None) -> KVCache:
     """An empty cache for B rows: per layer type, how many keys its buffers keep (a local
     layer W - 1, all a later query can reach; a global layer all), its own fused
     weights (fused_weights), and for the encoder-decoder the encoder output (B, S, De)
-    projected into every layer's cross (or merged) keys/values once.
-
-    max_len: the most tokens a row of this request will hold (its prompt, padding
-    included, and its new tokens): the request is planned (`cache.plan`, DecodingPlan:
-    ops, weights and RoPE table looked up once) and the buffers are allocated for max_len
-    tokens at once. None: no plan; every step looks everything up itself."""
+    projected into every layer's cross (or merged) keys/values once."""
     spec, _ = decoder_parts(model)
     cfg = spec.cfg
     windows = {lt: (cfg.sliding_window - 1 if lt == SLIDING else None)
                for lt in set(cfg.layer_types)}
-    capacity = max_len
-    if max_len is not None:
-        max_len = check_positive_int(max_len, "max_len", fn="init_cache")
-        if spec.merged and encoder_output is not None:  # global: [encoder ; decoder keys]
-            capacity = max_len + encoder_output.shape[1]
-    cache = KVCache(cfg.num_hidden_layers, B, cfg.layer_types, windows, capacity)
+    cache = KVCache(cfg.num_hidden_layers, B, cfg.layer_types, windows)
     cache.fused = fused_weights(model)  # the cache's own, built once per request
     if spec.has_memory:
         if encoder_output is None:
@@ -238,8 +234,21 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
                     memory_kv[i] = None
         cache.memory_kv = memory_kv
         cache.memory_mask = memory_mask(encoder_mask, encoder_output.shape[1])
-    if max_len is not None:
-        cache.plan = DecodingPlan(model, cache, max_len)
+    return cache
+
+
+def init_planned_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
+                       encoder_mask: Optional[np.ndarray] = None, *, max_len: int) -> KVCache:
+    """init_cache's cache for a request of at most max_len tokens per row (its prompt,
+    padding included, and its new tokens; more still works, a little slower): its buffers
+    allocated for them at once (KVCache.reserve) and its plan (DecodingPlan: the ops, the
+    weights by role and the RoPE table looked up once), which decoder_step then runs."""
+    max_len = check_positive_int(max_len, "max_len", fn="init_planned_cache")
+    cache = init_cache(model, B, encoder_output, encoder_mask)
+    cache.plan = DecodingPlan(model, cache, max_len)
+    cfg = cache.plan.cfg
+    cache.reserve(max_len, np.empty((B, cfg.num_key_value_heads, 0, cfg.head_dim),
+                                    cache.plan.embed.dtype))  # (B, K, 0, Dh)
     return cache
 
 
@@ -278,7 +287,7 @@ def layer_weights(spec: StackSpec, P: dict, i: int, fused: dict) -> dict:
 class DecodingPlan:
     """What the steps of one request share, so that a step does only its own work.
 
-    Planned (`init_cache(..., max_len=N)`, what `generate` runs; `cache.plan`):
+    Planned (`init_planned_cache(..., max_len=N)`, what `generate` runs; `cache.plan`):
         ops       the step's op functions of the current backend, looked up once with
                   `ops.resolve(name)` (STEP_OPS)
         layers    per decoder layer its weights by role (layer_weights)
@@ -435,7 +444,7 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
     """Soft-capped logits (B, Tn, V) of new tokens ids (B, Tn) (last_only: (B, 1, V));
     valid (B, Tn) bool marks real tokens (False: left padding of a prompt). Appends the
     tokens to the cache. ids and valid are trusted: the caller validated them. Runs the
-    cache's plan (init_cache(max_len=...)), or without one an unplanned step."""
+    cache's plan (init_planned_cache), or without one an unplanned step."""
     plan = cache.plan or DecodingPlan(model, cache)  # unplanned: looked up for this step
     spec, cfg = plan.spec, plan.cfg
     B, Tn = ids.shape

@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import ops
 from .gemma import GemmaLM
-from .decoding import decoder_parts, decoder_step, init_cache, step_weight_bytes
+from .decoding import decoder_parts, decoder_step, init_planned_cache, step_weight_bytes
 from ..validate import check_ids, check_mask, check_positive, check_positive_int
 
 METHODS = ("greedy", "sample", "beam")
@@ -91,7 +91,7 @@ class _CachedStepper:
         self.model = model
         # planned for the prompt and max_new_tokens new tokens (decoding.DecodingPlan)
         max_len = ids.shape[1] + (max_new_tokens or 1)
-        self.cache = init_cache(model, ids.shape[0], enc, enc_mask, max_len=max_len)
+        self.cache = init_planned_cache(model, ids.shape[0], enc, enc_mask, max_len=max_len)
         self.weight_bytes = step_weight_bytes(model)
         self.first_ids, self.first_mask = ids, mask
 

@@ -2,14 +2,14 @@
 
     buf = WindowBuffer(axis=2, keep=None)   # keep every entry (global attention layers)
     buf = WindowBuffer(axis=2, keep=W - 1)  # keep only the last W - 1 (sliding window)
-    buf = WindowBuffer(axis=2, capacity=N)  # room for N entries from the first append on
     buf.append(new)                         # new (..., Tn, ...) along `axis`
     buf.view()                              # the kept entries, (..., Tc, ...), a view
+    buf.reserve(n, like)                    # room for n entries now: no growing later
 
 np.concatenate copies everything already stored on every append (O(context) per token);
 here the entries live in a preallocated array whose capacity doubles when full, so an
-append copies only the new entries (amortised O(Tn)); given the capacity a request
-needs, the first append allocates it all and later appends never grow the array. With `keep`, the kept entries are
+append copies only the new entries (amortised O(Tn)); `reserve` allocates at once what a
+request of known length needs, so its appends never grow the array. With `keep`, the kept entries are
 the last `keep` ones: [start, end) of the array; when the array's end is reached they are
 moved back to its front (every capacity - keep appended entries, O(keep) each time).
 
@@ -30,18 +30,15 @@ MIN_CAPACITY = 64  # entries allocated at the first append (at least)
 class WindowBuffer:
     """Entries along `axis`, appended in place; only the last `keep` kept (None: all)."""
 
-    def __init__(self, axis: int, keep: Optional[int] = None, initial=None,
-                 capacity: Optional[int] = None):
+    def __init__(self, axis: int, keep: Optional[int] = None, initial=None):
         self.axis, self.keep = axis, keep
-        self.capacity = capacity  # entries allocated at the first append (None: see below)
         self.buf: Optional[np.ndarray] = None
         self.start = self.end = 0  # the kept entries are buf[start:end] along axis
-        self._lead = (slice(None),) * axis  # the axes before `axis`, taken whole
         if initial is not None:
             self.append(initial)
 
     def _slice(self, a: int, b: int) -> tuple:
-        return self._lead + (slice(a, b),)
+        return (slice(None),) * self.axis + (slice(a, b),)
 
     def view(self) -> Optional[np.ndarray]:
         """The kept entries (a view into the buffer), or None before the first append."""
@@ -53,8 +50,7 @@ class WindowBuffer:
         before = self.end - self.start
         if self.buf is None:
             shape = list(new.shape)
-            shape[self.axis] = max(MIN_CAPACITY, 2 * n) if self.capacity is None \
-                else max(self.capacity, n)
+            shape[self.axis] = max(MIN_CAPACITY, 2 * n)
             self.buf = np.empty(shape, dtype=new.dtype)
         capacity = self.buf.shape[self.axis]
         if self.end + n > capacity:  # full: move the kept entries to the front, maybe grow
@@ -74,6 +70,18 @@ class WindowBuffer:
         if self.keep is not None:
             self.start = max(self.start, self.end - self.keep)
         return recent
+
+    def reserve(self, n: int, like: np.ndarray) -> None:
+        """Room for n entries (the kept ones included) from now on, allocated now, the kept
+        entries moved to the front; like: an array with the entries' shape and dtype (its
+        size along the axis does not matter). Appends beyond n still grow the array."""
+        live = self.end - self.start
+        shape = list(like.shape)
+        shape[self.axis] = max(n, live)
+        buf = np.empty(shape, dtype=like.dtype)
+        if live:
+            buf[self._slice(0, live)] = self.view()
+        self.buf, self.start, self.end = buf, 0, live
 
     def take_rows(self, rows: np.ndarray) -> None:
         """Keep rows `rows` of axis 0 (the batch), in that order (a compact copy)."""
