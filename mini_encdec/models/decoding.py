@@ -39,6 +39,19 @@ generation needs). Positions follow the models' convention (`inputs.py`): a row'
 position advances only on valid tokens, so a left-padded prompt gives exactly the logits
 of the full forward with attention_mask.
 
+The plan of a request. A step of one token does little arithmetic (at batch 1 a few
+matrix-vector products), so what it looks up costs as much as what it computes. Whatever
+does not change between the steps of one request is therefore looked up once, by
+`init_planned_cache(model, B, ..., max_len=N)` (what `generate` runs), into a
+DecodingPlan on the cache: the op functions of the backend (`ops.resolve`), each layer's
+weights by role (`plan.layers[i]["qkv"]`, ...), the RoPE (cos, sin) table of positions
+0 .. N - 1 (a step takes the rows of its positions), and the buffers allocated for N
+tokens. A one-token step takes its masks from the cached validity (see
+`DecodingPlan.masks`) and soft-caps its logits in place. `init_cache` makes a cache
+without a plan: its steps look everything up at every call (the ops through
+`mini_encdec.ops`, masks and RoPE from the positions, as the full forward does), the
+reference the tests hold the plan to, bit for bit.
+
 Shapes: B rows, Tn new tokens, Tc cached tokens, S encoder tokens, D width, H/K query/kv
 heads, Dh head size, F MLP width, V vocabulary.
 """
