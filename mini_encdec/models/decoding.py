@@ -301,8 +301,9 @@ class DecodingPlan:
     """What the steps of one request share, so that a step does only its own work.
 
     Planned (`init_planned_cache(..., max_len=N)`, what `generate` runs; `cache.plan`):
-        ops       the step's op functions of the current backend, looked up once with
-                  `ops.resolve(name)` (STEP_OPS)
+        ops       the step's op functions (STEP_OPS: `linear`, `rmsnorm_forward`,
+                  `attention_core_forward`, `geglu_act_forward`) of the current backend,
+                  looked up once with `ops.resolve(name)`
         layers    per decoder layer its weights by role (layer_weights)
         rope      per layer type the (cos, sin) table of positions 0 .. N - 1, computed
                   once; a step takes the rows of its positions (the table grows if a
@@ -338,6 +339,7 @@ class DecodingPlan:
         self.embed, self.final_norm = P[embed_key], P[spec.norm_key]  # E (V, D), (D,)
         self.embed_factor = embedding_scale(self.embed.shape[1], self.embed.dtype)  # sqrt(D)
         self.eoi = None if spec.eoi is None else (spec.eoi[0], P[spec.eoi[1]])
+        self.rope_len = max_len or 0  # positions 0 .. rope_len - 1 in rope_table
         self.rope_table = self._rope_table(max_len) if self.planned else None
 
     def norm(self, x, w):
@@ -360,9 +362,9 @@ class DecodingPlan:
         if not self.planned:
             tables = rope_for(self.cfg, q_pos, self.embed.dtype, fast=True)  # (B, Tn, Dh)
         else:
-            n = len(next(iter(self.rope_table.values()))[0])
-            if q_pos.max() >= n:  # past the planned length: a table twice as long
-                self.rope_table = self._rope_table(max(2 * n, int(q_pos.max()) + 1))
+            if q_pos.max() >= self.rope_len:  # past the planned length: a longer table
+                self.rope_len = max(2 * self.rope_len, int(q_pos.max()) + 1)
+                self.rope_table = self._rope_table(self.rope_len)
             # the rows of the positions: (n, Dh)[(B, Tn)] -> (B, Tn, Dh)
             tables = {lt: (cos[q_pos], sin[q_pos]) for lt, (cos, sin) in self.rope_table.items()}
         return {lt: (cos[:, None], sin[:, None]) for lt, (cos, sin) in tables.items()}
