@@ -197,11 +197,11 @@ MATMUL_ROLES = ("qkv", "o", "cross_q", "cross_o", "gate_up", "down")  # decoding
 
 def step_matmuls_cpu(stepper, rows: int, repeats: int = 20) -> float:
     """CPU seconds of a decoding step's matrix products alone: every weight matrix of the
-    plan's layers and the output table, each times `rows` rows (B, 1, In), through the
-    backend's linear op, back to back, under the step's thread setting (a cached
-    stepper of models/generate.py, planned); the median of
-    `repeats`. What a step takes beyond it is the rest: attention, norms, the soft-cap
-    and the Python between the kernels."""
+    cached stepper's plan (models/generate.py, decoding.DecodingPlan) and the output
+    table, each times `rows` rows (B, 1, In), through the backend's linear op, back to
+    back, under the step's thread setting; the median of `repeats`. What a step takes
+    beyond it is the rest: attention, norms, the soft-cap and the Python between the
+    kernels."""
     plan = stepper.cache.plan
     mats = [w[r] for w in plan.layers for r in MATMUL_ROLES if r in w] + [plan.embed]
     xs = [np.ones((rows, 1, W.shape[1]), W.dtype) for W in mats]
