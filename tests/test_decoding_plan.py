@@ -201,3 +201,21 @@ def test_reserve_keeps_the_cached_entries_and_makes_room(kind):
         if kv is not None:
             np.testing.assert_array_equal(b.view(), kv[0])
     assert all(b.buf.shape == (B, 7) for b in cache._pos.values())
+
+
+@pytest.mark.parametrize("keep", [None, 2])
+def test_window_buffer_reserve_allocates_once_and_keeps_the_entries(keep):
+    """After reserve(n), n entries in all (the kept ones included) are appended without
+    reallocating, and the buffer holds what appending alone would."""
+    from mini_encdec.models.window_buffer import WindowBuffer
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal((2, 3, t, 4)) for t in (2, 1, 1, 3, 1)]
+    plain, reserved = WindowBuffer(2, keep), WindowBuffer(2, keep)
+    plain.append(chunks[0])
+    reserved.append(chunks[0])
+    reserved.reserve(reserved.end - reserved.start + 6, chunks[0])
+    buf = reserved.buf
+    for c in chunks[1:]:
+        np.testing.assert_array_equal(reserved.append(c), plain.append(c))
+        np.testing.assert_array_equal(reserved.view(), plain.view())
+    assert reserved.buf is buf
