@@ -278,3 +278,17 @@ def test_study_profile_kd_step_runs_with_the_batchers_teacher_alignment():
     kd = bench_study._kd_batch({"input_ids": src, "labels": tgt}, 6, 8)
     assert (kd["teacher_input_ids"] == np.concatenate([src, tgt], 1)).all()
     assert (kd["teacher_positions"] == 5 + np.arange(8)).all()  # S + j - 1
+
+
+def test_decode_limits_show_the_step_against_its_floor_and_its_cpu_split():
+    """The step as a % of the bandwidth floor, and its CPU time split into the matrix
+    products and the rest."""
+    from mini_encdec.experiments.bench_report import _decode_limits
+    gen = {("tiny", "decoder", "numba", 8): {"times": [1.0], "new_tokens": 64, "prefill": 0.01,
+                                             "decode_step": 0.002, "step_bytes": 20e6,
+                                             "decode_step_cpu": 0.004, "matmuls_cpu": 0.003}}
+    lines = _decode_limits(["tiny"], ["decoder"], [8], gen,
+                           {"one": 20e9, "all": 40e9, "threads": 2})
+    # floor 1 ms (one thread): the 2 ms step is 200% of it; 3 of its 4 CPU ms are matmuls
+    assert "| tiny | decoder | 8 | 10.0 | 2.00 | 20.0 | 1.00 / 0.50 | 50% | 200% | 4.00 " \
+           "| 3.00 | 25% |" in lines

@@ -151,3 +151,35 @@ def test_prefill_counts_the_last_positions_logits_only():
         assert prefill_flops(cfg, T) == forward_flops(cfg, T) - full_logits + one_row
     with pytest.raises(ValueError, match="GemmaConfig"):
         prefill_flops(EncDecConfig(encoder=cfg, decoder=cfg), 8)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS) + ["gemma3"])
+def test_decode_step_bytes_are_the_weights_and_the_keys_a_step_reads(name, monkeypatch):
+    """decode_step_bytes = the weights a step reads (decoding.step_weight_bytes) + the
+    keys and values its attention calls receive, counted on real cached steps of 2 rows
+    (the local layers keep W - 1 = 2 keys, merged ones read the encoder's beside them)."""
+    from mini_encdec.models.decoding import step_weight_bytes
+    from mini_encdec.models.flops import decode_step_bytes
+    config = CONFIGS.get(name) or GemmaConfig(**{**BASE, "qk_norm": True,
+                                                 "num_hidden_layers": 3})
+    model = build_model(config)  # float32
+    B, S = 2, 5
+    enc = None if isinstance(config, GemmaConfig) else model.encode(np.full((B, S), 5))
+    S_arg = None if enc is None else S
+    one, two = (decode_step_bytes(config, 0, S_arg, batch=b) for b in (1, 2))
+    assert 2 * one - two == step_weight_bytes(model)  # the rows share the weights
+    read = []
+    core = ops.attention_core_forward
+
+    def spy(q, k, v, mask, **kw):
+        read.append(k.nbytes + v.nbytes)
+        return core(q, k, v, mask, **kw)
+    monkeypatch.setattr(ops, "attention_core_forward", spy)
+    cache = init_cache(model, B, enc)
+    for context in range(6):
+        read.clear()
+        decoder_step(model, cache, np.full((B, 1), 5))
+        assert decode_step_bytes(config, context, S_arg, batch=B) == \
+            step_weight_bytes(model) + sum(read), f"context {context}"
+    with pytest.raises(ValueError, match="batch"):
+        decode_step_bytes(config, 0, S_arg, batch=0)

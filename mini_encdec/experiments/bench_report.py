@@ -68,18 +68,30 @@ def _decode_limits(presets, archs, gen_batches, gen, bandwidth) -> list:
     L = ["", "### What limits a decoding step (numba)", "",
          f"Memory bandwidth (a 256 MiB float32 matrix-vector product): {one / 1e9:.1f} GB/s "
          f"on one thread, {many / 1e9:.1f} GB/s on {n}. A step must read the decoder's "
-         "weights, the output table and the KV cache; when they do not fit in the cache "
-         "together (L3 here: see lscpu) every step streams them from memory, and "
-         "bytes / bandwidth is a floor no kernel can beat at float32. 'share of floor' = "
-         "floor (one thread) / measured step: near 100% means bandwidth-bound.", "",
+         "weights, the output table and the KV cache (MB read per step: "
+         "models/flops.py decode_step_bytes, at the middle step); when they do not fit in "
+         "the cache together (L3 here: see lscpu) every step streams them from memory, and "
+         "bytes / bandwidth is a floor no kernel can beat at float32 (data that stays in "
+         "the cache can beat it). 'share of floor' = floor (one thread) / measured step: "
+         "near 100% means bandwidth-bound; 'step / floor' is the same ratio the other way "
+         "up, the step as a % of the floor. CPU ms: the median step's process CPU time "
+         "(all threads), 'matmuls' the CPU time of the same step's matrix products alone "
+         "(every weight matrix times the batch's rows, back to back), 'rest' the share of "
+         "the step that is neither: attention, norms, soft-cap and the Python between the "
+         "kernels.", "",
          "| preset | model | batch | prefill ms | decode step ms | MB read per step "
-         "| floor ms (1 thread / all) | share of floor |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| floor ms (1 thread / all) | share of floor | step / floor | step CPU ms "
+         "| matmuls CPU ms | rest |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p, a, b, r in rows:
         mb, step = r["step_bytes"] / 1e6, r["decode_step"]
         f1, fa = r["step_bytes"] / one, r["step_bytes"] / many
+        cpu, mm = r.get("decode_step_cpu"), r.get("matmuls_cpu")
+        split = (f"{1e3 * cpu:.2f} | {1e3 * mm:.2f} | {100 * (1 - mm / cpu):.0f}%"
+                 if cpu and mm is not None else " | ")
         L.append(f"| {p} | {a} | {b} | {1e3 * r['prefill']:.1f} | {1e3 * step:.2f} "
-                 f"| {mb:.1f} | {1e3 * f1:.2f} / {1e3 * fa:.2f} | {100 * f1 / step:.0f}% |")
+                 f"| {mb:.1f} | {1e3 * f1:.2f} / {1e3 * fa:.2f} | {100 * f1 / step:.0f}% "
+                 f"| {100 * step / f1:.0f}% | {split} |")
     return L
 
 

@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import set_backend
+from ..config import GemmaConfig
 from ..models import build_model
-from ..models.decoding import decoder_parts, step_weight_bytes
+from ..models.decoding import decoder_parts
+from ..models.flops import decode_step_bytes
 from ..models.generate import as_sequences, generate, make_stepper
 from ..storage.interop import save_hf
 from ..training.optim import AdamW, OptimConfig
@@ -204,28 +206,57 @@ def _generate_ours(spec: dict) -> dict:
                 **decode_steps(model, prompts, spec["N"]))
 
 
+MATMUL_ROLES = ("qkv", "o", "cross_q", "cross_o", "gate_up", "down")  # decoding.layer_weights
+
+
+def step_matmuls_cpu(stepper, rows: int, repeats: int = 20) -> float:
+    """CPU seconds of a decoding step's matrix products alone: every weight matrix of the
+    cached stepper's plan (models/generate.py, decoding.DecodingPlan) and the output
+    table, each times `rows` rows (B, 1, In), through the backend's linear op, back to
+    back, under the step's thread setting; the median of `repeats`. What a step takes
+    beyond it is the rest: attention, norms, the soft-cap and the Python between the
+    kernels."""
+    plan = stepper.cache.plan
+    mats = [w[r] for w in plan.layers for r in MATMUL_ROLES if r in w] + [plan.embed]
+    xs = [np.ones((rows, 1, W.shape[1]), W.dtype) for W in mats]
+    times = []
+    with stepper.step_threads(rows):
+        for _ in range(repeats):
+            c0 = time.process_time()
+            for x, W in zip(xs, mats):
+                plan.linear(x, W)
+            times.append(time.process_time() - c0)
+    return statistics.median(times)
+
+
 def decode_steps(model, prompts, N: int) -> dict:
     """What one KV-cached decoding step costs and reads: the prompt's prefill time, the
-    median time of the N - 1 one-token steps after it, and the bytes a step must read
-    (the decoder's weights, the output table, the cached keys and values at the middle
-    step), so the report can set the step beside the memory-bandwidth floor."""
+    median time of the N - 1 one-token steps after it (wall and CPU time, the CPU time
+    of its matrix products alone), and the bytes a step must read at the middle step
+    (flops.decode_step_bytes: the decoder's weights, the output table, the cached keys and
+    values), so the report can set the step beside the memory-bandwidth floor."""
     spec, _ = decoder_parts(model)
-    weights = step_weight_bytes(model)
     t0 = time.perf_counter()
-    stepper = make_stepper(model, as_sequences(prompts, None, spec.cfg.vocab_size, "bench"), True)
+    stepper = make_stepper(model, as_sequences(prompts, None, spec.cfg.vocab_size, "bench"),
+                           True, N)
     logits = stepper.first()
     prefill = time.perf_counter() - t0
-    steps, cache_bytes = [], 0
+    steps, cpu, context = [], [], 0
     for t in range(N - 1):
         tokens = np.argmax(logits, axis=-1)
-        t0 = time.perf_counter()
-        logits = stepper.advance(tokens)
-        steps.append(time.perf_counter() - t0)
         if t == N // 2:
-            kv = stepper.cache.kv + (stepper.cache.memory_kv or [])
-            cache_bytes = sum(a.nbytes for pair in kv if pair is not None for a in pair)
+            context = int(stepper.cache.next_pos.max())
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits = stepper.advance(tokens)
+        cpu.append(time.process_time() - c0)
+        steps.append(time.perf_counter() - t0)
+    S = None if isinstance(model.config, GemmaConfig) else prompts.shape[1]
+    itemsize = stepper.cache.plan.embed.dtype.itemsize
     return {"prefill": prefill, "decode_step": statistics.median(steps) if steps else None,
-            "step_bytes": weights + cache_bytes}
+            "decode_step_cpu": statistics.median(cpu) if cpu else None,
+            "matmuls_cpu": step_matmuls_cpu(stepper, len(prompts)),
+            "step_bytes": decode_step_bytes(model.config, context, S, batch=len(prompts),
+                                            itemsize=itemsize)}
 
 
 def _generate_torch(spec: dict) -> dict:

@@ -56,4 +56,7 @@ def same_float_arrays(*arrays) -> bool:
     a0 = arrays[0]
     if not isinstance(a0, np.ndarray) or a0.dtype not in _FLOATS:
         return False
-    return all(isinstance(a, np.ndarray) and a.dtype == a0.dtype for a in arrays[1:])
+    for a in arrays[1:]:  # a loop, not all(...): a generator costs more than the test
+        if not isinstance(a, np.ndarray) or a.dtype != a0.dtype:
+            return False
+    return True

@@ -39,12 +39,26 @@ generation needs). Positions follow the models' convention (`inputs.py`): a row'
 position advances only on valid tokens, so a left-padded prompt gives exactly the logits
 of the full forward with attention_mask.
 
+The plan of a request. A step of one token does little arithmetic (at batch 1 a few
+matrix-vector products), so what it looks up costs as much as what it computes. Whatever
+does not change between the steps of one request is therefore looked up once, by
+`init_planned_cache(model, B, ..., max_len=N)` (what `generate` runs), into a
+DecodingPlan on the cache: the op functions of the backend (`ops.resolve`), each layer's
+weights by role (`plan.layers[i]["qkv"]`, ...), the RoPE (cos, sin) table of positions
+0 .. N - 1 (a step takes the rows of its positions), and the buffers allocated for N
+tokens. A one-token step takes its masks from the cached validity (see
+`DecodingPlan.masks`) and soft-caps its logits in place. `init_cache` makes a cache
+without a plan: its steps look everything up at every call (the ops through
+`mini_encdec.ops`, masks and RoPE from the positions, as the full forward does), the
+reference the tests hold the plan to, bit for bit.
+
 Shapes: B rows, Tn new tokens, Tc cached tokens, S encoder tokens, D width, H/K query/kv
 heads, Dh head size, F MLP width, V vocabulary.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -55,11 +69,11 @@ from ..nn.attention import merge_heads, split_heads
 from ..nn.embedding import embed_unchecked, embedding_scale
 from ..nn.mlp import geglu_unchecked
 from ..nn.rope import apply_rope_unchecked
-from ..nn.softcap import softcap_unchecked
+from ..validate import check_positive_int
 from .encdec import EncDecLM
 from .gemma import GemmaLM
-from .inputs import layer_type_mask, memory_mask, merge_masks, positions_from_mask, rope_for
 from .blocks import norm_keys
+from .inputs import layer_type_mask, memory_mask, merge_masks, positions_from_mask, rope_for
 from .params import CROSS_NORMS, FFW_NORMS, StackSpec
 from .window_buffer import WindowBuffer
 
@@ -95,6 +109,7 @@ class KVCache:
         self.memory_kv: Optional[list] = None
         self.memory_mask: Optional[np.ndarray] = None  # (B|1, 1, 1, S) bool
         self.fused: list = []  # fused_weights(model): this cache's own copies
+        self.plan: Optional[DecodingPlan] = None  # the request's plan (init_planned_cache)
 
     @property
     def batch_size(self) -> int:
@@ -131,6 +146,15 @@ class KVCache:
         only the last W - 1; W = 1: none)."""
         return self._k[i].append(k), self._v[i].append(v)
 
+    def reserve(self, n: int, kv_like: np.ndarray) -> None:
+        """Room for n more tokens per row in every buffer (a merged global layer's beside
+        its encoder keys), allocated now: the appends of a request of at most n tokens
+        never grow them. kv_like: an array with the keys' (B, K, ., Dh) shape and dtype."""
+        for b in self._k + self._v:
+            b.reserve(b.end - b.start + n, kv_like)
+        for b in list(self._pos.values()) + list(self._valid.values()):
+            b.reserve(b.end - b.start + n, b.buf)
+
     def reorder(self, rows: np.ndarray) -> None:
         """Keep rows `rows` (B',) of the batch, in that order (beam search: gather the
         surviving beams; may repeat rows to expand one prompt into several beams)."""
@@ -150,9 +174,10 @@ def _weights(P: dict, name: str) -> tuple:
     return tuple(P[f"{name}.{w}_proj.weight"] for w in "qkvo")
 
 
-def _linear(x: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """y = x W^T (..., In) @ (In, Out) -> (..., Out), through the ops dispatch."""
-    return ops.linear_forward(x, W)[0]
+def _linear(x: np.ndarray, W: np.ndarray, op=None) -> np.ndarray:
+    """y = x W^T (..., In) @ (In, Out) -> (..., Out), through the ops dispatch (op: the
+    backend's linear_forward, looked up once by a DecodingPlan)."""
+    return (op or ops.linear_forward)(x, W)[0]
 
 
 def project_memory(memory: np.ndarray, Wk: np.ndarray, Wv: np.ndarray, K: int):
@@ -225,101 +250,232 @@ def init_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
     return cache
 
 
+def init_planned_cache(model, B: int, encoder_output: Optional[np.ndarray] = None,
+                       encoder_mask: Optional[np.ndarray] = None, *, max_len: int) -> KVCache:
+    """init_cache's cache for a request of at most max_len tokens per row (its prompt,
+    padding included, and its new tokens; more still works, a little slower): its buffers
+    allocated for them at once (KVCache.reserve) and its plan (DecodingPlan: the ops, the
+    weights by role and the RoPE table looked up once), which decoder_step then runs."""
+    max_len = check_positive_int(max_len, "max_len", fn="init_planned_cache")
+    cache = init_cache(model, B, encoder_output, encoder_mask)
+    cache.plan = DecodingPlan(model, cache, max_len)
+    cfg = cache.plan.cfg
+    cache.reserve(max_len, np.empty((B, cfg.num_key_value_heads, 0, cfg.head_dim),
+                                    cache.plan.embed.dtype))  # (B, K, 0, Dh)
+    return cache
+
+
 def _norm(x, P: dict, key: str, eps: float):
     return ops.rmsnorm_forward(x, P[key], eps)[0]
 
 
-def _self_attention(spec: StackSpec, P: dict, i: int, n, fused: dict, cache: KVCache,
-                    mask, rope):
+# --- the plan of one request: everything its steps share, looked up once ------------------------
+
+STEP_OPS = ("linear_forward", "rmsnorm_forward", "attention_core_forward", "geglu_act_forward")
+
+
+def layer_weights(spec: StackSpec, P: dict, i: int, fused: dict) -> dict:
+    """Decoder layer i's weights by role: "pre_attn"/"post_attn", "pre_ffw"/"post_ffw"
+    (and "pre_cross"/"post_cross") the RMSNorm weights around each sublayer, "qkv" and
+    "gate_up" the fused matrices (the cache's, fused_weights), "o" and "down", Gemma 3's
+    "q_norm"/"k_norm", the cross-attention's "cross_q"/"cross_o" (its keys and values are
+    projected once, by init_cache)."""
+    p = spec.layer(i)
+    w = {"qkv": fused["qkv"], "o": P[p + "self_attn.o_proj.weight"],
+         "gate_up": fused["gate_up"], "down": P[p + "mlp.down_proj.weight"]}
+    sublayers = [("attn", spec.attn_norms), ("ffw", FFW_NORMS)]
+    if spec.cross:
+        sublayers.append(("cross", CROSS_NORMS))
+        w["cross_q"] = P[p + "cross_attn.q_proj.weight"]
+        w["cross_o"] = P[p + "cross_attn.o_proj.weight"]
+    for role, names in sublayers:
+        pre, post = norm_keys(p, names)
+        w["pre_" + role], w["post_" + role] = P[pre], P[post]
+    if spec.cfg.qk_norm:
+        w["q_norm"] = P[p + "self_attn.q_norm.weight"]
+        w["k_norm"] = P[p + "self_attn.k_norm.weight"]
+    return w
+
+
+class DecodingPlan:
+    """What the steps of one request share, so that a step does only its own work.
+
+    Planned (`init_planned_cache(..., max_len=N)`, what `generate` runs; `cache.plan`):
+        ops       the step's op functions (STEP_OPS: `linear`, `rmsnorm_forward`,
+                  `attention_core_forward`, `geglu_act_forward`) of the current backend,
+                  looked up once with `ops.resolve(name)`
+        layers    per decoder layer its weights by role (layer_weights)
+        rope      per layer type the (cos, sin) table of positions 0 .. N - 1, computed
+                  once; a step takes the rows of its positions (the table grows if a
+                  step goes past it)
+        masks     a step of one token per row takes its mask from the cached validity
+                  (`masks`); longer steps (a prompt) build it from the positions
+    Unplanned (`decoder_step` on a cache without a plan builds one per call): the ops
+    are `mini_encdec.ops`' own functions, which look the backend up at every call, and
+    the RoPE tables and masks are computed from the positions at every step with
+    `inputs.rope_for` and `inputs.layer_type_mask`, as the full forward does. The tests
+    check that both give the same logits.
+    """
+
+    def __init__(self, model, cache: KVCache, max_len: Optional[int] = None):
+        spec, embed_key = decoder_parts(model)
+        cfg, P = spec.cfg, model.params
+        self.spec, self.cfg, self.eps = spec, cfg, cfg.rms_norm_eps
+        self.H, self.K, self.Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.scale = float(cfg.query_pre_attn_scalar) ** -0.5
+        self.softcap = cfg.attn_logit_softcapping
+        self.planned = max_len is not None
+        if self.planned:  # the functions of the current backend, looked up once
+            ops_ = {name: ops.resolve(name) for name in STEP_OPS}
+            self.linear = functools.partial(_linear, op=ops_["linear_forward"])
+        else:  # mini_encdec.ops' dispatching functions (and _linear through them)
+            ops_ = {name: getattr(ops, name) for name in STEP_OPS}
+            self.linear = _linear
+        self.rmsnorm_forward = ops_["rmsnorm_forward"]
+        self.attention_core_forward = ops_["attention_core_forward"]
+        self.geglu_act_forward = ops_["geglu_act_forward"]
+        self.layers = [layer_weights(spec, P, i, cache.fused[i])
+                       for i in range(cfg.num_hidden_layers)]
+        self.embed, self.final_norm = P[embed_key], P[spec.norm_key]  # E (V, D), (D,)
+        self.embed_factor = embedding_scale(self.embed.shape[1], self.embed.dtype)  # sqrt(D)
+        self.eoi = None if spec.eoi is None else (spec.eoi[0], P[spec.eoi[1]])
+        self.rope_len = max_len or 0  # positions 0 .. rope_len - 1 in rope_table
+        self.rope_table = self._rope_table(max_len) if self.planned else None
+
+    def norm(self, x, w):
+        """RMSNorm with weight w (D,) over the last axis: (..., D) -> (..., D)."""
+        return self.rmsnorm_forward(x, w, self.eps)[0]
+
+    def attention_core(self, q, k, v, mask):
+        """q (B, H, Tn, Dh) over k/v (B, K, keys, Dh) with the config's query scalar and
+        soft-cap -> o (B, H, Tn, Dh)."""
+        return self.attention_core_forward(q, k, v, mask, scale=self.scale,
+                                           softcap=self.softcap)[0]
+
+    def _rope_table(self, n: int) -> dict:
+        """Per layer type (cos, sin) (n, Dh) of positions 0 .. n - 1."""
+        return rope_for(self.cfg, np.arange(n, dtype=np.int64), self.embed.dtype, fast=True)
+
+    def rope(self, q_pos: np.ndarray) -> dict:
+        """Per layer type (cos, sin) (B, 1, Tn, Dh) of the positions q_pos (B, Tn), shared
+        by the heads."""
+        if not self.planned:
+            tables = rope_for(self.cfg, q_pos, self.embed.dtype, fast=True)  # (B, Tn, Dh)
+        else:
+            if q_pos.max() >= self.rope_len:  # past the planned length: a longer table
+                self.rope_len = max(2 * self.rope_len, int(q_pos.max()) + 1)
+                self.rope_table = self._rope_table(self.rope_len)
+            # the rows of the positions: (n, Dh)[(B, Tn)] -> (B, Tn, Dh)
+            tables = {lt: (cos[q_pos], sin[q_pos]) for lt, (cos, sin) in self.rope_table.items()}
+        return {lt: (cos[:, None], sin[:, None]) for lt, (cos, sin) in tables.items()}
+
+    def masks(self, q_pos: np.ndarray, k_pos: dict, k_valid: dict,
+              memory_mask: Optional[np.ndarray]) -> dict:
+        """Per layer type the mask (B, 1, Tn, keys) of the new queries at q_pos (B, Tn) over
+        the cached and new keys at k_pos, k_valid (B, Tc + Tn) (merged attention:
+        [encoder ; cached ; new], memory_mask (B|1, 1, 1, S) the encoder's part)."""
+        B, Tn = q_pos.shape
+        if self.planned and Tn == 1:
+            # One new token per row: every cached key comes before it, and a local layer
+            # keeps only its last W - 1 keys, all within the window (a row's position
+            # advances by at most one per token), so the mask is the keys' validity.
+            # (B, Tc + 1) -> (B, 1, 1, Tc + 1)
+            masks = {lt: valid[:, None, None, :] for lt, valid in k_valid.items()}
+        else:
+            masks = {lt: layer_type_mask(self.cfg, lt, q_pos, k_pos[lt], causal=True,
+                                         key_padding=k_valid[lt], fast=True)
+                     for lt in k_pos}  # (B, 1, Tn, Tc + Tn)
+        if self.spec.merged:  # the cache's order: (B, 1, Tn, S + Tc + Tn)
+            masks = merge_masks(masks, memory_mask, B, memory_first=True)
+        return masks
+
+
+def _self_attention(plan: DecodingPlan, i: int, n, cache: KVCache, mask, rope):
     """The self (or merged) attention of layer i for the new tokens n (B, Tn, D), over
     [cached ; new ; (merged) encoder] keys; appends the new keys/values to the cache."""
-    cfg = spec.cfg
-    H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    qkv = _linear(n, fused["qkv"])  # (B, Tn, D) @ (D, (H + 2K)*Dh) -> (B, Tn, (H + 2K)*Dh)
+    w, H, K, Dh = plan.layers[i], plan.H, plan.K, plan.Dh
+    qkv = plan.linear(n, w["qkv"])  # (B, Tn, D) @ (D, (H + 2K)*Dh) -> (B, Tn, (H + 2K)*Dh)
     q = split_heads(qkv[..., :H * Dh], H)  # -> (B, H, Tn, Dh)
     k = split_heads(qkv[..., H * Dh:(H + K) * Dh], K)  # -> (B, K, Tn, Dh)
     v = split_heads(qkv[..., (H + K) * Dh:], K)  # -> (B, K, Tn, Dh)
-    if cfg.qk_norm:  # Gemma 3: q = rmsnorm(q, q_norm), k = rmsnorm(k, k_norm), per head
-        name = spec.layer(i) + "self_attn."
-        q = _norm(q, P, name + "q_norm.weight", cfg.rms_norm_eps)
-        k = _norm(k, P, name + "k_norm.weight", cfg.rms_norm_eps)
+    if plan.cfg.qk_norm:  # Gemma 3: q = rmsnorm(q, q_norm), k = rmsnorm(k, k_norm), per head
+        q, k = plan.norm(q, w["q_norm"]), plan.norm(k, w["k_norm"])
     q, k = apply_rope_unchecked(q, *rope), apply_rope_unchecked(k, *rope)
     # (B, K, Tc + Tn, Dh) views of the cache (merged global layer: [encoder ; cached ; new])
     keys, values = cache.add_kv(i, k, v)
-    if spec.merged and cache.memory_kv[i] is not None:  # a merged local layer
+    if plan.spec.merged and cache.memory_kv[i] is not None:  # a merged local layer
         keys = np.concatenate([cache.memory_kv[i][0], keys], axis=2)  # [encoder ; window]
         values = np.concatenate([cache.memory_kv[i][1], values], axis=2)
-    o, _ = ops.attention_core_forward(q, keys, values, mask,
-                                      scale=float(cfg.query_pre_attn_scalar) ** -0.5,
-                                      softcap=cfg.attn_logit_softcapping)  # (B, H, Tn, Dh)
-    Wo = P[spec.layer(i) + "self_attn.o_proj.weight"]
-    return _linear(merge_heads(o), Wo)  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
+    o = plan.attention_core(q, keys, values, mask)  # (B, H, Tn, Dh)
+    return plan.linear(merge_heads(o), w["o"])  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
 
 
-def _cross_attention(spec: StackSpec, P: dict, i: int, n, memory_kv, memory_mask):
+def _cross_attention(plan: DecodingPlan, i: int, n, memory_kv, memory_mask):
     """Cross-attention of layer i: n (B, Tn, D) over the cached encoder keys, no RoPE."""
-    cfg = spec.cfg
-    Wq, _, _, Wo = _weights(P, spec.layer(i) + "cross_attn")
-    q = split_heads(_linear(n, Wq), cfg.num_attention_heads)  # (B, Tn, D) -> (B, H, Tn, Dh)
-    o, _ = ops.attention_core_forward(q, *memory_kv, memory_mask,
-                                      scale=float(cfg.query_pre_attn_scalar) ** -0.5,
-                                      softcap=cfg.attn_logit_softcapping)  # (B, H, Tn, Dh)
-    return _linear(merge_heads(o), Wo)  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
+    w = plan.layers[i]
+    q = split_heads(plan.linear(n, w["cross_q"]), plan.H)  # (B, Tn, D) -> (B, H, Tn, Dh)
+    o = plan.attention_core(q, *memory_kv, memory_mask)  # (B, H, Tn, Dh)
+    return plan.linear(merge_heads(o), w["cross_o"])  # (B, Tn, H*Dh) @ (H*Dh, D) -> (B, Tn, D)
 
 
-def cached_block_forward(spec: StackSpec, P: dict, i: int, x, cache: KVCache, mask, rope):
+def cached_block_forward(spec: StackSpec, plan: DecodingPlan, i: int, x, cache: KVCache,
+                         mask, rope):
     """Decoder layer i on the new tokens x (B, Tn, D) against the cache -> (B, Tn, D): the
     equations of blocks.py's encoder block (decoder-only Gemma 2), decoder block (T5Gemma)
     or merged block (T5Gemma 2), line for line; tests/test_generate.py checks every layer's
-    output against those functions. mask: this layer type's (B, 1, Tn, keys)."""
-    p, eps = spec.layer(i), spec.cfg.rms_norm_eps
-    pre_attn, post_attn = norm_keys(p, spec.attn_norms)
-    pre_cross, post_cross = norm_keys(p, CROSS_NORMS)
-    pre_ffw, post_ffw = norm_keys(p, FFW_NORMS)
+    output against those functions. The weights and ops come from the plan; mask: this
+    layer type's (B, 1, Tn, keys), rope its (cos, sin) (B, 1, Tn, Dh)."""
+    w = plan.layers[i]  # this layer's weights by role
     # x = x + post_self_attn_norm( self_attn( pre_self_attn_norm(x) ) )   (merged: over [enc ; x])
-    n_attn = _norm(x, P, pre_attn, eps)
-    attn = _self_attention(spec, P, i, n_attn, cache.fused[i], cache, mask, rope)
-    x = x + _norm(attn, P, post_attn, eps)
+    n_attn = plan.norm(x, w["pre_attn"])
+    attn = _self_attention(plan, i, n_attn, cache, mask, rope)
+    x = x + plan.norm(attn, w["post_attn"])
     if spec.cross:
         # x = x + post_cross_attn_norm( cross_attn( pre_cross_attn_norm(x), enc ) )
-        n_cross = _norm(x, P, pre_cross, eps)
-        cross = _cross_attention(spec, P, i, n_cross, cache.memory_kv[i], cache.memory_mask)
-        x = x + _norm(cross, P, post_cross, eps)
+        n_cross = plan.norm(x, w["pre_cross"])
+        cross = _cross_attention(plan, i, n_cross, cache.memory_kv[i], cache.memory_mask)
+        x = x + plan.norm(cross, w["post_cross"])
     # x = x + post_ffw_norm( mlp( pre_ffw_norm(x) ) )
-    n_ffw = _norm(x, P, pre_ffw, eps)
-    ffw = geglu_unchecked(n_ffw, cache.fused[i]["gate_up"], P[p + "mlp.down_proj.weight"],
-                          act=ops.geglu_act_forward, linear=_linear)
-    return x + _norm(ffw, P, post_ffw, eps)
+    n_ffw = plan.norm(x, w["pre_ffw"])
+    ffw = geglu_unchecked(n_ffw, w["gate_up"], w["down"], act=plan.geglu_act_forward,
+                          linear=plan.linear)
+    return x + plan.norm(ffw, w["post_ffw"])
+
+
+def _softcap_in_place(z: np.ndarray, cap) -> np.ndarray:
+    """z <- cap * tanh(z / cap) (cap None: z as it is), with the roundings of
+    nn.softcap.softcap_unchecked but no temporaries (the logits are a fresh array)."""
+    if cap is not None:
+        c = z.dtype.type(cap)
+        with np.errstate(over="ignore"):  # |z| / cap beyond the float range: tanh = +-1
+            np.divide(z, c, out=z)
+        np.tanh(z, out=z)
+        z *= c
+    return z
 
 
 def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndarray] = None,
                  *, last_only: bool = False):
     """Soft-capped logits (B, Tn, V) of new tokens ids (B, Tn) (last_only: (B, 1, V));
     valid (B, Tn) bool marks real tokens (False: left padding of a prompt). Appends the
-    tokens to the cache. ids and valid are trusted: the caller validated them."""
-    spec, embed_key = decoder_parts(model)
-    cfg, P, eps = spec.cfg, model.params, spec.cfg.rms_norm_eps
+    tokens to the cache. ids and valid are trusted: the caller validated them. Runs the
+    cache's plan (init_planned_cache), or without one an unplanned step."""
+    plan = cache.plan or DecodingPlan(model, cache)  # unplanned: looked up for this step
+    spec, cfg = plan.spec, plan.cfg
     B, Tn = ids.shape
     if valid is None:
         valid = np.ones((B, Tn), bool)
     # positions advance on valid tokens only, continuing from each row's next position
     q_pos = cache.next_pos[:, None] + positions_from_mask(valid, Tn)  # (B, Tn)
-    E = P[embed_key]
-    x = embed_unchecked(ids, E, embedding_scale(E.shape[1], E.dtype))  # (B, Tn) -> (B, Tn, D)
-    if spec.eoi is not None:  # T5Gemma 2: the eoi token's own input vector
-        x[ids == spec.eoi[0]] = P[spec.eoi[1]]
+    x = embed_unchecked(ids, plan.embed, plan.embed_factor)  # (B, Tn) -> (B, Tn, D)
+    if plan.eoi is not None:  # T5Gemma 2: the eoi token's own input vector
+        x[ids == plan.eoi[0]] = plan.eoi[1]
     k_pos, k_valid = cache.add_positions(q_pos, valid)  # (B, Tc + Tn) per layer type
-    masks = {lt: layer_type_mask(cfg, lt, q_pos, k_pos[lt], causal=True,
-                                 key_padding=k_valid[lt], fast=True)  # (B, 1, Tn, Tc + Tn)
-             for lt in k_pos}
-    if spec.merged:  # the cache's order: (B, 1, Tn, S + Tc + Tn)
-        masks = merge_masks(masks, cache.memory_mask, B, memory_first=True)
-    # per layer type (cos, sin) (B, Tn, Dh) -> (B, 1, Tn, Dh): shared by the heads
-    ropes = {lt: (cos[:, None], sin[:, None])
-             for lt, (cos, sin) in rope_for(cfg, q_pos, x.dtype, fast=True).items()}
+    masks = plan.masks(q_pos, k_pos, k_valid, cache.memory_mask)  # (B, 1, Tn, keys) per type
+    ropes = plan.rope(q_pos)  # per layer type (cos, sin) (B, 1, Tn, Dh)
     for i in range(cfg.num_hidden_layers):
         lt = cfg.layer_types[i]
-        x = cached_block_forward(spec, P, i, x, cache, masks[lt], ropes[lt])
-    h = _norm(x[:, -1:] if last_only else x, P, spec.norm_key, eps)  # final norm
+        x = cached_block_forward(spec, plan, i, x, cache, masks[lt], ropes[lt])
+    h = plan.norm(x[:, -1:] if last_only else x, plan.final_norm)  # final norm
     # logits = softcap(h E^T): (B, Tn|1, D) @ (D, V) -> (B, Tn|1, V)
-    return softcap_unchecked(_linear(h, E), cfg.final_logit_softcapping)
+    return _softcap_in_place(plan.linear(h, plan.embed), cfg.final_logit_softcapping)

@@ -184,3 +184,44 @@ def token_flops(config, context: int, S: Optional[int] = None) -> int:
                 total += _proj_q_o(dec, 1) + _attend(dec, S)
         total += _attend(dec, keys)
     return total + _logits(dec, 1)
+
+
+def decode_step_bytes(config, context: int, S: Optional[int] = None, *, batch: int = 1,
+                      itemsize: int = 4) -> int:
+    """Bytes one KV-cached decoding step must read, for `batch` rows with `context`
+    tokens already cached (S encoder tokens for an encoder-decoder), at `itemsize` bytes
+    per number (4: float32): the floor of a step whose data does not stay in the CPU's
+    caches is these bytes over the memory bandwidth.
+
+        weights   every decoder layer's matrices and norm weights (not the cross-attention
+                  key/value projections: the encoder output is projected once per
+                  request), the final norm and the tied embedding/output table (V, D),
+                  read once per step whatever the batch (`decoding.step_weight_bytes`)
+        KV cache  per row and layer the keys and values the new token attends to (K Dh
+                  numbers each): min(context + 1, W) in a local layer, context + 1 in a
+                  global one, + S encoder keys in cross (or merged) attention
+
+    The activations (a few rows of width D or F) and the B rows of the input embedding
+    are left out: they are small beside these."""
+    _check(config, "allowed")
+    context = _check_len("context", context, minimum=0)
+    batch = _check_len("batch", batch)
+    itemsize = _check_len("itemsize", itemsize)
+    dec = config if isinstance(config, GemmaConfig) else config.decoder
+    cross = isinstance(config, EncDecConfig) and not config.merged_attention
+    if isinstance(config, EncDecConfig):
+        S = _check_len("S", S)
+    D, H, K, Dh, F = (dec.hidden_size, dec.num_attention_heads, dec.num_key_value_heads,
+                      dec.head_dim, dec.intermediate_size)
+    per_layer = ((H + 2 * K) * Dh * D + H * Dh * D  # q, k, v and o projections
+                 + 3 * D * F  # gate, up, down
+                 + 4 * D  # pre/post norms of attention and MLP
+                 + (2 * Dh if dec.qk_norm else 0))  # Gemma 3's q/k norms
+    if cross:  # the cross-attention's q and o projections and its two norms
+        per_layer += 2 * H * Dh * D + 2 * D
+    weights = dec.num_hidden_layers * per_layer + D + dec.vocab_size * D
+    keys = 0
+    for i in range(dec.num_hidden_layers):
+        w = _window(dec, i)
+        keys += (context + 1 if w is None else min(context + 1, w)) + (S or 0)
+    return itemsize * (weights + batch * keys * 2 * K * Dh)

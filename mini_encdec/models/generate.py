@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import ops
 from .gemma import GemmaLM
-from .decoding import decoder_parts, decoder_step, init_cache, step_weight_bytes
+from .decoding import decoder_parts, decoder_step, init_planned_cache, step_weight_bytes
 from ..validate import check_ids, check_mask, check_positive, check_positive_int
 
 METHODS = ("greedy", "sample", "beam")
@@ -87,9 +87,11 @@ def pad_sequences(seqs: Sequence[np.ndarray], pad_id: int, side: str):
 class _CachedStepper:
     """Next-token logits from the KV cache: one decoder step per new token."""
 
-    def __init__(self, model, ids, mask, enc=None, enc_mask=None):
+    def __init__(self, model, ids, mask, enc=None, enc_mask=None, max_new_tokens=None):
         self.model = model
-        self.cache = init_cache(model, ids.shape[0], enc, enc_mask)
+        # planned for the prompt and max_new_tokens new tokens (decoding.DecodingPlan)
+        max_len = ids.shape[1] + (max_new_tokens or 1)
+        self.cache = init_planned_cache(model, ids.shape[0], enc, enc_mask, max_len=max_len)
         self.weight_bytes = step_weight_bytes(model)
         self.first_ids, self.first_mask = ids, mask
 
@@ -100,11 +102,14 @@ class _CachedStepper:
 
     def advance(self, tokens: np.ndarray) -> np.ndarray:
         # (B, 1) -> (B, 1, V) -> (B, V); tokens come from the model's own vocabulary.
-        # One token per row: a few rows of a model whose weights stay in the cache are too
-        # little work to split over threads (ops.serial); a bigger step uses the threads
-        # the load leaves free.
-        with ops.serial(rows=len(tokens), weight_bytes=self.weight_bytes):
+        with self.step_threads(len(tokens)):
             return decoder_step(self.model, self.cache, tokens[:, None], last_only=True)[:, -1]
+
+    def step_threads(self, rows: int):
+        """The thread setting of a one-token step of `rows` rows: a few rows of a model
+        whose weights stay in the cache are too little work to split over threads
+        (ops.serial); a bigger step uses the threads the load leaves free."""
+        return ops.serial(rows=rows, weight_bytes=self.weight_bytes)
 
     def reorder(self, rows: np.ndarray) -> None:
         self.cache.reorder(rows)
@@ -113,7 +118,7 @@ class _CachedStepper:
 class _FullStepper:
     """Next-token logits by re-running the full forward over the whole sequence."""
 
-    def __init__(self, model, ids, mask, enc=None, enc_mask=None):
+    def __init__(self, model, ids, mask, enc=None, enc_mask=None, max_new_tokens=None):
         self.model, self.ids, self.mask = model, ids, mask
         self.enc, self.enc_mask = enc, enc_mask
 
@@ -140,7 +145,9 @@ class _FullStepper:
             self.enc_mask = None if self.enc_mask is None else self.enc_mask[rows]
 
 
-def make_stepper(model, seqs, use_cache: bool):
+def make_stepper(model, seqs, use_cache: bool, max_new_tokens: Optional[int] = None):
+    """A stepper for the sequences seqs (prompts, or encoder inputs); max_new_tokens, when
+    known, sizes the cached stepper's plan and buffers (more still works, a bit slower)."""
     cfg = decoder_parts(model)[0].cfg
     make = _CachedStepper if use_cache else _FullStepper
     if isinstance(model, GemmaLM):
@@ -148,11 +155,11 @@ def make_stepper(model, seqs, use_cache: bool):
             raise ValueError("generate: argument 'inputs': every prompt needs at least one "
                              "token (e.g. BOS) for a decoder-only model")
         ids, mask = pad_sequences(seqs, cfg.pad_token_id, "left")
-        return make(model, ids, mask)
+        return make(model, ids, mask, max_new_tokens=max_new_tokens)
     src, src_mask = pad_sequences(seqs, cfg.pad_token_id, "right")
     enc = model.encode(src, src_mask.astype(np.int64))  # (B, S, De), once per request
     bos = np.full((len(seqs), 1), cfg.bos_token_id, dtype=np.int64)
-    return make(model, bos, np.ones_like(bos, dtype=bool), enc, src_mask)
+    return make(model, bos, np.ones_like(bos, dtype=bool), enc, src_mask, max_new_tokens)
 
 
 # --- token choice -------------------------------------------------------------------------------
@@ -240,7 +247,7 @@ def generate(model, inputs, *, max_new_tokens: int = 20, method: str = "greedy",
         rng = np.random.default_rng(seed)
     cfg = decoder_parts(model)[0].cfg
     seqs = as_sequences(inputs, attention_mask, cfg.vocab_size, fn)
-    stepper = make_stepper(model, seqs, use_cache)
+    stepper = make_stepper(model, seqs, use_cache, max_new_tokens)
     B = len(seqs)
     finished = np.zeros(B, dtype=bool)
     out = []
@@ -275,7 +282,7 @@ def beam_search(model, inputs, *, num_beams: int = 4, max_new_tokens: int = 20,
     eos, pad = cfg.eos_token_id, cfg.pad_token_id
     seqs = as_sequences(inputs, attention_mask, cfg.vocab_size, fn)
     B = len(seqs)
-    stepper = make_stepper(model, seqs, use_cache)
+    stepper = make_stepper(model, seqs, use_cache, max_new_tokens)
     logp = log_softmax(stepper.first())  # (B, V)
     V = logp.shape[-1]
     stepper.reorder(np.repeat(np.arange(B), nb))  # every input -> nb identical beams

@@ -4,10 +4,12 @@
     buf = WindowBuffer(axis=2, keep=W - 1)  # keep only the last W - 1 (sliding window)
     buf.append(new)                         # new (..., Tn, ...) along `axis`
     buf.view()                              # the kept entries, (..., Tc, ...), a view
+    buf.reserve(n, like)                    # room for n entries now: no growing later
 
 np.concatenate copies everything already stored on every append (O(context) per token);
 here the entries live in a preallocated array whose capacity doubles when full, so an
-append copies only the new entries (amortised O(Tn)). With `keep`, the kept entries are
+append copies only the new entries (amortised O(Tn)); `reserve` allocates at once what a
+request of known length needs, so its appends never grow the array. With `keep`, the kept entries are
 the last `keep` ones: [start, end) of the array; when the array's end is reached they are
 moved back to its front (every capacity - keep appended entries, O(keep) each time).
 
@@ -68,6 +70,18 @@ class WindowBuffer:
         if self.keep is not None:
             self.start = max(self.start, self.end - self.keep)
         return recent
+
+    def reserve(self, n: int, like: np.ndarray) -> None:
+        """Room for n entries (the kept ones included) from now on, allocated now, the kept
+        entries moved to the front; like: an array with the entries' shape and dtype (its
+        size along the axis does not matter). Appends beyond n still grow the array."""
+        live = self.end - self.start
+        shape = list(like.shape)
+        shape[self.axis] = max(n, live)
+        buf = np.empty(shape, dtype=like.dtype)
+        if live:
+            buf[self._slice(0, live)] = self.view()
+        self.buf, self.start, self.end = buf, 0, live
 
     def take_rows(self, rows: np.ndarray) -> None:
         """Keep rows `rows` of axis 0 (the batch), in that order (a compact copy)."""
