@@ -24,7 +24,8 @@ import contextlib
 import importlib
 
 from .backend import get_backend
-from .nn import adamw, attention, embedding, linear, loss, mlp, output_loss, rmsnorm, rope
+from .nn import (adamw, attention, decode_step, embedding, linear, loss, mlp, output_loss,
+                 rmsnorm, rope)
 
 # op name -> the NumPy reference; the twin is `mini_encdec.kernels.<op name>`.
 REFERENCE = {
@@ -42,6 +43,10 @@ REFERENCE = {
     "output_loss_and_grads": output_loss.output_loss_and_grads,
     "embedding_backward": embedding.embedding_backward,
     "adamw_update": adamw.adamw_update,
+    # one KV-cached decoding step's pieces (inference only; models/decoding.py's plan)
+    "rope_append": decode_step.rope_append,
+    "attend": decode_step.attend,
+    "residual_norm": decode_step.residual_norm,
 }
 
 
@@ -188,3 +193,20 @@ def adamw_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, t):
     """One AdamW update of p, m, v in place (nn/adamw.py)."""
     return resolve("adamw_update")(p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                                    weight_decay=weight_decay, t=t)
+
+
+def rope_append(qkv, cos, sin, k_buf, v_buf, slot, num_heads):
+    """RoPE(q) (B, H, 1, Dh) of one decoding step; RoPE(k) and v written into the KV
+    cache's buffers at `slot` (nn/decode_step.py)."""
+    return resolve("rope_append")(qkv, cos, sin, k_buf, v_buf, slot, num_heads)
+
+
+def attend(q, k_buf, v_buf, lo, hi, mask, *, scale, softcap):
+    """o (B, 1, H*Dh) of one decoding step's queries over the cached keys [lo, hi)
+    (nn/decode_step.py)."""
+    return resolve("attend")(q, k_buf, v_buf, lo, hi, mask, scale=scale, softcap=softcap)
+
+
+def residual_norm(x, y, w, w_next, eps):
+    """(x + RMSNorm(y, w), RMSNorm(that, w_next)) (nn/decode_step.py)."""
+    return resolve("residual_norm")(x, y, w, w_next, eps)

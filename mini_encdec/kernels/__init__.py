@@ -13,6 +13,8 @@ Files, each starting with a checklist (what is fused, what runs in parallel, mem
     mlp.py         the GeGLU activation forward/backward
     loss.py        soft-capped cross-entropy forward/backward
     output_loss.py the output layer, its loss and their gradients, a block of rows at a time
+    decode_step.py one KV-cached decoding step's pieces: RoPE + cache write, attention over
+                   the cache, post-norm + residual + next pre-norm (one call each)
     embedding.py   the embedding-gradient scatter
     adamw.py       one fused AdamW parameter update (optim.AdamW.step's inner loop)
     linear.py      y = x W^T for a few rows (KV-cached decoding; many rows stay on BLAS)
@@ -32,6 +34,7 @@ from __future__ import annotations
 from . import allocator, threads
 from .adamw import adamw_update
 from .attention import attention_core_backward, attention_core_forward
+from .decode_step import attend, residual_norm, rope_append
 from .embedding import embedding_backward
 from .linear import linear_forward
 from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
@@ -48,8 +51,9 @@ def apply_process_tuning() -> None:
     threads.set_wait_policy()
     allocator.apply()
 
-__all__ = ["apply_process_tuning", "adamw_update", "attention_core_backward",
+__all__ = ["apply_process_tuning", "adamw_update", "attend", "attention_core_backward",
            "attention_core_forward", "embedding_backward", "geglu_act_backward",
            "geglu_act_forward", "linear_forward", "output_loss_and_grads",
-           "rmsnorm_backward", "rmsnorm_forward", "rope_backward", "rope_forward",
-           "softcap_cross_entropy_backward", "softcap_cross_entropy_forward"]
+           "residual_norm", "rmsnorm_backward", "rmsnorm_forward", "rope_append",
+           "rope_backward", "rope_forward", "softcap_cross_entropy_backward",
+           "softcap_cross_entropy_forward"]

@@ -52,6 +52,13 @@ without a plan: its steps look everything up at every call (the ops through
 `mini_encdec.ops`, masks and RoPE from the positions, as the full forward does), the
 reference the tests hold the plan to, bit for bit.
 
+A planned step of one token per row runs `one_token_layers`: the same equations, with the
+work between the matmuls grouped into three ops (nn/decode_step.py; one Numba call each):
+RoPE of q and k with k and v written straight into the cache (`rope_append`), attention
+over the cache (`attend`), and each sublayer's post-norm and residual together with the
+next sublayer's pre-norm (`residual_norm`). Not for Gemma 3's q/k norms or T5Gemma 2's
+merged attention, which keep `cached_block_forward`.
+
 Shapes: B rows, Tn new tokens, Tc cached tokens, S encoder tokens, D width, H/K query/kv
 heads, Dh head size, F MLP width, V vocabulary.
 """
@@ -145,6 +152,16 @@ class KVCache:
         (B, K, Tc + Tn, Dh) of [cached ; new], read in place (local layers then keep
         only the last W - 1; W = 1: none)."""
         return self._k[i].append(k), self._v[i].append(v)
+
+    def claim_kv(self, i: int, like: np.ndarray) -> tuple:
+        """Room for layer i's keys and values of one new token per row, written by the
+        caller (ops.rope_append stores them as it computes them): (k_buf, v_buf, lo, slot)
+        with the new token's entries at [:, :, slot] of both buffers (B, K, capacity, Dh)
+        and the keys its query sees at [:, :, lo:slot + 1] (what add_kv would return).
+        like: an array with the keys' (B, K, ., Dh) shape and dtype."""
+        k_buf, lo, hi = self._k[i].claim(1, like)
+        v_buf, _, _ = self._v[i].claim(1, like)
+        return k_buf, v_buf, lo, hi - 1
 
     def reserve(self, n: int, kv_like: np.ndarray) -> None:
         """Room for n more tokens per row in every buffer (a merged global layer's beside
@@ -271,7 +288,8 @@ def _norm(x, P: dict, key: str, eps: float):
 
 # --- the plan of one request: everything its steps share, looked up once ------------------------
 
-STEP_OPS = ("linear_forward", "rmsnorm_forward", "attention_core_forward", "geglu_act_forward")
+STEP_OPS = ("linear_forward", "rmsnorm_forward", "attention_core_forward", "geglu_act_forward",
+            "rope_append", "attend", "residual_norm")
 
 
 def layer_weights(spec: StackSpec, P: dict, i: int, fused: dict) -> dict:
@@ -334,6 +352,11 @@ class DecodingPlan:
         self.rmsnorm_forward = ops_["rmsnorm_forward"]
         self.attention_core_forward = ops_["attention_core_forward"]
         self.geglu_act_forward = ops_["geglu_act_forward"]
+        # one token per row: the step's pieces grouped (nn/decode_step.py), for the layers
+        # they cover (not T5Gemma 2's merged attention, not Gemma 3's q/k norms)
+        self.one_token = self.planned and not spec.merged and not cfg.qk_norm
+        self.rope_append, self.attend = ops_["rope_append"], ops_["attend"]
+        self.residual_norm = ops_["residual_norm"]
         self.layers = [layer_weights(spec, P, i, cache.fused[i])
                        for i in range(cfg.num_hidden_layers)]
         self.embed, self.final_norm = P[embed_key], P[spec.norm_key]  # E (V, D), (D,)
@@ -442,6 +465,43 @@ def cached_block_forward(spec: StackSpec, plan: DecodingPlan, i: int, x, cache: 
     return x + plan.norm(ffw, w["post_ffw"])
 
 
+def one_token_layers(spec: StackSpec, plan: DecodingPlan, x, cache: KVCache, masks: dict,
+                     ropes: dict):
+    """Every decoder layer on one new token per row x (B, 1, D) -> the final norm of the
+    last layer's output (B, 1, D): cached_block_forward's equations, with the work between
+    the matmuls grouped into the plan's step ops (nn/decode_step.py: rope_append, attend,
+    residual_norm), which a planned step of one token runs. Each sublayer's post-norm and
+    residual come with the next sublayer's pre-norm (the last: the final norm)."""
+    H, L = plan.H, len(plan.layers)
+    kv_like = np.empty((x.shape[0], plan.K, 0, plan.Dh), x.dtype)  # (B, K, 0, Dh)
+    n = plan.norm(x, plan.layers[0]["pre_attn"])  # the first layer's pre_self_attn_norm
+    for i, w in enumerate(plan.layers):
+        lt = plan.cfg.layer_types[i]
+        # self-attention: q, k, v from one matmul; RoPE; k, v into the cache; attend
+        qkv = plan.linear(n, w["qkv"])  # (B, 1, D) @ (D, (H + 2K)*Dh) -> (B, 1, (H + 2K)*Dh)
+        k_buf, v_buf, lo, slot = cache.claim_kv(i, kv_like)
+        q = plan.rope_append(qkv, *ropes[lt], k_buf, v_buf, slot, H)  # (B, H, 1, Dh)
+        o = plan.attend(q, k_buf, v_buf, lo, slot + 1, masks[lt], scale=plan.scale,
+                        softcap=plan.softcap)  # (B, 1, H*Dh)
+        attn = plan.linear(o, w["o"])  # (B, 1, H*Dh) @ (H*Dh, D) -> (B, 1, D)
+        if spec.cross:
+            # x = x + post_self_attn_norm(attn);  n = pre_cross_attn_norm(x)
+            x, n = plan.residual_norm(x, attn, w["post_attn"], w["pre_cross"], plan.eps)
+            cross = _cross_attention(plan, i, n, cache.memory_kv[i], cache.memory_mask)
+            # x = x + post_cross_attn_norm(cross);  n = pre_ffw_norm(x)
+            x, n = plan.residual_norm(x, cross, w["post_cross"], w["pre_ffw"], plan.eps)
+        else:
+            # x = x + post_self_attn_norm(attn);  n = pre_ffw_norm(x)
+            x, n = plan.residual_norm(x, attn, w["post_attn"], w["pre_ffw"], plan.eps)
+        ffw = geglu_unchecked(n, w["gate_up"], w["down"], act=plan.geglu_act_forward,
+                              linear=plan.linear)
+        # x = x + post_ffw_norm(ffw);  n = the next layer's pre_self_attn_norm(x) (the last
+        # layer: the final norm)
+        w_next = plan.layers[i + 1]["pre_attn"] if i + 1 < L else plan.final_norm
+        x, n = plan.residual_norm(x, ffw, w["post_ffw"], w_next, plan.eps)
+    return n
+
+
 def _softcap_in_place(z: np.ndarray, cap) -> np.ndarray:
     """z <- cap * tanh(z / cap) (cap None: z as it is), with the roundings of
     nn.softcap.softcap_unchecked but no temporaries (the logits are a fresh array)."""
@@ -473,9 +533,12 @@ def decoder_step(model, cache: KVCache, ids: np.ndarray, valid: Optional[np.ndar
     k_pos, k_valid = cache.add_positions(q_pos, valid)  # (B, Tc + Tn) per layer type
     masks = plan.masks(q_pos, k_pos, k_valid, cache.memory_mask)  # (B, 1, Tn, keys) per type
     ropes = plan.rope(q_pos)  # per layer type (cos, sin) (B, 1, Tn, Dh)
-    for i in range(cfg.num_hidden_layers):
-        lt = cfg.layer_types[i]
-        x = cached_block_forward(spec, plan, i, x, cache, masks[lt], ropes[lt])
-    h = plan.norm(x[:, -1:] if last_only else x, plan.final_norm)  # final norm
+    if plan.one_token and Tn == 1:  # the step's pieces grouped; ends with the final norm
+        h = one_token_layers(spec, plan, x, cache, masks, ropes)
+    else:
+        for i in range(cfg.num_hidden_layers):
+            lt = cfg.layer_types[i]
+            x = cached_block_forward(spec, plan, i, x, cache, masks[lt], ropes[lt])
+        h = plan.norm(x[:, -1:] if last_only else x, plan.final_norm)  # final norm
     # logits = softcap(h E^T): (B, Tn|1, D) @ (D, V) -> (B, Tn|1, V)
     return _softcap_in_place(plan.linear(h, plan.embed), cfg.final_logit_softcapping)

@@ -3,6 +3,7 @@
     buf = WindowBuffer(axis=2, keep=None)   # keep every entry (global attention layers)
     buf = WindowBuffer(axis=2, keep=W - 1)  # keep only the last W - 1 (sliding window)
     buf.append(new)                         # new (..., Tn, ...) along `axis`
+    buf.claim(n, like)                      # room for n new entries, written by the caller
     buf.view()                              # the kept entries, (..., Tc, ...), a view
     buf.reserve(n, like)                    # room for n entries now: no growing later
 
@@ -47,11 +48,20 @@ class WindowBuffer:
     def append(self, new: np.ndarray) -> np.ndarray:
         """Add `new` along the axis; returns the view [entries kept before ; new]."""
         n = new.shape[self.axis]
+        buf, lo, hi = self.claim(n, new)
+        buf[self._slice(hi - n, hi)] = new
+        return buf[self._slice(lo, hi)]
+
+    def claim(self, n: int, like: np.ndarray) -> tuple:
+        """Room for n new entries, for the caller to write: (buf, lo, hi) with the new
+        entries at buf[hi - n:hi] along the axis (unwritten) and the view append returns
+        at buf[lo:hi]. like: an array with the entries' shape and dtype (used only when
+        nothing is allocated yet). Valid until the next claim (it may move the entries)."""
         before = self.end - self.start
         if self.buf is None:
-            shape = list(new.shape)
+            shape = list(like.shape)
             shape[self.axis] = max(MIN_CAPACITY, 2 * n)
-            self.buf = np.empty(shape, dtype=new.dtype)
+            self.buf = np.empty(shape, dtype=like.dtype)
         capacity = self.buf.shape[self.axis]
         if self.end + n > capacity:  # full: move the kept entries to the front, maybe grow
             live = self.end - self.start
@@ -64,12 +74,11 @@ class WindowBuffer:
                 buf, kept = self.buf, kept.copy()  # the ranges may overlap
             buf[self._slice(0, live)] = kept
             self.buf, self.start, self.end = buf, 0, live
-        self.buf[self._slice(self.end, self.end + n)] = new
         self.end += n
-        recent = self.buf[self._slice(self.end - before - n, self.end)]
+        lo = self.end - before - n
         if self.keep is not None:
             self.start = max(self.start, self.end - self.keep)
-        return recent
+        return self.buf, lo, self.end
 
     def reserve(self, n: int, like: np.ndarray) -> None:
         """Room for n entries (the kept ones included) from now on, allocated now, the kept

@@ -95,6 +95,12 @@ KV-cached decoding, whose caller validates once per request: linear.linear_unche
 rope.apply_rope_unchecked, rope.rope_tables_unchecked, masks.allowed_mask_unchecked,
 softcap.softcap_unchecked, softcap.softcap_backward_unchecked, embedding.embed_unchecked,
 mlp.geglu_unchecked; the public functions compute through them after their checks.
+decode_step.py groups one KV-cached decoding step's work between its matmuls (inference
+only, unchecked, no cache; models/decoding.py's plan runs them through mini_encdec.ops):
+    rope_append(qkv, cos, sin, k_buf, v_buf, slot, num_heads) -> RoPE(q) (B, H, 1, Dh),
+        RoPE(k) and v written into the KV buffers at slot
+    attend(q, k_buf, v_buf, lo, hi, mask, *, scale, softcap) -> o (B, 1, H*Dh)
+    residual_norm(x, y, w, w_next, eps) -> (x + RMSNorm(y, w), RMSNorm(that, w_next))
 """
 
 from .adamw import adamw_update  # noqa: F401
