@@ -127,3 +127,23 @@ def test_a_latency_from_a_busy_machine_is_marked_indicative():
     r["encoder_decoder"] = _arm(parameters=2_000_000, quiet=False, load_average_before=2.3)
     line = next(x for x in demo.reading(r).splitlines() if "inference cost" in x)
     assert "load average was 2.3" in line and "indicative only" in line
+
+
+def test_a_per_token_latency_a_busy_machine_could_not_measure_reads_n_a(monkeypatch):
+    """inference_latency's per-token time is a difference of two timings: where the
+    longer request did not take longer (a busy machine), it is None, never negative, and
+    the table and reading show "n/a"."""
+    from mini_encdec.experiments import downstream
+    import mini_encdec.models.generate as gen
+    clock = iter([0.0, 0.010, 0.0, 0.010, 0.0, 0.010,  # warm-up: 10 ms
+                  0.0, 0.008, 0.0, 0.009, 0.0, 0.007,  # 32 tokens: best 7 ms
+                  0.0, 0.012, 0.0, 0.011, 0.0, 0.015])  # 1 token: best 11 ms
+    monkeypatch.setattr(downstream.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: None)
+    lat = downstream.inference_latency(None, [5, 6, 7], 32, repeats=3)
+    assert lat == {"total_ms": 7.0, "prompt_ms": 11.0, "ms_per_generated_token": None}
+    r = fake("prefix_lm_kd")
+    r["encoder_decoder"] = _arm(parameters=2_000_000, ms_per_generated_token=None)
+    assert "| measured latency per generated token (ms) | 2.00 | n/a |" in \
+        demo.results_table(r)
+    assert "measured: n/a vs 2.00 ms per token" in demo.reading(r)

@@ -106,6 +106,8 @@ def plan_from_args(args) -> StudyPlan:
 # --- reporting -----------------------------------------------------------------------------------
 
 def _fmt(v, digits=3):
+    if v is None:  # a latency a busy machine could not measure (downstream.inference_latency)
+        return "n/a"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     if isinstance(v, int):
@@ -233,8 +235,8 @@ def reading(results: dict) -> str:
                 f"encoder output; the decoder's own context is only the reply) and its "
                 f"prompt costs {prompt_ratio:.2f}x (the encoder pass and the first decoder "
                 f"step, against the decoder-only prefill); "
-                f"measured: {e['ms_per_generated_token']:.2f} vs "
-                f"{d['ms_per_generated_token']:.2f} ms per token, {e['prompt_ms']:.1f} vs "
+                f"measured: {_fmt(e['ms_per_generated_token'], 2)} vs "
+                f"{_fmt(d['ms_per_generated_token'], 2)} ms per token, {e['prompt_ms']:.1f} vs "
                 f"{d['prompt_ms']:.1f} ms per prompt{_busy(e, d)}")
     out.append("**The paper's claims (E2), one seed.**\n\n" + "\n".join(rows))
     p = results["plan"]

@@ -17,6 +17,11 @@ def _pm(mean: float, sd: float) -> str:
     return f"{mean:.3f} ± {sd:.3f}"
 
 
+def _ms(v, digits: int) -> str:
+    """A latency in ms, or "n/a" where the measurement could not give one (None)."""
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
 def _minutes(v) -> str:
     return "n/a" if v is None else f"{v:.1f} min"
 
@@ -73,7 +78,7 @@ def arms_markdown(results: dict, seeds, base: dict) -> str:
         busy = "" if cost.get("quiet") else " *"  # measured on a busy machine
         cells += [f"{cost['parameters']:,}", f"{cost['prompt_gflops']:.4f}",
                   f"{cost['gflops_per_generated_token']:.5f}", f"{cost['total_gflops']:.4f}",
-                  f"{cost['ms_per_generated_token']:.2f}{busy}",
+                  _ms(cost['ms_per_generated_token'], 2) + busy,
                   f"{cost['total_ms']:.1f}{busy}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("| baseline | | unigram " + f"{np.mean(base['reply_nll_unigram']):.3f} | "
