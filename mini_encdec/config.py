@@ -381,6 +381,10 @@ PRESETS: dict[str, dict] = {
                  num_key_value_heads=2, head_dim=32, intermediate_size=384, sliding_window=32),
     "small": dict(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=64, intermediate_size=1024, sliding_window=64),
+    # The speed targets' larger shape (D512 x6; `bench --presets medium`).
+    "medium": dict(vocab_size=8192, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
+                   num_key_value_heads=4, head_dim=64, intermediate_size=2048,
+                   sliding_window=128),
     # The paper's mT5-shaped suite (multi-head attention, Dh 64).
     "S": dict(vocab_size=_BIG_VOCAB, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
               num_key_value_heads=8, head_dim=64, intermediate_size=1024, sliding_window=4096),
