@@ -31,7 +31,12 @@ def test_quick_demo_writes_its_table_and_results(quick_demo):
     results = json.loads((quick_demo / "results.json").read_text())
     for arch in ("decoder_only", "encoder_decoder"):
         for key in METRICS:
-            assert math.isfinite(results[arch][key]), (arch, key)
+            v = results[arch][key]
+            if key == "ms_per_generated_token" and v is None:
+                continue  # a busy machine can hide it (downstream.inference_latency): n/a
+            assert math.isfinite(v), (arch, key)
+        assert results[arch]["ms_per_generated_token"] is None or \
+            results[arch]["ms_per_generated_token"] > 0  # never a negative time
         assert 0.0 <= results[arch]["next_speech_accuracy"] <= 1.0
     d, e = results["decoder_only"], results["encoder_decoder"]
     # the encoder-decoder has about twice the parameters (two stacks + cross-attention) ...
