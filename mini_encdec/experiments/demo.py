@@ -1,8 +1,7 @@
 """The main job: the T5Gemma method end to end at `tiny` scale on the shipped corpus.
 
-    python -m mini_encdec demo            the committed run (data/results/demo) took 45
-                                          minutes on a busy 2-core machine (load 5.7);
-                                          its quiet time is not yet measured
+    python -m mini_encdec demo            the committed run (data/results/demo) took
+                                          13.5 minutes on a quiet 2-core machine
     python -m mini_encdec demo --quick    about a minute (the smoke test)
 
 Stages (every one with a progress bar; each training run keeps its metrics.jsonl and a
