@@ -376,24 +376,35 @@ def attention_core_forward(q, k, v, mask, *, scale, softcap):
     dt = q.dtype.type
     q = np.ascontiguousarray(q)
     mask = _dense_mask(mask, B, Tq, Tk)
-    o = np.zeros_like(q)  # (B, H, Tq, Dh)
-    lse = np.empty((B, H, Tq), dtype=q.dtype)
     cap = dt(softcap) if softcap is not None else dt(0)
     if Tq >= BLAS_MIN_ROWS:
+        o = np.zeros_like(q)  # (B, H, Tq, Dh)
+        lse = np.empty((B, H, Tq), dtype=q.dtype)
         k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
         _forward_tiled(q, k, v, mask, dt(scale), cap, o, lse)
     else:  # a view of the KV cache is read in place
-        kb, vb, off = _key_buffers(k, v)
-        args = (q, kb, vb, off, mask, dt(scale), cap, o, lse)
-        # a few chunks per thread: causal rows differ in cost
-        nchunks = parallel_chunks(B * H * Tq * Tk * Dh, B * H * Tq, per_thread=4)
-        if nchunks:
-            _forward_parallel(nchunks, *args)
-        else:
-            _forward_rows(0, B * H * Tq, *args)
+        o, lse = online_forward(q, *_key_buffers(k, v), mask, dt(scale), cap)
     cache = {"q": q, "k": k, "v": v, "o": o, "mask": mask, "lse": lse,
              "scale": dt(scale), "cap": cap}
     return o, cache
+
+
+def online_forward(q, kb, vb, off, mask, scale, cap):
+    """The online path for few query rows: q (B, H, Tq, Dh) C-contiguous over the keys
+    kb[:, :, off:off + Tk] (and vb), read in place, mask the dense (B|1, 1, Tq|1, Tk) bool,
+    scale and cap in q's dtype (cap 0: none) -> (o (B, H, Tq, Dh), lse (B, H, Tq)). Also
+    what a decoding step's `attend` runs (kernels/decode_step.py)."""
+    B, H, Tq, Dh = q.shape
+    o = np.zeros_like(q)  # a row with no allowed key stays 0
+    lse = np.empty((B, H, Tq), dtype=q.dtype)
+    args = (q, kb, vb, off, mask, scale, cap, o, lse)
+    # a few chunks per thread: causal rows differ in cost
+    nchunks = parallel_chunks(B * H * Tq * mask.shape[3] * Dh, B * H * Tq, per_thread=4)
+    if nchunks:
+        _forward_parallel(nchunks, *args)
+    else:
+        _forward_rows(0, B * H * Tq, *args)
+    return o, lse
 
 
 def attention_core_backward(do, cache):

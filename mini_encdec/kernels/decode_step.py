@@ -32,8 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._runtime import parallel_chunks
-from .attention import _forward_parallel, _forward_rows
+from .attention import online_forward
 from .rmsnorm import _forward_rows as _rmsnorm_rows
 
 EXACT = dict(cache=True, error_model="numpy")  # no fast-math: the reference's roundings
@@ -80,17 +79,8 @@ def attend(q, k_buf, v_buf, lo, hi, mask, *, scale, softcap):
         k_buf, v_buf = (np.ascontiguousarray(a[:, :, lo:hi]) for a in (k_buf, v_buf))
         lo = 0
     dt = q.dtype.type
-    mask = np.ascontiguousarray(mask)
-    o = np.zeros((B, H, 1, Dh), dtype=q.dtype)  # a row with no allowed key stays 0
-    lse = np.empty((B, H, 1), dtype=q.dtype)
     cap = dt(softcap) if softcap is not None else dt(0)
-    args = (q, k_buf, v_buf, lo, mask, dt(scale), cap, o, lse)
-    # the attention kernel's own split (kernels/attention.py, attention_core_forward)
-    nchunks = parallel_chunks(B * H * (hi - lo) * Dh, B * H, per_thread=4)
-    if nchunks:
-        _forward_parallel(nchunks, *args)
-    else:
-        _forward_rows(0, B * H, *args)
+    o, _ = online_forward(q, k_buf, v_buf, lo, np.ascontiguousarray(mask), dt(scale), cap)
     return o.reshape(B, 1, H * Dh)  # one query per row: (B, H, 1, Dh) is (B, 1, H, Dh)
 
 
