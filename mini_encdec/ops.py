@@ -30,6 +30,7 @@ from .nn import (adamw, attention, decode_step, embedding, linear, loss, mlp, ou
 # op name -> the NumPy reference; the twin is `mini_encdec.kernels.<op name>`.
 REFERENCE = {
     "linear_forward": linear.linear_forward,
+    "linear_backward": linear.linear_backward,
     "attention_core_forward": attention.attention_core_forward,
     "attention_core_backward": attention.attention_core_backward,
     "rope_forward": rope.rope_forward,
@@ -122,6 +123,11 @@ def serial(rows: int = 1, weight_bytes: int = 0):
 def linear_forward(x, W):
     """y = x W^T (..., In) @ (In, Out) -> (y, cache) (nn/linear.py)."""
     return resolve("linear_forward")(x, W)
+
+
+def linear_backward(dy, cache):
+    """(dx, dW) of linear_forward (nn/linear.py)."""
+    return resolve("linear_backward")(dy, cache)
 
 
 def attention_core_forward(q, k, v, mask, *, scale, softcap):

@@ -163,7 +163,9 @@ def cpu_matmul_peak(n: int = 2048, repeats: int = 7) -> float:
 def worker_main(argv=None) -> None:
     """One JSON spec in ({"steps", "profile_steps"}), one JSON line out."""
     from ..backend import set_backend
+    from ..ops import tune_process
     spec = json.loads((argv or sys.argv)[1])
+    tune_process()  # as the study's command line runs
     set_backend("numba")
     # one thread: the parent started this process with ONE_THREAD. Measured before and
     # after the steps, the better one kept (a busy machine slows a core for a while)

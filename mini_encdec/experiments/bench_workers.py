@@ -12,7 +12,9 @@ measurement has a module of its own (bench_startup.py).
 A fresh process per measurement keeps peak memory, thread pools and compile caches from
 leaking between engines. For the same reason the kernels (numba) are imported only by the
 workers that use them (importing numba would add to a numpy worker's memory), and torch /
-transformers (optional) only by the PyTorch workers.
+transformers (optional) only by the PyTorch workers. Our engines run with the command
+line's process settings (`ops.tune_process()`: OpenMP's idle threads sleep, glibc keeps
+freed memory), as `python -m mini_encdec train`, `demo` and `study` do.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 
 from ..backend import set_backend
 from ..config import GemmaConfig
+from ..ops import tune_process
 from ..models import build_model
 from ..models.decoding import decoder_parts
 from ..models.flops import decode_step_bytes
@@ -40,6 +43,12 @@ from ..models.generate import as_sequences, generate, make_stepper
 from ..storage.interop import save_hf
 from ..training.optim import AdamW, OptimConfig
 from .bench import READY, bench_config, timed
+
+
+def _use_engine(engine: str) -> None:
+    """Select our backend with the command line's process settings (module doc)."""
+    tune_process()
+    set_backend(engine)
 
 
 def _rss_mib() -> float:
@@ -80,7 +89,7 @@ def _batch(config, arch: str, B: int, T: int, seed: int = 1) -> dict:
 
 
 def _train_ours(spec: dict) -> dict:
-    set_backend(spec["engine"])
+    _use_engine(spec["engine"])
     model = bench_model(spec["preset"], spec["arch"])
     batch = _batch(model.config, spec["arch"], spec["B"], spec["T"])
     opt = AdamW(model.params, OptimConfig())
@@ -188,7 +197,7 @@ def bench_prompts(config, arch: str, b: int, P: int):
 
 
 def _generate_ours(spec: dict) -> dict:
-    set_backend(spec["engine"])
+    _use_engine(spec["engine"])
     model = bench_model(spec["preset"], spec["arch"])
     prompts = bench_prompts(model.config, spec["arch"], spec["b"], spec["P"])
     # warm-up with the full prompt, so prefill (parallel attention) and decoding kernels

@@ -17,7 +17,8 @@ Files, each starting with a checklist (what is fused, what runs in parallel, mem
                    the cache, post-norm + residual + next pre-norm (one call each)
     embedding.py   the embedding-gradient scatter
     adamw.py       one fused AdamW parameter update (optim.AdamW.step's inner loop)
-    linear.py      y = x W^T for a few rows (KV-cached decoding; many rows stay on BLAS)
+    linear.py      y = x W^T and its gradients (a few rows: a kernel; many: matmul.py)
+    matmul.py      BLAS products split across the policy's threads, load-independent bits
     _vecmath.py    vectorisable float32 exp/tanh and the shared jit options
     threads.py     how many threads BLAS and Numba use, and when (MINI_ENCDEC_THREADS)
     allocator.py   glibc keeps freed memory for the next step (MINI_ENCDEC_MALLOC)
@@ -26,7 +27,8 @@ Importing the kernels changes no environment variable and no allocator setting; 
 process-wide settings (threads.set_wait_policy, allocator.apply) apply only after the
 opt-in `mini_encdec.ops.tune_process()`, which the command line calls.
 
-Matmuls of many rows are not here: they stay on BLAS through `numpy.matmul`.
+Matmuls of many rows stay on BLAS: `numpy.matmul`, through matmul.py where BLAS must
+stay at one thread (threads.py) and the product is worth splitting.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from .adamw import adamw_update
 from .attention import attention_core_backward, attention_core_forward
 from .decode_step import attend, residual_norm, rope_append
 from .embedding import embedding_backward
-from .linear import linear_forward
+from .linear import linear_backward, linear_forward
 from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
 from .mlp import geglu_act_backward, geglu_act_forward
 from .output_loss import output_loss_and_grads
@@ -53,7 +55,7 @@ def apply_process_tuning() -> None:
 
 __all__ = ["apply_process_tuning", "adamw_update", "attend", "attention_core_backward",
            "attention_core_forward", "embedding_backward", "geglu_act_backward",
-           "geglu_act_forward", "linear_forward", "output_loss_and_grads",
+           "geglu_act_forward", "linear_backward", "linear_forward", "output_loss_and_grads",
            "residual_norm", "rmsnorm_backward", "rmsnorm_forward", "rope_append",
            "rope_backward", "rope_forward", "softcap_cross_entropy_backward",
            "softcap_cross_entropy_forward"]

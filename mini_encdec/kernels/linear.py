@@ -1,5 +1,10 @@
-"""Numba twin of the linear layer's forward (`mini_encdec.nn.linear.linear_forward`):
-y = x W^T, for the few-row products of KV-cached decoding.
+"""Twins of the linear layer (`mini_encdec.nn.linear`): y = x W^T and its gradients.
+
+- A few rows (KV-cached decoding, SMALL_ROWS): the Numba kernel below.
+- Many rows (training, prompts) and the backward: BLAS through `matmul.matmul`, which
+  splits a big product across the thread policy's threads in blocks fixed by the cap, so
+  both cores work even where BLAS itself must stay at one thread (kernels/matmul.py).
+- One row (a gemv, which BLAS does without packing) and odd layouts: `numpy.matmul`.
 
 Why a kernel for a matmul: one decoding step multiplies B rows (B = the batch, 1 to a
 few dozen) by every weight matrix. BLAS's gemm packs the whole weight matrix into its
@@ -27,10 +32,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..nn.linear import linear_unchecked
+from ..nn.linear import linear_backward as _reference_backward, linear_unchecked
 from ..validate import check_float, check_same_dtype, check_shape
 from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst
+from .matmul import matmul
 
 SMALL_ROWS = (2, 32)  # row counts (product of x's leading axes) this kernel takes
 # Multiply-adds per unit of parallel_chunks' work (SERIAL_WORK units run serially): 16, so
@@ -102,8 +108,11 @@ def linear_forward(x, W):
         check_same_dtype(fn, x=x, W=W)
     N, D = W.shape
     M = x.size // D if D else 0
-    if not (SMALL_ROWS[0] <= M <= SMALL_ROWS[1] and D and W.flags.c_contiguous):
-        return linear_unchecked(x, W), {"x": x, "W": W}  # many rows, one row, odd layouts: BLAS
+    if M > SMALL_ROWS[1]:  # many rows: BLAS on the policy's threads
+        y = matmul(x.reshape(M, D), W.T)  # (M, In) @ (In, Out) -> (M, Out)
+        return y.reshape(x.shape[:-1] + (N,)), {"x": x, "W": W}  # -> (..., Out)
+    if not (SMALL_ROWS[0] <= M and D and W.flags.c_contiguous):
+        return linear_unchecked(x, W), {"x": x, "W": W}  # one row, odd layouts: BLAS
     x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
     y = np.empty((M, N), dtype=x.dtype)
     nchunks = parallel_chunks(M * N * D // MACS_PER_UNIT, N)
@@ -112,3 +121,17 @@ def linear_forward(x, W):
     else:
         _forward_features(0, N, x2, W, y)
     return y.reshape(x.shape[:-1] + (N,)), {"x": x, "W": W}  # (M, Out) -> (..., Out)
+
+
+def linear_backward(dy, cache):
+    """Twin of nn.linear.linear_backward: (dx, dW) of y = x W^T, the products on the
+    policy's threads (matmul.py)."""
+    x, W = cache["x"], cache["W"]
+    Out, In = W.shape
+    if not (same_float_arrays(dy, x, W) and dy.shape == x.shape[:-1] + (Out,)):
+        return _reference_backward(dy, cache)  # its checks (and errors), its dtypes
+    dy2 = dy.reshape(-1, Out)  # (..., Out) -> (N, Out)
+    x2 = x.reshape(-1, In)  # (..., In) -> (N, In)
+    dx = matmul(dy2, W).reshape(x.shape)  # (N, Out) @ (Out, In) -> (N, In) -> (..., In)
+    dW = matmul(dy2.T, x2)  # (Out, N) @ (N, In) -> (Out, In)
+    return dx, dW

@@ -22,8 +22,8 @@ Checklist
 - Ignored rows (label == ignore_index) get dz = 0 and cost no exp; a block without a
   counted row is skipped (its dh rows stay 0).
 - Parallel: rows of a block (prange over chunks); the blocks, and so the order in
-  which dE is summed, never depend on the thread count (the BLAS products follow the
-  thread policy, kernels/threads.py).
+  which dE is summed, never depend on the thread count; the BLAS products run on the
+  policy's threads through matmul.py (blocks fixed by the cap, kernels/threads.py).
 - Memory: the block buffer, one (V, D) product buffer, the per-row losses (N,).
 - dtypes: float32 (vectorised exp/tanh, see _vecmath) and float64 (libm).
 """
@@ -39,6 +39,7 @@ from ..nn.output_loss import check_output_loss_args
 from ._runtime import JIT, parallel_chunks
 from .loss import FIXED_SHIFT_CAP
 from ._vecmath import cst, row_max, vexp, vtanh
+from .matmul import matmul
 
 BLOCK_ROWS = 256  # rows per block (MEASUREMENTS.md: fewer slow the BLAS products)
 
@@ -150,7 +151,7 @@ def output_loss_and_grads(h, E, labels, cap, ignore_index=-100, teacher_probs=No
         if not counted[r0:r1].any():
             continue
         z = zbuf[:r1 - r0]
-        np.matmul(h2[r0:r1], Et, out=z)  # 1. z = h E^T: (R, D) @ (D, V) -> (R, V)
+        matmul(h2[r0:r1], Et, out=z)  # 1. z = h E^T: (R, D) @ (D, V) -> (R, V)
         tp = tp2[r0:r1] if teacher else tp2
         args = (z, labels1[r0:r1], np.int64(ignore_index), capv, g_ce, teacher, tp, g_soft,
                 inv_tau, nll[r0:r1], soft[r0:r1])
@@ -160,11 +161,11 @@ def output_loss_and_grads(h, E, labels, cap, ignore_index=-100, teacher_probs=No
         else:
             _rows(0, z.shape[0], *args)
         # z now holds dz: dh = dz E, dE += dz^T h
-        np.matmul(z, E, out=dh2[r0:r1])  # (R, V) @ (V, D) -> (R, D)
+        matmul(z, E, out=dh2[r0:r1])  # (R, V) @ (V, D) -> (R, D)
         if dE is None:
-            dE = z.T @ h2[r0:r1]  # (V, R) @ (R, D) -> (V, D)
+            dE = matmul(z.T, h2[r0:r1])  # (V, R) @ (R, D) -> (V, D)
         else:
-            dEb = np.matmul(z.T, h2[r0:r1], out=dEb)  # (V, R) @ (R, D) -> (V, D)
+            dEb = matmul(z.T, h2[r0:r1], out=dEb)  # (V, R) @ (R, D) -> (V, D)
             dE += dEb
     ce = float(nll.sum(dtype=np.float64) / n)
     sft = float(soft.sum(dtype=np.float64) / n) if teacher else 0.0

@@ -91,7 +91,8 @@ def attention(cfg: GemmaConfig, P: dict, name: str, x_q, x_kv, mask, rope_q, rop
         core=(ops.attention_core_forward, ops.attention_core_backward),
         rope=(ops.rope_forward, ops.rope_backward),
         q_norm=qk_norm[0], k_norm=qk_norm[1], norm_eps=cfg.rms_norm_eps,
-        norm=(ops.rmsnorm_forward, ops.rmsnorm_backward))
+        norm=(ops.rmsnorm_forward, ops.rmsnorm_backward),
+        linear=(ops.linear_forward, ops.linear_backward))
 
 
 def attention_grads(dy, cache: dict, grads: dict, name: str):
@@ -112,7 +113,8 @@ def mlp(P: dict, p: str, x):
     """The GeGLU MLP of block p, down( gelu(gate(x)) * up(x) ). Returns (y, cache)."""
     return geglu_forward(x, P[p + "mlp.gate_proj.weight"], P[p + "mlp.up_proj.weight"],
                          P[p + "mlp.down_proj.weight"],
-                         act=(ops.geglu_act_forward, ops.geglu_act_backward))
+                         act=(ops.geglu_act_forward, ops.geglu_act_backward),
+                         linear=(ops.linear_forward, ops.linear_backward))
 
 
 def mlp_grads(dy, cache: dict, grads: dict, p: str):

@@ -42,7 +42,8 @@ attention.py
     attention_core_backward(do, cache) -> (dq, dk, dv)
     attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, head_dim,
                       scale, softcap, mask, rope_q=None, rope_k=None, core=None,
-                      q_norm=None, k_norm=None, norm_eps=1e-6, norm=None) -> (y, cache)
+                      q_norm=None, k_norm=None, norm_eps=1e-6, norm=None,
+                      linear=None) -> (y, cache)
         x_q (B, Tq, Dq), x_kv (B, Tk, Dkv); Wq (H*Dh, Dq), Wk/Wv (K*Dh, Dkv), Wo (Dq, H*Dh);
         rope_q / rope_k: (cos, sin) pairs from rope_cos_sin, or None (cross-attention).
         q_norm / k_norm (Dh,): Gemma 3's RMSNorm (1 + w) of each query / key head, after the
@@ -50,7 +51,8 @@ attention.py
         Self-attention passes the same array as x_q and x_kv; merged attention passes
         [x ; encoder output] as x_kv with cos 1, sin 0 for the encoder keys.
         core: the (forward, backward) pair of the core; default this file's (the models
-        pass the pair mini_encdec.ops dispatches). The one attention layer the models run.
+        pass the pair mini_encdec.ops dispatches); rope, norm and linear likewise for RoPE,
+        the q/k norms and the four projections. The one attention layer the models run.
     attention_backward(dy, cache) -> (dx_q, dx_kv, dWq, dWk, dWv, dWo)
         (for self-attention the input gradient is dx_q + dx_kv); with q/k norms two more,
         (..., dWo, dq_norm, dk_norm)
@@ -59,7 +61,9 @@ mlp.py
     gelu_tanh_forward(u) -> (g, cache); gelu_tanh_backward(dg, cache) -> du
     geglu_act_forward(gate, up) -> (a, cache)         a = gelu_tanh(gate) * up
     geglu_act_backward(da, cache) -> (dgate, dup)
-    geglu_forward(x, Wg, Wu, Wd) -> (y, cache)        y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T
+    geglu_forward(x, Wg, Wu, Wd, act=None, linear=None) -> (y, cache)
+        y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T; act / linear: the (forward, backward)
+        pairs of the activation and the projections (the models pass the ops pairs)
     geglu_backward(dy, cache) -> (dx, dWg, dWu, dWd)
 loss.py
     cross_entropy_forward(logits, labels, ignore_index=-100) -> (loss, cache)

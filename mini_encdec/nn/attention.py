@@ -173,7 +173,8 @@ def _check_rope(rope, name, B, T, Dh, dtype, fn):
 
 def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, head_dim,
                       scale, softcap, mask, rope_q=None, rope_k=None, core=None,
-                      rope=None, q_norm=None, k_norm=None, norm_eps=1e-6, norm=None):
+                      rope=None, q_norm=None, k_norm=None, norm_eps=1e-6, norm=None,
+                      linear=None):
     """y = attention(x_q attends to x_kv) Wo^T. Returns (y, cache).
 
     x_q (B, Tq, Dq), x_kv (B, Tk, Dkv); Wq (H*Dh, Dq), Wk/Wv (K*Dh, Dkv), Wo (Dq, H*Dh);
@@ -183,7 +184,8 @@ def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, hea
     core: the (forward, backward) pair of the attention core; default this file's
     attention_core_forward / attention_core_backward. rope: likewise the pair of RoPE
     (default nn.rope's rope_forward / rope_backward), norm the pair of RMSNorm (default
-    nn.rmsnorm's). The models pass the ops pairs.
+    nn.rmsnorm's), linear the pair of the projections (default nn.linear's). The models
+    pass the ops pairs.
     """
     fn = "attention_forward"
     H = check_positive_int(num_heads, "num_heads", fn=fn)
@@ -216,9 +218,10 @@ def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, hea
     rope_q = _check_rope(rope_q, "rope_q", B, Tq, Dh, x_q.dtype, fn)
     rope_k = _check_rope(rope_k, "rope_k", B, Tk, Dh, x_q.dtype, fn)
 
-    q2, c_q = linear_forward(x_q, Wq)  # (B, Tq, Dq) -> (B, Tq, H*Dh)
-    k2, c_k = linear_forward(x_kv, Wk)  # (B, Tk, Dkv) -> (B, Tk, K*Dh)
-    v2, c_v = linear_forward(x_kv, Wv)  # (B, Tk, Dkv) -> (B, Tk, K*Dh)
+    project, project_backward = linear or (linear_forward, linear_backward)
+    q2, c_q = project(x_q, Wq)  # (B, Tq, Dq) -> (B, Tq, H*Dh)
+    k2, c_k = project(x_kv, Wk)  # (B, Tk, Dkv) -> (B, Tk, K*Dh)
+    v2, c_v = project(x_kv, Wv)  # (B, Tk, Dkv) -> (B, Tk, K*Dh)
     q = split_heads(q2, H)  # (B, Tq, H*Dh) -> (B, H, Tq, Dh)
     k = split_heads(k2, K)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
     v = split_heads(v2, K)  # (B, Tk, K*Dh) -> (B, K, Tk, Dh)
@@ -235,8 +238,8 @@ def attention_forward(x_q, x_kv, Wq, Wk, Wv, Wo, *, num_heads, num_kv_heads, hea
         k, c_rk = rotate(k, *rope_k)
     core_forward, core_backward = core or (attention_core_forward, attention_core_backward)
     o, c_core = core_forward(q, k, v, mask, scale=scale, softcap=softcap)  # (B, H, Tq, Dh)
-    y, c_o = linear_forward(merge_heads(o), Wo)  # (B, Tq, H*Dh) -> (B, Tq, Dq)
-    cache = {"q": c_q, "k": c_k, "v": c_v, "rope_q": c_rq, "rope_k": c_rk, "core": c_core,
+    y, c_o = project(merge_heads(o), Wo)  # (B, Tq, H*Dh) -> (B, Tq, Dq)
+    cache = {"q": c_q, "linear_backward": project_backward, "k": c_k, "v": c_v, "rope_q": c_rq, "rope_k": c_rk, "core": c_core,
              "core_backward": core_backward, "rope_backward": rotate_backward, "o": c_o,
              "q_norm": c_qn, "k_norm": c_kn, "norm_backward": norm_backward,
              "dims": (B, Tq, Tk, H, K, Dh)}
@@ -250,7 +253,8 @@ def attention_backward(dy, cache):
     check_float(dy, "dy", fn="attention_backward")
     check_shape(dy, "dy", (B, Tq, cache["o"]["W"].shape[0]), fn="attention_backward")
     # y = o2 Wo^T
-    do2, dWo = linear_backward(dy, cache["o"])
+    project_backward = cache["linear_backward"]
+    do2, dWo = project_backward(dy, cache["o"])
     do = split_heads(do2, H)  # (B, Tq, H*Dh) -> (B, H, Tq, Dh)
     # o = core(q, k, v)
     dq, dk, dv = cache["core_backward"](do, cache["core"])
@@ -269,7 +273,7 @@ def attention_backward(dy, cache):
     dk2 = merge_heads(dk)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
     dv2 = merge_heads(dv)  # (B, K, Tk, Dh) -> (B, Tk, K*Dh)
     # q2 = x_q Wq^T, k2 = x_kv Wk^T, v2 = x_kv Wv^T
-    dx_q, dWq = linear_backward(dq2, cache["q"])
-    dx_k, dWk = linear_backward(dk2, cache["k"])
-    dx_v, dWv = linear_backward(dv2, cache["v"])
+    dx_q, dWq = project_backward(dq2, cache["q"])
+    dx_k, dWk = project_backward(dk2, cache["k"])
+    dx_v, dWv = project_backward(dv2, cache["v"])
     return (dx_q, dx_k + dx_v, dWq, dWk, dWv, dWo) + dnorms

@@ -89,13 +89,14 @@ def geglu_unchecked(x: np.ndarray, W_gate_up: np.ndarray, Wd: np.ndarray, act=No
 
 
 def geglu_forward(x: np.ndarray, Wg: np.ndarray, Wu: np.ndarray, Wd: np.ndarray,
-                  act: tuple = None):
+                  act: tuple = None, linear: tuple = None):
     """y = (gelu_tanh(x Wg^T) * (x Wu^T)) Wd^T. Returns (y, cache).
 
     act: the (forward, backward) pair of the activation a = gelu_tanh(gate) * up; default
     this file's geglu_act_forward / geglu_act_backward. The models pass the pair that
     `mini_encdec.ops` dispatches (the Numba twin under the numba backend); nn itself
-    never imports the dispatcher."""
+    never imports the dispatcher. linear: likewise the pair of the three projections
+    (default nn.linear's linear_forward / linear_backward)."""
     fn = "geglu_forward"
     check_float(x, "x", fn=fn)
     if x.ndim < 1:
@@ -109,12 +110,14 @@ def geglu_forward(x: np.ndarray, Wg: np.ndarray, Wu: np.ndarray, Wd: np.ndarray,
     check_float(Wd, "Wd", fn=fn)
     check_shape(Wd, "Wd", (D, F), fn=fn)
     check_same_dtype(fn, x=x, Wg=Wg, Wu=Wu, Wd=Wd)
-    gate, c_g = linear_forward(x, Wg)  # (..., D) -> (..., F)
-    up, c_u = linear_forward(x, Wu)  # (..., D) -> (..., F)
+    project, project_backward = linear or (linear_forward, linear_backward)
+    gate, c_g = project(x, Wg)  # (..., D) -> (..., F)
+    up, c_u = project(x, Wu)  # (..., D) -> (..., F)
     act_forward, act_backward = act or (geglu_act_forward, geglu_act_backward)
     a, c_a = act_forward(gate, up)  # (..., F)
-    y, c_d = linear_forward(a, Wd)  # (..., F) -> (..., D)
-    return y, {"gate": c_g, "up": c_u, "act": c_a, "act_backward": act_backward, "down": c_d}
+    y, c_d = project(a, Wd)  # (..., F) -> (..., D)
+    return y, {"gate": c_g, "up": c_u, "act": c_a, "act_backward": act_backward, "down": c_d,
+               "linear_backward": project_backward}
 
 
 def geglu_backward(dy: np.ndarray, cache: dict):
@@ -123,10 +126,11 @@ def geglu_backward(dy: np.ndarray, cache: dict):
     x = cache["gate"]["x"]
     check_shape(dy, "dy", x.shape, fn="geglu_backward")
     # y = a Wd^T
-    da, dWd = linear_backward(dy, cache["down"])
+    project_backward = cache["linear_backward"]
+    da, dWd = project_backward(dy, cache["down"])
     # a = gelu_tanh(gate) * up
     dgate, dup = cache["act_backward"](da, cache["act"])
     # gate = x Wg^T, up = x Wu^T
-    dx_g, dWg = linear_backward(dgate, cache["gate"])
-    dx_u, dWu = linear_backward(dup, cache["up"])
+    dx_g, dWg = project_backward(dgate, cache["gate"])
+    dx_u, dWu = project_backward(dup, cache["up"])
     return dx_g + dx_u, dWg, dWu, dWd

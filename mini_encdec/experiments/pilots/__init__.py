@@ -6,6 +6,15 @@ import json
 from pathlib import Path
 
 
+def _new_result(text: str) -> Path:
+    """--to: a path whose result files do not exist yet (a collect never replaces one)."""
+    to = Path(text)
+    for suffix in (".json", ".png"):
+        if to.with_suffix(suffix).exists():
+            raise argparse.ArgumentTypeError(f"{to.with_suffix(suffix)} exists; give a new name")
+    return to
+
+
 def pilot_parser(module: str, doc: str, run_help: str, collect_help: str) -> tuple:
     """(parser, its `run` subparser) of a pilot's command line: `run` (the caller adds its
     options) and `collect --out DIR --to PATH` (gather the runs into the committed files)."""
@@ -15,7 +24,9 @@ def pilot_parser(module: str, doc: str, run_help: str, collect_help: str) -> tup
     run = sub.add_parser("run", help=run_help)
     collect = sub.add_parser("collect", help=collect_help)
     collect.add_argument("--out", type=Path, required=True)
-    collect.add_argument("--to", type=Path, required=True)
+    collect.add_argument("--to", type=_new_result, required=True,
+                         help="where the result goes (PATH.json, for some pilots PATH.png); "
+                              "an existing file is never replaced")
     return ap, run
 
 

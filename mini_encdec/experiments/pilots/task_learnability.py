@@ -104,10 +104,16 @@ def probe_predictions(clf, examples: list, pad_id: int, progress: bool) -> np.nd
     return np.concatenate(out)
 
 
+def recipe_tag(steps: int, lr: float) -> str:
+    """The part of a probe's file name that names its recipe ('' for the first pilot's)."""
+    return "" if (steps, lr) == (STEPS, LR) else f"_steps{steps}_lr{lr:g}"
+
+
 def run(task: str, arch: str, backbone_path: Path, out: Path, seed: int,
-        progress: bool = True) -> dict:
+        progress: bool = True, steps: int = STEPS, lr: float = LR) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    result_path = out / f"{task}_{arch}_seed{seed}.json"
+    name = f"{task}_{arch}_seed{seed}{recipe_tag(steps, lr)}"
+    result_path = out / f"{name}.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
     tok = load_tokenizer()
@@ -120,14 +126,14 @@ def run(task: str, arch: str, backbone_path: Path, out: Path, seed: int,
     clf = SequenceClassifier.from_backbone(model, num_labels=2, seed=seed,
                                            label_names=("no", "yes"))
     batches = _ClassBatcher(train_ex, BATCH, LENGTH, tok.pad_id, seed)
-    history = train(clf, batches, optim=_optim(LR, STEPS), steps=STEPS, eval_every=0,
-                    checkpoint_every=100, run_dir=out / "runs" / f"{task}_{arch}_seed{seed}",
+    history = train(clf, batches, optim=_optim(lr, steps), steps=steps, eval_every=0,
+                    checkpoint_every=100, run_dir=out / "runs" / name,
                     resume=True, progress=progress, plot=False,
                     run_info={"pilot": "task_learnability", "task": task, "arch": arch})
     pred = probe_predictions(clf, val_ex, tok.pad_id, progress)
     labels = [e.label for e in val_ex]
     res = {"task": task, "arch": arch, "seed": seed, "backbone": str(backbone_path),
-           "steps": STEPS, "batch_size": BATCH, "lr": LR, "length": LENGTH,
+           "steps": steps, "batch_size": BATCH, "lr": lr, "length": LENGTH,
            "final_train_loss": float(np.mean([h["loss"] for h in history
                                               if "loss" in h][-20:])),
            "probe": accuracy_with_se(pred, labels)}
@@ -152,8 +158,11 @@ def collect(out: Path, to: Path) -> dict:
             pr["probe"]["z_vs_bag_of_words"] = (a["accuracy"] - b["accuracy"]) / \
                 math.sqrt(a["se"] ** 2 + b["se"] ** 2 + 1e-12)
         tasks[task] = entry
-    res = {"pilot": "task_learnability", "design": {"length": LENGTH, "steps": STEPS,
-                                                    "batch_size": BATCH, "lr": LR},
+    res = {"pilot": "task_learnability", "design": {"length": LENGTH, "batch_size": BATCH,
+                                                    "steps": sorted({p["steps"] for e in
+                                                                     tasks.values() for p in e["probes"]}),
+                                                    "lr": sorted({p["lr"] for e in
+                                                                  tasks.values() for p in e["probes"]})},
            "tasks": tasks}
     return write_collected(to, res)
 
@@ -166,11 +175,18 @@ def main(argv=None) -> int:
     r.add_argument("--backbone", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--steps", type=int, default=STEPS, help=f"probe updates (default {STEPS})")
+    r.add_argument("--lr", type=float, default=LR, help=f"peak learning rate (default {LR:g})")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         if not a.backbone.exists():
             ap.error(f"--backbone: {a.backbone} does not exist")
-        print(json.dumps(run(a.task, a.arch, a.backbone, a.out, a.seed), indent=1))
+        if a.steps < 1:
+            ap.error(f"--steps: expected a whole number >= 1, got {a.steps}")
+        if not (math.isfinite(a.lr) and a.lr > 0):
+            ap.error(f"--lr: expected a positive number, got {a.lr}")
+        print(json.dumps(run(a.task, a.arch, a.backbone, a.out, a.seed, steps=a.steps,
+                             lr=a.lr), indent=1))
     else:
         if not a.out.is_dir():
             ap.error(f"--out: {a.out} is not a directory")

@@ -1,0 +1,132 @@
+"""Matrix products on the thread policy's threads whose bits never depend on the load.
+
+Why. On CPUs where BLAS's results change with its thread count (OpenBLAS's Haswell, Zen
+and SkylakeX kernels; `threads.blas_varies`), the thread policy holds BLAS at one thread
+for the whole process, so that a run gives the same numbers on a quiet and on a busy
+machine. That left the second core idle during every big product of training: measured
+on a 2-core Xeon, the `small` training step ran at 0.73-0.79x PyTorch, which multiplies
+on both cores (MEASUREMENTS.md).
+
+How. `matmul(a, b)` cuts the product into a fixed number of blocks, `threads.cap()` of
+them (the machine's CPUs, never the load), along the larger side of the result: row
+blocks a[r0:r1] @ b, or column blocks a @ b[:, c0:c1]. Each block is one single-threaded
+BLAS call (NumPy's `matmul` with `out=` a block of the result: no copies, and NumPy
+releases the GIL inside it). The blocks run on the calling thread and on cap - 1 helper
+threads, or all on the calling thread when the policy says only one thread is free now.
+A block computes the same sums in the same order whichever thread runs it, so the result
+depends on the cap and on the BLAS library only, as every kernel's does.
+
+Where BLAS's bits do not follow its thread count (threads.POLICY.blas_fixed is None),
+BLAS already uses the policy's threads, and `matmul` is `np.matmul`. So are products too
+small to be worth a hand-off (under MIN_MACS multiply-adds: waking a helper costs tens of
+microseconds), and every product of a process whose OpenMP threads spin while idle (the
+wait policy is PASSIVE only after `ops.tune_process()`, which the command line calls):
+after each of Numba's parallel kernels its idle thread spins on a core for a while, the
+helper has no core to run on, and the split gained nothing (MEASUREMENTS.md).
+
+Checklist
+- 2-D float arrays only (the callers reshape); any strides NumPy's BLAS path accepts.
+- Memory: the result only (or `out`).
+- Fork-safe: a child process starts its own helpers (a forked pool has no threads).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+
+import numpy as np
+
+from . import threads
+
+# Products with fewer multiply-adds than this run as one BLAS call (~30 us at one thread:
+# a hand-off to a helper thread costs ~10-30 us).
+MIN_MACS = 1 << 22
+
+
+class _Helpers:
+    """cap - 1 daemon threads, each taking (function, args, done-event) jobs."""
+
+    def __init__(self, n: int):
+        self.pid = os.getpid()
+        self.jobs = [queue.SimpleQueue() for _ in range(n)]
+        for q in self.jobs:
+            threading.Thread(target=self._work, args=(q,), daemon=True,
+                             name="mini_encdec-matmul").start()
+
+    @staticmethod
+    def _work(q) -> None:
+        while True:
+            fn, args, box, done = q.get()
+            try:
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 (re-raised on the calling thread)
+                box.append(e)
+            done.set()
+
+
+_helpers: _Helpers | None = None
+_lock = threading.Lock()
+
+
+def _get_helpers(n: int) -> _Helpers:
+    global _helpers
+    with _lock:
+        if _helpers is None or _helpers.pid != os.getpid() or len(_helpers.jobs) < n:
+            _helpers = _Helpers(n)
+        return _helpers
+
+
+def idle_threads_sleep() -> bool:
+    """Whether OpenMP's idle threads sleep (OMP_WAIT_POLICY=PASSIVE) rather than spin."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+def blocks(M: int, N: int, parts: int) -> tuple:
+    """The split of an (M, N) result into `parts` blocks: ("rows" or "cols", bounds),
+    along the larger side (the other operand, packed whole by every block, is then the
+    smaller one)."""
+    side, n = ("rows", M) if M >= N else ("cols", N)
+    parts = max(1, min(parts, n))
+    return side, [(n * i) // parts for i in range(parts + 1)]
+
+
+def _block(side: str, lo: int, hi: int, a, b, out) -> None:
+    if side == "rows":
+        np.matmul(a[lo:hi], b, out=out[lo:hi])  # (hi-lo, K) @ (K, N) -> (hi-lo, N)
+    else:
+        np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])  # (M, K) @ (K, hi-lo) -> (M, hi-lo)
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a (M, K) @ b (K, N) -> (M, N), split across the policy's threads (module doc)."""
+    M, K = a.shape
+    N = b.shape[1]
+    policy = threads.POLICY
+    if policy.blas_fixed is None or policy.cap == 1 or M * N * K < MIN_MACS \
+            or not idle_threads_sleep():
+        return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
+    side, bounds = blocks(M, N, policy.cap)
+    parts = list(zip(bounds[:-1], bounds[1:]))
+    if policy.current() == 1 or len(parts) == 1:
+        for lo, hi in parts:
+            _block(side, lo, hi, a, b, out)
+        return out
+    helpers = _get_helpers(len(parts) - 1)
+    waits = []
+    for q, (lo, hi) in zip(helpers.jobs, parts[1:]):
+        box, done = [], threading.Event()
+        q.put((_block, (side, lo, hi, a, b, out), box, done))
+        waits.append((box, done))
+    try:
+        _block(side, *parts[0], a, b, out)  # the first block on the calling thread
+    finally:  # never return (or raise) while a helper still writes into out
+        for _, done in waits:
+            done.wait()
+    for box, _ in waits:
+        if box:
+            raise box[0]
+    return out
