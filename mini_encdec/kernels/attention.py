@@ -28,7 +28,9 @@ Checklist
 - Parallel: the online forward over chunks of the B*H*Tq query rows (prange, 4 chunks
   per thread since causal rows differ in cost); the tiled paths: the matmuls use BLAS's
   threads, the fused passes chunks of a tile's rows (each row written by one thread),
-  so results do not depend on Numba's thread count. Small calls (one decoding step) run
+  so results do not depend on Numba's thread count. Where BLAS must stay at one thread
+  (kernels/matmul.py), the tiled paths instead split the key/value heads into the cap's
+  fixed blocks, one thread each (its matmuls and row passes serial). Small calls (one decoding step) run
   on the calling thread (see _runtime).
 - Memory beyond inputs and outputs: L (B, H, Tq), kept in the cache, which is
   O(B*H*T*Dh): no (Tq, Tk) matrix per head is kept (tests/test_kernels.py checks it).
@@ -54,7 +56,9 @@ from numba import njit, prange
 
 from ..nn.attention import check_core_inputs
 from ..validate import check_float, check_shape
+from . import threads
 from ._runtime import JIT, parallel_chunks, same_float_arrays
+from .matmul import run_blocks, split_pays
 from ._vecmath import cst, row_max, vexp, vtanh
 
 BLOCK = 256  # keys per online-softmax block (one block covers our sequence lengths)
@@ -181,7 +185,7 @@ def _tile_row(t, M, g0, r0, K, G, Tq, Bm, Tqm):
     return c, rr, b, kh * G + hg, i, (b if Bm > 1 else 0), (i if Tqm > 1 else 0)
 
 
-@njit(**JIT)
+@njit(nogil=True, **JIT)
 def _grad_rows(t0, t1, g0, r0, K, s, dp, o, do, mask, scale, cap, lse):
     """Rows t0 <= t < t1 (t = c*M + rr) of one backward tile. The tile covers the
     key/value heads g = g0 + c (g = b*K + kh, c < n) and, of each, the M query rows
@@ -232,7 +236,7 @@ def _grad_parallel(nchunks, g0, r0, K, s, dp, o, do, mask, scale, cap, lse):
                    mask, scale, cap, lse)
 
 
-@njit(**JIT)
+@njit(nogil=True, **JIT)
 def _softmax_rows(t0, t1, g0, r0, K, s, mask, scale, cap, lse):
     """Rows t0 <= t < t1 (t = c*M + rr) of one forward tile (the layout of _grad_rows).
     In: s = q . k (raw). Out, in place: s <- p = softmax(cap tanh(s scale / cap)) over the
@@ -298,10 +302,29 @@ def _forward_tiled(q, k, v, mask, scale, cap, o, lse):
     qg = q.reshape(N, R, Dh)  # (B, H, Tq, Dh) -> (B*K, G*Tq, Dh): h = kh*G + hg
     og = o.reshape(N, R, Dh)  # (B, H, Tq, Dh) -> (B*K, G*Tq, Dh)
     kg, vg = k.reshape(N, Tk, Dh), v.reshape(N, Tk, Dh)  # (B, K, Tk, Dh) -> (B*K, Tk, Dh)
-    M, n_max = _tiles(N, R, Tk)
-    buf = np.empty(n_max * M * Tk, dtype=q.dtype)
-    for g0 in range(0, N, n_max):
-        g1 = min(N, g0 + n_max)
+    _by_heads(lambda ga, gb, pool: _forward_heads(ga, gb, pool, qg, kg, vg, og, K, mask,
+                                                  scale, cap, lse), N, R * Tk * Dh)
+
+
+def _by_heads(work, N: int, macs_per_head: int) -> None:
+    """work(ga, gb, pool) over the N key/value heads: at once with Numba's pool (pool=True)
+    and BLAS's threads, or, where BLAS must stay at one thread (matmul.py), in the cap's
+    fixed blocks of heads, one per thread, each on its thread alone (pool=False). The
+    tiles of a block never depend on the load, so neither do the results."""
+    if N > 1 and split_pays(2 * N * macs_per_head):
+        parts = min(N, threads.POLICY.cap)
+        run_blocks(lambda ga, gb: work(ga, gb, False), [N * i // parts for i in range(parts + 1)])
+    else:
+        work(0, N, True)
+
+
+def _forward_heads(ga, gb, pool, qg, kg, vg, og, K, mask, scale, cap, lse):
+    """The tiled forward of kv heads [ga, gb) (rows of qg (N, R, Dh), kg/vg (N, Tk, Dh))."""
+    R, Tk = qg.shape[1], kg.shape[1]
+    M, n_max = _tiles(gb - ga, R, Tk)
+    buf = np.empty(n_max * M * Tk, dtype=qg.dtype)
+    for g0 in range(ga, gb, n_max):
+        g1 = min(gb, g0 + n_max)
         for r0 in range(0, R, M):
             r1 = min(R, r0 + M)
             shape = (g1 - g0, r1 - r0, Tk)
@@ -309,7 +332,8 @@ def _forward_tiled(q, k, v, mask, scale, cap, o, lse):
             # 1. raw scores q . k: (n,M,Dh) @ (n,Dh,Tk) -> (n,M,Tk)
             np.matmul(qg[g0:g1, r0:r1], kg[g0:g1].swapaxes(1, 2), out=s)
             args = (g0, r0, K, s, mask, scale, cap, lse)  # 1.-4. s <- p, lse
-            nchunks = parallel_chunks(8 * s.size, shape[0] * shape[1], per_thread=2)
+            nchunks = parallel_chunks(8 * s.size, shape[0] * shape[1], per_thread=2) \
+                if pool else 0
             if nchunks:
                 _softmax_parallel(nchunks, *args)
             else:
@@ -407,6 +431,45 @@ def online_forward(q, kb, vb, off, mask, scale, cap):
     return o, lse
 
 
+def _backward_heads(ga, gb, pool, qg, kg, vg, dog, o, do, dqg, dkg, dvg, K, mask, scale,
+                    cap, lse):
+    """The tiled backward of kv heads [ga, gb): dqg, dkg, dvg's rows of those heads."""
+    R, Tk = qg.shape[1], kg.shape[1]
+    # tile: M query rows of n heads, so that an (n, M, Tk) score tile has <= TILE entries
+    M, n_max = _tiles(gb - ga, R, Tk)
+    buf_s = np.empty(n_max * M * Tk, dtype=qg.dtype)
+    buf_dp = np.empty(n_max * M * Tk, dtype=qg.dtype)
+    for g0 in range(ga, gb, n_max):
+        g1 = min(gb, g0 + n_max)
+        for r0 in range(0, R, M):
+            r1 = min(R, r0 + M)
+            shape = (g1 - g0, r1 - r0, Tk)
+            s = buf_s[:math.prod(shape)].reshape(shape)
+            dp = buf_dp[:math.prod(shape)].reshape(shape)
+            # 1. s0 = (q . k) * scale (raw part): (n,M,Dh) @ (n,Dh,Tk) -> (n,M,Tk)
+            np.matmul(qg[g0:g1, r0:r1], kg[g0:g1].swapaxes(1, 2), out=s)
+            # 5. o = p v -> dp = do v^T: (n,M,Dh) @ (n,Dh,Tk) -> (n,M,Tk)
+            np.matmul(dog[g0:g1, r0:r1], vg[g0:g1].swapaxes(1, 2), out=dp)
+            # s <- p, dp <- ds (the gradient of the raw score), row by row
+            args = (g0, r0, K, s, dp, o, do, mask, scale, cap, lse)
+            nchunks = parallel_chunks(8 * s.size, shape[0] * shape[1], per_thread=2) \
+                if pool else 0
+            if nchunks:
+                _grad_parallel(nchunks, *args)
+            else:
+                _grad_rows(0, shape[0] * shape[1], *args)
+            # 1. s0 = q . k: dq = ds k: (n,M,Tk) @ (n,Tk,Dh) -> (n,M,Dh)
+            np.matmul(dp, kg[g0:g1], out=dqg[g0:g1, r0:r1])
+            # dk = ds^T q, dv = p^T do, summed over the query rows (and the G heads):
+            # (n,Tk,M) @ (n,M,Dh) -> (n,Tk,Dh)
+            if r0 == 0:
+                np.matmul(dp.swapaxes(1, 2), qg[g0:g1, r0:r1], out=dkg[g0:g1])
+                np.matmul(s.swapaxes(1, 2), dog[g0:g1, r0:r1], out=dvg[g0:g1])
+            else:
+                dkg[g0:g1] += dp.swapaxes(1, 2) @ qg[g0:g1, r0:r1]
+                dvg[g0:g1] += s.swapaxes(1, 2) @ dog[g0:g1, r0:r1]
+
+
 def attention_core_backward(do, cache):
     """Twin of nn.attention.attention_core_backward: returns (dq, dk, dv)."""
     q = cache["q"]
@@ -427,36 +490,7 @@ def attention_core_backward(do, cache):
     kg, vg = k.reshape(N, Tk, Dh), v.reshape(N, Tk, Dh)  # (B, K, Tk, Dh) -> (B*K, Tk, Dh)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     dqg, dkg, dvg = dq.reshape(N, R, Dh), dk.reshape(N, Tk, Dh), dv.reshape(N, Tk, Dh)
-    # tile: M query rows of n heads, so that an (n, M, Tk) score tile has <= TILE entries
-    M, n_max = _tiles(N, R, Tk)
-    buf_s = np.empty(n_max * M * Tk, dtype=q.dtype)
-    buf_dp = np.empty(n_max * M * Tk, dtype=q.dtype)
-    for g0 in range(0, N, n_max):
-        g1 = min(N, g0 + n_max)
-        for r0 in range(0, R, M):
-            r1 = min(R, r0 + M)
-            shape = (g1 - g0, r1 - r0, Tk)
-            s = buf_s[:math.prod(shape)].reshape(shape)
-            dp = buf_dp[:math.prod(shape)].reshape(shape)
-            # 1. s0 = (q . k) * scale (raw part): (n,M,Dh) @ (n,Dh,Tk) -> (n,M,Tk)
-            np.matmul(qg[g0:g1, r0:r1], kg[g0:g1].swapaxes(1, 2), out=s)
-            # 5. o = p v -> dp = do v^T: (n,M,Dh) @ (n,Dh,Tk) -> (n,M,Tk)
-            np.matmul(dog[g0:g1, r0:r1], vg[g0:g1].swapaxes(1, 2), out=dp)
-            # s <- p, dp <- ds (the gradient of the raw score), row by row
-            args = (g0, r0, K, s, dp, o, do, mask, scale, cap, lse)
-            nchunks = parallel_chunks(8 * s.size, shape[0] * shape[1], per_thread=2)
-            if nchunks:
-                _grad_parallel(nchunks, *args)
-            else:
-                _grad_rows(0, shape[0] * shape[1], *args)
-            # 1. s0 = q . k: dq = ds k: (n,M,Tk) @ (n,Tk,Dh) -> (n,M,Dh)
-            np.matmul(dp, kg[g0:g1], out=dqg[g0:g1, r0:r1])
-            # dk = ds^T q, dv = p^T do, summed over the query rows (and the G heads):
-            # (n,Tk,M) @ (n,M,Dh) -> (n,Tk,Dh)
-            if r0 == 0:
-                np.matmul(dp.swapaxes(1, 2), qg[g0:g1, r0:r1], out=dkg[g0:g1])
-                np.matmul(s.swapaxes(1, 2), dog[g0:g1, r0:r1], out=dvg[g0:g1])
-            else:
-                dkg[g0:g1] += dp.swapaxes(1, 2) @ qg[g0:g1, r0:r1]
-                dvg[g0:g1] += s.swapaxes(1, 2) @ dog[g0:g1, r0:r1]
+    _by_heads(lambda ga, gb, pool: _backward_heads(ga, gb, pool, qg, kg, vg, dog, o, do,
+                                                   dqg, dkg, dvg, K, mask, scale, cap, lse),
+              N, 2 * R * Tk * Dh)
     return dq, dk, dv

@@ -99,34 +99,47 @@ def _block(side: str, lo: int, hi: int, a, b, out) -> None:
         np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])  # (M, K) @ (K, hi-lo) -> (M, hi-lo)
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """a (M, K) @ b (K, N) -> (M, N), split across the policy's threads (module doc)."""
-    M, K = a.shape
-    N = b.shape[1]
+def split_pays(macs: int) -> bool:
+    """Whether work of `macs` multiply-adds of BLAS should be split into the cap's blocks
+    (BLAS held at one thread, more than one CPU, idle OpenMP threads asleep, big enough)."""
     policy = threads.POLICY
-    if policy.blas_fixed is None or policy.cap == 1 or M * N * K < MIN_MACS \
-            or not idle_threads_sleep():
-        return np.matmul(a, b, out=out)
-    if out is None:
-        out = np.empty((M, N), dtype=np.result_type(a, b))
-    side, bounds = blocks(M, N, policy.cap)
+    return (policy.blas_fixed is not None and policy.cap > 1 and macs >= MIN_MACS
+            and idle_threads_sleep())
+
+
+def run_blocks(work, bounds: list) -> None:
+    """work(lo, hi) for each block [bounds[i], bounds[i+1]): the first on the calling
+    thread, the others on helpers, or all on the calling thread when the policy has one
+    thread free now. Returns when every block is done; an error in one is raised here."""
     parts = list(zip(bounds[:-1], bounds[1:]))
-    if policy.current() == 1 or len(parts) == 1:
+    if len(parts) == 1 or threads.POLICY.current() == 1:
         for lo, hi in parts:
-            _block(side, lo, hi, a, b, out)
-        return out
+            work(lo, hi)
+        return
     helpers = _get_helpers(len(parts) - 1)
     waits = []
     for q, (lo, hi) in zip(helpers.jobs, parts[1:]):
         box, done = [], threading.Event()
-        q.put((_block, (side, lo, hi, a, b, out), box, done))
+        q.put((work, (lo, hi), box, done))
         waits.append((box, done))
     try:
-        _block(side, *parts[0], a, b, out)  # the first block on the calling thread
-    finally:  # never return (or raise) while a helper still writes into out
+        work(*parts[0])
+    finally:  # never return (or raise) while a helper still writes into the results
         for _, done in waits:
             done.wait()
     for box, _ in waits:
         if box:
             raise box[0]
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a (M, K) @ b (K, N) -> (M, N), split across the policy's threads (module doc)."""
+    M, K = a.shape
+    N = b.shape[1]
+    if not split_pays(M * N * K):
+        return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
+    side, bounds = blocks(M, N, threads.POLICY.cap)
+    run_blocks(lambda lo, hi: _block(side, lo, hi, a, b, out), bounds)
     return out
