@@ -1,17 +1,19 @@
 """Twins of the linear layer (`mini_encdec.nn.linear`): y = x W^T and its gradients.
 
-- A few rows (KV-cached decoding, SMALL_ROWS): the Numba kernel below.
+- 1 to 32 rows (KV-cached decoding, SMALL_ROWS): the Numba kernel below.
 - Many rows (training, prompts) and the backward: BLAS through `matmul.matmul`, which
   splits a big product across the thread policy's threads in blocks fixed by the cap, so
   both cores work even where BLAS itself must stay at one thread (kernels/matmul.py).
-- One row (a gemv, which BLAS does without packing) and odd layouts: `numpy.matmul`.
+- Odd layouts (W not C-contiguous): `numpy.matmul`.
 
 Why a kernel for a matmul: one decoding step multiplies B rows (B = the batch, 1 to a
 few dozen) by every weight matrix. BLAS's gemm packs the whole weight matrix into its
 own layout before multiplying, which pays off for hundreds of rows but dominates with a
 handful: for a few rows this kernel is several times faster (MEASUREMENTS.md). From
-about 64 rows on BLAS is as fast or faster, and a single row is a gemv, which BLAS does
-without packing: both stay on `numpy.matmul` (SMALL_ROWS below).
+about 64 rows on BLAS is as fast or faster. A single row is a gemv, which BLAS does
+without packing, but on one thread where BLAS must stay there (threads.py): a weight
+matrix that streams from memory then reads at one core's bandwidth, where this kernel's
+chunks of output features read it on every thread (MEASUREMENTS.md: 2x on 4-17 MB).
 
 Checklist
 - Reads W once, in its stored (Out, In) layout: no packing, no transpose, no copy.
@@ -38,7 +40,7 @@ from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst
 from .matmul import matmul
 
-SMALL_ROWS = (2, 32)  # row counts (product of x's leading axes) this kernel takes
+SMALL_ROWS = (1, 32)  # row counts (product of x's leading axes) this kernel takes
 # Multiply-adds per unit of parallel_chunks' work (SERIAL_WORK units run serially): 16, so
 # products below 4M multiply-adds stay on the calling thread: waking Numba's pool costs
 # more than a smaller product takes (MEASUREMENTS.md).
@@ -115,7 +117,9 @@ def linear_forward(x, W):
         return linear_unchecked(x, W), {"x": x, "W": W}  # one row, odd layouts: BLAS
     x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
     y = np.empty((M, N), dtype=x.dtype)
-    nchunks = parallel_chunks(M * N * D // MACS_PER_UNIT, N)
+    # fewer than 4 rows cost what 4 do: each weight is loaded for at most 4 rows, and a
+    # weight matrix of 4 MB or more is worth a second thread's memory bandwidth
+    nchunks = parallel_chunks(max(M, 4) * N * D // MACS_PER_UNIT, N)
     if nchunks:
         _forward_parallel(nchunks, x2, W, y)
     else:
