@@ -214,8 +214,9 @@ def test_study_profile_is_an_option_and_its_worker_is_bench_study():
     assert "bench_study" in bench._worker_command({"kind": "study"})[-2]
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("path", ["fused", "unfused"])
-def test_step_shares_put_the_output_layer_matmuls_and_attention_in_their_rows(path):
+def test_step_shares_put_the_output_layer_matmuls_and_attention_in_their_rows(path, backend):
     """The categories of the study profile from a real cProfile of a small model's step:
     the fused op (or, on the path through the logits, the model's own output-layer
     products) is 'output layer + loss', the projections 'other matmuls', ops' attention
@@ -239,9 +240,11 @@ def test_step_shares_put_the_output_layer_matmuls_and_attention_in_their_rows(pa
         _, c = cross_entropy_forward(logits, batch["labels"])
         return model.backward(cross_entropy_backward(1.0, c), cache)
 
-    step()
-    prof = cProfile.Profile()
-    prof.runcall(step)
+    from mini_encdec.backend import use_backend
+    with use_backend(backend):
+        step()
+        prof = cProfile.Profile()
+        prof.runcall(step)
     shares = bench_study.step_shares(pstats.Stats(prof))
     for row in bench_study.CATEGORIES:
         assert shares[row] > 0, row

@@ -17,7 +17,8 @@ and reports, per step:
   "everything else"; the shares are of the profiled steps):
     output layer + loss   ops.output_loss_and_grads (logits, soft-capped cross-entropy
                           and their gradients)
-    other matmuls         the nn/linear.py products (projections, MLP) outside it
+    other matmuls         the linear layers' products (projections, MLP; ops.linear_*,
+                          the teacher's nn/linear.py) outside it
     attention core        ops.attention_core_forward / _backward
     everything else       norms, RoPE, GeGLU activation, embedding, AdamW, Python
 
@@ -45,7 +46,7 @@ STUDY_STEPS = (("enc-dec PrefixLM 64+64", "encdec", 16, 64, 64),
                ("decoder-only causal 128", "decoder", 16, 128, None))
 PRESET = "tiny"
 CATEGORIES = ("output layer + loss", "other matmuls", "attention core", "everything else")
-MODEL_FILES = ("gemma.py", "encdec.py")  # the output-layer callers of nn/linear.py
+MODEL_FILES = ("gemma.py", "encdec.py")  # the output-layer callers of the linear layer
 
 
 def _key(func) -> tuple:
@@ -54,10 +55,18 @@ def _key(func) -> tuple:
     return Path(file).name, name
 
 
+def _is_linear(file: str, name: str, func) -> bool:
+    """A linear layer's function: the op (ops.py), its twin (kernels/linear.py) or the
+    reference (nn/linear.py)."""
+    return (name in ("linear_forward", "linear_backward", "linear_unchecked")
+            and (file == "ops.py" or (file == "linear.py"
+                                      and Path(func[0]).parent.name in ("nn", "kernels"))))
+
+
 def step_shares(stats: pstats.Stats) -> dict:
     """Seconds of the profiled calls per CATEGORIES entry (plus "total", all of them).
     The output layer is ops.output_loss_and_grads; when a model computes it unfused (the
-    path that keeps the logits), the nn/linear.py products the model files call directly
+    path that keeps the logits), the linear-layer products the model files call directly
     and ops' soft-capped cross-entropy count there too."""
     raw = stats.stats
     out = dict.fromkeys(CATEGORIES, 0.0)
@@ -69,12 +78,11 @@ def step_shares(stats: pstats.Stats) -> dict:
             out["output layer + loss"] += ct
         elif file == "ops.py" and name in ("attention_core_forward", "attention_core_backward"):
             out["attention core"] += ct
-        elif file == "linear.py" and Path(func[0]).parent.name == "nn" \
-                and name in ("linear_forward", "linear_backward", "linear_unchecked"):
+        elif _is_linear(file, name, func):
             for caller, (_, _, _, c_ct) in callers.items():
                 cfile, cname = _key(caller)
-                if cfile == "linear.py" and cname == "linear_forward":
-                    continue  # counted with linear_forward's own callers
+                if _is_linear(cfile, cname, caller):
+                    continue  # counted with the outer linear function's own callers
                 out["output layer + loss" if cfile in MODEL_FILES else "other matmuls"] += c_ct
     total = sum(v[2] for v in raw.values())
     out["everything else"] = max(0.0, total - sum(out.values()))
@@ -206,7 +214,7 @@ def render(result: dict, machine: dict) -> str:
           "overhead counts in 'everything else'). output layer + loss: the tied output "
           "matrix's logits, the soft-capped cross-entropy and their gradients "
           "(ops.output_loss_and_grads); other matmuls: the projections' and MLP's "
-          "nn/linear.py products; attention core: ops.attention_core_*. With KD the "
+          "linear-layer products (ops.linear_*); attention core: ops.attention_core_*. With KD the "
           "teacher's forward counts in its rows (its output layer, on the T positions the "
           "student is taught at, in 'other matmuls'; its softmax in 'everything else') and "
           "its FLOPs in the step's.", ""]
