@@ -45,6 +45,7 @@ REFERENCE = {
     "embedding_backward": embedding.embedding_backward,
     "adamw_update": adamw.adamw_update,
     # one KV-cached decoding step's pieces (inference only; models/decoding.py's plan)
+    "project": decode_step.project,
     "rope_append": decode_step.rope_append,
     "attend": decode_step.attend,
     "residual_norm": decode_step.residual_norm,
@@ -199,6 +200,12 @@ def adamw_update(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, t):
     """One AdamW update of p, m, v in place (nn/adamw.py)."""
     return resolve("adamw_update")(p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                                    weight_decay=weight_decay, t=t)
+
+
+def project(x, W):
+    """y = x W^T (..., In) -> (..., Out) of a decoding step or a prompt, no checks, no cache
+    (nn/decode_step.py)."""
+    return resolve("project")(x, W)
 
 
 def rope_append(qkv, cos, sin, k_buf, v_buf, slot, num_heads):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mini_encdec.experiments import bench, bench_workers
+from .conftest import requires_twins
 
 
 def _args(*argv):
@@ -214,7 +215,7 @@ def test_study_profile_is_an_option_and_its_worker_is_bench_study():
     assert "bench_study" in bench._worker_command({"kind": "study"})[-2]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=requires_twins)])
 @pytest.mark.parametrize("path", ["fused", "unfused"])
 def test_step_shares_put_the_output_layer_matmuls_and_attention_in_their_rows(path, backend):
     """The categories of the study profile from a real cProfile of a small model's step:

@@ -54,6 +54,7 @@ def counter(monkeypatch):
     monkeypatch.setattr(decoding_mod, "_linear", counted_plain)
     monkeypatch.setattr(mlp_mod, "linear_unchecked", counted_plain)
     monkeypatch.setattr(ops, "attention_core_forward", counted_core, raising=False)
+    monkeypatch.setattr(ops, "linear_forward", counted_linear)  # the models' projections
     return count
 
 

@@ -92,6 +92,8 @@ def test_only_models_and_the_optimizer_dispatch():
                      if any(t in ("mini_encdec.ops",) for t in _imports(p)))
     # cli/common.py only asks ops.twins() at a command's start, so that a numba backend
     # that cannot run (no Numba, a bad MINI_ENCDEC_THREADS) is one error line;
-    # __main__.py only calls ops.tune_process(), the command line's opt-in
-    allowed = ("training/optim.py", "cli/common.py", "__main__.py")
+    # __main__.py only calls ops.tune_process(), the command line's opt-in, and so do the
+    # bench's worker processes (they measure what the command line runs)
+    allowed = ("training/optim.py", "cli/common.py", "__main__.py",
+               "experiments/bench_workers.py", "experiments/bench_study.py")
     assert all(c.startswith("models/") or c in allowed for c in callers), callers

@@ -474,12 +474,17 @@ def test_embedding_backward_matches_reference(B, T, V, D, dtype, rng, scale):
 # --- linear (few rows) -------------------------------------------------------------------------
 
 def _check_linear(x, W):
+    """linear_forward's twin (the layers' products) and project's (a decoding step's: the
+    few-row kernel) against the reference; returns project's y."""
     dtype = x.dtype.type
     y_ref, c_ref = ref("linear_forward")(x, W)
-    y, c = TWINS["linear_forward"](x, W)
+    y_layer, c = TWINS["linear_forward"](x, W)
+    y = TWINS["project"](x, W)
+    np.testing.assert_array_equal(ref("project")(x, W), y_ref)
     # y sums In products: judge it against the size of the terms, |x| |W|^T
     terms = float(np.max(np.abs(x).reshape(-1, W.shape[1]) @ np.abs(W).T)) if y.size else 0.0
     assert_close(y, y_ref, OUT_TOL[dtype], "y", scale=terms)
+    assert_close(y_layer, y_ref, OUT_TOL[dtype], "y", scale=terms)
     assert c["x"] is x and c["W"] is W  # the reference's cache: linear_backward takes it
     return y
 

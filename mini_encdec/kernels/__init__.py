@@ -17,7 +17,8 @@ Files, each starting with a checklist (what is fused, what runs in parallel, mem
                    the cache, post-norm + residual + next pre-norm (one call each)
     embedding.py   the embedding-gradient scatter
     adamw.py       one fused AdamW parameter update (optim.AdamW.step's inner loop)
-    linear.py      y = x W^T and its gradients (a few rows: a kernel; many: matmul.py)
+    linear.py      y = x W^T and its gradients (many rows: matmul.py), and `project`,
+                   a decoding step's products (1-32 rows: a kernel)
     matmul.py      BLAS products split across the policy's threads, load-independent bits
     _vecmath.py    vectorisable float32 exp/tanh and the shared jit options
     threads.py     how many threads BLAS and Numba use, and when (MINI_ENCDEC_THREADS)
@@ -36,7 +37,7 @@ from __future__ import annotations
 from . import allocator, threads
 from .adamw import adamw_update
 from .attention import attention_core_backward, attention_core_forward
-from .decode_step import attend, residual_norm, rope_append
+from .decode_step import attend, project, residual_norm, rope_append
 from .embedding import embedding_backward
 from .linear import linear_backward, linear_forward
 from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
@@ -56,6 +57,6 @@ def apply_process_tuning() -> None:
 __all__ = ["apply_process_tuning", "adamw_update", "attend", "attention_core_backward",
            "attention_core_forward", "embedding_backward", "geglu_act_backward",
            "geglu_act_forward", "linear_backward", "linear_forward", "output_loss_and_grads",
-           "residual_norm", "rmsnorm_backward", "rmsnorm_forward", "rope_append",
+           "project", "residual_norm", "rmsnorm_backward", "rmsnorm_forward", "rope_append",
            "rope_backward", "rope_forward", "softcap_cross_entropy_backward",
            "softcap_cross_entropy_forward"]

@@ -1,6 +1,7 @@
 """Twins of the linear layer (`mini_encdec.nn.linear`): y = x W^T and its gradients.
 
-- 1 to 32 rows (KV-cached decoding, SMALL_ROWS): the Numba kernel below.
+- 1 to 32 rows of KV-cached decoding (`project`, the decoding plan's op; SMALL_ROWS):
+  the Numba kernel below. A layer's few rows in a model's forward stay on BLAS.
 - Many rows (training, prompts) and the backward: BLAS through `matmul.matmul`, which
   splits a big product across the thread policy's threads in blocks fixed by the cap, so
   both cores work even where BLAS itself must stay at one thread (kernels/matmul.py).
@@ -96,8 +97,33 @@ def _forward_parallel(nchunks, x, W, y):
         _forward_features((c * N) // nchunks, ((c + 1) * N) // nchunks, x, W, y)
 
 
+def _product(x, W, few_rows: bool):
+    """y = x W^T (..., In) -> (..., Out) for valid float arrays of one dtype: many rows on
+    BLAS through matmul.py; 1 to 32 rows with `few_rows` on this file's kernel, without it
+    on BLAS (the reference's own call)."""
+    N, D = W.shape
+    M = x.size // D if D else 0
+    if M > SMALL_ROWS[1]:  # many rows: BLAS on the policy's threads
+        y = matmul(x.reshape(M, D), W.T)  # (M, In) @ (In, Out) -> (M, Out)
+        return y.reshape(x.shape[:-1] + (N,))  # -> (..., Out)
+    if not (few_rows and SMALL_ROWS[0] <= M and D and W.flags.c_contiguous):
+        return linear_unchecked(x, W)  # odd layouts, or a layer's few rows: BLAS
+    x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
+    y = np.empty((M, N), dtype=x.dtype)
+    # fewer than 4 rows cost what 4 do: each weight is loaded for at most 4 rows, and a
+    # weight matrix of 4 MB or more is worth a second thread's memory bandwidth
+    nchunks = parallel_chunks(max(M, 4) * N * D // MACS_PER_UNIT, N)
+    if nchunks:
+        _forward_parallel(nchunks, x2, W, y)
+    else:
+        _forward_features(0, N, x2, W, y)
+    return y.reshape(x.shape[:-1] + (N,))  # (M, Out) -> (..., Out)
+
+
 def linear_forward(x, W):
-    """Twin of nn.linear.linear_forward: y = x W^T -> (y, cache)."""
+    """Twin of nn.linear.linear_forward, the layers' projections: y = x W^T -> (y, cache).
+    A few rows stay on BLAS here (the reference's rounding: a model's forward is held to
+    the reference's); the few-row kernel serves decoding through `project`."""
     fn = "linear_forward"
     if not (same_float_arrays(x, W) and W.ndim == 2 and x.ndim >= 1
             and x.shape[-1] == W.shape[1]):
@@ -108,23 +134,17 @@ def linear_forward(x, W):
                              f"shape {x.shape}")
         check_shape(x, "x", (None,) * (x.ndim - 1) + (W.shape[1],), fn=fn)
         check_same_dtype(fn, x=x, W=W)
-    N, D = W.shape
-    M = x.size // D if D else 0
-    if M > SMALL_ROWS[1]:  # many rows: BLAS on the policy's threads
-        y = matmul(x.reshape(M, D), W.T)  # (M, In) @ (In, Out) -> (M, Out)
-        return y.reshape(x.shape[:-1] + (N,)), {"x": x, "W": W}  # -> (..., Out)
-    if not (SMALL_ROWS[0] <= M and D and W.flags.c_contiguous):
-        return linear_unchecked(x, W), {"x": x, "W": W}  # one row, odd layouts: BLAS
-    x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
-    y = np.empty((M, N), dtype=x.dtype)
-    # fewer than 4 rows cost what 4 do: each weight is loaded for at most 4 rows, and a
-    # weight matrix of 4 MB or more is worth a second thread's memory bandwidth
-    nchunks = parallel_chunks(max(M, 4) * N * D // MACS_PER_UNIT, N)
-    if nchunks:
-        _forward_parallel(nchunks, x2, W, y)
-    else:
-        _forward_features(0, N, x2, W, y)
-    return y.reshape(x.shape[:-1] + (N,)), {"x": x, "W": W}  # (M, Out) -> (..., Out)
+    return _product(x, W, few_rows=False), {"x": x, "W": W}
+
+
+def project(x, W):
+    """Twin of nn.decode_step.project: y = x W^T for KV-cached decoding (a step's few rows
+    on the kernel above, a prompt's many on BLAS), no checks and no cache: its caller, the
+    decoding plan, validated the request once."""
+    if not (same_float_arrays(x, W) and W.ndim == 2 and x.ndim >= 1
+            and x.shape[-1] == W.shape[1]):
+        return linear_unchecked(x, W)  # the reference (and NumPy's errors)
+    return _product(x, W, few_rows=True)
 
 
 def linear_backward(dy, cache):

@@ -8,8 +8,8 @@ with four differences: no backward caches; the unchecked `nn` helpers
 (`apply_rope_unchecked`, `geglu_unchecked`, ...), since `generate` validates its inputs
 once per request; fused weights (the cache's own copies), so q, k, v come from one
 matmul and so do gate and up; and the matmuls go through
-`ops.linear_forward`, whose Numba twin multiplies the few rows of a decoding step
-without BLAS's packing of the whole weight matrix (kernels/linear.py).
+`ops.project`, whose Numba twin multiplies the few rows of a decoding step without
+BLAS's packing of the whole weight matrix (kernels/linear.py).
 
 What is cached, per decoder layer:
     self-attention   the post-RoPE keys and values of every token seen so far (Gemma 3:
@@ -193,8 +193,8 @@ def _weights(P: dict, name: str) -> tuple:
 
 def _linear(x: np.ndarray, W: np.ndarray, op=None) -> np.ndarray:
     """y = x W^T (..., In) @ (In, Out) -> (..., Out), through the ops dispatch (op: the
-    backend's linear_forward, looked up once by a DecodingPlan)."""
-    return (op or ops.linear_forward)(x, W)[0]
+    backend's project, looked up once by a DecodingPlan)."""
+    return (op or ops.project)(x, W)
 
 
 def project_memory(memory: np.ndarray, Wk: np.ndarray, Wv: np.ndarray, K: int):
@@ -288,7 +288,7 @@ def _norm(x, P: dict, key: str, eps: float):
 
 # --- the plan of one request: everything its steps share, looked up once ------------------------
 
-STEP_OPS = ("linear_forward", "rmsnorm_forward", "attention_core_forward", "geglu_act_forward",
+STEP_OPS = ("project", "rmsnorm_forward", "attention_core_forward", "geglu_act_forward",
             "rope_append", "attend", "residual_norm")
 
 
@@ -319,7 +319,7 @@ class DecodingPlan:
     """What the steps of one request share, so that a step does only its own work.
 
     Planned (`init_planned_cache(..., max_len=N)`, what `generate` runs; `cache.plan`):
-        ops       the step's op functions (STEP_OPS: `linear`, `rmsnorm_forward`,
+        ops       the step's op functions (STEP_OPS: `project`, `rmsnorm_forward`,
                   `attention_core_forward`, `geglu_act_forward`) of the current backend,
                   looked up once with `ops.resolve(name)`
         layers    per decoder layer its weights by role (layer_weights)
@@ -345,7 +345,7 @@ class DecodingPlan:
         self.planned = max_len is not None
         if self.planned:  # the functions of the current backend, looked up once
             ops_ = {name: ops.resolve(name) for name in STEP_OPS}
-            self.linear = functools.partial(_linear, op=ops_["linear_forward"])
+            self.linear = functools.partial(_linear, op=ops_["project"])
         else:  # mini_encdec.ops' dispatching functions (and _linear through them)
             ops_ = {name: getattr(ops, name) for name in STEP_OPS}
             self.linear = _linear

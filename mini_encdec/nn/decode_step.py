@@ -3,7 +3,13 @@
 A decoding step does little arithmetic per call (at batch 1 a few matrix-vector products),
 so the work between its matmuls costs as much as the matmuls: here it is grouped into
 three ops, each a composition of this package's own functions, which the Numba twins
-(`mini_encdec.kernels.decode_step`) compute in one call with the same roundings:
+(`mini_encdec.kernels.decode_step`) compute in one call with the same roundings, and its
+products go through a fourth:
+
+    project(x, W) -> y
+        x (..., In) @ W^T (Out, In) -> (..., Out), the step's (or the prompt's) products;
+        the twin multiplies a step's 1-32 rows without BLAS's packing of W
+        (kernels/linear.py), so its rounding differs from BLAS's within float32's.
 
     rope_append(qkv, cos, sin, k_buf, v_buf, slot, num_heads) -> q
         qkv (B, 1, (H + 2K)*Dh): the new token's fused q, k, v projection per row;
@@ -29,8 +35,14 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import attention_core_forward, merge_heads, split_heads
+from .linear import linear_unchecked
 from .rmsnorm import rmsnorm_forward
 from .rope import apply_rope_unchecked
+
+
+def project(x: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """y = x W^T: (..., In) @ (In, Out) -> (..., Out), no checks, no cache."""
+    return linear_unchecked(x, W)
 
 
 def rope_append(qkv: np.ndarray, cos: np.ndarray, sin: np.ndarray, k_buf: np.ndarray,

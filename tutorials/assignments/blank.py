@@ -152,7 +152,7 @@ KERNEL_SUPPORT = ("_runtime.py", "_vecmath.py", "threads.py")
 # Tests of the twins, of the backend switch, of the thread policy and of the allocator
 # setting: they need every twin.
 KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_backend.py", "tests/test_threads.py",
-                "tests/test_allocator.py")
+                "tests/test_allocator.py", "tests/test_matmul.py")
 MARKER = "STUDENT_COPY.json"
 # pyproject.toml reads the dependencies from this file. A copy that keeps no kernel file
 # imports numba nowhere (its kernels/__init__.py is the stub below), so its requirements
