@@ -287,8 +287,11 @@ def machine_description() -> dict:
             "python": platform.python_version(), "numpy": np.__version__, "blas": blas,
             "numba": numba.__version__, "load_average": os.getloadavg()}
     if _have_torch():
-        info["torch"] = importlib.metadata.version("torch")
-        info["transformers"] = importlib.metadata.version("transformers")
+        for name in ("torch", "transformers"):
+            try:
+                info[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:  # importable, no metadata
+                info[name] = "?"
     return info
 
 
