@@ -37,6 +37,7 @@ from numba import njit, prange
 
 from ..nn.linear import linear_backward as _reference_backward, linear_unchecked
 from ..validate import check_float, check_same_dtype, check_shape
+from . import threads
 from ._runtime import JIT, parallel_chunks, same_float_arrays
 from ._vecmath import cst
 from .matmul import matmul
@@ -108,11 +109,13 @@ def _product(x, W, few_rows: bool):
         return y.reshape(x.shape[:-1] + (N,))  # -> (..., Out)
     if not (few_rows and SMALL_ROWS[0] <= M and D and W.flags.c_contiguous):
         return linear_unchecked(x, W)  # odd layouts, or a layer's few rows: BLAS
-    x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
-    y = np.empty((M, N), dtype=x.dtype)
     # fewer than 4 rows cost what 4 do: each weight is loaded for at most 4 rows, and a
     # weight matrix of 4 MB or more is worth a second thread's memory bandwidth
     nchunks = parallel_chunks(max(M, 4) * N * D // MACS_PER_UNIT, N)
+    if M == 1 and not (nchunks and threads.current() > 1):
+        return linear_unchecked(x, W)  # one row on one thread: BLAS's gemv is as fast
+    x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
+    y = np.empty((M, N), dtype=x.dtype)
     if nchunks:
         _forward_parallel(nchunks, x2, W, y)
     else:
