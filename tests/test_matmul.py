@@ -186,8 +186,6 @@ def test_training_gradients_do_not_depend_on_the_free_threads(split_policy, arch
     from mini_encdec.backend import use_backend
     from mini_encdec.experiments.bench_workers import _batch, bench_model
 
-    monkey_min = kmatmul.MIN_MACS  # 0 (fixture): every product splits, the small ones too
-    assert monkey_min == 0
     model = bench_model("tiny", arch)
     batch = _batch(model.config, arch, 2, 24)
     results = []
@@ -200,3 +198,18 @@ def test_training_gradients_do_not_depend_on_the_free_threads(split_policy, arch
         assert loss == loss0
         for k in g0:
             np.testing.assert_array_equal(g[k], g0[k], err_msg=k)
+
+
+def test_a_one_row_product_does_not_depend_on_the_free_threads(split_policy):
+    """project's one row: the few-row kernel or BLAS's gemv (different roundings) is chosen
+    by the step (threads.serial) and the size, never by the threads free now."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 1, 512)).astype(np.float32)
+    W = rng.standard_normal((8192, 512)).astype(np.float32)  # 16 MB: worth two threads
+    results = []
+    for n in (2, 1):
+        split_policy.force(n)
+        results.append(klinear.project(x, W))
+    np.testing.assert_array_equal(results[0], results[1])
+    with threads.serial():  # a small step: one thread, BLAS's gemv, bit for bit
+        np.testing.assert_array_equal(klinear.project(x, W), nlinear.linear_unchecked(x, W))

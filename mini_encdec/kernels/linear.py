@@ -112,8 +112,10 @@ def _product(x, W, few_rows: bool):
     # fewer than 4 rows cost what 4 do: each weight is loaded for at most 4 rows, and a
     # weight matrix of 4 MB or more is worth a second thread's memory bandwidth
     nchunks = parallel_chunks(max(M, 4) * N * D // MACS_PER_UNIT, N)
-    if M == 1 and not (nchunks and threads.current() > 1):
-        return linear_unchecked(x, W)  # one row on one thread: BLAS's gemv is as fast
+    if M == 1 and not (nchunks and not threads.in_serial()):
+        # one row of a step that runs on one thread (threads.serial: fixed by its rows and
+        # weight bytes, never by the load), or too small to split: BLAS's gemv is as fast
+        return linear_unchecked(x, W)
     x2 = np.ascontiguousarray(x).reshape(M, D)  # (..., In) -> (M, In)
     y = np.empty((M, N), dtype=x.dtype)
     if nchunks:

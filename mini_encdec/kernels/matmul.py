@@ -70,6 +70,16 @@ _helpers: _Helpers | None = None
 _lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has no helper threads, and a lock held at the fork stays held."""
+    global _helpers, _lock
+    _helpers, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _get_helpers(n: int) -> _Helpers:
     global _helpers
     with _lock:

@@ -418,6 +418,12 @@ def serial():
     return POLICY.serial()
 
 
+def in_serial() -> bool:
+    """Whether a `serial()` block is running (a small decoding step: a choice made from its
+    rows and weight bytes, never from the load)."""
+    return POLICY._serial
+
+
 def step_threads(rows: int, weight_bytes: int):
     """A context manager for one KV-cached decoding step of `rows` rows reading
     `weight_bytes` of weights: `serial()` for a small step (fewer than SERIAL_ROWS rows
