@@ -37,9 +37,9 @@ from __future__ import annotations
 from . import allocator, threads
 from .adamw import adamw_update
 from .attention import attention_core_backward, attention_core_forward
-from .decode_step import attend, project, residual_norm, rope_append
+from .decode_step import attend, residual_norm, rope_append
 from .embedding import embedding_backward
-from .linear import linear_backward, linear_forward
+from .linear import linear_backward, linear_forward, project
 from .loss import softcap_cross_entropy_backward, softcap_cross_entropy_forward
 from .mlp import geglu_act_backward, geglu_act_forward
 from .output_loss import output_loss_and_grads

@@ -58,7 +58,7 @@ from ..nn.attention import check_core_inputs
 from ..validate import check_float, check_shape
 from . import threads
 from ._runtime import JIT, parallel_chunks, same_float_arrays
-from .matmul import run_blocks, split_pays
+from .matmul import even_bounds, run_blocks, split_pays
 from ._vecmath import cst, row_max, vexp, vtanh
 
 BLOCK = 256  # keys per online-softmax block (one block covers our sequence lengths)
@@ -312,8 +312,7 @@ def _by_heads(work, N: int, macs_per_head: int) -> None:
     fixed blocks of heads, one per thread, each on its thread alone (pool=False). The
     tiles of a block never depend on the load, so neither do the results."""
     if N > 1 and split_pays(2 * N * macs_per_head):
-        parts = min(N, threads.POLICY.cap)
-        run_blocks(lambda ga, gb: work(ga, gb, False), [N * i // parts for i in range(parts + 1)])
+        run_blocks(lambda ga, gb: work(ga, gb, False), even_bounds(N, threads.POLICY.cap))
     else:
         work(0, N, True)
 

@@ -33,7 +33,6 @@ import numpy as np
 from numba import njit
 
 from .attention import online_forward
-from .linear import project  # noqa: F401 (the decoding plan's products: kernels/linear.py)
 from .rmsnorm import _forward_rows as _rmsnorm_rows
 
 EXACT = dict(cache=True, error_model="numpy")  # no fast-math: the reference's roundings

@@ -27,7 +27,8 @@ helper has no core to run on, and the split gained nothing (MEASUREMENTS.md).
 Checklist
 - 2-D float arrays only (the callers reshape); any strides NumPy's BLAS path accepts.
 - Memory: the result only (or `out`).
-- Fork-safe: a child process starts its own helpers (a forked pool has no threads).
+- Fork-safe: a forked child drops the parent's helpers and lock (os.register_at_fork)
+  and starts its own.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ class _Helpers:
     """cap - 1 daemon threads, each taking (function, args, done-event) jobs."""
 
     def __init__(self, n: int):
-        self.pid = os.getpid()
         self.jobs = [queue.SimpleQueue() for _ in range(n)]
         for q in self.jobs:
             threading.Thread(target=self._work, args=(q,), daemon=True,
@@ -83,7 +83,7 @@ if hasattr(os, "register_at_fork"):
 def _get_helpers(n: int) -> _Helpers:
     global _helpers
     with _lock:
-        if _helpers is None or _helpers.pid != os.getpid() or len(_helpers.jobs) < n:
+        if _helpers is None or len(_helpers.jobs) < n:
             _helpers = _Helpers(n)
         return _helpers
 
@@ -93,13 +93,19 @@ def idle_threads_sleep() -> bool:
     return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 
+def even_bounds(n: int, parts: int) -> list:
+    """[0, ..., n]: `parts` (at most n, at least 1) consecutive blocks of 0..n, sizes
+    differing by at most one."""
+    parts = max(1, min(parts, n))
+    return [(n * i) // parts for i in range(parts + 1)]
+
+
 def blocks(M: int, N: int, parts: int) -> tuple:
     """The split of an (M, N) result into `parts` blocks: ("rows" or "cols", bounds),
     along the larger side (the other operand, packed whole by every block, is then the
     smaller one)."""
     side, n = ("rows", M) if M >= N else ("cols", N)
-    parts = max(1, min(parts, n))
-    return side, [(n * i) // parts for i in range(parts + 1)]
+    return side, even_bounds(n, parts)
 
 
 def _block(side: str, lo: int, hi: int, a, b, out) -> None:
