@@ -74,3 +74,56 @@ def test_replaced_word_changes_one_word_exactly_when_positive(tok):
         assert (e.where in (0, 1, 2)) == bool(e.label) and (e.where == -1) != bool(e.label)
     thirds = np.bincount([e.where for e in exs if e.label], minlength=3)
     assert thirds.min() > 0.2 * thirds.sum()   # replacements spread over the thirds
+
+
+
+def _text(tok, e, task):
+    return tok.decode([int(t) for t in e.inputs[:-1]])[len(INSTRUCTIONS[task]) + 1:]
+
+
+def _norm(text):
+    return " ".join(text.split())
+
+
+def test_word_order_moves_words_exactly_when_positive(tok, examples):
+    speech_texts = [_norm(s.text) for play in load_plays("validation") for s in speeches(play)]
+    exs = examples["word_order"]
+    for e in exs[:400]:
+        text = _norm(_text(tok, e, "word_order"))
+        # an untouched speech is the start of a real speech; a shuffled one is not
+        assert any(t.startswith(text) for t in speech_texts) != bool(e.label)
+        assert (e.where in (0, 1, 2)) == bool(e.label) and (e.where == -1) != bool(e.label)
+    thirds = np.bincount([e.where for e in exs if e.label], minlength=3)
+    assert thirds.min() > 0.1 * thirds.sum()   # shuffles spread over the thirds
+
+
+def test_word_order_shuffles_one_span_and_keeps_the_separators():
+    import re
+    from mini_encdec.text.rep_tasks import SPAN, _shuffled
+    text = "one two three four five six,  seven eight\nnine ten"
+    for s in range(50):
+        new, centre, n = _shuffled(text, np.random.default_rng(s))
+        a, b = text.split(), new.split()
+        assert n == 10 and sorted(a) == sorted(b) and a != b
+        changed = [i for i in range(n) if a[i] != b[i]]
+        assert max(changed) - min(changed) < SPAN
+        assert centre - SPAN // 2 <= min(changed) and max(changed) <= centre + SPAN // 2
+        assert re.split(r"\S+", new) == re.split(r"\S+", text)
+    assert _shuffled("no no no no no no", np.random.default_rng(0)) is None
+
+
+def test_same_scene_pairs_share_a_scene_exactly_when_positive(tok, examples):
+    places = [(_norm(s.text), (p, s.scene)) for p, play in enumerate(load_plays("validation"))
+              for s in speeches(play)]
+    sep = SEP.strip()
+    checked = 0
+    for e in examples["same_scene"][:300]:
+        first, second = (_norm(x) for x in _text(tok, e, "same_scene").split(sep, 1))
+        a = {k for t, k in places if t.endswith(first)}
+        b = {k for t, k in places if t.startswith(second)}
+        assert a and b
+        if len(a) == 1 and len(b) == 1:   # unambiguous texts (not a repeated line)
+            checked += 1
+            (pa, sa), (pb, sb) = a.pop(), b.pop()
+            assert (pa, sa) == (pb, sb) if e.label else pa != pb
+    assert checked > 200

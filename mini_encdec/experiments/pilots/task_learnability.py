@@ -11,7 +11,8 @@ Per task, on the validation plays (the FULL validation set, never a subsample):
                 everything fine-tuned for STEPS updates of BATCH examples at LR (cosine,
                 warmup as downstream.py), `seed` for the head and the data order
 Accuracies come with their binomial standard error sqrt(p (1 - p) / N); replaced_word's
-also by the third of the input that held the replacement (and on untouched inputs).
+and word_order's also by the third of the input that held the change (and on untouched
+inputs).
 
     python -m mini_encdec.experiments.pilots.task_learnability run --task next_speech \\
         --arch decoder --backbone runs/.../checkpoints/step_001000 --out runs/tasks
@@ -36,7 +37,7 @@ from ..bow import bow_baseline
 from ..downstream import _ClassBatcher, _class_batches, _optim
 from ...models.classifier import SequenceClassifier
 from ...storage.checkpoint import atomic_write_json, load_model
-from ...text.rep_tasks import TASKS, task_examples
+from ...text.rep_tasks import POSITIONAL_TASKS, REPLACED, SPAN, TASKS, task_examples
 from ...text.tokenizer import load_tokenizer
 from ...training.adapt import adapt
 from ...training.train import train
@@ -56,8 +57,8 @@ def accuracy_with_se(pred, labels) -> dict:
 
 
 def by_third(pred, examples) -> dict:
-    """Accuracy on replaced inputs by the third that held the replacement, and on
-    untouched inputs."""
+    """Accuracy on changed inputs by the third that held the change, and on untouched
+    inputs."""
     pred = np.asarray(pred)
     where = np.array([e.where for e in examples])
     labels = np.array([e.label for e in examples])
@@ -69,20 +70,25 @@ def by_third(pred, examples) -> dict:
     return out
 
 
+def task_parameters(task: str) -> dict:
+    """The task's own settings (text/rep_tasks.py), recorded with every result."""
+    return {"word_order": {"span": SPAN}, "replaced_words": {"replaced": REPLACED}}.get(task, {})
+
+
 def baselines(task: str, train_ex: list, val_ex: list, vocab_size: int) -> dict:
     y_train = np.array([e.label for e in train_ex])
     y_val = np.array([e.label for e in val_ex])
     majority = int(np.mean(y_train) >= 0.5)
     bow = bow_baseline([e.inputs for e in train_ex], y_train, [e.inputs for e in val_ex],
                        vocab_size)
-    res = {"task": task, "train_examples": len(train_ex), "val_examples": len(val_ex),
+    res = {"task": task, "task_parameters": task_parameters(task), "train_examples": len(train_ex), "val_examples": len(val_ex),
            "val_label_mean": float(y_val.mean()), "chance": 0.5,
            "majority": accuracy_with_se(np.full(len(val_ex), majority), y_val),
            "bag_of_words": dict(accuracy_with_se(bow["predictions"], y_val),
                                 **{"lambda": bow["lambda"],
                                    "dev_accuracy": {str(k): v for k, v in
                                                     bow["dev_accuracy"].items()}})}
-    if task == "replaced_word":
+    if task in POSITIONAL_TASKS:
         res["bag_of_words"]["by_third"] = by_third(bow["predictions"], val_ex)
     return res
 
@@ -134,10 +140,11 @@ def run(task: str, arch: str, backbone_path: Path, out: Path, seed: int,
     labels = [e.label for e in val_ex]
     res = {"task": task, "arch": arch, "seed": seed, "backbone": str(backbone_path),
            "steps": steps, "batch_size": BATCH, "lr": lr, "length": LENGTH,
+           "task_parameters": task_parameters(task),
            "final_train_loss": float(np.mean([h["loss"] for h in history
                                               if "loss" in h][-20:])),
            "probe": accuracy_with_se(pred, labels)}
-    if task == "replaced_word":
+    if task in POSITIONAL_TASKS:
         res["probe"]["by_third"] = by_third(pred, val_ex)
     atomic_write_json(result_path, res)
     return res

@@ -82,8 +82,6 @@ CLAIMS = (
     Claim("E4", "an unbalanced model (9B-2B) surpasses the balanced one (2B-2B) at about "
           "the same latency", "9B-2B vs 2B-2B: > +3", "ed_unbal_warm", "ed_prefix",
           "reply_nll", "lower", primary=True),
-    Claim("E4", "(same, classification probe)", "", "ed_unbal_warm", "ed_prefix",
-          "rep_score", "higher"),
     Claim("E4", "a cross-attention warmup helps unbalanced adaptation",
           "1K steps 62.5 vs none 61.8", "ed_unbal_warm", "ed_unbal_nowarm", "reply_nll",
           "lower"),

@@ -101,7 +101,7 @@ HELP = ("the paper's claims at tiny scale: experiments E1-E6 over several seeds,
 
 
 # the arms whose representation score a claim uses (claims.py), probed at the extra budget
-REP_ARMS = ("dec", "ed_kd", "ed_prefix", "ed_ul2", "ed_causal", "ed_unbal_warm")
+REP_ARMS = ("dec", "ed_kd", "ed_prefix", "ed_ul2", "ed_causal")
 
 
 # --- the plan ------------------------------------------------------------------------------------
@@ -144,10 +144,10 @@ class StudyPlan:
     # tensors, the scratch model and fine-tuning); False: one per seed
     shared_parents: bool = True
     parent_seed: int = 0
-    # representation.py: the tasks that passed the learnability pilot (probe >= 3 standard
-    # errors above the bag of words: data/results/study_pilots/
-    # 2026-12-07_task_learnability.json); speaker and replaced_word stayed at the floor
-    rep_tasks: tuple = ("next_speech",)
+    # representation.py: the tasks that passed the learnability pilots (probe >= 3 standard
+    # errors above the bag of words: data/results/study_pilots/*task_learnability*.json);
+    # speaker, replaced_word, replaced_words and same_scene stayed at the floor
+    rep_tasks: tuple = ("next_speech", "word_order")
     probe_seeds: tuple = (0, 1, 2)   # probe heads per model and task, averaged
     rep_arms: tuple = REP_ARMS       # the arms probed (at the extra budget)
     rep_length: int = 128            # tokens of a representation task's input
@@ -177,7 +177,7 @@ SCALES = {
                        eval_split="validation",
                        probe_seeds=(0,), latency_attempts=1, latency_wait=0.0, genre=True,
                        genre_eval_examples=12,
-                       rep_tasks=("next_speech", "speaker", "replaced_word"),  # every path
+                       rep_tasks=("next_speech", "word_order"),
                        rep_length=96, rep_train_examples=32, rep_eval_examples=16,
                        big_overrides=(("hidden_size", 160), ("num_hidden_layers", 3))),
 }

@@ -125,6 +125,30 @@ def rep_tasks_markdown(results: dict, seeds) -> str:
     return "\n".join(lines)
 
 
+def rep_thirds_markdown(results: dict, seeds) -> str:
+    """The tasks whose evidence sits at one place of the input: each probed arm's accuracy
+    by the third of the input that held the change, and on untouched inputs (a causal
+    encoder has no right context early in the input). Empty when no such task ran."""
+    rep = results["baselines"]["rep"]
+    lines = []
+    for t in [t for t in rep if "bag_of_words_by_third" in rep[t]]:
+        key = f"{t}_accuracy_by_third"
+        lines += [f"`{t}`:", "", "| arm | first third | middle third | last third | "
+                  "untouched |", "|---|---|---|---|---|"]
+        for arm in ARMS:
+            v = _seed_values(results, seeds, f"{arm}@extra", key)
+            if v is None:
+                continue
+            lines.append("| " + " | ".join([ARM_LABELS[arm]] + [
+                _cell(None if None in (x := [d[k] for d in v]) else x)
+                for k in ("first", "middle", "last", "untouched")]) + " |")
+        b = rep[t]["bag_of_words_by_third"]
+        lines += ["| bag of words | " + " | ".join(
+            "-" if b[k] is None else f"{b[k]:.3f}"
+            for k in ("first", "middle", "last", "untouched")) + " |", ""]
+    return "\n".join(lines)
+
+
 def sweep_markdown(results: dict, seeds) -> str:
     """E6: PrefixLM validation loss of ed_kd and dec along the budget, by tokens seen and
     by loss-bearing tokens; fine-tuned reply NLL and probe accuracy at the three budgets.
@@ -296,6 +320,7 @@ def _report(results: dict, rows: list, seeds, curves, qf) -> str:
         "## Representation tasks (probe accuracy after the extra budget; mean ± sd over "
         "seeds, each seed the mean over the probe head seeds)", "",
         rep_tasks_markdown(results, seeds), "",
+        rep_thirds_markdown(results, seeds),
         "Costs: one request at batch 1 with the same prompt and the same forced number of "
         "generated tokens; per request = the prompt plus every generated token. Latency "
         "measured on seed 0's models; * marks a latency measured while the 1-minute load "

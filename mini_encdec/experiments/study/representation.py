@@ -23,7 +23,7 @@ import numpy as np
 from ..bow import bow_baseline
 from ..downstream import _ClassBatcher, _class_batches, _optim
 from ...models.classifier import SequenceClassifier
-from ...text.rep_tasks import task_examples
+from ...text.rep_tasks import POSITIONAL_TASKS, task_examples
 from ...training.train import train
 
 TASK_SEED = 0  # the examples (and their labels) are the same for every study seed
@@ -48,18 +48,30 @@ def build_rep_data(plan, tok) -> RepData:
     return RepData(tasks, plan.rep_length, tok.pad_id)
 
 
-def rep_baselines(data: RepData, vocab_size: int) -> dict:
-    """{task: {"chance", "majority", "bag_of_words", "eval_examples"}} (accuracies)."""
-    out = {}
-    for task, (tr, ev) in data.tasks.items():
-        y_tr = np.array([e.label for e in tr])
-        y_ev = np.array([e.label for e in ev])
-        bow = bow_baseline([e.inputs for e in tr], y_tr, [e.inputs for e in ev], vocab_size)
-        out[task] = {"chance": 0.5,
-                     "majority": float(np.mean(y_ev == int(y_tr.mean() >= 0.5))),
-                     "bag_of_words": float(np.mean(bow["predictions"] == y_ev)),
-                     "eval_examples": int(len(ev))}
+def rep_baselines(data: RepData, vocab_size: int, task: str) -> dict:
+    """{"chance", "majority", "bag_of_words", "eval_examples"} of one task (accuracies;
+    the bag of words also by thirds for the POSITIONAL_TASKS)."""
+    tr, ev = data.tasks[task]
+    y_tr = np.array([e.label for e in tr])
+    y_ev = np.array([e.label for e in ev])
+    bow = bow_baseline([e.inputs for e in tr], y_tr, [e.inputs for e in ev], vocab_size)
+    out = {"chance": 0.5, "majority": float(np.mean(y_ev == int(y_tr.mean() >= 0.5))),
+           "bag_of_words": float(np.mean(bow["predictions"] == y_ev)),
+           "eval_examples": int(len(ev))}
+    if task in POSITIONAL_TASKS:
+        out["bag_of_words_by_third"] = by_third(bow["predictions"] == y_ev, ev)
     return out
+
+
+THIRDS = {"first": 0, "middle": 1, "last": 2, "untouched": -1}
+
+
+def by_third(hit: np.ndarray, examples: list) -> dict:
+    """Mean of `hit` (per-example correctness) on the changed inputs by the third of the
+    input that held the change, and on the untouched ones (None where a part is empty)."""
+    where = np.array([e.where for e in examples])
+    return {name: float(np.mean(hit[where == k])) if (where == k).any() else None
+            for name, k in THIRDS.items()}
 
 
 def _accuracy(clf, examples: list, length: int, pad_id: int) -> np.ndarray:
@@ -70,32 +82,29 @@ def _accuracy(clf, examples: list, length: int, pad_id: int) -> np.ndarray:
 
 
 def probe_scores(model, data: RepData, plan, progress: bool) -> dict:
-    """{<task>_accuracy, <task>_accuracy_per_head_seed, rep_score,
-    replaced_word_accuracy_by_third (when that task is in)} of one model."""
+    """{<task>_accuracy, <task>_accuracy_per_head_seed, rep_score, and for the
+    POSITIONAL_TASKS <task>_accuracy_by_third} of one model."""
     res, means = {}, []
     for task, (tr, ev) in data.tasks.items():
-        accs, by_third = [], []
+        accs, thirds = [], []
         for ps in plan.probe_seeds:
             clf = SequenceClassifier.from_backbone(model, num_labels=2, seed=ps,
                                                    label_names=("no", "yes"))
             batches = _ClassBatcher(tr, plan.batch_size, data.length, data.pad_id, ps)
-            # no run directory: a probe is short, and 13 models x tasks x head seeds of
+            # no run directory: a probe is short, and models x tasks x head seeds of
             # checkpoints per seed would fill the disk; an interrupted unit reruns whole
             train(clf, batches, optim=_optim(plan.finetune_lr, plan.rep_probe_steps),
                   steps=plan.rep_probe_steps, eval_every=0, checkpoint_every=0,
                   progress=progress, plot=False)
             hit = _accuracy(clf, ev, data.length, data.pad_id)
             accs.append(float(hit.mean()))
-            where = np.array([e.where for e in ev])
-            by_third.append([float(hit[where == k].mean()) if (where == k).any() else None
-                             for k in (0, 1, 2, -1)])
+            thirds.append(by_third(hit, ev))
         res[f"{task}_accuracy"] = float(np.mean(accs))
         res[f"{task}_accuracy_per_head_seed"] = accs
-        if task == "replaced_word":
-            cols = list(zip(*by_third))
-            res["replaced_word_accuracy_by_third"] = dict(zip(
-                ("first", "middle", "last", "untouched"),
-                [float(np.mean(c)) if None not in c else None for c in cols]))
+        if task in POSITIONAL_TASKS:
+            res[f"{task}_accuracy_by_third"] = {
+                k: None if None in (v := [t[k] for t in thirds]) else float(np.mean(v))
+                for k in THIRDS}
         means.append(res[f"{task}_accuracy"])
     res["rep_score"] = float(np.mean(means))
     return res

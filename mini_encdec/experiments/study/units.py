@@ -23,6 +23,7 @@ from ...storage.lock import LockedError, hold
 from ...storage.checkpoint import (CHECKPOINTS_DIR, atomic_write_json, latest_checkpoint,
                                   load_model, save_model, step_dir_name)
 from ...text.batching import make_batcher
+from ...text.rep_tasks import TASKS
 from ...text.tokenizer import load_tokenizer
 from ...training.adapt import adapt
 from ...training.optim import OptimConfig
@@ -152,9 +153,10 @@ class Study:
         return self._rep[mode]
 
     def rep_baselines(self) -> dict:
-        """Chance, majority and bag-of-words accuracy of every representation task."""
-        return self.cached("rep_baselines",
-                           lambda: rep_baselines(self.rep_data(), self.tok.vocab_size))
+        """Chance, majority and bag-of-words accuracy of every representation task (one
+        cached result per task)."""
+        return {t: self.cached(f"rep_baselines_{t}", lambda t=t: rep_baselines(
+            self.rep_data(), self.tok.vocab_size, t)) for t in self.plan.rep_tasks}
 
     def prefix_loss(self, model) -> float:
         arch = "encdec" if hasattr(model, "enc_spec") else "decoder"
@@ -345,7 +347,8 @@ class Study:
         return self.cached(f"seed{seed}/pretrain_{arm}", run)
 
     def finetune_result(self, seed: int, arm: str, budget: str = "extra") -> dict:
-        """Fine-tuned metrics of an arm at a budget (generation model and probe)."""
+        """Fine-tuned metrics of an arm at a budget (the generation model; the genre probe
+        when plan.genre)."""
         def run():
             p = self.plan
             arch = "decoder" if arm.startswith("dec") else "encdec"
@@ -363,11 +366,6 @@ class Study:
                                                    seed=seed, progress=self.progress,
                                                    run_dir=runs / f"probe_{arm}@{budget}")
                 res["genre_probe_accuracy"] = downstream.probe_accuracy(clf, probe_data)
-            if p.rep_tasks and budget == "extra" and arm in p.rep_arms:
-                self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): "
-                         f"representation probes ({', '.join(p.rep_tasks)})")
-                rep = self.rep_data(CLASSIFICATION_MODE if modes else None)
-                res.update(probe_scores(model, rep, p, progress=self.progress))
             self.say(f"\n== seed {seed}: {ARM_LABELS[arm]} (budget {budget}): fine-tune on "
                      f"reply + genre")
             downstream.finetune_generation(model, arch, data, steps=p.finetune_steps,
@@ -389,6 +387,17 @@ class Study:
                               for e, r in zip(gen[:3], ev["replies"][:3])]
             return res
         return self.cached(f"seed{seed}/finetune_{arm}@{budget}", run)
+
+    def rep_result(self, seed: int, arm: str) -> dict:
+        """The representation probes of an arm's model after the extra budget
+        (representation.py); the UL2 arm's probes read [NLU] first."""
+        def run():
+            self.say(f"\n== seed {seed}: {ARM_LABELS[arm]}: representation probes "
+                     f"({', '.join(self.plan.rep_tasks)})")
+            model = self.pretrained(seed, arm, "extra")
+            rep = self.rep_data(CLASSIFICATION_MODE if arm in MODE_ARMS else None)
+            return probe_scores(model, rep, self.plan, progress=self.progress)
+        return self.cached(f"seed{seed}/rep_{arm}", run)
 
     def cost_result(self, arm: str) -> dict:
         """Inference FLOPs and latency of an arm's architecture (seed 0's model)."""
@@ -456,11 +465,15 @@ def seed_units(study: "Study", s: int, on_unit: Callable[[], None] = lambda: Non
     pre, ft = {}, {}
     big = [arm for arm in ARMS if arm.startswith("ed_unbal")]
 
+    p = study.plan
+
     def arm_units(arm):
         if arm in SWEEP_ARMS:  # E6: these continue to sweep_steps (the curve goes on)
             study.pretrained(s, arm, "sweep")
         pre[arm] = study.pretrain_result(s, arm)
         ft[f"{arm}@extra"] = study.finetune_result(s, arm, "extra")
+        if p.rep_tasks and arm in p.rep_arms:
+            ft[f"{arm}@extra"] = with_probes(ft[f"{arm}@extra"], study.rep_result(s, arm))
         on_unit()
 
     for arm in ARMS:
@@ -475,6 +488,15 @@ def seed_units(study: "Study", s: int, on_unit: Callable[[], None] = lambda: Non
     order = [f"{arm}@extra" for arm in ARMS] + [f"{a}@{b}" for a in SWEEP_ARMS
                                                  for b in ("zero", "sweep")]
     return {arm: pre[arm] for arm in ARMS}, {k: ft[k] for k in order}
+
+
+def with_probes(finetuned: dict, probes: dict) -> dict:
+    """An arm's fine-tuning result with its representation probes' scores. A result from
+    before the probes were a unit of their own (they ran inside fine-tuning) drops its
+    probe scores first, so only the rep unit's are read."""
+    probe_key = lambda k: k == "rep_score" or any(  # noqa: E731
+        k.startswith(f"{t}_accuracy") for t in TASKS)
+    return {**{k: v for k, v in finetuned.items() if not probe_key(k)}, **probes}
 
 
 UNITS_PER_SEED = len(ARMS) + 4
