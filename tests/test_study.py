@@ -45,6 +45,9 @@ def test_quick_study_writes_every_claim(quick_study):
                 assert 0 <= unit["rep_score"] <= 1
                 assert len(unit["next_speech_accuracy_per_head_seed"]) == \
                     len(res["plan"]["probe_seeds"])
+                thirds = unit["word_order_accuracy_by_third"]   # a positional task
+                assert set(thirds) == {"first", "middle", "last", "untouched"}
+                assert (quick_study / "results" / f"seed{s}" / f"rep_{arm}.json").is_file()
             assert ("reply_repetition" in unit) == (budget == "extra"), name
             assert unit["reply_examples"] == res["plan"]["eval_examples"]
     parents = res["parents"]  # trained once, shared, their quality reported
@@ -57,6 +60,7 @@ def test_quick_study_writes_every_claim(quick_study):
     md = (quick_study / "results.md").read_text()
     assert "| E4 |" in md and "Reading" in md and "baseline" in md
     assert "## Representation tasks" in md
+    assert "`word_order`:" in md and "| arm | first third |" in md
 
 
 def test_resumed_study_reuses_its_units_and_refuses_a_new_one_in_place(quick_study, capsys):
@@ -126,3 +130,12 @@ def test_every_reported_budget_is_annealed_and_the_short_one_is_a_cooldown_branc
     start = extra - max(1, round(0.2 * extra))   # the branch starts in the stable phase
     assert min(branch) == start + 1 and stable[start] == lr
     assert lrs("ed_prefix")[extra] < lr          # a single-budget arm anneals too
+
+
+def test_probe_scores_replace_those_a_fine_tuning_unit_once_held():
+    from mini_encdec.experiments.study.units import with_probes
+    old = {"reply_nll": 4.6, "rep_score": 0.589, "next_speech_accuracy": 0.589,
+           "next_speech_accuracy_per_head_seed": [0.58, 0.59, 0.6]}
+    new = {"rep_score": 0.63, "next_speech_accuracy": 0.6, "word_order_accuracy": 0.66}
+    assert with_probes(old, new) == {"reply_nll": 4.6, **new}
+    assert with_probes({"reply_nll": 4.6}, {}) == {"reply_nll": 4.6}

@@ -43,7 +43,7 @@ from typing import Optional
 
 from . import downstream
 from .study import ARM_LABELS, SCALES as STUDY_SCALES, Study, StudyPlan, load_average, \
-    machine_info
+    machine_info, with_probes
 
 HELP = "the end-to-end demonstration on tiny models"  # in `python -m mini_encdec --help`
 
@@ -52,11 +52,13 @@ HELP = "the end-to-end demonstration on tiny models"  # in `python -m mini_encde
 # a parent of 1000 updates (the study's 4000; at 1000 it already writes recognisable
 # verse), the generation model fine-tuned twice as long (300 updates instead of 150), the
 # validation plays (the test plays belong to the study), every reply's NLL but 160
-# replies generated, one probe head.
+# replies generated, one probe head, and next-speech verification as the representation
+# task (the study adds word order).
 SCALES = {
     "full": dataclasses.replace(STUDY_SCALES["full"], parent_steps=1000, finetune_steps=300,
-                                seeds=(0,), eval_split="validation", generate_examples=160),
-    "quick": dataclasses.replace(STUDY_SCALES["quick"], seeds=(0,)),
+                                seeds=(0,), eval_split="validation", generate_examples=160,
+                                rep_tasks=("next_speech",)),
+    "quick": dataclasses.replace(STUDY_SCALES["quick"], seeds=(0,), rep_tasks=("next_speech",)),
 }
 OBJECTIVE_ARMS = {"prefix_lm_kd": "ed_kd", "prefix_lm": "ed_prefix", "ul2": "ed_ul2"}
 OVERRIDES = {"pretrain_steps": "parent_steps", "extra_steps": "extra_steps",
@@ -418,7 +420,8 @@ def _run_stages(args, out: Path) -> int:
     say(f"\n== 3. the same extra budget for both ({plan.extra_steps} updates each)")
     pre = {arm: study.pretrain_result(seed, arm) for arm in (ed_arm, "dec")}
     say("\n== 4-5. fine-tune both (generation model and probe) and evaluate")
-    ft = {arm: study.finetune_result(seed, arm, "extra") for arm in (ed_arm, "dec")}
+    ft = {arm: with_probes(study.finetune_result(seed, arm, "extra"),
+                           study.rep_result(seed, arm)) for arm in (ed_arm, "dec")}
     cost = {arm: study.cost_result(arm) for arm in (ed_arm, "dec")}
     results = {"plan": dataclasses.asdict(plan), "objective": args.objective,
                "preset": args.preset, "backend": backend.get_backend(), "seed": seed,

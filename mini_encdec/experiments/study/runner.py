@@ -25,7 +25,7 @@ from . import protocol
 from .claims import claims_table
 from .protocol import ARMS, SCALES, StudyPlan
 from .report import _report, plot_curves, plot_quality_vs_flops
-from .units import UNITS_PER_SEED, Study, load_average, seed_units
+from .units import UNITS_PER_SEED, Study, load_average, seed_units, units_per_seed
 
 
 
@@ -46,16 +46,18 @@ def _run_workers(out: Path, plan: StudyPlan, jobs: int, progress: bool) -> None:
                  ("big_parent", ["--worker-parent", "big"])] + tasks
         parent = out / "models" / "shared" / "parent" / "config.json"
         ready = lambda name: not name.startswith("seed") or parent.is_file()  # noqa: E731
-    bar = tqdm(total=UNITS_PER_SEED * len(plan.seeds), desc=f"study units ({jobs} workers)",
+    bar = tqdm(total=units_per_seed(plan) * len(plan.seeds), desc=f"study units ({jobs} workers)",
                disable=not progress, file=sys.stderr)
     _run_pool(out, tasks, jobs, env, ready, bar)
 
 
 def _run_pool(out: Path, tasks: list, jobs: int, env: dict, ready, bar) -> None:
     """Run [(name, worker arguments)] in at most `jobs` worker processes, in order, each
-    once ready(name) (logs: out/logs/<name>.log); bar: finished fine-tuning units."""
+    once ready(name) (logs: out/logs/<name>.log); bar: finished fine-tuning and probe
+    units."""
     pending, running = list(tasks), []
-    done_units = lambda: len(list((out / "results").glob("seed*/finetune_*.json")))  # noqa
+    done_units = lambda: sum(len(list((out / "results").glob(f"seed*/{kind}_*.json")))  # noqa
+                             for kind in ("finetune", "rep"))
     failed = []
     try:
         while pending or running:

@@ -499,4 +499,9 @@ def with_probes(finetuned: dict, probes: dict) -> dict:
     return {**{k: v for k, v in finetuned.items() if not probe_key(k)}, **probes}
 
 
-UNITS_PER_SEED = len(ARMS) + 4
+UNITS_PER_SEED = len(ARMS) + 4  # fine-tuned models per seed (results["finetune"])
+
+
+def units_per_seed(plan: StudyPlan) -> int:
+    """Fine-tuning units and representation-probe units of one seed."""
+    return UNITS_PER_SEED + (len(plan.rep_arms) if plan.rep_tasks else 0)
