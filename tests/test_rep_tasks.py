@@ -35,10 +35,12 @@ def test_balanced_fitted_and_prefixed(task, tok, examples):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_deterministic_per_seed(task, tok, examples):
-    again = task_examples(task, "validation", tok, length=LENGTH, seed=0)
-    assert [e.label for e in again] == [e.label for e in examples[task]]
-    other = task_examples(task, "validation", tok, length=LENGTH, seed=1)
-    assert [e.label for e in other] != [e.label for e in examples[task]]
+    n = 300  # the first plays' examples (max_examples): enough to see the labels move
+    again = task_examples(task, "validation", tok, length=LENGTH, seed=0, max_examples=n)
+    assert [e.label for e in again] == [e.label for e in examples[task][:n]]
+    assert all(np.array_equal(a.inputs, b.inputs) for a, b in zip(again, examples[task]))
+    other = task_examples(task, "validation", tok, length=LENGTH, seed=1, max_examples=n)
+    assert [e.label for e in other] != [e.label for e in examples[task][:n]]
 
 
 def test_next_speech_positives_are_the_next_speech(tok, examples):
@@ -100,16 +102,18 @@ def test_word_order_moves_words_exactly_when_positive(tok, examples):
 def test_word_order_shuffles_one_span_and_keeps_the_separators():
     import re
     from mini_encdec.text.rep_tasks import SPAN, _shuffled
-    text = "one two three four five six,  seven eight\nnine ten"
+    words = [f"w{i}," if i % 4 == 3 else f"w{i}" for i in range(SPAN + 6)]
+    text = " ".join(words[:5]) + "\n" + "  ".join(words[5:])  # mixed separators
     for s in range(50):
         new, centre, n = _shuffled(text, np.random.default_rng(s))
         a, b = text.split(), new.split()
-        assert n == 10 and sorted(a) == sorted(b) and a != b
+        assert n == SPAN + 6 and sorted(a) == sorted(b) and a != b
         changed = [i for i in range(n) if a[i] != b[i]]
         assert max(changed) - min(changed) < SPAN
-        assert centre - SPAN // 2 <= min(changed) and max(changed) <= centre + SPAN // 2
+        assert centre - SPAN // 2 <= min(changed) and max(changed) < centre - SPAN // 2 + SPAN
         assert re.split(r"\S+", new) == re.split(r"\S+", text)
-    assert _shuffled("no no no no no no", np.random.default_rng(0)) is None
+    assert _shuffled(" ".join(["no"] * (SPAN + 1)), np.random.default_rng(0)) is None
+    assert _shuffled(" ".join(words[:SPAN - 1]), np.random.default_rng(0)) is None
 
 
 def test_same_scene_pairs_share_a_scene_exactly_when_positive(tok, examples):

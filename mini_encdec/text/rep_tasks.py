@@ -267,9 +267,12 @@ SPAN = 10  # words shuffled in a positive word_order example (pilot 2b: 5 was no
 
 def _shuffled(text: str, rng) -> Optional[tuple]:
     """(text with SPAN consecutive words in a new order, the index of the span's centre
-    word, the number of words), or None when the speech has too few distinct words."""
+    word, the number of words), or None when the speech has too few words, or too few
+    distinct ones to reorder."""
     spans = [m.span() for m in re.finditer(r"\S+", text)]
     n = len(spans)
+    if n < SPAN:
+        return None
     k = int(rng.integers(n - SPAN + 1))
     words = [text[a:b] for a, b in spans[k:k + SPAN]]
     for _ in range(8):  # a permutation that changes the words' order
