@@ -80,9 +80,11 @@ def test_a_parent_without_its_training_time_still_reports():
 def test_a_seed_runs_the_big_parents_arms_last_and_reports_in_arms_order():
     """E4's arms (they wait for the big parent) come after every other unit of a seed;
     the returned results are in ARMS order whatever the running order."""
-    from mini_encdec.experiments.study import ARMS, SWEEP_ARMS, seed_units
+    from mini_encdec.experiments.study import ARMS, SCALES, SWEEP_ARMS, seed_units
 
     class Recorder:  # stands in for Study: records which unit ran when
+        plan = SCALES["full"]
+
         def __init__(self):
             self.calls = []
 
@@ -95,7 +97,11 @@ def test_a_seed_runs_the_big_parents_arms_last_and_reports_in_arms_order():
 
         def finetune_result(self, s, arm, budget):
             self.calls.append(("finetune", arm, budget))
-            return f"{arm}@{budget}"
+            return {"unit": f"{arm}@{budget}"}
+
+        def rep_result(self, s, arm):
+            self.calls.append(("rep", arm, "extra"))
+            return {"rep_score": 0.5}
 
     rec = Recorder()
     pre, ft = seed_units(rec, 0)
@@ -106,4 +112,11 @@ def test_a_seed_runs_the_big_parents_arms_last_and_reports_in_arms_order():
     assert list(ft)[:len(ARMS)] == [f"{a}@extra" for a in ARMS]
     assert sorted(ft) == sorted([f"{a}@extra" for a in ARMS] +
                                 [f"{a}@{b}" for a in SWEEP_ARMS for b in ("zero", "sweep")])
-    assert all(ft[k] == k for k in ft)
+    assert all(ft[k]["unit"] == k for k in ft)
+    # the probes: one unit per probed arm, right after its fine-tuning, merged into it
+    probed = [c[1] for c in rec.calls if c[0] == "rep"]
+    assert sorted(probed) == sorted(Recorder.plan.rep_arms)
+    for arm in probed:
+        i = rec.calls.index(("rep", arm, "extra"))
+        assert rec.calls[i - 1] == ("finetune", arm, "extra")
+    assert all(("rep_score" in ft[k]) == (k in {f"{a}@extra" for a in probed}) for k in ft)
