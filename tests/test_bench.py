@@ -284,6 +284,20 @@ def test_study_profile_kd_step_runs_with_the_batchers_teacher_alignment():
     assert (kd["teacher_positions"] == 5 + np.arange(8)).all()  # S + j - 1
 
 
+@pytest.mark.parametrize("arch", ["decoder", "encdec"])
+def test_study_profile_probe_step_runs_and_counts_the_stack_it_reads(arch):
+    """The representation probe's row: the classifier's step (no output layer), its
+    FLOPs 3 x the forward of the stack it reads (the encoder, for an encoder-decoder)."""
+    from mini_encdec.config import encdec_preset, preset
+    from mini_encdec.experiments import bench_study
+    from mini_encdec.models.flops import stack_forward_flops
+    r = bench_study._one_step("probe", f"probe-{arch}", 2, 8, None, steps=1, profile_steps=1)
+    assert r["probe"] and not r["kd"] and len(r["cpu"]) == 1
+    assert r["shares"]["output layer + loss"] == 0 and r["shares"]["other matmuls"] > 0
+    stack = preset("tiny") if arch == "decoder" else encdec_preset("tiny").encoder
+    assert r["flops"] == 3 * 2 * stack_forward_flops(stack, 8, causal=arch == "decoder")
+
+
 def test_decode_limits_show_the_step_against_its_floor_and_its_cpu_split():
     """The step as a % of the bandwidth floor, and its CPU time split into the matrix
     products and the rest."""

@@ -1,10 +1,12 @@
-"""`python -m mini_encdec bench --study-profile`: the study's training steps, one thread.
+"""`python -m mini_encdec bench --study-profile`: the study's training and probe steps,
+one thread.
 
 The study (experiments/study) trains the `tiny` preset on one thread per run: PrefixLM
 windows of 64 encoder + 64 decoder tokens for the encoder-decoder arms and causal LM over
 128 tokens for the decoder-only arms, batch 16. This measures exactly those steps
-(forward, backward, AdamW; numba backend; and the ed_kd arm's PrefixLM + distillation
-step with its teacher's forward) in one fresh process with every pool at one
+(forward, backward, AdamW; numba backend; the ed_kd arm's PrefixLM + distillation
+step with its teacher's forward; and a representation probe's step, 128 tokens, on the
+decoder-only model and on the encoder-decoder's encoder) in one fresh process with every pool at one
 thread (MINI_ENCDEC_THREADS, NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS = 1)
 and reports, per step:
 
@@ -41,9 +43,13 @@ ONE_THREAD = {k: "1" for k in ("MINI_ENCDEC_THREADS", "NUMBA_NUM_THREADS",
 # (label, arch, batch B, decoder (or decoder-only) tokens T, encoder tokens S); arch
 # "encdec+kd": PrefixLM + distillation from a decoder-only teacher of the same preset
 # (the study's ed_kd arm, TrainConfig's kd_alpha 0.5 and kd_temperature 1.0)
+# "probe-decoder" / "probe-encdec": a representation probe's step (models/classifier.py on
+# the study's rep_length of 128 tokens; the encoder-decoder's probe reads its encoder)
 STUDY_STEPS = (("enc-dec PrefixLM 64+64", "encdec", 16, 64, 64),
                ("enc-dec PrefixLM+KD 64+64", "encdec+kd", 16, 64, 64),
-               ("decoder-only causal 128", "decoder", 16, 128, None))
+               ("decoder-only causal 128", "decoder", 16, 128, None),
+               ("probe, decoder-only 128", "probe-decoder", 16, 128, None),
+               ("probe, enc-dec encoder 128", "probe-encdec", 16, 128, None))
 PRESET = "tiny"
 CATEGORIES = ("output layer + loss", "other matmuls", "attention core", "everything else")
 MODEL_FILES = ("gemma.py", "encdec.py")  # the output-layer callers of the linear layer
@@ -110,16 +116,44 @@ def step_flops(config, teacher_config, B: int, T: int, S) -> int:
     return flops
 
 
+def probe_flops(config, B: int, T: int) -> int:
+    """Counted FLOPs of a probe's step: the stack the probe reads (the decoder-only model,
+    or the encoder of an encoder-decoder) on T tokens, forward + backward (3 x forward);
+    no output layer, and the head's (B, D) x (D, 2) is negligible."""
+    from ..config import EncDecConfig
+    from ..models.flops import stack_forward_flops
+    if isinstance(config, EncDecConfig):
+        return 3 * B * stack_forward_flops(config.encoder, T, causal=False)
+    return 3 * B * stack_forward_flops(config, T, causal=True)
+
+
+def _probe_batch(B: int, T: int, V: int) -> dict:
+    """B inputs of T tokens (the last real token is read), with class labels."""
+    rng = np.random.default_rng(1)
+    return {"input_ids": rng.integers(3, V, (B, T)),
+            "attention_mask": np.ones((B, T), dtype=np.int64),
+            "labels": rng.integers(0, 2, B)}
+
+
 def _one_step(label, arch, B, T, S, steps: int, profile_steps: int) -> dict:
+    from ..models.classifier import SequenceClassifier
     from ..training.distill import kd_loss_and_grads
     from ..training.optim import AdamW, OptimConfig
     from .bench_workers import _batch, bench_model
     kd = arch == "encdec+kd"
-    arch = "encdec" if kd else arch
+    probe = arch.startswith("probe-")
+    arch = "encdec" if kd else arch.removeprefix("probe-")
     model = bench_model(PRESET, arch)
     teacher = bench_model(PRESET, "decoder") if kd else None
     batch = _batch(model.config, arch, B, T)
-    if arch == "encdec":  # S encoder tokens (the bench batch has S = T)
+    if probe:  # the study's probe: the backbone with a 2-class head, all fine-tuned
+        flops = probe_flops(model.config, B, T)
+        model = SequenceClassifier.from_backbone(model, num_labels=2, seed=0,
+                                                 label_names=("no", "yes"))
+        batch = _probe_batch(B, T, model.config.vocab_size)
+    else:
+        flops = step_flops(model.config, teacher and teacher.config, B, T, S)
+    if not probe and arch == "encdec":  # S encoder tokens (the bench batch has S = T)
         batch["input_ids"] = batch["input_ids"][:, :S]
         batch["attention_mask"] = batch["attention_mask"][:, :S]
     if kd:
@@ -146,9 +180,8 @@ def _one_step(label, arch, B, T, S, steps: int, profile_steps: int) -> dict:
     for _ in range(profile_steps):
         prof.runcall(step)
     shares = step_shares(pstats.Stats(prof))
-    return {"label": label, "arch": arch, "kd": kd, "B": B, "T": T, "S": S, "cpu": cpu,
-            "wall": wall,
-            "flops": step_flops(model.config, teacher and teacher.config, B, T, S),
+    return {"label": label, "arch": arch, "kd": kd, "probe": probe, "B": B, "T": T, "S": S,
+            "cpu": cpu, "wall": wall, "flops": flops,
             "shares": {k: v / profile_steps for k, v in shares.items()}}
 
 
@@ -193,8 +226,8 @@ def render(result: dict, machine: dict) -> str:
          f"({machine['blas']}), Numba {machine['numba']}. Load average at start: "
          f"{', '.join(f'{x:.2f}' for x in machine['load_average'])} (a busy machine makes "
          "the wall times longer; CPU times much less so).", "",
-         f"The study's training steps (preset `{PRESET}`, numba backend, forward + backward "
-         f"+ AdamW), one thread. One-thread float32 matmul peak, measured in the same "
+         f"The study's training steps and its representation probes' steps (preset "
+         f"`{PRESET}`, numba backend, forward + backward + AdamW), one thread. One-thread float32 matmul peak, measured in the same "
          f"process before and after the steps (the better kept; "
          f"{' and '.join(f'{p / 1e9:.1f}' for p in result.get('peaks', [peak]))}): "
          f"**{peak / 1e9:.1f} GFLOP/s** per CPU second. '% of peak' = counted matmul FLOPs "
@@ -217,5 +250,6 @@ def render(result: dict, machine: dict) -> str:
           "linear-layer products (ops.linear_*); attention core: ops.attention_core_*. With KD the "
           "teacher's forward counts in its rows (its output layer, on the T positions the "
           "student is taught at, in 'other matmuls'; its softmax in 'everything else') and "
-          "its FLOPs in the step's.", ""]
+          "its FLOPs in the step's. A probe's step is the classifier of models/classifier.py "
+          "on 128 tokens (the encoder-decoder's reads its encoder): no output layer.", ""]
     return "\n".join(L)
