@@ -97,7 +97,9 @@ def test_a_seed_runs_the_big_parents_arms_last_and_reports_in_arms_order():
 
         def finetune_result(self, s, arm, budget):
             self.calls.append(("finetune", arm, budget))
-            return {"unit": f"{arm}@{budget}"}
+            # as a unit cached before the probes were units of their own: scores inside
+            stale = {"rep_score": 0.1, "next_speech_accuracy": 0.1} if budget == "extra" else {}
+            return {"unit": f"{arm}@{budget}", **stale}
 
         def rep_result(self, s, arm):
             self.calls.append(("rep", arm, "extra"))
@@ -120,3 +122,5 @@ def test_a_seed_runs_the_big_parents_arms_last_and_reports_in_arms_order():
         i = rec.calls.index(("rep", arm, "extra"))
         assert rec.calls[i - 1] == ("finetune", arm, "extra")
     assert all(("rep_score" in ft[k]) == (k in {f"{a}@extra" for a in probed}) for k in ft)
+    assert all(ft[f"{a}@extra"]["rep_score"] == 0.5 for a in probed)  # the probe unit's
+    assert not any("next_speech_accuracy" in ft[k] for k in ft)

@@ -1,5 +1,5 @@
-"""The UL2 arm's fine-tuning and probe inputs start with its mode token and keep the
-other arms' lengths and speeches."""
+"""The UL2 arm's fine-tuning and probe inputs start with its mode token: fine-tuning keeps
+the other arms' lengths and speeches, the probes read the other arms' very examples."""
 
 import dataclasses
 
@@ -12,7 +12,7 @@ from mini_encdec.experiments.study.ul2_modes import rep_data_with_mode, task_dat
 from mini_encdec.text.tokenizer import load_tokenizer
 
 
-def test_mode_tokens_lead_every_input_within_the_same_lengths():
+def test_mode_tokens_lead_every_input():
     tok = load_tokenizer()
     plan = dataclasses.replace(SCALES["quick"], rep_tasks=("next_speech",))
     plain = downstream.build_task_data(tok, encoder_length=plan.half, decoder_length=plan.half,
@@ -31,8 +31,13 @@ def test_mode_tokens_lead_every_input_within_the_same_lengths():
             assert np.array_equal(x.inputs[-3:], y.inputs[-3:])
             assert len(x.inputs) - 1 in (len(y.inputs) - 1, len(y.inputs))
     assert data.reply_prefix[0] == s2s and data.prefix_len == plain.prefix_len + 1
+    plan = dataclasses.replace(plan, rep_tasks=("next_speech", "word_order"))
     rep = rep_data_with_mode(tok, plan, "[NLU]")
     base = build_rep_data(plan, tok)
-    (tr, ev), (_, ev0) = rep.tasks["next_speech"], base.tasks["next_speech"]
-    assert [e.label for e in ev] == [e.label for e in ev0]
-    assert all(e.inputs[0] == nlu and len(e.inputs) <= plan.rep_length for e in tr + ev)
+    assert rep.length == base.length + 1 == plan.rep_length + 1
+    for task in plan.rep_tasks:  # the other arms' very examples, [NLU] in front
+        for xs, ys in zip(rep.tasks[task], base.tasks[task]):
+            assert len(xs) == len(ys)
+            for x, y in zip(xs, ys):
+                assert x.inputs[0] == nlu and np.array_equal(x.inputs[1:], y.inputs)
+                assert (x.label, x.where) == (y.label, y.where)

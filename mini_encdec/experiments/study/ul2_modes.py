@@ -2,9 +2,10 @@
 and evaluated: [S2S] for generation (the reply + genre-as-text mixture, the replies it
 generates, rank classification), [NLU] for classification (the probes).
 
-The examples are built one token shorter (encoder_length - 1, rep_length - 1) and the
-mode token is prepended, so they fit the same lengths as every other arm's and hold the
-same speeches (a long speech loses one more token at its far left end).
+Fine-tuning: the examples are built one token shorter (encoder_length - 1) and the mode
+token is prepended, so they fit the same lengths as every other arm's and hold the same
+speeches (a long speech loses one more token at its far left end). Probes: the same
+examples as every other arm's with the mode token in front (rep_length + 1 tokens).
 """
 
 from __future__ import annotations
@@ -53,8 +54,11 @@ def task_data_with_mode(tok, plan, seed: int, mode: str) -> downstream.TaskData:
 
 
 def rep_data_with_mode(tok, plan, mode: str) -> RepData:
-    """The representation tasks with `mode`'s token before every input."""
+    """The representation tasks with `mode`'s token before every input: the very examples
+    every other arm reads (built at rep_length), so one token longer. Building them one
+    token shorter instead would change a task's texts: word_order cuts a speech to the
+    room it has and shuffles a span of what is left."""
     mode_id = int(tok.mode_ids[mode])
-    d = build_rep_data(dataclasses.replace(plan, rep_length=plan.rep_length - 1), tok)
+    d = build_rep_data(plan, tok)
     return RepData({t: ([_prepend(e, mode_id) for e in tr], [_prepend(e, mode_id) for e in ev])
-                    for t, (tr, ev) in d.tasks.items()}, plan.rep_length, d.pad_id)
+                    for t, (tr, ev) in d.tasks.items()}, plan.rep_length + 1, d.pad_id)

@@ -471,9 +471,10 @@ def seed_units(study: "Study", s: int, on_unit: Callable[[], None] = lambda: Non
         if arm in SWEEP_ARMS:  # E6: these continue to sweep_steps (the curve goes on)
             study.pretrained(s, arm, "sweep")
         pre[arm] = study.pretrain_result(s, arm)
-        ft[f"{arm}@extra"] = study.finetune_result(s, arm, "extra")
-        if p.rep_tasks and arm in p.rep_arms:
-            ft[f"{arm}@extra"] = with_probes(ft[f"{arm}@extra"], study.rep_result(s, arm))
+        probed = p.rep_tasks and arm in p.rep_arms
+        # an unprobed arm's result drops the probe scores an older run may have left in it
+        ft[f"{arm}@extra"] = with_probes(study.finetune_result(s, arm, "extra"),
+                                         study.rep_result(s, arm) if probed else {})
         on_unit()
 
     for arm in ARMS:
