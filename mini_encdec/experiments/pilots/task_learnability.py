@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..bow import bow_baseline
+from ..study.representation import third_masks
 from ..downstream import _ClassBatcher, _class_batches, _optim
 from ...models.classifier import SequenceClassifier
 from ...storage.checkpoint import atomic_write_json, load_model
@@ -57,17 +58,13 @@ def accuracy_with_se(pred, labels) -> dict:
 
 
 def by_third(pred, examples) -> dict:
-    """Accuracy on changed inputs by the third that held the change, and on untouched
-    inputs."""
+    """Accuracy (with its SE) on changed inputs by the third that held the change, and on
+    untouched inputs (representation.third_masks; empty parts left out)."""
     pred = np.asarray(pred)
-    where = np.array([e.where for e in examples])
     labels = np.array([e.label for e in examples])
-    out = {}
-    for name, sel in (("first third", where == 0), ("middle third", where == 1),
-                      ("last third", where == 2), ("untouched", where == -1)):
-        if sel.any():
-            out[name] = accuracy_with_se(pred[sel], labels[sel])
-    return out
+    return {(name if name == "untouched" else f"{name} third"):
+            accuracy_with_se(pred[sel], labels[sel])
+            for name, sel in third_masks(examples).items() if sel.any()}
 
 
 def task_parameters(task: str) -> dict:

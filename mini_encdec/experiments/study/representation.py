@@ -66,12 +66,18 @@ def rep_baselines(data: RepData, vocab_size: int, task: str) -> dict:
 THIRDS = {"first": 0, "middle": 1, "last": 2, "untouched": -1}
 
 
-def by_third(hit: np.ndarray, examples: list) -> dict:
-    """Mean of `hit` (per-example correctness) on the changed inputs by the third of the
-    input that held the change, and on the untouched ones (None where a part is empty)."""
+def third_masks(examples: list) -> dict:
+    """{THIRDS name: (N,) bool mask}: the changed inputs by the third of the input that
+    held the change, and the untouched ones."""
     where = np.array([e.where for e in examples])
-    return {name: float(np.mean(hit[where == k])) if (where == k).any() else None
-            for name, k in THIRDS.items()}
+    return {name: where == k for name, k in THIRDS.items()}
+
+
+def by_third(hit: np.ndarray, examples: list) -> dict:
+    """Mean of `hit` (per-example correctness) on each part of third_masks (None where a
+    part is empty)."""
+    return {name: float(np.mean(hit[sel])) if sel.any() else None
+            for name, sel in third_masks(examples).items()}
 
 
 def _accuracy(clf, examples: list, length: int, pad_id: int) -> np.ndarray:

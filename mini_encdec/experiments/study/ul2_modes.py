@@ -11,6 +11,7 @@ examples as every other arm's with the mode token in front (rep_length + 1 token
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -53,12 +54,13 @@ def task_data_with_mode(tok, plan, seed: int, mode: str) -> downstream.TaskData:
         reply_prefix=(mode_id,) + tuple(d.reply_prefix))
 
 
-def rep_data_with_mode(tok, plan, mode: str) -> RepData:
+def rep_data_with_mode(tok, plan, mode: str, base: Optional[RepData] = None) -> RepData:
     """The representation tasks with `mode`'s token before every input: the very examples
     every other arm reads (built at rep_length), so one token longer. Building them one
     token shorter instead would change a task's texts: word_order cuts a speech to the
-    room it has and shuffles a span of what is left."""
+    room it has and shuffles a span of what is left. `base`: those examples, when the
+    caller has them already (build_rep_data(plan, tok) otherwise)."""
     mode_id = int(tok.mode_ids[mode])
-    d = build_rep_data(plan, tok)
+    d = base if base is not None else build_rep_data(plan, tok)
     return RepData({t: ([_prepend(e, mode_id) for e in tr], [_prepend(e, mode_id) for e in ev])
                     for t, (tr, ev) in d.tasks.items()}, plan.rep_length + 1, d.pad_id)

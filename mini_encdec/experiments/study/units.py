@@ -149,7 +149,7 @@ class Study:
         UL2 `mode`, its token before every input)."""
         if mode not in self._rep:
             self._rep[mode] = build_rep_data(self.plan, self.tok) if mode is None else \
-                rep_data_with_mode(self.tok, self.plan, mode)
+                rep_data_with_mode(self.tok, self.plan, mode, base=self.rep_data())
         return self._rep[mode]
 
     def rep_baselines(self) -> dict:
